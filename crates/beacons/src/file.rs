@@ -1,0 +1,571 @@
+//! The `file` beacon: a file (or a directory's entries) created, modified,
+//! deleted, moved over, chmodded or chowned.
+//!
+//! It watches the *parent directory* through inotify, never the file
+//! itself: a watch on a file follows its inode, so an editor's save (write a
+//! temp file, rename it over the target) leaves it watching a deleted inode
+//! and deaf from then on (Salt's inotify beacon, issue #54724). Each event
+//! carries the file's old and new SHA-256 and mode; a change the state
+//! engine made carries its job as the cause.
+//!
+//! ```toml
+//! [[beacon]]
+//! name = "motd"
+//! type = "file"
+//! paths = ["/etc/motd"]   # files, or directories (their direct entries)
+//! coalesce_ms = 1         # settle time before a burst is reported
+//! max_wait_ms = 100       # report a file still being written after this
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
+use notify::{RecursiveMode, Watcher};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tend_state::Fingerprint;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::coalesce::{Coalescer, Op};
+use crate::{Beacon, BeaconCtx, BoxFuture};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    paths: Vec<String>,
+    #[serde(default = "default_coalesce_ms")]
+    coalesce_ms: u64,
+    #[serde(default = "default_max_wait_ms")]
+    max_wait_ms: u64,
+}
+
+fn default_coalesce_ms() -> u64 {
+    1
+}
+
+fn default_max_wait_ms() -> u64 {
+    100
+}
+
+pub(crate) fn build(table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+    let cfg: Config = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().to_string())?;
+    if cfg.paths.is_empty() {
+        return Err("key `paths` must list at least one path".into());
+    }
+    let mut targets = Vec::new();
+    for p in &cfg.paths {
+        if p.contains('\0') {
+            return Err(format!("key `paths`: {p:?} contains a NUL byte"));
+        }
+        if !p.starts_with('/') {
+            return Err(format!("key `paths`: {p:?} must be an absolute path"));
+        }
+        let path = PathBuf::from(p);
+        if path.parent().is_none() {
+            return Err("key `paths`: cannot watch `/` itself".into());
+        }
+        targets.push(path);
+    }
+    if cfg.coalesce_ms > 10_000 {
+        return Err(format!(
+            "key `coalesce_ms`: {} is over the limit of 10000",
+            cfg.coalesce_ms
+        ));
+    }
+    if cfg.max_wait_ms > 60_000 {
+        return Err(format!(
+            "key `max_wait_ms`: {} is over the limit of 60000",
+            cfg.max_wait_ms
+        ));
+    }
+    Ok(Box::new(FileBeacon {
+        targets,
+        window: Duration::from_millis(cfg.coalesce_ms),
+        max_wait: Duration::from_millis(cfg.max_wait_ms.max(cfg.coalesce_ms)),
+    }))
+}
+
+struct FileBeacon {
+    targets: Vec<PathBuf>,
+    window: Duration,
+    max_wait: Duration,
+}
+
+impl Beacon for FileBeacon {
+    fn run(self: Box<Self>, ctx: BeaconCtx) -> BoxFuture<()> {
+        Box::pin(async move { self.watch(ctx).await })
+    }
+}
+
+/// Kernel events waiting for the beacon, at most; past that the beacon
+/// rescans everything it watches instead of queueing more.
+const KERNEL_QUEUE: usize = 8192;
+/// How often to retry a directory that could not be watched.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// What the watcher is interested in.
+struct Interest {
+    /// Watched files, by path.
+    files: HashSet<PathBuf>,
+    /// Directories whose every entry counts.
+    dirs: HashSet<PathBuf>,
+    /// Directory -> the targets (files or dirs) that live in it or are it.
+    watched: HashMap<PathBuf, Vec<PathBuf>>,
+}
+
+impl Interest {
+    fn new(targets: &[PathBuf]) -> Self {
+        let mut files = HashSet::new();
+        let mut dirs = HashSet::new();
+        let mut watched: HashMap<PathBuf, Vec<PathBuf>> = HashMap::new();
+        for t in targets {
+            if t.is_dir() {
+                dirs.insert(t.clone());
+                watched.entry(t.clone()).or_default().push(t.clone());
+            } else {
+                files.insert(t.clone());
+                let parent = t.parent().unwrap_or(Path::new("/")).to_path_buf();
+                watched.entry(parent).or_default().push(t.clone());
+            }
+        }
+        Self {
+            files,
+            dirs,
+            watched,
+        }
+    }
+
+    fn wants(&self, path: &Path) -> bool {
+        if self.files.contains(path) {
+            return true;
+        }
+        match path.parent() {
+            Some(parent) if self.dirs.contains(parent) => !is_temp_name(path),
+            _ => false,
+        }
+    }
+}
+
+/// The state engine's temp files (`.name.tend-<pid>-<n>`) come and go inside
+/// watched directories on every write; they are never worth an event.
+fn is_temp_name(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.') && n.contains(".tend-"))
+}
+
+fn op_of(kind: &EventKind) -> Option<Op> {
+    Some(match kind {
+        EventKind::Create(CreateKind::Folder) => Op::Created,
+        EventKind::Create(_) => Op::Created,
+        EventKind::Remove(_) => Op::Removed,
+        EventKind::Modify(ModifyKind::Data(_)) => Op::Modified,
+        EventKind::Modify(ModifyKind::Metadata(_)) => Op::Attrib,
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Op::MovedIn,
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)) => Op::MovedOut,
+        EventKind::Modify(ModifyKind::Name(_)) => return None,
+        EventKind::Modify(_) => Op::Modified,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Op::ClosedWrite,
+        // Opens and reads (the beacon's own hashing among them) change
+        // nothing.
+        EventKind::Access(_) | EventKind::Any | EventKind::Other => return None,
+    })
+}
+
+impl FileBeacon {
+    async fn watch(self: Box<Self>, ctx: BeaconCtx) {
+        let (tx, mut rx) = mpsc::channel::<notify::Result<notify::Event>>(KERNEL_QUEUE);
+        let overflowed = Arc::new(AtomicU64::new(0));
+        let over = overflowed.clone();
+        let watcher = notify::recommended_watcher(move |res| {
+            if tx.try_send(res).is_err() {
+                over.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                ctx.emit.error(format!("cannot start inotify: {e}")).await;
+                return;
+            }
+        };
+
+        let interest = Interest::new(&self.targets);
+        let mut known: HashMap<PathBuf, Fingerprint> = HashMap::new();
+        for f in &interest.files {
+            known.insert(
+                f.clone(),
+                fingerprint(f.clone()).await.unwrap_or(Fingerprint::Absent),
+            );
+        }
+        for d in &interest.dirs {
+            for entry in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                let p = entry.path();
+                if let Ok(fp) = fingerprint(p.clone()).await {
+                    known.insert(p, fp);
+                }
+            }
+        }
+        let mut unwatched: Vec<PathBuf> = Vec::new();
+        for dir in interest.watched.keys() {
+            if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                ctx.emit
+                    .error(format!(
+                        "cannot watch {}: {e}; retrying every {}s",
+                        dir.display(),
+                        RETRY.as_secs()
+                    ))
+                    .await;
+                unwatched.push(dir.clone());
+            }
+        }
+        let mut coalescer = Coalescer::new(self.window, self.max_wait);
+        let mut retry = tokio::time::interval(RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::debug!(beacon = ctx.emit.beacon(), targets = ?self.targets, "file beacon watching");
+
+        loop {
+            let deadline = coalescer.next_deadline();
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => return,
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { return };
+                    let now = Instant::now();
+                    match msg {
+                        Ok(ev) => {
+                            if ev.need_rescan() {
+                                rescan(&interest, &mut coalescer, now);
+                            }
+                            let Some(op) = op_of(&ev.kind) else { continue };
+                            for path in &ev.paths {
+                                if interest.wants(path) {
+                                    coalescer.push(path.clone(), op, now);
+                                } else if op == Op::Removed && interest.watched.contains_key(path) {
+                                    // A watched directory itself went away:
+                                    // everything in it is gone; watch for
+                                    // it to come back.
+                                    let _ = watcher.unwatch(path);
+                                    unwatched.push(path.clone());
+                                    for t in &interest.watched[path] {
+                                        coalescer.push(t.clone(), Op::Removed, now);
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            ctx.emit.error(format!("inotify: {e}")).await;
+                        }
+                    }
+                    let lost = overflowed.swap(0, Ordering::Relaxed);
+                    if lost > 0 {
+                        tracing::warn!(beacon = ctx.emit.beacon(), lost, "kernel events arrived faster than handled; rescanning");
+                        rescan(&interest, &mut coalescer, now);
+                    }
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    for (path, ops) in coalescer.take_due(Instant::now()) {
+                        if !self.report(&ctx, &mut known, path, &ops).await {
+                            return;
+                        }
+                    }
+                }
+                _ = retry.tick(), if !unwatched.is_empty() => {
+                    let now = Instant::now();
+                    unwatched.retain(|dir| {
+                        if watcher.watch(dir, RecursiveMode::NonRecursive).is_err() {
+                            return true;
+                        }
+                        tracing::info!(dir = %dir.display(), "watching again");
+                        // Whatever was created before the watch came back
+                        // is only seen by looking.
+                        for t in &interest.watched[dir] {
+                            coalescer.push(t.clone(), Op::Created, now);
+                        }
+                        false
+                    });
+                }
+            }
+        }
+    }
+
+    /// Fingerprints `path` and emits an event if it changed. Returns false
+    /// once the minion is shutting down.
+    async fn report(
+        &self,
+        ctx: &BeaconCtx,
+        known: &mut HashMap<PathBuf, Fingerprint>,
+        path: PathBuf,
+        ops: &[Op],
+    ) -> bool {
+        let now = match fingerprint(path.clone()).await {
+            Ok(fp) => fp,
+            Err(e) => {
+                return ctx
+                    .emit
+                    .error(format!("cannot read {}: {e}", path.display()))
+                    .await;
+            }
+        };
+        let old = known.get(&path).cloned().unwrap_or(Fingerprint::Absent);
+        if old == now {
+            return true; // touched, or changed and changed back
+        }
+        let kind = match (&old, &now) {
+            (Fingerprint::Absent, _) => "created",
+            (_, Fingerprint::Absent) => "deleted",
+            (Fingerprint::File { sha256: a, .. }, Fingerprint::File { sha256: b, .. })
+                if a == b =>
+            {
+                "attrib"
+            }
+            _ => "modified",
+        };
+        let cause = ctx.ledger.cause_of(&path, &now).unwrap_or(0);
+        let mut data = Map::new();
+        data.insert("path".into(), json!(path.display().to_string()));
+        data.insert("kind".into(), json!(kind));
+        data.insert(
+            "ops".into(),
+            Value::Array(ops.iter().map(|o| json!(o.name())).collect()),
+        );
+        data.insert("sha256".into(), json!(now.sha256_hex()));
+        data.insert("old_sha256".into(), json!(old.sha256_hex()));
+        data.insert("mode".into(), json!(now.mode().map(|m| format!("{m:04o}"))));
+        data.insert(
+            "old_mode".into(),
+            json!(old.mode().map(|m| format!("{m:04o}"))),
+        );
+        if let Fingerprint::File { uid, gid, .. } | Fingerprint::Other { uid, gid, .. } = &now {
+            data.insert("uid".into(), json!(uid));
+            data.insert("gid".into(), json!(gid));
+        }
+        let subject = path.to_string_lossy().trim_start_matches('/').to_string();
+        if now == Fingerprint::Absent {
+            known.remove(&path);
+        } else {
+            known.insert(path, now);
+        }
+        ctx.emit.emit(subject, data, cause).await
+    }
+}
+
+fn rescan(interest: &Interest, coalescer: &mut Coalescer<PathBuf>, now: Instant) {
+    for f in &interest.files {
+        coalescer.push(f.clone(), Op::Attrib, now);
+    }
+    for d in &interest.dirs {
+        if let Ok(entries) = std::fs::read_dir(d) {
+            for e in entries.flatten() {
+                coalescer.push(e.path(), Op::Attrib, now);
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Hashing reads the whole file: off the async threads.
+async fn fingerprint(path: PathBuf) -> std::io::Result<Fingerprint> {
+    tokio::task::spawn_blocking(move || Fingerprint::of(&path))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Emitted, Emitter};
+    use std::os::unix::fs::PermissionsExt;
+    use tend_state::Ledger;
+    use tokio_util::sync::CancellationToken;
+
+    struct Running {
+        rx: mpsc::Receiver<Emitted>,
+        stop: CancellationToken,
+        ledger: Arc<Ledger>,
+    }
+
+    fn start(paths: &[&Path]) -> Running {
+        let mut table = toml::Table::new();
+        table.insert(
+            "paths".into(),
+            toml::Value::Array(
+                paths
+                    .iter()
+                    .map(|p| toml::Value::String(p.display().to_string()))
+                    .collect(),
+            ),
+        );
+        let beacon = build(table).unwrap();
+        let (tx, rx) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        let ledger = Arc::new(Ledger::default());
+        tokio::spawn(beacon.run(BeaconCtx {
+            emit: Emitter::new("f", tx),
+            shutdown: stop.clone(),
+            ledger: ledger.clone(),
+        }));
+        Running { rx, stop, ledger }
+    }
+
+    impl Running {
+        /// The next event, within 5 s.
+        async fn next(&mut self, what: &str) -> Emitted {
+            match tokio::time::timeout(Duration::from_secs(5), self.rx.recv()).await {
+                Ok(Some(e)) => e,
+                _ => panic!("expected an event after {what}, got none within 5 s"),
+            }
+        }
+
+        /// No event within `ms`.
+        async fn quiet(&mut self, ms: u64) {
+            if let Ok(Some(e)) =
+                tokio::time::timeout(Duration::from_millis(ms), self.rx.recv()).await
+            {
+                panic!("expected no event, got {:?}", e.data);
+            }
+        }
+    }
+
+    /// The watch is added when the beacon task starts: write until an edit
+    /// is seen (or fail after 5 s), then drain what the writes caused.
+    async fn settle(r: &mut Running, path: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for i in 0.. {
+            std::fs::write(path, format!("settle {i}")).unwrap();
+            if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(20), r.rx.recv()).await
+            {
+                assert_eq!(e.data["path"], json!(path.display().to_string()));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the beacon never saw {}",
+                path.display()
+            );
+        }
+        while tokio::time::timeout(Duration::from_millis(20), r.rx.recv())
+            .await
+            .is_ok()
+        {}
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sees_every_way_a_file_is_edited() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("motd");
+        std::fs::write(&path, "managed\n").unwrap();
+        let mut r = start(&[&path]);
+        settle(&mut r, &path).await;
+
+        // Plain write.
+        std::fs::write(&path, "hand edit\n").unwrap();
+        let e = r.next("a write").await;
+        assert_eq!(e.data["kind"], "modified");
+        assert_eq!(e.subject, path.to_string_lossy().trim_start_matches('/'));
+        assert_ne!(e.data["sha256"], e.data["old_sha256"]);
+
+        // Editor-style save: temp file renamed over the target.
+        let tmp = dir.path().join(".motd.swp");
+        std::fs::write(&tmp, "editor save\n").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let e = r.next("a rename-save").await;
+        assert_eq!(e.data["kind"], "modified");
+        assert!(
+            e.data["ops"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("moved_to"))
+        );
+
+        // And the watch survives it.
+        std::fs::write(&path, "after the rename\n").unwrap();
+        assert_eq!(
+            r.next("a write after the rename").await.data["kind"],
+            "modified"
+        );
+
+        // chmod.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = r.next("a chmod").await;
+        assert_eq!(e.data["kind"], "attrib");
+        assert_eq!(e.data["mode"], "0600");
+
+        // Truncate.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let e = r.next("a truncate").await;
+        assert_eq!(e.data["kind"], "modified");
+
+        // Delete, then recreate.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(r.next("a delete").await.data["kind"], "deleted");
+        std::fs::write(&path, "back\n").unwrap();
+        assert_eq!(r.next("a recreate").await.data["kind"], "created");
+
+        // Something else in the directory is not our business.
+        std::fs::write(dir.path().join("other"), "x").unwrap();
+        r.quiet(50).await;
+        r.stop.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_the_ledger_expects_carries_its_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("motd");
+        std::fs::write(&path, "x").unwrap();
+        let mut r = start(&[&path]);
+        settle(&mut r, &path).await;
+        std::fs::write(&path, "restored").unwrap();
+        // Record what the file is now, as the engine would before writing.
+        r.ledger.record(&path, Fingerprint::of(&path).unwrap(), 42);
+        std::fs::write(&path, "restored").unwrap();
+        let e = r.next("a write").await;
+        // Either the first write's event (uncaused, it raced the record)
+        // or coalesced: what matters is the final state's cause.
+        let e = if e.cause == 0
+            && e.data["sha256"] != json!(Fingerprint::of(&path).unwrap().sha256_hex())
+        {
+            r.next("the restore").await
+        } else {
+            e
+        };
+        assert_eq!(e.cause, 42);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn survives_its_directory_being_deleted_and_recreated() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("conf");
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("app.conf");
+        std::fs::write(&path, "a").unwrap();
+        let mut r = start(&[&path]);
+        settle(&mut r, &path).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            r.next("the directory's removal").await.data["kind"],
+            "deleted"
+        );
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(&path, "again").unwrap();
+        assert_eq!(r.next("the file coming back").await.data["kind"], "created");
+        std::fs::write(&path, "edited").unwrap();
+        assert_eq!(r.next("an edit after").await.data["kind"], "modified");
+    }
+}

@@ -1,0 +1,142 @@
+//! From `[[beacon]]` tables in minion.toml to running beacons.
+//!
+//! ```toml
+//! [[beacon]]
+//! name = "motd"        # this instance; several instances of a type are fine
+//! type = "file"
+//! paths = ["/etc/motd"]
+//! ```
+
+use std::collections::HashSet;
+
+use crate::Beacon;
+
+/// One `[[beacon]]` table: its common keys, and the rest for its type.
+pub struct BeaconSpec {
+    pub name: String,
+    pub kind: String,
+    pub beacon: Box<dyn Beacon>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: beacon {beacon:?}: {message}")]
+pub struct BeaconError {
+    pub file: String,
+    pub beacon: String,
+    pub message: String,
+}
+
+type Builder = fn(toml::Table) -> Result<Box<dyn Beacon>, String>;
+
+/// Every beacon type, by the name used in `type = "..."`.
+fn registry() -> &'static [(&'static str, Builder)] {
+    &[("file", crate::file::build)]
+}
+
+/// Validates every `[[beacon]]` table of config file `file` and builds the
+/// enabled ones. The first mistake stops it, naming the beacon and key.
+pub fn build_all(file: &str, tables: Vec<toml::Table>) -> Result<Vec<BeaconSpec>, BeaconError> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, mut table) in tables.into_iter().enumerate() {
+        let label = match table.get("name") {
+            Some(toml::Value::String(n)) => n.clone(),
+            _ => format!("#{}", i + 1),
+        };
+        let err = |message: String| BeaconError {
+            file: file.to_string(),
+            beacon: label.clone(),
+            message,
+        };
+        let name = match table.remove("name") {
+            Some(toml::Value::String(n)) => n,
+            Some(_) => return Err(err("key `name` must be a string".into())),
+            None => return Err(err("missing key `name`".into())),
+        };
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            return Err(err(
+                "key `name` must be letters, digits, '_', '-' or '.'".into()
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(err("another beacon has the same name".into()));
+        }
+        let kind = match table.remove("type") {
+            Some(toml::Value::String(t)) => t,
+            Some(_) => return Err(err("key `type` must be a string".into())),
+            None => return Err(err("missing key `type`".into())),
+        };
+        let enabled = match table.remove("enabled") {
+            None => true,
+            Some(toml::Value::Boolean(b)) => b,
+            Some(_) => return Err(err("key `enabled` must be true or false".into())),
+        };
+        let Some((_, builder)) = registry().iter().find(|(k, _)| *k == kind) else {
+            let known: Vec<_> = registry().iter().map(|(k, _)| *k).collect();
+            return Err(err(format!(
+                "unknown beacon type {kind:?} (known: {})",
+                known.join(", ")
+            )));
+        };
+        let beacon = builder(table).map_err(err)?;
+        if enabled {
+            out.push(BeaconSpec { name, kind, beacon });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables(text: &str) -> Vec<toml::Table> {
+        #[derive(serde::Deserialize)]
+        struct F {
+            beacon: Vec<toml::Table>,
+        }
+        toml::from_str::<F>(text).unwrap().beacon
+    }
+
+    fn err(text: &str) -> String {
+        match build_all("minion.toml", tables(text)) {
+            Ok(_) => panic!("expected an error for {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn bad_configs_name_the_beacon_and_key() {
+        let e = err("[[beacon]]\nname = \"x\"\ntype = \"nope\"\n");
+        assert!(
+            e.contains("minion.toml") && e.contains("\"x\"") && e.contains("unknown beacon type"),
+            "{e}"
+        );
+        let e = err("[[beacon]]\nname = \"x\"\ntype = \"file\"\npaths = [\"/tmp/a\"]\npath = 1\n");
+        assert!(e.contains("unknown field `path`"), "{e}");
+        let e = err("[[beacon]]\ntype = \"file\"\n");
+        assert!(e.contains("missing key `name`"), "{e}");
+        let e = err(
+            "[[beacon]]\nname = \"a\"\ntype = \"file\"\npaths = [\"/x\"]\n[[beacon]]\nname = \"a\"\ntype = \"file\"\npaths = [\"/y\"]\n",
+        );
+        assert!(e.contains("same name"), "{e}");
+        let e = err("[[beacon]]\nname = \"a\"\ntype = \"file\"\npaths = [\"relative\"]\n");
+        assert!(e.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn disabled_beacons_are_validated_but_not_built() {
+        let built = build_all(
+            "m.toml",
+            tables(
+                "[[beacon]]\nname = \"a\"\ntype = \"file\"\nenabled = false\npaths = [\"/x\"]\n",
+            ),
+        )
+        .unwrap();
+        assert!(built.is_empty());
+    }
+}

@@ -1,0 +1,80 @@
+//! tend-bus: the one place that frames, sends and receives.
+//!
+//! It owns every ZeroMQ socket of tend (each on its own thread, bridged to
+//! tokio with bounded channels), the frame format, sessions and their
+//! counters, heartbeats and presence, and request/reply with ids and
+//! deadlines. Beacons, the reactor and the state engine never see a socket
+//! or a frame: the master gets authenticated events and replies from
+//! [`MasterBus`], the minion gets requests from [`MinionBus`], and the CLI
+//! talks to the master through [`ControlClient`].
+
+mod actor;
+mod control;
+pub mod frame;
+mod master;
+mod minion;
+mod session;
+mod stats;
+
+pub use control::{ControlClient, ControlServer, Responder};
+pub use master::{MasterBus, MasterBusConfig, MasterInbound};
+pub use minion::{MinionBus, MinionBusConfig, MinionInbound};
+pub use stats::BusStats;
+
+/// The topic of every event message (`[topic, frame]` on PUB/SUB).
+pub const EVENT_TOPIC: &[u8] = b"tend.ev.1";
+
+/// Default limit on one message, in bytes.
+pub const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("zeromq: {0}")]
+    Zmq(#[from] zmq::Error),
+    #[error("cannot start socket thread: {0}")]
+    Thread(String),
+    #[error("bad frame: {0}")]
+    BadFrame(String),
+    #[error("cannot decode message: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("replayed frame: counter {counter} is not above {last}")]
+    Replay { counter: u64, last: u64 },
+    #[error("unknown session {0}")]
+    UnknownSession(u64),
+    #[error("minion {0} is not connected")]
+    NotConnected(String),
+    #[error("no session with the master yet")]
+    NoSession,
+    #[error("no reply from {minion} within {timeout_ms} ms")]
+    Timeout { minion: String, timeout_ms: u64 },
+    #[error("outbound queue of the {0} socket is full")]
+    QueueFull(String),
+    #[error(
+        "cannot bind {endpoint}: {error} (is another tend-master running, or the address wrong?)"
+    )]
+    Bind { endpoint: String, error: zmq::Error },
+    #[error("cannot connect to {endpoint}: {error}")]
+    Connect { endpoint: String, error: zmq::Error },
+    #[error("the bus is shut down")]
+    Closed,
+}
+
+fn bind(socket: &zmq::Socket, endpoint: &str) -> Result<(), BusError> {
+    socket.bind(endpoint).map_err(|error| BusError::Bind {
+        endpoint: endpoint.to_string(),
+        error,
+    })
+}
+
+fn connect(socket: &zmq::Socket, endpoint: &str) -> Result<(), BusError> {
+    socket.connect(endpoint).map_err(|error| BusError::Connect {
+        endpoint: endpoint.to_string(),
+        error,
+    })
+}
+
+/// A process-wide ZeroMQ context. One is enough: it holds the I/O thread.
+pub fn context() -> zmq::Context {
+    static CTX: std::sync::OnceLock<zmq::Context> = std::sync::OnceLock::new();
+    CTX.get_or_init(zmq::Context::new).clone()
+}

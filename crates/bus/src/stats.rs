@@ -1,0 +1,63 @@
+//! Counters the bus keeps about what crossed it, and what it refused.
+//! Nothing dropped is dropped silently: every refusal has a counter here,
+//! and the daemons publish them (`tend status`, metrics).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* $field:ident),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Default)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: AtomicU64,)*
+        }
+
+        impl $name {
+            /// Every counter with its name, for status and metrics.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($field), self.$field.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// What the bus counted.
+    pub struct BusStats {
+        /// Frames that arrived on any socket.
+        frames_in,
+        /// Frames sent.
+        frames_out,
+        /// Frames that could not be parsed (garbage, truncated, oversized,
+        /// wrong version or kind).
+        frames_bad,
+        /// Frames whose body did not decode as the protobuf expected.
+        frames_undecodable,
+        /// Sealed frames for a session the receiver does not know.
+        frames_unknown_session,
+        /// Frames refused as replays (counter not increasing).
+        frames_replayed,
+        /// Events refused for their content (tag, minion, data).
+        events_refused,
+        /// Events accepted off the wire.
+        events_in,
+        /// Sessions opened.
+        sessions_opened,
+        /// Sessions ended by a heartbeat timeout.
+        sessions_expired,
+        /// Replies that arrived after their request timed out.
+        replies_late,
+        /// Outbound messages refused because a queue was full.
+        queue_full,
+    }
+}
+
+impl BusStats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}

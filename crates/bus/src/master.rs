@@ -54,6 +54,8 @@ pub enum MasterInbound {
         minion: String,
         events: Vec<Event>,
         refused: Vec<u64>,
+        /// The oldest seq the minion still holds.
+        oldest: u64,
     },
 }
 
@@ -332,6 +334,7 @@ impl Shared {
             minion: ms.minion.clone(),
             events,
             refused,
+            oldest: batch.oldest_seq,
         };
         // Blocking here pushes back on the SUB socket: its queue fills and
         // the minion's outbox keeps what did not get through.

@@ -33,9 +33,8 @@ pub struct MinionBusConfig {
     pub event_endpoint: String,
     pub command_endpoint: String,
     pub max_message_size: usize,
-    /// How often to send a heartbeat.
-    pub heartbeat: Duration,
-    /// No word from the master for this long: the session is over.
+    /// No word from the master for this long: the session is over. (The
+    /// master says how often to heartbeat, in its welcome.)
     pub master_timeout: Duration,
     pub version: String,
     pub facts: HashMap<String, String>,
@@ -50,6 +49,9 @@ pub enum MinionInbound {
     Disconnected { reason: String },
     /// A command from the master: answer it with [`MinionBus::reply`].
     Request(Request),
+    /// The master's event socket (re)subscribed: it is listening again, so
+    /// anything published while it was not has to be sent again.
+    Subscribed,
 }
 
 enum Control {
@@ -65,6 +67,7 @@ struct Shared {
     inbound: mpsc::Sender<MinionInbound>,
     control: mpsc::Sender<Control>,
     next_seq: AtomicU64,
+    oldest_seq: AtomicU64,
 }
 
 pub struct MinionBus {
@@ -91,14 +94,32 @@ impl MinionBus {
             inbound: inbound_tx,
             control: control_tx,
             next_seq: AtomicU64::new(1),
+            oldest_seq: AtomicU64::new(1),
         });
 
-        let publisher = ctx.socket(zmq::PUB)?;
+        // XPUB, not PUB: it sends the same way, but also tells us when the
+        // master subscribes. PUB drops whatever is sent before the
+        // subscription arrives (and after a master restart, until it
+        // arrives again); knowing when it does lets the minion resend at
+        // once instead of waiting for an acknowledgement to time out.
+        let publisher = ctx.socket(zmq::XPUB)?;
+        publisher.set_xpub_verbose(true)?;
         publisher.set_sndhwm(100_000)?;
         publisher.set_linger(0)?;
         set_reconnect(&publisher)?;
         crate::connect(&publisher, &cfg.event_endpoint)?;
-        let publisher = SocketThread::spawn(&ctx, "minion-events", publisher, Box::new(|_| None))?;
+        let s = shared.clone();
+        let publisher = SocketThread::spawn(
+            &ctx,
+            "minion-events",
+            publisher,
+            Box::new(move |parts| {
+                if parts.first().and_then(|p| p.first()) == Some(&1) {
+                    let _ = s.inbound.try_send(MinionInbound::Subscribed);
+                }
+                None
+            }),
+        )?;
 
         let dealer = ctx.socket(zmq::DEALER)?;
         dealer.set_maxmsgsize(cfg.max_message_size as i64 + 1024)?;
@@ -140,10 +161,11 @@ impl MinionBus {
         self.shared.session.read().expect("session lock").is_some()
     }
 
-    /// The seq the next hello reports as the next event the minion will
-    /// number.
-    pub fn set_next_seq(&self, seq: u64) {
-        self.shared.next_seq.store(seq, Ordering::Relaxed);
+    /// What the next hello reports of the outbox: the oldest seq it still
+    /// holds and the seq the next event will get.
+    pub fn set_outbox_bounds(&self, oldest: u64, next: u64) {
+        self.shared.oldest_seq.store(oldest, Ordering::Relaxed);
+        self.shared.next_seq.store(next, Ordering::Relaxed);
     }
 
     /// Publishes a batch of events on the current session.
@@ -252,13 +274,17 @@ impl Shared {
                 version: self.cfg.version.clone(),
                 facts: self.cfg.facts.clone(),
                 next_seq: self.next_seq.load(Ordering::Relaxed),
+                oldest_seq: self.oldest_seq.load(Ordering::Relaxed),
             })),
         };
         handshake_frame(&msg.encode_to_vec())
     }
 }
 
-const FIRST_RETRY: Duration = Duration::from_millis(100);
+/// The first hello is retried quickly: it is usually dropped only because
+/// the TCP connection was not up yet (the DEALER queues nothing until it
+/// is). Later retries back off to LAST_RETRY.
+const FIRST_RETRY: Duration = Duration::from_millis(10);
 const LAST_RETRY: Duration = Duration::from_secs(5);
 
 async fn run_session(
@@ -304,7 +330,8 @@ async fn run_session(
             return;
         }
 
-        let reason = heartbeat(&shared, &dealer, &session, &mut control).await;
+        let every = Duration::from_millis(u64::from(welcome.heartbeat_ms).max(10));
+        let reason = heartbeat(&shared, &dealer, &session, every, &mut control).await;
         *shared.session.write().expect("session lock") = None;
         let Some(reason) = reason else { return };
         tracing::warn!(%reason, "session with the master ended; reconnecting");
@@ -325,17 +352,20 @@ async fn heartbeat(
     shared: &Shared,
     dealer: &SocketThread,
     session: &Session,
+    every: Duration,
     control: &mut mpsc::Receiver<Control>,
 ) -> Option<String> {
-    let mut beat = tokio::time::interval(shared.cfg.heartbeat);
+    // Never give up on the master before it had three chances to answer.
+    let timeout = shared.cfg.master_timeout.max(every * 3);
+    let mut beat = tokio::time::interval(every);
     let mut heard = Instant::now();
     loop {
         tokio::select! {
             _ = beat.tick() => {
-                if heard.elapsed() > shared.cfg.master_timeout {
+                if heard.elapsed() > timeout {
                     return Some(format!(
                         "no word from the master for {} ms",
-                        shared.cfg.master_timeout.as_millis()
+                        timeout.as_millis()
                     ));
                 }
                 let msg = MinionMessage {

@@ -68,6 +68,10 @@ pub struct Incoming {
     pub events: Vec<Event>,
     /// Seqs the bus refused (bad content): they count as delivered.
     pub refused: Vec<u64>,
+    /// The oldest seq the minion still holds: anything below it not yet
+    /// stored is lost for good, and is skipped (and counted) rather than
+    /// waited for.
+    pub oldest: u64,
 }
 
 /// What one append did.
@@ -82,6 +86,9 @@ pub struct Appended {
     pub gaps: HashMap<String, u64>,
     /// The highest contiguous seq now stored, per minion in the batch.
     pub acked: HashMap<String, u64>,
+    /// Events the minions no longer hold and the store never got, per
+    /// minion: skipped over so delivery can go on.
+    pub lost: HashMap<String, u64>,
 }
 
 /// Which events to list.
@@ -172,6 +179,10 @@ impl Store {
                     Some(s) => *s,
                     None => acked_table.get(minion.as_str())?.map_or(0, |v| v.value()),
                 };
+                if incoming.oldest > seen + 1 {
+                    *out.lost.entry(minion.clone()).or_default() += incoming.oldest - 1 - seen;
+                    seen = incoming.oldest - 1;
+                }
                 let mut refused = incoming.refused;
                 refused.sort_unstable();
                 let mut refused = refused.into_iter().peekable();
@@ -358,6 +369,7 @@ mod tests {
             minion: minion.into(),
             events: seqs.iter().map(|s| ev(minion, *s)).collect(),
             refused: vec![],
+            oldest: 0,
         }
     }
 
@@ -386,6 +398,19 @@ mod tests {
         assert_eq!(store.event_count().unwrap(), 4);
         let out = store.append(vec![incoming("a", &[5])], vec![]).unwrap();
         assert_eq!(out.stored[0].id, 5);
+    }
+
+    #[test]
+    fn seqs_the_minion_no_longer_holds_are_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.append(vec![incoming("a", &[1, 2])], vec![]).unwrap();
+        let mut inc = incoming("a", &[10, 11]);
+        inc.oldest = 10;
+        let out = store.append(vec![inc], vec![]).unwrap();
+        assert_eq!(out.lost["a"], 7);
+        assert_eq!(out.stored.len(), 2);
+        assert_eq!(store.acked("a").unwrap(), 11);
     }
 
     #[test]

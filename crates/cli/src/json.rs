@@ -1,0 +1,107 @@
+//! The stable JSON shapes of `--output json`: one object per event, job or
+//! minion, one per line for lists. Documented in docs/cli.md; fields are
+//! only ever added.
+
+use serde_json::{Value, json};
+use tend_proto::v1::{Job, MinionInfo, MinionResult, Outcome, StateResult, Status, StoredEvent};
+
+pub fn time(us: i64) -> Value {
+    if us <= 0 {
+        return Value::Null;
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us as u64);
+    json!(humantime::format_rfc3339_micros(t).to_string())
+}
+
+fn data(bytes: &[u8]) -> Value {
+    if bytes.is_empty() {
+        return json!({});
+    }
+    serde_json::from_slice(bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(bytes)))
+}
+
+pub fn event(e: &StoredEvent) -> Value {
+    let ev = e.event.clone().unwrap_or_default();
+    json!({
+        "id": e.id,
+        "stored": time(e.stored_us),
+        "minion": ev.minion,
+        "seq": ev.seq,
+        "tag": ev.tag,
+        "time": time(ev.time_us),
+        "cause": if ev.cause == 0 { Value::Null } else { json!(ev.cause) },
+        "data": data(&ev.data),
+    })
+}
+
+pub fn outcome(o: i32) -> &'static str {
+    match Outcome::try_from(o).unwrap_or(Outcome::Unspecified) {
+        Outcome::Ok => "ok",
+        Outcome::Changed => "changed",
+        Outcome::Failed => "failed",
+        Outcome::Skipped => "skipped",
+        Outcome::WouldChange => "would-change",
+        Outcome::Unspecified => "unknown",
+    }
+}
+
+fn state(s: &StateResult) -> Value {
+    json!({
+        "id": s.id,
+        "type": s.kind,
+        "name": s.name,
+        "result": outcome(s.outcome),
+        "comment": s.comment,
+        "diff": s.diff,
+        "changes": data(&s.changes_json),
+        "duration_ms": s.duration_us as f64 / 1000.0,
+    })
+}
+
+pub fn minion_result(r: &MinionResult) -> Value {
+    json!({
+        "minion": r.minion,
+        "status": r.status,
+        "error": r.error,
+        "duration_ms": r.duration_us as f64 / 1000.0,
+        "states": r.results.iter().map(state).collect::<Vec<_>>(),
+    })
+}
+
+pub fn job(j: &Job) -> Value {
+    json!({
+        "id": j.id,
+        "kind": j.kind,
+        "status": j.status,
+        "target": j.target,
+        "states": j.states,
+        "test": j.test,
+        "rule": if j.rule.is_empty() { Value::Null } else { json!(j.rule) },
+        "trigger": if j.trigger_tag.is_empty() { Value::Null } else {
+            json!({"minion": j.trigger_minion, "seq": j.trigger_seq, "tag": j.trigger_tag})
+        },
+        "created": time(j.created_us),
+        "finished": time(j.finished_us),
+        "minions": j.minions.iter().map(minion_result).collect::<Vec<_>>(),
+    })
+}
+
+pub fn minion(m: &MinionInfo) -> Value {
+    json!({
+        "id": m.id,
+        "connected": m.connected,
+        "last_seen": time(m.last_seen_us),
+        "version": m.version,
+        "acked_seq": m.acked_seq,
+        "facts": m.facts,
+    })
+}
+
+pub fn status(s: &Status) -> Value {
+    let counters: std::collections::BTreeMap<_, _> = s.counters.iter().collect();
+    json!({
+        "version": s.version,
+        "started": time(s.started_us),
+        "counters": counters,
+    })
+}

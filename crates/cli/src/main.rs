@@ -1,0 +1,351 @@
+//! tend: the operator's command line. Lists and filters events, applies
+//! states, shows minions and jobs, by asking the master over its control
+//! socket.
+
+mod json;
+mod show;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tend_bus::ControlClient;
+use tend_proto::v1::{
+    ApplyCommand, GetJob, GetStatus, ListEvents, ListJobs, ListMinions, control_reply,
+    control_request,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "tend",
+    version,
+    about = "Operate a tend master: events, states, minions, jobs",
+    after_help = "Examples:\n  tend events --tag 'minion/*/beacon/*' --since 10m\n  tend apply web1 motd --test\n  tend minions\n  tend jobs show 12"
+)]
+struct Cli {
+    /// The master's control endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "TEND_MASTER",
+        default_value = "ipc:///run/tend/control.sock"
+    )]
+    master: String,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Shorthand for `--output json`.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List stored events, newest first.
+    #[command(
+        after_help = "Examples:\n  tend events --minion web1 --limit 20\n  tend events --tag 'minion/*/job/*' --json"
+    )]
+    Events {
+        /// Only events from this minion.
+        #[arg(long)]
+        minion: Option<String>,
+        /// Only events whose tag matches this glob (`*` crosses `/`).
+        #[arg(long)]
+        tag: Option<String>,
+        /// Only events stored since then: a duration ago (`90s`, `10m`,
+        /// `2h`) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Apply states to minions and show what changed.
+    #[command(
+        after_help = "Examples:\n  tend apply web1 motd\n  tend apply 'web*' motd nginx --test\n  tend apply web1,web2 motd"
+    )]
+    Apply {
+        /// Minion id glob (`web*`) or comma-separated ids.
+        target: String,
+        /// State names (`motd`, `web.nginx`).
+        #[arg(required = true)]
+        states: Vec<String>,
+        /// Dry run: change nothing, show what would change.
+        #[arg(long)]
+        test: bool,
+        /// Seconds to wait for the minions.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// List the minions the master knows.
+    Minions,
+    /// List jobs, or show one.
+    Jobs {
+        #[command(subcommand)]
+        what: Option<JobsCommand>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show the master's counters.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Show one job with every state result.
+    Show { id: u64 },
+}
+
+/// How long to wait for the master on anything but an apply.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tend: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let json = cli.json || cli.output == Output::Json;
+    let mut client = connect(&cli.master)?;
+    match cli.command {
+        Command::Events {
+            minion,
+            tag,
+            since,
+            limit,
+        } => {
+            let since_us = match since {
+                Some(s) => parse_since(&s)?,
+                None => 0,
+            };
+            let mut events = Vec::new();
+            call(
+                &mut client,
+                control_request::Body::ListEvents(ListEvents {
+                    minion: minion.unwrap_or_default(),
+                    tag: tag.unwrap_or_default(),
+                    since_us,
+                    limit,
+                }),
+                QUERY_TIMEOUT,
+                |body| {
+                    if let control_reply::Body::Events(list) = body {
+                        events.extend(list.events);
+                    }
+                },
+            )?;
+            if json {
+                for e in &events {
+                    println!("{}", json::event(e));
+                }
+            } else {
+                show::events(&events);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply {
+            target,
+            states,
+            test,
+            timeout,
+        } => {
+            let mut job = None;
+            let timeout = Duration::from_secs(timeout.max(1));
+            call(
+                &mut client,
+                control_request::Body::Apply(ApplyCommand {
+                    target,
+                    states,
+                    test,
+                    timeout_ms: timeout.as_millis() as u32,
+                }),
+                timeout + QUERY_TIMEOUT,
+                |body| match body {
+                    control_reply::Body::MinionResult(r) if !json => show::minion_result(&r),
+                    control_reply::Body::Job(j) => job = Some(j),
+                    _ => {}
+                },
+            )?;
+            let job = job.ok_or_else(|| anyhow!("the master ended the apply without a job"))?;
+            if json {
+                println!("{}", json::job(&job));
+            } else {
+                show::job_summary(&job);
+            }
+            let failed = job
+                .minions
+                .iter()
+                .any(|m| matches!(m.status.as_str(), "failed" | "timeout" | "unreachable"));
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Minions => {
+            let mut minions = Vec::new();
+            call(
+                &mut client,
+                control_request::Body::ListMinions(ListMinions {}),
+                QUERY_TIMEOUT,
+                |body| {
+                    if let control_reply::Body::Minions(list) = body {
+                        minions = list.minions;
+                    }
+                },
+            )?;
+            if json {
+                for m in &minions {
+                    println!("{}", json::minion(m));
+                }
+            } else {
+                show::minions(&minions);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs { what, limit } => {
+            match what {
+                None => {
+                    let mut jobs = Vec::new();
+                    call(
+                        &mut client,
+                        control_request::Body::ListJobs(ListJobs { limit }),
+                        QUERY_TIMEOUT,
+                        |body| {
+                            if let control_reply::Body::Jobs(list) = body {
+                                jobs = list.jobs;
+                            }
+                        },
+                    )?;
+                    if json {
+                        for j in &jobs {
+                            println!("{}", json::job(j));
+                        }
+                    } else {
+                        show::jobs(&jobs);
+                    }
+                }
+                Some(JobsCommand::Show { id }) => {
+                    let mut job = None;
+                    call(
+                        &mut client,
+                        control_request::Body::GetJob(GetJob { id }),
+                        QUERY_TIMEOUT,
+                        |body| {
+                            if let control_reply::Body::Job(j) = body {
+                                job = Some(j);
+                            }
+                        },
+                    )?;
+                    let job = job.ok_or_else(|| anyhow!("no job {id}"))?;
+                    if json {
+                        println!("{}", json::job(&job));
+                    } else {
+                        show::job(&job);
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status => {
+            let mut status = None;
+            call(
+                &mut client,
+                control_request::Body::GetStatus(GetStatus {}),
+                QUERY_TIMEOUT,
+                |body| {
+                    if let control_reply::Body::Status(s) = body {
+                        status = Some(s);
+                    }
+                },
+            )?;
+            let status = status.ok_or_else(|| anyhow!("the master sent no status"))?;
+            if json {
+                println!("{}", json::status(&status));
+            } else {
+                show::status(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn connect(endpoint: &str) -> anyhow::Result<ControlClient> {
+    if let Some(path) = endpoint.strip_prefix("ipc://")
+        && !Path::new(path).exists()
+    {
+        bail!(
+            "cannot reach the master at {endpoint}: no socket at {path}. Is tend-master running? \
+             Is the path right? (set --master or TEND_MASTER)"
+        );
+    }
+    ControlClient::connect(endpoint)
+        .with_context(|| format!("cannot reach the master at {endpoint}"))
+}
+
+/// Sends one request and hands every part of the answer to `on_body`; a
+/// failure from the master becomes the error.
+fn call(
+    client: &mut ControlClient,
+    body: control_request::Body,
+    timeout: Duration,
+    mut on_body: impl FnMut(control_reply::Body),
+) -> anyhow::Result<()> {
+    let mut failure = None;
+    let endpoint = client.endpoint().to_string();
+    client
+        .call(body, Some(timeout), |reply| {
+            match reply.body {
+                Some(control_reply::Body::Failure(f)) => failure = Some(f.message),
+                Some(b) => on_body(b),
+                None => {}
+            }
+            true
+        })
+        .map_err(|e| match e {
+            tend_bus::BusError::Timeout { .. } => anyhow!(
+                "no answer from the master at {endpoint} within {} s. Is tend-master running? \
+                 (set --master or TEND_MASTER)",
+                timeout.as_secs()
+            ),
+            other => anyhow!("talking to the master at {endpoint}: {other}"),
+        })?;
+    match failure {
+        Some(message) => Err(anyhow!("{message}")),
+        None => Ok(()),
+    }
+}
+
+/// `--since`: a duration ago, or an RFC 3339 time; microseconds.
+fn parse_since(s: &str) -> anyhow::Result<i64> {
+    let at = if let Ok(d) = humantime::parse_duration(s) {
+        SystemTime::now()
+            .checked_sub(d)
+            .ok_or_else(|| anyhow!("--since {s}: too long ago"))?
+    } else if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        t
+    } else {
+        bail!("--since {s:?}: give a duration (90s, 10m, 2h) or a time (2026-11-29T10:00:00Z)");
+    };
+    Ok(at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0))
+}

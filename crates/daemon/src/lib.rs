@@ -1,0 +1,165 @@
+//! tend-daemon: what both daemons share and nothing else needs: reading a
+//! config file with errors that name the file and the key, logging set up
+//! from config and `RUST_LOG`, and shutdown on SIGTERM or SIGINT.
+//!
+//! DESIGN.md has no crate for this; without one, tend-master and
+//! tend-minion would each carry a copy.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Reads and parses TOML config `path`. A typo, a wrong type or a missing
+/// key is an error naming the file, the line and the key.
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+/// A path from a config file: relative paths are relative to the file's
+/// directory, so a config works wherever it is started from.
+pub fn relative_to(config: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    // Sockets and logs should say where things are, whatever the cwd was.
+    let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
+    config.parent().unwrap_or(Path::new("/")).join(path)
+}
+
+/// `[log]` in either daemon's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`, or a full filter like
+    /// `info,tend_bus=debug`. `RUST_LOG` wins when set.
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// `text` (human-readable) or `json` (one object per line).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_level(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Sets up logging to stderr.
+pub fn init_logging(cfg: &LogConfig) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::try_new(v),
+        _ => EnvFilter::try_new(&cfg.level),
+    }
+    .map_err(|e| format!("bad log level {:?}: {e}", cfg.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match cfg.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|e| e.to_string())
+}
+
+/// A token cancelled on the first SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = which, "shutting down");
+        t.cancel();
+    });
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Cfg {
+        port: u16,
+        #[serde(default)]
+        log: LogConfig,
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "port = 1\nprot = 2\n").unwrap();
+        let e = load::<Cfg>(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("m.toml") && e.contains("prot") && e.contains("line 2"),
+            "{e}"
+        );
+        std::fs::write(&path, "port = \"x\"\n").unwrap();
+        let e = load::<Cfg>(&path).unwrap_err().to_string();
+        assert!(e.contains("port"), "{e}");
+        std::fs::write(&path, "port = 1\n[log]\nformat = \"xml\"\n").unwrap();
+        let e = load::<Cfg>(&path).unwrap_err().to_string();
+        assert!(e.contains("xml"), "{e}");
+        let e = load::<Cfg>(&dir.path().join("nope.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope.toml"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        assert_eq!(
+            relative_to(Path::new("/etc/tend/master.toml"), Path::new("reactor.d")),
+            PathBuf::from("/etc/tend/reactor.d")
+        );
+        assert_eq!(
+            relative_to(Path::new("/etc/tend/master.toml"), Path::new("/srv")),
+            PathBuf::from("/srv")
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! master.toml: where the master listens, where it keeps its data, its
+//! state tree and its rules.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tend_daemon::LogConfig;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasterConfig {
+    /// Where minions publish events.
+    #[serde(default = "default_event_endpoint")]
+    pub event_endpoint: String,
+    /// Where minions connect for commands.
+    #[serde(default = "default_command_endpoint")]
+    pub command_endpoint: String,
+    /// Where the CLI connects; `ipc://<run_dir>/control.sock` when absent.
+    #[serde(default)]
+    pub control_endpoint: Option<String>,
+    /// The store lives here. Relative to this file when relative.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Sockets and other runtime files.
+    #[serde(default = "default_run_dir")]
+    pub run_dir: PathBuf,
+    /// The state tree: state files and the files they use.
+    #[serde(default = "default_state_root")]
+    pub state_root: PathBuf,
+    /// Reactor rule files (`*.toml`).
+    #[serde(default = "default_reactor_dir")]
+    pub reactor_dir: PathBuf,
+    /// Largest message accepted on any socket.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    /// How often minions heartbeat.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A minion silent this long is down.
+    #[serde(default = "default_presence_timeout_ms")]
+    pub presence_timeout_ms: u64,
+    /// How long an apply may take on a minion before it counts as timed out.
+    #[serde(default = "default_apply_timeout_ms")]
+    pub apply_timeout_ms: u64,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_event_endpoint() -> String {
+    "tcp://0.0.0.0:4510".into()
+}
+fn default_command_endpoint() -> String {
+    "tcp://0.0.0.0:4511".into()
+}
+fn default_data_dir() -> PathBuf {
+    "/var/lib/tend/master".into()
+}
+fn default_run_dir() -> PathBuf {
+    "/run/tend".into()
+}
+fn default_state_root() -> PathBuf {
+    "/srv/tend/states".into()
+}
+fn default_reactor_dir() -> PathBuf {
+    "reactor.d".into()
+}
+fn default_max_message_size() -> usize {
+    tend_bus::DEFAULT_MAX_MESSAGE
+}
+fn default_heartbeat_ms() -> u64 {
+    5_000
+}
+fn default_presence_timeout_ms() -> u64 {
+    15_000
+}
+fn default_apply_timeout_ms() -> u64 {
+    60_000
+}
+
+impl MasterConfig {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let mut cfg: Self = tend_daemon::load(path).map_err(|e| e.to_string())?;
+        for p in [
+            &mut cfg.data_dir,
+            &mut cfg.run_dir,
+            &mut cfg.state_root,
+            &mut cfg.reactor_dir,
+        ] {
+            *p = tend_daemon::relative_to(path, p);
+        }
+        let err =
+            |key: &str, msg: String| format!("config file {}: key `{key}`: {msg}", path.display());
+        for (key, ep) in [
+            ("event_endpoint", &cfg.event_endpoint),
+            ("command_endpoint", &cfg.command_endpoint),
+        ] {
+            if !ep.starts_with("tcp://") && !ep.starts_with("ipc://") {
+                return Err(err(
+                    key,
+                    format!("{ep:?} is not a tcp:// or ipc:// endpoint"),
+                ));
+            }
+        }
+        if !(1024..=64 << 20).contains(&cfg.max_message_size) {
+            return Err(err(
+                "max_message_size",
+                format!("{} is not between 1024 and 67108864", cfg.max_message_size),
+            ));
+        }
+        if cfg.heartbeat_ms < 10 || cfg.heartbeat_ms > 600_000 {
+            return Err(err(
+                "heartbeat_ms",
+                format!("{} is not between 10 and 600000", cfg.heartbeat_ms),
+            ));
+        }
+        if cfg.presence_timeout_ms < 2 * cfg.heartbeat_ms {
+            return Err(err(
+                "presence_timeout_ms",
+                format!(
+                    "{} must be at least twice heartbeat_ms ({})",
+                    cfg.presence_timeout_ms, cfg.heartbeat_ms
+                ),
+            ));
+        }
+        if cfg.apply_timeout_ms == 0 {
+            return Err(err("apply_timeout_ms", "must be above 0".into()));
+        }
+        Ok(cfg)
+    }
+
+    pub fn control_endpoint(&self) -> String {
+        self.control_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("ipc://{}", self.run_dir.join("control.sock").display()))
+    }
+}

@@ -1,0 +1,194 @@
+//! The control API: what `tend` asks of the master.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use tend_bus::Responder;
+use tend_proto::v1::{
+    ApplyCommand, ControlRequest, EventList, Failure, JobList, ListEvents, MinionList, Status,
+    control_reply, control_request,
+};
+use tend_store::EventFilter;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::jobs::{ApplySpec, run_apply};
+use crate::master::Master;
+
+/// Events listed when the CLI gives no limit.
+const DEFAULT_LIMIT: usize = 100;
+/// Events listed at most in one request.
+const MAX_LIMIT: usize = 100_000;
+/// A reply part is cut at about this size.
+const PART_BYTES: usize = 256 * 1024;
+
+pub async fn serve(
+    master: Arc<Master>,
+    mut requests: mpsc::Receiver<(Responder, ControlRequest)>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (responder, req) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = requests.recv() => match r {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        let master = master.clone();
+        tokio::spawn(async move {
+            if let Err(message) = handle(&master, &responder, req).await {
+                let _ = responder.finish(control_reply::Body::Failure(Failure { message }));
+            }
+        });
+    }
+}
+
+async fn handle(master: &Arc<Master>, out: &Responder, req: ControlRequest) -> Result<(), String> {
+    let Some(body) = req.body else {
+        return Err("empty request".into());
+    };
+    match body {
+        control_request::Body::ListEvents(q) => list_events(master, out, q).await,
+        control_request::Body::ListMinions(_) => {
+            let mut minions: Vec<_> = {
+                let known = master.minions.lock().unwrap_or_else(|p| p.into_inner());
+                known.values().cloned().collect()
+            };
+            for m in &mut minions {
+                m.connected = master.bus.is_connected(&m.id);
+            }
+            minions.sort_by(|a, b| a.id.cmp(&b.id));
+            send(out, control_reply::Body::Minions(MinionList { minions }))
+        }
+        control_request::Body::Apply(cmd) => apply(master, out, cmd).await,
+        control_request::Body::ListJobs(q) => {
+            let limit = if q.limit == 0 {
+                DEFAULT_LIMIT
+            } else {
+                (q.limit as usize).min(MAX_LIMIT)
+            };
+            let store = master.store.clone();
+            let jobs = blocking(move || store.list_jobs(limit)).await?;
+            send(out, control_reply::Body::Jobs(JobList { jobs }))
+        }
+        control_request::Body::GetJob(q) => {
+            let store = master.store.clone();
+            match blocking(move || store.job(q.id)).await? {
+                Some(job) => send(out, control_reply::Body::Job(job)),
+                None => Err(format!("no job {}", q.id)),
+            }
+        }
+        control_request::Body::GetStatus(_) => {
+            let mut counters = std::collections::HashMap::new();
+            for (k, v) in master.bus_stats.snapshot() {
+                counters.insert(format!("bus_{k}"), v);
+            }
+            for (k, v) in master.counters.snapshot() {
+                counters.insert(k.to_string(), v);
+            }
+            counters.insert(
+                "minions_connected".into(),
+                master.bus.connected().len() as u64,
+            );
+            counters.insert("rules".into(), master.rules().len() as u64);
+            send(
+                out,
+                control_reply::Body::Status(Status {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    started_us: master.started_us,
+                    counters,
+                }),
+            )
+        }
+    }
+}
+
+fn send(out: &Responder, body: control_reply::Body) -> Result<(), String> {
+    out.finish(body).map_err(|e| e.to_string())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, tend_store::StoreError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("store task failed: {e}")),
+    }
+}
+
+async fn list_events(master: &Master, out: &Responder, q: ListEvents) -> Result<(), String> {
+    let tag = if q.tag.is_empty() {
+        None
+    } else {
+        Some(
+            globset::GlobBuilder::new(&q.tag)
+                .literal_separator(false)
+                .build()
+                .map_err(|e| format!("bad tag glob {:?}: {e}", q.tag))?
+                .compile_matcher(),
+        )
+    };
+    let filter = EventFilter {
+        minion: (!q.minion.is_empty()).then(|| q.minion.clone()),
+        tag,
+        since_us: (q.since_us > 0).then_some(q.since_us),
+        limit: if q.limit == 0 {
+            DEFAULT_LIMIT
+        } else {
+            (q.limit as usize).min(MAX_LIMIT)
+        },
+    };
+    let store = master.store.clone();
+    let events = blocking(move || store.list_events(&filter)).await?;
+    // In parts, so a long list never makes one oversized message.
+    let mut part = Vec::new();
+    let mut bytes = 0;
+    for e in events {
+        let len = e.encoded_len();
+        if !part.is_empty() && bytes + len > PART_BYTES {
+            out.send(
+                control_reply::Body::Events(EventList {
+                    events: std::mem::take(&mut part),
+                }),
+                true,
+            )
+            .map_err(|e| e.to_string())?;
+            bytes = 0;
+        }
+        bytes += len;
+        part.push(e);
+    }
+    send(out, control_reply::Body::Events(EventList { events: part }))
+}
+
+async fn apply(master: &Arc<Master>, out: &Responder, cmd: ApplyCommand) -> Result<(), String> {
+    if cmd.states.is_empty() {
+        return Err("name at least one state to apply".into());
+    }
+    let minions = master.resolve_target(&cmd.target)?;
+    let timeout = if cmd.timeout_ms == 0 {
+        Duration::from_millis(master.cfg.apply_timeout_ms)
+    } else {
+        Duration::from_millis(u64::from(cmd.timeout_ms))
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    let spec = ApplySpec {
+        target: cmd.target,
+        minions,
+        states: cmd.states,
+        test: cmd.test,
+        timeout,
+        rule: String::new(),
+        trigger: None,
+    };
+    let master = master.clone();
+    let job = tokio::spawn(async move { run_apply(&master, spec, Some(tx)).await });
+    while let Some(result) = rx.recv().await {
+        let _ = out.send(control_reply::Body::MinionResult(result), true);
+    }
+    let job = job.await.map_err(|e| format!("the job failed: {e}"))?;
+    send(out, control_reply::Body::Job(job))
+}

@@ -1,0 +1,336 @@
+//! Jobs: states applied to minions, by an operator or by a rule.
+//!
+//! The master resolves the states from its tree before anything is sent (a
+//! bad state file or a path out of the tree fails the job on the master),
+//! sends them to every targeted minion at once, and records per minion what
+//! happened. Reactions are coalesced like a controller's work queue: for
+//! one minion and one set of states there is at most one apply running and
+//! one waiting, however many events asked for it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tend_bus::BusError;
+use tend_proto::now_us;
+use tend_proto::v1::{ApplyRequest, Event, Job, MinionResult, Outcome, reply, request};
+use tend_reactor::{Action, Reaction};
+use tokio::sync::mpsc;
+
+use crate::master::{Master, add};
+
+/// What to apply, where, and why.
+pub struct ApplySpec {
+    pub target: String,
+    pub minions: Vec<String>,
+    pub states: Vec<String>,
+    pub test: bool,
+    pub timeout: Duration,
+    pub rule: String,
+    pub trigger: Option<Event>,
+}
+
+/// Runs an apply to completion. Each minion's result goes to `progress` as
+/// it arrives.
+pub async fn run_apply(
+    master: &Arc<Master>,
+    spec: ApplySpec,
+    progress: Option<mpsc::Sender<MinionResult>>,
+) -> Job {
+    let mut job = Job {
+        id: master.store.next_job_id(),
+        kind: "apply".into(),
+        target: spec.target.clone(),
+        states: spec.states.clone(),
+        test: spec.test,
+        rule: spec.rule.clone(),
+        trigger_minion: spec
+            .trigger
+            .as_ref()
+            .map(|e| e.minion.clone())
+            .unwrap_or_default(),
+        trigger_seq: spec.trigger.as_ref().map_or(0, |e| e.seq),
+        trigger_tag: spec
+            .trigger
+            .as_ref()
+            .map(|e| e.tag.clone())
+            .unwrap_or_default(),
+        created_us: now_us(),
+        finished_us: 0,
+        status: "running".into(),
+        minions: Vec::new(),
+    };
+    add(&master.counters.jobs_started, 1);
+    save_job(master, &job).await;
+    tracing::info!(job = job.id, target = %job.target, states = ?job.states, rule = %job.rule, test = job.test, "job started");
+
+    let tree = master.tree.clone();
+    let names = spec.states.clone();
+    let resolved = tokio::task::spawn_blocking(move || {
+        let mut all = Vec::new();
+        for name in &names {
+            all.extend(tree.load(name).map_err(|e| e.to_string())?);
+        }
+        serde_json::to_vec(&all).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+
+    let mut results = Vec::new();
+    match resolved {
+        Err(error) => {
+            tracing::warn!(job = job.id, %error, "states not sent");
+            for minion in &spec.minions {
+                let r = MinionResult {
+                    minion: minion.clone(),
+                    status: "failed".into(),
+                    error: format!("nothing sent: {error}"),
+                    ..Default::default()
+                };
+                if let Some(p) = &progress {
+                    let _ = p.send(r.clone()).await;
+                }
+                results.push(r);
+            }
+        }
+        Ok(states_json) => {
+            let mut set = tokio::task::JoinSet::new();
+            for minion in spec.minions.clone() {
+                let master = master.clone();
+                let body = request::Body::Apply(ApplyRequest {
+                    job: job.id,
+                    test: spec.test,
+                    states_json: states_json.clone(),
+                });
+                let timeout = spec.timeout;
+                set.spawn(async move { apply_one(&master, minion, body, timeout).await });
+            }
+            while let Some(r) = set.join_next().await {
+                let Ok(r) = r else { continue };
+                if let Some(p) = &progress {
+                    let _ = p.send(r.clone()).await;
+                }
+                results.push(r);
+            }
+        }
+    }
+    results.sort_by(|a, b| a.minion.cmp(&b.minion));
+    job.status = overall(&results).into();
+    job.minions = results;
+    job.finished_us = now_us();
+    if job.status == "failed" {
+        add(&master.counters.jobs_failed, 1);
+    }
+    save_job(master, &job).await;
+    for r in &job.minions {
+        let changed: Vec<&str> = r
+            .results
+            .iter()
+            .filter(|s| s.outcome == Outcome::Changed as i32)
+            .map(|s| s.id.as_str())
+            .collect();
+        let failed: Vec<&str> = r
+            .results
+            .iter()
+            .filter(|s| s.outcome == Outcome::Failed as i32)
+            .map(|s| s.id.as_str())
+            .collect();
+        master.emit(
+            &r.minion,
+            format!("minion/{}/job/{}/{}", r.minion, job.id, r.status),
+            json!({
+                "job": job.id,
+                "rule": job.rule,
+                "states": job.states,
+                "test": job.test,
+                "status": r.status,
+                "error": r.error,
+                "changed": changed,
+                "failed": failed,
+                "trigger_seq": job.trigger_seq,
+                "trigger_tag": job.trigger_tag,
+            }),
+        );
+    }
+    tracing::info!(job = job.id, status = %job.status, ms = (job.finished_us - job.created_us) / 1000, "job finished");
+    job
+}
+
+async fn apply_one(
+    master: &Master,
+    minion: String,
+    body: request::Body,
+    timeout: Duration,
+) -> MinionResult {
+    let start = Instant::now();
+    let mut r = MinionResult {
+        minion: minion.clone(),
+        ..Default::default()
+    };
+    match master.bus.request(&minion, body, timeout).await {
+        Ok(reply) => match reply.body {
+            Some(reply::Body::Apply(a)) => {
+                r.status = minion_status(&a.results).into();
+                r.results = a.results;
+            }
+            Some(reply::Body::Failure(f)) => {
+                r.status = "failed".into();
+                r.error = f.message;
+            }
+            _ => {
+                r.status = "failed".into();
+                r.error = "the minion answered with something other than a state result".into();
+            }
+        },
+        Err(BusError::NotConnected(_)) => {
+            r.status = "unreachable".into();
+            r.error = "the minion is not connected".into();
+        }
+        Err(BusError::Timeout { .. }) => {
+            r.status = "timeout".into();
+            r.error = format!("no answer within {} ms", timeout.as_millis());
+        }
+        Err(e) => {
+            r.status = "failed".into();
+            r.error = e.to_string();
+        }
+    }
+    r.duration_us = start.elapsed().as_micros() as u64;
+    r
+}
+
+fn minion_status(results: &[tend_proto::v1::StateResult]) -> &'static str {
+    let has = |o: Outcome| results.iter().any(|s| s.outcome == o as i32);
+    if has(Outcome::Failed) {
+        "failed"
+    } else if has(Outcome::Changed) {
+        "changed"
+    } else if has(Outcome::WouldChange) {
+        "would-change"
+    } else {
+        "ok"
+    }
+}
+
+fn overall(results: &[MinionResult]) -> &'static str {
+    let has = |s: &str| results.iter().any(|r| r.status == s);
+    if results.is_empty() || has("failed") || has("timeout") || has("unreachable") {
+        "failed"
+    } else if has("changed") {
+        "changed"
+    } else if has("would-change") {
+        "would-change"
+    } else {
+        "ok"
+    }
+}
+
+async fn save_job(master: &Master, job: &Job) {
+    let store = master.store.clone();
+    let job = job.clone();
+    match tokio::task::spawn_blocking(move || store.put_job(&job)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot record the job"),
+        Err(e) => tracing::error!(error = %e, "cannot record the job"),
+    }
+}
+
+/// For one (minion, states, test): whether an apply is running, and the
+/// trigger of the one waiting behind it.
+type Key = (String, Vec<String>, bool);
+
+struct Trigger {
+    rule: Arc<str>,
+    event: Event,
+}
+
+#[derive(Default)]
+pub(crate) struct Coalescer {
+    queue: Mutex<HashMap<Key, Option<Trigger>>>,
+}
+
+/// Turns a matched rule into jobs.
+pub fn react(master: &Arc<Master>, reaction: &Reaction, event: &Event) {
+    for action in &reaction.actions {
+        match action {
+            Action::Apply {
+                target,
+                states,
+                test,
+            } => {
+                let minions = match target {
+                    None if event.minion.is_empty() => {
+                        tracing::warn!(rule = %reaction.rule, tag = %event.tag, "rule applies to the event's minion, but the event has none");
+                        continue;
+                    }
+                    None => vec![event.minion.clone()],
+                    Some(t) => match master.resolve_target(t) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(rule = %reaction.rule, error = %e, "rule target matches nothing");
+                            continue;
+                        }
+                    },
+                };
+                for minion in minions {
+                    enqueue(
+                        master,
+                        (minion, states.clone(), *test),
+                        Trigger {
+                            rule: reaction.rule.clone(),
+                            event: event.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn enqueue(master: &Arc<Master>, key: Key, trigger: Trigger) {
+    {
+        let mut queue = master
+            .reactions
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(waiting) = queue.get_mut(&key) {
+            if waiting.is_some() {
+                add(&master.counters.reactions_coalesced, 1);
+            }
+            // The newest trigger stands for all the ones it replaces.
+            *waiting = Some(trigger);
+            return;
+        }
+        queue.insert(key.clone(), None);
+    }
+    let master = master.clone();
+    tokio::spawn(async move {
+        let mut trigger = trigger;
+        loop {
+            let spec = ApplySpec {
+                target: key.0.clone(),
+                minions: vec![key.0.clone()],
+                states: key.1.clone(),
+                test: key.2,
+                timeout: Duration::from_millis(master.cfg.apply_timeout_ms),
+                rule: trigger.rule.to_string(),
+                trigger: Some(trigger.event),
+            };
+            run_apply(&master, spec, None).await;
+            let mut queue = master
+                .reactions
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match queue.get_mut(&key).and_then(Option::take) {
+                Some(next) => trigger = next,
+                None => {
+                    queue.remove(&key);
+                    return;
+                }
+            }
+        }
+    });
+}

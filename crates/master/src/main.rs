@@ -1,0 +1,182 @@
+//! tend-master: receives and stores events, runs the reactor, sends states
+//! to minions, and answers the CLI.
+
+mod config;
+mod control;
+mod ingest;
+mod jobs;
+mod master;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tend_bus::{BusStats, ControlServer, MasterBus, MasterBusConfig};
+use tend_reactor::Rules;
+use tend_state::StateTree;
+use tend_store::Store;
+use tokio::sync::mpsc;
+
+use crate::config::MasterConfig;
+use crate::master::Master;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "tend master: stores events, reacts to them, keeps minions in their desired state"
+)]
+struct Args {
+    /// Path to master.toml.
+    #[arg(long, short, default_value = "/etc/tend/master.toml")]
+    config: PathBuf,
+    /// Validate the config and the rules, then exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let cfg = match MasterConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tend-master: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Err(e) = tend_daemon::init_logging(&cfg.log) {
+        eprintln!(
+            "tend-master: config file {}: [log]: {e}",
+            args.config.display()
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tend-master: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, cfg)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("tend-master: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
+    let rules = Rules::load_dir(&cfg.reactor_dir)?;
+    if args.check_config {
+        println!(
+            "{}: ok ({} rule(s) in {})",
+            args.config.display(),
+            rules.len(),
+            cfg.reactor_dir.display()
+        );
+        return Ok(());
+    }
+    let store = Arc::new(Store::open(&cfg.data_dir)?);
+    let shutdown = tend_daemon::shutdown_on_signals()?;
+
+    let bus_stats = Arc::new(BusStats::default());
+    let (bus, inbound) = MasterBus::bind(
+        MasterBusConfig {
+            event_endpoint: cfg.event_endpoint.clone(),
+            command_endpoint: cfg.command_endpoint.clone(),
+            max_message_size: cfg.max_message_size,
+            heartbeat: Duration::from_millis(cfg.heartbeat_ms),
+            presence_timeout: Duration::from_millis(cfg.presence_timeout_ms),
+        },
+        bus_stats.clone(),
+    )?;
+    let control_endpoint = cfg.control_endpoint();
+    let control_socket = prepare_ipc(&control_endpoint)?;
+    let (_control, requests) =
+        ControlServer::bind(&control_endpoint, cfg.max_message_size, bus_stats.clone())?;
+    if let Some(path) = &control_socket {
+        restrict(path)?;
+    }
+
+    let minions: HashMap<_, _> = store
+        .minions()?
+        .into_iter()
+        .map(|mut m| {
+            m.connected = false;
+            (m.id.clone(), m)
+        })
+        .collect();
+    let (local_tx, local_rx) = mpsc::channel(4096);
+    tracing::info!(
+        events = %cfg.event_endpoint,
+        commands = %cfg.command_endpoint,
+        control = %control_endpoint,
+        store = %store.path().display(),
+        rules = rules.len(),
+        minions = minions.len(),
+        "tend-master ready"
+    );
+    let master = Arc::new(Master {
+        tree: StateTree::new(&cfg.state_root),
+        cfg,
+        store,
+        bus,
+        bus_stats,
+        rules: RwLock::new(Arc::new(rules)),
+        counters: Default::default(),
+        minions: Mutex::new(minions),
+        local: local_tx,
+        started_us: tend_proto::now_us(),
+        reactions: Default::default(),
+    });
+
+    let ingest = tokio::spawn(ingest::run(
+        master.clone(),
+        inbound,
+        local_rx,
+        shutdown.clone(),
+    ));
+    let control = tokio::spawn(control::serve(master.clone(), requests, shutdown.clone()));
+    shutdown.cancelled().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), ingest).await;
+    let _ = control.await;
+    if let Some(path) = control_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!("tend-master stopped");
+    Ok(())
+}
+
+/// For an `ipc://` endpoint: creates its directory and removes a stale
+/// socket file left by a master that did not stop cleanly.
+fn prepare_ipc(endpoint: &str) -> anyhow::Result<Option<PathBuf>> {
+    let Some(path) = endpoint.strip_prefix("ipc://") else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the run dir {}", dir.display()))?;
+    }
+    if path.exists() {
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    Ok(Some(path))
+}
+
+/// Only the master's own user may use the control socket: it can apply
+/// states on every minion.
+fn restrict(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))
+}

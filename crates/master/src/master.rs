@@ -1,0 +1,139 @@
+//! The master's shared state: the bus, the store, the state tree, the
+//! rules, and what it knows of each minion.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tend_bus::{BusStats, MasterBus};
+use tend_proto::v1::{Event, MinionInfo};
+use tend_reactor::Rules;
+use tend_state::StateTree;
+use tend_store::Store;
+use tokio::sync::mpsc;
+
+use crate::config::MasterConfig;
+
+macro_rules! counters {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* $field:ident),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Default)]
+        pub struct $name { $($(#[$fm])* pub $field: AtomicU64,)* }
+        impl $name {
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($field), self.$field.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// What the master itself counted.
+    pub struct Counters {
+        /// Events written to the store.
+        events_stored,
+        /// Events received again after they were stored (replays).
+        events_duplicate,
+        /// Events minions no longer held when the master asked for them.
+        events_lost,
+        /// Rules that matched an event and acted.
+        reactions,
+        /// Reactions folded into an apply already running or pending for
+        /// the same minion and states.
+        reactions_coalesced,
+        /// Jobs started.
+        jobs_started,
+        /// Jobs in which some minion failed or did not answer.
+        jobs_failed,
+        /// Local events dropped because the ingest queue was full.
+        local_events_dropped,
+    }
+}
+
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+pub struct Master {
+    pub cfg: MasterConfig,
+    pub store: Arc<Store>,
+    pub bus: MasterBus,
+    pub bus_stats: Arc<BusStats>,
+    pub tree: StateTree,
+    pub rules: RwLock<Arc<Rules>>,
+    pub counters: Counters,
+    /// Every minion the master has heard of, by id.
+    pub minions: Mutex<HashMap<String, MinionInfo>>,
+    /// Events the master makes itself (presence, job results) on their way
+    /// into the store and the reactor.
+    pub local: mpsc::Sender<Event>,
+    pub started_us: i64,
+    pub(crate) reactions: crate::jobs::Coalescer,
+}
+
+impl Master {
+    /// Queues an event made by the master. Never waits: a full queue is
+    /// counted and logged.
+    pub fn emit(&self, minion: &str, tag: String, data: serde_json::Value) {
+        let event = Event {
+            minion: minion.to_string(),
+            seq: 0,
+            tag,
+            time_us: tend_proto::now_us(),
+            data: data.to_string().into_bytes(),
+            cause: 0,
+        };
+        if self.local.try_send(event).is_err() {
+            add(&self.counters.local_events_dropped, 1);
+            tracing::warn!("ingest queue full: a master event was dropped");
+        }
+    }
+
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Minion ids matching `target`: a comma-separated list of ids, or a
+    /// glob over every minion the master knows.
+    pub fn resolve_target(&self, target: &str) -> Result<Vec<String>, String> {
+        let known: Vec<String> = {
+            let minions = self.minions.lock().unwrap_or_else(|p| p.into_inner());
+            minions.keys().cloned().collect()
+        };
+        let mut out: Vec<String> = if target.contains(',') {
+            target
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        } else {
+            let glob = globset::Glob::new(target)
+                .map_err(|e| format!("bad target {target:?}: {e}"))?
+                .compile_matcher();
+            known.into_iter().filter(|id| glob.is_match(id)).collect()
+        };
+        for id in &out {
+            tend_proto::validate_minion_id(id).map_err(|e| e.to_string())?;
+        }
+        out.sort();
+        out.dedup();
+        if out.is_empty() {
+            return Err(format!(
+                "no minion matches {target:?} (see `tend minions` for the minions the master knows)"
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Records that a minion was seen (connected or not).
+    pub fn update_minion(&self, id: &str, f: impl FnOnce(&mut MinionInfo)) -> MinionInfo {
+        let mut minions = self.minions.lock().unwrap_or_else(|p| p.into_inner());
+        let info = minions.entry(id.to_string()).or_insert_with(|| MinionInfo {
+            id: id.to_string(),
+            ..Default::default()
+        });
+        f(info);
+        info.clone()
+    }
+}

@@ -1,0 +1,146 @@
+//! Answers the master's requests: apply states, run a command, ping. One
+//! state run at a time on a minion, as in Salt: two runs racing over the
+//! same files would each undo the other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tend_bus::MinionBus;
+use tend_proto::now_us;
+use tend_proto::v1::{
+    ApplyRequest, ApplyResult, Failure, Pong, Reply, Request, RunRequest, RunResult, reply, request,
+};
+use tend_state::{ApplyOptions, Ledger, State};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::publisher::Signal;
+
+pub struct Commands {
+    pub bus: Arc<MinionBus>,
+    pub ledger: Arc<Ledger>,
+    pub publisher: mpsc::Sender<Signal>,
+    /// Held for the length of a state run.
+    pub state_run: Mutex<()>,
+}
+
+/// Output kept from a command, per stream.
+const MAX_OUTPUT: usize = 64 * 1024;
+
+impl Commands {
+    /// Handles one request; long ones run in their own task.
+    pub async fn handle(self: &Arc<Self>, req: Request) {
+        let id = req.id;
+        let Some(body) = req.body else {
+            self.answer(id, failure("request with no body"));
+            return;
+        };
+        if let request::Body::Ack(ack) = body {
+            let _ = self
+                .publisher
+                .send(Signal::Ack {
+                    seq: ack.seq,
+                    replay: ack.replay,
+                })
+                .await;
+            return;
+        }
+        if req.deadline_us != 0 && req.deadline_us < now_us() {
+            self.answer(
+                id,
+                failure("the request arrived after its deadline; not started"),
+            );
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let answer = match body {
+                request::Body::Ping(_) => reply::Body::Pong(Pong {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                }),
+                request::Body::Apply(apply) => this.apply(apply).await,
+                request::Body::Run(run) => run_command(run).await,
+                request::Body::Ack(_) => unreachable!("handled above"),
+            };
+            this.answer(id, answer);
+        });
+    }
+
+    fn answer(&self, id: u64, body: reply::Body) {
+        if let Err(e) = self.bus.reply(Reply {
+            id,
+            body: Some(body),
+        }) {
+            tracing::warn!(request = id, error = %e, "cannot send the reply");
+        }
+    }
+
+    async fn apply(&self, req: ApplyRequest) -> reply::Body {
+        let states: Vec<State> = match serde_json::from_slice(&req.states_json) {
+            Ok(s) => s,
+            Err(e) => return failure(&format!("cannot read the states sent: {e}")),
+        };
+        let _running = self.state_run.lock().await;
+        let ledger = self.ledger.clone();
+        let (job, test) = (req.job, req.test);
+        tracing::info!(job, test, states = states.len(), "applying states");
+        let results = tokio::task::spawn_blocking(move || {
+            tend_state::apply(
+                &states,
+                &ApplyOptions {
+                    test,
+                    job,
+                    ledger: Some(&ledger),
+                },
+            )
+        })
+        .await;
+        match results {
+            Ok(results) => reply::Body::Apply(ApplyResult { job, results }),
+            Err(e) => failure(&format!("the state run crashed: {e}")),
+        }
+    }
+}
+
+fn failure(message: &str) -> reply::Body {
+    reply::Body::Failure(Failure {
+        message: message.to_string(),
+    })
+}
+
+async fn run_command(req: RunRequest) -> reply::Body {
+    let Some((program, args)) = req.argv.split_first() else {
+        return failure("empty command");
+    };
+    let timeout = Duration::from_millis(if req.timeout_ms == 0 {
+        60_000
+    } else {
+        u64::from(req.timeout_ms)
+    });
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(timeout, child).await {
+        Err(_) => failure(&format!(
+            "{program} did not finish within {} ms; killed",
+            timeout.as_millis()
+        )),
+        Ok(Err(e)) => failure(&format!("cannot run {program}: {e}")),
+        Ok(Ok(out)) => reply::Body::Run(RunResult {
+            job: req.job,
+            status: out.status.code().unwrap_or(-1),
+            stdout: truncate(&out.stdout),
+            stderr: truncate(&out.stderr),
+        }),
+    }
+}
+
+fn truncate(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_OUTPUT)]).into_owned();
+    if bytes.len() > MAX_OUTPUT {
+        format!("{s}\n[output truncated at {MAX_OUTPUT} bytes]")
+    } else {
+        s
+    }
+}

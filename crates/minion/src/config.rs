@@ -1,0 +1,147 @@
+//! minion.toml: what a minion is called, where its master is, what it
+//! watches.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tend_daemon::LogConfig;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinionConfig {
+    /// The minion's id; the host name when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The master's host name or address; the endpoints default to its
+    /// ports 4510 (events) and 4511 (commands).
+    #[serde(default = "default_master")]
+    pub master: String,
+    #[serde(default)]
+    pub event_endpoint: Option<String>,
+    #[serde(default)]
+    pub command_endpoint: Option<String>,
+    /// Where the outbox lives. Relative to this file when relative.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// No word from the master for this long: reconnect. (How often to
+    /// heartbeat is the master's to say: it judges presence.)
+    #[serde(default = "default_master_timeout_ms")]
+    pub master_timeout_ms: u64,
+    /// Largest message accepted or sent.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    /// Free-form labels, reported to the master as facts `label.<key>`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// `[[beacon]]` tables; each is validated by its beacon type.
+    #[serde(default)]
+    pub beacon: Vec<toml::Table>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Bound on the outbox's size on disk. Past it the oldest events are
+    /// dropped, counted and reported.
+    #[serde(default = "default_outbox_bytes")]
+    pub max_bytes: u64,
+    /// fsync every batch of events before publishing it. Off trades
+    /// durability across power loss (not across a crash of the minion)
+    /// for throughput.
+    #[serde(default = "default_true")]
+    pub fsync: bool,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_outbox_bytes(),
+            fsync: true,
+        }
+    }
+}
+
+fn default_master() -> String {
+    "127.0.0.1".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/tend/minion")
+}
+fn default_master_timeout_ms() -> u64 {
+    15_000
+}
+fn default_max_message_size() -> usize {
+    tend_bus::DEFAULT_MAX_MESSAGE
+}
+fn default_outbox_bytes() -> u64 {
+    64 << 20
+}
+fn default_true() -> bool {
+    true
+}
+
+impl MinionConfig {
+    /// Loads and checks `path`; relative paths become relative to it.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let mut cfg: Self = tend_daemon::load(path).map_err(|e| e.to_string())?;
+        cfg.data_dir = tend_daemon::relative_to(path, &cfg.data_dir);
+        let err =
+            |key: &str, msg: String| format!("config file {}: key `{key}`: {msg}", path.display());
+        if let Some(id) = &cfg.id {
+            tend_proto::validate_minion_id(id).map_err(|e| err("id", e.to_string()))?;
+        }
+        if !(100..=3_600_000).contains(&cfg.master_timeout_ms) {
+            return Err(err(
+                "master_timeout_ms",
+                format!("{} is not between 100 and 3600000", cfg.master_timeout_ms),
+            ));
+        }
+        if !(1024..=64 << 20).contains(&cfg.max_message_size) {
+            return Err(err(
+                "max_message_size",
+                format!("{} is not between 1024 and 67108864", cfg.max_message_size),
+            ));
+        }
+        for key in cfg.labels.keys() {
+            if key.is_empty()
+                || !key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            {
+                return Err(err(
+                    "labels",
+                    format!("label name {key:?} must be letters, digits, '_', '-' or '.'"),
+                ));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The minion id: configured, or the host name.
+    pub fn minion_id(&self) -> Result<String, String> {
+        let id = match &self.id {
+            Some(id) => id.clone(),
+            None => crate::facts::hostname()
+                .ok_or("no `id` in the config and the host name cannot be read")?,
+        };
+        tend_proto::validate_minion_id(&id).map_err(|e| format!("{e}; set `id` in the config"))?;
+        Ok(id)
+    }
+
+    pub fn event_endpoint(&self) -> String {
+        self.event_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("tcp://{}:4510", self.master))
+    }
+
+    pub fn command_endpoint(&self) -> String {
+        self.command_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("tcp://{}:4511", self.master))
+    }
+}

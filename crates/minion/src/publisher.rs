@@ -1,0 +1,272 @@
+//! From beacon events to the master, losing nothing: number each event,
+//! write it to the outbox, publish it, and keep it until acknowledged.
+//!
+//! At most `WINDOW` events are in flight unacknowledged; past that the
+//! publisher waits for acknowledgements and the outbox grows instead, so a
+//! slow master slows the minion down rather than losing events. Whatever
+//! the master did not get (a drop at a high-water mark, a master restart,
+//! a cut link) is sent again from the outbox: when the master asks for a
+//! replay, when its event socket subscribes again, or when acknowledgements
+//! stop coming.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tend_beacons::Emitted;
+use tend_bus::MinionBus;
+use tend_proto::v1::{Event, EventBatch};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::outbox::Outbox;
+
+/// Events published and not yet acknowledged, at most.
+const WINDOW: u64 = 50_000;
+/// Events per published batch, at most (and at most BATCH_BYTES).
+const BATCH_EVENTS: usize = 1_000;
+const BATCH_BYTES: usize = 256 * 1024;
+/// Events taken from the beacons per outbox write (one fsync each).
+const APPEND_EVENTS: usize = 4_096;
+/// With events in flight and no acknowledgement for this long, send again
+/// from the last acknowledged one.
+const RESEND_AFTER: Duration = Duration::from_secs(2);
+
+/// What the rest of the minion tells the publisher.
+#[derive(Debug)]
+pub enum Signal {
+    Connected,
+    Disconnected,
+    /// The master's event socket subscribed (again).
+    Subscribed,
+    /// The master stored everything up to `seq`; with `replay`, send again
+    /// from after it.
+    Ack {
+        seq: u64,
+        replay: bool,
+    },
+}
+
+pub struct Publisher {
+    minion: String,
+    outbox: Arc<Mutex<Outbox>>,
+    bus: Arc<MinionBus>,
+    connected: bool,
+    /// The next seq to publish.
+    next_send: u64,
+    acked: u64,
+    last_progress: Instant,
+}
+
+impl Publisher {
+    pub fn new(minion: String, outbox: Outbox, bus: Arc<MinionBus>) -> Self {
+        let acked = outbox.acked();
+        let next_send = outbox.oldest();
+        bus.set_outbox_bounds(outbox.oldest(), outbox.next_seq());
+        Self {
+            minion,
+            outbox: Arc::new(Mutex::new(outbox)),
+            bus,
+            connected: false,
+            next_send,
+            acked,
+            last_progress: Instant::now(),
+        }
+    }
+
+    /// Runs until `shutdown`; then writes out what the beacons still had.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Emitted>,
+        mut signals: mpsc::Receiver<Signal>,
+        shutdown: CancellationToken,
+    ) {
+        let mut resend = tokio::time::interval(RESEND_AFTER / 2);
+        resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                s = signals.recv() => {
+                    let Some(s) = s else { break };
+                    self.on_signal(s).await;
+                    while let Ok(s) = signals.try_recv() {
+                        self.on_signal(s).await;
+                    }
+                    self.catch_up().await;
+                }
+                e = events.recv() => {
+                    let Some(first) = e else { break };
+                    let mut batch = vec![self.to_event(first)];
+                    while batch.len() < APPEND_EVENTS {
+                        match events.try_recv() {
+                            Ok(e) => batch.push(self.to_event(e)),
+                            Err(_) => break,
+                        }
+                    }
+                    self.append(batch).await;
+                    self.catch_up().await;
+                }
+                _ = resend.tick(), if self.next_send > self.acked + 1 => {
+                    if self.connected && self.last_progress.elapsed() >= RESEND_AFTER {
+                        tracing::debug!(from = self.acked + 1, "no acknowledgement; sending again");
+                        self.next_send = self.acked + 1;
+                        self.last_progress = Instant::now();
+                        self.catch_up().await;
+                    }
+                }
+            }
+        }
+        // Keep what the beacons produced before they stopped.
+        events.close();
+        let mut rest = Vec::new();
+        while let Some(e) = events.recv().await {
+            rest.push(self.to_event(e));
+        }
+        self.append(rest).await;
+    }
+
+    fn to_event(&self, e: Emitted) -> Event {
+        let mut tag = format!("minion/{}/beacon/{}", self.minion, e.beacon);
+        if !e.subject.is_empty() {
+            tag.push('/');
+            tag.push_str(&e.subject);
+        }
+        Event {
+            minion: self.minion.clone(),
+            seq: 0,
+            tag,
+            time_us: e.time_us,
+            data: serde_json::Value::Object(e.data).to_string().into_bytes(),
+            cause: e.cause,
+        }
+    }
+
+    async fn on_signal(&mut self, s: Signal) {
+        match s {
+            Signal::Connected => {
+                self.connected = true;
+                self.next_send = self.acked + 1;
+                self.report_drops().await;
+            }
+            Signal::Disconnected => self.connected = false,
+            Signal::Subscribed => self.next_send = self.acked + 1,
+            Signal::Ack { seq, replay } => {
+                if seq > self.acked {
+                    self.acked = seq;
+                    self.last_progress = Instant::now();
+                    let outbox = self.outbox.clone();
+                    let result =
+                        blocking(move || outbox.lock().expect("outbox lock").ack(seq)).await;
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "cannot record the acknowledgement in the outbox");
+                    }
+                }
+                if replay {
+                    self.next_send = seq + 1;
+                    self.last_progress = Instant::now();
+                }
+                self.next_send = self.next_send.max(self.acked + 1);
+            }
+        }
+    }
+
+    /// Writes events to the outbox (numbering them), durably.
+    async fn append(&mut self, mut batch: Vec<Event>) {
+        if batch.is_empty() {
+            return;
+        }
+        let outbox = self.outbox.clone();
+        let result = blocking(move || {
+            let mut ob = outbox.lock().expect("outbox lock");
+            ob.append(&mut batch).map(|()| (ob.oldest(), ob.next_seq()))
+        })
+        .await;
+        match result {
+            Ok((oldest, next)) => {
+                self.bus.set_outbox_bounds(oldest, next);
+                // Events dropped from a full outbox are never sent.
+                self.next_send = self.next_send.max(oldest);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write events to the outbox; they are lost")
+            }
+        }
+    }
+
+    /// Once connected, says how many events a full outbox dropped.
+    async fn report_drops(&mut self) {
+        let outbox = self.outbox.clone();
+        let dropped = blocking(move || outbox.lock().expect("outbox lock").take_dropped()).await;
+        match dropped {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(
+                    dropped = n,
+                    "the outbox was full and dropped events; reporting it"
+                );
+                let mut data = serde_json::Map::new();
+                data.insert("dropped".into(), json!(n));
+                data.insert(
+                    "reason".into(),
+                    json!("the outbox reached its max_bytes while the master could not be reached"),
+                );
+                let event = Event {
+                    minion: self.minion.clone(),
+                    seq: 0,
+                    tag: format!("minion/{}/outbox/dropped", self.minion),
+                    time_us: tend_proto::now_us(),
+                    data: serde_json::Value::Object(data).to_string().into_bytes(),
+                    cause: 0,
+                };
+                self.append(vec![event]).await;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the outbox's drop count"),
+        }
+    }
+
+    /// Publishes from `next_send` while connected and inside the window.
+    async fn catch_up(&mut self) {
+        while self.connected && self.next_send <= self.acked + WINDOW {
+            let from = self.next_send;
+            let max = (self.acked + WINDOW + 1 - from).min(BATCH_EVENTS as u64) as usize;
+            let outbox = self.outbox.clone();
+            let read = blocking(move || {
+                let mut ob = outbox.lock().expect("outbox lock");
+                ob.read(from, max, BATCH_BYTES)
+                    .map(|events| (events, ob.oldest()))
+            })
+            .await;
+            let (events, oldest) = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the outbox");
+                    return;
+                }
+            };
+            let Some(last) = events.last().map(|e| e.seq) else {
+                return;
+            };
+            let batch = EventBatch {
+                events,
+                oldest_seq: oldest,
+            };
+            if let Err(e) = self.bus.publish(&batch) {
+                // Not connected after all, or the socket queue is full: the
+                // events stay in the outbox for the next try.
+                tracing::debug!(error = %e, "publish deferred");
+                return;
+            }
+            self.next_send = last + 1;
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}

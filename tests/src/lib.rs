@@ -1,0 +1,331 @@
+//! The harness for tend's end-to-end tests: the real binaries, started as
+//! processes on free loopback ports in temp dirs, driven the way an
+//! operator would (files edited by hand, `tend` on the command line).
+//!
+//! Nothing here sleeps and hopes: [`wait_until`] polls a condition until a
+//! deadline and fails with what it was waiting for.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The directory holding the binaries of the profile these tests were
+/// built with (target/debug or target/release).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+/// Path to one of tend's binaries, built (once per test process) if the
+/// test run did not build it already.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = bin_dir();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "tend-master",
+            "-p",
+            "tend-minion",
+            "-p",
+            "tend-cli",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        let status = cmd.status().expect("run cargo build for the tend binaries");
+        assert!(status.success(), "building the tend binaries failed");
+    });
+    bin_dir().join(name)
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `check` every few ms until it returns Some, or panics after
+/// `timeout` saying what was expected.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// A daemon process, killed when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(bin: &Path, config: &Path, log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).expect("create the daemon log");
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info,tend_bus=debug")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log handle"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        Self { child, log }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and wait for a clean exit (at most 10 s).
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                self.kill9();
+                panic!("{} did not stop within 10 s of SIGTERM", pid);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A master in its own temp dir, with a state tree and rules directory.
+pub struct Master {
+    pub dir: PathBuf,
+    pub event_endpoint: String,
+    pub command_endpoint: String,
+    pub control: String,
+    pub daemon: Option<Daemon>,
+    extra: String,
+}
+
+impl Master {
+    /// Lays out a master in `dir` (config, states/, reactor.d/), without
+    /// starting it. `extra` is appended to master.toml.
+    pub fn new(dir: &Path, extra: &str) -> Self {
+        let (ev, cmd) = (free_port(), free_port());
+        std::fs::create_dir_all(dir.join("states/files")).expect("states dir");
+        std::fs::create_dir_all(dir.join("reactor.d")).expect("reactor.d");
+        let m = Self {
+            dir: dir.to_path_buf(),
+            event_endpoint: format!("tcp://127.0.0.1:{ev}"),
+            command_endpoint: format!("tcp://127.0.0.1:{cmd}"),
+            control: format!("ipc://{}", dir.join("run/control.sock").display()),
+            daemon: None,
+            extra: extra.to_string(),
+        };
+        m.write_config();
+        m
+    }
+
+    fn write_config(&self) {
+        let text = format!(
+            "event_endpoint = {:?}\ncommand_endpoint = {:?}\ndata_dir = \"data\"\nrun_dir = \"run\"\n\
+             state_root = \"states\"\nreactor_dir = \"reactor.d\"\nheartbeat_ms = 200\n\
+             presence_timeout_ms = 1000\napply_timeout_ms = 10000\n{}\n",
+            self.event_endpoint, self.command_endpoint, self.extra
+        );
+        std::fs::write(self.dir.join("master.toml"), text).expect("write master.toml");
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("master.toml")
+    }
+
+    /// Writes a file into the state tree.
+    pub fn state_file(&self, rel: &str, text: &str) {
+        let p = self.dir.join("states").join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("state dir");
+        std::fs::write(p, text).expect("write state file");
+    }
+
+    /// Writes a rule file into reactor.d.
+    pub fn rule_file(&self, name: &str, text: &str) {
+        std::fs::write(self.dir.join("reactor.d").join(name), text).expect("write rule file");
+    }
+
+    /// Starts the master and waits until it answers on its control socket.
+    pub fn start(&mut self) {
+        self.daemon = Some(Daemon::spawn(
+            &bin("tend-master"),
+            &self.config(),
+            self.dir.join("master.log"),
+        ));
+        let control = self.control.clone();
+        let daemon = self.daemon.as_mut().expect("just started");
+        wait_until(
+            Duration::from_secs(20),
+            "the master to answer `tend status`",
+            || {
+                assert!(
+                    daemon.is_running(),
+                    "tend-master exited:\n{}",
+                    daemon.log_text()
+                );
+                tend_at(&control, &["status"])
+                    .status
+                    .success()
+                    .then_some(())
+            },
+        );
+    }
+
+    pub fn daemon(&mut self) -> &mut Daemon {
+        self.daemon.as_mut().expect("master started")
+    }
+
+    /// Runs `tend` against this master.
+    pub fn tend(&self, args: &[&str]) -> Output {
+        tend_at(&self.control, args)
+    }
+
+    /// Runs `tend ... --json` and parses every line of output.
+    pub fn tend_json(&self, args: &[&str]) -> Vec<Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.tend(&all);
+        assert!(
+            out.status.success(),
+            "tend {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Stored events, newest first (at most `limit`).
+    pub fn events(&self, extra: &[&str]) -> Vec<Value> {
+        let mut args = vec!["events"];
+        if !extra.contains(&"--limit") {
+            args.extend_from_slice(&["--limit", "100000"]);
+        }
+        args.extend_from_slice(extra);
+        self.tend_json(&args)
+    }
+
+    /// The master's counters.
+    pub fn counters(&self) -> Value {
+        self.tend_json(&["status"])
+            .pop()
+            .map(|s| s["counters"].clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until `tend minions` shows `id` connected.
+    pub fn wait_connected(&self, id: &str) {
+        wait_until(
+            Duration::from_secs(20),
+            &format!("minion {id} to be connected"),
+            || {
+                self.tend_json(&["minions"])
+                    .iter()
+                    .any(|m| m["id"] == id && m["connected"] == true)
+                    .then_some(())
+            },
+        );
+    }
+}
+
+/// Runs the `tend` CLI against control endpoint `control`.
+pub fn tend_at(control: &str, args: &[&str]) -> Output {
+    Command::new(bin("tend"))
+        .arg("--master")
+        .arg(control)
+        .args(args)
+        .env_remove("TEND_MASTER")
+        .output()
+        .expect("run tend")
+}
+
+/// A minion in its own temp dir.
+pub struct Minion {
+    pub id: String,
+    pub dir: PathBuf,
+    pub daemon: Option<Daemon>,
+}
+
+impl Minion {
+    /// Lays out minion `id` in `dir`, pointing at `master`; `beacons` is
+    /// TOML appended to minion.toml (its `[[beacon]]` tables).
+    pub fn new(dir: &Path, id: &str, master: &Master, beacons: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("minion dir");
+        let text = format!(
+            "id = {id:?}\nevent_endpoint = {:?}\ncommand_endpoint = {:?}\ndata_dir = \"data\"\n\
+             master_timeout_ms = 1000\n{beacons}\n",
+            master.event_endpoint, master.command_endpoint
+        );
+        std::fs::write(dir.join("minion.toml"), text).expect("write minion.toml");
+        Self {
+            id: id.to_string(),
+            dir: dir.to_path_buf(),
+            daemon: None,
+        }
+    }
+
+    pub fn start(&mut self) {
+        self.daemon = Some(Daemon::spawn(
+            &bin("tend-minion"),
+            &self.dir.join("minion.toml"),
+            self.dir.join("minion.log"),
+        ));
+    }
+
+    pub fn daemon(&mut self) -> &mut Daemon {
+        self.daemon.as_mut().expect("minion started")
+    }
+}
+
+/// `data.<key>` of an event, as a string.
+pub fn data_str<'a>(event: &'a Value, key: &str) -> &'a str {
+    event["data"][key].as_str().unwrap_or("")
+}

@@ -46,6 +46,19 @@ pub fn bin(name: &str) -> PathBuf {
             cmd.arg("--release");
         }
         cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        // What cargo set for this test process must not reach the build:
+        // build scripts (ring's) rerun when CARGO_PKG_NAME and the like
+        // change, and would rebuild half the workspace.
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || k.starts_with("CARGO_BIN_")
+                || matches!(&*k, "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR")
+            {
+                cmd.env_remove(&key);
+            }
+        }
         let status = cmd.status().expect("run cargo build for the tend binaries");
         assert!(status.success(), "building the tend binaries failed");
     });

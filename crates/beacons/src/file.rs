@@ -13,7 +13,7 @@
 //! name = "motd"
 //! type = "file"
 //! paths = ["/etc/motd"]   # files, or directories (their direct entries)
-//! coalesce_ms = 1         # settle time before a burst is reported
+//! coalesce_ms = 0         # extra settle time before a burst is reported
 //! max_wait_ms = 100       # report a file still being written after this
 //! ```
 
@@ -44,8 +44,12 @@ struct Config {
     max_wait_ms: u64,
 }
 
+/// By default a file is reported as soon as it settles (closed after
+/// writing, renamed, deleted, chmodded), with every kernel event already
+/// queued for it folded in: a window on top costs at least a millisecond
+/// of tokio timer resolution on every restore.
 fn default_coalesce_ms() -> u64 {
-    1
+    0
 }
 
 fn default_max_wait_ms() -> u64 {
@@ -232,12 +236,26 @@ impl FileBeacon {
         tracing::debug!(beacon = ctx.emit.beacon(), targets = ?self.targets, "file beacon watching");
 
         loop {
+            // Whatever is due now goes out now: a timer would round the wait
+            // up to tokio's 1 ms tick on every restore.
+            for (path, ops) in coalescer.take_due(Instant::now()) {
+                if !self.report(&ctx, &mut known, path, &ops).await {
+                    return;
+                }
+            }
             let deadline = coalescer.next_deadline();
             tokio::select! {
                 _ = ctx.shutdown.cancelled() => return,
                 msg = rx.recv() => {
-                    let Some(msg) = msg else { return };
+                    let Some(first) = msg else { return };
                     let now = Instant::now();
+                    // Everything the kernel already queued is part of the
+                    // same burst.
+                    let mut batch = vec![first];
+                    while let Ok(more) = rx.try_recv() {
+                        batch.push(more);
+                    }
+                    for msg in batch {
                     match msg {
                         Ok(ev) => {
                             if ev.need_rescan() {
@@ -263,19 +281,15 @@ impl FileBeacon {
                             ctx.emit.error(format!("inotify: {e}")).await;
                         }
                     }
+                    }
                     let lost = overflowed.swap(0, Ordering::Relaxed);
                     if lost > 0 {
                         tracing::warn!(beacon = ctx.emit.beacon(), lost, "kernel events arrived faster than handled; rescanning");
                         rescan(&interest, &mut coalescer, now);
                     }
                 }
-                _ = sleep_until(deadline), if deadline.is_some() => {
-                    for (path, ops) in coalescer.take_due(Instant::now()) {
-                        if !self.report(&ctx, &mut known, path, &ops).await {
-                            return;
-                        }
-                    }
-                }
+                // Due entries are reported at the top of the loop.
+                _ = sleep_until(deadline), if deadline.is_some() => {}
                 _ = retry.tick(), if !unwatched.is_empty() => {
                     let now = Instant::now();
                     unwatched.retain(|dir| {

@@ -68,14 +68,18 @@ impl ControlServer {
             Box::new(move |parts| {
                 BusStats::inc(&stats.frames_in);
                 let [route, body] = parts.as_slice() else {
-                    BusStats::inc(&stats.frames_bad);
+                    let reason = format!(
+                        "control message of {} parts, not 1",
+                        parts.len().saturating_sub(1)
+                    );
+                    BusStats::refuse(&stats.frames_bad, "control", &reason);
                     return None;
                 };
                 let req = match ControlRequest::decode(body.as_slice()) {
                     Ok(r) => r,
                     Err(e) => {
-                        BusStats::inc(&stats.frames_undecodable);
-                        tracing::debug!(error = %e, "undecodable control request");
+                        let reason = format!("undecodable control request: {e}");
+                        BusStats::refuse(&stats.frames_undecodable, "control", &reason);
                         let reply = ControlReply {
                             id: 0,
                             more: false,

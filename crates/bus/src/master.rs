@@ -88,6 +88,9 @@ pub struct MasterBus {
     reaper: tokio::task::JoinHandle<()>,
 }
 
+const PORT_EVENTS: &str = "events";
+const PORT_COMMANDS: &str = "commands";
+
 /// Inbound messages waiting for the master daemon, at most.
 const INBOUND_QUEUE: usize = 4096;
 
@@ -273,46 +276,44 @@ impl Shared {
     /// Runs on the SUB thread: `[topic, frame]` from a minion.
     fn on_event_message(&self, parts: Vec<Vec<u8>>) {
         BusStats::inc(&self.stats.frames_in);
+        let stats = &self.stats;
         let [topic, frame] = parts.as_slice() else {
-            BusStats::inc(&self.stats.frames_bad);
-            tracing::debug!(
-                parts = parts.len(),
-                "event message with the wrong number of parts"
-            );
+            let reason = format!("event message of {} parts, not 2", parts.len());
+            BusStats::refuse(&stats.frames_bad, PORT_EVENTS, &reason);
             return;
         };
         if topic != EVENT_TOPIC {
-            BusStats::inc(&self.stats.frames_bad);
+            BusStats::refuse(&stats.frames_bad, PORT_EVENTS, &"unknown topic");
             return;
         }
         let (header, body) = match frame::decode(frame, self.cfg.max_message_size) {
             Ok((h, b)) if h.kind == Kind::Sealed => (h, b),
             Ok(_) => {
-                BusStats::inc(&self.stats.frames_bad);
+                BusStats::refuse(&stats.frames_bad, PORT_EVENTS, &"an unsealed frame");
                 return;
             }
             Err(e) => {
-                BusStats::inc(&self.stats.frames_bad);
-                tracing::debug!(error = %e, "bad event frame");
+                BusStats::refuse(&stats.frames_bad, PORT_EVENTS, &e);
                 return;
             }
         };
         let Some(ms) = self.session(header.session) else {
-            BusStats::inc(&self.stats.frames_unknown_session);
+            let reason = format!("frame for unknown session {}", header.session);
+            BusStats::refuse(&stats.frames_unknown_session, PORT_EVENTS, &reason);
             return;
         };
         let body = match ms.session.open(Channel::Events, &header, body) {
             Ok(b) => b,
             Err(e) => {
-                self.count_open_error(&e);
+                self.count_open_error(PORT_EVENTS, &e);
                 return;
             }
         };
         let batch = match EventBatch::decode(body) {
             Ok(b) => b,
             Err(e) => {
-                BusStats::inc(&self.stats.frames_undecodable);
-                tracing::debug!(minion = %ms.minion, error = %e, "undecodable event batch");
+                let reason = format!("undecodable event batch from {}: {e}", ms.minion);
+                BusStats::refuse(&stats.frames_undecodable, PORT_EVENTS, &reason);
                 return;
             }
         };
@@ -323,8 +324,8 @@ impl Shared {
             match check_event(&ms.minion, &event, self.cfg.max_message_size) {
                 Ok(()) => events.push(event),
                 Err(reason) => {
-                    BusStats::inc(&self.stats.events_refused);
-                    tracing::warn!(minion = %ms.minion, seq = event.seq, %reason, "event refused");
+                    let reason = format!("event {} from {}: {reason}", event.seq, ms.minion);
+                    BusStats::refuse(&stats.events_refused, PORT_EVENTS, &reason);
                     refused.push(event.seq);
                 }
             }
@@ -341,26 +342,28 @@ impl Shared {
         let _ = self.inbound.blocking_send(msg);
     }
 
-    fn count_open_error(&self, e: &BusError) {
+    fn count_open_error(&self, port: &'static str, e: &BusError) {
         match e {
-            BusError::Replay { .. } => BusStats::inc(&self.stats.frames_replayed),
-            _ => BusStats::inc(&self.stats.frames_bad),
+            BusError::Replay { .. } => BusStats::refuse(&self.stats.frames_replayed, port, e),
+            _ => BusStats::refuse(&self.stats.frames_bad, port, e),
         }
-        tracing::debug!(error = %e, "frame refused");
     }
 
     /// Runs on the ROUTER thread: `[routing id, frame]`.
     fn on_command_message(&self, parts: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
         BusStats::inc(&self.stats.frames_in);
         let [route, frame] = parts.as_slice() else {
-            BusStats::inc(&self.stats.frames_bad);
+            let reason = format!(
+                "command message of {} parts, not 1",
+                parts.len().saturating_sub(1)
+            );
+            BusStats::refuse(&self.stats.frames_bad, PORT_COMMANDS, &reason);
             return None;
         };
         let (header, body) = match frame::decode(frame, self.cfg.max_message_size) {
             Ok(x) => x,
             Err(e) => {
-                BusStats::inc(&self.stats.frames_bad);
-                tracing::debug!(error = %e, "bad command frame");
+                BusStats::refuse(&self.stats.frames_bad, PORT_COMMANDS, &e);
                 return None;
             }
         };
@@ -373,18 +376,22 @@ impl Shared {
     fn on_handshake(&self, route: &[u8], body: &[u8]) -> Option<Vec<Vec<u8>>> {
         let msg = match MinionMessage::decode(body) {
             Ok(m) => m,
-            Err(_) => {
-                BusStats::inc(&self.stats.frames_undecodable);
+            Err(e) => {
+                let reason = format!("undecodable handshake: {e}");
+                BusStats::refuse(&self.stats.frames_undecodable, PORT_COMMANDS, &reason);
                 return None;
             }
         };
         let Some(minion_message::Body::Hello(hello)) = msg.body else {
-            BusStats::inc(&self.stats.frames_bad);
+            BusStats::refuse(
+                &self.stats.frames_bad,
+                PORT_COMMANDS,
+                &"a handshake that is not a hello",
+            );
             return None;
         };
         if let Err(e) = tend_proto::validate_minion_id(&hello.minion) {
-            BusStats::inc(&self.stats.frames_bad);
-            tracing::warn!(error = %e, "hello refused");
+            BusStats::refuse(&self.stats.frames_bad, PORT_COMMANDS, &e);
             return None;
         }
         let id = new_session_id();
@@ -421,7 +428,11 @@ impl Shared {
 
     fn on_sealed(&self, route: &[u8], header: &Header, body: &[u8]) -> Option<Vec<Vec<u8>>> {
         let Some(ms) = self.session(header.session) else {
-            BusStats::inc(&self.stats.frames_unknown_session);
+            let reason = format!(
+                "frame for unknown session {}; asking for a new hello",
+                header.session
+            );
+            BusStats::refuse(&self.stats.frames_unknown_session, PORT_COMMANDS, &reason);
             let rehello = MasterMessage {
                 body: Some(master_message::Body::Rehello(Rehello {
                     reason: "unknown session".into(),
@@ -435,14 +446,15 @@ impl Shared {
         let body = match ms.session.open(Channel::Up, header, body) {
             Ok(b) => b,
             Err(e) => {
-                self.count_open_error(&e);
+                self.count_open_error(PORT_COMMANDS, &e);
                 return None;
             }
         };
         let msg = match MinionMessage::decode(body) {
             Ok(m) => m,
-            Err(_) => {
-                BusStats::inc(&self.stats.frames_undecodable);
+            Err(e) => {
+                let reason = format!("undecodable message from {}: {e}", ms.minion);
+                BusStats::refuse(&self.stats.frames_undecodable, PORT_COMMANDS, &reason);
                 return None;
             }
         };
@@ -474,7 +486,11 @@ impl Shared {
                 ])
             }
             Some(minion_message::Body::Hello(_)) | None => {
-                BusStats::inc(&self.stats.frames_bad);
+                let reason = format!(
+                    "a sealed message from {} that is not a reply or heartbeat",
+                    ms.minion
+                );
+                BusStats::refuse(&self.stats.frames_bad, PORT_COMMANDS, &reason);
                 None
             }
         }

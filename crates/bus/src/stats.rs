@@ -60,4 +60,14 @@ impl BusStats {
     pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Counts something refused and says why in the log: the first ten of
+    /// each kind, then at every power of two, so a flood of garbage is
+    /// visible without flooding the log.
+    pub(crate) fn refuse(counter: &AtomicU64, port: &'static str, reason: &dyn std::fmt::Display) {
+        let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        if n <= 10 || n.is_power_of_two() {
+            tracing::warn!(port, refused_so_far = n, "refused: {reason}");
+        }
+    }
 }

@@ -62,7 +62,12 @@ pub async fn run_apply(
         minions: Vec::new(),
     };
     add(&master.counters.jobs_started, 1);
-    save_job(master, &job).await;
+    // Recorded as running while the states go out, not before: the fsync
+    // would sit on every restore's critical path.
+    let running = {
+        let (master, job) = (master.clone(), job.clone());
+        tokio::spawn(async move { save_job(&master, &job).await })
+    };
     tracing::info!(job = job.id, target = %job.target, states = ?job.states, rule = %job.rule, test = job.test, "job started");
 
     let tree = master.tree.clone();
@@ -122,6 +127,7 @@ pub async fn run_apply(
     if job.status == "failed" {
         add(&master.counters.jobs_failed, 1);
     }
+    let _ = running.await;
     save_job(master, &job).await;
     for r in &job.minions {
         let changed: Vec<&str> = r

@@ -172,20 +172,41 @@ impl Publisher {
         }
     }
 
-    /// Writes events to the outbox (numbering them), durably.
+    /// Writes events to the outbox (numbering them), durably; and when the
+    /// publisher is caught up, publishes them straight from memory in the
+    /// same step instead of reading them back.
     async fn append(&mut self, mut batch: Vec<Event>) {
         if batch.is_empty() {
             return;
         }
         let outbox = self.outbox.clone();
+        let bus = self.bus.clone();
+        let live = self.connected && self.next_send + batch.len() as u64 <= self.acked + WINDOW;
+        let next_send = self.next_send;
         let result = blocking(move || {
             let mut ob = outbox.lock().expect("outbox lock");
-            ob.append(&mut batch).map(|()| (ob.oldest(), ob.next_seq()))
+            let first = ob.next_seq();
+            ob.append(&mut batch)?;
+            let (oldest, next) = (ob.oldest(), ob.next_seq());
+            drop(ob);
+            // Caught up: these are exactly the next events to send.
+            let sent = live
+                && first == next_send
+                && bus
+                    .publish(&EventBatch {
+                        events: batch,
+                        oldest_seq: oldest,
+                    })
+                    .is_ok();
+            Ok((oldest, next, sent))
         })
         .await;
         match result {
-            Ok((oldest, next)) => {
+            Ok((oldest, next, sent)) => {
                 self.bus.set_outbox_bounds(oldest, next);
+                if sent {
+                    self.next_send = next;
+                }
                 // Events dropped from a full outbox are never sent.
                 self.next_send = self.next_send.max(oldest);
             }

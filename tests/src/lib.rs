@@ -54,7 +54,13 @@ pub fn bin(name: &str) -> PathBuf {
             if k.starts_with("CARGO_PKG_")
                 || k.starts_with("CARGO_MANIFEST_")
                 || k.starts_with("CARGO_BIN_")
-                || matches!(&*k, "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR")
+                || matches!(
+                    &*k,
+                    "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "OUT_DIR"
+                )
             {
                 cmd.env_remove(&key);
             }

@@ -111,6 +111,13 @@ enum JobsCommand {
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`tend events |
+    // head`) would panic; like any Unix tool, just end instead.
+    // SAFETY: setting a signal disposition to its default, before any
+    // thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -1,0 +1,152 @@
+//! A bad config stops a daemon at once, with an error that names the file,
+//! the key and what was expected.
+
+use std::process::Command;
+
+use tend_e2e::bin;
+
+fn run(program: &str, config: &std::path::Path, extra: &[&str]) -> (i32, String) {
+    let out = Command::new(bin(program))
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_master_names_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("master.toml");
+    std::fs::write(
+        &cfg,
+        "event_endpoint = \"tcp://127.0.0.1:1\"\nevnt_endpoint = \"x\"\n",
+    )
+    .unwrap();
+    let (code, err) = run("tend-master", &cfg, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("master.toml") && err.contains("evnt_endpoint") && err.contains("expected"),
+        "{err}"
+    );
+
+    std::fs::write(&cfg, "heartbeat_ms = \"fast\"\n").unwrap();
+    let (code, err) = run("tend-master", &cfg, &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("heartbeat_ms") && err.contains("expected"),
+        "{err}"
+    );
+
+    std::fs::write(&cfg, "event_endpoint = \"udp://x\"\n").unwrap();
+    let (_, err) = run("tend-master", &cfg, &[]);
+    assert!(
+        err.contains("event_endpoint") && err.contains("tcp://"),
+        "{err}"
+    );
+
+    // A bad rule file is caught by --check-config, naming file and rule.
+    std::fs::write(&cfg, "reactor_dir = \"rules\"\n").unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::write(
+        dir.path().join("rules/r.toml"),
+        "[[rule]]\nname = \"oops\"\non = \"x\"\nwhen = \"event.data.kind ==\"\n[[rule.action]]\napply = [\"s\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("tend-master"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("r.toml") && err.contains("oops") && err.contains("when"),
+        "{err}"
+    );
+
+    let (code, err) = run("tend-master", &dir.path().join("missing.toml"), &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("missing.toml"), "{err}");
+}
+
+#[test]
+fn the_minion_names_the_file_the_beacon_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("minion.toml");
+    std::fs::write(&cfg, "id = \"web1\"\nmaster_timeot_ms = 5\n").unwrap();
+    let (code, err) = run("tend-minion", &cfg, &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("minion.toml") && err.contains("master_timeot_ms"),
+        "{err}"
+    );
+
+    std::fs::write(&cfg, "id = \"../etc\"\n").unwrap();
+    let (code, err) = run("tend-minion", &cfg, &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("`id`") && err.contains("../etc"), "{err}");
+
+    std::fs::write(
+        &cfg,
+        "id = \"web1\"\n[[beacon]]\nname = \"motd\"\ntype = \"file\"\npaths = [\"/etc/motd\"]\ncoalesce = 3\n",
+    )
+    .unwrap();
+    let (code, err) = run("tend-minion", &cfg, &["--check-config"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("minion.toml") && err.contains("\"motd\"") && err.contains("coalesce"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &cfg,
+        "id = \"web1\"\n[[beacon]]\nname = \"x\"\ntype = \"telepathy\"\n",
+    )
+    .unwrap();
+    let (_, err) = run("tend-minion", &cfg, &["--check-config"]);
+    assert!(err.contains("unknown beacon type \"telepathy\""), "{err}");
+
+    std::fs::write(
+        &cfg,
+        "id = \"web1\"\n[[beacon]]\nname = \"x\"\ntype = \"file\"\npaths = [\"/tmp\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("tend-minion"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_example_configs_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    for (program, file) in [
+        ("tend-master", "master.toml"),
+        ("tend-minion", "minion.toml"),
+    ] {
+        let out = Command::new(bin(program))
+            .arg("--config")
+            .arg(root.join(file))
+            .arg("--check-config")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

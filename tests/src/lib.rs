@@ -104,7 +104,12 @@ pub struct Daemon {
 
 impl Daemon {
     fn spawn(bin: &Path, config: &Path, log: PathBuf) -> Self {
-        let out = std::fs::File::create(&log).expect("create the daemon log");
+        // Appended: a restarted daemon's log follows its earlier life.
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open the daemon log");
         let child = Command::new(bin)
             .arg("--config")
             .arg(config)
@@ -314,14 +319,25 @@ pub struct Minion {
 }
 
 impl Minion {
-    /// Lays out minion `id` in `dir`, pointing at `master`; `beacons` is
-    /// TOML appended to minion.toml (its `[[beacon]]` tables).
-    pub fn new(dir: &Path, id: &str, master: &Master, beacons: &str) -> Self {
+    /// Lays out minion `id` in `dir`, pointing at `master`; `extra` is
+    /// TOML appended to minion.toml (top-level keys first, then tables such
+    /// as `[[beacon]]`).
+    pub fn new(dir: &Path, id: &str, master: &Master, extra: &str) -> Self {
+        Self::with_endpoints(
+            dir,
+            id,
+            &master.event_endpoint,
+            &master.command_endpoint,
+            extra,
+        )
+    }
+
+    /// Lays out a minion talking to the given endpoints (a proxy, say).
+    pub fn with_endpoints(dir: &Path, id: &str, events: &str, commands: &str, extra: &str) -> Self {
         std::fs::create_dir_all(dir).expect("minion dir");
         let text = format!(
-            "id = {id:?}\nevent_endpoint = {:?}\ncommand_endpoint = {:?}\ndata_dir = \"data\"\n\
-             master_timeout_ms = 1000\n{beacons}\n",
-            master.event_endpoint, master.command_endpoint
+            "id = {id:?}\nevent_endpoint = {events:?}\ncommand_endpoint = {commands:?}\ndata_dir = \"data\"\n\
+             master_timeout_ms = 1000\n{extra}\n"
         );
         std::fs::write(dir.join("minion.toml"), text).expect("write minion.toml");
         Self {
@@ -331,12 +347,25 @@ impl Minion {
         }
     }
 
+    /// Starts the minion and waits until its local socket is up (it may
+    /// not reach a master yet).
     pub fn start(&mut self) {
+        let socket = self.dir.join("data/minion.sock");
+        let _ = std::fs::remove_file(&socket);
         self.daemon = Some(Daemon::spawn(
             &bin("tend-minion"),
             &self.dir.join("minion.toml"),
             self.dir.join("minion.log"),
         ));
+        let daemon = self.daemon.as_mut().expect("just started");
+        wait_until(Duration::from_secs(20), "the minion's local socket", || {
+            assert!(
+                daemon.is_running(),
+                "tend-minion exited:\n{}",
+                daemon.log_text()
+            );
+            socket.exists().then_some(())
+        });
     }
 
     pub fn daemon(&mut self) -> &mut Daemon {
@@ -347,4 +376,130 @@ impl Minion {
 /// `data.<key>` of an event, as a string.
 pub fn data_str<'a>(event: &'a Value, key: &str) -> &'a str {
     event["data"][key].as_str().unwrap_or("")
+}
+
+impl Minion {
+    /// Runs `tend-minion send TAG --count N` against this minion (blocks
+    /// until the minion has them in its outbox, or fails).
+    pub fn send(&self, tag: &str, count: u64) -> Output {
+        Command::new(bin("tend-minion"))
+            .arg("--config")
+            .arg(self.dir.join("minion.toml"))
+            .args(["send", tag, "{}", "--count", &count.to_string()])
+            .output()
+            .expect("run tend-minion send")
+    }
+
+    /// The same, in the background: `wait_with_output` for the result,
+    /// or `kill` it.
+    pub fn send_in_background(&self, tag: &str, count: u64) -> Child {
+        Command::new(bin("tend-minion"))
+            .arg("--config")
+            .arg(self.dir.join("minion.toml"))
+            .args(["send", tag, "{}", "--count", &count.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run tend-minion send")
+    }
+}
+
+/// A TCP proxy the test controls, standing in for the network between a
+/// minion and its master: it can pass traffic, stall it (a partition: the
+/// connections stay up, nothing gets through) or reset it (every connection
+/// dropped, new ones refused).
+pub struct Proxy {
+    pub port: u16,
+    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
+}
+
+const PASS: u8 = 0;
+const STALL: u8 = 1;
+const RESET: u8 = 2;
+
+impl Proxy {
+    /// Forwards 127.0.0.1:<new port> to `target` (`host:port`).
+    pub fn start(target: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy listen");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let mode = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(PASS));
+        let (m, target) = (mode.clone(), target.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if m.load(Ordering::SeqCst) == RESET {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ] {
+                    let (Ok(from), Ok(to)) = (from, to) else {
+                        continue;
+                    };
+                    let m = m.clone();
+                    std::thread::spawn(move || pump(from, to, &m));
+                }
+            }
+        });
+        Self { port, mode }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stall(&self) {
+        self.mode.store(STALL, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn reset(&self) {
+        self.mode.store(RESET, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn heal(&self) {
+        self.mode.store(PASS, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    mode: &std::sync::atomic::AtomicU8,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match mode.load(Ordering::SeqCst) {
+            RESET => break,
+            STALL => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            _ => {}
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
 }

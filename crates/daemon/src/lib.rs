@@ -98,6 +98,33 @@ pub fn init_logging(cfg: &LogConfig) -> Result<(), String> {
     result.map_err(|e| e.to_string())
 }
 
+/// For an `ipc://` endpoint about to be bound: creates its directory and
+/// removes a stale socket file left by a process that did not stop
+/// cleanly. Returns the socket's path (None for other transports).
+pub fn prepare_ipc(endpoint: &str) -> Result<Option<PathBuf>, String> {
+    let Some(path) = endpoint.strip_prefix("ipc://") else {
+        return Ok(None);
+    };
+    let path = PathBuf::from(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create the directory {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        std::fs::remove_file(&path)
+            .map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display()))?;
+    }
+    Ok(Some(path))
+}
+
+/// Makes a bound socket file usable by its owner only: whoever can write to
+/// it can command the daemon.
+pub fn restrict_socket(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))
+}
+
 /// A token cancelled on the first SIGTERM or SIGINT.
 pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
     use tokio::signal::unix::{SignalKind, signal};

@@ -19,7 +19,7 @@ use crate::master::Master;
 /// Events listed when the CLI gives no limit.
 const DEFAULT_LIMIT: usize = 100;
 /// Events listed at most in one request.
-const MAX_LIMIT: usize = 100_000;
+const MAX_LIMIT: usize = 1_000_000;
 /// A reply part is cut at about this size.
 const PART_BYTES: usize = 256 * 1024;
 
@@ -80,6 +80,9 @@ async fn handle(master: &Arc<Master>, out: &Responder, req: ControlRequest) -> R
                 None => Err(format!("no job {}", q.id)),
             }
         }
+        control_request::Body::SendEvents(_) => Err(
+            "events are sent through a minion (`tend-minion send` on that server), not to the master".into(),
+        ),
         control_request::Body::GetStatus(_) => {
             let mut counters = std::collections::HashMap::new();
             for (k, v) in master.bus_stats.snapshot() {

@@ -8,11 +8,10 @@ mod jobs;
 mod master;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use tend_bus::{BusStats, ControlServer, MasterBus, MasterBusConfig};
 use tend_reactor::Rules;
@@ -99,11 +98,11 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         bus_stats.clone(),
     )?;
     let control_endpoint = cfg.control_endpoint();
-    let control_socket = prepare_ipc(&control_endpoint)?;
+    let control_socket = tend_daemon::prepare_ipc(&control_endpoint).map_err(anyhow::Error::msg)?;
     let (_control, requests) =
         ControlServer::bind(&control_endpoint, cfg.max_message_size, bus_stats.clone())?;
     if let Some(path) = &control_socket {
-        restrict(path)?;
+        tend_daemon::restrict_socket(path).map_err(anyhow::Error::msg)?;
     }
 
     let minions: HashMap<_, _> = store
@@ -153,30 +152,4 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
     }
     tracing::info!("tend-master stopped");
     Ok(())
-}
-
-/// For an `ipc://` endpoint: creates its directory and removes a stale
-/// socket file left by a master that did not stop cleanly.
-fn prepare_ipc(endpoint: &str) -> anyhow::Result<Option<PathBuf>> {
-    let Some(path) = endpoint.strip_prefix("ipc://") else {
-        return Ok(None);
-    };
-    let path = PathBuf::from(path);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the run dir {}", dir.display()))?;
-    }
-    if path.exists() {
-        std::fs::remove_file(&path)
-            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
-    }
-    Ok(Some(path))
-}
-
-/// Only the master's own user may use the control socket: it can apply
-/// states on every minion.
-fn restrict(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", path.display()))
 }

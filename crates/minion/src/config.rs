@@ -95,6 +95,16 @@ impl MinionConfig {
         if let Some(id) = &cfg.id {
             tend_proto::validate_minion_id(id).map_err(|e| err("id", e.to_string()))?;
         }
+        if cfg.outbox.max_bytes < crate::outbox::MIN_BYTES {
+            return Err(err(
+                "outbox.max_bytes",
+                format!(
+                    "{} is below the minimum of {}",
+                    cfg.outbox.max_bytes,
+                    crate::outbox::MIN_BYTES
+                ),
+            ));
+        }
         if !(100..=3_600_000).contains(&cfg.master_timeout_ms) {
             return Err(err(
                 "master_timeout_ms",

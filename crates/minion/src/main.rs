@@ -4,6 +4,7 @@
 mod commands;
 mod config;
 mod facts;
+mod local;
 mod outbox;
 mod publisher;
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tend_beacons::{BeaconCtx, Emitter};
-use tend_bus::{BusStats, MinionBus, MinionBusConfig, MinionInbound};
+use tend_bus::{BusStats, ControlServer, MinionBus, MinionBusConfig, MinionInbound};
 use tend_state::Ledger;
 use tokio::sync::mpsc;
 
@@ -29,11 +30,29 @@ use crate::publisher::{Publisher, Signal};
 )]
 struct Args {
     /// Path to minion.toml.
-    #[arg(long, short, default_value = "/etc/tend/minion.toml")]
+    #[arg(long, short, global = true, default_value = "/etc/tend/minion.toml")]
     config: PathBuf,
     /// Validate the config (and every beacon in it), then exit.
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Fire an event into tend from this server, through the running
+    /// minion. Its tag is `minion/<id>/event/<TAG>`.
+    #[command(after_help = "Example:\n  tend-minion send deploy/done '{\"version\": \"1.4.2\"}'")]
+    Send {
+        tag: String,
+        /// A JSON object.
+        #[arg(default_value = "{}")]
+        data: String,
+        /// Send this many, each with `"n": <i>` added (for load tests).
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +64,15 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(Cmd::Send { tag, data, count }) = &args.command {
+        return match send(&cfg, tag, data, *count) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tend-minion send: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if let Err(e) = tend_daemon::init_logging(&cfg.log) {
         eprintln!(
             "tend-minion: config file {}: [log]: {e}",
@@ -91,6 +119,13 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
     let shutdown = tend_daemon::shutdown_on_signals()?;
 
     let stats = Arc::new(BusStats::default());
+    let local_endpoint = local_endpoint(&cfg);
+    let local_socket = tend_daemon::prepare_ipc(&local_endpoint).map_err(anyhow::Error::msg)?;
+    let (_local, local_requests) =
+        ControlServer::bind(&local_endpoint, cfg.max_message_size, stats.clone())?;
+    if let Some(path) = &local_socket {
+        tend_daemon::restrict_socket(path).map_err(anyhow::Error::msg)?;
+    }
     let (bus, mut inbound) = MinionBus::connect(
         MinionBusConfig {
             minion: id.clone(),
@@ -101,7 +136,7 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
             version: env!("CARGO_PKG_VERSION").into(),
             facts: facts::gather(&cfg.labels),
         },
-        stats,
+        stats.clone(),
     )?;
     let bus = Arc::new(bus);
     tracing::info!(
@@ -132,6 +167,13 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
     let publisher = Publisher::new(id.clone(), outbox, bus.clone());
     let publisher_stop = tokio_util::sync::CancellationToken::new();
     let publisher_task = tokio::spawn(publisher.run(event_rx, signal_rx, publisher_stop.clone()));
+
+    tokio::spawn(local::serve(
+        id.clone(),
+        local_requests,
+        signal_tx.clone(),
+        stats.clone(),
+    ));
 
     let commands = Arc::new(Commands {
         bus: bus.clone(),
@@ -166,6 +208,73 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
     }
     publisher_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), publisher_task).await;
+    if let Some(path) = local_socket {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("tend-minion stopped");
+    Ok(())
+}
+
+/// The local socket scripts on this server send events through.
+fn local_endpoint(cfg: &MinionConfig) -> String {
+    format!("ipc://{}", cfg.data_dir.join("minion.sock").display())
+}
+
+/// `tend-minion send`: hands events to the running minion and waits until
+/// they are durable in its outbox.
+fn send(cfg: &MinionConfig, tag: &str, data: &str, count: u64) -> anyhow::Result<()> {
+    use tend_proto::v1::{SendEvents, control_reply, control_request};
+    let mut base: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(data).context("DATA must be a JSON object")?;
+    let endpoint = local_endpoint(cfg);
+    let path = cfg.data_dir.join("minion.sock");
+    if !path.exists() {
+        anyhow::bail!(
+            "no minion socket at {}: is tend-minion running with this config?",
+            path.display()
+        );
+    }
+    let mut client = tend_bus::ControlClient::connect(&endpoint)?;
+    let (mut first, mut last) = (0, 0);
+    let mut i = 0;
+    while i < count {
+        let n = (count - i).min(local::MAX_SEND as u64);
+        let batch = (i..i + n)
+            .map(|k| {
+                if count > 1 {
+                    base.insert("n".into(), k.into());
+                }
+                serde_json::Value::Object(base.clone())
+                    .to_string()
+                    .into_bytes()
+            })
+            .collect();
+        let mut failure = None;
+        client.call(
+            control_request::Body::SendEvents(SendEvents {
+                tag: tag.to_string(),
+                data: batch,
+            }),
+            Some(Duration::from_secs(30)),
+            |r| {
+                match r.body {
+                    Some(control_reply::Body::Sent(s)) => {
+                        if first == 0 {
+                            first = s.first_seq;
+                        }
+                        last = s.last_seq;
+                    }
+                    Some(control_reply::Body::Failure(f)) => failure = Some(f.message),
+                    _ => {}
+                }
+                true
+            },
+        )?;
+        if let Some(f) = failure {
+            anyhow::bail!("{f}");
+        }
+        i += n;
+    }
+    println!("sent {count} event(s), seq {first}..={last}");
     Ok(())
 }

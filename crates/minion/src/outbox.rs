@@ -16,8 +16,11 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use tend_proto::v1::Event;
 
-/// Size at which a segment is closed and a new one started.
+/// Size at which a segment is closed and a new one started (smaller for a
+/// small outbox, so the bound is kept to within a quarter).
 const SEGMENT_BYTES: u64 = 4 << 20;
+/// Smallest bound accepted.
+pub const MIN_BYTES: u64 = 64 << 10;
 /// Recently appended records kept in memory, so publishing and most
 /// resends never read the disk.
 const CACHE_BYTES: usize = 8 << 20;
@@ -39,6 +42,7 @@ pub struct Outbox {
     next_seq: u64,
     acked: u64,
     max_bytes: u64,
+    segment_bytes: u64,
     total_bytes: u64,
     fsync: bool,
     /// Events dropped because the outbox was full, not yet reported.
@@ -98,7 +102,8 @@ impl Outbox {
             writer: None,
             next_seq: last_seq + 1,
             acked,
-            max_bytes: max_bytes.max(2 * SEGMENT_BYTES),
+            max_bytes: max_bytes.max(MIN_BYTES),
+            segment_bytes: (max_bytes.max(MIN_BYTES) / 4).min(SEGMENT_BYTES),
             total_bytes,
             fsync,
             dropped,
@@ -170,7 +175,7 @@ impl Outbox {
 
     fn write_record(&mut self, seq: u64, payload: &[u8]) -> io::Result<()> {
         let roll = match self.segments.back() {
-            Some(s) => s.bytes >= SEGMENT_BYTES || self.writer.is_none(),
+            Some(s) => s.bytes >= self.segment_bytes || self.writer.is_none(),
             None => true,
         };
         if roll {
@@ -442,8 +447,8 @@ mod tests {
     #[test]
     fn acknowledged_segments_are_deleted_and_the_bound_drops_and_counts() {
         let dir = tempfile::tempdir().unwrap();
-        let mut ob = Outbox::open(dir.path(), 0, false).unwrap(); // minimum bound: 2 segments
-        let big = "x".repeat(100_000);
+        let mut ob = Outbox::open(dir.path(), 1 << 20, false).unwrap();
+        let big = "x".repeat(10_000);
         let mut total = 0u64;
         for _ in 0..300 {
             let mut e = events(1);
@@ -451,7 +456,7 @@ mod tests {
             ob.append(&mut e).unwrap();
             total += 1;
         }
-        assert!(ob.bytes() <= 2 * SEGMENT_BYTES + 200_000, "{}", ob.bytes());
+        assert!(ob.bytes() <= (1 << 20) + 20_000, "{}", ob.bytes());
         let dropped = ob.take_dropped().unwrap();
         assert!(dropped > 0);
         assert_eq!(

@@ -16,7 +16,7 @@ use serde_json::json;
 use tend_beacons::Emitted;
 use tend_bus::MinionBus;
 use tend_proto::v1::{Event, EventBatch};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +45,12 @@ pub enum Signal {
     Ack {
         seq: u64,
         replay: bool,
+    },
+    /// Events from a script on the server (`tend-minion send`): `done`
+    /// hears their seqs once they are durable in the outbox.
+    Send {
+        events: Vec<Event>,
+        done: oneshot::Sender<Result<(u64, u64), String>>,
     },
 }
 
@@ -84,6 +90,7 @@ impl Publisher {
     ) {
         let mut resend = tokio::time::interval(RESEND_AFTER / 2);
         resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beacons_running = true;
         loop {
             tokio::select! {
                 biased;
@@ -96,8 +103,13 @@ impl Publisher {
                     }
                     self.catch_up().await;
                 }
-                e = events.recv() => {
-                    let Some(first) = e else { break };
+                e = events.recv(), if beacons_running => {
+                    // No beacons (or all stopped): sent events and
+                    // signals still flow.
+                    let Some(first) = e else {
+                        beacons_running = false;
+                        continue;
+                    };
                     let mut batch = vec![self.to_event(first)];
                     while batch.len() < APPEND_EVENTS {
                         match events.try_recv() {
@@ -152,6 +164,16 @@ impl Publisher {
             }
             Signal::Disconnected => self.connected = false,
             Signal::Subscribed => self.next_send = self.acked + 1,
+            Signal::Send { events, done } => {
+                let n = events.len() as u64;
+                let result = match self.append(events).await {
+                    Some(next) => Ok((next - n, next - 1)),
+                    None => {
+                        Err("the outbox could not write them (see the minion's log)".to_string())
+                    }
+                };
+                let _ = done.send(result);
+            }
             Signal::Ack { seq, replay } => {
                 if seq > self.acked {
                     self.acked = seq;
@@ -174,10 +196,11 @@ impl Publisher {
 
     /// Writes events to the outbox (numbering them), durably; and when the
     /// publisher is caught up, publishes them straight from memory in the
-    /// same step instead of reading them back.
-    async fn append(&mut self, mut batch: Vec<Event>) {
+    /// same step instead of reading them back. Returns the next seq, or
+    /// None when the write failed.
+    async fn append(&mut self, mut batch: Vec<Event>) -> Option<u64> {
         if batch.is_empty() {
-            return;
+            return None;
         }
         let outbox = self.outbox.clone();
         let bus = self.bus.clone();
@@ -209,9 +232,11 @@ impl Publisher {
                 }
                 // Events dropped from a full outbox are never sent.
                 self.next_send = self.next_send.max(oldest);
+                Some(next)
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot write events to the outbox; they are lost")
+                tracing::error!(error = %e, "cannot write events to the outbox; they are lost");
+                None
             }
         }
     }

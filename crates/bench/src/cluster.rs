@@ -55,7 +55,13 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
 impl Cluster {
     /// Lays out a master (state tree with `motd`, a rule restoring it) and
     /// a minion watching the managed file, in `dir`.
-    pub fn new(dir: &Path) -> anyhow::Result<Self> {
+    /// With `auto_accept` off the minion's key waits for `tend keys accept`.
+    pub fn new(dir: &Path, auto_accept: bool) -> anyhow::Result<Self> {
+        let auto = if auto_accept {
+            "auto_accept = true\n"
+        } else {
+            ""
+        };
         let bin = bin_dir()?;
         let (event_port, command_port) = (free_port()?, free_port()?);
         let m = dir.join("master");
@@ -69,7 +75,7 @@ impl Cluster {
                 "event_endpoint = \"tcp://127.0.0.1:{event_port}\"\n\
                  command_endpoint = \"tcp://127.0.0.1:{command_port}\"\n\
                  data_dir = \"data\"\nrun_dir = \"run\"\nstate_root = \"states\"\nreactor_dir = \"reactor.d\"\n\
-                 heartbeat_ms = 1000\npresence_timeout_ms = 5000\n\n[log]\nlevel = \"warn\"\n"
+                 heartbeat_ms = 1000\npresence_timeout_ms = 5000\n{auto}\n[log]\nlevel = \"warn\"\n"
             ),
         )?;
         std::fs::write(m.join("states/files/motd"), MANAGED)?;
@@ -133,19 +139,30 @@ impl Cluster {
         Ok(started.elapsed())
     }
 
-    /// Starts the minion and waits until the master shows it connected.
-    pub fn start_minion(&mut self) -> anyhow::Result<Duration> {
-        let started = Instant::now();
+    /// Starts the minion.
+    pub fn spawn_minion(&mut self) -> anyhow::Result<()> {
         let d = self.dir.join("minion");
         self.minion =
             Some(self.spawn("tend-minion", &d.join("minion.toml"), &d.join("minion.log"))?);
+        Ok(())
+    }
+
+    /// Starts the minion and waits until the master shows it connected.
+    pub fn start_minion(&mut self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        self.spawn_minion()?;
+        self.wait_minion()?;
+        Ok(started.elapsed())
+    }
+
+    /// Waits until the master shows the minion connected.
+    pub fn wait_minion(&self) -> anyhow::Result<()> {
         wait(Duration::from_secs(20), "the minion to connect", || {
             Ok(self
                 .minions()?
                 .iter()
                 .any(|m| m.id == "demo-minion" && m.connected))
-        })?;
-        Ok(started.elapsed())
+        })
     }
 
     pub fn client(&self) -> anyhow::Result<ControlClient> {

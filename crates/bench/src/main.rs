@@ -169,7 +169,7 @@ fn one_edit(
 }
 
 fn start(dir: &std::path::Path) -> anyhow::Result<Cluster> {
-    let mut c = Cluster::new(dir)?;
+    let mut c = Cluster::new(dir, true)?;
     c.start_master()?;
     c.start_minion()?;
     let out = c.tend(&["apply", "demo-minion", "motd"])?;
@@ -220,18 +220,45 @@ fn demo(no_wait: bool) -> anyhow::Result<()> {
         "tend demo: a master and a minion on 127.0.0.1, in {}\n",
         dir.display()
     );
-    let mut c = Cluster::new(&dir)?;
+    let mut c = Cluster::new(&dir, false)?;
     let t = c.start_master()?;
+    let keys = c.tend(&["keys", "list", "--json"])?;
+    let master_fp = serde_json::from_slice::<serde_json::Value>(&keys.stdout)
+        .ok()
+        .and_then(|k| k["master_fingerprint"].as_str().map(String::from))
+        .unwrap_or_default();
     println!(
-        "  tend-master is up ({:.0} ms): events on port {}, commands on port {}",
+        "  tend-master is up ({:.0} ms): events on port {}, commands on port {}\n    its key: {master_fp}",
         t.as_secs_f64() * 1000.0,
         c.event_port,
         c.command_port
     );
-    let t = c.start_minion()?;
+    let started = Instant::now();
+    c.spawn_minion()?;
+    wait(
+        Duration::from_secs(20),
+        "the minion's key to reach the master",
+        || {
+            let out = c.tend(&["keys", "list", "--json"])?;
+            Ok(String::from_utf8_lossy(&out.stdout).contains("pending"))
+        },
+    )?;
     println!(
-        "  tend-minion \"demo-minion\" is connected ({:.0} ms); its file beacon watches\n    {}",
-        t.as_secs_f64() * 1000.0,
+        "  tend-minion \"demo-minion\" started ({:.0} ms); its key is pending, as every new key is.",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    let out = c.tend(&["keys", "accept", "demo-minion"])?;
+    if !out.status.success() {
+        bail!(
+            "accepting the minion's key failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let started = Instant::now();
+    c.wait_minion()?;
+    println!(
+        "  `tend keys accept demo-minion`: connected {:.0} ms later. Its file beacon watches\n    {}",
+        started.elapsed().as_secs_f64() * 1000.0,
         c.managed.display()
     );
     let out = c.tend(&["apply", "demo-minion", "motd"])?;
@@ -332,6 +359,10 @@ fn demo(no_wait: bool) -> anyhow::Result<()> {
         tend.display()
     );
     println!("  {} {master_flag} minions", tend.display());
+    println!(
+        "  {} {master_flag} keys list         # minion keys: pending, accepted, rejected, denied",
+        tend.display()
+    );
     println!("  echo oops > {f}             # try it yourself");
     println!(
         "  logs: {}/master/master.log, {}/minion/minion.log",

@@ -1,41 +1,91 @@
-//! The control channel between the `tend` CLI and the master: a ROUTER on
-//! the master (an `ipc://` socket under its run dir by default), a DEALER in
-//! the CLI. One request gets one or more replies carrying its id; the last
-//! has `more = false`.
+//! The control channel between the `tend` CLI and the master. One request
+//! gets one or more replies carrying its id; the last has `more = false`.
+//!
+//! Two ways in, each authenticated:
+//! - the control socket, an `ipc://` socket under the master's run dir
+//!   with mode 0600: whoever can open it is the master's own user;
+//! - the command port over TCP, as an *operator*: the CLI runs the same
+//!   signed handshake as a minion, with an operator key the master
+//!   accepted (`tend keys accept --operator NAME`), and every request and
+//!   reply is sealed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use tend_proto::v1::{ControlReply, ControlRequest, control_reply};
+use tend_proto::v1::{
+    ControlReply, ControlReplyFrame, ControlRequest, ControlRequestFrame, MasterMessage,
+    MinionMessage, PeerKind, control_reply, master_message, minion_message,
+};
 use tokio::sync::mpsc;
 
 use crate::BusError;
 use crate::actor::SocketThread;
+use crate::frame::{self, Kind, handshake_frame};
+use crate::handshake::Initiator;
+use crate::identity::{Identity, MasterPin};
+use crate::session::{Channel, Session};
 use crate::stats::BusStats;
+
+enum Path {
+    /// The ipc control socket.
+    Plain,
+    /// An operator's session on the command port.
+    Sealed(Arc<Session>),
+}
 
 /// Answers one control request, possibly in several parts.
 pub struct Responder {
     route: Vec<u8>,
     id: u64,
     socket: Arc<SocketThread>,
+    path: Path,
 }
 
 impl Responder {
+    pub(crate) fn sealed(
+        id: u64,
+        route: Vec<u8>,
+        session: Arc<Session>,
+        socket: Arc<SocketThread>,
+    ) -> Self {
+        Self {
+            route,
+            id,
+            socket,
+            path: Path::Sealed(session),
+        }
+    }
+
     /// Sends one part of the answer; `more` says whether others follow.
     pub fn send(&self, body: control_reply::Body, more: bool) -> Result<(), BusError> {
         let reply = ControlReply {
             id: self.id,
             more,
             body: Some(body),
+        }
+        .encode_to_vec();
+        let frame = match &self.path {
+            Path::Plain => reply,
+            Path::Sealed(session) => {
+                let msg = MasterMessage {
+                    body: Some(master_message::Body::Control(ControlReplyFrame { reply })),
+                };
+                session.seal(Channel::Down, &msg.encode_to_vec())
+            }
         };
-        self.socket
-            .send(vec![self.route.clone(), reply.encode_to_vec()])
+        self.socket.send(vec![self.route.clone(), frame])
     }
 
     /// Sends the final part of the answer.
     pub fn finish(&self, body: control_reply::Body) -> Result<(), BusError> {
         self.send(body, false)
+    }
+
+    /// Whether the request came from an operator over TCP (rather than the
+    /// master's own user on the local socket).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.path, Path::Sealed(_))
     }
 }
 
@@ -44,26 +94,26 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Binds the control socket; requests arrive on the returned channel.
+    /// Binds the local control socket; requests go to `tx`.
     pub fn bind(
         endpoint: &str,
         max_message_size: usize,
         stats: Arc<BusStats>,
-    ) -> Result<(Self, mpsc::Receiver<(Responder, ControlRequest)>), BusError> {
+        tx: mpsc::Sender<(Responder, ControlRequest)>,
+    ) -> Result<Self, BusError> {
         let ctx = crate::context();
         let router = ctx.socket(zmq::ROUTER)?;
         router.set_maxmsgsize(max_message_size as i64)?;
         router.set_linger(0)?;
         router.set_sndhwm(100_000)?;
         crate::bind(&router, endpoint)?;
-        let (tx, rx) = mpsc::channel(256);
         // The responder needs the socket thread, which needs the callback:
         // the callback gets it through a slot filled once it exists.
         let slot: Arc<std::sync::OnceLock<std::sync::Weak<SocketThread>>> = Arc::default();
         let cb_slot = slot.clone();
         let socket = Arc::new(SocketThread::spawn(
             &ctx,
-            "master-control",
+            "control",
             router,
             Box::new(move |parts| {
                 BusStats::inc(&stats.frames_in);
@@ -75,44 +125,43 @@ impl ControlServer {
                     BusStats::refuse(&stats.frames_bad, "control", &reason);
                     return None;
                 };
+                let failure = |id, message: String| {
+                    let reply = ControlReply {
+                        id,
+                        more: false,
+                        body: Some(control_reply::Body::Failure(tend_proto::v1::Failure {
+                            message,
+                        })),
+                    };
+                    Some(vec![route.clone(), reply.encode_to_vec()])
+                };
                 let req = match ControlRequest::decode(body.as_slice()) {
                     Ok(r) => r,
                     Err(e) => {
                         let reason = format!("undecodable control request: {e}");
                         BusStats::refuse(&stats.frames_undecodable, "control", &reason);
-                        let reply = ControlReply {
-                            id: 0,
-                            more: false,
-                            body: Some(control_reply::Body::Failure(tend_proto::v1::Failure {
-                                message: format!("cannot decode the control request: {e}"),
-                            })),
-                        };
-                        return Some(vec![route.clone(), reply.encode_to_vec()]);
+                        return failure(0, format!("cannot decode the control request: {e}"));
                     }
                 };
                 let socket = cb_slot.get().and_then(std::sync::Weak::upgrade)?;
-                let responder = Responder {
-                    route: route.clone(),
-                    id: req.id,
-                    socket,
-                };
-                if let Err(mpsc::error::TrySendError::Full((r, _))) = tx.try_send((responder, req))
-                {
+                let (id, responder) = (
+                    req.id,
+                    Responder {
+                        route: route.clone(),
+                        id: req.id,
+                        socket,
+                        path: Path::Plain,
+                    },
+                );
+                if tx.try_send((responder, req)).is_err() {
                     BusStats::inc(&stats.queue_full);
-                    let reply = ControlReply {
-                        id: r.id,
-                        more: false,
-                        body: Some(control_reply::Body::Failure(tend_proto::v1::Failure {
-                            message: "the master is busy; try again".into(),
-                        })),
-                    };
-                    return Some(vec![r.route, reply.encode_to_vec()]);
+                    return failure(id, "the daemon is busy; try again".into());
                 }
                 None
             }),
         )?);
         let _ = slot.set(Arc::downgrade(&socket));
-        Ok((Self { _socket: socket }, rx))
+        Ok(Self { _socket: socket })
     }
 }
 
@@ -121,9 +170,12 @@ pub struct ControlClient {
     socket: zmq::Socket,
     endpoint: String,
     next_id: u64,
+    session: Option<Session>,
+    max: usize,
 }
 
 impl ControlClient {
+    /// Connects to a local (ipc) control socket.
     pub fn connect(endpoint: &str) -> Result<Self, BusError> {
         let socket = crate::context().socket(zmq::DEALER)?;
         socket.set_linger(0)?;
@@ -132,11 +184,101 @@ impl ControlClient {
             socket,
             endpoint: endpoint.to_string(),
             next_id: 1,
+            session: None,
+            max: 64 << 20,
         })
+    }
+
+    /// Connects to the master's command port as operator `name`: runs the
+    /// signed handshake, checks the master against `pin`, and waits at most
+    /// `timeout` for the session.
+    pub fn connect_operator(
+        endpoint: &str,
+        identity: Arc<Identity>,
+        name: &str,
+        pin: &MasterPin,
+        timeout: Duration,
+    ) -> Result<Self, BusError> {
+        let mut client = Self::connect(endpoint)?;
+        let deadline = Instant::now() + timeout;
+        let (init, hello) = Initiator::start(
+            identity,
+            name,
+            PeerKind::Operator,
+            env!("CARGO_PKG_VERSION"),
+        )?;
+        client.send_clear(minion_message::Body::Hello(hello))?;
+        let challenge = match client.recv_master(deadline)? {
+            Some(master_message::Body::Challenge(c)) => c,
+            Some(master_message::Body::Refused(r)) => {
+                return Err(BusError::Refused {
+                    status: r.status,
+                    reason: r.reason,
+                });
+            }
+            _ => {
+                return Err(BusError::Handshake(
+                    "the master did not answer the hello".into(),
+                ));
+            }
+        };
+        let opened = init.finish(&challenge)?;
+        pin.check(&opened.master_key).map_err(BusError::Handshake)?;
+        client.session = Some(opened.session);
+        client.send_clear(minion_message::Body::Auth(opened.auth))?;
+        match client.recv_master(deadline)? {
+            Some(master_message::Body::Welcome(_)) => Ok(client),
+            Some(master_message::Body::Refused(r)) => Err(BusError::Refused {
+                status: r.status,
+                reason: r.reason,
+            }),
+            _ => Err(BusError::Handshake(
+                "the master did not welcome the session".into(),
+            )),
+        }
     }
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    fn send_clear(&self, body: minion_message::Body) -> Result<(), BusError> {
+        let msg = MinionMessage { body: Some(body) };
+        self.socket.send(handshake_frame(&msg.encode_to_vec()), 0)?;
+        Ok(())
+    }
+
+    fn wait(
+        &self,
+        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<u8>, BusError> {
+        let wait_ms = deadline.map_or(-1, |d| {
+            d.saturating_duration_since(Instant::now()).as_millis() as i64
+        });
+        if self.socket.poll(zmq::POLLIN, wait_ms)? == 0 {
+            return Err(BusError::Timeout {
+                minion: format!("the master at {}", self.endpoint),
+                timeout_ms: timeout.map_or(0, |t| t.as_millis() as u64),
+            });
+        }
+        Ok(self.socket.recv_bytes(0)?)
+    }
+
+    /// One message from the master on an operator connection, opened.
+    fn recv_master(&self, deadline: Instant) -> Result<Option<master_message::Body>, BusError> {
+        let bytes = self.wait(Some(deadline), None)?;
+        let (header, body) = frame::decode(&bytes, self.max)?;
+        let body = match (header.kind, &self.session) {
+            (Kind::Handshake, _) => body.to_vec(),
+            (Kind::Sealed, Some(s)) => s.open(Channel::Down, &header, body)?,
+            (Kind::Sealed, None) => {
+                return Err(BusError::BadFrame(
+                    "a sealed frame before the session".into(),
+                ));
+            }
+        };
+        Ok(MasterMessage::decode(body.as_slice())?.body)
     }
 
     /// Sends `body` and hands every reply to `on_reply` until the last one,
@@ -153,21 +295,30 @@ impl ControlClient {
         let req = ControlRequest {
             id,
             body: Some(body),
-        };
-        self.socket.send(req.encode_to_vec(), 0)?;
+        }
+        .encode_to_vec();
+        match &self.session {
+            None => self.socket.send(req, 0)?,
+            Some(s) => {
+                let msg = MinionMessage {
+                    body: Some(minion_message::Body::Control(ControlRequestFrame {
+                        request: req,
+                    })),
+                };
+                self.socket
+                    .send(s.seal(Channel::Up, &msg.encode_to_vec()), 0)?;
+            }
+        }
         loop {
             let deadline = timeout.map(|t| Instant::now() + t);
-            let wait_ms = deadline.map_or(-1, |d| {
-                d.saturating_duration_since(Instant::now()).as_millis() as i64
-            });
-            if self.socket.poll(zmq::POLLIN, wait_ms)? == 0 {
-                return Err(BusError::Timeout {
-                    minion: format!("the master at {}", self.endpoint),
-                    timeout_ms: timeout.map_or(0, |t| t.as_millis() as u64),
-                });
-            }
-            let bytes = self.socket.recv_bytes(0)?;
-            let reply = ControlReply::decode(bytes.as_slice())?;
+            let bytes = self.wait(deadline, timeout)?;
+            let reply = match &self.session {
+                None => ControlReply::decode(bytes.as_slice())?,
+                Some(_) => match self.recv_sealed(&bytes)? {
+                    Some(r) => r,
+                    None => continue,
+                },
+            };
             if reply.id != id && reply.id != 0 {
                 continue; // an answer to an earlier, abandoned request
             }
@@ -175,6 +326,23 @@ impl ControlClient {
             if !on_reply(reply) || !more {
                 return Ok(());
             }
+        }
+    }
+
+    fn recv_sealed(&self, bytes: &[u8]) -> Result<Option<ControlReply>, BusError> {
+        let (header, body) = frame::decode(bytes, self.max)?;
+        let Some(session) = &self.session else {
+            return Ok(None);
+        };
+        if header.kind != Kind::Sealed {
+            return Ok(None);
+        }
+        let plain = session.open(Channel::Down, &header, body)?;
+        match MasterMessage::decode(plain.as_slice())?.body {
+            Some(master_message::Body::Control(frame)) => {
+                Ok(Some(ControlReply::decode(frame.reply.as_slice())?))
+            }
+            _ => Ok(None),
         }
     }
 }

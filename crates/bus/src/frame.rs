@@ -42,6 +42,18 @@ impl Header {
     }
 }
 
+/// A clear handshake frame around `body` (session and counter 0).
+pub fn handshake_frame(body: &[u8]) -> Vec<u8> {
+    let header = Header {
+        kind: Kind::Handshake,
+        session: 0,
+        counter: 0,
+    };
+    let mut frame = header.to_bytes().to_vec();
+    frame.extend_from_slice(body);
+    frame
+}
+
 /// Splits a frame into its header and body, checking everything that can be
 /// checked without keys.
 pub fn decode(frame: &[u8], max_len: usize) -> Result<(Header, &[u8]), BusError> {

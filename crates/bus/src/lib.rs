@@ -11,12 +11,17 @@
 mod actor;
 mod control;
 pub mod frame;
+pub mod handshake;
+pub mod identity;
+pub mod keys;
 mod master;
 mod minion;
-mod session;
+pub mod session;
 mod stats;
 
 pub use control::{ControlClient, ControlServer, Responder};
+pub use identity::{Identity, IdentityError, MasterPin, fingerprint, is_fingerprint};
+pub use keys::{KeyEntry, KeyError, KeyState, KeyStore};
 pub use master::{MasterBus, MasterBusConfig, MasterInbound};
 pub use minion::{MinionBus, MinionBusConfig, MinionInbound};
 pub use stats::BusStats;
@@ -37,6 +42,12 @@ pub enum BusError {
     BadFrame(String),
     #[error("cannot decode message: {0}")]
     Decode(#[from] prost::DecodeError),
+    #[error("sealed frame failed authentication (forged, altered, or another session's)")]
+    Forged,
+    #[error("handshake: {0}")]
+    Handshake(String),
+    #[error("the master refused the session ({status}): {reason}")]
+    Refused { status: String, reason: String },
     #[error("replayed frame: counter {counter} is not above {last}")]
     Replay { counter: u64, last: u64 },
     #[error("unknown session {0}")]
@@ -71,6 +82,24 @@ fn connect(socket: &zmq::Socket, endpoint: &str) -> Result<(), BusError> {
         endpoint: endpoint.to_string(),
         error,
     })
+}
+
+/// A random, non-zero session id.
+pub(crate) fn new_session_id() -> u64 {
+    use ring::rand::SecureRandom;
+    let rng = ring::rand::SystemRandom::new();
+    let mut bytes = [0u8; 8];
+    loop {
+        if rng.fill(&mut bytes).is_err() {
+            // The OS RNG failing is not recoverable in any useful way; fall
+            // back to time so the master keeps serving.
+            return tend_proto::now_us() as u64 | 1;
+        }
+        let id = u64::from_le_bytes(bytes);
+        if id != 0 {
+            return id;
+        }
+    }
 }
 
 /// A process-wide ZeroMQ context. One is enough: it holds the I/O thread.

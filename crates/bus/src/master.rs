@@ -1,28 +1,39 @@
 //! The master's side of the bus: a SUB socket every minion publishes events
-//! to, and a ROUTER socket for sessions, heartbeats and request/reply.
+//! to, and a ROUTER socket for handshakes, sessions, heartbeats,
+//! request/reply, and operators' control requests over TCP.
 //!
-//! The ROUTER assigns each connection its own routing id; the bus maps a
-//! routing id to a minion only after a frame from it opened under that
-//! minion's session. DESIGN.md has the minion set its id as the DEALER's
-//! routing id, but a routing id is chosen by whoever connects, so anyone
-//! could claim a minion's id and take over its command traffic. Binding
-//! routes to sessions instead costs nothing and closes that door.
+//! Nothing is accepted from a peer before it has completed the signed
+//! handshake with a key the key store accepts; from then on every frame is
+//! sealed under its session. The ROUTER assigns each connection its own
+//! routing id, and the bus maps a routing id to a peer only after a frame
+//! from it opened under that peer's session. (DESIGN.md has the minion set
+//! its id as the DEALER's routing id; but a routing id is chosen by
+//! whoever connects, so anyone could claim a minion's and take over its
+//! command traffic. Binding routes to sessions closes that door.)
+//!
+//! Handshakes (a signature and a key agreement each) run on their own
+//! threads, so a flood of hellos cannot hold up the sessions already open.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use prost::Message;
 use tend_proto::now_us;
 use tend_proto::v1::{
-    Event, EventBatch, Heartbeat, Hello, MasterMessage, MinionMessage, Rehello, Reply, Request,
-    Welcome, master_message, minion_message, request,
+    ControlRequest, Event, EventBatch, Heartbeat, Info, MasterMessage, MinionMessage, PeerKind,
+    Refused, Rehello, Reply, Request, Welcome, master_message, minion_message, request,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actor::SocketThread;
+use crate::control::Responder;
 use crate::frame::{self, Header, Kind};
+use crate::handshake;
+use crate::identity::Identity;
+use crate::keys::{KeyState, KeyStore, kind_name};
 use crate::session::{Channel, Session};
 use crate::stats::BusStats;
 use crate::{BusError, EVENT_TOPIC};
@@ -31,10 +42,10 @@ use crate::{BusError, EVENT_TOPIC};
 pub struct MasterBusConfig {
     /// Where minions publish events, e.g. `tcp://0.0.0.0:4510`.
     pub event_endpoint: String,
-    /// Where minions connect for commands, e.g. `tcp://0.0.0.0:4511`.
+    /// Where minions and operators connect, e.g. `tcp://0.0.0.0:4511`.
     pub command_endpoint: String,
     pub max_message_size: usize,
-    /// How often minions send heartbeats (sent to them in Welcome).
+    /// How often peers send heartbeats (sent to them in Welcome).
     pub heartbeat: Duration,
     /// A minion silent for this long is down.
     pub presence_timeout: Duration,
@@ -43,8 +54,8 @@ pub struct MasterBusConfig {
 /// What the bus hands the master daemon.
 #[derive(Debug)]
 pub enum MasterInbound {
-    /// A minion opened a session.
-    Up { minion: String, hello: Hello },
+    /// A minion opened a session and said what it is.
+    Up { minion: String, info: Info },
     /// A minion's session ended: no heartbeat within the presence timeout.
     Down { minion: String },
     /// Events from an authenticated minion, in the order sent. `refused`
@@ -59,18 +70,25 @@ pub enum MasterInbound {
     },
 }
 
-struct MinionSession {
-    session: Session,
-    minion: String,
-    route: Mutex<Vec<u8>>,
+pub(crate) struct PeerSession {
+    pub session: Arc<Session>,
+    pub name: String,
+    pub kind: PeerKind,
+    key: [u8; 32],
+    pub route: Mutex<Vec<u8>>,
     last_seen_us: AtomicI64,
+    /// The minion said what it is (Info) and was announced up.
+    announced: AtomicBool,
 }
 
 #[derive(Default)]
 struct Sessions {
-    by_id: HashMap<u64, Arc<MinionSession>>,
-    by_minion: HashMap<String, u64>,
+    by_id: HashMap<u64, Arc<PeerSession>>,
+    /// Minions only: an operator may have several sessions at once.
+    minions: HashMap<String, u64>,
 }
+
+type Handshake = (Vec<u8>, MinionMessage);
 
 struct Shared {
     cfg: MasterBusConfig,
@@ -79,11 +97,16 @@ struct Shared {
     next_request: AtomicU64,
     stats: Arc<BusStats>,
     inbound: mpsc::Sender<MasterInbound>,
+    control: mpsc::Sender<(Responder, ControlRequest)>,
+    keys: Arc<KeyStore>,
+    handshakes: SyncSender<Handshake>,
+    responder: handshake::Responder,
+    commands: OnceLock<Weak<SocketThread>>,
 }
 
 pub struct MasterBus {
     shared: Arc<Shared>,
-    commands: SocketThread,
+    commands: Arc<SocketThread>,
     _events: SocketThread,
     reaper: tokio::task::JoinHandle<()>,
 }
@@ -93,16 +116,24 @@ const PORT_COMMANDS: &str = "commands";
 
 /// Inbound messages waiting for the master daemon, at most.
 const INBOUND_QUEUE: usize = 4096;
+/// Handshake messages waiting for a worker, at most; past that they are
+/// refused and counted (the peer retries).
+const HANDSHAKE_QUEUE: usize = 8192;
 
 impl MasterBus {
-    /// Binds both sockets. Must be called inside a tokio runtime (it starts
-    /// the task that expires silent sessions).
+    /// Binds both sockets and starts the handshake workers. Must be called
+    /// inside a tokio runtime (it starts the task that expires silent
+    /// sessions). Operators' control requests go to `control`.
     pub fn bind(
         cfg: MasterBusConfig,
+        identity: Arc<Identity>,
+        keys: Arc<KeyStore>,
         stats: Arc<BusStats>,
+        control: mpsc::Sender<(Responder, ControlRequest)>,
     ) -> Result<(Self, mpsc::Receiver<MasterInbound>), BusError> {
         let ctx = crate::context();
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
+        let (hs_tx, hs_rx) = sync_channel(HANDSHAKE_QUEUE);
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             sessions: RwLock::default(),
@@ -110,6 +141,11 @@ impl MasterBus {
             next_request: AtomicU64::new(1),
             stats,
             inbound: tx,
+            control,
+            keys,
+            handshakes: hs_tx,
+            responder: handshake::Responder::new(identity),
+            commands: OnceLock::new(),
         });
 
         let sub = ctx.socket(zmq::SUB)?;
@@ -138,12 +174,23 @@ impl MasterBus {
         router.set_linger(0)?;
         crate::bind(&router, &cfg.command_endpoint)?;
         let s = shared.clone();
-        let commands = SocketThread::spawn(
+        let commands = Arc::new(SocketThread::spawn(
             &ctx,
             "master-commands",
             router,
             Box::new(move |parts| s.on_command_message(parts)),
-        )?;
+        )?);
+        let _ = shared.commands.set(Arc::downgrade(&commands));
+
+        let hs_rx = Arc::new(Mutex::new(hs_rx));
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
+        for i in 0..workers {
+            let (s, rx) = (Arc::downgrade(&shared), hs_rx.clone());
+            std::thread::Builder::new()
+                .name(format!("handshake-{i}"))
+                .spawn(move || handshake_worker(s, rx))
+                .map_err(|e| BusError::Thread(e.to_string()))?;
+        }
 
         let s = shared.clone();
         let reaper = tokio::spawn(async move { s.expire_sessions().await });
@@ -165,12 +212,33 @@ impl MasterBus {
     /// Minions with an open session.
     pub fn connected(&self) -> Vec<String> {
         let sessions = self.shared.sessions.read().expect("sessions lock");
-        sessions.by_minion.keys().cloned().collect()
+        sessions.minions.keys().cloned().collect()
     }
 
     pub fn is_connected(&self, minion: &str) -> bool {
         let sessions = self.shared.sessions.read().expect("sessions lock");
-        sessions.by_minion.contains_key(minion)
+        sessions.minions.contains_key(minion)
+    }
+
+    /// Ends the sessions of peers whose key is no longer accepted (after
+    /// `tend keys reject` or `delete`).
+    pub fn revoke(&self, kind: PeerKind, names: &[String]) {
+        let mut sessions = self.shared.sessions.write().expect("sessions lock");
+        let ids: Vec<u64> = sessions
+            .by_id
+            .iter()
+            .filter(|(_, p)| p.kind == kind && names.contains(&p.name))
+            .filter(|(_, p)| !self.shared.keys.is_accepted(kind, &p.name, &p.key))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(p) = sessions.by_id.remove(&id) {
+                if kind == PeerKind::Minion && sessions.minions.get(&p.name) == Some(&id) {
+                    sessions.minions.remove(&p.name);
+                }
+                tracing::warn!(kind = kind_name(kind), name = %p.name, "session closed: its key is no longer accepted");
+            }
+        }
     }
 
     /// Sends a request to a minion and waits for its reply, at most
@@ -230,9 +298,9 @@ impl MasterBus {
         body: request::Body,
         timeout: Duration,
     ) -> Result<(), BusError> {
-        let ms = self
+        let ps = self
             .shared
-            .session_of(minion)
+            .minion(minion)
             .ok_or_else(|| BusError::NotConnected(minion.to_string()))?;
         let msg = MasterMessage {
             body: Some(master_message::Body::Request(Request {
@@ -241,8 +309,8 @@ impl MasterBus {
                 body: Some(body),
             })),
         };
-        let frame = ms.session.seal(Channel::Down, &msg.encode_to_vec());
-        let route = ms.route.lock().expect("route lock").clone();
+        let frame = ps.session.seal(Channel::Down, &msg.encode_to_vec());
+        let route = ps.route.lock().expect("route lock").clone();
         self.commands.send(vec![route, frame]).inspect_err(|_| {
             BusStats::inc(&self.shared.stats.queue_full);
         })?;
@@ -257,20 +325,50 @@ impl Drop for MasterBus {
     }
 }
 
+fn handshake_worker(shared: Weak<Shared>, rx: Arc<Mutex<Receiver<Handshake>>>) {
+    loop {
+        let next = rx
+            .lock()
+            .map_err(|_| ())
+            .and_then(|r| r.recv().map_err(|_| ()));
+        let Ok((route, msg)) = next else { return };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Some(answer) = shared.on_handshake(&route, msg) {
+            shared.send(vec![route, answer]);
+        }
+    }
+}
+
+fn clear(body: master_message::Body) -> Vec<u8> {
+    crate::frame::handshake_frame(&MasterMessage { body: Some(body) }.encode_to_vec())
+}
+
 impl Shared {
-    fn session_of(&self, minion: &str) -> Option<Arc<MinionSession>> {
+    fn minion(&self, minion: &str) -> Option<Arc<PeerSession>> {
         let sessions = self.sessions.read().expect("sessions lock");
-        let id = sessions.by_minion.get(minion)?;
+        let id = sessions.minions.get(minion)?;
         sessions.by_id.get(id).cloned()
     }
 
-    fn session(&self, id: u64) -> Option<Arc<MinionSession>> {
+    fn session(&self, id: u64) -> Option<Arc<PeerSession>> {
         self.sessions
             .read()
             .expect("sessions lock")
             .by_id
             .get(&id)
             .cloned()
+    }
+
+    fn send(&self, parts: Vec<Vec<u8>>) {
+        if let Some(socket) = self.commands.get().and_then(Weak::upgrade) {
+            if socket.send(parts).is_ok() {
+                BusStats::inc(&self.stats.frames_out);
+            } else {
+                BusStats::inc(&self.stats.queue_full);
+            }
+        }
     }
 
     /// Runs on the SUB thread: `[topic, frame]` from a minion.
@@ -297,34 +395,37 @@ impl Shared {
                 return;
             }
         };
-        let Some(ms) = self.session(header.session) else {
+        let Some(ps) = self
+            .session(header.session)
+            .filter(|p| p.kind == PeerKind::Minion)
+        else {
             let reason = format!("frame for unknown session {}", header.session);
             BusStats::refuse(&stats.frames_unknown_session, PORT_EVENTS, &reason);
             return;
         };
-        let body = match ms.session.open(Channel::Events, &header, body) {
+        let body = match ps.session.open(Channel::Events, &header, body) {
             Ok(b) => b,
             Err(e) => {
-                self.count_open_error(PORT_EVENTS, &e);
+                self.count_open_error(PORT_EVENTS, &ps.name, &e);
                 return;
             }
         };
-        let batch = match EventBatch::decode(body) {
+        let batch = match EventBatch::decode(body.as_slice()) {
             Ok(b) => b,
             Err(e) => {
-                let reason = format!("undecodable event batch from {}: {e}", ms.minion);
+                let reason = format!("undecodable event batch from {}: {e}", ps.name);
                 BusStats::refuse(&stats.frames_undecodable, PORT_EVENTS, &reason);
                 return;
             }
         };
-        ms.last_seen_us.store(now_us(), Ordering::Relaxed);
+        ps.last_seen_us.store(now_us(), Ordering::Relaxed);
         let mut events = Vec::with_capacity(batch.events.len());
         let mut refused = Vec::new();
         for event in batch.events {
-            match check_event(&ms.minion, &event, self.cfg.max_message_size) {
+            match check_event(&ps.name, &event, self.cfg.max_message_size) {
                 Ok(()) => events.push(event),
                 Err(reason) => {
-                    let reason = format!("event {} from {}: {reason}", event.seq, ms.minion);
+                    let reason = format!("event {} from {}: {reason}", event.seq, ps.name);
                     BusStats::refuse(&stats.events_refused, PORT_EVENTS, &reason);
                     refused.push(event.seq);
                 }
@@ -332,7 +433,7 @@ impl Shared {
         }
         BusStats::add(&self.stats.events_in, events.len() as u64);
         let msg = MasterInbound::Events {
-            minion: ms.minion.clone(),
+            minion: ps.name.clone(),
             events,
             refused,
             oldest: batch.oldest_seq,
@@ -342,10 +443,11 @@ impl Shared {
         let _ = self.inbound.blocking_send(msg);
     }
 
-    fn count_open_error(&self, port: &'static str, e: &BusError) {
+    fn count_open_error(&self, port: &'static str, peer: &str, e: &BusError) {
+        let reason = format!("frame from {peer}'s session: {e}");
         match e {
-            BusError::Replay { .. } => BusStats::refuse(&self.stats.frames_replayed, port, e),
-            _ => BusStats::refuse(&self.stats.frames_bad, port, e),
+            BusError::Replay { .. } => BusStats::refuse(&self.stats.frames_replayed, port, &reason),
+            _ => BusStats::refuse(&self.stats.frames_forged, port, &reason),
         }
     }
 
@@ -368,102 +470,169 @@ impl Shared {
             }
         };
         match header.kind {
-            Kind::Handshake => self.on_handshake(route, body),
+            Kind::Handshake => {
+                let msg = match MinionMessage::decode(body) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let reason = format!("undecodable handshake: {e}");
+                        BusStats::refuse(&self.stats.frames_undecodable, PORT_COMMANDS, &reason);
+                        return None;
+                    }
+                };
+                match self.handshakes.try_send((route.clone(), msg)) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        BusStats::refuse(
+                            &self.stats.queue_full,
+                            PORT_COMMANDS,
+                            &"too many handshakes at once; one dropped (the peer retries)",
+                        );
+                    }
+                    Err(TrySendError::Disconnected(_)) => {}
+                }
+                None
+            }
             Kind::Sealed => self.on_sealed(route, &header, body),
         }
     }
 
-    fn on_handshake(&self, route: &[u8], body: &[u8]) -> Option<Vec<Vec<u8>>> {
-        let msg = match MinionMessage::decode(body) {
-            Ok(m) => m,
-            Err(e) => {
-                let reason = format!("undecodable handshake: {e}");
-                BusStats::refuse(&self.stats.frames_undecodable, PORT_COMMANDS, &reason);
-                return None;
+    /// Runs on a handshake worker.
+    fn on_handshake(&self, route: &[u8], msg: MinionMessage) -> Option<Vec<u8>> {
+        match msg.body {
+            Some(minion_message::Body::Hello(hello)) => {
+                if let Err(e) = tend_proto::validate_minion_id(&hello.minion) {
+                    BusStats::refuse(&self.stats.handshakes_refused, PORT_COMMANDS, &e);
+                    return Some(clear(master_message::Body::Refused(Refused {
+                        status: "invalid".into(),
+                        reason: e.to_string(),
+                        hello_ephemeral: hello.ephemeral_key,
+                    })));
+                }
+                match self.responder.on_hello(&hello) {
+                    Ok(challenge) => Some(clear(master_message::Body::Challenge(challenge))),
+                    Err(e) => {
+                        BusStats::refuse(&self.stats.handshakes_refused, PORT_COMMANDS, &e);
+                        None
+                    }
+                }
             }
-        };
-        let Some(minion_message::Body::Hello(hello)) = msg.body else {
-            BusStats::refuse(
-                &self.stats.frames_bad,
-                PORT_COMMANDS,
-                &"a handshake that is not a hello",
-            );
-            return None;
-        };
-        if let Err(e) = tend_proto::validate_minion_id(&hello.minion) {
-            BusStats::refuse(&self.stats.frames_bad, PORT_COMMANDS, &e);
-            return None;
-        }
-        let id = new_session_id();
-        let ms = Arc::new(MinionSession {
-            session: Session::new(id),
-            minion: hello.minion.clone(),
-            route: Mutex::new(route.to_vec()),
-            last_seen_us: AtomicI64::new(now_us()),
-        });
-        {
-            let mut sessions = self.sessions.write().expect("sessions lock");
-            if let Some(old) = sessions.by_minion.insert(hello.minion.clone(), id) {
-                sessions.by_id.remove(&old);
+            Some(minion_message::Body::Auth(auth)) => {
+                let authed = match self.responder.on_auth(&auth) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        BusStats::refuse(&self.stats.handshakes_refused, PORT_COMMANDS, &e);
+                        return Some(clear(master_message::Body::Refused(Refused {
+                            status: "invalid".into(),
+                            reason: e.to_string(),
+                            hello_ephemeral: Vec::new(),
+                        })));
+                    }
+                };
+                let kind = kind_name(authed.kind);
+                let fp = crate::identity::fingerprint(&authed.key);
+                let state = self.keys.check(authed.kind, &authed.name, &authed.key);
+                if state != KeyState::Accepted {
+                    let reason = match state {
+                        KeyState::Pending => format!(
+                            "{kind} key {fp} for {:?} is pending: an operator must accept it (tend keys accept {}{})",
+                            authed.name,
+                            if authed.kind == PeerKind::Operator {
+                                "--operator "
+                            } else {
+                                ""
+                            },
+                            authed.name
+                        ),
+                        KeyState::Rejected => format!("{kind} {:?} is rejected", authed.name),
+                        _ => format!(
+                            "{kind} {:?} presented key {fp}, but another key is accepted for that name: denied",
+                            authed.name
+                        ),
+                    };
+                    BusStats::refuse(&self.stats.handshakes_refused, PORT_COMMANDS, &reason);
+                    return Some(clear(master_message::Body::Refused(Refused {
+                        status: state.as_str().into(),
+                        reason,
+                        hello_ephemeral: authed.hello_ephemeral,
+                    })));
+                }
+                let id = authed.session.id;
+                let ps = Arc::new(PeerSession {
+                    session: Arc::new(authed.session),
+                    name: authed.name.clone(),
+                    kind: authed.kind,
+                    key: authed.key,
+                    route: Mutex::new(route.to_vec()),
+                    last_seen_us: AtomicI64::new(now_us()),
+                    announced: AtomicBool::new(false),
+                });
+                let welcome = MasterMessage {
+                    body: Some(master_message::Body::Welcome(Welcome {
+                        heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
+                    })),
+                };
+                let frame = ps.session.seal(Channel::Down, &welcome.encode_to_vec());
+                {
+                    let mut sessions = self.sessions.write().expect("sessions lock");
+                    if authed.kind == PeerKind::Minion
+                        && let Some(old) = sessions.minions.insert(authed.name.clone(), id)
+                    {
+                        sessions.by_id.remove(&old);
+                    }
+                    sessions.by_id.insert(id, ps);
+                }
+                BusStats::inc(&self.stats.sessions_opened);
+                tracing::info!(kind, name = %authed.name, session = id, fingerprint = %fp, "session opened");
+                Some(frame)
             }
-            sessions.by_id.insert(id, ms);
+            _ => {
+                BusStats::refuse(
+                    &self.stats.frames_bad,
+                    PORT_COMMANDS,
+                    &"a clear message that is not a hello or auth",
+                );
+                None
+            }
         }
-        BusStats::inc(&self.stats.sessions_opened);
-        tracing::info!(minion = %hello.minion, session = id, version = %hello.version, "minion session opened");
-        let welcome = MasterMessage {
-            body: Some(master_message::Body::Welcome(Welcome {
-                session: id,
-                acked_seq: 0,
-                heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
-            })),
-        };
-        let frame = handshake_frame(&welcome.encode_to_vec());
-        let _ = self.inbound.blocking_send(MasterInbound::Up {
-            minion: hello.minion.clone(),
-            hello,
-        });
-        BusStats::inc(&self.stats.frames_out);
-        Some(vec![route.to_vec(), frame])
     }
 
     fn on_sealed(&self, route: &[u8], header: &Header, body: &[u8]) -> Option<Vec<Vec<u8>>> {
-        let Some(ms) = self.session(header.session) else {
+        let Some(ps) = self.session(header.session) else {
             let reason = format!(
                 "frame for unknown session {}; asking for a new hello",
                 header.session
             );
             BusStats::refuse(&self.stats.frames_unknown_session, PORT_COMMANDS, &reason);
-            let rehello = MasterMessage {
-                body: Some(master_message::Body::Rehello(Rehello {
-                    reason: "unknown session".into(),
-                })),
-            };
             return Some(vec![
                 route.to_vec(),
-                handshake_frame(&rehello.encode_to_vec()),
+                clear(master_message::Body::Rehello(Rehello {
+                    reason: "unknown session".into(),
+                    session: header.session,
+                })),
             ]);
         };
-        let body = match ms.session.open(Channel::Up, header, body) {
+        let body = match ps.session.open(Channel::Up, header, body) {
             Ok(b) => b,
             Err(e) => {
-                self.count_open_error(PORT_COMMANDS, &e);
+                self.count_open_error(PORT_COMMANDS, &ps.name, &e);
                 return None;
             }
         };
-        let msg = match MinionMessage::decode(body) {
+        let msg = match MinionMessage::decode(body.as_slice()) {
             Ok(m) => m,
             Err(e) => {
-                let reason = format!("undecodable message from {}: {e}", ms.minion);
+                let reason = format!("undecodable message from {}: {e}", ps.name);
                 BusStats::refuse(&self.stats.frames_undecodable, PORT_COMMANDS, &reason);
                 return None;
             }
         };
         // The frame opened under this session: this connection is the
-        // minion's route from now on (a reconnect gets a new routing id).
-        *ms.route.lock().expect("route lock") = route.to_vec();
-        ms.last_seen_us.store(now_us(), Ordering::Relaxed);
+        // peer's route from now on (a reconnect gets a new routing id).
+        *ps.route.lock().expect("route lock") = route.to_vec();
+        ps.last_seen_us.store(now_us(), Ordering::Relaxed);
+        let minion = ps.kind == PeerKind::Minion;
         match msg.body {
-            Some(minion_message::Body::Reply(reply)) => {
+            Some(minion_message::Body::Reply(reply)) if minion => {
                 let waiter = self.pending.lock().expect("pending lock").remove(&reply.id);
                 match waiter {
                     Some(tx) => {
@@ -482,13 +651,40 @@ impl Shared {
                 BusStats::inc(&self.stats.frames_out);
                 Some(vec![
                     route.to_vec(),
-                    ms.session.seal(Channel::Down, &beat.encode_to_vec()),
+                    ps.session.seal(Channel::Down, &beat.encode_to_vec()),
                 ])
             }
-            Some(minion_message::Body::Hello(_)) | None => {
+            Some(minion_message::Body::Info(info)) if minion => {
+                ps.announced.store(true, Ordering::Relaxed);
+                let _ = self.inbound.blocking_send(MasterInbound::Up {
+                    minion: ps.name.clone(),
+                    info,
+                });
+                None
+            }
+            Some(minion_message::Body::Control(frame)) if !minion => {
+                let req = match ControlRequest::decode(frame.request.as_slice()) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let reason =
+                            format!("undecodable control request from operator {}: {e}", ps.name);
+                        BusStats::refuse(&self.stats.frames_undecodable, PORT_COMMANDS, &reason);
+                        return None;
+                    }
+                };
+                let socket = self.commands.get().and_then(Weak::upgrade)?;
+                let responder =
+                    Responder::sealed(req.id, route.to_vec(), ps.session.clone(), socket);
+                if self.control.try_send((responder, req)).is_err() {
+                    BusStats::inc(&self.stats.queue_full);
+                }
+                None
+            }
+            _ => {
                 let reason = format!(
-                    "a sealed message from {} that is not a reply or heartbeat",
-                    ms.minion
+                    "a message {} may not send, from {}",
+                    kind_name(ps.kind),
+                    ps.name
                 );
                 BusStats::refuse(&self.stats.frames_bad, PORT_COMMANDS, &reason);
                 None
@@ -501,30 +697,36 @@ impl Shared {
         loop {
             tick.tick().await;
             let cutoff = now_us() - self.cfg.presence_timeout.as_micros() as i64;
-            let expired: Vec<String> = {
+            let expired: Vec<(String, bool)> = {
                 let mut sessions = self.sessions.write().expect("sessions lock");
                 let dead: Vec<u64> = sessions
                     .by_id
                     .iter()
-                    .filter(|(_, ms)| ms.last_seen_us.load(Ordering::Relaxed) < cutoff)
+                    .filter(|(_, ps)| ps.last_seen_us.load(Ordering::Relaxed) < cutoff)
                     .map(|(id, _)| *id)
                     .collect();
                 dead.into_iter()
                     .filter_map(|id| {
-                        let ms = sessions.by_id.remove(&id)?;
-                        sessions.by_minion.remove(&ms.minion);
-                        Some(ms.minion.clone())
+                        let ps = sessions.by_id.remove(&id)?;
+                        if ps.kind != PeerKind::Minion {
+                            return None;
+                        }
+                        if sessions.minions.get(&ps.name) == Some(&id) {
+                            sessions.minions.remove(&ps.name);
+                        }
+                        Some((ps.name.clone(), ps.announced.load(Ordering::Relaxed)))
                     })
                     .collect()
             };
-            for minion in expired {
+            for (minion, announced) in expired {
                 BusStats::inc(&self.stats.sessions_expired);
                 tracing::info!(%minion, "minion silent past the presence timeout: down");
-                if self
-                    .inbound
-                    .send(MasterInbound::Down { minion })
-                    .await
-                    .is_err()
+                if announced
+                    && self
+                        .inbound
+                        .send(MasterInbound::Down { minion })
+                        .await
+                        .is_err()
                 {
                     return;
                 }
@@ -552,33 +754,6 @@ fn check_event(minion: &str, event: &Event, max: usize) -> Result<(), String> {
         return Err("event data is not a JSON object".into());
     }
     Ok(())
-}
-
-pub(crate) fn handshake_frame(body: &[u8]) -> Vec<u8> {
-    let header = Header {
-        kind: Kind::Handshake,
-        session: 0,
-        counter: 0,
-    };
-    let mut frame = header.to_bytes().to_vec();
-    frame.extend_from_slice(body);
-    frame
-}
-
-fn new_session_id() -> u64 {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 8];
-    loop {
-        if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
-            // The OS RNG failing is not recoverable in any useful way; fall
-            // back to time so the master keeps serving.
-            return now_us() as u64 | 1;
-        }
-        let id = u64::from_le_bytes(bytes);
-        if id != 0 {
-            return id;
-        }
-    }
 }
 
 /// Deserializes any JSON object and keeps nothing: validation without

@@ -1,10 +1,12 @@
-//! The minion's side of the bus: a PUB socket for events and a DEALER for
+//! The minion's side of the bus: an XPUB socket for events and a DEALER for
 //! the session and commands. Minions only dial out.
 //!
-//! A session task says hello, waits for the master's welcome (retrying with
-//! exponential backoff and jitter, so a fleet does not stampede a master that
-//! just restarted), then heartbeats. When the master goes quiet past the
-//! timeout, or says it does not know the session, the task starts over.
+//! A session task runs the signed handshake (retrying with exponential
+//! backoff and jitter, so a fleet does not stampede a master that just
+//! restarted), checks the master's key against the pinned fingerprint,
+//! waits while its own key is pending, then heartbeats. When the master
+//! goes quiet past the timeout, or says it does not know the session, the
+//! task starts over.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,20 +16,21 @@ use std::time::Duration;
 use prost::Message;
 use tend_proto::now_us;
 use tend_proto::v1::{
-    EventBatch, Heartbeat, Hello, MasterMessage, MinionMessage, Reply, Request, Welcome,
+    Challenge, EventBatch, Heartbeat, Info, MasterMessage, MinionMessage, PeerKind, Reply, Request,
     master_message, minion_message,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::actor::SocketThread;
-use crate::frame::{self, Kind};
-use crate::master::handshake_frame;
+use crate::frame::{self, Kind, handshake_frame};
+use crate::handshake::Initiator;
+use crate::identity::{Identity, MasterPin};
 use crate::session::{Channel, Session};
 use crate::stats::BusStats;
 use crate::{BusError, EVENT_TOPIC};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MinionBusConfig {
     pub minion: String,
     pub event_endpoint: String,
@@ -38,6 +41,8 @@ pub struct MinionBusConfig {
     pub master_timeout: Duration,
     pub version: String,
     pub facts: HashMap<String, String>,
+    pub identity: Arc<Identity>,
+    pub master: MasterPin,
 }
 
 /// What the bus hands the minion daemon.
@@ -52,11 +57,23 @@ pub enum MinionInbound {
     /// The master's event socket (re)subscribed: it is listening again, so
     /// anything published while it was not has to be sent again.
     Subscribed,
+    /// Something that looked like an attack: a master with the wrong key.
+    Alarm(String),
 }
 
 enum Control {
-    Welcome(Welcome),
-    Rehello(String),
+    Challenge(Challenge),
+    Refused {
+        status: String,
+        reason: String,
+        /// The Hello it answers (its ephemeral key).
+        hello: Vec<u8>,
+    },
+    Welcome(u32),
+    Rehello {
+        reason: String,
+        session: u64,
+    },
     Heard,
 }
 
@@ -64,6 +81,8 @@ struct Shared {
     cfg: MinionBusConfig,
     stats: Arc<BusStats>,
     session: RwLock<Option<Arc<Session>>>,
+    /// The session being opened: its Welcome arrives sealed.
+    opening: RwLock<Option<Arc<Session>>>,
     inbound: mpsc::Sender<MinionInbound>,
     control: mpsc::Sender<Control>,
     next_seq: AtomicU64,
@@ -91,6 +110,7 @@ impl MinionBus {
             cfg: cfg.clone(),
             stats,
             session: RwLock::new(None),
+            opening: RwLock::new(None),
             inbound: inbound_tx,
             control: control_tx,
             next_seq: AtomicU64::new(1),
@@ -124,9 +144,11 @@ impl MinionBus {
         let dealer = ctx.socket(zmq::DEALER)?;
         dealer.set_maxmsgsize(cfg.max_message_size as i64 + 1024)?;
         dealer.set_linger(0)?;
-        // Queue only on a live connection: a hello or reply written while
-        // the master is away would be stale by the time it arrived.
-        dealer.set_immediate(true)?;
+        // Messages queue until the connection is up, so the first hello
+        // goes out the moment it is (no retry timer on the way to the
+        // first session). Anything stale that queued while the master was
+        // away is harmless: answers echo the attempt or session they are
+        // for, and the minion ignores the rest.
         set_reconnect(&dealer)?;
         crate::connect(&dealer, &cfg.command_endpoint)?;
         let s = shared.clone();
@@ -179,10 +201,12 @@ impl MinionBus {
 
     /// Answers a request.
     pub fn reply(&self, reply: Reply) -> Result<(), BusError> {
+        self.send(minion_message::Body::Reply(reply))
+    }
+
+    fn send(&self, body: minion_message::Body) -> Result<(), BusError> {
         let session = self.current()?;
-        let msg = MinionMessage {
-            body: Some(minion_message::Body::Reply(reply)),
-        };
+        let msg = MinionMessage { body: Some(body) };
         self.dealer
             .send(vec![session.seal(Channel::Up, &msg.encode_to_vec())])?;
         BusStats::inc(&self.shared.stats.frames_out);
@@ -205,9 +229,9 @@ impl Drop for MinionBus {
     }
 }
 
-/// libzmq reconnects by itself; from 100 ms, doubling to 5 s, with its own
-/// random jitter on each interval.
-fn set_reconnect(socket: &zmq::Socket) -> Result<(), BusError> {
+/// libzmq reconnects by itself: from 100 ms, doubling to 5 s, each interval
+/// plus a random part of the base (libzmq's own jitter).
+pub(crate) fn set_reconnect(socket: &zmq::Socket) -> Result<(), BusError> {
     socket.set_reconnect_ivl(100)?;
     socket.set_reconnect_ivl_max(5000)?;
     Ok(())
@@ -221,71 +245,100 @@ impl Shared {
             BusStats::inc(&self.stats.frames_bad);
             return;
         };
-        let (header, body) = match frame::decode(frame, self.cfg.max_message_size) {
-            Ok(x) => x,
-            Err(_) => {
-                BusStats::inc(&self.stats.frames_bad);
-                return;
-            }
+        let Ok((header, body)) = frame::decode(frame, self.cfg.max_message_size) else {
+            BusStats::inc(&self.stats.frames_bad);
+            return;
         };
         let body = match header.kind {
-            Kind::Handshake => body,
+            Kind::Handshake => body.to_vec(),
             Kind::Sealed => {
-                let session = self.session.read().expect("session lock").clone();
-                let Some(session) = session.filter(|s| s.id == header.session) else {
+                let current = self.session.read().expect("session lock").clone();
+                let opening = self.opening.read().expect("session lock").clone();
+                let Some(session) = [current, opening]
+                    .into_iter()
+                    .flatten()
+                    .find(|s| s.id == header.session)
+                else {
                     BusStats::inc(&self.stats.frames_unknown_session);
                     return;
                 };
                 match session.open(Channel::Down, &header, body) {
                     Ok(b) => b,
-                    Err(_) => {
+                    Err(BusError::Replay { .. }) => {
                         BusStats::inc(&self.stats.frames_replayed);
+                        return;
+                    }
+                    Err(e) => {
+                        BusStats::refuse(&self.stats.frames_forged, "commands", &e);
                         return;
                     }
                 }
             }
         };
-        let Ok(msg) = MasterMessage::decode(body) else {
+        let Ok(msg) = MasterMessage::decode(body.as_slice()) else {
             BusStats::inc(&self.stats.frames_undecodable);
             return;
         };
+        let control = |c| {
+            let _ = self.control.try_send(c);
+        };
         match (header.kind, msg.body) {
-            (Kind::Handshake, Some(master_message::Body::Welcome(w))) => {
-                let _ = self.control.try_send(Control::Welcome(w));
+            (Kind::Handshake, Some(master_message::Body::Challenge(c))) => {
+                control(Control::Challenge(c))
+            }
+            (Kind::Handshake, Some(master_message::Body::Refused(r))) => {
+                control(Control::Refused {
+                    status: r.status,
+                    reason: r.reason,
+                    hello: r.hello_ephemeral,
+                })
             }
             (Kind::Handshake, Some(master_message::Body::Rehello(r))) => {
-                let _ = self.control.try_send(Control::Rehello(r.reason));
+                control(Control::Rehello {
+                    reason: r.reason,
+                    session: r.session,
+                })
+            }
+            (Kind::Sealed, Some(master_message::Body::Welcome(w))) => {
+                control(Control::Welcome(w.heartbeat_ms))
             }
             (Kind::Sealed, Some(master_message::Body::Request(req))) => {
-                let _ = self.control.try_send(Control::Heard);
+                control(Control::Heard);
                 let _ = self.inbound.blocking_send(MinionInbound::Request(req));
             }
-            (Kind::Sealed, Some(master_message::Body::Heartbeat(_))) => {
-                let _ = self.control.try_send(Control::Heard);
-            }
+            (Kind::Sealed, Some(master_message::Body::Heartbeat(_))) => control(Control::Heard),
             _ => BusStats::inc(&self.stats.frames_bad),
         }
     }
 
-    fn hello(&self) -> Vec<u8> {
-        let msg = MinionMessage {
-            body: Some(minion_message::Body::Hello(Hello {
-                minion: self.cfg.minion.clone(),
+    fn info(&self) -> MinionMessage {
+        MinionMessage {
+            body: Some(minion_message::Body::Info(Info {
                 version: self.cfg.version.clone(),
                 facts: self.cfg.facts.clone(),
                 next_seq: self.next_seq.load(Ordering::Relaxed),
                 oldest_seq: self.oldest_seq.load(Ordering::Relaxed),
             })),
-        };
-        handshake_frame(&msg.encode_to_vec())
+        }
     }
 }
 
-/// The first hello is retried quickly: it is usually dropped only because
-/// the TCP connection was not up yet (the DEALER queues nothing until it
-/// is). Later retries back off to LAST_RETRY.
-const FIRST_RETRY: Duration = Duration::from_millis(10);
+/// How long the first hello waits for its challenge before another is
+/// sent; later ones back off to LAST_RETRY.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LAST_RETRY: Duration = Duration::from_secs(5);
+/// While its key waits for an operator, a minion asks again this often.
+const PENDING_RETRY: Duration = Duration::from_secs(2);
+/// A rejected minion, or one facing the wrong master, asks again this often.
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
+
+/// How a handshake attempt ended.
+enum Attempt {
+    Open(Arc<Session>, Duration),
+    /// Try again after this long (jittered by the caller).
+    Retry(Duration),
+    Stop,
+}
 
 async fn run_session(
     shared: Arc<Shared>,
@@ -294,35 +347,26 @@ async fn run_session(
 ) {
     let mut retry = FIRST_RETRY;
     loop {
-        // Say hello until welcomed.
-        let _ = dealer.send(vec![shared.hello()]);
-        let wait = jitter(retry);
-        let welcome = tokio::time::timeout(wait, async {
-            loop {
-                match control.recv().await {
-                    Some(Control::Welcome(w)) => return Some(w),
-                    Some(_) => continue,
-                    None => return None,
-                }
-            }
-        })
-        .await;
-        let welcome = match welcome {
-            Ok(Some(w)) => w,
-            Ok(None) => return,
-            Err(_) => {
+        let (session, every) = match handshake(&shared, &dealer, &mut control, retry).await {
+            Attempt::Open(s, every) => (s, every),
+            Attempt::Retry(after) => {
                 retry = (retry * 2).min(LAST_RETRY);
+                tokio::time::sleep(jitter(after)).await;
                 continue;
             }
+            Attempt::Stop => return,
         };
         retry = FIRST_RETRY;
-        let session = Arc::new(Session::new(welcome.session));
         *shared.session.write().expect("session lock") = Some(session.clone());
-        tracing::info!(session = welcome.session, "session with the master open");
+        // First sealed message: what this minion is.
+        let _ = dealer.send(vec![
+            session.seal(Channel::Up, &shared.info().encode_to_vec()),
+        ]);
+        tracing::info!(session = session.id, "session with the master open");
         if shared
             .inbound
             .send(MinionInbound::Connected {
-                session: welcome.session,
+                session: session.id,
             })
             .await
             .is_err()
@@ -330,7 +374,6 @@ async fn run_session(
             return;
         }
 
-        let every = Duration::from_millis(u64::from(welcome.heartbeat_ms).max(10));
         let reason = heartbeat(&shared, &dealer, &session, every, &mut control).await;
         *shared.session.write().expect("session lock") = None;
         let Some(reason) = reason else { return };
@@ -344,6 +387,136 @@ async fn run_session(
             return;
         }
     }
+}
+
+/// Waits for a control message matching `pick`, at most `wait`.
+async fn expect<T>(
+    control: &mut mpsc::Receiver<Control>,
+    wait: Duration,
+    mut pick: impl FnMut(Control) -> Option<T>,
+) -> Result<T, bool> {
+    let got = tokio::time::timeout(wait, async {
+        loop {
+            match control.recv().await {
+                Some(c) => {
+                    if let Some(t) = pick(c) {
+                        return Some(t);
+                    }
+                }
+                None => return None,
+            }
+        }
+    })
+    .await;
+    match got {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => Err(true), // the bus is shutting down
+        Err(_) => Err(false),  // timed out
+    }
+}
+
+async fn handshake(
+    shared: &Shared,
+    dealer: &SocketThread,
+    control: &mut mpsc::Receiver<Control>,
+    retry: Duration,
+) -> Attempt {
+    let cfg = &shared.cfg;
+    let (init, hello) = match Initiator::start(
+        cfg.identity.clone(),
+        &cfg.minion,
+        PeerKind::Minion,
+        &cfg.version,
+    ) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a handshake");
+            return Attempt::Retry(LAST_RETRY);
+        }
+    };
+    let hello = MinionMessage {
+        body: Some(minion_message::Body::Hello(hello)),
+    };
+    let _ = dealer.send(vec![handshake_frame(&hello.encode_to_vec())]);
+    let wait = jitter(retry);
+    let mine = init.ephemeral().to_vec();
+    // Answers to earlier attempts (late, or queued while the master was
+    // away) do not echo this attempt's key, and are passed over.
+    let challenge = match expect(control, wait, |c| match c {
+        Control::Challenge(ch) if ch.hello_ephemeral == mine => Some(Ok(ch)),
+        Control::Refused {
+            status,
+            reason,
+            hello,
+        } if hello == mine => Some(Err((status, reason))),
+        _ => None,
+    })
+    .await
+    {
+        Ok(Ok(ch)) => ch,
+        Ok(Err((status, reason))) => return refused(&status, &reason),
+        Err(true) => return Attempt::Stop,
+        Err(false) => return Attempt::Retry(Duration::ZERO),
+    };
+    let opened = match init.finish(&challenge) {
+        Ok(o) => o,
+        Err(e) => {
+            return alarm(
+                shared,
+                format!("handshake with {}: {e}", cfg.command_endpoint),
+            )
+            .await;
+        }
+    };
+    if let Err(e) = cfg.master.check(&opened.master_key) {
+        return alarm(shared, format!("master at {}: {e}", cfg.command_endpoint)).await;
+    }
+    let session = Arc::new(opened.session);
+    *shared.opening.write().expect("session lock") = Some(session.clone());
+    let auth = MinionMessage {
+        body: Some(minion_message::Body::Auth(opened.auth)),
+    };
+    let _ = dealer.send(vec![handshake_frame(&auth.encode_to_vec())]);
+    let answer = expect(control, Duration::from_secs(5).max(wait), |c| match c {
+        Control::Welcome(hb) => Some(Ok(hb)),
+        Control::Refused {
+            status,
+            reason,
+            hello,
+        } if hello == mine => Some(Err((status, reason))),
+        _ => None,
+    })
+    .await;
+    *shared.opening.write().expect("session lock") = None;
+    match answer {
+        Ok(Ok(heartbeat_ms)) => Attempt::Open(
+            session,
+            Duration::from_millis(u64::from(heartbeat_ms).max(10)),
+        ),
+        Ok(Err((status, reason))) => refused(&status, &reason),
+        Err(true) => Attempt::Stop,
+        Err(false) => Attempt::Retry(Duration::ZERO),
+    }
+}
+
+fn refused(status: &str, reason: &str) -> Attempt {
+    match status {
+        "pending" => {
+            tracing::warn!("{reason}; asking again in {}s", PENDING_RETRY.as_secs());
+            Attempt::Retry(PENDING_RETRY)
+        }
+        _ => {
+            tracing::error!(%status, "the master refused this minion: {reason}");
+            Attempt::Retry(REFUSED_RETRY)
+        }
+    }
+}
+
+async fn alarm(shared: &Shared, message: String) -> Attempt {
+    tracing::error!("{message}");
+    BusStats::inc(&shared.stats.handshakes_refused);
+    let _ = shared.inbound.send(MinionInbound::Alarm(message)).await;
+    Attempt::Retry(REFUSED_RETRY)
 }
 
 /// Keeps a session alive. Returns why it ended, or None when the bus is
@@ -375,11 +548,11 @@ async fn heartbeat(
             }
             c = control.recv() => match c {
                 Some(Control::Heard) => heard = Instant::now(),
-                Some(Control::Rehello(reason)) => {
+                Some(Control::Rehello { reason, session: s }) if s == session.id => {
                     return Some(format!("the master asked for a new session: {reason}"));
                 }
-                // A late welcome for an earlier hello.
-                Some(Control::Welcome(_)) => {}
+                // Late answers to an earlier handshake.
+                Some(_) => {}
                 None => return None,
             }
         }
@@ -387,7 +560,7 @@ async fn heartbeat(
 }
 
 /// `d` plus up to half of it again, at random.
-fn jitter(d: Duration) -> Duration {
+pub(crate) fn jitter(d: Duration) -> Duration {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 2];
     let r = match ring::rand::SystemRandom::new().fill(&mut b) {

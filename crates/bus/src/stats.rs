@@ -37,6 +37,12 @@ counters! {
         frames_unknown_session,
         /// Frames refused as replays (counter not increasing).
         frames_replayed,
+        /// Sealed frames that failed authentication: forged, altered, or
+        /// sealed with another key.
+        frames_forged,
+        /// Handshakes refused: bad signature, invalid name, key not
+        /// accepted (pending, rejected, denied), wrong master.
+        handshakes_refused,
         /// Events refused for their content (tag, minion, data).
         events_refused,
         /// Events accepted off the wire.

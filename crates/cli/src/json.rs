@@ -3,7 +3,9 @@
 //! only ever added.
 
 use serde_json::{Value, json};
-use tend_proto::v1::{Job, MinionInfo, MinionResult, Outcome, StateResult, Status, StoredEvent};
+use tend_proto::v1::{
+    Job, KeyList, MinionInfo, MinionResult, Outcome, StateResult, Status, StoredEvent,
+};
 
 pub fn time(us: i64) -> Value {
     if us <= 0 {
@@ -89,6 +91,7 @@ pub fn job(j: &Job) -> Value {
 pub fn minion(m: &MinionInfo) -> Value {
     json!({
         "id": m.id,
+        "key": m.key_state,
         "connected": m.connected,
         "last_seen": time(m.last_seen_us),
         "version": m.version,
@@ -103,5 +106,14 @@ pub fn status(s: &Status) -> Value {
         "version": s.version,
         "started": time(s.started_us),
         "counters": counters,
+    })
+}
+
+pub fn keys(k: &KeyList) -> Value {
+    json!({
+        "master_fingerprint": k.master_fingerprint,
+        "keys": k.keys.iter().map(|k| json!({
+            "name": k.name, "kind": k.kind, "state": k.state, "fingerprint": k.fingerprint,
+        })).collect::<Vec<_>>(),
     })
 }

@@ -5,7 +5,7 @@
 mod json;
 mod show;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,8 +13,8 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tend_bus::ControlClient;
 use tend_proto::v1::{
-    ApplyCommand, GetJob, GetStatus, ListEvents, ListJobs, ListMinions, control_reply,
-    control_request,
+    ApplyCommand, ChangeKeys, GetJob, GetStatus, ListEvents, ListJobs, ListKeys, ListMinions,
+    control_reply, control_request,
 };
 
 #[derive(Parser)]
@@ -39,6 +39,18 @@ struct Cli {
     /// Shorthand for `--output json`.
     #[arg(long, global = true)]
     json: bool,
+    /// Over TCP (`--master tcp://host:4511`): this operator's key, created
+    /// on first use. The master must accept it: `tend keys accept
+    /// --operator NAME` on the master host.
+    #[arg(long, global = true, env = "TEND_KEY")]
+    key: Option<PathBuf>,
+    /// Over TCP: the operator name the key is known by.
+    #[arg(long, global = true, env = "TEND_OPERATOR")]
+    name: Option<String>,
+    /// Over TCP: the master's key fingerprint. Without it, the first
+    /// master's key is trusted and recorded, then required.
+    #[arg(long, global = true, env = "TEND_MASTER_FINGERPRINT")]
+    master_fingerprint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -99,6 +111,39 @@ enum Command {
     },
     /// Show the master's counters.
     Status,
+    /// Manage minion and operator keys (like salt-key).
+    #[command(
+        after_help = "Examples:\n  tend keys list\n  tend keys accept 'web*'\n  tend keys reject db3\n  tend keys accept --operator alice"
+    )]
+    Keys {
+        #[command(subcommand)]
+        what: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Every key the master knows, by state, and the master's own.
+    List,
+    /// Accept pending (or rejected, or denied) keys matching a glob.
+    Accept {
+        pattern: String,
+        /// An operator key, not a minion's.
+        #[arg(long)]
+        operator: bool,
+    },
+    /// Reject keys matching a glob; their sessions end.
+    Reject {
+        pattern: String,
+        #[arg(long)]
+        operator: bool,
+    },
+    /// Forget keys matching a glob, in every state; their sessions end.
+    Delete {
+        pattern: String,
+        #[arg(long)]
+        operator: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -130,7 +175,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let json = cli.json || cli.output == Output::Json;
-    let mut client = connect(&cli.master)?;
+    let mut client = connect(&cli)?;
     match cli.command {
         Command::Events {
             minion,
@@ -271,6 +316,61 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Keys { what } => {
+            let (action, pattern, operator) = match what {
+                KeysCommand::List => {
+                    let mut keys = None;
+                    call(
+                        &mut client,
+                        control_request::Body::ListKeys(ListKeys {}),
+                        QUERY_TIMEOUT,
+                        |body| {
+                            if let control_reply::Body::Keys(k) = body {
+                                keys = Some(k);
+                            }
+                        },
+                    )?;
+                    let keys = keys.ok_or_else(|| anyhow!("the master sent no keys"))?;
+                    if json {
+                        println!("{}", json::keys(&keys));
+                    } else {
+                        show::keys(&keys);
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                KeysCommand::Accept { pattern, operator } => ("accept", pattern, operator),
+                KeysCommand::Reject { pattern, operator } => ("reject", pattern, operator),
+                KeysCommand::Delete { pattern, operator } => ("delete", pattern, operator),
+            };
+            let mut names = Vec::new();
+            call(
+                &mut client,
+                control_request::Body::ChangeKeys(ChangeKeys {
+                    action: action.into(),
+                    kind: if operator { "operator" } else { "minion" }.into(),
+                    pattern,
+                }),
+                QUERY_TIMEOUT,
+                |body| {
+                    if let control_reply::Body::KeysChanged(k) = body {
+                        names = k.names;
+                    }
+                },
+            )?;
+            if json {
+                println!("{}", serde_json::json!({"action": action, "names": names}));
+            } else {
+                let done = match action {
+                    "accept" => "accepted",
+                    "reject" => "rejected",
+                    _ => "deleted",
+                };
+                for n in &names {
+                    println!("{done}: {n}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status => {
             let mut status = None;
             call(
@@ -294,7 +394,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn connect(endpoint: &str) -> anyhow::Result<ControlClient> {
+fn connect(cli: &Cli) -> anyhow::Result<ControlClient> {
+    let endpoint = cli.master.as_str();
+    if endpoint.starts_with("tcp://") {
+        return connect_operator(cli);
+    }
     if let Some(path) = endpoint.strip_prefix("ipc://")
         && !Path::new(path).exists()
     {
@@ -305,6 +409,59 @@ fn connect(endpoint: &str) -> anyhow::Result<ControlClient> {
     }
     ControlClient::connect(endpoint)
         .with_context(|| format!("cannot reach the master at {endpoint}"))
+}
+
+/// Where the CLI keeps its own files: `$XDG_CONFIG_HOME/tend` or
+/// `~/.config/tend`.
+fn config_dir() -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("tend"));
+    }
+    let home = std::env::var_os("HOME").ok_or_else(|| anyhow!("no HOME: set --key"))?;
+    Ok(PathBuf::from(home).join(".config/tend"))
+}
+
+/// Over TCP, as an operator: the signed handshake with this operator's key.
+fn connect_operator(cli: &Cli) -> anyhow::Result<ControlClient> {
+    let endpoint = cli.master.as_str();
+    let key = match &cli.key {
+        Some(k) => k.clone(),
+        None => config_dir()?.join("operator.key"),
+    };
+    let identity = std::sync::Arc::new(
+        tend_bus::Identity::load_or_create(&key)
+            .with_context(|| format!("operator key {}", key.display()))?,
+    );
+    let name = cli
+        .name
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "operator".into());
+    let pin = match &cli.master_fingerprint {
+        Some(fp) => tend_bus::MasterPin::Fingerprint(fp.clone()),
+        None => {
+            let safe: String = endpoint
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            tend_bus::MasterPin::FirstUse(config_dir()?.join("masters").join(safe))
+        }
+    };
+    match ControlClient::connect_operator(endpoint, identity.clone(), &name, &pin, QUERY_TIMEOUT) {
+        Ok(c) => Ok(c),
+        Err(tend_bus::BusError::Refused { status, .. }) if status == "pending" => bail!(
+            "the master at {endpoint} has not accepted operator {name:?} (key {}) yet. \
+             On the master host run: tend keys accept --operator {name}",
+            identity.fingerprint()
+        ),
+        Err(tend_bus::BusError::Timeout { .. }) => bail!(
+            "no answer from the master at {endpoint} within {} s. Is tend-master running? Is the port right?",
+            QUERY_TIMEOUT.as_secs()
+        ),
+        Err(e) => Err(anyhow!(
+            "cannot open a session with the master at {endpoint}: {e}"
+        )),
+    }
 }
 
 /// Sends one request and hands every part of the answer to `on_body`; a

@@ -1,6 +1,6 @@
 //! Tables and summaries for people (the default output).
 
-use tend_proto::v1::{Job, MinionInfo, MinionResult, Outcome, Status, StoredEvent};
+use tend_proto::v1::{Job, KeyList, MinionInfo, MinionResult, Outcome, Status, StoredEvent};
 
 use crate::json;
 
@@ -263,4 +263,25 @@ pub fn status(s: &Status) {
             .map(|(k, v)| vec![k.clone(), v.to_string()])
             .collect(),
     );
+}
+
+pub fn keys(k: &KeyList) {
+    println!("master key: {}", k.master_fingerprint);
+    if k.keys.is_empty() {
+        println!("no minion or operator keys yet");
+        return;
+    }
+    let rows = k
+        .keys
+        .iter()
+        .map(|k| {
+            vec![
+                k.name.clone(),
+                k.kind.clone(),
+                k.state.clone(),
+                k.fingerprint.clone(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "KIND", "STATE", "FINGERPRINT"], rows);
 }

@@ -42,6 +42,14 @@ pub struct MasterConfig {
     /// How long an apply may take on a minion before it counts as timed out.
     #[serde(default = "default_apply_timeout_ms")]
     pub apply_timeout_ms: u64,
+    /// Accept every new minion key on sight. For labs only: off, new keys
+    /// wait for `tend keys accept`.
+    #[serde(default)]
+    pub auto_accept: bool,
+    /// Fingerprints (`sha256:...`) of minion or operator keys accepted on
+    /// sight: pre-seeded by provisioning.
+    #[serde(default)]
+    pub accept_fingerprints: Vec<String>,
     #[serde(default)]
     pub log: LogConfig,
 }
@@ -121,6 +129,14 @@ impl MasterConfig {
                     cfg.presence_timeout_ms, cfg.heartbeat_ms
                 ),
             ));
+        }
+        for fp in &cfg.accept_fingerprints {
+            if !tend_bus::is_fingerprint(fp) {
+                return Err(err(
+                    "accept_fingerprints",
+                    format!("{fp:?} is not a fingerprint like sha256:<64 hex digits>"),
+                ));
+            }
         }
         if cfg.apply_timeout_ms == 0 {
             return Err(err("apply_timeout_ms", "must be above 0".into()));

@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
+use tend_bus::KeyState;
 use tend_bus::Responder;
 use tend_proto::v1::{
-    ApplyCommand, ControlRequest, EventList, Failure, JobList, ListEvents, MinionList, Status,
-    control_reply, control_request,
+    ApplyCommand, ControlRequest, EventList, Failure, JobList, KeyInfo, KeyList, KeysChanged,
+    ListEvents, MinionInfo, MinionList, PeerKind, Status, control_reply, control_request,
 };
 use tend_store::EventFilter;
 use tokio::sync::mpsc;
@@ -52,15 +53,64 @@ async fn handle(master: &Arc<Master>, out: &Responder, req: ControlRequest) -> R
     match body {
         control_request::Body::ListEvents(q) => list_events(master, out, q).await,
         control_request::Body::ListMinions(_) => {
-            let mut minions: Vec<_> = {
+            let mut minions: std::collections::BTreeMap<String, MinionInfo> = {
                 let known = master.minions.lock().unwrap_or_else(|p| p.into_inner());
-                known.values().cloned().collect()
+                known.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
             };
+            // A minion whose key is pending has never connected, but an
+            // operator needs to see it.
+            for key in master.keys.list().into_iter().filter(|k| k.kind == PeerKind::Minion) {
+                let m = minions.entry(key.name.clone()).or_insert_with(|| MinionInfo {
+                    id: key.name.clone(),
+                    ..Default::default()
+                });
+                if m.key_state.is_empty() || key.state == KeyState::Accepted {
+                    m.key_state = key.state.as_str().into();
+                }
+            }
+            let mut minions: Vec<MinionInfo> = minions.into_values().collect();
             for m in &mut minions {
                 m.connected = master.bus.is_connected(&m.id);
             }
-            minions.sort_by(|a, b| a.id.cmp(&b.id));
             send(out, control_reply::Body::Minions(MinionList { minions }))
+        }
+        control_request::Body::ListKeys(_) => {
+            let keys = master
+                .keys
+                .list()
+                .into_iter()
+                .map(|k| KeyInfo {
+                    name: k.name,
+                    kind: tend_bus::keys::kind_name(k.kind).into(),
+                    state: k.state.as_str().into(),
+                    fingerprint: k.fingerprint,
+                })
+                .collect();
+            send(
+                out,
+                control_reply::Body::Keys(KeyList {
+                    master_fingerprint: master.fingerprint.clone(),
+                    keys,
+                }),
+            )
+        }
+        control_request::Body::ChangeKeys(c) => {
+            let kind = match c.kind.as_str() {
+                "" | "minion" => PeerKind::Minion,
+                "operator" => PeerKind::Operator,
+                other => return Err(format!("unknown key kind {other:?} (minion or operator)")),
+            };
+            let names = match c.action.as_str() {
+                "accept" => master.keys.accept(kind, &c.pattern),
+                "reject" => master.keys.reject(kind, &c.pattern),
+                "delete" => master.keys.delete(kind, &c.pattern),
+                other => return Err(format!("unknown key action {other:?} (accept, reject or delete)")),
+            }
+            .map_err(|e| e.to_string())?;
+            if c.action != "accept" {
+                master.bus.revoke(kind, &names);
+            }
+            send(out, control_reply::Body::KeysChanged(KeysChanged { names }))
         }
         control_request::Body::Apply(cmd) => apply(master, out, cmd).await,
         control_request::Body::ListJobs(q) => {

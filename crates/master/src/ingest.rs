@@ -32,7 +32,10 @@ struct Batch {
 impl Batch {
     fn add(&mut self, master: &Master, msg: MasterInbound) {
         match msg {
-            MasterInbound::Up { minion, hello } => {
+            MasterInbound::Up {
+                minion,
+                info: hello,
+            } => {
                 let info = master.update_minion(&minion, |m| {
                     m.connected = true;
                     m.last_seen_us = tend_proto::now_us();

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use clap::Parser;
-use tend_bus::{BusStats, ControlServer, MasterBus, MasterBusConfig};
+use tend_bus::{BusStats, ControlServer, Identity, KeyStore, MasterBus, MasterBusConfig};
 use tend_reactor::Rules;
 use tend_state::StateTree;
 use tend_store::Store;
@@ -34,6 +34,10 @@ struct Args {
     /// Validate the config and the rules, then exit.
     #[arg(long)]
     check_config: bool,
+    /// Print the master's key fingerprint (creating the key if needed), for
+    /// minions' `master_fingerprint`, then exit.
+    #[arg(long)]
+    fingerprint: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -83,10 +87,23 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let identity = Arc::new(Identity::load_or_create(
+        &cfg.data_dir.join("keys/master.key"),
+    )?);
+    if args.fingerprint {
+        println!("{}", identity.fingerprint());
+        return Ok(());
+    }
+    let keys = Arc::new(KeyStore::open(
+        &cfg.data_dir.join("keys"),
+        cfg.auto_accept,
+        cfg.accept_fingerprints.clone(),
+    )?);
     let store = Arc::new(Store::open(&cfg.data_dir)?);
     let shutdown = tend_daemon::shutdown_on_signals()?;
 
     let bus_stats = Arc::new(BusStats::default());
+    let (control_tx, requests) = mpsc::channel(256);
     let (bus, inbound) = MasterBus::bind(
         MasterBusConfig {
             event_endpoint: cfg.event_endpoint.clone(),
@@ -95,12 +112,19 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
             heartbeat: Duration::from_millis(cfg.heartbeat_ms),
             presence_timeout: Duration::from_millis(cfg.presence_timeout_ms),
         },
+        identity.clone(),
+        keys.clone(),
         bus_stats.clone(),
+        control_tx.clone(),
     )?;
     let control_endpoint = cfg.control_endpoint();
     let control_socket = tend_daemon::prepare_ipc(&control_endpoint).map_err(anyhow::Error::msg)?;
-    let (_control, requests) =
-        ControlServer::bind(&control_endpoint, cfg.max_message_size, bus_stats.clone())?;
+    let _control = ControlServer::bind(
+        &control_endpoint,
+        cfg.max_message_size,
+        bus_stats.clone(),
+        control_tx,
+    )?;
     if let Some(path) = &control_socket {
         tend_daemon::restrict_socket(path).map_err(anyhow::Error::msg)?;
     }
@@ -121,6 +145,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         store = %store.path().display(),
         rules = rules.len(),
         minions = minions.len(),
+        fingerprint = %identity.fingerprint(),
         "tend-master ready"
     );
     let master = Arc::new(Master {
@@ -129,6 +154,8 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         store,
         bus,
         bus_stats,
+        keys,
+        fingerprint: identity.fingerprint(),
         rules: RwLock::new(Arc::new(rules)),
         counters: Default::default(),
         minions: Mutex::new(minions),

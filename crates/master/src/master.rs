@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tend_bus::{BusStats, MasterBus};
+use tend_bus::{BusStats, KeyStore, MasterBus};
 use tend_proto::v1::{Event, MinionInfo};
 use tend_reactor::Rules;
 use tend_state::StateTree;
@@ -59,6 +59,9 @@ pub struct Master {
     pub store: Arc<Store>,
     pub bus: MasterBus,
     pub bus_stats: Arc<BusStats>,
+    pub keys: Arc<KeyStore>,
+    /// The master's own key fingerprint.
+    pub fingerprint: String,
     pub tree: StateTree,
     pub rules: RwLock<Arc<Rules>>,
     pub counters: Counters,

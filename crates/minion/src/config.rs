@@ -21,6 +21,11 @@ pub struct MinionConfig {
     pub event_endpoint: Option<String>,
     #[serde(default)]
     pub command_endpoint: Option<String>,
+    /// The master's key fingerprint (`tend-master --fingerprint`, or `tend
+    /// keys list`). Without it the first master's key is trusted and
+    /// recorded in `<data_dir>/master.fingerprint`, then required.
+    #[serde(default)]
+    pub master_fingerprint: Option<String>,
     /// Where the outbox lives. Relative to this file when relative.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -95,6 +100,14 @@ impl MinionConfig {
         if let Some(id) = &cfg.id {
             tend_proto::validate_minion_id(id).map_err(|e| err("id", e.to_string()))?;
         }
+        if let Some(fp) = &cfg.master_fingerprint
+            && !tend_bus::is_fingerprint(fp)
+        {
+            return Err(err(
+                "master_fingerprint",
+                format!("{fp:?} is not a fingerprint like sha256:<64 hex digits>"),
+            ));
+        }
         if cfg.outbox.max_bytes < crate::outbox::MIN_BYTES {
             return Err(err(
                 "outbox.max_bytes",
@@ -141,6 +154,14 @@ impl MinionConfig {
         };
         tend_proto::validate_minion_id(&id).map_err(|e| format!("{e}; set `id` in the config"))?;
         Ok(id)
+    }
+
+    /// How this minion recognises its master.
+    pub fn master_pin(&self) -> tend_bus::MasterPin {
+        match &self.master_fingerprint {
+            Some(fp) => tend_bus::MasterPin::Fingerprint(fp.clone()),
+            None => tend_bus::MasterPin::FirstUse(self.data_dir.join("master.fingerprint")),
+        }
     }
 
     pub fn event_endpoint(&self) -> String {

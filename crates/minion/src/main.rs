@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tend_beacons::{BeaconCtx, Emitter};
-use tend_bus::{BusStats, ControlServer, MinionBus, MinionBusConfig, MinionInbound};
+use tend_bus::{BusStats, ControlServer, Identity, MinionBus, MinionBusConfig, MinionInbound};
 use tend_state::Ledger;
 use tokio::sync::mpsc;
 
@@ -35,6 +35,10 @@ struct Args {
     /// Validate the config (and every beacon in it), then exit.
     #[arg(long)]
     check_config: bool,
+    /// Print this minion's key fingerprint (creating the key if needed),
+    /// for the master's `accept_fingerprints`, then exit.
+    #[arg(long)]
+    fingerprint: bool,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -113,6 +117,14 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    let identity = Arc::new(
+        Identity::load_or_create(&cfg.data_dir.join("minion.key"))
+            .context("the minion's identity key")?,
+    );
+    if args.fingerprint {
+        println!("{}", identity.fingerprint());
+        return Ok(());
+    }
     let outbox_dir = cfg.data_dir.join("outbox");
     let outbox = outbox::Outbox::open(&outbox_dir, cfg.outbox.max_bytes, cfg.outbox.fsync)
         .with_context(|| format!("cannot open the outbox in {}", outbox_dir.display()))?;
@@ -121,8 +133,13 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
     let stats = Arc::new(BusStats::default());
     let local_endpoint = local_endpoint(&cfg);
     let local_socket = tend_daemon::prepare_ipc(&local_endpoint).map_err(anyhow::Error::msg)?;
-    let (_local, local_requests) =
-        ControlServer::bind(&local_endpoint, cfg.max_message_size, stats.clone())?;
+    let (local_tx, local_requests) = mpsc::channel(64);
+    let _local = ControlServer::bind(
+        &local_endpoint,
+        cfg.max_message_size,
+        stats.clone(),
+        local_tx,
+    )?;
     if let Some(path) = &local_socket {
         tend_daemon::restrict_socket(path).map_err(anyhow::Error::msg)?;
     }
@@ -135,6 +152,8 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
             master_timeout: Duration::from_millis(cfg.master_timeout_ms),
             version: env!("CARGO_PKG_VERSION").into(),
             facts: facts::gather(&cfg.labels),
+            identity: identity.clone(),
+            master: cfg.master_pin(),
         },
         stats.clone(),
     )?;
@@ -144,6 +163,7 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
         events = %cfg.event_endpoint(),
         commands = %cfg.command_endpoint(),
         beacons = beacons.len(),
+        fingerprint = %identity.fingerprint(),
         unacked = outbox.unacked(),
         outbox_bytes = outbox.bytes(),
         "tend-minion started"
@@ -196,6 +216,19 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
                 }
                 Some(MinionInbound::Subscribed) => {
                     let _ = signal_tx.send(Signal::Subscribed).await;
+                }
+                Some(MinionInbound::Alarm(message)) => {
+                    // Kept in the outbox: the real master hears of it.
+                    let event = tend_proto::v1::Event {
+                        minion: id.clone(),
+                        seq: 0,
+                        tag: format!("minion/{id}/security/alarm"),
+                        time_us: tend_proto::now_us(),
+                        data: serde_json::json!({"alarm": message}).to_string().into_bytes(),
+                        cause: 0,
+                    };
+                    let (done, _) = tokio::sync::oneshot::channel();
+                    let _ = signal_tx.send(Signal::Send { events: vec![event], done }).await;
                 }
             }
         }

@@ -50,6 +50,7 @@ fn garbage_on_every_port_is_counted_and_the_master_keeps_serving() {
     // exist. PUB only delivers once the subscription arrived, so keep
     // sending until the master has counted them.
     let publisher = ctx.socket(zmq::PUB).unwrap();
+    publisher.set_linger(0).unwrap();
     publisher.connect(&master.event_endpoint).unwrap();
     let mut unknown = header(2, 12345);
     unknown.extend_from_slice(b"whatever");
@@ -73,6 +74,7 @@ fn garbage_on_every_port_is_counted_and_the_master_keeps_serving() {
     // Command port: garbage, a truncated protobuf hello, a bad minion id.
     let bad_before = counter(&master, "bus_frames_bad");
     let dealer = ctx.socket(zmq::DEALER).unwrap();
+    dealer.set_linger(0).unwrap();
     dealer.connect(&master.command_endpoint).unwrap();
     let hello = MinionMessage {
         body: Some(minion_message::Body::Hello(Hello {
@@ -113,6 +115,7 @@ fn garbage_on_every_port_is_counted_and_the_master_keeps_serving() {
 
     // Control socket: garbage gets an error answer, not silence.
     let control = ctx.socket(zmq::DEALER).unwrap();
+    control.set_linger(0).unwrap();
     control.set_rcvtimeo(5000).unwrap();
     control.connect(&master.control).unwrap();
     control.send(vec![0xffu8; 64], 0).unwrap();

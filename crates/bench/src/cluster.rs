@@ -57,6 +57,11 @@ impl Cluster {
     /// a minion watching the managed file, in `dir`.
     /// With `auto_accept` off the minion's key waits for `tend keys accept`.
     pub fn new(dir: &Path, auto_accept: bool) -> anyhow::Result<Self> {
+        Self::with(dir, auto_accept, "")
+    }
+
+    /// The same, with `minion_extra` (tables) added to minion.toml.
+    pub fn with(dir: &Path, auto_accept: bool, minion_extra: &str) -> anyhow::Result<Self> {
         let auto = if auto_accept {
             "auto_accept = true\n"
         } else {
@@ -95,7 +100,7 @@ impl Cluster {
             format!(
                 "id = \"demo-minion\"\nevent_endpoint = \"tcp://127.0.0.1:{event_port}\"\n\
                  command_endpoint = \"tcp://127.0.0.1:{command_port}\"\ndata_dir = \"data\"\n\n\
-                 [labels]\nrole = \"demo\"\n\n[log]\nlevel = \"warn\"\n\n\
+                 {minion_extra}\n[labels]\nrole = \"demo\"\n\n[log]\nlevel = \"warn\"\n\n\
                  [[beacon]]\nname = \"motd\"\ntype = \"file\"\npaths = [{:?}]\n",
                 managed.display()
             ),
@@ -163,6 +168,70 @@ impl Cluster {
                 .iter()
                 .any(|m| m.id == "demo-minion" && m.connected))
         })
+    }
+
+    pub fn event_endpoint(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.event_port)
+    }
+
+    pub fn command_endpoint(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.command_port)
+    }
+
+    pub fn master_pid(&self) -> Option<u32> {
+        self.master.as_ref().map(Child::id)
+    }
+
+    pub fn minion_pid(&self) -> Option<u32> {
+        self.minion.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL to the master, as a crash would.
+    pub fn kill_master(&mut self) {
+        if let Some(mut c) = self.master.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Writes `n` rules that each match a hundredth of the benchmark
+    /// events and evaluate a CEL condition that is never true: the cost of
+    /// matching and conditions, with no jobs.
+    pub fn bench_rules(&self, n: usize) -> anyhow::Result<()> {
+        let mut text = String::new();
+        for i in 0..n {
+            text.push_str(&format!(
+                "[[rule]]\nname = \"bench-{i}\"\non = \"minion/*/event/bench/{}\"\nwhen = 'event.data.v < 0 && event.minion == \"nobody\"'\n[[rule.action]]\napply = [\"motd\"]\n\n",
+                i % 100
+            ));
+        }
+        std::fs::write(self.dir.join("master/reactor.d/bench.toml"), text)?;
+        Ok(())
+    }
+
+    /// Runs `tend-minion send TAG --count N` on the demo minion.
+    pub fn send(&self, tag: &str, count: u64) -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(self.bin.join("tend-minion"))
+            .arg("--config")
+            .arg(self.dir.join("minion/minion.toml"))
+            .args(["send", tag, "{}", "--count", &count.to_string()])
+            .output()?)
+    }
+
+    /// A control-API status counter.
+    pub fn counter(&self, name: &str) -> anyhow::Result<u64> {
+        let mut value = 0;
+        self.client()?.call(
+            control_request::Body::GetStatus(tend_proto::v1::GetStatus {}),
+            Some(Duration::from_secs(5)),
+            |r| {
+                if let Some(control_reply::Body::Status(s)) = r.body {
+                    value = s.counters.get(name).copied().unwrap_or(0);
+                }
+                true
+            },
+        )?;
+        Ok(value)
     }
 
     pub fn client(&self) -> anyhow::Result<ControlClient> {

@@ -115,7 +115,7 @@ const PORT_EVENTS: &str = "events";
 const PORT_COMMANDS: &str = "commands";
 
 /// Inbound messages waiting for the master daemon, at most.
-const INBOUND_QUEUE: usize = 4096;
+const INBOUND_QUEUE: usize = 512;
 /// Handshake messages waiting for a worker, at most; past that they are
 /// refused and counted (the peer retries).
 const HANDSHAKE_QUEUE: usize = 8192;
@@ -152,7 +152,7 @@ impl MasterBus {
         sub.set_maxmsgsize(cfg.max_message_size as i64 + 1024)?;
         // Events are numbered and replayed on a gap, so a full queue costs
         // a replay, not an event; keep it large enough that bursts fit.
-        sub.set_rcvhwm(100_000)?;
+        sub.set_rcvhwm(2_000)?;
         sub.set_linger(0)?;
         sub.set_subscribe(b"")?;
         crate::bind(&sub, &cfg.event_endpoint)?;

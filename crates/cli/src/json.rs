@@ -117,3 +117,13 @@ pub fn keys(k: &KeyList) -> Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+pub fn pong(p: &tend_proto::v1::PingResult) -> Value {
+    json!({
+        "minion": p.minion,
+        "ok": p.ok,
+        "version": p.version,
+        "rtt_ms": p.rtt_us as f64 / 1000.0,
+        "error": if p.error.is_empty() { Value::Null } else { json!(p.error) },
+    })
+}

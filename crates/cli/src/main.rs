@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tend_bus::ControlClient;
 use tend_proto::v1::{
     ApplyCommand, ChangeKeys, GetJob, GetStatus, ListEvents, ListJobs, ListKeys, ListMinions,
-    control_reply, control_request,
+    PingMinions, control_reply, control_request,
 };
 
 #[derive(Parser)]
@@ -101,6 +101,15 @@ enum Command {
     },
     /// List the minions the master knows.
     Minions,
+    /// Check that minions answer, and how fast.
+    #[command(after_help = "Examples:\n  tend ping web1\n  tend ping '*' --timeout 2")]
+    Ping {
+        /// Minion id glob or comma-separated ids.
+        target: String,
+        /// Seconds to wait for each minion.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// List jobs, or show one.
     Jobs {
         #[command(subcommand)]
@@ -246,6 +255,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .iter()
                 .any(|m| matches!(m.status.as_str(), "failed" | "timeout" | "unreachable"));
             Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Ping { target, timeout } => {
+            let timeout = Duration::from_secs(timeout.max(1));
+            let (mut ok, mut failed) = (0, 0);
+            call(
+                &mut client,
+                control_request::Body::Ping(PingMinions {
+                    target,
+                    timeout_ms: timeout.as_millis() as u32,
+                }),
+                timeout + QUERY_TIMEOUT,
+                |body| {
+                    if let control_reply::Body::Pong(p) = body {
+                        if p.ok {
+                            ok += 1;
+                        } else {
+                            failed += 1;
+                        }
+                        if json {
+                            println!("{}", json::pong(&p));
+                        } else {
+                            show::pong(&p);
+                        }
+                    }
+                },
+            )?;
+            if !json {
+                println!("{ok} of {} answered", ok + failed);
+            }
+            Ok(if failed > 0 {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS

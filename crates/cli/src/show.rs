@@ -221,6 +221,11 @@ pub fn minions(minions: &[MinionInfo]) {
             let fact = |k: &str| m.facts.get(k).cloned().unwrap_or_default();
             vec![
                 m.id.clone(),
+                if m.key_state.is_empty() {
+                    "-".into()
+                } else {
+                    m.key_state.clone()
+                },
                 if m.connected {
                     "yes".into()
                 } else {
@@ -238,6 +243,7 @@ pub fn minions(minions: &[MinionInfo]) {
     table(
         &[
             "ID",
+            "KEY",
             "CONNECTED",
             "LAST SEEN",
             "VERSION",
@@ -284,4 +290,17 @@ pub fn keys(k: &KeyList) {
         })
         .collect();
     table(&["NAME", "KIND", "STATE", "FINGERPRINT"], rows);
+}
+
+pub fn pong(p: &tend_proto::v1::PingResult) {
+    if p.ok {
+        println!(
+            "{}: answered in {:.2} ms (tend {})",
+            p.minion,
+            p.rtt_us as f64 / 1000.0,
+            p.version
+        );
+    } else {
+        println!("{}: no answer: {}", p.minion, p.error);
+    }
 }

@@ -8,7 +8,8 @@ use tend_bus::KeyState;
 use tend_bus::Responder;
 use tend_proto::v1::{
     ApplyCommand, ControlRequest, EventList, Failure, JobList, KeyInfo, KeyList, KeysChanged,
-    ListEvents, MinionInfo, MinionList, PeerKind, Status, control_reply, control_request,
+    ListEvents, MinionInfo, MinionList, PeerKind, PingMinions, PingResult, Status, control_reply,
+    control_request,
 };
 use tend_store::EventFilter;
 use tokio::sync::mpsc;
@@ -130,6 +131,7 @@ async fn handle(master: &Arc<Master>, out: &Responder, req: ControlRequest) -> R
                 None => Err(format!("no job {}", q.id)),
             }
         }
+        control_request::Body::Ping(p) => ping(master, out, p).await,
         control_request::Body::SendEvents(_) => Err(
             "events are sent through a minion (`tend-minion send` on that server), not to the master".into(),
         ),
@@ -244,4 +246,65 @@ async fn apply(master: &Arc<Master>, out: &Responder, cmd: ApplyCommand) -> Resu
     }
     let job = job.await.map_err(|e| format!("the job failed: {e}"))?;
     send(out, control_reply::Body::Job(job))
+}
+
+async fn ping(master: &Arc<Master>, out: &Responder, p: PingMinions) -> Result<(), String> {
+    let minions = master.resolve_target(&p.target)?;
+    let timeout = Duration::from_millis(if p.timeout_ms == 0 {
+        5_000
+    } else {
+        u64::from(p.timeout_ms)
+    });
+    let mut set = tokio::task::JoinSet::new();
+    for minion in minions {
+        let master = master.clone();
+        set.spawn(async move {
+            let start = std::time::Instant::now();
+            let answer = master
+                .bus
+                .request(
+                    &minion,
+                    tend_proto::v1::request::Body::Ping(tend_proto::v1::Ping {}),
+                    timeout,
+                )
+                .await;
+            let rtt_us = start.elapsed().as_micros() as u64;
+            match answer {
+                Ok(tend_proto::v1::Reply {
+                    body: Some(tend_proto::v1::reply::Body::Pong(pong)),
+                    ..
+                }) => PingResult {
+                    minion,
+                    ok: true,
+                    version: pong.version,
+                    rtt_us,
+                    error: String::new(),
+                },
+                Ok(_) => PingResult {
+                    minion,
+                    error: "the minion answered something other than a pong".into(),
+                    ..Default::default()
+                },
+                Err(e) => PingResult {
+                    minion,
+                    error: e.to_string(),
+                    ..Default::default()
+                },
+            }
+        });
+    }
+    // Each answer goes out as it comes, one behind: the last must be sent
+    // with `more = false`.
+    let mut held: Option<PingResult> = None;
+    while let Some(r) = set.join_next().await {
+        let Ok(r) = r else { continue };
+        if let Some(prev) = held.replace(r) {
+            out.send(control_reply::Body::Pong(prev), true)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    match held {
+        Some(r) => send(out, control_reply::Body::Pong(r)),
+        None => Err("no minion to ping".into()),
+    }
 }

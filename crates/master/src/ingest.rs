@@ -5,7 +5,6 @@
 //! transaction (group commit): under load batches grow and the cost of the
 //! commit is shared; when idle a single event goes straight through.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -166,41 +165,89 @@ async fn ingest(master: &Arc<Master>, batch: Batch) {
             json!({"count": n, "reason": "the minion no longer held these events when the master asked for them"}),
         );
     }
-    let rules = master.rules();
-    for rec in &appended.stored {
-        let Some(event) = &rec.event else { continue };
-        for reaction in rules.evaluate(event) {
-            add(&master.counters.reactions, 1);
-            crate::jobs::react(master, &reaction, event);
+    // The reactor works on its own thread while the next batch is stored.
+    // Its queue is bounded; when it is full the batch is not evaluated, and
+    // that is counted and reported, never silent, and never a stall of
+    // ingestion.
+    if appended.stored.is_empty() {
+        return;
+    }
+    let n = appended.stored.len() as u64;
+    if let Err(e) = master.reactor.try_send(appended.stored) {
+        add(&master.counters.reactor_dropped, n);
+        tracing::error!(
+            events = n,
+            "the reactor is behind: these events were stored but not evaluated"
+        );
+        if !matches!(e, mpsc::error::TrySendError::Closed(_)) {
+            master.emit(
+                "",
+                "master/reactor/dropped".into(),
+                json!({"events": n, "reason": "the reactor queue was full"}),
+            );
         }
     }
 }
 
-/// Tells each minion how far the store got: a plain acknowledgement, or a
-/// request to replay after a gap or a reconnect.
-fn acknowledge(master: &Master, appended: &Appended, connected: &[String]) {
-    let mut replay_from: HashMap<&str, u64> = appended
-        .gaps
-        .iter()
-        .map(|(m, s)| (m.as_str(), *s))
-        .collect();
-    for m in connected {
-        if let Some(seq) = appended.acked.get(m) {
-            replay_from.entry(m).or_insert(*seq);
+/// The reactor's thread: every stored event through the rules, in order.
+pub fn reactor(
+    master: std::sync::Weak<Master>,
+    mut batches: mpsc::Receiver<Vec<tend_proto::v1::StoredEvent>>,
+    rt: tokio::runtime::Handle,
+) {
+    let _guard = rt.enter();
+    while let Some(batch) = batches.blocking_recv() {
+        let Some(master) = master.upgrade() else {
+            return;
+        };
+        let rules = master.rules();
+        add(&master.counters.events_evaluated, batch.len() as u64);
+        for rec in &batch {
+            let Some(event) = &rec.event else { continue };
+            for reaction in rules.evaluate(event) {
+                add(&master.counters.reactions, 1);
+                crate::jobs::react(&master, &reaction, event);
+            }
         }
     }
-    for (minion, seq) in &appended.acked {
-        let (seq, replay) = match replay_from.get(minion.as_str()) {
-            Some(s) => (*s, true),
-            None => (*seq, false),
+}
+
+/// Tells each minion how far the store got, and asks for a replay after a
+/// gap. A minion that just connected gets a plain acknowledgement: it
+/// already publishes from the last seq it knows was stored, and one that
+/// finds the master behind that (a store restored from a backup) goes back
+/// on its own. A replay is asked once per gap, not once per batch that
+/// arrives behind it: otherwise every batch in flight would rewind the
+/// minion again.
+fn acknowledge(master: &Master, appended: &Appended, _connected: &[String]) {
+    let now = std::time::Instant::now();
+    let mut asked = master.replays.lock().unwrap_or_else(|p| p.into_inner());
+    for (minion, acked) in &appended.acked {
+        let replay = match appended.gaps.get(minion) {
+            Some(gap) => {
+                let fresh = asked
+                    .get(minion)
+                    .is_none_or(|(seq, at)| seq != gap || now.duration_since(*at) > REPLAY_AGAIN);
+                if fresh {
+                    asked.insert(minion.clone(), (*gap, now));
+                }
+                fresh
+            }
+            None => false,
         };
         master.update_minion(minion, |m| {
-            m.acked_seq = seq;
+            m.acked_seq = *acked;
             m.last_seen_us = tend_proto::now_us();
         });
-        let ack = request::Body::Ack(Ack { seq, replay });
+        let ack = request::Body::Ack(Ack {
+            seq: *acked,
+            replay,
+        });
         if let Err(e) = master.bus.notify(minion, ack) {
             tracing::debug!(%minion, error = %e, "cannot acknowledge");
         }
     }
 }
+
+/// A gap still open this long after its replay was asked for is asked again.
+const REPLAY_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);

@@ -127,8 +127,15 @@ pub async fn run_apply(
     if job.status == "failed" {
         add(&master.counters.jobs_failed, 1);
     }
-    let _ = running.await;
-    save_job(master, &job).await;
+    // Recorded after the caller has its answer (after the "running"
+    // record, so the final one wins).
+    {
+        let (master, job) = (master.clone(), job.clone());
+        tokio::spawn(async move {
+            let _ = running.await;
+            save_job(&master, &job).await;
+        });
+    }
     for r in &job.minions {
         let changed: Vec<&str> = r
             .results

@@ -138,6 +138,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         })
         .collect();
     let (local_tx, local_rx) = mpsc::channel(4096);
+    let (reactor_tx, reactor_rx) = mpsc::channel(64);
     tracing::info!(
         events = %cfg.event_endpoint,
         commands = %cfg.command_endpoint,
@@ -162,7 +163,15 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         local: local_tx,
         started_us: tend_proto::now_us(),
         reactions: Default::default(),
+        replays: Default::default(),
+        reactor: reactor_tx,
     });
+    {
+        let (master, rt) = (Arc::downgrade(&master), tokio::runtime::Handle::current());
+        std::thread::Builder::new()
+            .name("reactor".into())
+            .spawn(move || ingest::reactor(master, reactor_rx, rt))?;
+    }
 
     let ingest = tokio::spawn(ingest::run(
         master.clone(),

@@ -47,6 +47,10 @@ counters! {
         jobs_failed,
         /// Local events dropped because the ingest queue was full.
         local_events_dropped,
+        /// Stored events the reactor never evaluated: its queue was full.
+        reactor_dropped,
+        /// Stored events the reactor evaluated against the rules.
+        events_evaluated,
     }
 }
 
@@ -72,6 +76,10 @@ pub struct Master {
     pub local: mpsc::Sender<Event>,
     pub started_us: i64,
     pub(crate) reactions: crate::jobs::Coalescer,
+    /// Stored events on their way to the reactor's thread.
+    pub reactor: mpsc::Sender<Vec<tend_proto::v1::StoredEvent>>,
+    /// Per minion, the gap a replay was last asked for, and when.
+    pub replays: Mutex<HashMap<String, (u64, std::time::Instant)>>,
 }
 
 impl Master {
@@ -99,9 +107,15 @@ impl Master {
     /// Minion ids matching `target`: a comma-separated list of ids, or a
     /// glob over every minion the master knows.
     pub fn resolve_target(&self, target: &str) -> Result<Vec<String>, String> {
+        // Every minion heard from, and every one with a session (its `up`
+        // may still be on its way through ingestion).
         let known: Vec<String> = {
             let minions = self.minions.lock().unwrap_or_else(|p| p.into_inner());
-            minions.keys().cloned().collect()
+            minions
+                .keys()
+                .cloned()
+                .chain(self.bus.connected())
+                .collect()
         };
         let mut out: Vec<String> = if target.contains(',') {
             target

@@ -185,11 +185,22 @@ impl Publisher {
                         tracing::error!(error = %e, "cannot record the acknowledgement in the outbox");
                     }
                 }
-                if replay {
+                // Asked to replay, or the master is behind what it once
+                // acknowledged (its store was restored): go back, as far as
+                // the outbox still holds.
+                if seq < self.acked {
+                    tracing::warn!(
+                        master = seq,
+                        minion = self.acked,
+                        "the master has stored less than it acknowledged before (was its store restored?); sending again what the outbox still holds"
+                    );
+                }
+                if replay || seq < self.acked {
                     self.next_send = seq + 1;
                     self.last_progress = Instant::now();
+                } else {
+                    self.next_send = self.next_send.max(self.acked + 1);
                 }
-                self.next_send = self.next_send.max(self.acked + 1);
             }
         }
     }

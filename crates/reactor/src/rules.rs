@@ -1,5 +1,6 @@
 //! Rule files: parsing, validation, and matching events against them.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -239,60 +240,114 @@ impl Rules {
         }
         matched.sort_unstable();
         matched.dedup();
-        let mut ctx: Option<cel::Context> = None;
         let mut out = Vec::new();
-        for i in matched {
-            let rule = &self.rules[i];
-            if event.cause != 0 && !rule.caused {
-                continue;
-            }
-            if let Some(program) = &rule.condition {
-                let ctx = ctx.get_or_insert_with(|| context(event));
-                match program.execute(ctx) {
-                    Ok(cel::Value::Bool(true)) => {}
-                    Ok(cel::Value::Bool(false)) => continue,
-                    Ok(other) => {
-                        tracing::warn!(rule = %rule.name, value = ?other, "condition is not a boolean; rule skipped");
-                        continue;
-                    }
-                    Err(e) => {
-                        // A missing field is the common case (the event has
-                        // no such data): it simply does not match.
-                        tracing::debug!(rule = %rule.name, error = %e, "condition failed; rule skipped");
-                        continue;
+        let needs_cel = matched.iter().any(|i| {
+            self.rules[*i].condition.is_some() && (event.cause == 0 || self.rules[*i].caused)
+        });
+        let decide = |ctx: Option<&cel::Context>, out: &mut Vec<Reaction>| {
+            for &i in &matched {
+                let rule = &self.rules[i];
+                if event.cause != 0 && !rule.caused {
+                    continue;
+                }
+                if let (Some(program), Some(ctx)) = (&rule.condition, ctx) {
+                    match program.execute(ctx) {
+                        Ok(cel::Value::Bool(true)) => {}
+                        Ok(cel::Value::Bool(false)) => continue,
+                        Ok(other) => {
+                            tracing::warn!(rule = %rule.name, value = ?other, "condition is not a boolean; rule skipped");
+                            continue;
+                        }
+                        Err(e) => {
+                            // A missing field is the common case (the event
+                            // has no such data): it simply does not match.
+                            tracing::debug!(rule = %rule.name, error = %e, "condition failed; rule skipped");
+                            continue;
+                        }
                     }
                 }
+                out.push(Reaction {
+                    rule: rule.name.clone(),
+                    actions: rule.actions.clone(),
+                });
             }
-            out.push(Reaction {
-                rule: rule.name.clone(),
-                actions: rule.actions.clone(),
-            });
+        };
+        if needs_cel {
+            with_context(event, |ctx| decide(Some(ctx), &mut out));
+        } else {
+            decide(None, &mut out);
         }
         out
     }
 }
 
-/// The CEL context for one event: `event.minion`, `event.tag`, `event.seq`,
-/// `event.time` (microseconds), `event.cause`, and `event.data.*`.
-fn context(event: &Event) -> cel::Context<'static> {
-    let data: serde_json::Value = if event.data.is_empty() {
-        serde_json::Value::Object(Default::default())
+thread_local! {
+    /// CEL's standard library, built once per thread: building it is most
+    /// of the cost of a fresh context.
+    static CEL_ROOT: cel::Context<'static> = cel::Context::default();
+}
+
+/// Runs `f` with a CEL context holding `event`: `event.minion`,
+/// `event.tag`, `event.seq`, `event.time` (microseconds), `event.cause`,
+/// and `event.data.*`.
+fn with_context<T>(event: &Event, f: impl FnOnce(&cel::Context) -> T) -> T {
+    CEL_ROOT.with(|root| {
+        let mut ctx = root.new_inner_scope();
+        ctx.add_variable_as_val("event", event_val(event));
+        f(&ctx)
+    })
+}
+
+// The event is handed to CEL as its own value types, built directly: going
+// through `cel::Value` converts every map twice, which made conditions ten
+// times dearer than evaluating them.
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString,
+};
+use cel::common::value::Val;
+
+fn event_val(event: &Event) -> Box<dyn Val> {
+    let data: Box<dyn Val> = if event.data.is_empty() {
+        Box::new(CelMap::from(HashMap::new()))
     } else {
-        serde_json::from_slice(&event.data).unwrap_or_default()
+        match serde_json::from_slice::<serde_json::Value>(&event.data) {
+            Ok(v) => json_val(v),
+            Err(_) => Box::new(CelNull),
+        }
     };
-    let doc = serde_json::json!({
-        "minion": event.minion,
-        "tag": event.tag,
-        "seq": event.seq,
-        "time": event.time_us,
-        "cause": event.cause,
-        "data": data,
-    });
-    let mut ctx = cel::Context::default();
-    if let Err(e) = ctx.add_variable("event", doc) {
-        tracing::warn!(error = %e, "cannot give the event to CEL");
+    let mut doc: HashMap<CelMapKey, Box<dyn Val>> = HashMap::with_capacity(6);
+    doc.insert(
+        "minion".into(),
+        Box::new(CelString::from(event.minion.as_str())),
+    );
+    doc.insert("tag".into(), Box::new(CelString::from(event.tag.as_str())));
+    doc.insert("seq".into(), Box::new(CelInt::from(event.seq as i64)));
+    doc.insert("time".into(), Box::new(CelInt::from(event.time_us)));
+    doc.insert("cause".into(), Box::new(CelInt::from(event.cause as i64)));
+    doc.insert("data".into(), data);
+    Box::new(CelMap::from(doc))
+}
+
+fn json_val(v: serde_json::Value) -> Box<dyn Val> {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Box::new(CelNull),
+        J::Bool(b) => Box::new(CelBool::from(b)),
+        J::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Box::new(CelInt::from(i)),
+            (None, Some(f)) => Box::new(CelDouble::from(f)),
+            _ => Box::new(CelNull),
+        },
+        J::String(s) => Box::new(CelString::from(s)),
+        J::Array(a) => Box::new(CelList::from(
+            a.into_iter().map(json_val).collect::<Vec<_>>(),
+        )),
+        J::Object(o) => Box::new(CelMap::from(
+            o.into_iter()
+                .map(|(k, v)| (CelMapKey::from(k), json_val(v)))
+                .collect::<HashMap<_, _>>(),
+        )),
     }
-    ctx
 }
 
 #[cfg(test)]

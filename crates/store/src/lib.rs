@@ -17,6 +17,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tend_proto::now_us;
 use tend_proto::v1::{Event, Job, MinionInfo, StoredEvent};
 
+/// redb's page cache.
+const CACHE_BYTES: usize = 64 << 20;
+
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// Highest contiguous seq stored, per minion.
 const ACKED: TableDefinition<&str, u64> = TableDefinition::new("acked");
@@ -117,10 +120,15 @@ impl Store {
             error,
         })?;
         let path = dir.join("tend.redb");
-        let db = Database::create(&path).map_err(|error| StoreError::Open {
-            path: path.clone(),
-            error,
-        })?;
+        // redb's page cache defaults to 1 GiB; the master needs its recent
+        // pages, not the whole history in memory.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|error| StoreError::Open {
+                path: path.clone(),
+                error,
+            })?;
         let tx = db.begin_write()?;
         let (next_event, next_job) = {
             let events = tx.open_table(EVENTS)?;

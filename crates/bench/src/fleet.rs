@@ -1,0 +1,578 @@
+//! A fleet of simulated minions in one process: each a real ZeroMQ
+//! connection (a DEALER, and a PUB when it publishes) with its own Ed25519
+//! identity, running the real handshake and sealed protocol from tend-bus.
+//! What they skip is the minion's work: they answer pings and applies at
+//! once and publish synthetic events.
+//!
+//! A few worker threads each poll a slice of the fleet. Each worker has its
+//! own ZeroMQ context (a context holds at most 1023 sockets).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use tend_bus::frame::{self, Kind, handshake_frame};
+use tend_bus::handshake::Initiator;
+use tend_bus::session::{Channel, Session};
+use tend_bus::{EVENT_TOPIC, Identity};
+use tend_proto::v1::{
+    ApplyResult, Event, EventBatch, Heartbeat, Info, MasterMessage, MinionMessage, Outcome,
+    PeerKind, Pong, Reply, StateResult, master_message, minion_message, reply, request,
+};
+
+/// Sims per worker thread (two sockets each, under 1023 per context).
+const PER_WORKER: usize = 400;
+/// Events per published frame.
+const BATCH: u64 = 200;
+/// Events a sim has published and not had acknowledged, at most.
+const WINDOW: u64 = 20_000;
+/// How often a worker runs its sims' timers (hellos, heartbeats, publishing).
+const TICK: Duration = Duration::from_millis(20);
+
+#[derive(Clone)]
+pub struct FleetConfig {
+    pub count: usize,
+    pub prefix: String,
+    pub event_endpoint: String,
+    pub command_endpoint: String,
+    /// Events each sim publishes once connected (0: none, and no PUB
+    /// socket at all).
+    pub events_per_sim: u64,
+}
+
+/// What the fleet measured.
+#[derive(Default)]
+pub struct FleetStats {
+    /// Publishing starts when this is set (so connecting is not timed).
+    pub go: AtomicBool,
+    /// Sims with an open session now.
+    pub connected: AtomicUsize,
+    /// Sessions opened, ever.
+    pub sessions: AtomicU64,
+    pub acked: AtomicU64,
+    pub published: AtomicU64,
+    pub requests: AtomicU64,
+    /// Heartbeat round trips, microseconds (a sample per answer).
+    pub heartbeat_rtt_us: Mutex<Vec<u64>>,
+}
+
+pub struct Fleet {
+    pub stats: Arc<FleetStats>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+enum Phase {
+    Hello {
+        init: Initiator,
+        sent: Instant,
+    },
+    Auth {
+        session: Arc<Session>,
+        sent: Instant,
+    },
+    Open {
+        session: Arc<Session>,
+    },
+}
+
+struct Sim {
+    id: String,
+    identity: Arc<Identity>,
+    dealer: zmq::Socket,
+    publisher: Option<zmq::Socket>,
+    phase: Option<Phase>,
+    heartbeat: Duration,
+    last_beat: Instant,
+    beat_sent: Option<Instant>,
+    last_heard: Instant,
+    /// Next seq to publish; highest acknowledged.
+    next_send: u64,
+    next_seq: u64,
+    acked: u64,
+    last_progress: Instant,
+    /// After a refusal, no new hello before this.
+    retry_at: Instant,
+}
+
+impl Fleet {
+    /// Starts the fleet; it connects in the background.
+    pub fn start(cfg: FleetConfig) -> anyhow::Result<Self> {
+        Self::start_at(cfg, 0)
+    }
+
+    /// Starts sims numbered from `first`.
+    pub fn start_at(cfg: FleetConfig, first: usize) -> anyhow::Result<Self> {
+        let stats = Arc::new(FleetStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        let ids: Vec<String> = (first..first + cfg.count)
+            .map(|i| format!("{}-{i:05}", cfg.prefix))
+            .collect();
+        for chunk in ids.chunks(PER_WORKER) {
+            let ctx = zmq::Context::new();
+            let mut sims = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                sims.push(Sim::new(&ctx, id, &cfg)?);
+            }
+            let (stats, stop, cfg) = (stats.clone(), stop.clone(), cfg.clone());
+            workers.push(
+                std::thread::Builder::new()
+                    .name("fleet".into())
+                    .spawn(move || run(ctx, sims, &cfg, &stats, &stop))?,
+            );
+        }
+        Ok(Self {
+            stats,
+            stop,
+            workers,
+        })
+    }
+
+    /// Starts publishing.
+    pub fn go(&self) {
+        self.stats.go.store(true, Ordering::Relaxed);
+    }
+
+    pub fn connected(&self) -> usize {
+        self.stats.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+/// A fleet split across child processes (`tend-bench fleet-worker`): one
+/// process may only hold so many sockets (each needs a connection and a
+/// ZeroMQ mailbox, two file descriptors, and this machine caps a process at
+/// 20,000 with no way to raise it).
+pub struct SpreadFleet {
+    pub stats: Arc<FleetStats>,
+    children: Vec<std::process::Child>,
+}
+
+/// Sims per worker process.
+const PER_PROCESS: usize = 4000;
+
+impl SpreadFleet {
+    pub fn start(cfg: FleetConfig) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        let stats = Arc::new(FleetStats::default());
+        let exe = std::env::current_exe()?;
+        let mut children = Vec::new();
+        let mut first = 0;
+        while first < cfg.count {
+            let n = (cfg.count - first).min(PER_PROCESS);
+            let mut child = std::process::Command::new(&exe)
+                .args([
+                    "fleet-worker",
+                    "--first",
+                    &first.to_string(),
+                    "--count",
+                    &n.to_string(),
+                ])
+                .args([
+                    "--prefix",
+                    &cfg.prefix,
+                    "--events",
+                    &cfg.events_per_sim.to_string(),
+                ])
+                .args([
+                    "--event-endpoint",
+                    &cfg.event_endpoint,
+                    "--command-endpoint",
+                    &cfg.command_endpoint,
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
+            let out = child
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+            let stats = stats.clone();
+            std::thread::spawn(move || {
+                // Each line: connected sessions rtt_us...
+                let mut last = (0usize, 0u64);
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    let mut f = line
+                        .split_whitespace()
+                        .map(|v| v.parse::<u64>().unwrap_or(0));
+                    let (c, s) = (f.next().unwrap_or(0) as usize, f.next().unwrap_or(0));
+                    stats.connected.fetch_add(c, Ordering::Relaxed);
+                    stats.connected.fetch_sub(last.0, Ordering::Relaxed);
+                    stats
+                        .sessions
+                        .fetch_add(s - last.1.min(s), Ordering::Relaxed);
+                    last = (c, s);
+                    stats.heartbeat_rtt_us.lock().expect("rtt").extend(f);
+                }
+                stats.connected.fetch_sub(last.0, Ordering::Relaxed);
+            });
+            children.push(child);
+            first += n;
+        }
+        Ok(Self { stats, children })
+    }
+
+    pub fn connected(&self) -> usize {
+        self.stats.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn stop(mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `tend-bench fleet-worker`: runs part of a spread fleet, reporting on
+/// stdout every 200 ms until killed.
+pub fn worker(cfg: FleetConfig, first: usize) -> anyhow::Result<()> {
+    use std::io::Write;
+    let fleet = Fleet::start_at(cfg, first)?;
+    let mut out = std::io::stdout().lock();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let rtt: Vec<u64> = std::mem::take(&mut *fleet.stats.heartbeat_rtt_us.lock().expect("rtt"));
+        let mut line = format!(
+            "{} {}",
+            fleet.connected(),
+            fleet.stats.sessions.load(Ordering::Relaxed)
+        );
+        for r in rtt {
+            line.push_str(&format!(" {r}"));
+        }
+        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+            fleet.stop();
+            return Ok(());
+        }
+    }
+}
+
+impl Sim {
+    fn new(ctx: &zmq::Context, id: &str, cfg: &FleetConfig) -> anyhow::Result<Self> {
+        let dealer = ctx.socket(zmq::DEALER)?;
+        dealer.set_linger(0)?;
+        dealer.set_reconnect_ivl(100)?;
+        dealer.set_reconnect_ivl_max(5000)?;
+        dealer.connect(&cfg.command_endpoint)?;
+        let publisher = if cfg.events_per_sim > 0 {
+            let p = ctx.socket(zmq::PUB)?;
+            p.set_linger(0)?;
+            p.set_sndhwm(0)?;
+            p.connect(&cfg.event_endpoint)?;
+            Some(p)
+        } else {
+            None
+        };
+        let now = Instant::now();
+        Ok(Self {
+            id: id.to_string(),
+            identity: Arc::new(Identity::ephemeral()?),
+            dealer,
+            publisher,
+            phase: None,
+            heartbeat: Duration::from_secs(1),
+            last_beat: now,
+            beat_sent: None,
+            last_heard: now,
+            next_send: 1,
+            next_seq: cfg.events_per_sim + 1,
+            acked: 0,
+            last_progress: now,
+            retry_at: now,
+        })
+    }
+
+    fn hello(&mut self) {
+        let Ok((init, hello)) =
+            Initiator::start(self.identity.clone(), &self.id, PeerKind::Minion, "sim")
+        else {
+            return;
+        };
+        let msg = MinionMessage {
+            body: Some(minion_message::Body::Hello(hello)),
+        };
+        let _ = self
+            .dealer
+            .send(handshake_frame(&msg.encode_to_vec()), zmq::DONTWAIT);
+        self.phase = Some(Phase::Hello {
+            init,
+            sent: Instant::now(),
+        });
+    }
+
+    fn send_sealed(&self, session: &Session, body: minion_message::Body) {
+        let msg = MinionMessage { body: Some(body) };
+        let _ = self.dealer.send(
+            session.seal(Channel::Up, &msg.encode_to_vec()),
+            zmq::DONTWAIT,
+        );
+    }
+
+    fn session(&self) -> Option<Arc<Session>> {
+        match &self.phase {
+            Some(Phase::Open { session }) => Some(session.clone()),
+            _ => None,
+        }
+    }
+
+    fn on_message(&mut self, bytes: &[u8], stats: &FleetStats) {
+        let Ok((header, body)) = frame::decode(bytes, 64 << 20) else {
+            return;
+        };
+        let body = match (header.kind, &self.phase) {
+            (Kind::Handshake, _) => body.to_vec(),
+            (Kind::Sealed, Some(Phase::Auth { session, .. } | Phase::Open { session }))
+                if session.id == header.session =>
+            {
+                match session.open(Channel::Down, &header, body) {
+                    Ok(b) => b,
+                    Err(_) => return,
+                }
+            }
+            _ => return,
+        };
+        let Ok(msg) = MasterMessage::decode(body.as_slice()) else {
+            return;
+        };
+        self.last_heard = Instant::now();
+        match msg.body {
+            Some(master_message::Body::Challenge(c)) => {
+                let Some(Phase::Hello { init, .. }) = self.phase.take() else {
+                    return;
+                };
+                if c.hello_ephemeral != init.ephemeral() {
+                    self.phase = Some(Phase::Hello {
+                        init,
+                        sent: Instant::now(),
+                    });
+                    return;
+                }
+                match init.finish(&c) {
+                    Ok(opened) => {
+                        let msg = MinionMessage {
+                            body: Some(minion_message::Body::Auth(opened.auth)),
+                        };
+                        let _ = self
+                            .dealer
+                            .send(handshake_frame(&msg.encode_to_vec()), zmq::DONTWAIT);
+                        self.phase = Some(Phase::Auth {
+                            session: Arc::new(opened.session),
+                            sent: Instant::now(),
+                        });
+                    }
+                    Err(_) => self.phase = None,
+                }
+            }
+            Some(master_message::Body::Welcome(w)) => {
+                let Some(Phase::Auth { session, .. }) = self.phase.take() else {
+                    return;
+                };
+                self.heartbeat = Duration::from_millis(u64::from(w.heartbeat_ms).max(10));
+                self.send_sealed(
+                    &session,
+                    minion_message::Body::Info(Info {
+                        version: "sim".into(),
+                        facts: [("os".to_string(), "sim".to_string())].into(),
+                        next_seq: self.next_seq,
+                        oldest_seq: self.acked + 1,
+                    }),
+                );
+                self.phase = Some(Phase::Open { session });
+                self.next_send = self.acked + 1;
+                self.last_progress = Instant::now();
+                stats.connected.fetch_add(1, Ordering::Relaxed);
+                stats.sessions.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(master_message::Body::Refused(_)) => {
+                // Like a real minion: ask again later, not at once.
+                self.phase = None;
+                self.retry_at = Instant::now() + Duration::from_secs(2);
+            }
+            Some(master_message::Body::Rehello(r))
+                if self.session().is_some_and(|s| s.id == r.session) =>
+            {
+                stats.connected.fetch_sub(1, Ordering::Relaxed);
+                self.phase = None;
+            }
+            Some(master_message::Body::Heartbeat(_)) => {
+                if let Some(sent) = self.beat_sent.take() {
+                    stats
+                        .heartbeat_rtt_us
+                        .lock()
+                        .expect("rtt lock")
+                        .push(sent.elapsed().as_micros() as u64);
+                }
+            }
+            Some(master_message::Body::Request(req)) => {
+                stats.requests.fetch_add(1, Ordering::Relaxed);
+                let Some(session) = self.session() else {
+                    return;
+                };
+                let answer = match req.body {
+                    Some(request::Body::Ack(ack)) => {
+                        if ack.seq > self.acked {
+                            stats
+                                .acked
+                                .fetch_add(ack.seq - self.acked, Ordering::Relaxed);
+                            self.acked = ack.seq;
+                            self.last_progress = Instant::now();
+                        }
+                        if ack.replay || ack.seq < self.acked {
+                            self.next_send = ack.seq + 1;
+                        }
+                        return;
+                    }
+                    Some(request::Body::Ping(_)) => reply::Body::Pong(Pong {
+                        version: "sim".into(),
+                    }),
+                    Some(request::Body::Apply(a)) => {
+                        let n = serde_json::from_slice::<Vec<serde_json::Value>>(&a.states_json)
+                            .map_or(1, |v| v.len());
+                        reply::Body::Apply(ApplyResult {
+                            job: a.job,
+                            results: (0..n)
+                                .map(|i| StateResult {
+                                    id: format!("state-{i}"),
+                                    kind: "file.managed".into(),
+                                    outcome: Outcome::Ok as i32,
+                                    comment: "simulated".into(),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        })
+                    }
+                    _ => return,
+                };
+                self.send_sealed(
+                    &session,
+                    minion_message::Body::Reply(Reply {
+                        id: req.id,
+                        body: Some(answer),
+                    }),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Timers: hellos not answered, heartbeats, publishing, resends.
+    fn tick(&mut self, cfg: &FleetConfig, stats: &FleetStats) {
+        let now = Instant::now();
+        match &self.phase {
+            None if now < self.retry_at => {}
+            None => self.hello(),
+            Some(Phase::Hello { sent, .. } | Phase::Auth { sent, .. }) => {
+                if now - *sent > Duration::from_secs(3) {
+                    self.hello();
+                }
+            }
+            Some(Phase::Open { session }) => {
+                let session = session.clone();
+                if now - self.last_heard > self.heartbeat * 5 {
+                    stats.connected.fetch_sub(1, Ordering::Relaxed);
+                    self.phase = None;
+                    return;
+                }
+                if now - self.last_beat >= self.heartbeat {
+                    self.last_beat = now;
+                    self.beat_sent = Some(now);
+                    self.send_sealed(
+                        &session,
+                        minion_message::Body::Heartbeat(Heartbeat { time_us: 0 }),
+                    );
+                }
+                let total = cfg.events_per_sim;
+                if total == 0 || !stats.go.load(Ordering::Relaxed) {
+                    return;
+                }
+                if self.next_send > self.acked + 1
+                    && now - self.last_progress > Duration::from_secs(2)
+                {
+                    self.next_send = self.acked + 1; // nothing acknowledged lately: again
+                    self.last_progress = now;
+                }
+                let Some(publisher) = &self.publisher else {
+                    return;
+                };
+                while self.next_send <= total && self.next_send <= self.acked + WINDOW {
+                    let last = (self.next_send + BATCH - 1).min(total);
+                    let events: Vec<Event> = (self.next_send..=last)
+                        .map(|seq| Event {
+                            minion: self.id.clone(),
+                            seq,
+                            tag: format!("minion/{}/event/bench/{}", self.id, seq % 100),
+                            time_us: tend_proto::now_us(),
+                            data: format!("{{\"v\":{seq}}}").into_bytes(),
+                            cause: 0,
+                        })
+                        .collect();
+                    let batch = EventBatch {
+                        events,
+                        oldest_seq: 1,
+                    };
+                    let frame = session.seal(Channel::Events, &batch.encode_to_vec());
+                    if publisher
+                        .send_multipart([EVENT_TOPIC.to_vec(), frame], zmq::DONTWAIT)
+                        .is_err()
+                    {
+                        break;
+                    }
+                    stats
+                        .published
+                        .fetch_add(last - self.next_send + 1, Ordering::Relaxed);
+                    self.next_send = last + 1;
+                }
+            }
+        }
+    }
+}
+
+fn run(
+    _ctx: zmq::Context,
+    mut sims: Vec<Sim>,
+    cfg: &FleetConfig,
+    stats: &FleetStats,
+    stop: &AtomicBool,
+) {
+    let mut last_tick = Instant::now() - Duration::from_secs(1);
+    while !stop.load(Ordering::Relaxed) {
+        let ready: Vec<usize> = {
+            let mut items: Vec<zmq::PollItem> = sims
+                .iter()
+                .map(|s| s.dealer.as_poll_item(zmq::POLLIN))
+                .collect();
+            // Polling hundreds of ZeroMQ sockets costs a syscall each:
+            // wake for traffic, or every TICK for timers, not more often.
+            if zmq::poll(&mut items, TICK.as_millis() as i64).is_err() {
+                continue;
+            }
+            items
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| i.is_readable())
+                .map(|(n, _)| n)
+                .collect()
+        };
+        for n in ready {
+            let sim = &mut sims[n];
+            while let Ok(bytes) = sim.dealer.recv_bytes(zmq::DONTWAIT) {
+                sim.on_message(&bytes, stats);
+            }
+        }
+        if last_tick.elapsed() >= TICK {
+            last_tick = Instant::now();
+            for sim in &mut sims {
+                sim.tick(cfg, stats);
+            }
+        }
+    }
+}

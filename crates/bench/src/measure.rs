@@ -1,0 +1,599 @@
+//! The benchmarks. Each prints its figures (min / median / p99 / max for
+//! timings; throughput where it applies) as a table, or one JSON object
+//! with `--json`. None asserts a time.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use prost::Message;
+use serde_json::{Value, json};
+use tend_proto::v1::{ApplyCommand, PingMinions, control_reply, control_request};
+
+use crate::cluster::{Cluster, hand_write, wait};
+use crate::edits::{one_edit, start};
+use crate::fleet::{Fleet, FleetConfig};
+use crate::summary::Summary;
+
+/// Prints a benchmark's result: a table for people, or JSON.
+pub struct Report {
+    name: &'static str,
+    title: String,
+    timings: Vec<(String, Summary)>,
+    figures: Vec<(String, Value, String)>,
+}
+
+impl Report {
+    pub fn new(name: &'static str, title: impl Into<String>) -> Self {
+        Self {
+            name,
+            title: title.into(),
+            timings: Vec::new(),
+            figures: Vec::new(),
+        }
+    }
+
+    fn timing(&mut self, what: &str, samples: &[Duration]) {
+        self.timings.push((what.to_string(), Summary::of(samples)));
+    }
+
+    fn figure(&mut self, what: &str, value: impl Into<Value>, unit: &str) {
+        self.figures
+            .push((what.to_string(), value.into(), unit.to_string()));
+    }
+
+    pub fn print(&self, as_json: bool) {
+        if as_json {
+            let mut obj = serde_json::Map::new();
+            obj.insert("benchmark".into(), json!(self.name));
+            for (what, s) in &self.timings {
+                obj.insert(what.replace(' ', "_"), s.json());
+            }
+            for (what, v, unit) in &self.figures {
+                obj.insert(what.replace(' ', "_"), json!({"value": v, "unit": unit}));
+            }
+            println!("{}", Value::Object(obj));
+            return;
+        }
+        println!("{}", self.title);
+        if !self.timings.is_empty() {
+            println!(
+                "{:<32} {:>6} {:>9} {:>9} {:>9} {:>9}",
+                "(ms)", "n", "min", "median", "p99", "max"
+            );
+            for (what, s) in &self.timings {
+                println!("{}", s.row(what));
+            }
+        }
+        for (what, v, unit) in &self.figures {
+            let v = match v {
+                Value::Number(n) if n.is_f64() => format!("{:.2}", n.as_f64().unwrap_or(0.0)),
+                other => other.to_string(),
+            };
+            println!("{what:<32} {v:>12} {unit}");
+        }
+    }
+}
+
+pub fn drift(edits: usize) -> anyhow::Result<Report> {
+    let tmp = tempfile::tempdir()?;
+    let c = start(tmp.path())?;
+    let mut restored = Vec::new();
+    let mut stored = Vec::new();
+    for i in 0..edits + 5 {
+        let text = format!("drift {i}\n");
+        let (r, s, _) = one_edit(&c, || Ok(hand_write(&c.managed, &text)?))?;
+        if i >= 5 {
+            restored.push(r);
+            stored.push(s);
+        }
+    }
+    let mut report = Report::new(
+        "drift",
+        format!("drift: a managed file edited by hand, {edits} times"),
+    );
+    report.timing("write -> restored", &restored);
+    report.timing("write -> event stored", &stored);
+    Ok(report)
+}
+
+/// Resident memory of a process, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// CPU time a process used so far (user + system), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 here.
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// Share of one core a process used over `window`, in percent.
+fn cpu_percent(pid: u32, window: Duration) -> f64 {
+    let before = cpu_seconds(pid);
+    std::thread::sleep(window);
+    (cpu_seconds(pid) - before) / window.as_secs_f64() * 100.0
+}
+
+/// Raises the open-file limit as far as allowed: a fleet of thousands of
+/// connections needs far more than the usual 1024, and the master started
+/// from here inherits it.
+pub fn raise_fd_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            let wanted = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want.max(lim.rlim_max),
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+    }
+}
+
+fn master_only(dir: &std::path::Path, rules: usize) -> anyhow::Result<Cluster> {
+    let mut c = Cluster::new(dir, true)?;
+    c.bench_rules(rules)?;
+    c.start_master()?;
+    Ok(c)
+}
+
+fn fleet(c: &Cluster, count: usize, events_per_sim: u64) -> anyhow::Result<Fleet> {
+    Fleet::start(FleetConfig {
+        count,
+        prefix: "sim".into(),
+        event_endpoint: c.event_endpoint(),
+        command_endpoint: c.command_endpoint(),
+        events_per_sim,
+    })
+}
+
+/// Waits until every simulated minion has its session and the master has
+/// heard what it is (its `up`).
+fn wait_fleet(c: &Cluster, f: &Fleet, count: usize, timeout: Duration) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    wait(
+        timeout,
+        &format!("{count} simulated minions to connect"),
+        || Ok(f.connected() >= count),
+    )?;
+    wait(timeout, "the master to know them all", || {
+        Ok(c.minions()?.iter().filter(|m| m.connected).count() >= count)
+    })?;
+    Ok(start.elapsed())
+}
+
+pub fn ingest(minions: usize, events: u64, rules: usize) -> anyhow::Result<Report> {
+    let tmp = tempfile::tempdir()?;
+    let c = master_only(tmp.path(), rules)?;
+    let total = minions as u64 * events;
+    // Connect first, then publish: the figure is ingest, not handshakes.
+    let f = fleet(&c, minions, events)?;
+    wait_fleet(&c, &f, minions, Duration::from_secs(60))?;
+    f.go();
+    let start = Instant::now();
+    let mut rss_peak: f64 = 0.0;
+    let pid = c.master_pid().context("master pid")?;
+    wait(
+        Duration::from_secs(600),
+        "every event to be acknowledged",
+        || {
+            rss_peak = rss_peak.max(rss_mib(pid));
+            Ok(f.stats.acked.load(std::sync::atomic::Ordering::Relaxed) >= total)
+        },
+    )?;
+    let stored_in = start.elapsed();
+    wait(
+        Duration::from_secs(600),
+        "every event through the rules",
+        || Ok(c.counter("events_evaluated")? + c.counter("reactor_dropped")? >= total),
+    )?;
+    let took = start.elapsed();
+    let stored = c.counter("events_stored")?;
+    let lost = c.counter("events_lost")?;
+    let dup = c.counter("events_duplicate")?;
+    let reactions = c.counter("reactions")?;
+    f.stop();
+    let mut r = Report::new(
+        "ingest",
+        format!(
+            "ingest: {minions} simulated minions x {events} events, {rules} rules on the master"
+        ),
+    );
+    r.figure(
+        "stored, per second",
+        total as f64 / stored_in.as_secs_f64(),
+        "events/s",
+    );
+    r.figure(
+        "stored and through the rules, per second",
+        total as f64 / took.as_secs_f64(),
+        "events/s",
+    );
+    r.figure(
+        "not evaluated (reactor full)",
+        c.counter("reactor_dropped")?,
+        "(must be 0)",
+    );
+    r.figure("events", total, "");
+    r.figure("seconds", took.as_secs_f64(), "s");
+    r.figure("events stored (all kinds)", stored, "");
+    r.figure("lost", lost, "(must be 0)");
+    r.figure("stored twice (dropped as duplicates)", dup, "");
+    r.figure("rules matched and acted", reactions, "");
+    r.figure("master peak RSS", rss_peak, "MiB");
+    Ok(r)
+}
+
+pub fn fanout(minions: usize, runs: usize) -> anyhow::Result<Report> {
+    let tmp = tempfile::tempdir()?;
+    let c = master_only(tmp.path(), 0)?;
+    let f = fleet(&c, minions, 0)?;
+    wait_fleet(&c, &f, minions, Duration::from_secs(120))?;
+    let mut samples = Vec::new();
+    let mut client = c.client()?;
+    for _ in 0..runs + 1 {
+        let start = Instant::now();
+        let mut answered = 0;
+        let mut failed = 0;
+        client.call(
+            control_request::Body::Apply(ApplyCommand {
+                target: "sim-*".into(),
+                states: vec!["motd".into()],
+                test: false,
+                timeout_ms: 30_000,
+            }),
+            Some(Duration::from_secs(60)),
+            |r| {
+                if let Some(control_reply::Body::Job(j)) = r.body {
+                    answered = j.minions.len();
+                    failed = j.minions.iter().filter(|m| m.status != "ok").count();
+                }
+                true
+            },
+        )?;
+        if answered != minions || failed > 0 {
+            bail!("{answered} of {minions} answered, {failed} not ok");
+        }
+        samples.push(start.elapsed());
+    }
+    samples.remove(0); // warm-up
+    f.stop();
+    let mut r = Report::new(
+        "fanout",
+        format!("fanout: one apply to {minions} simulated minions, {runs} runs"),
+    );
+    r.timing("apply -> every reply in", &samples);
+    Ok(r)
+}
+
+pub fn scale(minions: usize) -> anyhow::Result<Report> {
+    raise_fd_limit(8 * minions as u64 + 4096);
+    let tmp = tempfile::tempdir()?;
+    let c = master_only(tmp.path(), 0)?;
+    let pid = c.master_pid().context("master pid")?;
+    let idle_rss = rss_mib(pid);
+    let start = Instant::now();
+    let f = crate::fleet::SpreadFleet::start(FleetConfig {
+        count: minions,
+        prefix: "sim".into(),
+        event_endpoint: c.event_endpoint(),
+        command_endpoint: c.command_endpoint(),
+        events_per_sim: 0,
+    })?;
+    wait(
+        Duration::from_secs(300),
+        &format!("{minions} simulated minions to connect"),
+        || Ok(f.connected() >= minions),
+    )?;
+    let took = start.elapsed();
+    wait(
+        Duration::from_secs(300),
+        "the master to count them all",
+        || Ok(c.counter("minions_connected")? as usize >= minions),
+    )?;
+    // Heartbeat round trips over a few intervals.
+    f.stats.heartbeat_rtt_us.lock().expect("rtt").clear();
+    std::thread::sleep(Duration::from_secs(3));
+    let rtt: Vec<Duration> = f
+        .stats
+        .heartbeat_rtt_us
+        .lock()
+        .expect("rtt")
+        .iter()
+        .map(|us| Duration::from_micros(*us))
+        .collect();
+    let rss = rss_mib(pid);
+    let connected = c.counter("minions_connected")?;
+    f.stop();
+    let mut r = Report::new(
+        "scale",
+        format!("scale: {minions} simulated minions (command sessions) connecting to one master"),
+    );
+    if !rtt.is_empty() {
+        r.timing("heartbeat round trip", &rtt);
+    }
+    r.figure("all connected after", took.as_secs_f64(), "s");
+    r.figure("connected (master's count)", connected, "");
+    r.figure("master RSS idle", idle_rss, "MiB");
+    r.figure("master RSS connected", rss, "MiB");
+    Ok(r)
+}
+
+pub fn restart(minions: usize) -> anyhow::Result<Report> {
+    raise_fd_limit(8 * minions as u64 + 4096);
+    let tmp = tempfile::tempdir()?;
+    let mut c = master_only(tmp.path(), 0)?;
+    let f = fleet(&c, minions, 0)?;
+    wait_fleet(&c, &f, minions, Duration::from_secs(120))?;
+    let sessions = f.stats.sessions.load(std::sync::atomic::Ordering::Relaxed);
+    c.kill_master();
+    let killed = Instant::now();
+    let ready = c.start_master()?;
+    let start = Instant::now();
+    wait(
+        Duration::from_secs(300),
+        "every simulated minion to reconnect",
+        || {
+            Ok(f.stats.sessions.load(std::sync::atomic::Ordering::Relaxed)
+                >= sessions + minions as u64
+                && f.connected() >= minions)
+        },
+    )?;
+    let back = start.elapsed();
+    let total = killed.elapsed();
+    f.stop();
+    let mut r = Report::new(
+        "restart",
+        format!("restart: the master killed (-9) and restarted under {minions} simulated minions"),
+    );
+    r.figure("master start -> ready", ready.as_secs_f64() * 1000.0, "ms");
+    r.figure(
+        "ready -> all reconnected",
+        back.as_secs_f64() * 1000.0,
+        "ms",
+    );
+    r.figure(
+        "kill -> all reconnected",
+        total.as_secs_f64() * 1000.0,
+        "ms",
+    );
+    Ok(r)
+}
+
+pub fn startup(runs: usize) -> anyhow::Result<Report> {
+    let mut master_ready = Vec::new();
+    let mut minion_ping = Vec::new();
+    for _ in 0..runs {
+        let tmp = tempfile::tempdir()?;
+        let mut c = Cluster::new(tmp.path(), true)?;
+        master_ready.push(c.start_master()?);
+        let start = Instant::now();
+        c.spawn_minion()?;
+        let mut client = c.client()?;
+        wait(
+            Duration::from_secs(20),
+            "the minion's first answered ping",
+            || {
+                let mut ok = false;
+                let _ = client.call(
+                    control_request::Body::Ping(PingMinions {
+                        target: "demo-minion".into(),
+                        timeout_ms: 1000,
+                    }),
+                    Some(Duration::from_secs(2)),
+                    |r| {
+                        if let Some(control_reply::Body::Pong(p)) = r.body {
+                            ok = p.ok;
+                        }
+                        true
+                    },
+                );
+                Ok(ok)
+            },
+        )?;
+        minion_ping.push(start.elapsed());
+        c.stop();
+    }
+    let mut r = Report::new("startup", format!("startup: {runs} cold starts"));
+    r.timing("master start -> ready", &master_ready);
+    r.timing("minion start -> first ping", &minion_ping);
+    Ok(r)
+}
+
+pub fn apply(runs: usize) -> anyhow::Result<Report> {
+    let tmp = tempfile::tempdir()?;
+    let c = start(tmp.path())?;
+    let mut samples = Vec::new();
+    for _ in 0..runs + 3 {
+        let start = Instant::now();
+        let out = c.tend(&["apply", "demo-minion", "motd"])?;
+        let took = start.elapsed();
+        if !out.status.success() {
+            bail!(
+                "tend apply failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        samples.push(took);
+    }
+    samples.drain(..3);
+    let mut r = Report::new(
+        "apply",
+        format!("apply: `tend apply` of one state to one minion, {runs} runs"),
+    );
+    r.timing("CLI start -> exit", &samples);
+    Ok(r)
+}
+
+pub fn footprint(seconds: u64) -> anyhow::Result<Report> {
+    let tmp = tempfile::tempdir()?;
+    let c = start(tmp.path())?;
+    let window = Duration::from_secs(seconds.max(1));
+    let (mpid, npid) = (
+        c.master_pid().context("pid")?,
+        c.minion_pid().context("pid")?,
+    );
+    // Settle after startup, then measure both over the same window.
+    std::thread::sleep(Duration::from_secs(1));
+    let minion_cpu_thread = std::thread::spawn(move || cpu_percent(npid, window));
+    let master_cpu = cpu_percent(mpid, window);
+    let minion_cpu = minion_cpu_thread.join().unwrap_or(0.0);
+    let mut r = Report::new(
+        "footprint",
+        format!("footprint: idle, measured over {seconds} s"),
+    );
+    r.figure("minion RSS", rss_mib(npid), "MiB");
+    r.figure("minion CPU", minion_cpu, "% of a core");
+    r.figure("master RSS", rss_mib(mpid), "MiB");
+    r.figure("master CPU", master_cpu, "% of a core");
+    let size = |b: &str| {
+        std::fs::metadata(c.bin.join(b)).map_or(0.0, |m| m.len() as f64 / (1 << 20) as f64)
+    };
+    r.figure("tend-minion binary", size("tend-minion"), "MiB");
+    r.figure("tend-master binary", size("tend-master"), "MiB");
+    Ok(r)
+}
+
+/// The minion's outbox end to end: `tend-minion send` bursts, until the
+/// master acknowledged them all; with fsync on and off, side by side.
+pub fn outbox(events: u64) -> anyhow::Result<Report> {
+    let mut r = Report::new(
+        "outbox",
+        format!("outbox: {events} events from one minion, through its outbox to the store"),
+    );
+    for fsync in [true, false] {
+        let tmp = tempfile::tempdir()?;
+        let mut c = Cluster::with(
+            tmp.path(),
+            true,
+            &format!("[outbox]\nfsync = {fsync}\nmax_bytes = 1073741824\n"),
+        )?;
+        c.start_master()?;
+        c.start_minion()?;
+        let start = Instant::now();
+        let out = c.send("bench", events)?;
+        if !out.status.success() {
+            bail!("send failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let last: u64 = String::from_utf8_lossy(&out.stdout)
+            .rsplit("..=")
+            .next()
+            .and_then(|s| s.trim().parse().ok())
+            .context("send output")?;
+        let written = start.elapsed();
+        wait(Duration::from_secs(600), "every event acknowledged", || {
+            Ok(c.minions()?.iter().any(|m| m.acked_seq >= last))
+        })?;
+        let took = start.elapsed();
+        let label = if fsync { "fsync on" } else { "fsync off" };
+        r.figure(
+            &format!("written to the outbox, {label}"),
+            events as f64 / written.as_secs_f64(),
+            "events/s",
+        );
+        r.figure(
+            &format!("stored and acknowledged, {label}"),
+            events as f64 / took.as_secs_f64(),
+            "events/s",
+        );
+    }
+    Ok(r)
+}
+
+/// The cost of sealing: the same event batches framed and unframed with
+/// and without ChaCha20-Poly1305, in this process, side by side.
+pub fn seal(events: u64) -> anyhow::Result<Report> {
+    use std::sync::Arc;
+    use tend_bus::handshake::{Initiator, Responder};
+    use tend_bus::session::Channel;
+    let master = Responder::new(Arc::new(tend_bus::Identity::ephemeral()?));
+    let (init, hello) = Initiator::start(
+        Arc::new(tend_bus::Identity::ephemeral()?),
+        "bench",
+        tend_proto::v1::PeerKind::Minion,
+        "bench",
+    )?;
+    let opened = init.finish(&master.on_hello(&hello)?)?;
+    let authed = master.on_auth(&opened.auth)?;
+    let batch = tend_proto::v1::EventBatch {
+        events: (0..200)
+            .map(|i| tend_proto::v1::Event {
+                minion: "bench".into(),
+                seq: i + 1,
+                tag: "minion/bench/beacon/file/etc/motd".into(),
+                time_us: 1_700_000_000_000_000,
+                data: br#"{"path":"/etc/motd","kind":"modified","sha256":"e66919eb5161792e2af07ccb8209a55d12ec869dfa6919eb5161792e2af07ccb"}"#.to_vec(),
+                cause: 0,
+            })
+            .collect(),
+        oldest_seq: 1,
+    };
+    let rounds = (events / 200).max(1);
+    let run = |sealed: bool| -> anyhow::Result<f64> {
+        let start = Instant::now();
+        for _ in 0..rounds {
+            let body = batch.encode_to_vec();
+            let frame = if sealed {
+                opened.session.seal(Channel::Events, &body)
+            } else {
+                tend_bus::frame::handshake_frame(&body)
+            };
+            let (h, b) = tend_bus::frame::decode(&frame, 64 << 20)?;
+            let plain = if sealed {
+                authed.session.open(Channel::Events, &h, b)?
+            } else {
+                b.to_vec()
+            };
+            let back = tend_proto::v1::EventBatch::decode(plain.as_slice())?;
+            std::hint::black_box(back);
+        }
+        Ok((rounds * 200) as f64 / start.elapsed().as_secs_f64())
+    };
+    // Interleaved, three times each, the best of each kept: the machine
+    // is shared and noisy.
+    let (mut plain, mut sealed) = (0f64, 0f64);
+    for _ in 0..3 {
+        plain = plain.max(run(false)?);
+        sealed = sealed.max(run(true)?);
+    }
+    let mut r = Report::new(
+        "seal",
+        "seal: encode + frame + decode of 200-event batches, one core, with and without sealing",
+    );
+    r.figure("without sealing", plain, "events/s");
+    r.figure("with sealing", sealed, "events/s");
+    r.figure(
+        "cost of sealing",
+        (1.0 - sealed / plain) * 100.0,
+        "% of throughput",
+    );
+    Ok(r)
+}

@@ -32,16 +32,10 @@ pub fn bin(name: &str) -> PathBuf {
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "tend-master",
-            "-p",
-            "tend-minion",
-            "-p",
-            "tend-cli",
-        ]);
+        // Every binary (tend-bench too), with the same feature resolution
+        // as `cargo test --workspace`: after that command this is a no-op
+        // instead of a rebuild.
+        cmd.args(["build", "--quiet", "--workspace", "--bins", "--tests"]);
         if release {
             cmd.arg("--release");
         }

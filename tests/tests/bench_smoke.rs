@@ -48,6 +48,7 @@ fn every_benchmark_runs_at_a_tiny_size() {
     bench(&["footprint", "--seconds", "1"]);
     bench(&["outbox", "--events", "200"]);
     bench(&["seal", "--events", "2000"]);
+    bench(&["states", "--count", "20", "--runs", "2"]);
 }
 
 #[test]

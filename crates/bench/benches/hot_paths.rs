@@ -27,12 +27,20 @@ fn protobuf(c: &mut Criterion) {
     let e = event(1);
     let bytes = e.encode_to_vec();
     c.bench_function("event encode", |b| b.iter(|| black_box(&e).encode_to_vec()));
-    c.bench_function("event decode", |b| b.iter(|| Event::decode(black_box(bytes.as_slice()))));
+    c.bench_function("event decode", |b| {
+        b.iter(|| Event::decode(black_box(bytes.as_slice())))
+    });
 }
 
 fn sealing(c: &mut Criterion) {
     let master = Responder::new(Arc::new(Identity::ephemeral().unwrap()));
-    let (init, hello) = Initiator::start(Arc::new(Identity::ephemeral().unwrap()), "web1", PeerKind::Minion, "b").unwrap();
+    let (init, hello) = Initiator::start(
+        Arc::new(Identity::ephemeral().unwrap()),
+        "web1",
+        PeerKind::Minion,
+        "b",
+    )
+    .unwrap();
     let opened = init.finish(&master.on_hello(&hello).unwrap()).unwrap();
     let authed = master.on_auth(&opened.auth).unwrap();
     let batch = EventBatch {

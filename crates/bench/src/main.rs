@@ -92,6 +92,14 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000)]
         events: u64,
     },
+    /// N file.managed states that are already correct, applied by the
+    /// minion's engine.
+    States {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// The throughput cost of sealing frames, with and without, side by side.
     Seal {
         #[arg(long, default_value_t = 2_000_000)]
@@ -133,6 +141,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Footprint { seconds } => measure::footprint(seconds).map(Some),
         Cmd::Outbox { events } => measure::outbox(events).map(Some),
         Cmd::Seal { events } => measure::seal(events).map(Some),
+        Cmd::States { count, runs } => measure::states(count, runs).map(Some),
         Cmd::FleetWorker {
             first,
             count,

@@ -597,3 +597,52 @@ pub fn seal(events: u64) -> anyhow::Result<Report> {
     );
     Ok(r)
 }
+
+/// The minion's side of an apply: `count` `file.managed` states, run once
+/// to create the files, then timed while they are already correct (the
+/// engine compares contents, mode and owner; it does not rewrite).
+pub fn states(count: usize, runs: usize) -> anyhow::Result<Report> {
+    let dir = tempfile::tempdir()?;
+    let mut text = String::new();
+    for i in 0..count {
+        text.push_str(&format!(
+            "[f{i}]\ntype = \"file.managed\"\npath = \"{}/f{i}.conf\"\ncontents = \"setting_{i} = {}\\n\"\nmode = \"0644\"\n\n",
+            dir.path().display(),
+            "x".repeat(200)
+        ));
+    }
+    let set = tend_state::parse_state_file("bench.toml", "bench", &text)?;
+    let ledger = tend_state::Ledger::default();
+    let opts = tend_state::ApplyOptions {
+        test: false,
+        job: 1,
+        ledger: Some(&ledger),
+        backup_dir: None,
+    };
+    let first = Instant::now();
+    tend_state::apply(&set, &opts);
+    let created = first.elapsed();
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        let results = tend_state::apply(&set, &opts);
+        samples.push(start.elapsed());
+        if results
+            .iter()
+            .any(|r| r.outcome != tend_proto::v1::Outcome::Ok as i32)
+        {
+            bail!("a state that was correct reported a change");
+        }
+    }
+    let mut r = Report::new(
+        "states",
+        format!("states: {count} file.managed states, already correct, {runs} runs"),
+    );
+    r.timing(&format!("apply {count} correct states"), &samples);
+    r.figure(
+        "first apply (creating them)",
+        created.as_secs_f64() * 1000.0,
+        "ms",
+    );
+    Ok(r)
+}

@@ -82,15 +82,16 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Apply states to minions and show what changed.
+    /// Apply states to minions and show what changed; with no state, what
+    /// the top file gives each minion (highstate).
     #[command(
-        after_help = "Examples:\n  tend apply web1 motd\n  tend apply 'web*' motd nginx --test\n  tend apply web1,web2 motd"
+        after_help = "Examples:\n  tend apply web1 motd\n  tend apply 'web*' motd nginx --test\n  tend apply 'os:debian and label.role:web'\n  tend apply web1,web2 motd"
     )]
     Apply {
-        /// Minion id glob (`web*`) or comma-separated ids.
+        /// Minions: an id glob (`web*`), ids (`web1,web2`), facts
+        /// (`os:debian`, `label.role:web`), combined with and / or / not.
         target: String,
-        /// State names (`motd`, `web.nginx`).
-        #[arg(required = true)]
+        /// State names (`motd`, `web.nginx`); none: the top file's.
         states: Vec<String>,
         /// Dry run: change nothing, show what would change.
         #[arg(long)]

@@ -220,9 +220,6 @@ async fn list_events(master: &Master, out: &Responder, q: ListEvents) -> Result<
 }
 
 async fn apply(master: &Arc<Master>, out: &Responder, cmd: ApplyCommand) -> Result<(), String> {
-    if cmd.states.is_empty() {
-        return Err("name at least one state to apply".into());
-    }
     let minions = master.resolve_target(&cmd.target)?;
     let timeout = if cmd.timeout_ms == 0 {
         Duration::from_millis(master.cfg.apply_timeout_ms)

@@ -70,55 +70,35 @@ pub async fn run_apply(
     };
     tracing::info!(job = job.id, target = %job.target, states = ?job.states, rule = %job.rule, test = job.test, "job started");
 
-    let tree = master.tree.clone();
-    let names = spec.states.clone();
-    let resolved = tokio::task::spawn_blocking(move || {
-        let mut all = Vec::new();
-        for name in &names {
-            all.extend(tree.load(name).map_err(|e| e.to_string())?);
-        }
-        serde_json::to_vec(&all).map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
-
+    let plans = plan(master, &spec, job.id).await;
     let mut results = Vec::new();
-    match resolved {
-        Err(error) => {
-            tracing::warn!(job = job.id, %error, "states not sent");
-            for minion in &spec.minions {
-                let r = MinionResult {
-                    minion: minion.clone(),
-                    status: "failed".into(),
-                    error: format!("nothing sent: {error}"),
-                    ..Default::default()
-                };
-                if let Some(p) = &progress {
-                    let _ = p.send(r.clone()).await;
-                }
-                results.push(r);
-            }
-        }
-        Ok(states_json) => {
-            let mut set = tokio::task::JoinSet::new();
-            for minion in spec.minions.clone() {
+    let mut set = tokio::task::JoinSet::new();
+    for (minion, plan) in plans {
+        match plan {
+            Plan::Send(states_json) => {
                 let master = master.clone();
                 let body = request::Body::Apply(ApplyRequest {
                     job: job.id,
                     test: spec.test,
-                    states_json: states_json.clone(),
+                    states_json,
                 });
                 let timeout = spec.timeout;
                 set.spawn(async move { apply_one(&master, minion, body, timeout).await });
             }
-            while let Some(r) = set.join_next().await {
-                let Ok(r) = r else { continue };
+            Plan::Done(r) => {
                 if let Some(p) = &progress {
                     let _ = p.send(r.clone()).await;
                 }
                 results.push(r);
             }
         }
+    }
+    while let Some(r) = set.join_next().await {
+        let Ok(r) = r else { continue };
+        if let Some(p) = &progress {
+            let _ = p.send(r.clone()).await;
+        }
+        results.push(r);
     }
     results.sort_by(|a, b| a.minion.cmp(&b.minion));
     job.status = overall(&results).into();
@@ -168,6 +148,138 @@ pub async fn run_apply(
     }
     tracing::info!(job = job.id, status = %job.status, ms = (job.finished_us - job.created_us) / 1000, "job finished");
     job
+}
+
+/// A loaded set of states, and its rendered bytes when every minion gets
+/// the same ones (no template).
+type Resolved = (Vec<tend_state::State>, Option<Vec<u8>>);
+
+/// What to do for one minion: send it these states, or it is already
+/// settled (nothing to run, or the states could not be resolved).
+enum Plan {
+    Send(Vec<u8>),
+    Done(MinionResult),
+}
+
+/// Resolves the states for every minion of a job, on a blocking thread:
+/// the named states, or (none named) what the top file gives each minion;
+/// rendered per minion when they hold templates, once otherwise.
+async fn plan(master: &Arc<Master>, spec: &ApplySpec, job: u64) -> Vec<(String, Plan)> {
+    let tree = master.tree.clone();
+    let minions: Vec<(String, HashMap<String, String>)> = {
+        let known = master.minions.lock().unwrap_or_else(|p| p.into_inner());
+        spec.minions
+            .iter()
+            .map(|m| {
+                (
+                    m.clone(),
+                    known.get(m).map(|i| i.facts.clone()).unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    let named = spec.states.clone();
+    let event = spec.trigger.as_ref().map(|e| {
+        json!({
+            "minion": e.minion,
+            "tag": e.tag,
+            "seq": e.seq,
+            "time": e.time_us,
+            "data": serde_json::from_slice::<serde_json::Value>(&e.data).unwrap_or(json!({})),
+        })
+    });
+    let result = tokio::task::spawn_blocking(move || {
+        let failed = |minion: &str, error: String| MinionResult {
+            minion: minion.to_string(),
+            status: "failed".into(),
+            error: format!("nothing sent: {error}"),
+            ..Default::default()
+        };
+        let top = if named.is_empty() {
+            match tree.top() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    return minions
+                        .iter()
+                        .map(|(m, _)| (m.clone(), Plan::Done(failed(m, e.to_string()))))
+                        .collect();
+                }
+            }
+        } else {
+            None
+        };
+        // Resolved sets by state names, for minions that share them.
+        let mut cache: HashMap<Vec<String>, Result<Resolved, String>> = HashMap::new();
+        let mut out = Vec::with_capacity(minions.len());
+        for (minion, facts) in minions {
+            let names = match &top {
+                Some(top) => top.states_for(&minion, &facts),
+                None => named.clone(),
+            };
+            if names.is_empty() {
+                out.push((
+                    minion.clone(),
+                    Plan::Done(MinionResult {
+                        minion,
+                        status: "ok".into(),
+                        error: "the top file gives this minion no states".into(),
+                        ..Default::default()
+                    }),
+                ));
+                continue;
+            }
+            let ctx = tend_state::TemplateContext {
+                minion: minion.clone(),
+                facts: facts.into_iter().collect(),
+                event: event.clone(),
+            };
+            let entry = cache.entry(names.clone()).or_insert_with(|| {
+                let set = tree.load_set(&names).map_err(|e| e.to_string())?;
+                // Without templates every minion gets the same bytes.
+                let shared = if tend_state::StateTree::is_templated(&set) {
+                    None
+                } else {
+                    let rendered = tree
+                        .render_set(set.clone(), &ctx)
+                        .map_err(|e| e.to_string())?;
+                    Some(serde_json::to_vec(&rendered).map_err(|e| e.to_string())?)
+                };
+                Ok((set, shared))
+            });
+            let plan = match entry {
+                Err(e) => Plan::Done(failed(&minion, e.clone())),
+                Ok((_, Some(json))) => Plan::Send(json.clone()),
+                Ok((set, None)) => match tree
+                    .render_set(set.clone(), &ctx)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| serde_json::to_vec(&r).map_err(|e| e.to_string()))
+                {
+                    Ok(json) => Plan::Send(json),
+                    Err(e) => Plan::Done(failed(&minion, e)),
+                },
+            };
+            out.push((minion, plan));
+        }
+        out
+    })
+    .await;
+    result.unwrap_or_else(|e| {
+        tracing::error!(job, error = %e, "resolving states failed");
+        spec.minions
+            .iter()
+            .map(|m| {
+                (
+                    m.clone(),
+                    Plan::Done(MinionResult {
+                        minion: m.clone(),
+                        status: "failed".into(),
+                        error: format!("nothing sent: {e}"),
+                        ..Default::default()
+                    }),
+                )
+            })
+            .collect()
+    })
 }
 
 async fn apply_one(

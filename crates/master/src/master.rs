@@ -104,32 +104,32 @@ impl Master {
         self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Minion ids matching `target`: a comma-separated list of ids, or a
-    /// glob over every minion the master knows.
+    /// Minion ids matching `target`: an id glob, a comma-separated list
+    /// of ids, facts (`os:debian`), or these combined with and / or / not.
     pub fn resolve_target(&self, target: &str) -> Result<Vec<String>, String> {
+        let t = tend_state::Target::parse(target).map_err(|e| e.to_string())?;
         // Every minion heard from, and every one with a session (its `up`
         // may still be on its way through ingestion).
-        let known: Vec<String> = {
+        let mut known: HashMap<String, HashMap<String, String>> = {
             let minions = self.minions.lock().unwrap_or_else(|p| p.into_inner());
             minions
-                .keys()
-                .cloned()
-                .chain(self.bus.connected())
+                .iter()
+                .map(|(id, m)| (id.clone(), m.facts.clone()))
                 .collect()
         };
-        let mut out: Vec<String> = if target.contains(',') {
-            target
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect()
-        } else {
-            let glob = globset::Glob::new(target)
-                .map_err(|e| format!("bad target {target:?}: {e}"))?
-                .compile_matcher();
-            known.into_iter().filter(|id| glob.is_match(id)).collect()
-        };
+        for id in self.bus.connected() {
+            known.entry(id).or_default();
+        }
+        let mut out: Vec<String> = known
+            .iter()
+            .filter(|(id, facts)| t.matches(id, facts))
+            .map(|(id, _)| id.clone())
+            .collect();
+        // A plain list names minions even before they were ever heard from
+        // (they show as unreachable).
+        if let Some(ids) = t.exact_ids() {
+            out.extend(ids);
+        }
         for id in &out {
             tend_proto::validate_minion_id(id).map_err(|e| e.to_string())?;
         }

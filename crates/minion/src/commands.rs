@@ -17,6 +17,8 @@ use crate::publisher::Signal;
 
 pub struct Commands {
     pub bus: Arc<MinionBus>,
+    /// Where `backup = true` keeps replaced files.
+    pub backup_dir: std::path::PathBuf,
     pub ledger: Arc<Ledger>,
     pub publisher: mpsc::Sender<Signal>,
     /// Held for the length of a state run.
@@ -81,6 +83,7 @@ impl Commands {
         };
         let _running = self.state_run.lock().await;
         let ledger = self.ledger.clone();
+        let backup_dir = self.backup_dir.clone();
         let (job, test) = (req.job, req.test);
         tracing::info!(job, test, states = states.len(), "applying states");
         let results = tokio::task::spawn_blocking(move || {
@@ -90,6 +93,7 @@ impl Commands {
                     test,
                     job,
                     ledger: Some(&ledger),
+                    backup_dir: Some(&backup_dir),
                 },
             )
         })

@@ -197,6 +197,7 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
 
     let commands = Arc::new(Commands {
         bus: bus.clone(),
+        backup_dir: cfg.data_dir.join("backups"),
         ledger,
         publisher: signal_tx.clone(),
         state_run: tokio::sync::Mutex::new(()),

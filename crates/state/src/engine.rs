@@ -1,12 +1,20 @@
-//! Runs a list of states, in order, and reports on each.
+//! Runs a set of states in requisite order and reports on each.
+//!
+//! The order is a topological sort of the requisite graph that keeps
+//! declaration order wherever requisites allow. Requisites decide whether a
+//! state runs at all: `require` and `watch` skip it when one of theirs
+//! failed; `onchanges` runs it only when one of its states changed,
+//! `onfail` only when one failed; `watch` also tells the state that
+//! something it watches changed (a service restarts).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 use tend_proto::v1::{Outcome, StateResult};
 
 use crate::ledger::{Fingerprint, Ledger};
-use crate::{Spec, State};
+use crate::{Spec, State, StateError};
 
 pub struct ApplyOptions<'a> {
     /// Dry run: change nothing, report what would change.
@@ -15,12 +23,19 @@ pub struct ApplyOptions<'a> {
     pub job: u64,
     /// Where file changes are announced before they are made.
     pub ledger: Option<&'a Ledger>,
+    /// Where `backup = true` keeps replaced files.
+    pub backup_dir: Option<&'a Path>,
 }
 
 pub(crate) struct Ctx<'a> {
     pub test: bool,
-    job: u64,
-    ledger: Option<&'a Ledger>,
+    pub job: u64,
+    pub ledger: Option<&'a Ledger>,
+    pub backup_dir: Option<&'a Path>,
+    /// States this one watches that changed (empty: no watch fired).
+    pub watch_fired: Vec<String>,
+    /// Paths the file states of the run manage (for `clean`).
+    pub managed_paths: &'a [String],
 }
 
 impl Ctx<'_> {
@@ -34,169 +49,262 @@ impl Ctx<'_> {
 
 /// What one state did, or would do.
 pub(crate) struct Change {
-    outcome: Outcome,
-    comment: String,
-    diff: String,
-    changes: serde_json::Map<String, serde_json::Value>,
+    pub outcome: Outcome,
+    pub comment: String,
+    pub diff: String,
+    pub changes: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Change {
-    pub fn none(comment: &str) -> Self {
+    pub fn none(comment: impl Into<String>) -> Self {
         Self {
             outcome: Outcome::Ok,
-            comment: comment.to_string(),
+            comment: comment.into(),
             diff: String::new(),
             changes: Default::default(),
         }
     }
 
     pub fn changed(
-        comment: &str,
+        comment: impl Into<String>,
         diff: String,
         changes: serde_json::Map<String, serde_json::Value>,
     ) -> Self {
         Self {
             outcome: Outcome::Changed,
-            comment: comment.to_string(),
+            comment: comment.into(),
             diff,
             changes,
         }
     }
 
+    /// In a dry run: what would happen.
     pub fn would(
-        comment: &str,
+        comment: impl Into<String>,
         diff: String,
         changes: serde_json::Map<String, serde_json::Value>,
     ) -> Self {
         Self {
             outcome: Outcome::WouldChange,
-            comment: format!("would be {comment}"),
+            comment: format!("would be {}", comment.into()),
             diff,
             changes,
         }
     }
+
+    /// Changed, or would change in a dry run.
+    pub fn did(
+        test: bool,
+        comment: impl Into<String>,
+        diff: String,
+        changes: serde_json::Map<String, serde_json::Value>,
+    ) -> Self {
+        if test {
+            Self::would(comment, diff, changes)
+        } else {
+            Self::changed(comment, diff, changes)
+        }
+    }
+
+    fn skipped(comment: String) -> Self {
+        Self {
+            outcome: Outcome::Skipped,
+            comment,
+            diff: String::new(),
+            changes: Default::default(),
+        }
+    }
 }
 
-/// Runs `states` in order. Every state gets a result; a failure does not
-/// stop the states after it.
-pub fn apply(states: &[State], opts: &ApplyOptions) -> Vec<StateResult> {
-    let ctx = Ctx {
-        test: opts.test,
-        job: opts.job,
-        ledger: opts.ledger,
-    };
-    states
+/// The order to run `states` in: requisites first, otherwise as declared.
+/// A cycle is an error naming the states in it.
+pub fn order(states: &[State]) -> Result<Vec<usize>, StateError> {
+    let index: HashMap<&str, usize> = states
         .iter()
-        .map(|state| {
-            let start = Instant::now();
-            let change = match &state.spec {
-                Spec::FileManaged(f) => crate::file::managed(f, &ctx),
-            };
-            let (outcome, comment, diff, changes) = match change {
-                Ok(c) => (c.outcome, c.comment, c.diff, c.changes),
-                Err(e) => (Outcome::Failed, e, String::new(), Default::default()),
-            };
-            StateResult {
-                id: state.id.clone(),
-                kind: state.spec.kind().to_string(),
-                name: state.spec.name().to_string(),
-                outcome: outcome as i32,
-                comment,
-                diff,
-                changes_json: if changes.is_empty() {
-                    Vec::new()
-                } else {
-                    serde_json::Value::Object(changes).to_string().into_bytes()
-                },
-                duration_us: start.elapsed().as_micros() as u64,
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+    let mut waiting_on: Vec<usize> = vec![0; states.len()];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); states.len()];
+    for (i, s) in states.iter().enumerate() {
+        for dep in s.requisites.all() {
+            if let Some(&d) = index.get(dep.as_str()) {
+                waiting_on[i] += 1;
+                dependents[d].push(i);
             }
-        })
-        .collect()
+        }
+    }
+    // Ready states by declaration index: the smallest goes first.
+    let mut ready: std::collections::BTreeSet<usize> =
+        (0..states.len()).filter(|i| waiting_on[*i] == 0).collect();
+    let mut out = Vec::with_capacity(states.len());
+    while let Some(i) = ready.pop_first() {
+        out.push(i);
+        for &d in &dependents[i] {
+            waiting_on[d] -= 1;
+            if waiting_on[d] == 0 {
+                ready.insert(d);
+            }
+        }
+    }
+    if out.len() < states.len() {
+        return Err(StateError::Cycle(cycle(states, &index, &waiting_on)));
+    }
+    Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{FileManaged, Mode};
-    use std::os::unix::fs::PermissionsExt;
-
-    fn motd(path: &Path, mode: Option<Mode>) -> Vec<State> {
-        vec![State {
-            id: "motd".into(),
-            sls: "motd".into(),
-            spec: Spec::FileManaged(FileManaged {
-                path: path.display().to_string(),
-                contents: "welcome\n".into(),
-                mode,
-                makedirs: true,
-            }),
-        }]
+/// One cycle among the states still waiting, as `a -> b -> a`.
+fn cycle(states: &[State], index: &HashMap<&str, usize>, waiting_on: &[usize]) -> String {
+    let Some(start) = (0..states.len()).find(|i| waiting_on[*i] > 0) else {
+        return String::new();
+    };
+    let mut path = vec![start];
+    let mut at = start;
+    loop {
+        let next = states[at]
+            .requisites
+            .all()
+            .filter_map(|d| index.get(d.as_str()).copied())
+            .find(|d| waiting_on[*d] > 0);
+        let Some(next) = next else { break };
+        if let Some(pos) = path.iter().position(|p| *p == next) {
+            let mut ids: Vec<&str> = path[pos..].iter().map(|i| states[*i].id.as_str()).collect();
+            ids.push(states[next].id.as_str());
+            return ids.join(" -> ");
+        }
+        path.push(next);
+        at = next;
     }
+    path.iter()
+        .map(|i| states[*i].id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
-    fn outcome(r: &[StateResult]) -> Outcome {
-        Outcome::try_from(r[0].outcome).unwrap()
-    }
-
-    #[test]
-    fn file_managed_is_idempotent_and_dry_runs_change_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/motd");
-        let states = motd(&path, Some(Mode(0o600)));
-        let ledger = Ledger::default();
-        let run = |test| {
-            apply(
-                &states,
-                &ApplyOptions {
-                    test,
-                    job: 3,
-                    ledger: Some(&ledger),
-                },
-            )
+/// Runs `states` in requisite order. Every state gets a result, in the
+/// order they ran; a failure skips its dependents, not the rest.
+pub fn apply(states: &[State], opts: &ApplyOptions) -> Vec<StateResult> {
+    let order = match order(states) {
+        Ok(o) => o,
+        Err(e) => {
+            return states
+                .iter()
+                .map(|s| {
+                    result(
+                        s,
+                        Change {
+                            outcome: Outcome::Failed,
+                            comment: e.to_string(),
+                            diff: String::new(),
+                            changes: Default::default(),
+                        },
+                        0,
+                    )
+                })
+                .collect();
+        }
+    };
+    let managed_paths: Vec<String> = states
+        .iter()
+        .filter_map(|s| s.spec.path().map(String::from))
+        .collect();
+    let mut outcomes: HashMap<&str, Outcome> = HashMap::new();
+    // Skipped because something they need failed: their dependents are too.
+    let mut blocked: std::collections::HashSet<&str> = Default::default();
+    let mut out = Vec::with_capacity(states.len());
+    for i in order {
+        let state = &states[i];
+        let start = Instant::now();
+        let got = |id: &String| {
+            outcomes
+                .get(id.as_str())
+                .copied()
+                .unwrap_or(Outcome::Unspecified)
         };
-
-        let dry = run(true);
-        assert_eq!(outcome(&dry), Outcome::WouldChange);
-        assert!(dry[0].diff.contains("+welcome"), "{}", dry[0].diff);
-        assert!(!path.exists(), "a dry run must not create the file");
-
-        let first = run(false);
-        assert_eq!(outcome(&first), Outcome::Changed, "{}", first[0].comment);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "welcome\n");
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
-        assert_eq!(mode, 0o600);
-        // The ledger knows the file as the job left it.
-        let fp = Fingerprint::of(&path).unwrap();
-        assert_eq!(ledger.cause_of(&path, &fp), Some(3));
-
-        let second = run(false);
-        assert_eq!(outcome(&second), Outcome::Ok);
-        assert!(second[0].diff.is_empty());
-
-        std::fs::write(&path, "drift\n").unwrap();
-        let dry = run(true);
-        assert_eq!(outcome(&dry), Outcome::WouldChange);
-        assert!(dry[0].diff.contains("-drift") && dry[0].diff.contains("+welcome"));
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "drift\n");
-        assert_eq!(outcome(&run(false)), Outcome::Changed);
-
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let fixed = run(false);
-        assert_eq!(outcome(&fixed), Outcome::Changed);
-        assert!(String::from_utf8_lossy(&fixed[0].changes_json).contains("0666"));
+        let changed = |o: Outcome| matches!(o, Outcome::Changed | Outcome::WouldChange);
+        let r = &state.requisites;
+        let failed_dep = r
+            .require
+            .iter()
+            .chain(&r.watch)
+            .find(|d| got(d) == Outcome::Failed || blocked.contains(d.as_str()));
+        let change = if let Some(dep) = failed_dep {
+            blocked.insert(state.id.as_str());
+            Change::skipped(format!(
+                "not run: requisite {dep:?} {}",
+                if got(dep) == Outcome::Failed {
+                    "failed"
+                } else {
+                    "did not run"
+                }
+            ))
+        } else if !r.onfail.is_empty() && !r.onfail.iter().any(|d| got(d) == Outcome::Failed) {
+            Change::skipped(format!(
+                "not run: none of {} failed (onfail)",
+                r.onfail.join(", ")
+            ))
+        } else if !r.onchanges.is_empty() && !r.onchanges.iter().any(|d| changed(got(d))) {
+            Change::skipped(format!(
+                "not run: no changes in {} (onchanges)",
+                r.onchanges.join(", ")
+            ))
+        } else {
+            let ctx = Ctx {
+                test: opts.test,
+                job: opts.job,
+                ledger: opts.ledger,
+                backup_dir: opts.backup_dir,
+                watch_fired: r
+                    .watch
+                    .iter()
+                    .filter(|d| changed(got(d)))
+                    .cloned()
+                    .collect(),
+                managed_paths: &managed_paths,
+            };
+            run(&state.spec, &ctx).unwrap_or_else(|e| Change {
+                outcome: Outcome::Failed,
+                comment: e,
+                diff: String::new(),
+                changes: Default::default(),
+            })
+        };
+        outcomes.insert(state.id.as_str(), change.outcome);
+        out.push(result(state, change, start.elapsed().as_micros() as u64));
     }
+    out
+}
 
-    #[test]
-    fn failure_is_a_result_not_a_panic() {
-        let dir = tempfile::tempdir().unwrap();
-        let r = apply(
-            &motd(dir.path(), None),
-            &ApplyOptions {
-                test: false,
-                job: 1,
-                ledger: None,
-            },
-        );
-        assert_eq!(outcome(&r), Outcome::Failed);
-        assert!(r[0].comment.contains("directory"));
+fn run(spec: &Spec, ctx: &Ctx) -> Result<Change, String> {
+    match spec {
+        Spec::FileManaged(f) => crate::file::managed(f, ctx),
+        Spec::FileAbsent(f) => crate::file::absent(f, ctx),
+        Spec::FileDirectory(f) => crate::file::directory(f, ctx),
+        Spec::FileSymlink(f) => crate::file::symlink(f, ctx),
+        Spec::FileLine(f) => crate::file::line(f, ctx),
+        Spec::CmdRun(c) => crate::cmd::run(c, ctx),
+        Spec::ServiceRunning(s) => crate::service::running(s, ctx),
+        Spec::ServiceDead(s) => crate::service::dead(s, ctx),
+        Spec::PkgInstalled(p) => crate::pkg::installed(p, ctx),
+        Spec::PkgRemoved(p) => crate::pkg::removed(p, ctx),
+    }
+}
+
+fn result(state: &State, change: Change, duration_us: u64) -> StateResult {
+    StateResult {
+        id: state.id.clone(),
+        kind: state.spec.kind().to_string(),
+        name: state.spec.name(),
+        outcome: change.outcome as i32,
+        comment: change.comment,
+        diff: change.diff,
+        changes_json: if change.changes.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::Value::Object(change.changes)
+                .to_string()
+                .into_bytes()
+        },
+        duration_us,
     }
 }

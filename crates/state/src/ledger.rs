@@ -127,9 +127,23 @@ struct Entry {
 
 /// Paths the state engine changed, with what it left there and for which
 /// job. Bounded: the oldest entries go first when it is full.
+///
+/// A command (`cmd.run`) can write anything, so while one runs every change
+/// seen is marked as its job's: coarser than a fingerprint, and limited to
+/// the command's own run time.
 pub struct Ledger {
     inner: Mutex<(HashMap<PathBuf, Entry>, u64)>,
     capacity: usize,
+    running: Mutex<Option<u64>>,
+}
+
+/// While this lives, a command of job `.0` is running.
+pub struct Running<'a>(&'a Ledger);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        *self.0.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 impl Default for Ledger {
@@ -143,7 +157,14 @@ impl Ledger {
         Self {
             inner: Mutex::new((HashMap::new(), 0)),
             capacity: capacity.max(2),
+            running: Mutex::new(None),
         }
+    }
+
+    /// Job `job` is running a command until the returned guard is dropped.
+    pub fn running(&self, job: u64) -> Running<'_> {
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(job);
+        Running(self)
     }
 
     /// Job `job` is about to leave `path` as `fingerprint`.
@@ -166,14 +187,18 @@ impl Ledger {
         );
     }
 
-    /// The job that left `path` as `now`, if one did.
+    /// The job that left `path` as `now`, if one did (or the job whose
+    /// command is running).
     pub fn cause_of(&self, path: &Path, now: &Fingerprint) -> Option<u64> {
-        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        guard
-            .0
-            .get(path)
-            .filter(|e| &e.fingerprint == now)
-            .map(|e| e.job)
+        let exact = {
+            let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            guard
+                .0
+                .get(path)
+                .filter(|e| &e.fingerprint == now)
+                .map(|e| e.job)
+        };
+        exact.or_else(|| *self.running.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn len(&self) -> usize {

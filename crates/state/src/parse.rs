@@ -1,51 +1,27 @@
 //! Reading a state file: TOML where every top-level table is one state,
-//! keyed by its id, with a `type` and that type's fields.
+//! keyed by its id, with a `type`, that type's fields, and requisites.
 //!
 //! ```toml
-//! [motd]
+//! [nginx-conf]
 //! type = "file.managed"
-//! path = "/etc/motd"
-//! source = "files/motd"
+//! path = "/etc/nginx/nginx.conf"
+//! source = "files/nginx.conf"
 //! mode = "0644"
+//!
+//! [nginx]
+//! type = "service.running"
+//! name = "nginx"
+//! watch = ["nginx-conf"]
 //! ```
 //!
 //! Every mistake is reported with the file, the state id and the field.
 
-use serde::Deserialize;
+use crate::{Command, LineEnsure, Requisites, Spec, State, StateError, TYPES};
 
-use crate::{Mode, StateError};
+const REQUISITES: [&str; 4] = ["require", "watch", "onchanges", "onfail"];
 
-/// A state as declared in a file, before the master resolves its sources.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Declared {
-    pub id: String,
-    pub spec: DeclaredSpec,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum DeclaredSpec {
-    FileManaged(FileManagedDecl),
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileManagedDecl {
-    pub path: String,
-    #[serde(default)]
-    pub contents: Option<String>,
-    /// A file in the state tree, relative to its root.
-    #[serde(default)]
-    pub source: Option<String>,
-    #[serde(default)]
-    pub mode: Option<Mode>,
-    #[serde(default)]
-    pub makedirs: bool,
-}
-
-const TYPES: &str = "file.managed";
-
-/// Parses the text of state file `file`.
-pub fn parse_state_file(file: &str, text: &str) -> Result<Vec<Declared>, StateError> {
+/// Parses the text of state file `file` (state name `sls`).
+pub fn parse_state_file(file: &str, sls: &str, text: &str) -> Result<Vec<State>, StateError> {
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| StateError::File {
@@ -65,37 +41,60 @@ pub fn parse_state_file(file: &str, text: &str) -> Result<Vec<Declared>, StateEr
                 "must be a table (`[id]` followed by its fields)".into(),
             ));
         };
-        let kind = match fields.remove("type") {
-            Some(toml::Value::String(t)) => t,
-            Some(_) => return Err(invalid("field `type` must be a string".into())),
-            None => return Err(invalid(format!("missing field `type` (one of: {TYPES})"))),
-        };
-        let spec = match kind.as_str() {
-            "file.managed" => {
-                let decl: FileManagedDecl = toml::Value::Table(fields)
-                    .try_into()
-                    .map_err(|e: toml::de::Error| invalid(e.message().to_string()))?;
-                check_absolute(&decl.path).map_err(&invalid)?;
-                match (&decl.contents, &decl.source) {
-                    (Some(_), Some(_)) => {
-                        return Err(invalid(
-                            "give either `contents` or `source`, not both".into(),
-                        ));
-                    }
-                    (None, None) => {
-                        return Err(invalid("missing field `contents` or `source`".into()));
-                    }
-                    _ => {}
+        let mut requisites = Requisites::default();
+        for key in REQUISITES {
+            let ids = match fields.remove(key) {
+                None => continue,
+                Some(toml::Value::String(s)) => vec![s],
+                Some(toml::Value::Array(a)) => a
+                    .into_iter()
+                    .map(|v| match v {
+                        toml::Value::String(s) => Ok(s),
+                        _ => Err(invalid(format!(
+                            "field `{key}` must list state ids (strings)"
+                        ))),
+                    })
+                    .collect::<Result<_, _>>()?,
+                Some(_) => {
+                    return Err(invalid(format!(
+                        "field `{key}` must be a state id or a list of them"
+                    )));
                 }
-                DeclaredSpec::FileManaged(decl)
-            }
-            other => {
+            };
+            let slot = match key {
+                "require" => &mut requisites.require,
+                "watch" => &mut requisites.watch,
+                "onchanges" => &mut requisites.onchanges,
+                _ => &mut requisites.onfail,
+            };
+            *slot = ids;
+        }
+        match fields.get("type") {
+            None => {
                 return Err(invalid(format!(
-                    "unknown state type {other:?} (known: {TYPES})"
+                    "missing field `type` (one of: {})",
+                    TYPES.join(", ")
                 )));
             }
-        };
-        out.push(Declared { id, spec });
+            Some(toml::Value::String(t)) if !TYPES.contains(&t.as_str()) => {
+                return Err(invalid(format!(
+                    "unknown state type {t:?} (known: {})",
+                    TYPES.join(", ")
+                )));
+            }
+            Some(toml::Value::String(_)) => {}
+            Some(_) => return Err(invalid("field `type` must be a string".into())),
+        }
+        let spec: Spec = toml::Value::Table(fields)
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(e.message().to_string()))?;
+        validate(&spec).map_err(invalid)?;
+        out.push(State {
+            id,
+            sls: sls.to_string(),
+            spec,
+            requisites,
+        });
     }
     Ok(out)
 }
@@ -107,12 +106,151 @@ fn check_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_absolute(path: &str) -> Result<(), String> {
+fn absolute(field: &str, path: &str) -> Result<(), String> {
     if path.contains('\0') {
-        return Err("field `path` contains a NUL byte".into());
+        return Err(format!("field `{field}` contains a NUL byte"));
     }
     if !path.starts_with('/') {
-        return Err(format!("field `path` must be absolute, got {path:?}"));
+        return Err(format!(
+            "field `{field}` must be an absolute path, got {path:?}"
+        ));
+    }
+    Ok(())
+}
+
+fn owner(field: &str, name: &Option<String>) -> Result<(), String> {
+    let Some(name) = name else { return Ok(()) };
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && (name.bytes().all(|b| b.is_ascii_digit())
+            || name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "field `{field}`: {name:?} is not a user or group name"
+        ))
+    }
+}
+
+fn command(field: &str, c: &Command) -> Result<(), String> {
+    let empty = match c {
+        Command::Shell(s) => s.trim().is_empty(),
+        Command::Argv(a) => a.is_empty() || a[0].is_empty(),
+    };
+    if empty {
+        return Err(format!("field `{field}` is an empty command"));
+    }
+    let nul = match c {
+        Command::Shell(s) => s.contains('\0'),
+        Command::Argv(a) => a.iter().any(|s| s.contains('\0')),
+    };
+    if nul {
+        return Err(format!("field `{field}` contains a NUL byte"));
+    }
+    Ok(())
+}
+
+/// What serde cannot check: paths, names, combinations of fields.
+pub(crate) fn validate(spec: &Spec) -> Result<(), String> {
+    match spec {
+        Spec::FileManaged(f) => {
+            absolute("path", &f.path)?;
+            owner("user", &f.user)?;
+            owner("group", &f.group)?;
+            match (&f.contents, &f.source) {
+                (Some(_), Some(_)) => {
+                    return Err("give either `contents` or `source`, not both".into());
+                }
+                (None, None) => return Err("missing field `contents` or `source`".into()),
+                _ => {}
+            }
+        }
+        Spec::FileAbsent(f) => {
+            absolute("path", &f.path)?;
+            if f.path.trim_end_matches('/').is_empty() {
+                return Err("field `path`: refusing to remove /".into());
+            }
+        }
+        Spec::FileDirectory(f) => {
+            absolute("path", &f.path)?;
+            owner("user", &f.user)?;
+            owner("group", &f.group)?;
+        }
+        Spec::FileSymlink(f) => {
+            absolute("path", &f.path)?;
+            if f.target.is_empty() || f.target.contains('\0') {
+                return Err("field `target` must be a non-empty path".into());
+            }
+        }
+        Spec::FileLine(f) => {
+            absolute("path", &f.path)?;
+            if let Some(p) = &f.pattern {
+                regex::Regex::new(p).map_err(|e| format!("field `match`: {e}"))?;
+            }
+            match f.ensure {
+                LineEnsure::Present | LineEnsure::Replace if f.line.is_none() => {
+                    return Err("missing field `line` (the line to have in the file)".into());
+                }
+                LineEnsure::Replace if f.pattern.is_none() => {
+                    return Err("missing field `match` (which lines to replace)".into());
+                }
+                LineEnsure::Absent if f.line.is_none() && f.pattern.is_none() => {
+                    return Err("give `line` or `match`: which lines must be absent".into());
+                }
+                _ => {}
+            }
+            if f.line.as_deref().is_some_and(|l| l.contains('\n')) {
+                return Err("field `line` must be one line".into());
+            }
+        }
+        Spec::CmdRun(c) => {
+            command("command", &c.command)?;
+            if let Some(u) = &c.unless {
+                command("unless", u)?;
+            }
+            if let Some(o) = &c.onlyif {
+                command("onlyif", o)?;
+            }
+            if let Some(p) = &c.creates {
+                absolute("creates", p)?;
+            }
+            if let Some(p) = &c.cwd {
+                absolute("cwd", p)?;
+            }
+            if c.timeout.is_some_and(|t| t == 0 || t > 86_400) {
+                return Err("field `timeout` must be 1 to 86400 seconds".into());
+            }
+        }
+        Spec::ServiceRunning(s) | Spec::ServiceDead(s) => {
+            let ok = !s.name.is_empty()
+                && s.name.len() <= 256
+                && s.name.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@' | b':')
+                });
+            if !ok {
+                return Err(format!(
+                    "field `name`: {:?} is not a systemd unit name",
+                    s.name
+                ));
+            }
+        }
+        Spec::PkgInstalled(p) | Spec::PkgRemoved(p) => {
+            let ok = p.name.len() >= 2
+                && p.name.len() <= 128
+                && p.name.as_bytes()[0].is_ascii_alphanumeric()
+                && p.name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.')
+                });
+            if !ok {
+                return Err(format!(
+                    "field `name`: {:?} is not a Debian package name",
+                    p.name
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -122,9 +260,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_in_declaration_order() {
+    fn parses_in_declaration_order_with_requisites() {
         let states = parse_state_file(
             "x.toml",
+            "x",
             r#"
             [b]
             type = "file.managed"
@@ -132,19 +271,23 @@ mod tests {
             contents = "hi"
 
             [a]
-            type = "file.managed"
-            path = "/tmp/a"
-            source = "files/a"
-            mode = "0600"
+            type = "cmd.run"
+            command = "true"
+            require = "b"
+            onchanges = ["b"]
             "#,
         )
         .unwrap();
         assert_eq!(states[0].id, "b");
         assert_eq!(states[1].id, "a");
+        assert_eq!(states[1].requisites.require, vec!["b"]);
+        assert_eq!(states[1].requisites.onchanges, vec!["b"]);
     }
 
     fn err(text: &str) -> String {
-        parse_state_file("web.toml", text).unwrap_err().to_string()
+        parse_state_file("web.toml", "web", text)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -163,8 +306,18 @@ mod tests {
         let e =
             err("[m]\ntype = \"file.managed\"\npath = \"/x\"\ncontents = \"x\"\nmode = \"999\"\n");
         assert!(e.contains("mode"), "{e}");
+        let e = err("[m]\ntype = \"file.managed\"\npath = \"/x\"\ncontents = \"x\"\nmode = 644\n");
+        assert!(e.contains("as a string"), "{e}");
         let e = err("[m]\ntype = \"file.managed\"\npath = \"rel\"\ncontents = \"x\"\n");
         assert!(e.contains("absolute"), "{e}");
+        let e = err("[m]\ntype = \"file.line\"\npath = \"/x\"\nmatch = \"(\"\nline = \"a\"\n");
+        assert!(e.contains("`match`"), "{e}");
+        let e = err("[m]\ntype = \"cmd.run\"\ncommand = \"\"\n");
+        assert!(e.contains("`command`"), "{e}");
+        let e = err("[m]\ntype = \"pkg.installed\"\nname = \"Bad Name\"\n");
+        assert!(e.contains("`name`"), "{e}");
+        let e = err("[m]\ntype = \"cmd.run\"\ncommand = \"x\"\nrequire = 3\n");
+        assert!(e.contains("`require`"), "{e}");
         let e = err("not toml [");
         assert!(e.contains("web.toml: not valid TOML"), "{e}");
     }

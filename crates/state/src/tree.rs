@@ -1,19 +1,70 @@
-//! The master's state tree: a directory of state files (`*.toml`) and the
-//! plain files they use as sources.
+//! The master's state tree: state files (`*.toml`), the top file
+//! (`top.toml`) that says which minions get which states, and the plain
+//! files states use as sources.
 //!
 //! Paths from state files are untrusted input: a source is always relative
 //! to the root, and `..`, absolute paths, NUL bytes and symlinks that lead
 //! out of the root are refused before anything is read (Salt's
 //! CVE-2020-11652 and CVE-2021-25282 were path traversals of this kind).
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
-use crate::parse::{DeclaredSpec, parse_state_file};
-use crate::{FileManaged, Spec, State, StateError};
+use serde::Deserialize;
+
+use crate::parse::parse_state_file;
+use crate::target::Target;
+use crate::template::{Context, render};
+use crate::{Spec, State, StateError};
 
 #[derive(Debug, Clone)]
 pub struct StateTree {
     root: PathBuf,
+}
+
+/// `top.toml`: which states each minion should be in.
+///
+/// ```toml
+/// [[target]]
+/// match = "web* and os:debian"
+/// states = ["motd", "web.nginx"]
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct TopFile {
+    entries: Vec<(Target, Vec<String>)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopDecl {
+    #[serde(default)]
+    target: Vec<TopEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopEntry {
+    #[serde(rename = "match")]
+    target: String,
+    states: Vec<String>,
+}
+
+impl TopFile {
+    /// The states a minion gets, in top-file order, each once.
+    pub fn states_for(&self, id: &str, facts: &HashMap<String, String>) -> Vec<String> {
+        let mut seen = HashSet::new();
+        self.entries
+            .iter()
+            .filter(|(t, _)| t.matches(id, facts))
+            .flat_map(|(_, states)| states.iter())
+            .filter(|s| seen.insert(s.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 impl StateTree {
@@ -25,11 +76,46 @@ impl StateTree {
         &self.root
     }
 
-    /// Reads state `name` (`motd` is `motd.toml`, `web.nginx` is
-    /// `web/nginx.toml`) and resolves it into states ready to send.
+    /// Reads `top.toml` (none is an empty top file).
+    pub fn top(&self) -> Result<TopFile, StateError> {
+        let path = self.root.join("top.toml");
+        let file = path.display().to_string();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TopFile::default()),
+            Err(e) => {
+                return Err(StateError::File {
+                    file,
+                    message: e.to_string(),
+                });
+            }
+        };
+        let decl: TopDecl = toml::from_str(&text).map_err(|e| StateError::File {
+            file: file.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let mut entries = Vec::new();
+        for (i, e) in decl.target.into_iter().enumerate() {
+            let target = Target::parse(&e.target).map_err(|err| StateError::File {
+                file: file.clone(),
+                message: format!("target #{}: {err}", i + 1),
+            })?;
+            for s in &e.states {
+                state_file_path(s).map_err(|err| StateError::File {
+                    file: file.clone(),
+                    message: format!("target #{}: {err}", i + 1),
+                })?;
+            }
+            entries.push((target, e.states));
+        }
+        Ok(TopFile { entries })
+    }
+
+    /// Reads and checks state file `name` (`motd` is `motd.toml`,
+    /// `web.nginx` is `web/nginx.toml`), sources not yet read.
     pub fn load(&self, name: &str) -> Result<Vec<State>, StateError> {
         let rel = state_file_path(name)?;
-        let path = self.resolve(&rel)?;
+        let path = self.resolve_path(&rel)?;
         let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => StateError::NotFound {
                 name: name.to_string(),
@@ -40,43 +126,85 @@ impl StateTree {
                 message: e.to_string(),
             },
         })?;
-        let file = path.display().to_string();
-        let declared = parse_state_file(&file, &text)?;
-        declared
-            .into_iter()
-            .map(|d| {
-                let spec = match d.spec {
-                    DeclaredSpec::FileManaged(f) => {
-                        let contents = match (f.contents, f.source) {
-                            (Some(c), _) => c,
-                            (None, Some(source)) => {
-                                self.read_source(&source).map_err(|e| StateError::Invalid {
-                                    file: file.clone(),
-                                    state: d.id.clone(),
-                                    message: format!("field `source`: {e}"),
-                                })?
-                            }
-                            (None, None) => unreachable!("parse checks contents or source"),
-                        };
-                        Spec::FileManaged(FileManaged {
-                            path: f.path,
-                            contents,
-                            mode: f.mode,
-                            makedirs: f.makedirs,
-                        })
-                    }
-                };
-                Ok(State {
-                    id: d.id,
-                    sls: name.to_string(),
-                    spec,
-                })
-            })
-            .collect()
+        parse_state_file(&path.display().to_string(), name, &text)
+    }
+
+    /// Every state of the named files, checked as a set (unique ids,
+    /// requisites that exist, no cycle) and rendered for one minion:
+    /// sources read, templates filled in.
+    pub fn resolve(&self, names: &[String], ctx: &Context) -> Result<Vec<State>, StateError> {
+        let set = self.load_set(names)?;
+        self.render_set(set, ctx)
+    }
+
+    /// The named files' states, checked as a set, not yet rendered.
+    pub fn load_set(&self, names: &[String]) -> Result<Vec<State>, StateError> {
+        let mut states = Vec::new();
+        let mut seen_files = HashSet::new();
+        for name in names {
+            if seen_files.insert(name.as_str()) {
+                states.extend(self.load(name)?);
+            }
+        }
+        check_set(&states, |s| self.file_of(s))?;
+        Ok(states)
+    }
+
+    /// Whether rendering `states` depends on the minion (a template).
+    pub fn is_templated(states: &[State]) -> bool {
+        states
+            .iter()
+            .any(|s| matches!(&s.spec, Spec::FileManaged(f) if f.template))
+    }
+
+    /// Reads sources and fills in templates for one minion.
+    pub fn render_set(
+        &self,
+        mut states: Vec<State>,
+        ctx: &Context,
+    ) -> Result<Vec<State>, StateError> {
+        for s in &mut states {
+            self.render(s, ctx)?;
+        }
+        Ok(states)
+    }
+
+    fn file_of(&self, s: &State) -> String {
+        self.root
+            .join(state_file_path(&s.sls).unwrap_or_default())
+            .display()
+            .to_string()
+    }
+
+    fn render(&self, s: &mut State, ctx: &Context) -> Result<(), StateError> {
+        let file = self.file_of(s);
+        let Spec::FileManaged(f) = &mut s.spec else {
+            return Ok(());
+        };
+        let invalid = |message: String| StateError::Invalid {
+            file: file.clone(),
+            state: s.id.clone(),
+            message,
+        };
+        let text = match (f.contents.take(), f.source.take()) {
+            (Some(c), _) => c,
+            (None, Some(source)) => self
+                .read_source(&source)
+                .map_err(|e| invalid(format!("field `source`: {e}")))?,
+            (None, None) => return Err(invalid("missing field `contents` or `source`".into())),
+        };
+        let text = if f.template {
+            render(&text, ctx).map_err(|e| invalid(format!("template: {e}")))?
+        } else {
+            text
+        };
+        f.contents = Some(text);
+        f.template = false;
+        Ok(())
     }
 
     fn read_source(&self, source: &str) -> Result<String, StateError> {
-        let path = self.resolve(source)?;
+        let path = self.resolve_path(source)?;
         let bytes = std::fs::read(&path).map_err(|e| StateError::File {
             file: path.display().to_string(),
             message: e.to_string(),
@@ -89,7 +217,7 @@ impl StateTree {
 
     /// Joins an untrusted relative path onto the root, refusing anything
     /// that could end up outside it.
-    pub fn resolve(&self, rel: &str) -> Result<PathBuf, StateError> {
+    pub fn resolve_path(&self, rel: &str) -> Result<PathBuf, StateError> {
         let unsafe_path = |reason: &str| StateError::UnsafePath {
             path: rel.to_string(),
             reason: reason.to_string(),
@@ -127,6 +255,63 @@ impl StateTree {
     }
 }
 
+/// A set of states to run together: ids unique, requisites naming states
+/// in the set, no cycle.
+fn check_set(states: &[State], file_of: impl Fn(&State) -> String) -> Result<(), StateError> {
+    let mut ids: HashMap<&str, &State> = HashMap::new();
+    for s in states {
+        if let Some(first) = ids.insert(s.id.as_str(), s) {
+            return Err(StateError::Invalid {
+                file: file_of(s),
+                state: s.id.clone(),
+                message: format!("the id is also used in {}", file_of(first)),
+            });
+        }
+    }
+    for s in states {
+        for (field, list) in [
+            ("require", &s.requisites.require),
+            ("watch", &s.requisites.watch),
+            ("onchanges", &s.requisites.onchanges),
+            ("onfail", &s.requisites.onfail),
+        ] {
+            for dep in list {
+                if !ids.contains_key(dep.as_str()) {
+                    return Err(StateError::Invalid {
+                        file: file_of(s),
+                        state: s.id.clone(),
+                        message: format!("field `{field}`: no state {dep:?} in this run"),
+                    });
+                }
+                if dep == &s.id {
+                    return Err(StateError::Invalid {
+                        file: file_of(s),
+                        state: s.id.clone(),
+                        message: format!("field `{field}`: a state cannot depend on itself"),
+                    });
+                }
+            }
+        }
+    }
+    crate::engine::order(states)
+        .map(|_| ())
+        .map_err(|e| match e {
+            StateError::Cycle(c) => {
+                let first = c.split(" -> ").next().unwrap_or_default();
+                let file = states
+                    .iter()
+                    .find(|s| s.id == first)
+                    .map(&file_of)
+                    .unwrap_or_default();
+                StateError::File {
+                    file,
+                    message: format!("requisites form a cycle: {c}"),
+                }
+            }
+            other => other,
+        })
+}
+
 /// `web.nginx` -> `web/nginx.toml`, refusing names that are not plain.
 fn state_file_path(name: &str) -> Result<String, StateError> {
     let ok = !name.is_empty()
@@ -152,25 +337,116 @@ mod tests {
     fn tree() -> (tempfile::TempDir, StateTree) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("states/files")).unwrap();
-        std::fs::write(dir.path().join("states/files/motd"), "hello\n").unwrap();
+        std::fs::write(
+            dir.path().join("states/files/motd"),
+            "hello {{ facts.os }}\n",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("secret"), "root key\n").unwrap();
         let t = StateTree::new(dir.path().join("states"));
         (dir, t)
     }
 
+    fn ctx() -> Context {
+        Context {
+            minion: "web1".into(),
+            facts: [("os".to_string(), "debian".to_string())].into(),
+            event: None,
+        }
+    }
+
+    fn contents(s: &State) -> &str {
+        match &s.spec {
+            Spec::FileManaged(f) => f.contents.as_deref().unwrap(),
+            _ => panic!("not file.managed"),
+        }
+    }
+
     #[test]
-    fn loads_and_reads_sources() {
+    fn resolves_sources_and_templates() {
         let (dir, t) = tree();
         std::fs::write(
             dir.path().join("states/motd.toml"),
-            "[motd]\ntype = \"file.managed\"\npath = \"/etc/motd\"\nsource = \"files/motd\"\n",
+            "[plain]\ntype = \"file.managed\"\npath = \"/etc/a\"\nsource = \"files/motd\"\n\
+             [templated]\ntype = \"file.managed\"\npath = \"/etc/b\"\nsource = \"files/motd\"\ntemplate = true\n",
         )
         .unwrap();
-        let states = t.load("motd").unwrap();
-        let Spec::FileManaged(f) = &states[0].spec;
-        assert_eq!(f.contents, "hello\n");
+        let states = t.resolve(&["motd".into()], &ctx()).unwrap();
+        assert_eq!(contents(&states[0]), "hello {{ facts.os }}\n");
+        assert_eq!(contents(&states[1]), "hello debian\n");
         assert!(matches!(t.load("nope"), Err(StateError::NotFound { .. })));
         assert!(t.load("../secret").is_err());
+    }
+
+    #[test]
+    fn checks_the_set() {
+        let (dir, t) = tree();
+        std::fs::write(
+            dir.path().join("states/a.toml"),
+            "[x]\ntype = \"cmd.run\"\ncommand = \"true\"\nrequire = \"missing\"\n",
+        )
+        .unwrap();
+        let e = t.resolve(&["a".into()], &ctx()).unwrap_err().to_string();
+        assert!(
+            e.contains("a.toml")
+                && e.contains("\"x\"")
+                && e.contains("`require`")
+                && e.contains("missing"),
+            "{e}"
+        );
+        std::fs::write(
+            dir.path().join("states/b.toml"),
+            "[x]\ntype = \"cmd.run\"\ncommand = \"true\"\nrequire = \"y\"\n[y]\ntype = \"cmd.run\"\ncommand = \"true\"\nwatch = \"x\"\n",
+        )
+        .unwrap();
+        let e = t.resolve(&["b".into()], &ctx()).unwrap_err().to_string();
+        assert!(
+            e.contains("cycle") && e.contains("x") && e.contains("y"),
+            "{e}"
+        );
+        std::fs::write(
+            dir.path().join("states/c.toml"),
+            "[x]\ntype = \"cmd.run\"\ncommand = \"true\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("states/d.toml"),
+            "[x]\ntype = \"cmd.run\"\ncommand = \"true\"\n",
+        )
+        .unwrap();
+        let e = t
+            .resolve(&["c".into(), "d".into()], &ctx())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("also used"), "{e}");
+        std::fs::write(
+            dir.path().join("states/e.toml"),
+            "[x]\ntype = \"file.managed\"\npath = \"/x\"\ncontents = \"{{ nope }}\"\ntemplate = true\n",
+        )
+        .unwrap();
+        let e = t.resolve(&["e".into()], &ctx()).unwrap_err().to_string();
+        assert!(e.contains("template") && e.contains("\"x\""), "{e}");
+    }
+
+    #[test]
+    fn the_top_file_picks_states_by_target() {
+        let (dir, t) = tree();
+        std::fs::write(
+            dir.path().join("states/top.toml"),
+            "[[target]]\nmatch = \"*\"\nstates = [\"base\"]\n\
+             [[target]]\nmatch = \"web* and os:debian\"\nstates = [\"web\", \"base\"]\n",
+        )
+        .unwrap();
+        let top = t.top().unwrap();
+        let debian: HashMap<String, String> = [("os".to_string(), "debian".to_string())].into();
+        assert_eq!(top.states_for("web1", &debian), vec!["base", "web"]);
+        assert_eq!(top.states_for("db1", &debian), vec!["base"]);
+        std::fs::write(
+            dir.path().join("states/top.toml"),
+            "[[target]]\nmatch = \"(web\"\nstates = [\"x\"]\n",
+        )
+        .unwrap();
+        assert!(t.top().unwrap_err().to_string().contains("target #1"));
     }
 
     #[test]
@@ -184,7 +460,7 @@ mod tests {
             "",
         ] {
             assert!(
-                matches!(t.resolve(bad), Err(StateError::UnsafePath { .. })),
+                matches!(t.resolve_path(bad), Err(StateError::UnsafePath { .. })),
                 "{bad:?} should be refused"
             );
         }
@@ -193,8 +469,8 @@ mod tests {
             dir.path().join("states/files/link"),
         )
         .unwrap();
-        let e = t.resolve("files/link").unwrap_err().to_string();
+        let e = t.resolve_path("files/link").unwrap_err().to_string();
         assert!(e.contains("symlink"), "{e}");
-        assert!(t.resolve("files/motd").is_ok());
+        assert!(t.resolve_path("files/motd").is_ok());
     }
 }

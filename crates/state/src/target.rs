@@ -1,0 +1,190 @@
+//! Targets: which minions a command or a top-file entry is for.
+//!
+//! ```text
+//! web*                         minion id glob
+//! web1,web2                    a list of ids
+//! os:debian                    a fact (value is a glob): os, os_version,
+//! label.role:web               kernel, hostname, arch, label.<name>
+//! web* and not label.env:prod  combined with and / or / not, ( )
+//! ```
+
+use std::collections::HashMap;
+
+use globset::{Glob, GlobMatcher};
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("bad target {target:?}: {message}")]
+pub struct TargetError {
+    pub target: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Any of these id globs.
+    Ids(Vec<GlobMatcher>),
+    Fact {
+        name: String,
+        value: GlobMatcher,
+    },
+    And(Box<Target>, Box<Target>),
+    Or(Box<Target>, Box<Target>),
+    Not(Box<Target>),
+}
+
+impl Target {
+    pub fn parse(text: &str) -> Result<Self, TargetError> {
+        let err = |message: String| TargetError {
+            target: text.to_string(),
+            message,
+        };
+        let spaced = text.replace('(', " ( ").replace(')', " ) ");
+        let tokens: Vec<&str> = spaced.split_whitespace().collect();
+        if tokens.is_empty() {
+            return Err(err("it is empty".into()));
+        }
+        let mut pos = 0;
+        let t = parse_or(&tokens, &mut pos).map_err(err)?;
+        if pos != tokens.len() {
+            return Err(err(format!("unexpected {:?}", tokens[pos])));
+        }
+        Ok(t)
+    }
+
+    pub fn matches(&self, id: &str, facts: &HashMap<String, String>) -> bool {
+        match self {
+            Target::Ids(globs) => globs.iter().any(|g| g.is_match(id)),
+            Target::Fact { name, value } => facts.get(name).is_some_and(|v| value.is_match(v)),
+            Target::And(a, b) => a.matches(id, facts) && b.matches(id, facts),
+            Target::Or(a, b) => a.matches(id, facts) || b.matches(id, facts),
+            Target::Not(a) => !a.matches(id, facts),
+        }
+    }
+
+    /// For a plain list of exact ids (`web1,web2`), the ids: such a target
+    /// names minions the master may not have heard from yet.
+    pub fn exact_ids(&self) -> Option<Vec<String>> {
+        match self {
+            Target::Ids(globs) => globs
+                .iter()
+                .map(|g| {
+                    let s = g.glob().glob();
+                    (!s.contains(['*', '?', '[', '{'])).then(|| s.to_string())
+                })
+                .collect(),
+            _ => None,
+        }
+    }
+}
+
+fn parse_or(t: &[&str], pos: &mut usize) -> Result<Target, String> {
+    let mut left = parse_and(t, pos)?;
+    while t.get(*pos) == Some(&"or") {
+        *pos += 1;
+        left = Target::Or(Box::new(left), Box::new(parse_and(t, pos)?));
+    }
+    Ok(left)
+}
+
+fn parse_and(t: &[&str], pos: &mut usize) -> Result<Target, String> {
+    let mut left = parse_not(t, pos)?;
+    while t.get(*pos) == Some(&"and") {
+        *pos += 1;
+        left = Target::And(Box::new(left), Box::new(parse_not(t, pos)?));
+    }
+    Ok(left)
+}
+
+fn parse_not(t: &[&str], pos: &mut usize) -> Result<Target, String> {
+    if t.get(*pos) == Some(&"not") {
+        *pos += 1;
+        return Ok(Target::Not(Box::new(parse_not(t, pos)?)));
+    }
+    parse_atom(t, pos)
+}
+
+fn glob(s: &str) -> Result<GlobMatcher, String> {
+    Glob::new(s)
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("bad glob {s:?}: {e}"))
+}
+
+fn parse_atom(t: &[&str], pos: &mut usize) -> Result<Target, String> {
+    let Some(tok) = t.get(*pos) else {
+        return Err("it ends where a minion or fact was expected".into());
+    };
+    *pos += 1;
+    match *tok {
+        "(" => {
+            let inner = parse_or(t, pos)?;
+            if t.get(*pos) != Some(&")") {
+                return Err("a `(` is not closed".into());
+            }
+            *pos += 1;
+            Ok(inner)
+        }
+        ")" | "and" | "or" => Err(format!("unexpected {tok:?}")),
+        term => match term.split_once(':') {
+            Some((name, value)) => {
+                if name.is_empty() || value.is_empty() {
+                    return Err(format!("{term:?}: a fact match is name:value"));
+                }
+                Ok(Target::Fact {
+                    name: name.to_string(),
+                    value: glob(value)?,
+                })
+            }
+            None => Ok(Target::Ids(
+                term.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(glob)
+                    .collect::<Result<_, _>>()?,
+            )),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn ids_facts_and_combinations() {
+        let debian_web = facts(&[("os", "debian"), ("label.role", "web")]);
+        let ubuntu_db = facts(&[("os", "ubuntu"), ("label.role", "db")]);
+        let m = |t: &str, id: &str, f: &HashMap<String, String>| {
+            Target::parse(t).unwrap().matches(id, f)
+        };
+        assert!(m("web*", "web1", &debian_web));
+        assert!(!m("web*", "db1", &debian_web));
+        assert!(m("web1,db1", "db1", &ubuntu_db));
+        assert!(m("os:debian", "x", &debian_web));
+        assert!(!m("os:debian", "x", &ubuntu_db));
+        assert!(m("label.role:w*", "x", &debian_web));
+        assert!(m("web* and os:debian", "web1", &debian_web));
+        assert!(!m("web* and os:debian", "web1", &ubuntu_db));
+        assert!(m("os:debian or label.role:db", "db1", &ubuntu_db));
+        assert!(m("not os:debian", "db1", &ubuntu_db));
+        assert!(m(
+            "(web* or db*) and not label.role:db",
+            "web1",
+            &debian_web
+        ));
+        assert!(!m("(web* or db*) and not label.role:db", "db1", &ubuntu_db));
+        assert_eq!(
+            Target::parse("web1,web2").unwrap().exact_ids(),
+            Some(vec!["web1".into(), "web2".into()])
+        );
+        assert_eq!(Target::parse("web*").unwrap().exact_ids(), None);
+        for bad in ["", "(web*", "web* and", "and", "os:", "a[", "web* web2"] {
+            assert!(Target::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}

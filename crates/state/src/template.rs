@@ -1,0 +1,87 @@
+//! File templates: minijinja, sandboxed, rendered on the master.
+//!
+//! A template sees `minion` (the id), `facts` (os, kernel, hostname, arch,
+//! `label.<name>`) and, when a rule triggered the run, `event` (its
+//! minion, tag, seq, time and data). It can read nothing else: the
+//! environment has no loader (`include`, `import` and `extends` find
+//! nothing), no function reaches the file system or runs a command (Salt's
+//! CVE-2021-25283 was an unsandboxed Jinja), undefined names are errors,
+//! and a fuel limit stops runaway loops.
+
+use std::collections::BTreeMap;
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde::Serialize;
+
+/// Steps a template may take before it is stopped.
+const FUEL: u64 = 1_000_000;
+
+/// What a template can see.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Context {
+    pub minion: String,
+    pub facts: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<serde_json::Value>,
+}
+
+/// Renders `source`; errors say what went wrong and where in it.
+pub fn render(source: &str, ctx: &Context) -> Result<String, String> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
+    env.set_keep_trailing_newline(true);
+    env.render_str(source, ctx).map_err(|e| {
+        let mut msg = e.to_string();
+        if let Some(line) = e.line() {
+            msg = format!("line {line}: {msg}");
+        }
+        msg
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Context {
+        Context {
+            minion: "web1".into(),
+            facts: [("os".to_string(), "debian".to_string())].into(),
+            event: Some(
+                serde_json::json!({"tag": "minion/web1/beacon/x", "data": {"path": "/etc/motd"}}),
+            ),
+        }
+    }
+
+    #[test]
+    fn renders_facts_and_the_event() {
+        let out = render(
+            "{{ minion }} runs {{ facts.os }}; {{ event.data.path }}\n",
+            &ctx(),
+        )
+        .unwrap();
+        assert_eq!(out, "web1 runs debian; /etc/motd\n");
+    }
+
+    #[test]
+    fn reads_no_files_runs_nothing_and_stops() {
+        for bad in [
+            "{% include '/etc/passwd' %}",
+            "{% import '/etc/passwd' as p %}",
+            "{% extends '/etc/passwd' %}",
+            "{{ open('/etc/passwd') }}",
+            "{{ self.__init__.__globals__ }}",
+            "{{ ''.__class__.__mro__ }}",
+            "{{ undefined_thing }}",
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        ] {
+            let r = render(bad, &ctx());
+            assert!(
+                r.is_err(),
+                "{bad} rendered: {:?}",
+                r.map(|s| s.chars().take(60).collect::<String>())
+            );
+        }
+    }
+}

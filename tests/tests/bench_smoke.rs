@@ -49,6 +49,7 @@ fn every_benchmark_runs_at_a_tiny_size() {
     bench(&["outbox", "--events", "200"]);
     bench(&["seal", "--events", "2000"]);
     bench(&["states", "--count", "20", "--runs", "2"]);
+    bench(&["rules", "--events", "1000"]);
 }
 
 #[test]

@@ -92,6 +92,12 @@ enum Cmd {
         #[arg(long, default_value_t = 100_000)]
         events: u64,
     },
+    /// Events per second through the reactor (matching and conditions)
+    /// with 10, 100 and 1,000 rules.
+    Rules {
+        #[arg(long, default_value_t = 500_000)]
+        events: usize,
+    },
     /// N file.managed states that are already correct, applied by the
     /// minion's engine.
     States {
@@ -142,6 +148,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Outbox { events } => measure::outbox(events).map(Some),
         Cmd::Seal { events } => measure::seal(events).map(Some),
         Cmd::States { count, runs } => measure::states(count, runs).map(Some),
+        Cmd::Rules { events } => measure::rules(events).map(Some),
         Cmd::FleetWorker {
             first,
             count,

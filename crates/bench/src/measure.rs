@@ -646,3 +646,43 @@ pub fn states(count: usize, runs: usize) -> anyhow::Result<Report> {
     );
     Ok(r)
 }
+
+/// The reactor alone: events per second through tag matching and CEL
+/// conditions with 10, 100 and 1,000 rules, in this process (each event
+/// matches one rule and evaluates its two-clause condition).
+pub fn rules(events: usize) -> anyhow::Result<Report> {
+    let mut r = Report::new("rules", format!("rules: {events} events through the reactor, one core"));
+    let batch: Vec<tend_proto::v1::Event> = (0..events)
+        .map(|i| tend_proto::v1::Event {
+            minion: format!("web{}", i % 50),
+            seq: i as u64 + 1,
+            tag: format!("minion/web{}/event/bench/{}", i % 50, i % 100),
+            time_us: 1,
+            data: format!("{{\"v\":{i},\"path\":\"/etc/motd\"}}").into_bytes(),
+            cause: 0,
+        })
+        .collect();
+    for n in [10, 100, 1000] {
+        let mut text = String::new();
+        for i in 0..n {
+            text.push_str(&format!(
+                "[[rule]]\nname = \"r{i}\"\non = \"minion/*/event/bench/{}\"\nwhen = 'event.data.v < 0 && event.minion == \"nobody\"'\n[[rule.action]]\nfire = \"x\"\n\n",
+                i % 100
+            ));
+        }
+        let rules = std::sync::Arc::new(tend_reactor::Rules::from_texts(&[("bench.toml".into(), text)])?);
+        let mut reactor = tend_reactor::Reactor::new(rules);
+        let now = tokio::time::Instant::now();
+        let start = Instant::now();
+        let mut fired = 0;
+        for e in &batch {
+            fired += reactor.on_event(e, now).len();
+        }
+        let took = start.elapsed();
+        if fired != 0 {
+            bail!("conditions that are never true fired {fired} times");
+        }
+        r.figure(&format!("{n} rules"), events as f64 / took.as_secs_f64(), "events/s");
+    }
+    Ok(r)
+}

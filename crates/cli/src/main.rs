@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tend_bus::ControlClient;
 use tend_proto::v1::{
     ApplyCommand, ChangeKeys, GetJob, GetStatus, ListEvents, ListJobs, ListKeys, ListMinions,
-    PingMinions, control_reply, control_request,
+    PingMinions, ReloadRules, RunCommand, control_reply, control_request,
 };
 
 #[derive(Parser)]
@@ -121,6 +121,25 @@ enum Command {
     },
     /// Show the master's counters.
     Status,
+    /// Run a command on minions and show what each one printed.
+    #[command(
+        after_help = "Examples:\n  tend run web1 -- uptime\n  tend run 'label.role:web' -- systemctl is-active nginx\n  tend run '*' -- 'df -h / | tail -1'"
+    )]
+    Run {
+        /// Minions, as for apply.
+        target: String,
+        /// The command: one argument is run by `sh -c`; several, directly.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+        /// Seconds to wait for the minions.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// The reactor's rules: reload them, or try one on an event offline.
+    Reactor {
+        #[command(subcommand)]
+        what: ReactorCommand,
+    },
     /// Manage minion and operator keys (like salt-key).
     #[command(
         after_help = "Examples:\n  tend keys list\n  tend keys accept 'web*'\n  tend keys reject db3\n  tend keys accept --operator alice"
@@ -128,6 +147,26 @@ enum Command {
     Keys {
         #[command(subcommand)]
         what: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReactorCommand {
+    /// Read reactor.d again (as SIGHUP does). A bad file is refused and the
+    /// rules in force stay.
+    Reload,
+    /// Say what an event would do under a rule file, and why, without a
+    /// master.
+    #[command(
+        after_help = "Example:\n  tend events --tag 'minion/web1/*' --limit 1 --json > e.json\n  tend reactor test reactor.d/restore.toml --event e.json"
+    )]
+    Test {
+        /// A rule file.
+        rule_file: PathBuf,
+        /// A JSON event: as `tend events --json` prints one, or just
+        /// {"minion": ..., "tag": ..., "data": {...}}.
+        #[arg(long)]
+        event: PathBuf,
     },
 }
 
@@ -185,6 +224,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let json = cli.json || cli.output == Output::Json;
+    if let Command::Reactor {
+        what: ReactorCommand::Test { rule_file, event },
+    } = &cli.command
+    {
+        return reactor_test(rule_file, event);
+    }
     let mut client = connect(&cli)?;
     match cli.command {
         Command::Events {
@@ -357,6 +402,64 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         show::job(&job);
                     }
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            target,
+            command,
+            timeout,
+        } => {
+            let timeout = Duration::from_secs(timeout.max(1));
+            let mut job = None;
+            call(
+                &mut client,
+                control_request::Body::Run(RunCommand {
+                    target,
+                    argv: command,
+                    timeout_ms: timeout.as_millis() as u32,
+                }),
+                timeout + QUERY_TIMEOUT,
+                |body| match body {
+                    control_reply::Body::MinionResult(r) if !json => show::run_result(&r),
+                    control_reply::Body::Job(j) => job = Some(j),
+                    _ => {}
+                },
+            )?;
+            let job = job.ok_or_else(|| anyhow!("the master ended the run without a job"))?;
+            if json {
+                println!("{}", json::job(&job));
+            } else {
+                show::job_summary(&job);
+            }
+            let failed = job.minions.iter().any(|m| m.status != "ok");
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Reactor { what } => {
+            match what {
+                ReactorCommand::Reload => {
+                    let mut rules = 0;
+                    call(
+                        &mut client,
+                        control_request::Body::ReloadRules(ReloadRules {}),
+                        QUERY_TIMEOUT,
+                        |body| {
+                            if let control_reply::Body::Reloaded(r) = body {
+                                rules = r.rules;
+                            }
+                        },
+                    )?;
+                    if json {
+                        println!("{}", serde_json::json!({"rules": rules}));
+                    } else {
+                        println!("reloaded: {rules} rule(s) in force");
+                    }
+                }
+                ReactorCommand::Test { .. } => unreachable!("handled before connecting"),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -556,4 +659,35 @@ fn parse_since(s: &str) -> anyhow::Result<i64> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0))
+}
+
+/// `tend reactor test`: the master's own matching and conditions, offline.
+fn reactor_test(rule_file: &Path, event_file: &Path) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(rule_file)
+        .with_context(|| format!("cannot read the rule file {}", rule_file.display()))?;
+    let rules = tend_reactor::Rules::from_texts(&[(rule_file.display().to_string(), text)])?;
+    let raw = std::fs::read_to_string(event_file)
+        .with_context(|| format!("cannot read the event {}", event_file.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(raw.lines().find(|l| !l.trim().is_empty()).unwrap_or("{}"))
+            .with_context(|| format!("{}: not a JSON event", event_file.display()))?;
+    let tag = v["tag"]
+        .as_str()
+        .ok_or_else(|| anyhow!("{}: the event has no \"tag\"", event_file.display()))?;
+    let event = tend_proto::v1::Event {
+        minion: v["minion"].as_str().unwrap_or_default().to_string(),
+        seq: v["seq"].as_u64().unwrap_or(0),
+        tag: tag.to_string(),
+        time_us: tend_proto::now_us(),
+        data: v
+            .get("data")
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "{}".into())
+            .into_bytes(),
+        cause: v["cause"].as_u64().unwrap_or(0),
+    };
+    for line in tend_reactor::Reactor::explain(&rules, &event) {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
 }

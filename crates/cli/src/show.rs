@@ -304,3 +304,26 @@ pub fn pong(p: &tend_proto::v1::PingResult) {
         println!("{}: no answer: {}", p.minion, p.error);
     }
 }
+
+pub fn run_result(r: &MinionResult) {
+    println!(
+        "{}: {} ({:.1} ms)",
+        r.minion,
+        r.status,
+        r.duration_us as f64 / 1000.0
+    );
+    if !r.error.is_empty() {
+        println!("  {}", r.error);
+    }
+    for s in &r.results {
+        let out: serde_json::Value = serde_json::from_slice(&s.changes_json).unwrap_or_default();
+        for (stream, text) in [("", &out["stdout"]), ("stderr: ", &out["stderr"])] {
+            for line in text.as_str().unwrap_or("").lines() {
+                println!("  {stream}{line}");
+            }
+        }
+        if out["status"] != 0 {
+            println!("  {}", s.comment);
+        }
+    }
+}

@@ -8,8 +8,8 @@ use tend_bus::KeyState;
 use tend_bus::Responder;
 use tend_proto::v1::{
     ApplyCommand, ControlRequest, EventList, Failure, JobList, KeyInfo, KeyList, KeysChanged,
-    ListEvents, MinionInfo, MinionList, PeerKind, PingMinions, PingResult, Status, control_reply,
-    control_request,
+    ListEvents, MinionInfo, MinionList, PeerKind, PingMinions, PingResult, RulesReloaded, Status,
+    control_reply, control_request,
 };
 use tend_store::EventFilter;
 use tokio::sync::mpsc;
@@ -132,6 +132,22 @@ async fn handle(master: &Arc<Master>, out: &Responder, req: ControlRequest) -> R
             }
         }
         control_request::Body::Ping(p) => ping(master, out, p).await,
+        control_request::Body::ReloadRules(_) => {
+            let rules = master.reload_rules().await?;
+            send(out, control_reply::Body::Reloaded(RulesReloaded { rules: rules as u32 }))
+        }
+        control_request::Body::Run(cmd) => {
+            if cmd.argv.is_empty() || cmd.argv[0].is_empty() {
+                return Err("give a command to run".into());
+            }
+            let minions = master.resolve_target(&cmd.target)?;
+            let timeout = Duration::from_millis(if cmd.timeout_ms == 0 { 60_000 } else { u64::from(cmd.timeout_ms) });
+            let job = crate::react::run_command(master, minions, cmd.argv, timeout, "", None).await;
+            for r in &job.minions {
+                let _ = out.send(control_reply::Body::MinionResult(r.clone()), true);
+            }
+            send(out, control_reply::Body::Job(job))
+        }
         control_request::Body::SendEvents(_) => Err(
             "events are sent through a minion (`tend-minion send` on that server), not to the master".into(),
         ),

@@ -173,41 +173,19 @@ async fn ingest(master: &Arc<Master>, batch: Batch) {
         return;
     }
     let n = appended.stored.len() as u64;
-    if let Err(e) = master.reactor.try_send(appended.stored) {
+    let batch = crate::react::ReactorMsg::Events(appended.stored);
+    if let Err(e) = master.reactor.try_send(batch) {
         add(&master.counters.reactor_dropped, n);
         tracing::error!(
             events = n,
             "the reactor is behind: these events were stored but not evaluated"
         );
-        if !matches!(e, mpsc::error::TrySendError::Closed(_)) {
+        if matches!(e, std::sync::mpsc::TrySendError::Full(_)) {
             master.emit(
                 "",
                 "master/reactor/dropped".into(),
                 json!({"events": n, "reason": "the reactor queue was full"}),
             );
-        }
-    }
-}
-
-/// The reactor's thread: every stored event through the rules, in order.
-pub fn reactor(
-    master: std::sync::Weak<Master>,
-    mut batches: mpsc::Receiver<Vec<tend_proto::v1::StoredEvent>>,
-    rt: tokio::runtime::Handle,
-) {
-    let _guard = rt.enter();
-    while let Some(batch) = batches.blocking_recv() {
-        let Some(master) = master.upgrade() else {
-            return;
-        };
-        let rules = master.rules();
-        add(&master.counters.events_evaluated, batch.len() as u64);
-        for rec in &batch {
-            let Some(event) = &rec.event else { continue };
-            for reaction in rules.evaluate(event) {
-                add(&master.counters.reactions, 1);
-                crate::jobs::react(&master, &reaction, event);
-            }
         }
     }
 }

@@ -15,7 +15,6 @@ use serde_json::json;
 use tend_bus::BusError;
 use tend_proto::now_us;
 use tend_proto::v1::{ApplyRequest, Event, Job, MinionResult, Outcome, reply, request};
-use tend_reactor::{Action, Reaction};
 use tokio::sync::mpsc;
 
 use crate::master::{Master, add};
@@ -101,52 +100,66 @@ pub async fn run_apply(
         results.push(r);
     }
     results.sort_by(|a, b| a.minion.cmp(&b.minion));
-    job.status = overall(&results).into();
     job.minions = results;
+    finish(master, job, Some(running))
+}
+
+/// Ends a job: its status from its minions' results, recorded (after the
+/// "running" record, when there was one, so the final one wins; and after
+/// the caller has its answer), and announced per minion as an event
+/// `minion/<id>/job/<job>/<status>` (or `job/<job>/<status>` for no
+/// minion) that rules can react to.
+pub fn finish(
+    master: &Arc<Master>,
+    mut job: Job,
+    running: Option<tokio::task::JoinHandle<()>>,
+) -> Job {
+    job.status = overall(&job.minions).into();
     job.finished_us = now_us();
     if job.status == "failed" {
         add(&master.counters.jobs_failed, 1);
     }
-    // Recorded after the caller has its answer (after the "running"
-    // record, so the final one wins).
     {
         let (master, job) = (master.clone(), job.clone());
         tokio::spawn(async move {
-            let _ = running.await;
+            if let Some(r) = running {
+                let _ = r.await;
+            }
             save_job(&master, &job).await;
         });
     }
     for r in &job.minions {
-        let changed: Vec<&str> = r
-            .results
-            .iter()
-            .filter(|s| s.outcome == Outcome::Changed as i32)
-            .map(|s| s.id.as_str())
-            .collect();
-        let failed: Vec<&str> = r
-            .results
-            .iter()
-            .filter(|s| s.outcome == Outcome::Failed as i32)
-            .map(|s| s.id.as_str())
-            .collect();
+        let ids = |o: Outcome| -> Vec<&str> {
+            r.results
+                .iter()
+                .filter(|s| s.outcome == o as i32)
+                .map(|s| s.id.as_str())
+                .collect()
+        };
+        let tag = if r.minion.is_empty() {
+            format!("job/{}/{}", job.id, r.status)
+        } else {
+            format!("minion/{}/job/{}/{}", r.minion, job.id, r.status)
+        };
         master.emit(
             &r.minion,
-            format!("minion/{}/job/{}/{}", r.minion, job.id, r.status),
+            tag,
             json!({
                 "job": job.id,
+                "kind": job.kind,
                 "rule": job.rule,
                 "states": job.states,
                 "test": job.test,
                 "status": r.status,
                 "error": r.error,
-                "changed": changed,
-                "failed": failed,
+                "changed": ids(Outcome::Changed),
+                "failed": ids(Outcome::Failed),
                 "trigger_seq": job.trigger_seq,
                 "trigger_tag": job.trigger_tag,
             }),
         );
     }
-    tracing::info!(job = job.id, status = %job.status, ms = (job.finished_us - job.created_us) / 1000, "job finished");
+    tracing::info!(job = job.id, kind = %job.kind, status = %job.status, ms = (job.finished_us - job.created_us) / 1000, "job finished");
     job
 }
 
@@ -363,11 +376,11 @@ async fn save_job(master: &Master, job: &Job) {
 
 /// For one (minion, states, test): whether an apply is running, and the
 /// trigger of the one waiting behind it.
-type Key = (String, Vec<String>, bool);
+pub(crate) type Key = (String, Vec<String>, bool);
 
-struct Trigger {
-    rule: Arc<str>,
-    event: Event,
+pub(crate) struct Trigger {
+    pub rule: Arc<str>,
+    pub event: Event,
 }
 
 #[derive(Default)]
@@ -375,45 +388,9 @@ pub(crate) struct Coalescer {
     queue: Mutex<HashMap<Key, Option<Trigger>>>,
 }
 
-/// Turns a matched rule into jobs.
-pub fn react(master: &Arc<Master>, reaction: &Reaction, event: &Event) {
-    for action in &reaction.actions {
-        match action {
-            Action::Apply {
-                target,
-                states,
-                test,
-            } => {
-                let minions = match target {
-                    None if event.minion.is_empty() => {
-                        tracing::warn!(rule = %reaction.rule, tag = %event.tag, "rule applies to the event's minion, but the event has none");
-                        continue;
-                    }
-                    None => vec![event.minion.clone()],
-                    Some(t) => match master.resolve_target(t) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            tracing::warn!(rule = %reaction.rule, error = %e, "rule target matches nothing");
-                            continue;
-                        }
-                    },
-                };
-                for minion in minions {
-                    enqueue(
-                        master,
-                        (minion, states.clone(), *test),
-                        Trigger {
-                            rule: reaction.rule.clone(),
-                            event: event.clone(),
-                        },
-                    );
-                }
-            }
-        }
-    }
-}
-
-fn enqueue(master: &Arc<Master>, key: Key, trigger: Trigger) {
+/// Queues an apply for one minion from a rule, coalesced with the ones
+/// already running or waiting for the same minion and states.
+pub(crate) fn enqueue(master: &Arc<Master>, key: Key, trigger: Trigger) {
     {
         let mut queue = master
             .reactions

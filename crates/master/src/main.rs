@@ -6,6 +6,7 @@ mod control;
 mod ingest;
 mod jobs;
 mod master;
+mod react;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -77,7 +78,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
-    let rules = Rules::load_dir(&cfg.reactor_dir)?;
+    let rules = Arc::new(Rules::load_dir(&cfg.reactor_dir)?);
     if args.check_config {
         println!(
             "{}: ok ({} rule(s) in {})",
@@ -138,7 +139,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         })
         .collect();
     let (local_tx, local_rx) = mpsc::channel(4096);
-    let (reactor_tx, reactor_rx) = mpsc::channel(64);
+    let (reactor_tx, reactor_rx) = std::sync::mpsc::sync_channel(64);
     tracing::info!(
         events = %cfg.event_endpoint,
         commands = %cfg.command_endpoint,
@@ -157,7 +158,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         bus_stats,
         keys,
         fingerprint: identity.fingerprint(),
-        rules: RwLock::new(Arc::new(rules)),
+        rules: RwLock::new(rules.clone()),
         counters: Default::default(),
         minions: Mutex::new(minions),
         local: local_tx,
@@ -170,7 +171,18 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         let (master, rt) = (Arc::downgrade(&master), tokio::runtime::Handle::current());
         std::thread::Builder::new()
             .name("reactor".into())
-            .spawn(move || ingest::reactor(master, reactor_rx, rt))?;
+            .spawn(move || react::run(master, reactor_rx, rt, rules))?;
+    }
+    {
+        // SIGHUP: read the rules again, as daemons do.
+        let master = master.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the rules");
+                let _ = master.reload_rules().await;
+            }
+        });
     }
 
     let ingest = tokio::spawn(ingest::run(

@@ -38,6 +38,8 @@ counters! {
         events_lost,
         /// Rules that matched an event and acted.
         reactions,
+        /// Actions a throttle (once_within, max_rate) held back.
+        reactions_throttled,
         /// Reactions folded into an apply already running or pending for
         /// the same minion and states.
         reactions_coalesced,
@@ -76,8 +78,9 @@ pub struct Master {
     pub local: mpsc::Sender<Event>,
     pub started_us: i64,
     pub(crate) reactions: crate::jobs::Coalescer,
-    /// Stored events on their way to the reactor's thread.
-    pub reactor: mpsc::Sender<Vec<tend_proto::v1::StoredEvent>>,
+    /// Stored events (and rule reloads) on their way to the reactor's
+    /// thread; bounded.
+    pub reactor: std::sync::mpsc::SyncSender<crate::react::ReactorMsg>,
     /// Per minion, the gap a replay was last asked for, and when.
     pub replays: Mutex<HashMap<String, (u64, std::time::Instant)>>,
 }
@@ -102,6 +105,39 @@ impl Master {
 
     pub fn rules(&self) -> Arc<Rules> {
         self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads reactor.d again. A bad file is refused (with its file, rule
+    /// and error) and the rules in force stay.
+    pub async fn reload_rules(&self) -> Result<usize, String> {
+        let dir = self.cfg.reactor_dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || Rules::load_dir(&dir))
+            .await
+            .map_err(|e| e.to_string())?;
+        let rules = match loaded {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                tracing::error!(error = %e, "rules not reloaded; the old ones stay in force");
+                self.emit(
+                    "",
+                    "master/reactor/reload-failed".into(),
+                    serde_json::json!({"error": e.to_string()}),
+                );
+                return Err(format!("{e} (the rules in force are unchanged)"));
+            }
+        };
+        let n = rules.len();
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rules.clone();
+        let tx = self.reactor.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || tx.send(crate::react::ReactorMsg::Reload(rules)))
+                .await;
+        self.emit(
+            "",
+            "master/reactor/reloaded".into(),
+            serde_json::json!({"rules": n}),
+        );
+        Ok(n)
     }
 
     /// Minion ids matching `target`: an id glob, a comma-separated list

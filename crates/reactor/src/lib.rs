@@ -1,24 +1,35 @@
 //! tend-reactor: rules that turn events into actions.
 //!
 //! Rules live in `reactor.d/*.toml`. Each has tag globs (`on`), an optional
-//! condition in CEL (`when`) and actions. Every rule's globs are compiled
-//! into one [`globset::GlobSet`], so an event is matched against all rules
-//! in one pass; only the rules whose globs matched evaluate their condition.
+//! condition in CEL (`when`), optional correlation (`count` within
+//! `window`; a condition held `for` a while), throttles (`debounce`,
+//! `once_within`, `max_rate`), grouped per minion or any event field
+//! (`group_by`), and actions (`apply` states, `run` a command, `fire` an
+//! event, call a `webhook`). Every rule's globs are compiled into one
+//! [`globset::GlobSet`], so an event is matched against all rules in one
+//! pass; only the rules whose globs matched evaluate their condition.
 //!
 //! ```toml
 //! [[rule]]
-//! name = "restore-motd"
-//! on = ["minion/*/beacon/motd/*"]
-//! when = 'event.data.kind != "deleted"'
+//! name = "brute-force"
+//! on = "minion/*/beacon/login/*"
+//! when = 'event.data.kind == "failed"'
+//! count = 5
+//! window = "60s"
+//! once_within = "10m"
 //!
 //! [[rule.action]]
-//! apply = ["motd"]          # to the event's minion unless `target` is set
+//! run = ["nft", "add", "element", "inet", "filter", "blocked", "{ {{ event.data.host }} }"]
 //! ```
 //!
 //! Events caused by a job (a restore's own file write) carry the job as
 //! their cause; rules skip them unless they set `caused = true`. That is
 //! what stops a restore from triggering itself.
 
+mod policy;
+mod reactor;
 mod rules;
 
-pub use rules::{Action, Reaction, RuleError, Rules};
+pub use policy::{Policy, Step, Track};
+pub use reactor::{Fire, Reactor};
+pub use rules::{Action, Match, Rule, RuleError, Rules, group_key};

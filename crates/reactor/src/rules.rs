@@ -3,10 +3,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use tend_proto::v1::Event;
+
+use crate::policy::Policy;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: rule {rule:?}: {message}")]
@@ -34,6 +37,25 @@ struct RuleDecl {
     /// trigger itself).
     #[serde(default)]
     caused: bool,
+    /// Event fields that split the events into independent groups for
+    /// counting and throttling: `minion` (the default), `tag`, `data.<path>`.
+    #[serde(default)]
+    group_by: Option<Vec<String>>,
+    /// With `window`: act when this many events arrived within it.
+    #[serde(default)]
+    count: Option<usize>,
+    #[serde(default)]
+    window: Option<String>,
+    /// Act when `when` has held this long without an event breaking it.
+    #[serde(default, rename = "for")]
+    hold: Option<String>,
+    #[serde(default)]
+    debounce: Option<String>,
+    #[serde(default)]
+    once_within: Option<String>,
+    /// `N/period`, e.g. `3/1m`.
+    #[serde(default)]
+    max_rate: Option<String>,
     #[serde(default)]
     action: Vec<ActionDecl>,
 }
@@ -45,19 +67,46 @@ enum OneOrMany {
     Many(Vec<String>),
 }
 
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ActionDecl {
     /// States to apply.
-    apply: Vec<String>,
-    /// Minion id glob or list; the event's minion when absent.
+    #[serde(default)]
+    apply: Option<Vec<String>>,
+    /// A command to run on minions: a string for `sh -c`, or an argv.
+    #[serde(default)]
+    run: Option<OneOrMany>,
+    /// The tag of an event to fire.
+    #[serde(default)]
+    fire: Option<String>,
+    /// A URL to POST the event to, as JSON.
+    #[serde(default)]
+    webhook: Option<String>,
+    /// Minions for `apply` and `run`; the event's minion when absent.
     #[serde(default)]
     target: Option<String>,
     #[serde(default)]
-    test: bool,
+    test: Option<bool>,
+    /// The fired event's data.
+    #[serde(default)]
+    data: Option<toml::Table>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    retries: Option<u32>,
 }
 
-/// What a matched rule asks for.
+/// What a matched rule asks for. Strings may be templates over the event
+/// (`{{ event.minion }}`, `{{ event.data.path }}`), rendered when it acts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Apply {
@@ -66,20 +115,187 @@ pub enum Action {
         states: Vec<String>,
         test: bool,
     },
+    Run {
+        target: Option<String>,
+        /// One element: a shell command (`sh -c`); more: an argv.
+        command: Vec<String>,
+        timeout: Duration,
+    },
+    Fire {
+        tag: String,
+        data: serde_json::Map<String, serde_json::Value>,
+    },
+    Webhook {
+        url: String,
+        timeout: Duration,
+        retries: u32,
+    },
 }
 
-struct Rule {
-    name: Arc<str>,
+impl Action {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Apply { .. } => "apply",
+            Action::Run { .. } => "run",
+            Action::Fire { .. } => "fire",
+            Action::Webhook { .. } => "webhook",
+        }
+    }
+}
+
+/// A compiled rule.
+pub struct Rule {
+    pub name: Arc<str>,
+    pub on: Vec<String>,
+    pub when: Option<String>,
     condition: Option<cel::Program>,
-    caused: bool,
-    actions: Vec<Action>,
+    pub caused: bool,
+    pub group_by: Vec<String>,
+    pub policy: Policy,
+    pub actions: Vec<Action>,
+    /// The file it came from.
+    pub file: String,
 }
 
-/// A rule that matched an event, and what it asks for.
-#[derive(Debug, Clone)]
-pub struct Reaction {
-    pub rule: Arc<str>,
-    pub actions: Vec<Action>,
+/// Parses a duration like `500ms`, `30s`, `10m`, `1h`.
+fn duration(field: &str, s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("key `{field}`: {s:?} is not a duration like 30s, 10m or 1h ({e})"))?;
+    if d.is_zero() || d > Duration::from_secs(30 * 86_400) {
+        return Err(format!(
+            "key `{field}`: {s:?} must be above 0 and at most 30 days"
+        ));
+    }
+    Ok(d)
+}
+
+fn policy(d: &RuleDecl) -> Result<Policy, String> {
+    let count = match (d.count, &d.window) {
+        (Some(0), _) => return Err("key `count` must be at least 1".into()),
+        (Some(n), Some(w)) => Some((n, duration("window", w)?)),
+        (Some(_), None) => return Err("key `count` needs a `window`".into()),
+        (None, Some(_)) => return Err("key `window` needs a `count`".into()),
+        (None, None) => None,
+    };
+    let hold = d.hold.as_deref().map(|h| duration("for", h)).transpose()?;
+    if hold.is_some() && d.when.is_none() {
+        return Err("key `for` needs a `when`: the condition that must hold".into());
+    }
+    if hold.is_some() && count.is_some() {
+        return Err("`for` and `count` cannot be combined in one rule".into());
+    }
+    let max_rate = match &d.max_rate {
+        None => None,
+        Some(r) => {
+            let (n, per) = r
+                .split_once('/')
+                .ok_or_else(|| format!("key `max_rate`: {r:?} is not N/period, like 3/1m"))?;
+            let n: usize = n
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("key `max_rate`: {n:?} is not a positive number"))?;
+            Some((n, duration("max_rate", per.trim())?))
+        }
+    };
+    Ok(Policy {
+        count,
+        hold,
+        debounce: d
+            .debounce
+            .as_deref()
+            .map(|x| duration("debounce", x))
+            .transpose()?,
+        once_within: d
+            .once_within
+            .as_deref()
+            .map(|x| duration("once_within", x))
+            .transpose()?,
+        max_rate,
+    })
+}
+
+fn action(a: ActionDecl) -> Result<Action, String> {
+    let kinds = [
+        a.apply.is_some(),
+        a.run.is_some(),
+        a.fire.is_some(),
+        a.webhook.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        return Err("an action is exactly one of `apply`, `run`, `fire` or `webhook`".into());
+    }
+    let timeout = |default: u64| -> Result<Duration, String> {
+        match &a.timeout {
+            Some(t) => duration("timeout", t),
+            None => Ok(Duration::from_secs(default)),
+        }
+    };
+    let only = |allowed: &[&str]| -> Result<(), String> {
+        let present = [
+            ("target", a.target.is_some()),
+            ("test", a.test.is_some()),
+            ("data", a.data.is_some()),
+            ("timeout", a.timeout.is_some()),
+            ("retries", a.retries.is_some()),
+        ];
+        for (k, p) in present {
+            if p && !allowed.contains(&k) {
+                return Err(format!("key `{k}` does not apply to this action"));
+            }
+        }
+        Ok(())
+    };
+    if let Some(states) = a.apply.clone() {
+        only(&["target", "test"])?;
+        if states.is_empty() {
+            return Err("action `apply` lists no states".into());
+        }
+        return Ok(Action::Apply {
+            target: a.target,
+            states,
+            test: a.test.unwrap_or(false),
+        });
+    }
+    if let Some(run) = a.run {
+        only(&["target", "timeout"])?;
+        let command = run.into_vec();
+        if command.is_empty() || command[0].trim().is_empty() {
+            return Err("action `run` has an empty command".into());
+        }
+        return Ok(Action::Run {
+            target: a.target,
+            command,
+            timeout: timeout(60)?,
+        });
+    }
+    if let Some(tag) = a.fire {
+        only(&["data"])?;
+        if tag.trim().is_empty() {
+            return Err("action `fire` has an empty tag".into());
+        }
+        let data = match a.data {
+            Some(t) => match serde_json::to_value(t) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => return Err("key `data` must be a table".into()),
+            },
+            None => Default::default(),
+        };
+        return Ok(Action::Fire { tag, data });
+    }
+    let url = a.webhook.unwrap_or_default();
+    only(&["timeout", "retries"])?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "action `webhook`: {url:?} is not an http:// or https:// URL"
+        ));
+    }
+    Ok(Action::Webhook {
+        url,
+        timeout: timeout(5)?,
+        retries: a.retries.unwrap_or(3).min(20),
+    })
 }
 
 /// A loaded, compiled set of rules.
@@ -98,6 +314,15 @@ impl Default for Rules {
             owner: Vec::new(),
         }
     }
+}
+
+/// A rule whose tag glob an event matched, and whether its condition held.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Match {
+    pub rule: usize,
+    pub holds: bool,
+    /// Why the condition did not hold, when it could not be evaluated.
+    pub error: Option<String>,
 }
 
 impl Rules {
@@ -133,7 +358,7 @@ impl Rules {
 
     /// Compiles rules from `(file name, text)` pairs.
     pub fn from_texts(files: &[(String, String)]) -> Result<Self, RuleError> {
-        let mut rules = Vec::new();
+        let mut rules: Vec<Rule> = Vec::new();
         let mut builder = GlobSetBuilder::new();
         let mut owner = Vec::new();
         for (file, text) in files {
@@ -158,17 +383,29 @@ impl Rules {
                 if decl.name.is_empty() {
                     return Err(err("key `name` is empty".into()));
                 }
-                if rules.iter().any(|r: &Rule| *r.name == decl.name) {
-                    return Err(err("another rule has the same name".into()));
+                if let Some(other) = rules.iter().find(|r| *r.name == decl.name) {
+                    return Err(err(format!(
+                        "another rule has the same name (in {})",
+                        other.file
+                    )));
                 }
-                let globs = match decl.on {
-                    OneOrMany::One(g) => vec![g],
-                    OneOrMany::Many(g) => g,
-                };
-                if globs.is_empty() {
+                let policy = policy(&decl).map_err(&err)?;
+                let group_by = decl
+                    .group_by
+                    .clone()
+                    .unwrap_or_else(|| vec!["minion".into()]);
+                for g in &group_by {
+                    if !(g == "minion" || g == "tag" || g.starts_with("data.")) {
+                        return Err(err(format!(
+                            "key `group_by`: {g:?} is not `minion`, `tag` or `data.<field>`"
+                        )));
+                    }
+                }
+                let on = decl.on.into_vec();
+                if on.is_empty() {
                     return Err(err("key `on` must name at least one tag glob".into()));
                 }
-                for g in &globs {
+                for g in &on {
                     let glob = GlobBuilder::new(g)
                         .literal_separator(false)
                         .build()
@@ -188,22 +425,19 @@ impl Rules {
                 let actions = decl
                     .action
                     .into_iter()
-                    .map(|a| {
-                        if a.apply.is_empty() {
-                            return Err(err("action `apply` lists no states".into()));
-                        }
-                        Ok(Action::Apply {
-                            target: a.target,
-                            states: a.apply,
-                            test: a.test,
-                        })
-                    })
+                    .enumerate()
+                    .map(|(n, a)| action(a).map_err(|e| err(format!("action #{}: {e}", n + 1))))
                     .collect::<Result<_, _>>()?;
                 rules.push(Rule {
                     name: decl.name.into(),
+                    on,
+                    when: decl.when,
                     condition,
                     caused: decl.caused,
+                    group_by,
+                    policy,
                     actions,
+                    file: file.clone(),
                 });
             }
         }
@@ -227,58 +461,94 @@ impl Rules {
         self.rules.is_empty()
     }
 
-    /// The rules `event` sets off, in the order they were loaded.
-    pub fn evaluate(&self, event: &Event) -> Vec<Reaction> {
+    pub fn get(&self, i: usize) -> &Rule {
+        &self.rules[i]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Rule> {
+        self.rules.iter()
+    }
+
+    /// The rules whose tag globs `event` matches (in load order), with
+    /// whether each one's condition holds. Events caused by a job skip the
+    /// rules that did not opt in with `caused = true`.
+    pub fn matches(&self, event: &Event) -> Vec<Match> {
         let mut matched: Vec<usize> = self
             .globs
             .matches(&event.tag)
             .into_iter()
             .map(|g| self.owner[g])
+            .filter(|r| event.cause == 0 || self.rules[*r].caused)
             .collect();
         if matched.is_empty() {
             return Vec::new();
         }
         matched.sort_unstable();
         matched.dedup();
-        let mut out = Vec::new();
-        let needs_cel = matched.iter().any(|i| {
-            self.rules[*i].condition.is_some() && (event.cause == 0 || self.rules[*i].caused)
-        });
-        let decide = |ctx: Option<&cel::Context>, out: &mut Vec<Reaction>| {
-            for &i in &matched {
-                let rule = &self.rules[i];
-                if event.cause != 0 && !rule.caused {
-                    continue;
-                }
-                if let (Some(program), Some(ctx)) = (&rule.condition, ctx) {
-                    match program.execute(ctx) {
-                        Ok(cel::Value::Bool(true)) => {}
-                        Ok(cel::Value::Bool(false)) => continue,
-                        Ok(other) => {
-                            tracing::warn!(rule = %rule.name, value = ?other, "condition is not a boolean; rule skipped");
-                            continue;
-                        }
-                        Err(e) => {
+        let needs_cel = matched.iter().any(|i| self.rules[*i].condition.is_some());
+        let decide = |ctx: Option<&cel::Context>| -> Vec<Match> {
+            matched
+                .iter()
+                .map(|&i| {
+                    let rule = &self.rules[i];
+                    let (holds, error) = match (&rule.condition, ctx) {
+                        (Some(program), Some(ctx)) => match program.execute(ctx) {
+                            Ok(cel::Value::Bool(b)) => (b, None),
+                            Ok(other) => (
+                                false,
+                                Some(format!("the condition gave {other:?}, not true or false")),
+                            ),
                             // A missing field is the common case (the event
-                            // has no such data): it simply does not match.
-                            tracing::debug!(rule = %rule.name, error = %e, "condition failed; rule skipped");
-                            continue;
-                        }
+                            // has no such data): it simply does not hold.
+                            Err(e) => (false, Some(e.to_string())),
+                        },
+                        _ => (true, None),
+                    };
+                    Match {
+                        rule: i,
+                        holds,
+                        error,
                     }
-                }
-                out.push(Reaction {
-                    rule: rule.name.clone(),
-                    actions: rule.actions.clone(),
-                });
-            }
+                })
+                .collect()
         };
         if needs_cel {
-            with_context(event, |ctx| decide(Some(ctx), &mut out));
+            with_context(event, |ctx| decide(Some(ctx)))
         } else {
-            decide(None, &mut out);
+            decide(None)
         }
-        out
     }
+}
+
+/// The group an event belongs to under a rule's `group_by`.
+pub fn group_key(rule: &Rule, event: &Event) -> String {
+    if rule.group_by.len() == 1 && rule.group_by[0] == "minion" {
+        return event.minion.clone();
+    }
+    let data: Option<serde_json::Value> = rule
+        .group_by
+        .iter()
+        .any(|g| g.starts_with("data."))
+        .then(|| serde_json::from_slice(&event.data).unwrap_or_default());
+    rule.group_by
+        .iter()
+        .map(|g| match g.as_str() {
+            "minion" => event.minion.clone(),
+            "tag" => event.tag.clone(),
+            path => {
+                let mut v = data.as_ref();
+                for part in path.trim_start_matches("data.").split('.') {
+                    v = v.and_then(|v| v.get(part));
+                }
+                match v {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => String::new(),
+                }
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
 }
 
 thread_local! {
@@ -378,33 +648,45 @@ mod tests {
         apply = ["motd"]
     "#;
 
+    fn holds(r: &Rules, e: &Event) -> Vec<bool> {
+        r.matches(e).iter().map(|m| m.holds).collect()
+    }
+
     #[test]
     fn matches_globs_and_conditions() {
         let r = rules(RESTORE).unwrap();
-        let hit = r.evaluate(&event(
-            "minion/web1/beacon/motd/etc/motd",
-            r#"{"kind":"modified"}"#,
-            0,
-        ));
-        assert_eq!(hit.len(), 1);
         assert_eq!(
-            hit[0].actions,
+            holds(
+                &r,
+                &event(
+                    "minion/web1/beacon/motd/etc/motd",
+                    r#"{"kind":"modified"}"#,
+                    0
+                )
+            ),
+            vec![true]
+        );
+        assert_eq!(
+            r.get(0).actions,
             vec![Action::Apply {
                 target: None,
                 states: vec!["motd".into()],
                 test: false
             }]
         );
-        assert!(
-            r.evaluate(&event(
-                "minion/web1/beacon/motd/etc/motd",
-                r#"{"kind":"deleted"}"#,
-                0
-            ))
-            .is_empty()
+        assert_eq!(
+            holds(
+                &r,
+                &event(
+                    "minion/web1/beacon/motd/etc/motd",
+                    r#"{"kind":"deleted"}"#,
+                    0
+                )
+            ),
+            vec![false]
         );
         assert!(
-            r.evaluate(&event(
+            r.matches(&event(
                 "minion/web1/beacon/other/x",
                 r#"{"kind":"modified"}"#,
                 0
@@ -417,7 +699,7 @@ mod tests {
     fn caused_events_are_ignored_unless_asked_for() {
         let r = rules(RESTORE).unwrap();
         assert!(
-            r.evaluate(&event(
+            r.matches(&event(
                 "minion/web1/beacon/motd/etc/motd",
                 r#"{"kind":"modified"}"#,
                 9
@@ -429,7 +711,7 @@ mod tests {
                 .unwrap();
         assert_eq!(
             opted
-                .evaluate(&event(
+                .matches(&event(
                     "minion/web1/beacon/motd/etc/motd",
                     r#"{"kind":"modified"}"#,
                     9
@@ -440,29 +722,66 @@ mod tests {
     }
 
     #[test]
+    fn groups_by_fields() {
+        let r = rules(
+            "[[rule]]\nname = \"g\"\non = \"*\"\ngroup_by = [\"minion\", \"data.user.name\"]\n[[rule.action]]\nfire = \"x\"\n",
+        )
+        .unwrap();
+        let e = event("t", r#"{"user":{"name":"alice"}}"#, 0);
+        assert_eq!(group_key(r.get(0), &e), "web1\u{1f}alice");
+    }
+
+    fn err(text: &str) -> String {
+        rules(text).err().expect("an error").to_string()
+    }
+
+    #[test]
     fn bad_rules_name_file_rule_and_key() {
-        let e = rules("[[rule]]\nname = \"x\"\non = \"a\"\nwehn = \"true\"\n[[rule.action]]\napply = [\"s\"]\n")
-            .err()
-            .unwrap()
-            .to_string();
+        let act = "[[rule.action]]\napply = [\"s\"]\n";
+        let e = err(&format!(
+            "[[rule]]\nname = \"x\"\non = \"a\"\nwehn = \"true\"\n{act}"
+        ));
         assert!(
             e.contains("r.toml") && e.contains("\"x\"") && e.contains("wehn"),
             "{e}"
         );
-        let e = rules("[[rule]]\nname = \"x\"\non = \"a\"\nwhen = \"event.data.kind ==\"\n[[rule.action]]\napply = [\"s\"]\n")
-            .err()
-            .unwrap()
-            .to_string();
+        let e = err(&format!(
+            "[[rule]]\nname = \"x\"\non = \"a\"\nwhen = \"event.data.kind ==\"\n{act}"
+        ));
         assert!(e.contains("`when`"), "{e}");
-        let e = rules("[[rule]]\nname = \"x\"\non = \"a[\"\n[[rule.action]]\napply = [\"s\"]\n")
-            .err()
-            .unwrap()
-            .to_string();
+        let e = err(&format!("[[rule]]\nname = \"x\"\non = \"a[\"\n{act}"));
         assert!(e.contains("bad glob"), "{e}");
-        let e = rules("[[rule]]\nname = \"x\"\non = \"a\"\n")
-            .err()
-            .unwrap()
-            .to_string();
+        let e = err("[[rule]]\nname = \"x\"\non = \"a\"\n");
         assert!(e.contains("do nothing"), "{e}");
+        let e = err(&format!(
+            "[[rule]]\nname = \"x\"\non = \"a\"\ncount = 5\n{act}"
+        ));
+        assert!(e.contains("`window`"), "{e}");
+        let e = err(&format!(
+            "[[rule]]\nname = \"x\"\non = \"a\"\ncount = 5\nwindow = \"soon\"\n{act}"
+        ));
+        assert!(e.contains("`window`") && e.contains("duration"), "{e}");
+        let e = err(&format!(
+            "[[rule]]\nname = \"x\"\non = \"a\"\nfor = \"30s\"\n{act}"
+        ));
+        assert!(e.contains("`for` needs a `when`"), "{e}");
+        let e = err(&format!(
+            "[[rule]]\nname = \"x\"\non = \"a\"\nmax_rate = \"lots\"\n{act}"
+        ));
+        assert!(e.contains("`max_rate`"), "{e}");
+        let e = err(
+            "[[rule]]\nname = \"x\"\non = \"a\"\n[[rule.action]]\napply = [\"s\"]\nfire = \"t\"\n",
+        );
+        assert!(e.contains("exactly one"), "{e}");
+        let e = err("[[rule]]\nname = \"x\"\non = \"a\"\n[[rule.action]]\nwebhook = \"ftp://x\"\n");
+        assert!(e.contains("http"), "{e}");
+        let e = err(
+            "[[rule]]\nname = \"x\"\non = \"a\"\n[[rule.action]]\nfire = \"t\"\ntarget = \"w\"\n",
+        );
+        assert!(e.contains("`target` does not apply"), "{e}");
+        let e = err(&format!(
+            "[[rule]]\nname = \"x\"\non = \"a\"\ngroup_by = [\"user\"]\n{act}"
+        ));
+        assert!(e.contains("group_by"), "{e}");
     }
 }

@@ -32,7 +32,7 @@ pub use ledger::{Fingerprint, Ledger};
 pub use mode::Mode;
 pub use parse::parse_state_file;
 pub use target::{Target, TargetError};
-pub use template::Context as TemplateContext;
+pub use template::{Context as TemplateContext, render_with as render_template};
 pub use tree::{StateTree, TopFile};
 
 /// One state, ready to run on a minion.

@@ -27,6 +27,12 @@ pub struct Context {
 
 /// Renders `source`; errors say what went wrong and where in it.
 pub fn render(source: &str, ctx: &Context) -> Result<String, String> {
+    render_with(source, ctx)
+}
+
+/// Renders `source` in the same sandbox with any context (the reactor's
+/// action templates see the event and the rule).
+pub fn render_with(source: &str, ctx: &impl Serialize) -> Result<String, String> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_fuel(Some(FUEL));

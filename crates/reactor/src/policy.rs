@@ -1,0 +1,351 @@
+//! When a matched rule acts: correlation (`count` within `window`, a
+//! condition held `for` a while) and throttles (`debounce`, `once_within`,
+//! `max_rate`), per group of events (`group_by`).
+//!
+//! Pure state machines over explicit instants, so every edge is tested
+//! with paused time and nothing here sleeps.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A rule's correlation and throttles, as configured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Policy {
+    /// Act when this many events arrived within the window.
+    pub count: Option<(usize, Duration)>,
+    /// Act when the condition has held continuously this long.
+    pub hold: Option<Duration>,
+    /// Act once the burst has been quiet this long, with its last event.
+    pub debounce: Option<Duration>,
+    /// Act on the first, then stay quiet this long.
+    pub once_within: Option<Duration>,
+    /// At most this many actions per period.
+    pub max_rate: Option<(usize, Duration)>,
+}
+
+/// One group's state under one rule.
+#[derive(Debug)]
+pub struct Track<E> {
+    hits: VecDeque<Instant>,
+    holding_since: Option<Instant>,
+    hold_event: Option<E>,
+    hold_fired: bool,
+    debounce_until: Option<Instant>,
+    debounce_event: Option<E>,
+    last_acted: Option<Instant>,
+    rate: VecDeque<Instant>,
+    /// Actions throttled away since the last one that went out.
+    pub suppressed: u64,
+    pub last_touch: Instant,
+}
+
+impl<E> Track<E> {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            hits: VecDeque::new(),
+            holding_since: None,
+            hold_event: None,
+            hold_fired: false,
+            debounce_until: None,
+            debounce_event: None,
+            last_acted: None,
+            rate: VecDeque::new(),
+            suppressed: 0,
+            last_touch: now,
+        }
+    }
+
+    /// Something is still to happen (a hold or a debounce running).
+    pub fn pending(&self) -> bool {
+        (self.holding_since.is_some() && !self.hold_fired) || self.debounce_until.is_some()
+    }
+}
+
+/// What an event or a timer led to.
+#[derive(Debug, PartialEq)]
+pub enum Step<E> {
+    /// Nothing (yet).
+    Wait,
+    /// Act, on this event.
+    Act(E),
+    /// Would have acted, but a throttle said no.
+    Suppressed,
+}
+
+impl Policy {
+    /// An event matched the rule's tag; `holds` is its condition.
+    pub fn on_event<E: Clone>(
+        &self,
+        t: &mut Track<E>,
+        event: E,
+        holds: bool,
+        now: Instant,
+    ) -> Step<E> {
+        t.last_touch = now;
+        if self.hold.is_some() {
+            if holds {
+                if t.holding_since.is_none() {
+                    t.holding_since = Some(now);
+                    t.hold_fired = false;
+                }
+                t.hold_event = Some(event);
+            } else {
+                // The condition broke: the streak starts over.
+                t.holding_since = None;
+                t.hold_event = None;
+                t.hold_fired = false;
+            }
+            return Step::Wait;
+        }
+        if !holds {
+            return Step::Wait;
+        }
+        if let Some((n, window)) = self.count {
+            t.hits.push_back(now);
+            while t
+                .hits
+                .front()
+                .is_some_and(|h| now.duration_since(*h) > window)
+            {
+                t.hits.pop_front();
+            }
+            if t.hits.len() < n {
+                return Step::Wait;
+            }
+            t.hits.clear();
+        }
+        self.trigger(t, event, now)
+    }
+
+    /// Time passed: a hold may be complete, a debounce may have settled.
+    pub fn on_timer<E: Clone>(&self, t: &mut Track<E>, now: Instant) -> Step<E> {
+        if let (Some(hold), Some(since)) = (self.hold, t.holding_since)
+            && !t.hold_fired
+            && now.duration_since(since) >= hold
+        {
+            t.hold_fired = true;
+            if let Some(e) = t.hold_event.clone() {
+                return self.trigger(t, e, now);
+            }
+        }
+        if t.debounce_until.is_some_and(|d| now >= d) {
+            t.debounce_until = None;
+            if let Some(e) = t.debounce_event.take() {
+                return self.act(t, e, now);
+            }
+        }
+        Step::Wait
+    }
+
+    /// When `on_timer` next has something to do for this track.
+    pub fn deadline<E>(&self, t: &Track<E>) -> Option<Instant> {
+        let hold = match (self.hold, t.holding_since) {
+            (Some(h), Some(since)) if !t.hold_fired => Some(since + h),
+            _ => None,
+        };
+        match (hold, t.debounce_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn trigger<E>(&self, t: &mut Track<E>, event: E, now: Instant) -> Step<E> {
+        if let Some(quiet) = self.debounce {
+            t.debounce_until = Some(now + quiet);
+            t.debounce_event = Some(event);
+            return Step::Wait;
+        }
+        self.act(t, event, now)
+    }
+
+    fn act<E>(&self, t: &mut Track<E>, event: E, now: Instant) -> Step<E> {
+        if let (Some(quiet), Some(last)) = (self.once_within, t.last_acted)
+            && now.duration_since(last) < quiet
+        {
+            t.suppressed += 1;
+            return Step::Suppressed;
+        }
+        if let Some((n, period)) = self.max_rate {
+            while t
+                .rate
+                .front()
+                .is_some_and(|r| now.duration_since(*r) >= period)
+            {
+                t.rate.pop_front();
+            }
+            if t.rate.len() >= n {
+                t.suppressed += 1;
+                return Step::Suppressed;
+            }
+            t.rate.push_back(now);
+        }
+        t.last_acted = Some(now);
+        Step::Act(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn acts(steps: &[Step<u32>]) -> Vec<u32> {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Act(e) => Some(*e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn five_within_the_window_act_once_and_four_do_not() {
+        let p = Policy {
+            count: Some((5, 60 * S)),
+            ..Default::default()
+        };
+        let mut t = Track::new(Instant::now());
+        let mut steps = Vec::new();
+        for i in 0..4 {
+            steps.push(p.on_event(&mut t, i, true, Instant::now()));
+            advance(10 * S).await;
+        }
+        assert!(acts(&steps).is_empty(), "four are not enough");
+        steps.push(p.on_event(&mut t, 4, true, Instant::now()));
+        assert_eq!(acts(&steps), vec![4]);
+        // The window starts over after acting.
+        for i in 5..9 {
+            assert_eq!(p.on_event(&mut t, i, true, Instant::now()), Step::Wait);
+        }
+        // Events that do not meet the condition do not count.
+        assert_eq!(p.on_event(&mut t, 99, false, Instant::now()), Step::Wait);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_edge() {
+        let p = Policy {
+            count: Some((2, 10 * S)),
+            ..Default::default()
+        };
+        let mut t = Track::new(Instant::now());
+        assert_eq!(p.on_event(&mut t, 1, true, Instant::now()), Step::Wait);
+        advance(10 * S).await;
+        // Exactly at the edge: still inside.
+        assert_eq!(p.on_event(&mut t, 2, true, Instant::now()), Step::Act(2));
+        assert_eq!(p.on_event(&mut t, 3, true, Instant::now()), Step::Wait);
+        advance(10 * S + Duration::from_millis(1)).await;
+        // Just past the edge: the first has left the window.
+        assert_eq!(p.on_event(&mut t, 4, true, Instant::now()), Step::Wait);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_acts_only_after_the_condition_held_the_whole_time() {
+        let p = Policy {
+            hold: Some(30 * S),
+            ..Default::default()
+        };
+        let mut t = Track::new(Instant::now());
+        // A short spike: above, then below within 30 s.
+        p.on_event(&mut t, 1, true, Instant::now());
+        assert_eq!(p.deadline(&t), Some(Instant::now() + 30 * S));
+        advance(20 * S).await;
+        p.on_event(&mut t, 2, false, Instant::now());
+        assert_eq!(p.deadline(&t), None);
+        advance(20 * S).await;
+        assert_eq!(p.on_timer(&mut t, Instant::now()), Step::Wait);
+        // Sustained: above, and still above 30 s later.
+        p.on_event(&mut t, 3, true, Instant::now());
+        advance(29 * S).await;
+        p.on_event(&mut t, 4, true, Instant::now());
+        assert_eq!(p.on_timer(&mut t, Instant::now()), Step::Wait);
+        advance(S).await;
+        assert_eq!(p.on_timer(&mut t, Instant::now()), Step::Act(4));
+        // Once per streak.
+        advance(60 * S).await;
+        assert_eq!(p.on_timer(&mut t, Instant::now()), Step::Wait);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn debounce_acts_once_after_the_burst_settles() {
+        let p = Policy {
+            debounce: Some(2 * S),
+            ..Default::default()
+        };
+        let mut t = Track::new(Instant::now());
+        for i in 0..100 {
+            assert_eq!(p.on_event(&mut t, i, true, Instant::now()), Step::Wait);
+            advance(S / 2).await;
+            assert_eq!(p.on_timer(&mut t, Instant::now()), Step::Wait);
+        }
+        advance(S + S / 2 - Duration::from_millis(1)).await;
+        assert_eq!(
+            p.on_timer(&mut t, Instant::now()),
+            Step::Wait,
+            "not quite settled"
+        );
+        advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            p.on_timer(&mut t, Instant::now()),
+            Step::Act(99),
+            "the last event"
+        );
+        assert_eq!(p.on_timer(&mut t, Instant::now()), Step::Wait);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn once_within_and_max_rate_count_what_they_suppress() {
+        let p = Policy {
+            once_within: Some(60 * S),
+            ..Default::default()
+        };
+        let mut t = Track::new(Instant::now());
+        assert_eq!(p.on_event(&mut t, 1, true, Instant::now()), Step::Act(1));
+        for i in 2..5 {
+            advance(10 * S).await;
+            assert_eq!(
+                p.on_event(&mut t, i, true, Instant::now()),
+                Step::Suppressed
+            );
+        }
+        assert_eq!(t.suppressed, 3);
+        advance(30 * S).await; // 60 s after the first
+        assert_eq!(p.on_event(&mut t, 5, true, Instant::now()), Step::Act(5));
+
+        let p = Policy {
+            max_rate: Some((3, 60 * S)),
+            ..Default::default()
+        };
+        let mut t = Track::new(Instant::now());
+        let steps: Vec<_> = (0..5)
+            .map(|i| p.on_event(&mut t, i, true, Instant::now()))
+            .collect();
+        assert_eq!(acts(&steps), vec![0, 1, 2]);
+        assert_eq!(t.suppressed, 2);
+        advance(60 * S).await;
+        assert_eq!(p.on_event(&mut t, 9, true, Instant::now()), Step::Act(9));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn count_then_once_within() {
+        let p = Policy {
+            count: Some((3, 10 * S)),
+            once_within: Some(60 * S),
+            ..Default::default()
+        };
+        let mut t = Track::new(Instant::now());
+        let steps: Vec<_> = (0..9)
+            .map(|i| p.on_event(&mut t, i, true, Instant::now()))
+            .collect();
+        assert_eq!(
+            acts(&steps),
+            vec![2],
+            "three make one; the next threes are throttled"
+        );
+        assert_eq!(t.suppressed, 2);
+    }
+}

@@ -13,9 +13,16 @@
 //! name = "motd"
 //! type = "file"
 //! paths = ["/etc/motd"]   # files, or directories (their direct entries)
+//! recursive = false       # directories: their whole trees, new subdirectories included
+//! include = ["*.conf"]    # globs on the full path: only these (default: all)
+//! exclude = ["*.swp", "/srv/app/cache/**"]   # never these
 //! coalesce_ms = 0         # extra settle time before a burst is reported
 //! max_wait_ms = 100       # report a file still being written after this
+//! emit_at_startup = false # one `present` event per watched file at start
+//! onchange_only = true    # false: also report a touch that changed nothing
 //! ```
+//!
+//! It is event-driven: there is no `interval`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -23,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use globset::{Glob, GlobSet, GlobSetBuilder};
 use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
@@ -38,6 +46,12 @@ use crate::{Beacon, BeaconCtx, BoxFuture};
 #[serde(deny_unknown_fields)]
 struct Config {
     paths: Vec<String>,
+    #[serde(default)]
+    recursive: bool,
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
     #[serde(default = "default_coalesce_ms")]
     coalesce_ms: u64,
     #[serde(default = "default_max_wait_ms")]
@@ -56,10 +70,28 @@ fn default_max_wait_ms() -> u64 {
     100
 }
 
-pub(crate) fn build(table: toml::Table) -> Result<Box<dyn Beacon>, String> {
-    let cfg: Config = toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| e.message().to_string())?;
+fn globs(key: &str, patterns: &[String]) -> Result<Option<GlobSet>, String> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut set = GlobSetBuilder::new();
+    for p in patterns {
+        set.add(Glob::new(p).map_err(|e| format!("key `{key}`: bad glob {p:?}: {e}"))?);
+    }
+    set.build()
+        .map(Some)
+        .map_err(|e| format!("key `{key}`: {e}"))
+}
+
+pub(crate) fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+    if table.contains_key("interval") {
+        return Err(
+            "key `interval`: the file beacon is driven by the kernel's events; it has no interval"
+                .into(),
+        );
+    }
+    let common = crate::common::Common::take(&mut table, Duration::ZERO, true, false)?;
+    let cfg: Config = crate::common::config(table)?;
     if cfg.paths.is_empty() {
         return Err("key `paths` must list at least one path".into());
     }
@@ -91,16 +123,63 @@ pub(crate) fn build(table: toml::Table) -> Result<Box<dyn Beacon>, String> {
     }
     Ok(Box::new(FileBeacon {
         targets,
+        recursive: cfg.recursive,
+        filter: Filter {
+            include: globs("include", &cfg.include)?,
+            exclude: globs("exclude", &cfg.exclude)?,
+        },
         window: Duration::from_millis(cfg.coalesce_ms),
         max_wait: Duration::from_millis(cfg.max_wait_ms.max(cfg.coalesce_ms)),
+        onchange_only: common.onchange_only,
+        emit_at_startup: common.emit_at_startup,
     }))
 }
 
 struct FileBeacon {
     targets: Vec<PathBuf>,
+    recursive: bool,
+    filter: Filter,
     window: Duration,
     max_wait: Duration,
+    onchange_only: bool,
+    emit_at_startup: bool,
 }
+
+/// `include` and `exclude`, on full paths.
+#[derive(Clone)]
+struct Filter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+impl Filter {
+    fn admits(&self, path: &Path) -> bool {
+        self.include.as_ref().is_none_or(|g| g.is_match(path))
+            && !self.exclude.as_ref().is_some_and(|g| g.is_match(path))
+    }
+}
+
+/// Every entry under `dir`, depth first, without following symlinks; at
+/// most `MAX_TREE` of them.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if out.len() >= MAX_TREE {
+                return;
+            }
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+}
+
+/// Entries a recursive beacon fingerprints at most (a million files is a
+/// mistake in the config, not a tree to hash).
+const MAX_TREE: usize = 100_000;
 
 impl Beacon for FileBeacon {
     fn run(self: Box<Self>, ctx: BeaconCtx) -> BoxFuture<()> {
@@ -115,22 +194,30 @@ const KERNEL_QUEUE: usize = 8192;
 const RETRY: Duration = Duration::from_secs(1);
 
 /// What the watcher is interested in.
+#[derive(Clone)]
 struct Interest {
     /// Watched files, by path.
     files: HashSet<PathBuf>,
     /// Directories whose every entry counts.
     dirs: HashSet<PathBuf>,
+    /// Directories whose whole tree counts (`recursive`).
+    trees: Vec<PathBuf>,
+    filter: Filter,
     /// Directory -> the targets (files or dirs) that live in it or are it.
     watched: HashMap<PathBuf, Vec<PathBuf>>,
 }
 
 impl Interest {
-    fn new(targets: &[PathBuf]) -> Self {
+    fn new(targets: &[PathBuf], recursive: bool, filter: Filter) -> Self {
         let mut files = HashSet::new();
         let mut dirs = HashSet::new();
+        let mut trees = Vec::new();
         let mut watched: HashMap<PathBuf, Vec<PathBuf>> = HashMap::new();
         for t in targets {
             if t.is_dir() {
+                if recursive {
+                    trees.push(t.clone());
+                }
                 dirs.insert(t.clone());
                 watched.entry(t.clone()).or_default().push(t.clone());
             } else {
@@ -142,18 +229,54 @@ impl Interest {
         Self {
             files,
             dirs,
+            trees,
+            filter,
             watched,
         }
     }
 
+    fn in_tree(&self, path: &Path) -> bool {
+        self.trees.iter().any(|t| path != t && path.starts_with(t))
+    }
+
     fn wants(&self, path: &Path) -> bool {
         if self.files.contains(path) {
-            return true;
+            return self.filter.admits(path);
         }
-        match path.parent() {
-            Some(parent) if self.dirs.contains(parent) => !is_temp_name(path),
-            _ => false,
+        let inside = match path.parent() {
+            Some(parent) if self.dirs.contains(parent) => true,
+            _ => self.in_tree(path),
+        };
+        inside && !is_temp_name(path) && self.filter.admits(path)
+    }
+
+    /// How a watched directory is watched.
+    fn mode(&self, dir: &Path) -> RecursiveMode {
+        if self.trees.iter().any(|t| t == dir) {
+            RecursiveMode::Recursive
+        } else {
+            RecursiveMode::NonRecursive
         }
+    }
+
+    /// Every path the beacon reports on, as it is on disk now.
+    fn everything(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self.files.iter().cloned().collect();
+        for d in &self.dirs {
+            if self.trees.contains(d) {
+                walk(d, &mut out);
+            } else {
+                out.extend(
+                    std::fs::read_dir(d)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|e| e.path()),
+                );
+            }
+        }
+        out.retain(|p| self.wants(p));
+        out
     }
 }
 
@@ -201,25 +324,12 @@ impl FileBeacon {
             }
         };
 
-        let interest = Interest::new(&self.targets);
-        let mut known: HashMap<PathBuf, Fingerprint> = HashMap::new();
-        for f in &interest.files {
-            known.insert(
-                f.clone(),
-                fingerprint(f.clone()).await.unwrap_or(Fingerprint::Absent),
-            );
-        }
-        for d in &interest.dirs {
-            for entry in std::fs::read_dir(d).into_iter().flatten().flatten() {
-                let p = entry.path();
-                if let Ok(fp) = fingerprint(p.clone()).await {
-                    known.insert(p, fp);
-                }
-            }
-        }
+        let interest = Interest::new(&self.targets, self.recursive, self.filter.clone());
+        // Watch first, then look: a change in between is seen twice (and
+        // reported once), never missed.
         let mut unwatched: Vec<PathBuf> = Vec::new();
         for dir in interest.watched.keys() {
-            if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            if let Err(e) = watcher.watch(dir, interest.mode(dir)) {
                 ctx.emit
                     .error(format!(
                         "cannot watch {}: {e}; retrying every {}s",
@@ -228,6 +338,42 @@ impl FileBeacon {
                     ))
                     .await;
                 unwatched.push(dir.clone());
+            }
+        }
+        let mut known: HashMap<PathBuf, Fingerprint> = HashMap::new();
+        for f in &interest.files {
+            known.insert(
+                f.clone(),
+                fingerprint(f.clone()).await.unwrap_or(Fingerprint::Absent),
+            );
+        }
+        let paths = {
+            let i = interest.clone();
+            tokio::task::spawn_blocking(move || i.everything())
+                .await
+                .unwrap_or_default()
+        };
+        for p in paths {
+            if let Ok(fp) = fingerprint(p.clone()).await
+                && fp != Fingerprint::Absent
+            {
+                known.insert(p, fp);
+            }
+        }
+        if self.emit_at_startup {
+            let mut present: Vec<_> = known
+                .iter()
+                .filter(|(_, fp)| **fp != Fingerprint::Absent)
+                .collect();
+            present.sort_by(|a, b| a.0.cmp(b.0));
+            for (path, fp) in present {
+                if !ctx
+                    .emit
+                    .emit(subject_of(path), describe(path, "present", &[], fp, fp), 0)
+                    .await
+                {
+                    return;
+                }
             }
         }
         let mut coalescer = Coalescer::new(self.window, self.max_wait);
@@ -259,15 +405,34 @@ impl FileBeacon {
                     match msg {
                         Ok(ev) => {
                             if ev.need_rescan() {
-                                rescan(&interest, &mut coalescer, now);
+                                rescan(&interest, &known, &mut coalescer, now);
                             }
                             let Some(op) = op_of(&ev.kind) else { continue };
                             for path in &ev.paths {
                                 if interest.wants(path) {
                                     coalescer.push(path.clone(), op, now);
-                                } else if op == Op::Removed && interest.watched.contains_key(path) {
-                                    // A watched directory itself went away:
-                                    // everything in it is gone; watch for
+                                }
+                                if matches!(op, Op::Created | Op::MovedIn) && interest.in_tree(path) && path.is_dir() {
+                                    // A new subdirectory: the watcher adds
+                                    // it, but what was made in it before
+                                    // that is only seen by looking.
+                                    let mut inside = Vec::new();
+                                    walk(path, &mut inside);
+                                    for p in inside.into_iter().filter(|p| interest.wants(p)) {
+                                        coalescer.push(p, Op::Created, now);
+                                    }
+                                }
+                                let was_dir = matches!(known.get(path), Some(Fingerprint::Other { kind: 'd', .. }));
+                                if matches!(op, Op::Removed | Op::MovedOut) && (interest.watched.contains_key(path) || was_dir) {
+                                    // A directory went away (or was moved
+                                    // out): whatever was known in it is
+                                    // gone.
+                                    for k in known.keys().filter(|k| *k != path && k.starts_with(path)) {
+                                        coalescer.push(k.clone(), Op::Removed, now);
+                                    }
+                                }
+                                if op == Op::Removed && interest.watched.contains_key(path) {
+                                    // A watched directory itself: watch for
                                     // it to come back.
                                     let _ = watcher.unwatch(path);
                                     unwatched.push(path.clone());
@@ -285,7 +450,7 @@ impl FileBeacon {
                     let lost = overflowed.swap(0, Ordering::Relaxed);
                     if lost > 0 {
                         tracing::warn!(beacon = ctx.emit.beacon(), lost, "kernel events arrived faster than handled; rescanning");
-                        rescan(&interest, &mut coalescer, now);
+                        rescan(&interest, &known, &mut coalescer, now);
                     }
                 }
                 // Due entries are reported at the top of the loop.
@@ -293,7 +458,7 @@ impl FileBeacon {
                 _ = retry.tick(), if !unwatched.is_empty() => {
                     let now = Instant::now();
                     unwatched.retain(|dir| {
-                        if watcher.watch(dir, RecursiveMode::NonRecursive).is_err() {
+                        if watcher.watch(dir, interest.mode(dir)).is_err() {
                             return true;
                         }
                         tracing::info!(dir = %dir.display(), "watching again");
@@ -301,6 +466,11 @@ impl FileBeacon {
                         // is only seen by looking.
                         for t in &interest.watched[dir] {
                             coalescer.push(t.clone(), Op::Created, now);
+                        }
+                        let mut inside = Vec::new();
+                        walk(dir, &mut inside);
+                        for p in inside.into_iter().filter(|p| interest.wants(p)) {
+                            coalescer.push(p, Op::Created, now);
                         }
                         false
                     });
@@ -328,10 +498,11 @@ impl FileBeacon {
             }
         };
         let old = known.get(&path).cloned().unwrap_or(Fingerprint::Absent);
-        if old == now {
+        if old == now && (self.onchange_only || now == Fingerprint::Absent) {
             return true; // touched, or changed and changed back
         }
         let kind = match (&old, &now) {
+            _ if old == now => "touched",
             (Fingerprint::Absent, _) => "created",
             (_, Fingerprint::Absent) => "deleted",
             (Fingerprint::File { sha256: a, .. }, Fingerprint::File { sha256: b, .. })
@@ -342,25 +513,8 @@ impl FileBeacon {
             _ => "modified",
         };
         let cause = ctx.ledger.cause_of(&path, &now).unwrap_or(0);
-        let mut data = Map::new();
-        data.insert("path".into(), json!(path.display().to_string()));
-        data.insert("kind".into(), json!(kind));
-        data.insert(
-            "ops".into(),
-            Value::Array(ops.iter().map(|o| json!(o.name())).collect()),
-        );
-        data.insert("sha256".into(), json!(now.sha256_hex()));
-        data.insert("old_sha256".into(), json!(old.sha256_hex()));
-        data.insert("mode".into(), json!(now.mode().map(|m| format!("{m:04o}"))));
-        data.insert(
-            "old_mode".into(),
-            json!(old.mode().map(|m| format!("{m:04o}"))),
-        );
-        if let Fingerprint::File { uid, gid, .. } | Fingerprint::Other { uid, gid, .. } = &now {
-            data.insert("uid".into(), json!(uid));
-            data.insert("gid".into(), json!(gid));
-        }
-        let subject = path.to_string_lossy().trim_start_matches('/').to_string();
+        let data = describe(&path, kind, ops, &old, &now);
+        let subject = subject_of(&path);
         if now == Fingerprint::Absent {
             known.remove(&path);
         } else {
@@ -370,16 +524,56 @@ impl FileBeacon {
     }
 }
 
-fn rescan(interest: &Interest, coalescer: &mut Coalescer<PathBuf>, now: Instant) {
-    for f in &interest.files {
-        coalescer.push(f.clone(), Op::Attrib, now);
+fn subject_of(path: &Path) -> String {
+    path.to_string_lossy().trim_start_matches('/').to_string()
+}
+
+/// An event's data: what happened to `path`, and its fingerprint before and
+/// after.
+fn describe(
+    path: &Path,
+    kind: &str,
+    ops: &[Op],
+    old: &Fingerprint,
+    now: &Fingerprint,
+) -> Map<String, Value> {
+    let mut data = Map::new();
+    data.insert("path".into(), json!(path.display().to_string()));
+    data.insert("kind".into(), json!(kind));
+    data.insert(
+        "ops".into(),
+        Value::Array(ops.iter().map(|o| json!(o.name())).collect()),
+    );
+    data.insert("sha256".into(), json!(now.sha256_hex()));
+    data.insert("old_sha256".into(), json!(old.sha256_hex()));
+    data.insert("mode".into(), json!(now.mode().map(|m| format!("{m:04o}"))));
+    data.insert(
+        "old_mode".into(),
+        json!(old.mode().map(|m| format!("{m:04o}"))),
+    );
+    if let Fingerprint::File { uid, gid, .. } | Fingerprint::Other { uid, gid, .. } = now {
+        data.insert("uid".into(), json!(uid));
+        data.insert("gid".into(), json!(gid));
     }
-    for d in &interest.dirs {
-        if let Ok(entries) = std::fs::read_dir(d) {
-            for e in entries.flatten() {
-                coalescer.push(e.path(), Op::Attrib, now);
-            }
-        }
+    if let Fingerprint::Other { kind: 'd', .. } = now {
+        data.insert("directory".into(), json!(true));
+    }
+    data
+}
+
+/// Looks at everything again (after the kernel's queue overflowed): what
+/// is there now, and what was known (to see what went).
+fn rescan(
+    interest: &Interest,
+    known: &HashMap<PathBuf, Fingerprint>,
+    coalescer: &mut Coalescer<PathBuf>,
+    now: Instant,
+) {
+    for p in known.keys() {
+        coalescer.push(p.clone(), Op::Attrib, now);
+    }
+    for p in interest.everything() {
+        coalescer.push(p, Op::Attrib, now);
     }
 }
 
@@ -412,7 +606,12 @@ mod tests {
     }
 
     fn start(paths: &[&Path]) -> Running {
-        let mut table = toml::Table::new();
+        start_with(paths, "")
+    }
+
+    /// Starts a beacon on `paths` with more config (TOML) for it.
+    fn start_with(paths: &[&Path], extra: &str) -> Running {
+        let mut table: toml::Table = toml::from_str(extra).unwrap();
         table.insert(
             "paths".into(),
             toml::Value::Array(
@@ -578,5 +777,126 @@ mod tests {
         assert_eq!(r.next("the file coming back").await.data["kind"], "created");
         std::fs::write(&path, "edited").unwrap();
         assert_eq!(r.next("an edit after").await.data["kind"], "modified");
+    }
+
+    /// Waits for an event about `path`, skipping others (the directories
+    /// on the way), within 5 s.
+    async fn event_for(r: &mut Running, path: &Path, what: &str) -> Emitted {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, r.rx.recv()).await {
+                Ok(Some(e)) if e.data["path"] == json!(path.display().to_string()) => return e,
+                Ok(Some(_)) => {}
+                _ => panic!("expected an event for {} after {what}", path.display()),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watches_whole_trees_with_include_and_exclude() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("etc");
+        std::fs::create_dir_all(root.join("app/conf.d")).unwrap();
+        std::fs::write(root.join("app/conf.d/a.conf"), "a").unwrap();
+        let mut r = start_with(
+            &[&root],
+            "recursive = true\ninclude = [\"*.conf\", \"*/probe\"]\nexclude = [\"**/cache/**\"]\n",
+        );
+        settle(&mut r, &root.join("probe")).await;
+
+        // An edit deep in the tree, by `sed -i` (a rename-save).
+        let deep = root.join("app/conf.d/a.conf");
+        let status = std::process::Command::new("sed")
+            .args(["-i", "s/a/b/"])
+            .arg(&deep)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(
+            event_for(&mut r, &deep, "sed -i").await.data["kind"],
+            "modified"
+        );
+
+        // A new subdirectory tree, with a file made in it at once: seen
+        // even though it was written before the new watch was added.
+        let fresh = root.join("new/deeper/x.conf");
+        std::fs::create_dir_all(fresh.parent().unwrap()).unwrap();
+        std::fs::write(&fresh, "x").unwrap();
+        assert_eq!(
+            event_for(&mut r, &fresh, "a file in a new subdirectory")
+                .await
+                .data["kind"],
+            "created"
+        );
+        // And the new directory is watched from then on.
+        std::fs::write(&fresh, "edited").unwrap();
+        assert_eq!(
+            event_for(&mut r, &fresh, "an edit in the new subdirectory")
+                .await
+                .data["kind"],
+            "modified"
+        );
+
+        // Not included, or excluded: nothing.
+        std::fs::write(root.join("app/readme.txt"), "no").unwrap();
+        std::fs::create_dir_all(root.join("app/cache")).unwrap();
+        std::fs::write(root.join("app/cache/c.conf"), "no").unwrap();
+        r.quiet(100).await;
+
+        // chmod, then the subtree removed: each file in it is reported.
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(
+            event_for(&mut r, &fresh, "a chmod").await.data["mode"],
+            "0640"
+        );
+        std::fs::remove_dir_all(root.join("new")).unwrap();
+        assert_eq!(
+            event_for(&mut r, &fresh, "the subtree's removal")
+                .await
+                .data["kind"],
+            "deleted"
+        );
+        r.stop.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deleted_and_recreated_tree_is_watched_again() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("tree");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        let f = root.join("sub/f");
+        std::fs::write(&f, "1").unwrap();
+        let mut r = start_with(&[&root], "recursive = true\nemit_at_startup = true\n");
+        let e = event_for(&mut r, &f, "startup").await;
+        assert_eq!(
+            e.data["kind"], "present",
+            "emit_at_startup reports what is there"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(
+            event_for(&mut r, &f, "the tree's removal").await.data["kind"],
+            "deleted"
+        );
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(&f, "2").unwrap();
+        assert_eq!(
+            event_for(&mut r, &f, "the tree coming back").await.data["kind"],
+            "created"
+        );
+        std::fs::write(&f, "3").unwrap();
+        assert_eq!(
+            event_for(&mut r, &f, "an edit in the new tree").await.data["kind"],
+            "modified"
+        );
+        r.stop.cancel();
+    }
+
+    #[test]
+    fn bad_file_configs_are_refused() {
+        let t = |s: &str| build(toml::from_str(s).unwrap()).err().unwrap_or_default();
+        assert!(t("paths = [\"/x\"]\ninterval = \"1s\"").contains("no interval"));
+        assert!(t("paths = [\"/x\"]\ninclude = [\"a[\"]").contains("key `include`: bad glob"));
+        assert!(t("paths = [\"/x\"]\nrecursive = 1").contains("invalid type"));
     }
 }

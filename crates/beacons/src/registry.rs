@@ -16,6 +16,8 @@ pub struct BeaconSpec {
     pub name: String,
     pub kind: String,
     pub beacon: Box<dyn Beacon>,
+    /// `rate_limit = "N/period"`: applied to the beacon's [`crate::Emitter`].
+    pub rate_limit: Option<(u64, std::time::Duration)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +32,22 @@ type Builder = fn(toml::Table) -> Result<Box<dyn Beacon>, String>;
 
 /// Every beacon type, by the name used in `type = "..."`.
 fn registry() -> &'static [(&'static str, Builder)] {
-    &[("file", crate::file::build)]
+    use crate::system::*;
+    &[
+        ("file", crate::file::build),
+        ("cpu", cpu::build),
+        ("load", load::build),
+        ("memory", memory::build_memory),
+        ("swap", memory::build_swap),
+        ("disk", disk::build),
+        ("network", network::build),
+        ("process", process::build),
+        ("service", service::build),
+        ("connection", connection::build),
+        ("login", login::build),
+        ("command", command::build),
+        ("heartbeat", heartbeat::build),
+    ]
 }
 
 /// Validates every `[[beacon]]` table of config file `file` and builds the
@@ -82,9 +99,18 @@ pub fn build_all(file: &str, tables: Vec<toml::Table>) -> Result<Vec<BeaconSpec>
                 known.join(", ")
             )));
         };
+        let rate_limit = match table.remove("rate_limit") {
+            Some(v) => Some(crate::common::rate_limit(&v).map_err(err)?),
+            None => None,
+        };
         let beacon = builder(table).map_err(err)?;
         if enabled {
-            out.push(BeaconSpec { name, kind, beacon });
+            out.push(BeaconSpec {
+                name,
+                kind,
+                beacon,
+                rate_limit,
+            });
         }
     }
     Ok(out)

@@ -651,7 +651,10 @@ pub fn states(count: usize, runs: usize) -> anyhow::Result<Report> {
 /// conditions with 10, 100 and 1,000 rules, in this process (each event
 /// matches one rule and evaluates its two-clause condition).
 pub fn rules(events: usize) -> anyhow::Result<Report> {
-    let mut r = Report::new("rules", format!("rules: {events} events through the reactor, one core"));
+    let mut r = Report::new(
+        "rules",
+        format!("rules: {events} events through the reactor, one core"),
+    );
     let batch: Vec<tend_proto::v1::Event> = (0..events)
         .map(|i| tend_proto::v1::Event {
             minion: format!("web{}", i % 50),
@@ -670,7 +673,10 @@ pub fn rules(events: usize) -> anyhow::Result<Report> {
                 i % 100
             ));
         }
-        let rules = std::sync::Arc::new(tend_reactor::Rules::from_texts(&[("bench.toml".into(), text)])?);
+        let rules = std::sync::Arc::new(tend_reactor::Rules::from_texts(&[(
+            "bench.toml".into(),
+            text,
+        )])?);
         let mut reactor = tend_reactor::Reactor::new(rules);
         let now = tokio::time::Instant::now();
         let start = Instant::now();
@@ -682,7 +688,11 @@ pub fn rules(events: usize) -> anyhow::Result<Report> {
         if fired != 0 {
             bail!("conditions that are never true fired {fired} times");
         }
-        r.figure(&format!("{n} rules"), events as f64 / took.as_secs_f64(), "events/s");
+        r.figure(
+            &format!("{n} rules"),
+            events as f64 / took.as_secs_f64(),
+            "events/s",
+        );
     }
     Ok(r)
 }

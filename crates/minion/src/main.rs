@@ -1,6 +1,7 @@
 //! tend-minion: runs the beacons, keeps events in a durable outbox until
 //! the master has them, and applies states when the master says so.
 
+mod beacons;
 mod commands;
 mod config;
 mod facts;
@@ -14,7 +15,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use tend_beacons::{BeaconCtx, Emitter};
 use tend_bus::{BusStats, ControlServer, Identity, MinionBus, MinionBusConfig, MinionInbound};
 use tend_state::Ledger;
 use tokio::sync::mpsc;
@@ -171,17 +171,8 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
 
     let ledger = Arc::new(Ledger::default());
     let (event_tx, event_rx) = mpsc::channel(4096);
-    let beacon_stop = shutdown.child_token();
-    let mut beacon_tasks = Vec::new();
-    for spec in beacons {
-        tracing::info!(beacon = %spec.name, kind = %spec.kind, "beacon started");
-        beacon_tasks.push(tokio::spawn(spec.beacon.run(BeaconCtx {
-            emit: Emitter::new(&spec.name, event_tx.clone()),
-            shutdown: beacon_stop.clone(),
-            ledger: ledger.clone(),
-        })));
-    }
-    drop(event_tx);
+    let mut running = beacons::Beacons::start(beacons, &event_tx, &shutdown, &ledger);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
 
     let (signal_tx, signal_rx) = mpsc::channel(1024);
     let publisher = Publisher::new(id.clone(), outbox, bus.clone());
@@ -198,7 +189,7 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
     let commands = Arc::new(Commands {
         bus: bus.clone(),
         backup_dir: cfg.data_dir.join("backups"),
-        ledger,
+        ledger: ledger.clone(),
         publisher: signal_tx.clone(),
         state_run: tokio::sync::Mutex::new(()),
     });
@@ -206,6 +197,18 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = hangup.recv() => {
+                // SIGHUP: read the beacons again. A bad config is refused
+                // and the running beacons keep going.
+                match reload_beacons(&args.config) {
+                    Ok(specs) => {
+                        running.stop().await;
+                        tracing::info!(beacons = specs.len(), "SIGHUP: beacons reloaded");
+                        running = beacons::Beacons::start(specs, &event_tx, &shutdown, &ledger);
+                    }
+                    Err(e) => tracing::error!("SIGHUP: the beacons were not reloaded, the running ones stay: {e:#}"),
+                }
+            }
             msg = inbound.recv() => match msg {
                 None => break,
                 Some(MinionInbound::Request(req)) => commands.handle(req).await,
@@ -237,9 +240,8 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
 
     // Beacons stop first; the publisher then writes what they produced to
     // the outbox, so nothing seen is lost across a restart.
-    for t in beacon_tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
-    }
+    running.stop().await;
+    drop(event_tx);
     publisher_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), publisher_task).await;
     if let Some(path) = local_socket {
@@ -247,6 +249,16 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
     }
     tracing::info!("tend-minion stopped");
     Ok(())
+}
+
+/// Reads the config again and builds its beacons (only the beacons are
+/// reloaded: the bus, the identity and the outbox need a restart).
+fn reload_beacons(config: &std::path::Path) -> anyhow::Result<Vec<tend_beacons::BeaconSpec>> {
+    let mut cfg = MinionConfig::load(config).map_err(anyhow::Error::msg)?;
+    Ok(tend_beacons::build_all(
+        &config.display().to_string(),
+        std::mem::take(&mut cfg.beacon),
+    )?)
 }
 
 /// The local socket scripts on this server send events through.

@@ -16,14 +16,15 @@ use crate::{CmdRun, Command};
 const MAX_OUTPUT: usize = 64 * 1024;
 const DEFAULT_TIMEOUT: u64 = 600;
 
-pub(crate) struct Output {
+pub struct Output {
     pub status: i32,
     pub stdout: String,
     pub stderr: String,
 }
 
-/// Runs `cmd` to completion or `timeout` (then kills it).
-pub(crate) fn exec(
+/// Runs `cmd` to completion or `timeout` (then kills it and everything it
+/// started: it runs in its own process group).
+pub fn exec(
     cmd: &Command,
     cwd: Option<&str>,
     env: &[(&String, &String)],
@@ -47,6 +48,9 @@ pub(crate) fn exec(
     for (k, v) in env {
         p.env(k, v);
     }
+    // Its own process group, so a timeout kills `sh -c`'s children too
+    // (they would otherwise hold the output pipes open).
+    std::os::unix::process::CommandExt::process_group(&mut p, 0);
     let mut child = p
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -79,6 +83,11 @@ pub(crate) fn exec(
         match child.try_wait() {
             Ok(Some(s)) => break s,
             Ok(None) if Instant::now() >= deadline => {
+                // SAFETY: kill(2) on our child's process group; no memory
+                // is touched.
+                unsafe {
+                    libc::kill(-(child.id() as i32), libc::SIGKILL);
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!(

@@ -1,0 +1,94 @@
+//! `command`: a command's exit status or output changes.
+//!
+//! ```toml
+//! [[beacon]]
+//! name = "raid"
+//! type = "command"
+//! command = "cat /proc/mdstat | grep -c '\\[U*_'"   # by sh -c; or ["argv", "list"]
+//! interval = "60s"
+//! timeout = "10s"     # then it is killed (with its children)
+//! ```
+//!
+//! The state is the exit status and the output (stdout, trimmed, at most
+//! 4 KiB); with `onchange_only` (the default) an event goes out when either
+//! changes. A command that cannot run or times out is an error event.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Map, json};
+use tend_state::Command;
+use tokio::time::Instant;
+
+use crate::common::{Common, Observation, Poll, Polled, config, duration};
+use crate::{Beacon, system};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    command: Command,
+    timeout: Option<toml::Value>,
+}
+
+const MAX_OUTPUT: usize = 4096;
+
+pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+    let common = Common::take(&mut table, Duration::from_secs(60), true, true)?;
+    let c: Config = config(table)?;
+    match &c.command {
+        Command::Shell(s) if s.trim().is_empty() => return Err("key `command` is empty".into()),
+        Command::Argv(a) if a.is_empty() || a[0].is_empty() => {
+            return Err("key `command` is empty".into());
+        }
+        _ => {}
+    }
+    let timeout = match &c.timeout {
+        Some(v) => duration("timeout", v)?,
+        None => Duration::from_secs(10),
+    };
+    if timeout > common.interval {
+        return Err(format!(
+            "key `timeout` ({}) is longer than `interval` ({})",
+            humantime::format_duration(timeout),
+            humantime::format_duration(common.interval)
+        ));
+    }
+    Ok(Box::new(Polled {
+        common,
+        poller: Run {
+            command: c.command,
+            timeout,
+        },
+    }))
+}
+
+struct Run {
+    command: Command,
+    timeout: Duration,
+}
+
+impl Poll for Run {
+    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {
+        let out = tend_state::run_command(&self.command, None, &[], self.timeout)?;
+        let mut stdout = out.stdout.trim_end().to_string();
+        if stdout.len() > MAX_OUTPUT {
+            let mut cut = MAX_OUTPUT;
+            while !stdout.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            stdout.truncate(cut);
+        }
+        let mut data = Map::new();
+        data.insert("command".into(), json!(self.command.display()));
+        data.insert("status".into(), json!(out.status));
+        data.insert("output".into(), json!(stdout));
+        if !out.stderr.is_empty() {
+            data.insert(
+                "stderr".into(),
+                json!(out.stderr.chars().take(MAX_OUTPUT).collect::<String>()),
+            );
+        }
+        let state = json!({"status": out.status, "output": stdout});
+        Ok(vec![system::state("", state, data)])
+    }
+}

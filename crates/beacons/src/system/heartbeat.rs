@@ -1,0 +1,53 @@
+//! `heartbeat`: an event every interval, so the master (and a rule with
+//! `absent`) can see a minion that has gone silent.
+//!
+//! ```toml
+//! [[beacon]]
+//! name = "heartbeat"
+//! type = "heartbeat"
+//! interval = "60s"
+//! ```
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Map, json};
+use tokio::time::Instant;
+
+use crate::common::{Common, Observation, Poll, Polled, config};
+use crate::{Beacon, system};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {}
+
+pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+    let common = Common::take(&mut table, Duration::from_secs(60), false, true)?;
+    let _: Config = config(table)?;
+    Ok(Box::new(Polled {
+        common,
+        poller: Beat {
+            started: None,
+            count: 0,
+        },
+    }))
+}
+
+struct Beat {
+    started: Option<Instant>,
+    count: u64,
+}
+
+impl Poll for Beat {
+    fn poll(&mut self, now: Instant) -> Result<Vec<Observation>, String> {
+        let started = *self.started.get_or_insert(now);
+        self.count += 1;
+        let mut data = Map::new();
+        data.insert("count".into(), json!(self.count));
+        data.insert(
+            "uptime_s".into(),
+            json!(now.duration_since(started).as_secs()),
+        );
+        Ok(vec![system::happening("", data)])
+    }
+}

@@ -1,0 +1,50 @@
+//! Beacons that look at the system: CPU, load, memory and swap, disks,
+//! network interfaces, processes, services, connections, logins, commands,
+//! and a heartbeat. Each reads /proc, /sys or a command every `interval`
+//! (a few microseconds to a millisecond a look) on the blocking pool.
+//!
+//! They read /proc and /sys directly rather than through sysinfo: what
+//! each needs is a line or two, and the minion stays small (sysinfo keeps
+//! whole process tables in memory).
+
+pub mod command;
+pub mod connection;
+pub mod cpu;
+pub mod disk;
+pub mod heartbeat;
+pub mod load;
+pub mod login;
+pub mod memory;
+pub mod network;
+pub mod process;
+pub mod service;
+
+use serde_json::{Map, Value};
+
+use crate::common::Observation;
+
+/// An observation of a state, with `data` as the event's data.
+pub(crate) fn state(
+    subject: impl Into<String>,
+    state: impl Into<Value>,
+    data: Map<String, Value>,
+) -> Observation {
+    Observation {
+        subject: subject.into(),
+        state: state.into(),
+        data,
+    }
+}
+
+/// An observation of a happening: always emitted.
+pub(crate) fn happening(subject: impl Into<String>, data: Map<String, Value>) -> Observation {
+    Observation {
+        subject: subject.into(),
+        state: Value::Null,
+        data,
+    }
+}
+
+pub(crate) fn read(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))
+}

@@ -1,0 +1,95 @@
+//! `service`: a systemd unit's active state changes. Where systemd does not
+//! run, the beacon says so once, as a warning and an error event, and
+//! stays idle.
+//!
+//! ```toml
+//! [[beacon]]
+//! name = "services"
+//! type = "service"
+//! units = ["nginx.service", "ssh.service"]
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Map, json};
+use tokio::time::Instant;
+
+use crate::common::{Common, Observation, Poll, Polled, config};
+use crate::{Beacon, system};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    units: Vec<String>,
+}
+
+pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+    let common = Common::take(&mut table, Duration::from_secs(10), true, false)?;
+    let c: Config = config(table)?;
+    if c.units.is_empty() {
+        return Err("key `units` must list at least one unit".into());
+    }
+    for u in &c.units {
+        let ok = !u.is_empty()
+            && u.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@' | b':')
+            });
+        if !ok {
+            return Err(format!("key `units`: {u:?} is not a systemd unit name"));
+        }
+    }
+    Ok(Box::new(Polled {
+        common,
+        poller: Services {
+            units: c.units,
+            warned: false,
+        },
+    }))
+}
+
+struct Services {
+    units: Vec<String>,
+    warned: bool,
+}
+
+impl Poll for Services {
+    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {
+        if !Path::new("/run/systemd/system").is_dir() {
+            if self.warned {
+                return Ok(Vec::new());
+            }
+            self.warned = true;
+            tracing::warn!("the service beacon is idle: systemd is not running on this machine");
+            return Err("systemd is not running on this machine (no /run/systemd/system): the service beacon stays idle".into());
+        }
+        let out = std::process::Command::new("systemctl")
+            .args(["show", "--property=Id,ActiveState,SubState"])
+            .args(&self.units)
+            .output()
+            .map_err(|e| format!("cannot run systemctl: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut obs = Vec::new();
+        // One block per unit, separated by blank lines.
+        for block in text.split("\n\n") {
+            let get = |k: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let (id, active, sub) = (get("Id="), get("ActiveState="), get("SubState="));
+            if id.is_empty() {
+                continue;
+            }
+            let mut data = Map::new();
+            data.insert("unit".into(), json!(id));
+            data.insert("state".into(), json!(active));
+            data.insert("substate".into(), json!(sub));
+            obs.push(system::state(id, active, data));
+        }
+        Ok(obs)
+    }
+}

@@ -112,6 +112,28 @@ fn the_minion_names_the_file_the_beacon_and_the_key() {
     let (_, err) = run("tend-minion", &cfg, &["--check-config"]);
     assert!(err.contains("unknown beacon type \"telepathy\""), "{err}");
 
+    // At startup too, not only with --check-config: a threshold out of
+    // range, a bad glob.
+    for (beacon, key) in [
+        ("name = \"cpu\"\ntype = \"cpu\"\nabove = 150\n", "above"),
+        (
+            "name = \"cpu\"\ntype = \"disk\"\nmounts = [\"/v[ar\"]\n",
+            "mounts",
+        ),
+        (
+            "name = \"cpu\"\ntype = \"file\"\npaths = [\"/etc\"]\nexclude = [\"a[\"]\n",
+            "exclude",
+        ),
+    ] {
+        std::fs::write(&cfg, format!("id = \"web1\"\n[[beacon]]\n{beacon}")).unwrap();
+        let (code, err) = run("tend-minion", &cfg, &[]);
+        assert_ne!(code, 0, "{err}");
+        assert!(
+            err.contains("minion.toml") && err.contains("beacon \"cpu\"") && err.contains(key),
+            "{beacon:?}: {err}"
+        );
+    }
+
     std::fs::write(
         &cfg,
         "id = \"web1\"\n[[beacon]]\nname = \"x\"\ntype = \"file\"\npaths = [\"/tmp\"]\n",

@@ -436,6 +436,12 @@ impl FileBeacon {
                                     // it to come back.
                                     let _ = watcher.unwatch(path);
                                     unwatched.push(path.clone());
+                                    ctx.emit
+                                        .error(format!(
+                                            "watched directory {} vanished; watching for it to come back",
+                                            path.display()
+                                        ))
+                                        .await;
                                     for t in &interest.watched[path] {
                                         coalescer.push(t.clone(), Op::Removed, now);
                                     }
@@ -768,10 +774,19 @@ mod tests {
         let mut r = start(&[&path]);
         settle(&mut r, &path).await;
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(
-            r.next("the directory's removal").await.data["kind"],
-            "deleted"
+        // The file is reported deleted, and the vanished directory is
+        // said as an error (in either order).
+        let (a, b) = (
+            r.next("the directory's removal").await,
+            r.next("the directory's removal").await,
         );
+        let (err, deleted) = if a.subject == "error" { (a, b) } else { (b, a) };
+        assert!(
+            err.data["error"].as_str().unwrap().contains("vanished"),
+            "{:?}",
+            err.data
+        );
+        assert_eq!(deleted.data["kind"], "deleted");
         std::fs::create_dir(&dir).unwrap();
         std::fs::write(&path, "again").unwrap();
         assert_eq!(r.next("the file coming back").await.data["kind"], "created");
@@ -786,7 +801,9 @@ mod tests {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, r.rx.recv()).await {
-                Ok(Some(e)) if e.data["path"] == json!(path.display().to_string()) => return e,
+                Ok(Some(e)) if e.data.get("path") == Some(&json!(path.display().to_string())) => {
+                    return e;
+                }
                 Ok(Some(_)) => {}
                 _ => panic!("expected an event for {} after {what}", path.display()),
             }

@@ -84,8 +84,13 @@ fn main() -> std::process::ExitCode {
         );
         return std::process::ExitCode::from(2);
     }
+    // Two workers, and a small blocking pool (beacons' looks, hashing,
+    // state runs) whose idle threads go after a few seconds: a minion
+    // should stay small.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(16)
+        .thread_keep_alive(Duration::from_secs(5))
         .enable_all()
         .build()
     {

@@ -115,6 +115,63 @@ pub trait Poll: Send + 'static {
 
     /// Called once before the first poll (a baseline to compare with).
     fn start(&mut self, _now: Instant) {}
+
+    /// A look that reads a few files and is done in well under a
+    /// millisecond: run on the minion's one looker thread. Otherwise (it
+    /// runs a command) on the blocking pool.
+    fn quick(&self) -> bool {
+        true
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `job` on the looker thread, one job after another: a dozen
+/// beacons looking at /proc need one thread, not a dozen (each thread
+/// costs the minion memory).
+fn on_looker(job: Job) -> Result<(), Job> {
+    use std::sync::{Mutex, OnceLock, mpsc};
+    static LOOKER: OnceLock<Mutex<Option<mpsc::Sender<Job>>>> = OnceLock::new();
+    let cell = LOOKER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new()
+            .name("tend-looker".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            });
+        Mutex::new(spawned.ok().map(|_| tx))
+    });
+    let guard = cell.lock().unwrap_or_else(|p| p.into_inner());
+    match guard.as_ref() {
+        Some(tx) => tx.send(job).map_err(|e| e.0),
+        None => Err(job),
+    }
+}
+
+/// Runs `f` off the async threads: on the looker thread when `quick`,
+/// else on the blocking pool.
+async fn off_runtime<T: Send + 'static>(
+    quick: bool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    if quick {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        match on_looker(job) {
+            Ok(()) => return rx.await.ok(),
+            // No looker thread (it could not be started): run it here.
+            Err(job) => {
+                let _ = tokio::task::spawn_blocking(job).await;
+                return rx.await.ok();
+            }
+        }
+    }
+    tokio::task::spawn_blocking(f).await.ok()
 }
 
 /// Runs a [`Poll`] as a beacon.
@@ -127,13 +184,17 @@ impl<P: Poll> Beacon for Polled<P> {
     fn run(self: Box<Self>, ctx: BeaconCtx) -> BoxFuture<()> {
         Box::pin(async move {
             let Polled { common, poller } = *self;
-            let mut poller = Some(poller);
+            let now = Instant::now();
+            let quick = poller.quick();
+            let mut poller = off_runtime(quick, move || {
+                let mut p = poller;
+                p.start(now);
+                p
+            })
+            .await;
             let mut last: std::collections::HashMap<String, Value> = Default::default();
             let mut tick = tokio::time::interval(common.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            if let Some(p) = poller.as_mut() {
-                p.start(Instant::now());
-            }
             let mut first = true;
             loop {
                 tokio::select! {
@@ -143,7 +204,7 @@ impl<P: Poll> Beacon for Polled<P> {
                 // Reading /proc, running a command: off the async threads.
                 let Some(mut p) = poller.take() else { return };
                 let now = Instant::now();
-                let Ok((p, result)) = tokio::task::spawn_blocking(move || {
+                let Some((p, result)) = off_runtime(p.quick(), move || {
                     let r = p.poll(now);
                     (p, r)
                 })

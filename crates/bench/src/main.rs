@@ -87,6 +87,14 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// The process beacon's look against a full process-table scan, with
+    /// many processes running.
+    Processes {
+        #[arg(long, default_value_t = 1000)]
+        extra: usize,
+        #[arg(long, default_value_t = 200)]
+        looks: usize,
+    },
     /// A minion's outbox end to end, fsync on and off side by side.
     Outbox {
         #[arg(long, default_value_t = 100_000)]
@@ -145,6 +153,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Startup { runs } => measure::startup(runs).map(Some),
         Cmd::Apply { runs } => measure::apply(runs).map(Some),
         Cmd::Footprint { seconds } => measure::footprint(seconds).map(Some),
+        Cmd::Processes { extra, looks } => measure::processes(extra, looks).map(Some),
         Cmd::Outbox { events } => measure::outbox(events).map(Some),
         Cmd::Seal { events } => measure::seal(events).map(Some),
         Cmd::States { count, runs } => measure::states(count, runs).map(Some),

@@ -453,25 +453,60 @@ pub fn apply(runs: usize) -> anyhow::Result<Report> {
     Ok(r)
 }
 
+/// Every beacon type, at its default interval, as an operator would turn
+/// them all on: config files under /etc, the system's logins, a command.
+pub const ALL_BEACONS: &str = "\
+[[beacon]]\nname = \"etc\"\ntype = \"file\"\npaths = [\"/etc\"]\nrecursive = true\ninclude = [\"*.conf\"]\n\
+[[beacon]]\nname = \"cpu\"\ntype = \"cpu\"\n\
+[[beacon]]\nname = \"load\"\ntype = \"load\"\n1m = [0.0, 8.0]\n\
+[[beacon]]\nname = \"memory\"\ntype = \"memory\"\n\
+[[beacon]]\nname = \"swap\"\ntype = \"swap\"\n\
+[[beacon]]\nname = \"disk\"\ntype = \"disk\"\n\
+[[beacon]]\nname = \"net\"\ntype = \"network\"\n\
+[[beacon]]\nname = \"daemons\"\ntype = \"process\"\nnames = [\"sshd\", \"cron\"]\n\
+[[beacon]]\nname = \"services\"\ntype = \"service\"\nunits = [\"ssh.service\"]\n\
+[[beacon]]\nname = \"conn\"\ntype = \"connection\"\n\
+[[beacon]]\nname = \"logins\"\ntype = \"login\"\n\
+[[beacon]]\nname = \"uptime\"\ntype = \"command\"\ncommand = \"cat /proc/uptime\"\n\
+[[beacon]]\nname = \"heartbeat\"\ntype = \"heartbeat\"\n";
+
 pub fn footprint(seconds: u64) -> anyhow::Result<Report> {
     let tmp = tempfile::tempdir()?;
     let c = start(tmp.path())?;
+    // A second minion with every beacon, measured over the same window.
+    let tmp_all = tempfile::tempdir()?;
+    let mut all = Cluster::with(tmp_all.path(), true, ALL_BEACONS)?;
+    all.start_master()?;
+    all.start_minion()?;
     let window = Duration::from_secs(seconds.max(1));
-    let (mpid, npid) = (
+    let (mpid, npid, apid) = (
         c.master_pid().context("pid")?,
         c.minion_pid().context("pid")?,
+        all.minion_pid().context("pid")?,
     );
-    // Settle after startup, then measure both over the same window.
-    std::thread::sleep(Duration::from_secs(1));
+    // Settle after startup, then measure all over the same window.
+    std::thread::sleep(Duration::from_secs(2));
     let minion_cpu_thread = std::thread::spawn(move || cpu_percent(npid, window));
+    let all_cpu_thread = std::thread::spawn(move || cpu_percent(apid, window));
     let master_cpu = cpu_percent(mpid, window);
     let minion_cpu = minion_cpu_thread.join().unwrap_or(0.0);
+    let all_cpu = all_cpu_thread.join().unwrap_or(0.0);
     let mut r = Report::new(
         "footprint",
         format!("footprint: idle, measured over {seconds} s"),
     );
-    r.figure("minion RSS", rss_mib(npid), "MiB");
-    r.figure("minion CPU", minion_cpu, "% of a core");
+    r.figure("minion RSS, file beacon", rss_mib(npid), "MiB");
+    r.figure("minion CPU, file beacon", minion_cpu, "% of a core");
+    r.figure(
+        "minion RSS, all 13 beacon types at default intervals",
+        rss_mib(apid),
+        "MiB",
+    );
+    r.figure(
+        "minion CPU, all 13 beacon types at default intervals",
+        all_cpu,
+        "% of a core",
+    );
     r.figure("master RSS", rss_mib(mpid), "MiB");
     r.figure("master CPU", master_cpu, "% of a core");
     let size = |b: &str| {
@@ -479,6 +514,64 @@ pub fn footprint(seconds: u64) -> anyhow::Result<Report> {
     };
     r.figure("tend-minion binary", size("tend-minion"), "MiB");
     r.figure("tend-master binary", size("tend-master"), "MiB");
+    Ok(r)
+}
+
+/// What one look of the process beacon costs on a busy box: `extra`
+/// sleeping processes are started, then the beacon's incremental look
+/// (list /proc, read only new pids' names) is timed against a full scan
+/// (read every process's name), side by side.
+pub fn processes(extra: usize, looks: usize) -> anyhow::Result<Report> {
+    use tend_beacons::system::process::Processes;
+    let mut children = Vec::new();
+    for _ in 0..extra {
+        children.push(
+            std::process::Command::new("sleep")
+                .arg("600")
+                .stdin(std::process::Stdio::null())
+                .spawn()?,
+        );
+    }
+    let total = std::fs::read_dir("/proc")?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .count();
+    let mut r = Report::new(
+        "processes",
+        format!("process beacon: one look with {total} processes running, {looks} looks"),
+    );
+    let mut incremental = Processes::new(&["sshd", "cron"]);
+    incremental.scan().map_err(anyhow::Error::msg)?;
+    let reads_before = incremental.reads;
+    let mut inc = Vec::new();
+    for _ in 0..looks {
+        let t = Instant::now();
+        incremental.scan().map_err(anyhow::Error::msg)?;
+        inc.push(t.elapsed());
+    }
+    let mut full = Vec::new();
+    for _ in 0..looks {
+        let t = Instant::now();
+        Processes::new(&["sshd", "cron"])
+            .scan()
+            .map_err(anyhow::Error::msg)?;
+        full.push(t.elapsed());
+    }
+    r.timing("incremental look (the beacon)", &inc);
+    r.timing("full process-table scan", &full);
+    r.figure(
+        "names read per incremental look",
+        (incremental.reads - reads_before) as f64 / looks as f64,
+        "comm files",
+    );
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     Ok(r)
 }
 

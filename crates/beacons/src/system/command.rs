@@ -68,6 +68,11 @@ struct Run {
 }
 
 impl Poll for Run {
+    /// It runs a process: on the blocking pool, not the looker thread.
+    fn quick(&self) -> bool {
+        false
+    }
+
     fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {
         let out = tend_state::run_command(&self.command, None, &[], self.timeout)?;
         let mut stdout = out.stdout.trim_end().to_string();

@@ -5,6 +5,12 @@
 //! when the beacon starts are not reported. A connection opened and closed
 //! between two looks is not seen (the interval is the resolution).
 //!
+//! Reading the tables walks the kernel's whole connection hash (about 6 ms
+//! a table on a 2-core, 24 GB machine, however few sockets there are), so a
+//! look first reads two cheap counters (/proc/net/snmp's `PassiveOpens`,
+//! /proc/net/sockstat's sockets in use) and reads the tables only when one
+//! moved, or once a minute in any case.
+//!
 //! ```toml
 //! [[beacon]]
 //! name = "ssh-in"
@@ -51,6 +57,8 @@ pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
             listening: c.listening,
             known: HashSet::new(),
             tables: ["/proc/net/tcp", "/proc/net/tcp6"],
+            counters: None,
+            since_full: 0,
         },
     }))
 }
@@ -80,6 +88,36 @@ struct Connections {
     listening: bool,
     known: HashSet<Key>,
     tables: [&'static str; 2],
+    /// The cheap counters at the last look.
+    counters: Option<[u64; 3]>,
+    /// Looks since the tables were last read.
+    since_full: u32,
+}
+
+/// Looks between two reads of the tables even when the counters say
+/// nothing changed (a listener closed and another opened in between).
+const FULL_EVERY: u32 = 60;
+
+/// Inbound connections accepted so far, and TCP/TCP6 sockets in use: when
+/// none moved, no socket came or went.
+fn counters() -> Option<[u64; 3]> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let at = names.split_whitespace().position(|n| n == "PassiveOpens")?;
+    let passive = values.split_whitespace().nth(at)?.parse().ok()?;
+    let inuse = |file: &str, prefix: &str| -> Option<u64> {
+        let text = std::fs::read_to_string(file).ok()?;
+        let line = text.lines().find(|l| l.starts_with(prefix))?;
+        let mut f = line.split_whitespace();
+        f.position(|w| w == "inuse")?;
+        f.next()?.parse().ok()
+    };
+    Some([
+        passive,
+        inuse("/proc/net/sockstat", "TCP:")?,
+        inuse("/proc/net/sockstat6", "TCP6:").unwrap_or(0),
+    ])
 }
 
 /// The kernel prints each 32-bit word of an address as the hex of its
@@ -180,12 +218,20 @@ impl Connections {
 
 impl Poll for Connections {
     fn start(&mut self, _now: Instant) {
+        self.counters = counters();
         if let Ok(sockets) = self.look() {
             self.known = self.observe(&sockets).into_iter().map(|(k, _)| k).collect();
         }
     }
 
     fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {
+        let now = counters();
+        self.since_full += 1;
+        if now.is_some() && now == self.counters && self.since_full < FULL_EVERY {
+            return Ok(Vec::new());
+        }
+        self.counters = now;
+        self.since_full = 0;
         let sockets = self.look()?;
         let mut now = HashSet::new();
         let mut new = Vec::new();

@@ -55,6 +55,11 @@ struct Services {
 }
 
 impl Poll for Services {
+    /// It runs a process: on the blocking pool, not the looker thread.
+    fn quick(&self) -> bool {
+        false
+    }
+
     fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {
         if !Path::new("/run/systemd/system").is_dir() {
             if self.warned {

@@ -2,6 +2,7 @@
 //! states, shows minions and jobs, by asking the master over its control
 //! socket.
 
+mod follow;
 mod json;
 mod show;
 
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tend_bus::ControlClient;
 use tend_proto::v1::{
     ApplyCommand, ChangeKeys, GetJob, GetStatus, ListEvents, ListJobs, ListKeys, ListMinions,
@@ -22,7 +23,7 @@ use tend_proto::v1::{
     name = "tend",
     version,
     about = "Operate a tend master: events, states, minions, jobs",
-    after_help = "Examples:\n  tend events --tag 'minion/*/beacon/*' --since 10m\n  tend apply web1 motd --test\n  tend minions\n  tend jobs show 12"
+    after_help = "Examples:\n  tend events --tag 'minion/*/beacon/*' --since 10m\n  tend events --follow --minion web1\n  tend apply web1 motd --test\n  tend minions\n  tend jobs show 12\n\nExit status: 0 when everything worked, 1 when a minion failed or did not\nanswer, 2 when tend itself could not do what was asked (bad arguments,\nno master).\n\nColour: only on a terminal, and never when NO_COLOR is set."
 )]
 struct Cli {
     /// The master's control endpoint.
@@ -63,11 +64,16 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List stored events, newest first.
+    /// List stored events, newest first; or follow them live.
     #[command(
-        after_help = "Examples:\n  tend events --minion web1 --limit 20\n  tend events --tag 'minion/*/job/*' --json"
+        after_help = "Examples:\n  tend events --minion web1 --limit 20\n  tend events --tag 'minion/*/job/*' --json\n  tend events --follow --tag 'minion/*/beacon/file/**'\n  tend events -f --since 5m --json | jq .tag"
     )]
     Events {
+        /// Follow: print events as they are stored, oldest first, until
+        /// interrupted; goes on across master restarts without missing any.
+        /// With --since, first the events stored since then.
+        #[arg(long, short)]
+        follow: bool,
         /// Only events from this minion.
         #[arg(long)]
         minion: Option<String>,
@@ -78,7 +84,7 @@ enum Command {
         /// `2h`) or an RFC 3339 time.
         #[arg(long)]
         since: Option<String>,
-        /// At most this many.
+        /// At most this many (without --follow).
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
@@ -100,8 +106,17 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
-    /// List the minions the master knows.
+    /// List the minions the master knows: key, connection, last seen, system.
+    #[command(
+        after_help = "Examples:\n  tend minions\n  tend minions --json | jq -r 'select(.connected) | .id'"
+    )]
     Minions,
+    /// One minion in detail: key, connection, every fact, recent events.
+    #[command(after_help = "Example:\n  tend minion show web1")]
+    Minion {
+        #[command(subcommand)]
+        what: MinionCommand,
+    },
     /// Check that minions answer, and how fast.
     #[command(after_help = "Examples:\n  tend ping web1\n  tend ping '*' --timeout 2")]
     Ping {
@@ -112,6 +127,7 @@ enum Command {
         timeout: u64,
     },
     /// List jobs, or show one.
+    #[command(after_help = "Examples:\n  tend jobs --limit 10\n  tend jobs show 12 --json")]
     Jobs {
         #[command(subcommand)]
         what: Option<JobsCommand>,
@@ -120,6 +136,7 @@ enum Command {
         limit: u32,
     },
     /// Show the master's counters.
+    #[command(after_help = "Example:\n  tend status --json | jq .counters.events_stored")]
     Status,
     /// Run a command on minions and show what each one printed.
     #[command(
@@ -147,6 +164,29 @@ enum Command {
     Keys {
         #[command(subcommand)]
         what: KeysCommand,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  tend completions bash > /etc/bash_completion.d/tend\n  tend completions zsh > \"${fpath[1]}/_tend\"\n  tend completions fish > ~/.config/fish/completions/tend.fish"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages: tend(1) and one per command.
+    #[command(after_help = "Example:\n  tend man --dir /usr/local/share/man/man1")]
+    Man {
+        /// Where to write them; without it, tend(1) goes to stdout.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MinionCommand {
+    /// Everything the master knows of one minion.
+    Show {
+        id: String,
+        /// Recent events to show.
+        #[arg(long, default_value_t = 10)]
+        events: u32,
     },
 }
 
@@ -213,6 +253,7 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    show::init_colour();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -224,11 +265,38 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let json = cli.json || cli.output == Output::Json;
-    if let Command::Reactor {
-        what: ReactorCommand::Test { rule_file, event },
-    } = &cli.command
-    {
-        return reactor_test(rule_file, event);
+    // What needs no master.
+    match &cli.command {
+        Command::Reactor {
+            what: ReactorCommand::Test { rule_file, event },
+        } => return reactor_test(rule_file, event),
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "tend", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man { dir } => return man(dir.as_deref()),
+        Command::Events {
+            follow: true,
+            minion,
+            tag,
+            since,
+            ..
+        } => {
+            let since_us = match since {
+                Some(s) => parse_since(s)?,
+                None => 0,
+            };
+            return follow::run(
+                || connect(&cli),
+                follow::Filter {
+                    minion: minion.clone().unwrap_or_default(),
+                    tag: tag.clone().unwrap_or_default(),
+                    since_us,
+                },
+                json,
+            );
+        }
+        _ => {}
     }
     let mut client = connect(&cli)?;
     match cli.command {
@@ -237,6 +305,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tag,
             since,
             limit,
+            ..
         } => {
             let since_us = match since {
                 Some(s) => parse_since(&s)?,
@@ -275,6 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let mut job = None;
             let timeout = Duration::from_secs(timeout.max(1));
+            let mut progress = show::Progress::new();
             call(
                 &mut client,
                 control_request::Body::Apply(ApplyCommand {
@@ -285,11 +355,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }),
                 timeout + QUERY_TIMEOUT,
                 |body| match body {
-                    control_reply::Body::MinionResult(r) if !json => show::minion_result(&r),
+                    control_reply::Body::Targeted(t) => progress.targeted(t.minions.len()),
+                    control_reply::Body::MinionResult(r) => {
+                        progress.clear();
+                        if !json {
+                            show::minion_result(&r);
+                        }
+                        progress.answered(matches!(
+                            r.status.as_str(),
+                            "ok" | "changed" | "would-change"
+                        ));
+                    }
                     control_reply::Body::Job(j) => job = Some(j),
                     _ => {}
                 },
             )?;
+            progress.clear();
             let job = job.ok_or_else(|| anyhow!("the master ended the apply without a job"))?;
             if json {
                 println!("{}", json::job(&job));
@@ -309,6 +390,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ping { target, timeout } => {
             let timeout = Duration::from_secs(timeout.max(1));
             let (mut ok, mut failed) = (0, 0);
+            let mut progress = show::Progress::new();
             call(
                 &mut client,
                 control_request::Body::Ping(PingMinions {
@@ -316,21 +398,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     timeout_ms: timeout.as_millis() as u32,
                 }),
                 timeout + QUERY_TIMEOUT,
-                |body| {
-                    if let control_reply::Body::Pong(p) = body {
+                |body| match body {
+                    control_reply::Body::Targeted(t) => progress.targeted(t.minions.len()),
+                    control_reply::Body::Pong(p) => {
                         if p.ok {
                             ok += 1;
                         } else {
                             failed += 1;
                         }
+                        progress.clear();
                         if json {
                             println!("{}", json::pong(&p));
                         } else {
                             show::pong(&p);
                         }
+                        progress.answered(p.ok);
                     }
+                    _ => {}
                 },
             )?;
+            progress.clear();
             if !json {
                 println!("{ok} of {} answered", ok + failed);
             }
@@ -339,6 +426,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Minion {
+            what: MinionCommand::Show { id, events },
+        } => minion_show(&mut client, &id, events, json),
+        Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before connecting")
         }
         Command::Minions => {
             let mut minions = Vec::new();
@@ -412,6 +505,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let timeout = Duration::from_secs(timeout.max(1));
             let mut job = None;
+            let mut progress = show::Progress::new();
             call(
                 &mut client,
                 control_request::Body::Run(RunCommand {
@@ -421,11 +515,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }),
                 timeout + QUERY_TIMEOUT,
                 |body| match body {
-                    control_reply::Body::MinionResult(r) if !json => show::run_result(&r),
+                    control_reply::Body::Targeted(t) => progress.targeted(t.minions.len()),
+                    control_reply::Body::MinionResult(r) => {
+                        progress.clear();
+                        if !json {
+                            show::run_result(&r);
+                        }
+                        progress.answered(r.status == "ok");
+                    }
                     control_reply::Body::Job(j) => job = Some(j),
                     _ => {}
                 },
             )?;
+            progress.clear();
             let job = job.ok_or_else(|| anyhow!("the master ended the run without a job"))?;
             if json {
                 println!("{}", json::job(&job));
@@ -546,13 +648,27 @@ fn connect(cli: &Cli) -> anyhow::Result<ControlClient> {
     if endpoint.starts_with("tcp://") {
         return connect_operator(cli);
     }
-    if let Some(path) = endpoint.strip_prefix("ipc://")
-        && !Path::new(path).exists()
-    {
-        bail!(
-            "cannot reach the master at {endpoint}: no socket at {path}. Is tend-master running? \
-             Is the path right? (set --master or TEND_MASTER)"
-        );
+    if let Some(path) = endpoint.strip_prefix("ipc://") {
+        if !Path::new(path).exists() {
+            bail!(
+                "cannot reach the master at {endpoint}: no socket at {path}. Is tend-master running? \
+                 Is the path right? (set --master or TEND_MASTER)"
+            );
+        }
+        // ZeroMQ would wait for a listener that will never come; a plain
+        // connect says at once whether one is there.
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => bail!(
+                "cannot reach the master at {endpoint}: nothing listens on {path} (left by a master \
+                 that stopped?). Is tend-master running?"
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+                "cannot open the control socket {path}: permission denied. It is for the master's \
+                 own user; or use --master tcp://HOST:PORT with an operator key"
+            ),
+            Err(e) => bail!("cannot reach the master at {endpoint}: {e}"),
+        }
     }
     ControlClient::connect(endpoint)
         .with_context(|| format!("cannot reach the master at {endpoint}"))
@@ -571,6 +687,7 @@ fn config_dir() -> anyhow::Result<PathBuf> {
 /// Over TCP, as an operator: the signed handshake with this operator's key.
 fn connect_operator(cli: &Cli) -> anyhow::Result<ControlClient> {
     let endpoint = cli.master.as_str();
+    check_tcp(endpoint)?;
     let key = match &cli.key {
         Some(k) => k.clone(),
         None => config_dir()?.join("operator.key"),
@@ -611,6 +728,32 @@ fn connect_operator(cli: &Cli) -> anyhow::Result<ControlClient> {
     }
 }
 
+/// Says at once when nothing listens at a `tcp://` endpoint (ZeroMQ would
+/// wait out the whole timeout).
+fn check_tcp(endpoint: &str) -> anyhow::Result<()> {
+    use std::net::ToSocketAddrs;
+    let hostport = endpoint.trim_start_matches("tcp://");
+    let addrs: Vec<_> = hostport
+        .to_socket_addrs()
+        .with_context(|| format!("--master {endpoint}: not a host:port I can resolve"))?
+        .collect();
+    let mut last = None;
+    for addr in addrs {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => bail!(
+            "cannot reach the master at {endpoint}: connection refused. Is tend-master running? \
+             Is the port its command port?"
+        ),
+        Some(e) => bail!("cannot reach the master at {endpoint}: {e}"),
+        None => bail!("--master {endpoint}: the name resolves to no address"),
+    }
+}
+
 /// Sends one request and hands every part of the answer to `on_body`; a
 /// failure from the master becomes the error.
 fn call(
@@ -639,10 +782,22 @@ fn call(
             other => anyhow!("talking to the master at {endpoint}: {other}"),
         })?;
     match failure {
-        Some(message) => Err(anyhow!("{message}")),
+        Some(message) => Err(anyhow::Error::new(MasterSaid(message))),
         None => Ok(()),
     }
 }
+
+/// The master refused a request and said why (as opposed to not answering).
+#[derive(Debug)]
+pub struct MasterSaid(pub String);
+
+impl std::fmt::Display for MasterSaid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MasterSaid {}
 
 /// `--since`: a duration ago, or an RFC 3339 time; microseconds.
 fn parse_since(s: &str) -> anyhow::Result<i64> {
@@ -688,6 +843,84 @@ fn reactor_test(rule_file: &Path, event_file: &Path) -> anyhow::Result<ExitCode>
     };
     for line in tend_reactor::Reactor::explain(&rules, &event) {
         println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tend man`: tend(1) to stdout, or with a directory, tend(1) and
+/// tend-COMMAND(1) for every command, from the same definitions as `--help`.
+fn man(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let Some(dir) = dir else {
+        clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir)
+        .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tend minion show ID`: the minion, its key and its recent events.
+fn minion_show(
+    client: &mut ControlClient,
+    id: &str,
+    recent: u32,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut minions = Vec::new();
+    call(
+        client,
+        control_request::Body::ListMinions(ListMinions {}),
+        QUERY_TIMEOUT,
+        |body| {
+            if let control_reply::Body::Minions(list) = body {
+                minions = list.minions;
+            }
+        },
+    )?;
+    let Some(minion) = minions.into_iter().find(|m| m.id == id) else {
+        bail!("the master knows no minion {id:?}: `tend minions` lists those it knows");
+    };
+    let mut fingerprint = String::new();
+    call(
+        client,
+        control_request::Body::ListKeys(ListKeys {}),
+        QUERY_TIMEOUT,
+        |body| {
+            if let control_reply::Body::Keys(k) = body {
+                fingerprint = k
+                    .keys
+                    .into_iter()
+                    .find(|k| k.name == id && k.kind == "minion")
+                    .map(|k| k.fingerprint)
+                    .unwrap_or_default();
+            }
+        },
+    )?;
+    let mut events = Vec::new();
+    if recent > 0 {
+        call(
+            client,
+            control_request::Body::ListEvents(ListEvents {
+                minion: id.to_string(),
+                limit: recent,
+                ..Default::default()
+            }),
+            QUERY_TIMEOUT,
+            |body| {
+                if let control_reply::Body::Events(list) = body {
+                    events.extend(list.events);
+                }
+            },
+        )?;
+    }
+    if json {
+        let mut v = json::minion(&minion);
+        v["fingerprint"] = serde_json::json!(fingerprint);
+        v["events"] = events.iter().map(json::event).collect();
+        println!("{v}");
+    } else {
+        show::minion(&minion, &fingerprint, &events);
     }
     Ok(ExitCode::SUCCESS)
 }

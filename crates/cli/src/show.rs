@@ -4,6 +4,79 @@ use tend_proto::v1::{Job, KeyList, MinionInfo, MinionResult, Outcome, Status, St
 
 use crate::json;
 
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static COLOUR: AtomicBool = AtomicBool::new(false);
+
+/// Colour only when stdout is a terminal and NO_COLOR is not set
+/// (<https://no-color.org>: set and not empty), and never for a dumb one.
+pub fn init_colour() {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+    COLOUR.store(
+        std::io::stdout().is_terminal() && !no_color && !dumb,
+        Ordering::Relaxed,
+    );
+}
+
+#[derive(Clone, Copy)]
+pub enum Paint {
+    Red,
+    Green,
+    Yellow,
+    Cyan,
+    Dim,
+    Bold,
+}
+
+/// `text` in a colour, when colour is on.
+pub fn paint(text: &str, p: Paint) -> String {
+    if !COLOUR.load(Ordering::Relaxed) {
+        return text.to_string();
+    }
+    let code = match p {
+        Paint::Red => "31;1",
+        Paint::Green => "32",
+        Paint::Yellow => "33",
+        Paint::Cyan => "36",
+        Paint::Dim => "2",
+        Paint::Bold => "1",
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
+
+/// A status word in the colour that says good, changed or bad.
+fn word(word: &str) -> String {
+    let p = match word {
+        "ok" | "yes" | "accepted" | "done" => Paint::Green,
+        "changed" | "would-change" | "pending" | "running" => Paint::Yellow,
+        "failed" | "FAILED" | "timeout" | "unreachable" | "no" | "rejected" | "denied" => {
+            Paint::Red
+        }
+        _ => return word.to_string(),
+    };
+    paint(word, p)
+}
+
+/// How wide `s` shows on a terminal: its characters, less colour codes.
+fn width(s: &str) -> usize {
+    let mut n = 0;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            n += 1;
+        }
+    }
+    n
+}
+
 fn time(us: i64) -> String {
     match json::time(us) {
         serde_json::Value::String(s) => {
@@ -32,7 +105,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(width(cell));
         }
     }
     let line = |cells: Vec<String>| {
@@ -42,12 +115,14 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
             if i == last {
                 out.push_str(&cell);
             } else {
-                out.push_str(&format!("{cell:<w$}  "));
+                let pad = w.saturating_sub(width(&cell)) + 2;
+                out.push_str(&cell);
+                out.push_str(&" ".repeat(pad));
             }
         }
         println!("{}", out.trim_end());
     };
-    line(header.iter().map(|h| h.to_string()).collect());
+    line(header.iter().map(|h| paint(h, Paint::Bold)).collect());
     for row in rows {
         line(row);
     }
@@ -74,7 +149,7 @@ pub fn events(events: &[StoredEvent]) {
                 } else {
                     ev.seq.to_string()
                 },
-                ev.tag,
+                paint(&ev.tag, Paint::Cyan),
                 if ev.cause == 0 {
                     "-".into()
                 } else {
@@ -87,22 +162,26 @@ pub fn events(events: &[StoredEvent]) {
     table(&["STORED", "MINION", "SEQ", "TAG", "CAUSE", "DATA"], rows);
 }
 
-fn mark(outcome: i32) -> &'static str {
-    match Outcome::try_from(outcome).unwrap_or(Outcome::Unspecified) {
-        Outcome::Ok => "  ok     ",
-        Outcome::Changed => "  changed",
-        Outcome::WouldChange => "  would  ",
-        Outcome::Failed => "  FAILED ",
-        Outcome::Skipped => "  skipped",
-        Outcome::Unspecified => "  ?      ",
+fn mark(outcome: i32) -> String {
+    let (word, p) = match Outcome::try_from(outcome).unwrap_or(Outcome::Unspecified) {
+        Outcome::Ok => ("ok     ", Some(Paint::Green)),
+        Outcome::Changed => ("changed", Some(Paint::Yellow)),
+        Outcome::WouldChange => ("would  ", Some(Paint::Yellow)),
+        Outcome::Failed => ("FAILED ", Some(Paint::Red)),
+        Outcome::Skipped => ("skipped", Some(Paint::Dim)),
+        Outcome::Unspecified => ("?      ", None),
+    };
+    match p {
+        Some(p) => format!("  {}", paint(word, p)),
+        None => format!("  {word}"),
     }
 }
 
 pub fn minion_result(r: &MinionResult) {
     println!(
         "{}: {} ({:.1} ms)",
-        r.minion,
-        r.status,
+        paint(&r.minion, Paint::Bold),
+        word(&r.status),
         r.duration_us as f64 / 1000.0
     );
     if !r.error.is_empty() {
@@ -136,13 +215,13 @@ pub fn job_summary(job: &Job) {
     ] {
         let n = count(status);
         if n > 0 {
-            parts.push(format!("{n} {status}"));
+            parts.push(format!("{n} {}", word(status)));
         }
     }
     println!(
         "job {}: {} ({} minion{}: {})",
         job.id,
-        job.status,
+        word(&job.status),
         job.minions.len(),
         if job.minions.len() == 1 { "" } else { "s" },
         parts.join(", ")
@@ -185,7 +264,7 @@ pub fn jobs(jobs: &[Job]) {
         .map(|j| {
             vec![
                 j.id.to_string(),
-                j.status.clone(),
+                word(&j.status),
                 j.target.clone(),
                 j.states.join(","),
                 if j.rule.is_empty() {
@@ -224,13 +303,9 @@ pub fn minions(minions: &[MinionInfo]) {
                 if m.key_state.is_empty() {
                     "-".into()
                 } else {
-                    m.key_state.clone()
+                    word(&m.key_state)
                 },
-                if m.connected {
-                    "yes".into()
-                } else {
-                    "no".into()
-                },
+                word(if m.connected { "yes" } else { "no" }),
                 ago(m.last_seen_us),
                 m.version.clone(),
                 m.acked_seq.to_string(),
@@ -284,7 +359,7 @@ pub fn keys(k: &KeyList) {
             vec![
                 k.name.clone(),
                 k.kind.clone(),
-                k.state.clone(),
+                word(&k.state),
                 k.fingerprint.clone(),
             ]
         })
@@ -295,21 +370,27 @@ pub fn keys(k: &KeyList) {
 pub fn pong(p: &tend_proto::v1::PingResult) {
     if p.ok {
         println!(
-            "{}: answered in {:.2} ms (tend {})",
+            "{}: {} in {:.2} ms (tend {})",
             p.minion,
+            paint("answered", Paint::Green),
             p.rtt_us as f64 / 1000.0,
             p.version
         );
     } else {
-        println!("{}: no answer: {}", p.minion, p.error);
+        println!(
+            "{}: {}: {}",
+            p.minion,
+            paint("no answer", Paint::Red),
+            p.error
+        );
     }
 }
 
 pub fn run_result(r: &MinionResult) {
     println!(
         "{}: {} ({:.1} ms)",
-        r.minion,
-        r.status,
+        paint(&r.minion, Paint::Bold),
+        word(&r.status),
         r.duration_us as f64 / 1000.0
     );
     if !r.error.is_empty() {
@@ -325,5 +406,137 @@ pub fn run_result(r: &MinionResult) {
         if out["status"] != 0 {
             println!("  {}", s.comment);
         }
+    }
+}
+
+/// One event of a live tail: time, minion, tag, data.
+pub fn event_line(e: &StoredEvent) {
+    let ev = e.event.clone().unwrap_or_default();
+    let stamp = match json::time(e.stored_us) {
+        // The time of day to the millisecond is what a tail needs.
+        serde_json::Value::String(s) => s.get(11..23).unwrap_or(&s).to_string(),
+        _ => "-".into(),
+    };
+    let cause = if ev.cause == 0 {
+        String::new()
+    } else {
+        format!(" (job {})", ev.cause)
+    };
+    println!(
+        "{}  {}  {}{}  {}",
+        paint(&stamp, Paint::Dim),
+        paint(
+            if ev.minion.is_empty() {
+                "-"
+            } else {
+                &ev.minion
+            },
+            Paint::Bold
+        ),
+        paint(&ev.tag, Paint::Cyan),
+        cause,
+        String::from_utf8_lossy(&ev.data)
+    );
+}
+
+/// `tend minion show`: the minion, its key, facts and recent events.
+pub fn minion(m: &MinionInfo, fingerprint: &str, recent: &[StoredEvent]) {
+    let or_dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    println!("{}", paint(&m.id, Paint::Bold));
+    println!(
+        "  key:         {} {}",
+        word(&or_dash(&m.key_state)),
+        fingerprint
+    );
+    println!(
+        "  connected:   {}",
+        word(if m.connected { "yes" } else { "no" })
+    );
+    println!(
+        "  last seen:   {} ({})",
+        ago(m.last_seen_us),
+        time(m.last_seen_us)
+    );
+    println!("  version:     {}", or_dash(&m.version));
+    println!(
+        "  events:      {} stored (highest seq in order)",
+        m.acked_seq
+    );
+    let mut facts: Vec<_> = m.facts.iter().collect();
+    facts.sort();
+    if facts.is_empty() {
+        println!("  facts:       none yet (sent when the minion connects)");
+    } else {
+        println!("  facts:");
+        let w = facts.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (k, v) in facts {
+            println!("    {k:<w$}  {v}");
+        }
+    }
+    println!();
+    println!("recent events:");
+    events(recent);
+}
+
+/// A progress line on stderr while minions answer ("7/10 answered, 1
+/// failed"), only when stderr is a terminal and more than one minion was
+/// asked; results print above it.
+pub struct Progress {
+    on: bool,
+    total: usize,
+    done: usize,
+    failed: usize,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Self {
+            on: std::io::stderr().is_terminal(),
+            total: 0,
+            done: 0,
+            failed: 0,
+        }
+    }
+
+    pub fn targeted(&mut self, n: usize) {
+        self.total = n;
+        self.draw();
+    }
+
+    /// Before printing a result: the line goes, to be drawn again after.
+    pub fn clear(&self) {
+        if self.on && self.total > 1 {
+            eprint!("\r\x1b[K");
+        }
+    }
+
+    pub fn answered(&mut self, ok: bool) {
+        self.done += 1;
+        if !ok {
+            self.failed += 1;
+        }
+        self.draw();
+    }
+
+    fn draw(&self) {
+        if !self.on || self.total <= 1 {
+            return;
+        }
+        let failed = if self.failed > 0 {
+            format!(", {} failed", self.failed)
+        } else {
+            String::new()
+        };
+        eprint!(
+            "\r\x1b[K{}/{} answered{failed}",
+            self.done.min(self.total),
+            self.total
+        );
     }
 }

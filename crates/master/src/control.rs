@@ -7,9 +7,9 @@ use prost::Message;
 use tend_bus::KeyState;
 use tend_bus::Responder;
 use tend_proto::v1::{
-    ApplyCommand, ControlRequest, EventList, Failure, JobList, KeyInfo, KeyList, KeysChanged,
-    ListEvents, MinionInfo, MinionList, PeerKind, PingMinions, PingResult, RulesReloaded, Status,
-    control_reply, control_request,
+    ApplyCommand, ControlRequest, EventList, Failure, FollowEvents, JobList, KeyInfo, KeyList,
+    KeysChanged, ListEvents, MinionInfo, MinionList, PeerKind, PingMinions, PingResult,
+    RulesReloaded, Status, StoredEvent, Targeted, control_reply, control_request,
 };
 use tend_store::EventFilter;
 use tokio::sync::mpsc;
@@ -53,6 +53,7 @@ async fn handle(master: &Arc<Master>, out: &Responder, req: ControlRequest) -> R
     };
     match body {
         control_request::Body::ListEvents(q) => list_events(master, out, q).await,
+        control_request::Body::FollowEvents(q) => follow_events(master, out, q).await,
         control_request::Body::ListMinions(_) => {
             let mut minions: std::collections::BTreeMap<String, MinionInfo> = {
                 let known = master.minions.lock().unwrap_or_else(|p| p.into_inner());
@@ -141,6 +142,7 @@ async fn handle(master: &Arc<Master>, out: &Responder, req: ControlRequest) -> R
                 return Err("give a command to run".into());
             }
             let minions = master.resolve_target(&cmd.target)?;
+            targeted(out, &minions);
             let timeout = Duration::from_millis(if cmd.timeout_ms == 0 { 60_000 } else { u64::from(cmd.timeout_ms) });
             let job = crate::react::run_command(master, minions, cmd.argv, timeout, "", None).await;
             for r in &job.minions {
@@ -176,6 +178,16 @@ async fn handle(master: &Arc<Master>, out: &Responder, req: ControlRequest) -> R
     }
 }
 
+/// Tells the CLI which minions a job went to, so it can show progress.
+fn targeted(out: &Responder, minions: &[String]) {
+    let _ = out.send(
+        control_reply::Body::Targeted(Targeted {
+            minions: minions.to_vec(),
+        }),
+        true,
+    );
+}
+
 fn send(out: &Responder, body: control_reply::Body) -> Result<(), String> {
     out.finish(body).map_err(|e| e.to_string())
 }
@@ -190,31 +202,40 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-async fn list_events(master: &Master, out: &Responder, q: ListEvents) -> Result<(), String> {
-    let tag = if q.tag.is_empty() {
+/// The filter of a list or a tail: minion, tag glob, time, limit.
+fn event_filter(minion: &str, tag: &str, since_us: i64, limit: u32) -> Result<EventFilter, String> {
+    let tag = if tag.is_empty() {
         None
     } else {
         Some(
-            globset::GlobBuilder::new(&q.tag)
+            globset::GlobBuilder::new(tag)
                 .literal_separator(false)
                 .build()
-                .map_err(|e| format!("bad tag glob {:?}: {e}", q.tag))?
+                .map_err(|e| format!("bad tag glob {tag:?}: {e}"))?
                 .compile_matcher(),
         )
     };
-    let filter = EventFilter {
-        minion: (!q.minion.is_empty()).then(|| q.minion.clone()),
+    Ok(EventFilter {
+        minion: (!minion.is_empty()).then(|| minion.to_string()),
         tag,
-        since_us: (q.since_us > 0).then_some(q.since_us),
-        limit: if q.limit == 0 {
+        since_us: (since_us > 0).then_some(since_us),
+        limit: if limit == 0 {
             DEFAULT_LIMIT
         } else {
-            (q.limit as usize).min(MAX_LIMIT)
+            (limit as usize).min(MAX_LIMIT)
         },
-    };
+    })
+}
+
+async fn list_events(master: &Master, out: &Responder, q: ListEvents) -> Result<(), String> {
+    let filter = event_filter(&q.minion, &q.tag, q.since_us, q.limit)?;
     let store = master.store.clone();
     let events = blocking(move || store.list_events(&filter)).await?;
-    // In parts, so a long list never makes one oversized message.
+    send_events(out, events, 0)
+}
+
+/// Sends events in parts, so a long list never makes one oversized message.
+fn send_events(out: &Responder, events: Vec<StoredEvent>, last_id: u64) -> Result<(), String> {
     let mut part = Vec::new();
     let mut bytes = 0;
     for e in events {
@@ -223,6 +244,7 @@ async fn list_events(master: &Master, out: &Responder, q: ListEvents) -> Result<
             out.send(
                 control_reply::Body::Events(EventList {
                     events: std::mem::take(&mut part),
+                    last_id,
                 }),
                 true,
             )
@@ -232,11 +254,75 @@ async fn list_events(master: &Master, out: &Responder, q: ListEvents) -> Result<
         bytes += len;
         part.push(e);
     }
-    send(out, control_reply::Body::Events(EventList { events: part }))
+    send(
+        out,
+        control_reply::Body::Events(EventList {
+            events: part,
+            last_id,
+        }),
+    )
+}
+
+/// How long a tail's request waits for a matching event, by default and
+/// at most.
+const FOLLOW_WAIT: Duration = Duration::from_secs(2);
+const FOLLOW_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Stored events a tail looks at in one go, matching or not.
+const FOLLOW_SCAN: usize = 10_000;
+
+/// One long poll of a live tail: the matching events stored after
+/// `after_id`, at once if there are any, else as soon as some are stored,
+/// else nothing when the wait is over. The master keeps no state for a
+/// tail between requests.
+async fn follow_events(master: &Master, out: &Responder, q: FollowEvents) -> Result<(), String> {
+    // The time filter only picks where a tail starts.
+    let filter = Arc::new(event_filter(
+        &q.minion,
+        &q.tag,
+        0,
+        if q.limit == 0 { 1_000 } else { q.limit },
+    )?);
+    let wait = match q.wait_ms {
+        0 => FOLLOW_WAIT,
+        ms => Duration::from_millis(u64::from(ms)).min(FOLLOW_WAIT_MAX),
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut stored = master.stored.subscribe();
+    let committed = *stored.borrow_and_update();
+    let mut after = match (q.after_id, q.since_us) {
+        (0, 0) => return send_events(out, Vec::new(), committed),
+        (0, since) => {
+            let store = master.store.clone();
+            blocking(move || store.first_id_since(since))
+                .await?
+                .saturating_sub(1)
+        }
+        (after, _) => after,
+    };
+    // A tail from before the store was replaced (a restore, a new data
+    // dir) goes on from the new store's end.
+    after = after.min(committed);
+    loop {
+        let upto = *stored.borrow_and_update();
+        let (store, f) = (master.store.clone(), filter.clone());
+        let (events, last) = blocking(move || store.follow(after, upto, &f, FOLLOW_SCAN)).await?;
+        after = last;
+        if !events.is_empty() {
+            return send_events(out, events, after);
+        }
+        if after < upto {
+            continue; // more to look at before waiting
+        }
+        match tokio::time::timeout_at(deadline, stored.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return send_events(out, Vec::new(), after),
+        }
+    }
 }
 
 async fn apply(master: &Arc<Master>, out: &Responder, cmd: ApplyCommand) -> Result<(), String> {
     let minions = master.resolve_target(&cmd.target)?;
+    targeted(out, &minions);
     let timeout = if cmd.timeout_ms == 0 {
         Duration::from_millis(master.cfg.apply_timeout_ms)
     } else {
@@ -263,6 +349,7 @@ async fn apply(master: &Arc<Master>, out: &Responder, cmd: ApplyCommand) -> Resu
 
 async fn ping(master: &Arc<Master>, out: &Responder, p: PingMinions) -> Result<(), String> {
     let minions = master.resolve_target(&p.target)?;
+    targeted(out, &minions);
     let timeout = Duration::from_millis(if p.timeout_ms == 0 {
         5_000
     } else {

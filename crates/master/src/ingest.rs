@@ -154,6 +154,9 @@ async fn ingest(master: &Arc<Master>, batch: Batch) {
         }
     };
     add(&master.counters.events_stored, appended.stored.len() as u64);
+    if let Some(last) = appended.stored.last() {
+        master.stored.send_replace(last.id);
+    }
     add(&master.counters.events_duplicate, appended.duplicates);
     acknowledge(master, &appended, &connected);
     for (minion, n) in &appended.lost {

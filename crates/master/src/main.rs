@@ -101,6 +101,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         cfg.accept_fingerprints.clone(),
     )?);
     let store = Arc::new(Store::open(&cfg.data_dir)?);
+    let last_event = store.last_event_id()?;
     let shutdown = tend_daemon::shutdown_on_signals()?;
 
     let bus_stats = Arc::new(BusStats::default());
@@ -166,6 +167,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         reactions: Default::default(),
         replays: Default::default(),
         reactor: reactor_tx,
+        stored: tokio::sync::watch::Sender::new(last_event),
     });
     {
         let (master, rt) = (Arc::downgrade(&master), tokio::runtime::Handle::current());

@@ -83,6 +83,9 @@ pub struct Master {
     pub reactor: std::sync::mpsc::SyncSender<crate::react::ReactorMsg>,
     /// Per minion, the gap a replay was last asked for, and when.
     pub replays: Mutex<HashMap<String, (u64, std::time::Instant)>>,
+    /// The id of the last event stored and committed: live tails
+    /// (`tend events --follow`) wait on it.
+    pub stored: tokio::sync::watch::Sender<u64>,
 }
 
 impl Master {

@@ -103,6 +103,17 @@ pub struct EventFilter {
     pub limit: usize,
 }
 
+impl EventFilter {
+    /// Whether `rec` passes the minion and tag filters (not the time).
+    pub fn matches(&self, rec: &StoredEvent) -> bool {
+        let Some(event) = &rec.event else {
+            return false;
+        };
+        self.minion.as_deref().is_none_or(|m| m == event.minion)
+            && self.tag.as_ref().is_none_or(|g| g.is_match(&event.tag))
+    }
+}
+
 pub struct Store {
     db: Database,
     path: PathBuf,
@@ -251,11 +262,7 @@ impl Store {
             if filter.since_us.is_some_and(|since| rec.stored_us < since) {
                 break;
             }
-            let Some(event) = &rec.event else { continue };
-            if filter.minion.as_deref().is_some_and(|m| m != event.minion) {
-                continue;
-            }
-            if filter.tag.as_ref().is_some_and(|g| !g.is_match(&event.tag)) {
+            if !filter.matches(&rec) {
                 continue;
             }
             out.push(rec);
@@ -279,6 +286,62 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Events after store id `after` and up to `upto`, oldest first, that
+    /// match `filter` (its `since_us` and `limit` included), looking at no
+    /// more than `scan` records; and the id of the last record looked at,
+    /// so a live tail goes on from there.
+    pub fn follow(
+        &self,
+        after: u64,
+        upto: u64,
+        filter: &EventFilter,
+        scan: usize,
+    ) -> Result<(Vec<StoredEvent>, u64), StoreError> {
+        let mut out = Vec::new();
+        let mut last = after;
+        if upto <= after {
+            return Ok((out, last));
+        }
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(EVENTS)?;
+        for (looked, entry) in table.range(after + 1..=upto)?.enumerate() {
+            if looked >= scan || out.len() >= filter.limit {
+                break;
+            }
+            let (k, v) = entry?;
+            last = k.value();
+            let rec = decode::<StoredEvent>("events", k.value(), v.value())?;
+            if filter.matches(&rec) {
+                out.push(rec);
+            }
+        }
+        Ok((out, last))
+    }
+
+    /// The id of the first event stored at or after `since_us` (the next id
+    /// if there is none).
+    pub fn first_id_since(&self, since_us: i64) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(EVENTS)?;
+        let mut first = self.next_event.load(Ordering::Relaxed);
+        for entry in table.iter()?.rev() {
+            let (k, v) = entry?;
+            let rec = decode::<StoredEvent>("events", k.value(), v.value())?;
+            if rec.stored_us < since_us {
+                break;
+            }
+            first = k.value();
+        }
+        Ok(first)
+    }
+
+    /// The id of the last event stored (0 when there is none).
+    pub fn last_event_id(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(EVENTS)?;
+        Ok(table.last()?.map_or(0, |(k, _)| k.value()))
     }
 
     /// How many events are stored.

@@ -172,3 +172,76 @@ fn the_example_configs_are_valid() {
         );
     }
 }
+
+#[test]
+fn check_config_reads_the_whole_state_tree_and_reports_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("master.toml");
+    std::fs::write(
+        &cfg,
+        "state_root = \"states\"\nreactor_dir = \"rules\"\ndata_dir = \"data\"\nrun_dir = \"run\"\n",
+    )
+    .unwrap();
+    let states = dir.path().join("states");
+    std::fs::create_dir_all(states.join("files")).unwrap();
+    std::fs::create_dir_all(states.join("web")).unwrap();
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    let write = |rel: &str, text: &str| std::fs::write(dir.path().join(rel), text).unwrap();
+    write("states/files/motd", "hello {{ minion }}\n");
+    // A source that is itself TOML, and not a state file: not checked as one.
+    write("states/files/app.toml", "port = 80\n");
+    write(
+        "states/motd.toml",
+        "[motd]\ntype = \"file.managed\"\npath = \"/etc/motd\"\nsource = \"files/motd\"\ntemplate = true\n",
+    );
+    write(
+        "states/web/nginx.toml",
+        "[nginx]\ntype = \"pkg.installed\"\nname = \"nginx\"\n",
+    );
+    write(
+        "states/top.toml",
+        "[[target]]\nmatch = \"web*\"\nstates = [\"motd\", \"web.nginx\"]\n",
+    );
+    write(
+        "rules/r.toml",
+        "[[rule]]\nname = \"restore\"\non = \"minion/*/beacon/motd/*\"\n[[rule.action]]\napply = [\"motd\"]\n",
+    );
+    let (code, err) = run("tend-master", &cfg, &["--check-config"]);
+    assert_eq!(code, 0, "a good tree passes: {err}");
+
+    // Now break it five ways; every one is reported, each with its file.
+    write(
+        "states/web/nginx.toml",
+        "[nginx]\ntype = \"pkg.installed\"\nname = \"nginx\"\nversoin = \"1\"\n",
+    );
+    write(
+        "states/motd.toml",
+        "[motd]\ntype = \"file.managed\"\npath = \"/etc/motd\"\nsource = \"files/motd\"\ntemplate = true\n\
+         [banner]\ntype = \"file.managed\"\npath = \"/etc/issue\"\nsource = \"files/missing\"\n",
+    );
+    write("states/files/motd", "hello {{ minion \n");
+    write(
+        "states/top.toml",
+        "[[target]]\nmatch = \"web*\"\nstates = [\"motd\", \"db\"]\n",
+    );
+    write(
+        "rules/r.toml",
+        "[[rule]]\nname = \"restore\"\non = \"minion/*/beacon/motd/*\"\n[[rule.action]]\napply = [\"gone\"]\n",
+    );
+    let (code, err) = run("tend-master", &cfg, &["--check-config"]);
+    assert_ne!(code, 0, "a broken tree fails: {err}");
+    for want in [
+        "web/nginx.toml",
+        "versoin",
+        "files/missing",
+        "motd.toml: state \"motd\": template",
+        "state \"db\" not found",
+        "state \"gone\" not found",
+        "problem(s) in the state tree",
+    ] {
+        assert!(
+            err.contains(want),
+            "--check-config reports {want:?}:\n{err}"
+        );
+    }
+}

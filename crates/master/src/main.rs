@@ -77,16 +77,48 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `--check-config`: the config, the rules, and the whole state tree (the
+/// top file, every state file, the states each rule applies, sources and
+/// templates). Every problem is printed, not only the first.
+fn check_config(args: &Args, cfg: &MasterConfig, rules: &Rules) -> anyhow::Result<()> {
+    let applied: Vec<Vec<String>> = rules
+        .iter()
+        .flat_map(|r| r.actions.iter())
+        .filter_map(|a| match a {
+            tend_reactor::Action::Apply { states, .. } => Some(states.clone()),
+            _ => None,
+        })
+        .collect();
+    let tree = StateTree::new(&cfg.state_root);
+    match tree.check_all(&applied) {
+        Ok(files) => {
+            println!(
+                "{}: ok ({} rule(s) in {}, {} state file(s) in {})",
+                args.config.display(),
+                rules.len(),
+                cfg.reactor_dir.display(),
+                files,
+                cfg.state_root.display()
+            );
+            Ok(())
+        }
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("tend-master: {p}");
+            }
+            anyhow::bail!(
+                "{} problem(s) in the state tree {}",
+                problems.len(),
+                cfg.state_root.display()
+            )
+        }
+    }
+}
+
 async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
     let rules = Arc::new(Rules::load_dir(&cfg.reactor_dir)?);
     if args.check_config {
-        println!(
-            "{}: ok ({} rule(s) in {})",
-            args.config.display(),
-            rules.len(),
-            cfg.reactor_dir.display()
-        );
-        return Ok(());
+        return check_config(&args, &cfg, &rules);
     }
     let identity = Arc::new(Identity::load_or_create(
         &cfg.data_dir.join("keys/master.key"),

@@ -46,6 +46,19 @@ pub fn render_with(source: &str, ctx: &impl Serialize) -> Result<String, String>
     })
 }
 
+/// Checks that `source` is a template that compiles (its syntax), without
+/// rendering it: what it will see depends on the minion.
+pub fn check(source: &str) -> Result<(), String> {
+    let env = Environment::new();
+    env.template_from_str(source).map(|_| ()).map_err(|e| {
+        let mut msg = e.to_string();
+        if let Some(line) = e.line() {
+            msg = format!("line {line}: {msg}");
+        }
+        msg
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -111,6 +111,83 @@ impl StateTree {
         Ok(TopFile { entries })
     }
 
+    /// Checks everything an apply could use, for `--check-config`: the
+    /// top file; every state file under the root (any `*.toml` but the top
+    /// file, outside `files/` directories, which hold sources); each top
+    /// entry's states and each of `also` (states rules name) as they would
+    /// be applied together; and every source: there, UTF-8, and a template
+    /// that compiles. Returns how many state files were checked, or every
+    /// problem found (not only the first).
+    pub fn check_all(&self, also: &[Vec<String>]) -> Result<usize, Vec<StateError>> {
+        let mut problems = Vec::new();
+        let mut sets: Vec<Vec<String>> = also.to_vec();
+        match self.top() {
+            Ok(top) => sets.extend(top.entries.into_iter().map(|(_, states)| states)),
+            Err(e) => problems.push(e),
+        }
+        let mut names = Vec::new();
+        if self.root.is_dir() {
+            collect_state_files(&self.root, &self.root, &mut names, &mut problems);
+        }
+        names.sort();
+        let mut reported: HashSet<String> = HashSet::new();
+        for name in &names {
+            match self.load(name) {
+                Ok(states) => {
+                    for s in &states {
+                        if let Err(e) = self.check_source(s) {
+                            problems.push(e);
+                        }
+                    }
+                }
+                Err(e) => {
+                    reported.insert(name.clone());
+                    problems.push(e);
+                }
+            }
+        }
+        for set in &sets {
+            // A file already reported broken is not reported again for
+            // every set it is in.
+            if set.iter().any(|n| reported.contains(n)) {
+                continue;
+            }
+            if let Err(e) = self.load_set(set) {
+                let text = e.to_string();
+                if reported.insert(text) {
+                    problems.push(e);
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(names.len())
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn check_source(&self, s: &State) -> Result<(), StateError> {
+        let Spec::FileManaged(f) = &s.spec else {
+            return Ok(());
+        };
+        let invalid = |message: String| StateError::Invalid {
+            file: self.file_of(s),
+            state: s.id.clone(),
+            message,
+        };
+        let text = match (&f.contents, &f.source) {
+            (Some(c), _) => c.clone(),
+            (None, Some(source)) => self
+                .read_source(source)
+                .map_err(|e| invalid(format!("field `source`: {e}")))?,
+            (None, None) => return Err(invalid("missing field `contents` or `source`".into())),
+        };
+        if f.template {
+            crate::template::check(&text).map_err(|e| invalid(format!("template: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// Reads and checks state file `name` (`motd` is `motd.toml`,
     /// `web.nginx` is `web/nginx.toml`), sources not yet read.
     pub fn load(&self, name: &str) -> Result<Vec<State>, StateError> {
@@ -472,5 +549,47 @@ mod tests {
         let e = t.resolve_path("files/link").unwrap_err().to_string();
         assert!(e.contains("symlink"), "{e}");
         assert!(t.resolve_path("files/motd").is_ok());
+    }
+}
+
+/// State names of the `*.toml` files under `dir` (not the top file, not
+/// under a `files` directory).
+fn collect_state_files(
+    root: &Path,
+    dir: &Path,
+    names: &mut Vec<String>,
+    problems: &mut Vec<StateError>,
+) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            problems.push(StateError::File {
+                file: dir.display().to_string(),
+                message: e.to_string(),
+            });
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            if entry.file_name() != "files" {
+                collect_state_files(root, &path, names, problems);
+            }
+            continue;
+        }
+        let Ok(rel) = path.strip_prefix(root) else {
+            continue;
+        };
+        let Some(rel) = rel.to_str() else { continue };
+        if rel == "top.toml" {
+            continue;
+        }
+        if let Some(stem) = rel.strip_suffix(".toml") {
+            names.push(stem.replace('/', "."));
+        }
     }
 }

@@ -407,6 +407,48 @@ fn state_file_path(name: &str) -> Result<String, StateError> {
     Ok(format!("{}.toml", name.replace('.', "/")))
 }
 
+/// State names of the `*.toml` files under `dir` (not the top file, not
+/// under a `files` directory).
+fn collect_state_files(
+    root: &Path,
+    dir: &Path,
+    names: &mut Vec<String>,
+    problems: &mut Vec<StateError>,
+) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            problems.push(StateError::File {
+                file: dir.display().to_string(),
+                message: e.to_string(),
+            });
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            if entry.file_name() != "files" {
+                collect_state_files(root, &path, names, problems);
+            }
+            continue;
+        }
+        let Ok(rel) = path.strip_prefix(root) else {
+            continue;
+        };
+        let Some(rel) = rel.to_str() else { continue };
+        if rel == "top.toml" {
+            continue;
+        }
+        if let Some(stem) = rel.strip_suffix(".toml") {
+            names.push(stem.replace('/', "."));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,47 +591,5 @@ mod tests {
         let e = t.resolve_path("files/link").unwrap_err().to_string();
         assert!(e.contains("symlink"), "{e}");
         assert!(t.resolve_path("files/motd").is_ok());
-    }
-}
-
-/// State names of the `*.toml` files under `dir` (not the top file, not
-/// under a `files` directory).
-fn collect_state_files(
-    root: &Path,
-    dir: &Path,
-    names: &mut Vec<String>,
-    problems: &mut Vec<StateError>,
-) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            problems.push(StateError::File {
-                file: dir.display().to_string(),
-                message: e.to_string(),
-            });
-            return;
-        }
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        if kind.is_dir() {
-            if entry.file_name() != "files" {
-                collect_state_files(root, &path, names, problems);
-            }
-            continue;
-        }
-        let Ok(rel) = path.strip_prefix(root) else {
-            continue;
-        };
-        let Some(rel) = rel.to_str() else { continue };
-        if rel == "top.toml" {
-            continue;
-        }
-        if let Some(stem) = rel.strip_suffix(".toml") {
-            names.push(stem.replace('/', "."));
-        }
     }
 }

@@ -5,6 +5,9 @@
 //! DESIGN.md has no crate for this; without one, tend-master and
 //! tend-minion would each carry a copy.
 
+pub mod metrics;
+pub mod systemd;
+
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;

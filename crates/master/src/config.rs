@@ -50,6 +50,10 @@ pub struct MasterConfig {
     /// sight: pre-seeded by provisioning.
     #[serde(default)]
     pub accept_fingerprints: Vec<String>,
+    /// `host:port` to serve Prometheus metrics on (`GET /metrics`); off
+    /// when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     #[serde(default)]
     pub log: LogConfig,
 }

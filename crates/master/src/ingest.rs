@@ -129,6 +129,10 @@ pub async fn run(
         while let Ok(e) = local.try_recv() {
             batch.local.push(e);
         }
+        master
+            .metrics
+            .ingest_queue
+            .store(inbound.len() as u64, std::sync::atomic::Ordering::Relaxed);
         ingest(&master, batch).await;
     }
 }
@@ -177,7 +181,14 @@ async fn ingest(master: &Arc<Master>, batch: Batch) {
     }
     let n = appended.stored.len() as u64;
     let batch = crate::react::ReactorMsg::Events(appended.stored);
-    if let Err(e) = master.reactor.try_send(batch) {
+    let sent = master.reactor.try_send(batch);
+    if sent.is_ok() {
+        master
+            .metrics
+            .reactor_queue
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    if let Err(e) = sent {
         add(&master.counters.reactor_dropped, n);
         tracing::error!(
             events = n,

@@ -116,6 +116,10 @@ pub fn finish(
 ) -> Job {
     job.status = overall(&job.minions).into();
     job.finished_us = now_us();
+    master.metrics.job_finished(
+        &job.kind,
+        std::time::Duration::from_micros((job.finished_us - job.created_us).max(0) as u64),
+    );
     if job.status == "failed" {
         add(&master.counters.jobs_failed, 1);
     }

@@ -6,6 +6,7 @@ mod control;
 mod ingest;
 mod jobs;
 mod master;
+mod metrics;
 mod react;
 
 use std::collections::HashMap;
@@ -163,6 +164,15 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         tend_daemon::restrict_socket(path).map_err(anyhow::Error::msg)?;
     }
 
+    let metrics_listener = match &cfg.metrics_listen {
+        Some(listen) => Some(
+            tend_daemon::metrics::bind(listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?,
+        ),
+        None => None,
+    };
+
     let minions: HashMap<_, _> = store
         .minions()?
         .into_iter()
@@ -200,7 +210,15 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         replays: Default::default(),
         reactor: reactor_tx,
         stored: tokio::sync::watch::Sender::new(last_event),
+        metrics: Default::default(),
     });
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(tend_daemon::metrics::serve(
+            listener,
+            metrics::render(Arc::downgrade(&master)),
+            shutdown.clone(),
+        ));
+    }
     {
         let (master, rt) = (Arc::downgrade(&master), tokio::runtime::Handle::current());
         std::thread::Builder::new()
@@ -219,6 +237,12 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         });
     }
 
+    tend_daemon::systemd::ready(&format!(
+        "serving {} minion(s), {} rule(s)",
+        master.minions.lock().map(|m| m.len()).unwrap_or(0),
+        master.rules().len()
+    ));
+    tend_daemon::systemd::spawn_watchdog();
     let ingest = tokio::spawn(ingest::run(
         master.clone(),
         inbound,
@@ -227,6 +251,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
     ));
     let control = tokio::spawn(control::serve(master.clone(), requests, shutdown.clone()));
     shutdown.cancelled().await;
+    tend_daemon::systemd::stopping();
     let _ = tokio::time::timeout(Duration::from_secs(5), ingest).await;
     let _ = control.await;
     if let Some(path) = control_socket {

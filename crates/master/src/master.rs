@@ -86,6 +86,7 @@ pub struct Master {
     /// The id of the last event stored and committed: live tails
     /// (`tend events --follow`) wait on it.
     pub stored: tokio::sync::watch::Sender<u64>,
+    pub metrics: crate::metrics::MasterMetrics,
 }
 
 impl Master {

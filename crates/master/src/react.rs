@@ -50,6 +50,10 @@ pub fn run(
         let before = reactor.suppressed;
         let fires = match msg {
             Some(ReactorMsg::Events(batch)) => {
+                master
+                    .metrics
+                    .reactor_queue
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 add(&master.counters.events_evaluated, batch.len() as u64);
                 let mut fires = Vec::new();
                 for rec in &batch {

@@ -23,6 +23,7 @@ pub struct Commands {
     pub publisher: mpsc::Sender<Signal>,
     /// Held for the length of a state run.
     pub state_run: Mutex<()>,
+    pub metrics: Arc<crate::metrics::MinionMetrics>,
 }
 
 /// Output kept from a command, per stream.
@@ -59,8 +60,18 @@ impl Commands {
                 request::Body::Ping(_) => reply::Body::Pong(Pong {
                     version: env!("CARGO_PKG_VERSION").into(),
                 }),
-                request::Body::Apply(apply) => this.apply(apply).await,
-                request::Body::Run(run) => run_command(run).await,
+                request::Body::Apply(apply) => {
+                    let started = std::time::Instant::now();
+                    let answer = this.apply(apply).await;
+                    this.metrics.apply_seconds.observe(started.elapsed());
+                    answer
+                }
+                request::Body::Run(run) => {
+                    let started = std::time::Instant::now();
+                    let answer = run_command(run).await;
+                    this.metrics.run_seconds.observe(started.elapsed());
+                    answer
+                }
                 request::Body::Ack(_) => unreachable!("handled above"),
             };
             this.answer(id, answer);
@@ -99,9 +110,26 @@ impl Commands {
         })
         .await;
         match results {
-            Ok(results) => reply::Body::Apply(ApplyResult { job, results }),
+            Ok(results) => {
+                for r in &results {
+                    self.metrics.state_result(outcome_name(r.outcome));
+                }
+                reply::Body::Apply(ApplyResult { job, results })
+            }
             Err(e) => failure(&format!("the state run crashed: {e}")),
         }
+    }
+}
+
+fn outcome_name(o: i32) -> &'static str {
+    use tend_proto::v1::Outcome;
+    match Outcome::try_from(o).unwrap_or(Outcome::Unspecified) {
+        Outcome::Ok => "ok",
+        Outcome::Changed => "changed",
+        Outcome::WouldChange => "would-change",
+        Outcome::Failed => "failed",
+        Outcome::Skipped => "skipped",
+        Outcome::Unspecified => "unknown",
     }
 }
 

@@ -41,6 +41,10 @@ pub struct MinionConfig {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub outbox: OutboxConfig,
+    /// `host:port` to serve Prometheus metrics on (`GET /metrics`); off
+    /// when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     #[serde(default)]
     pub log: LogConfig,
     /// `[[beacon]]` tables; each is validated by its beacon type.

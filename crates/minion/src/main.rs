@@ -6,6 +6,7 @@ mod commands;
 mod config;
 mod facts;
 mod local;
+mod metrics;
 mod outbox;
 mod publisher;
 
@@ -174,13 +175,25 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
         "tend-minion started"
     );
 
+    let metrics = Arc::new(metrics::MinionMetrics::default());
+    let beacons_running = Arc::new(std::sync::atomic::AtomicU64::new(beacons.len() as u64));
+    if let Some(listen) = &cfg.metrics_listen {
+        let listener = tend_daemon::metrics::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("{config_file}: {e}"))?;
+        tokio::spawn(tend_daemon::metrics::serve(
+            listener,
+            metrics::render(metrics.clone(), stats.clone(), beacons_running.clone()),
+            shutdown.clone(),
+        ));
+    }
     let ledger = Arc::new(Ledger::default());
     let (event_tx, event_rx) = mpsc::channel(4096);
     let mut running = beacons::Beacons::start(beacons, &event_tx, &shutdown, &ledger);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
 
     let (signal_tx, signal_rx) = mpsc::channel(1024);
-    let publisher = Publisher::new(id.clone(), outbox, bus.clone());
+    let publisher = Publisher::new(id.clone(), outbox, bus.clone(), metrics.clone());
     let publisher_stop = tokio_util::sync::CancellationToken::new();
     let publisher_task = tokio::spawn(publisher.run(event_rx, signal_rx, publisher_stop.clone()));
 
@@ -197,7 +210,13 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
         ledger: ledger.clone(),
         publisher: signal_tx.clone(),
         state_run: tokio::sync::Mutex::new(()),
+        metrics: metrics.clone(),
     });
+    tend_daemon::systemd::ready(&format!(
+        "minion {id}, {} beacon(s)",
+        beacons_running.load(std::sync::atomic::Ordering::Relaxed)
+    ));
+    tend_daemon::systemd::spawn_watchdog();
 
     loop {
         tokio::select! {
@@ -209,6 +228,7 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
                     Ok(specs) => {
                         running.stop().await;
                         tracing::info!(beacons = specs.len(), "SIGHUP: beacons reloaded");
+                        beacons_running.store(specs.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         running = beacons::Beacons::start(specs, &event_tx, &shutdown, &ledger);
                     }
                     Err(e) => tracing::error!("SIGHUP: the beacons were not reloaded, the running ones stay: {e:#}"),
@@ -243,6 +263,7 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
         }
     }
 
+    tend_daemon::systemd::stopping();
     // Beacons stop first; the publisher then writes what they produced to
     // the outbox, so nothing seen is lost across a restart.
     running.stop().await;

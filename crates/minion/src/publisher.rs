@@ -20,7 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::MinionMetrics;
 use crate::outbox::Outbox;
+use std::sync::atomic::Ordering;
 
 /// Events published and not yet acknowledged, at most.
 const WINDOW: u64 = 50_000;
@@ -63,13 +65,20 @@ pub struct Publisher {
     next_send: u64,
     acked: u64,
     last_progress: Instant,
+    metrics: Arc<MinionMetrics>,
 }
 
 impl Publisher {
-    pub fn new(minion: String, outbox: Outbox, bus: Arc<MinionBus>) -> Self {
+    pub fn new(
+        minion: String,
+        outbox: Outbox,
+        bus: Arc<MinionBus>,
+        metrics: Arc<MinionMetrics>,
+    ) -> Self {
         let acked = outbox.acked();
         let next_send = outbox.oldest();
         bus.set_outbox_bounds(outbox.oldest(), outbox.next_seq());
+        note_outbox(&metrics, &outbox);
         Self {
             minion,
             outbox: Arc::new(Mutex::new(outbox)),
@@ -78,6 +87,7 @@ impl Publisher {
             next_send,
             acked,
             last_progress: Instant::now(),
+            metrics,
         }
     }
 
@@ -140,6 +150,7 @@ impl Publisher {
     }
 
     fn to_event(&self, e: Emitted) -> Event {
+        self.metrics.beacon_event(&e.beacon, &e.subject, &e.data);
         let mut tag = format!("minion/{}/beacon/{}", self.minion, e.beacon);
         if !e.subject.is_empty() {
             tag.push('/');
@@ -159,10 +170,14 @@ impl Publisher {
         match s {
             Signal::Connected => {
                 self.connected = true;
+                self.metrics.connected.store(true, Ordering::Relaxed);
                 self.next_send = self.acked + 1;
                 self.report_drops().await;
             }
-            Signal::Disconnected => self.connected = false,
+            Signal::Disconnected => {
+                self.connected = false;
+                self.metrics.connected.store(false, Ordering::Relaxed);
+            }
             Signal::Subscribed => self.next_send = self.acked + 1,
             Signal::Send { events, done } => {
                 let n = events.len() as u64;
@@ -178,9 +193,14 @@ impl Publisher {
                 if seq > self.acked {
                     self.acked = seq;
                     self.last_progress = Instant::now();
-                    let outbox = self.outbox.clone();
-                    let result =
-                        blocking(move || outbox.lock().expect("outbox lock").ack(seq)).await;
+                    let (outbox, metrics) = (self.outbox.clone(), self.metrics.clone());
+                    let result = blocking(move || {
+                        let mut ob = outbox.lock().expect("outbox lock");
+                        ob.ack(seq)?;
+                        note_outbox(&metrics, &ob);
+                        Ok(())
+                    })
+                    .await;
                     if let Err(e) = result {
                         tracing::error!(error = %e, "cannot record the acknowledgement in the outbox");
                     }
@@ -215,12 +235,17 @@ impl Publisher {
         }
         let outbox = self.outbox.clone();
         let bus = self.bus.clone();
+        let metrics = self.metrics.clone();
         let live = self.connected && self.next_send + batch.len() as u64 <= self.acked + WINDOW;
         let next_send = self.next_send;
         let result = blocking(move || {
             let mut ob = outbox.lock().expect("outbox lock");
             let first = ob.next_seq();
             ob.append(&mut batch)?;
+            metrics
+                .events_written
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            note_outbox(&metrics, &ob);
             let (oldest, next) = (ob.oldest(), ob.next_seq());
             drop(ob);
             // Caught up: these are exactly the next events to send.
@@ -326,4 +351,11 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+/// The outbox's figures, for the metrics.
+fn note_outbox(m: &MinionMetrics, ob: &Outbox) {
+    m.outbox_unacked.store(ob.unacked(), Ordering::Relaxed);
+    m.outbox_bytes.store(ob.bytes(), Ordering::Relaxed);
+    m.outbox_acked_seq.store(ob.acked(), Ordering::Relaxed);
 }

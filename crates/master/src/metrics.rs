@@ -1,0 +1,117 @@
+//! The master's Prometheus metrics (`metrics_listen` in master.toml): what
+//! it stored and refused, what the reactor did, queue depths, job
+//! durations, connected minions.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use tend_daemon::metrics::{Histogram, Render, Text};
+
+use crate::master::Master;
+
+/// What the master measures beyond its counters.
+#[derive(Default)]
+pub struct MasterMetrics {
+    /// How long jobs took, by kind.
+    pub apply_seconds: Histogram,
+    pub run_seconds: Histogram,
+    /// Batches of stored events waiting for the reactor.
+    pub reactor_queue: AtomicU64,
+    /// Messages from the bus waiting to be stored, when last looked at.
+    pub ingest_queue: AtomicU64,
+}
+
+impl MasterMetrics {
+    pub fn job_finished(&self, kind: &str, took: std::time::Duration) {
+        match kind {
+            "apply" => self.apply_seconds.observe(took),
+            "run" => self.run_seconds.observe(took),
+            _ => {}
+        }
+    }
+}
+
+/// Help text for each of the master's counters.
+fn help(name: &str) -> &'static str {
+    match name {
+        "events_stored" => "Events written to the store.",
+        "events_duplicate" => "Events received again after they were stored (replays).",
+        "events_lost" => "Events minions no longer held when the master asked for them.",
+        "reactions" => "Rules that matched an event and acted.",
+        "reactions_throttled" => "Actions a throttle (once_within, max_rate) held back.",
+        "reactions_coalesced" => "Reactions folded into an apply already running or pending.",
+        "jobs_started" => "Jobs started (applies and runs, by hand or by rules).",
+        "jobs_failed" => "Jobs in which some minion failed or did not answer.",
+        "local_events_dropped" => "Master events dropped because the ingest queue was full.",
+        "reactor_dropped" => "Stored events the reactor never evaluated: its queue was full.",
+        "events_evaluated" => "Stored events the reactor evaluated against the rules.",
+        _ => "A tend-master counter.",
+    }
+}
+
+pub fn render(master: Weak<Master>) -> Render {
+    Arc::new(move |t: &mut Text| {
+        let Some(m) = master.upgrade() else { return };
+        for (name, value) in m.counters.snapshot() {
+            t.counter(&format!("tend_master_{name}_total"), help(name), value);
+        }
+        bus(t, "master", &m.bus_stats);
+        t.gauge(
+            "tend_master_minions_connected",
+            "Minions with a live session.",
+            m.bus.connected().len() as f64,
+        );
+        let known = m.minions.lock().map(|k| k.len()).unwrap_or(0);
+        t.gauge(
+            "tend_master_minions_known",
+            "Minions the master has heard from.",
+            known as f64,
+        );
+        t.gauge(
+            "tend_master_rules",
+            "Reactor rules in force.",
+            m.rules().len() as f64,
+        );
+        t.gauge(
+            "tend_master_reactor_queue",
+            "Batches of stored events waiting for the reactor.",
+            m.metrics.reactor_queue.load(Ordering::Relaxed) as f64,
+        );
+        t.gauge(
+            "tend_master_ingest_queue",
+            "Messages from minions waiting to be stored.",
+            m.metrics.ingest_queue.load(Ordering::Relaxed) as f64,
+        );
+        let local = m.local.max_capacity() - m.local.capacity();
+        t.gauge(
+            "tend_master_local_queue",
+            "Events the master made itself, waiting to be stored.",
+            local as f64,
+        );
+        t.gauge(
+            "tend_master_last_event_id",
+            "Store id of the last event stored.",
+            *m.stored.borrow() as f64,
+        );
+        t.histograms(
+            "tend_master_job_duration_seconds",
+            "How long jobs took, from start to the last minion's answer.",
+            "kind",
+            &[
+                ("apply", &m.metrics.apply_seconds),
+                ("run", &m.metrics.run_seconds),
+            ],
+        );
+    })
+}
+
+/// The bus's counters, as `tend_<daemon>_bus_<name>_total`.
+pub fn bus(t: &mut Text, daemon: &str, stats: &tend_bus::BusStats) {
+    for (name, value) in stats.snapshot() {
+        t.counter(
+            &format!("tend_{daemon}_bus_{name}_total"),
+            &format!("Bus: {}.", name.replace('_', " ")),
+            value,
+        );
+    }
+}

@@ -153,24 +153,38 @@ fn the_minion_names_the_file_the_beacon_and_the_key() {
 }
 
 #[test]
-fn the_example_configs_are_valid() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
-    for (program, file) in [
-        ("tend-master", "master.toml"),
-        ("tend-minion", "minion.toml"),
-    ] {
-        let out = Command::new(bin(program))
-            .arg("--config")
-            .arg(root.join(file))
-            .arg("--check-config")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{file}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+fn the_example_and_container_configs_are_valid() {
+    let top = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for dir in ["configs", "deploy/container"] {
+        for (program, file) in [
+            ("tend-master", "master.toml"),
+            ("tend-minion", "minion.toml"),
+        ] {
+            let out = Command::new(bin(program))
+                .arg("--config")
+                .arg(top.join(dir).join(file))
+                .arg("--check-config")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{dir}/{file}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
+    // The container recipe copies what exists, and the compose file runs a
+    // master and three minions from that image.
+    let dockerfile = std::fs::read_to_string(top.join("deploy/Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("COPY deploy/container/") && top.join("deploy/container").is_dir(),
+        "the Dockerfile copies the container configs"
+    );
+    let compose = std::fs::read_to_string(top.join("deploy/compose.yaml")).unwrap();
+    for service in ["  master:", "  web1:", "  web2:", "  db1:"] {
+        assert!(compose.contains(service), "compose.yaml has {service}");
+    }
+    assert!(compose.contains("dockerfile: deploy/Dockerfile"));
 }
 
 #[test]

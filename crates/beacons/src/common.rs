@@ -93,8 +93,30 @@ pub fn rate_limit(v: &toml::Value) -> Result<(u64, Duration), String> {
 pub fn config<T: serde::de::DeserializeOwned>(table: toml::Table) -> Result<T, String> {
     toml::Value::Table(table)
         .try_into()
-        .map_err(|e: toml::de::Error| e.message().to_string())
+        .map_err(|e: toml::de::Error| {
+            let message = e.message().to_string();
+            if message.starts_with("unknown field") {
+                format!(
+                    "{message}; or one every beacon takes: `{}`",
+                    COMMON_KEYS.join("`, `")
+                )
+            } else {
+                message
+            }
+        })
 }
+
+/// The keys every beacon takes, whatever its type (not every one applies
+/// to every type: `interval` is for the polled ones).
+pub const COMMON_KEYS: &[&str] = &[
+    "name",
+    "type",
+    "enabled",
+    "interval",
+    "onchange_only",
+    "emit_at_startup",
+    "rate_limit",
+];
 
 /// One observation from a polled beacon.
 pub struct Observation {
@@ -116,12 +138,22 @@ pub trait Poll: Send + 'static {
     /// Called once before the first poll (a baseline to compare with).
     fn start(&mut self, _now: Instant) {}
 
-    /// A look that reads a few files and is done in well under a
-    /// millisecond: run on the minion's one looker thread. Otherwise (it
-    /// runs a command) on the blocking pool.
-    fn quick(&self) -> bool {
-        true
+    /// Where a look runs: see [`Cost`].
+    fn cost(&self) -> Cost {
+        Cost::Quick
     }
+}
+
+/// What a look costs, and so where it runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Cost {
+    /// No I/O at all (a counter): on the beacon's own task.
+    Inline,
+    /// Reads a few files, done in well under a millisecond: on the
+    /// minion's one looker thread.
+    Quick,
+    /// Runs a command: on the blocking pool.
+    Slow,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -151,13 +183,16 @@ fn on_looker(job: Job) -> Result<(), Job> {
     }
 }
 
-/// Runs `f` off the async threads: on the looker thread when `quick`,
-/// else on the blocking pool.
+/// Runs `f` where its cost says: inline, on the looker thread, or on the
+/// blocking pool.
 async fn off_runtime<T: Send + 'static>(
-    quick: bool,
+    cost: Cost,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
-    if quick {
+    if cost == Cost::Inline {
+        return Some(f());
+    }
+    if cost == Cost::Quick {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = tx.send(f());
@@ -185,8 +220,8 @@ impl<P: Poll> Beacon for Polled<P> {
         Box::pin(async move {
             let Polled { common, poller } = *self;
             let now = Instant::now();
-            let quick = poller.quick();
-            let mut poller = off_runtime(quick, move || {
+            let cost = poller.cost();
+            let mut poller = off_runtime(cost, move || {
                 let mut p = poller;
                 p.start(now);
                 p
@@ -204,7 +239,7 @@ impl<P: Poll> Beacon for Polled<P> {
                 // Reading /proc, running a command: off the async threads.
                 let Some(mut p) = poller.take() else { return };
                 let now = Instant::now();
-                let Some((p, result)) = off_runtime(p.quick(), move || {
+                let Some((p, result)) = off_runtime(p.cost(), move || {
                     let r = p.poll(now);
                     (p, r)
                 })

@@ -101,10 +101,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let checking = args.check_config;
     match runtime.block_on(run(args, cfg)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // A check prints its findings; a daemon also logs why it stopped.
+            if !checking {
+                tracing::error!("{e:#}");
+            }
             eprintln!("tend-minion: {e:#}");
             std::process::ExitCode::FAILURE
         }

@@ -87,7 +87,17 @@ pub fn parse_state_file(file: &str, sls: &str, text: &str) -> Result<Vec<State>,
         }
         let spec: Spec = toml::Value::Table(fields)
             .try_into()
-            .map_err(|e: toml::de::Error| invalid(e.message().to_string()))?;
+            .map_err(|e: toml::de::Error| {
+                let message = e.message().to_string();
+                if message.starts_with("unknown field") {
+                    invalid(format!(
+                        "{message}; or one every state takes: `type`, `{}`",
+                        REQUISITES.join("`, `")
+                    ))
+                } else {
+                    invalid(message)
+                }
+            })?;
         validate(&spec).map_err(invalid)?;
         out.push(State {
             id,

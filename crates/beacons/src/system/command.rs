@@ -20,7 +20,7 @@ use serde_json::{Map, json};
 use tend_state::Command;
 use tokio::time::Instant;
 
-use crate::common::{Common, Observation, Poll, Polled, config, duration};
+use crate::common::{Common, Cost, Observation, Poll, Polled, config, duration};
 use crate::{Beacon, system};
 
 #[derive(Deserialize)]
@@ -69,8 +69,8 @@ struct Run {
 
 impl Poll for Run {
     /// It runs a process: on the blocking pool, not the looker thread.
-    fn quick(&self) -> bool {
-        false
+    fn cost(&self) -> Cost {
+        Cost::Slow
     }
 
     fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Map, json};
 use tokio::time::Instant;
 
-use crate::common::{Common, Observation, Poll, Polled, config};
+use crate::common::{Common, Cost, Observation, Poll, Polled, config};
 use crate::{Beacon, system};
 
 #[derive(Deserialize)]
@@ -56,8 +56,8 @@ struct Services {
 
 impl Poll for Services {
     /// It runs a process: on the blocking pool, not the looker thread.
-    fn quick(&self) -> bool {
-        false
+    fn cost(&self) -> Cost {
+        Cost::Slow
     }
 
     fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {

@@ -311,20 +311,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(s) => parse_since(&s)?,
                 None => 0,
             };
-            let mut events = Vec::new();
-            call(
+            let events = list_events(
                 &mut client,
-                control_request::Body::ListEvents(ListEvents {
+                ListEvents {
                     minion: minion.unwrap_or_default(),
                     tag: tag.unwrap_or_default(),
                     since_us,
                     limit,
-                }),
-                QUERY_TIMEOUT,
-                |body| {
-                    if let control_reply::Body::Events(list) = body {
-                        events.extend(list.events);
-                    }
                 },
             )?;
             if json {
@@ -434,17 +427,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             unreachable!("handled before connecting")
         }
         Command::Minions => {
-            let mut minions = Vec::new();
-            call(
-                &mut client,
-                control_request::Body::ListMinions(ListMinions {}),
-                QUERY_TIMEOUT,
-                |body| {
-                    if let control_reply::Body::Minions(list) = body {
-                        minions = list.minions;
-                    }
-                },
-            )?;
+            let minions = list_minions(&mut client)?;
             if json {
                 for m in &minions {
                     println!("{}", json::minion(m));
@@ -867,18 +850,7 @@ fn minion_show(
     recent: u32,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let mut minions = Vec::new();
-    call(
-        client,
-        control_request::Body::ListMinions(ListMinions {}),
-        QUERY_TIMEOUT,
-        |body| {
-            if let control_reply::Body::Minions(list) = body {
-                minions = list.minions;
-            }
-        },
-    )?;
-    let Some(minion) = minions.into_iter().find(|m| m.id == id) else {
+    let Some(minion) = list_minions(client)?.into_iter().find(|m| m.id == id) else {
         bail!("the master knows no minion {id:?}: `tend minions` lists those it knows");
     };
     let mut fingerprint = String::new();
@@ -897,23 +869,18 @@ fn minion_show(
             }
         },
     )?;
-    let mut events = Vec::new();
-    if recent > 0 {
-        call(
+    let events = if recent > 0 {
+        list_events(
             client,
-            control_request::Body::ListEvents(ListEvents {
+            ListEvents {
                 minion: id.to_string(),
                 limit: recent,
                 ..Default::default()
-            }),
-            QUERY_TIMEOUT,
-            |body| {
-                if let control_reply::Body::Events(list) = body {
-                    events.extend(list.events);
-                }
             },
-        )?;
-    }
+        )?
+    } else {
+        Vec::new()
+    };
     if json {
         let mut v = json::minion(&minion);
         v["fingerprint"] = serde_json::json!(fingerprint);
@@ -923,4 +890,37 @@ fn minion_show(
         show::minion(&minion, &fingerprint, &events);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn list_events(
+    client: &mut ControlClient,
+    query: ListEvents,
+) -> anyhow::Result<Vec<tend_proto::v1::StoredEvent>> {
+    let mut events = Vec::new();
+    call(
+        client,
+        control_request::Body::ListEvents(query),
+        QUERY_TIMEOUT,
+        |body| {
+            if let control_reply::Body::Events(list) = body {
+                events.extend(list.events);
+            }
+        },
+    )?;
+    Ok(events)
+}
+
+fn list_minions(client: &mut ControlClient) -> anyhow::Result<Vec<tend_proto::v1::MinionInfo>> {
+    let mut minions = Vec::new();
+    call(
+        client,
+        control_request::Body::ListMinions(ListMinions {}),
+        QUERY_TIMEOUT,
+        |body| {
+            if let control_reply::Body::Minions(list) = body {
+                minions = list.minions;
+            }
+        },
+    )?;
+    Ok(minions)
 }

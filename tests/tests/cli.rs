@@ -475,6 +475,14 @@ fn colour_on_a_terminal_only_and_never_with_no_color() {
     let plain = on_a_terminal(&s.master, "minions", true);
     assert!(plain.contains("web1"), "{plain}");
     assert!(!plain.contains('\x1b'), "NO_COLOR: no colour: {plain:?}");
+    // Many minions on a terminal: a progress line on stderr while they
+    // answer, cleared before each result and at the end.
+    let pinged = on_a_terminal(&s.master, "ping '*'", true);
+    assert!(
+        pinged.contains("2/2 answered") && pinged.contains("\r\x1b[K"),
+        "a progress line on a terminal: {pinged:?}"
+    );
+    assert!(pinged.contains("2 of 2 answered"), "{pinged:?}");
     // Piped (every other test checks this too).
     let piped = text(&s.master.tend(&["minions"]));
     assert!(

@@ -191,6 +191,16 @@ fn every_command_in_table_and_json() {
         .expect("ghost");
     assert_eq!(ghost["ok"], false);
     assert!(ghost["error"].is_string());
+    // An apply to a minion that does not answer fails too.
+    let job = &expect_json(m, &["apply", "web1,ghost", "motd", "--timeout", "1"], 1)[0];
+    let ghost = job["minions"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|r| r["minion"] == "ghost"))
+        .unwrap_or_else(|| panic!("ghost in {job}"));
+    assert!(
+        matches!(ghost["status"].as_str(), Some("unreachable" | "timeout")),
+        "{ghost}"
+    );
 
     // jobs
     let jobs = expect(m, &["jobs"], 0);

@@ -175,10 +175,15 @@ fn every_command_in_table_and_json() {
     // run
     let ran = expect(m, &["run", "web*", "--", "echo hello-from-$(hostname)"], 0);
     assert_eq!(ran.matches("hello-from-").count(), 2, "{ran}");
-    assert!(ran.contains("2 ok"), "{ran}");
+    assert!(ran.contains("2 ok") && ran.contains(": ok ("), "{ran}");
     let run_json = &expect_json(m, &["run", "web2", "--", "exit 4"], 1)[0];
     assert_eq!(run_json["minions"][0]["minion"], "web2", "{run_json}");
     assert_eq!(run_json["minions"][0]["status"], "failed", "{run_json}");
+    assert_eq!(
+        run_json["status"], "failed",
+        "the run job's own status: {run_json}"
+    );
+    assert!(run_json["finished"].is_string(), "{run_json}");
 
     // ping: answers, and one that does not
     let pinged = expect(m, &["ping", "*"], 0);
@@ -548,4 +553,35 @@ fn completions_and_man_pages_come_from_the_same_definitions() {
             "`tend {sub} --help` has examples: {help}"
         );
     }
+}
+
+#[test]
+fn run_results_show_as_each_minion_answers() {
+    let s = setup();
+    // Whichever minion takes the lock first sleeps; the other answers at once.
+    let lock = s.tmp.path().join("lock");
+    let mut child = Command::new(bin("tend"))
+        .arg("--master")
+        .arg(&s.master.control)
+        .args(["run", "web*", "--"])
+        .arg(format!(
+            "mkdir {} 2>/dev/null && sleep 3; echo done",
+            lock.display()
+        ))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a line").unwrap();
+    let first_at = started.elapsed();
+    assert!(first.ends_with("ok") || first.contains(": ok ("), "{first}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let all_at = started.elapsed();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        all_at - first_at >= Duration::from_secs(2),
+        "the quick minion's result showed before the slow one finished \
+         (first after {first_at:?}, all after {all_at:?}): {first} / {rest:?}"
+    );
 }

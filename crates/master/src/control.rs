@@ -144,10 +144,17 @@ async fn handle(master: &Arc<Master>, out: &Responder, req: ControlRequest) -> R
             let minions = master.resolve_target(&cmd.target)?;
             targeted(out, &minions);
             let timeout = Duration::from_millis(if cmd.timeout_ms == 0 { 60_000 } else { u64::from(cmd.timeout_ms) });
-            let job = crate::react::run_command(master, minions, cmd.argv, timeout, "", None).await;
-            for r in &job.minions {
-                let _ = out.send(control_reply::Body::MinionResult(r.clone()), true);
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let run = {
+                let master = master.clone();
+                tokio::spawn(async move {
+                    crate::react::run_command(&master, minions, cmd.argv, timeout, "", None, Some(tx)).await
+                })
+            };
+            while let Some(r) = rx.recv().await {
+                let _ = out.send(control_reply::Body::MinionResult(r), true);
             }
+            let job = run.await.map_err(|e| format!("the run failed: {e}"))?;
             send(out, control_reply::Body::Job(job))
         }
         control_request::Body::SendEvents(_) => Err(

@@ -194,6 +194,7 @@ fn act(master: &Arc<Master>, fire: Fire) {
                                 timeout,
                                 &fire.rule,
                                 Some(&fire.event),
+                                None,
                             )
                             .await;
                         });
@@ -281,6 +282,7 @@ pub async fn run_command(
     timeout: Duration,
     rule: &str,
     trigger: Option<&Event>,
+    progress: Option<tokio::sync::mpsc::UnboundedSender<MinionResult>>,
 ) -> Job {
     let shown = argv.join(" ");
     let argv = if argv.len() == 1 {
@@ -357,12 +359,16 @@ pub async fn run_command(
     }
     while let Some(r) = set.join_next().await {
         if let Ok(r) = r {
+            // Each minion's answer goes to the CLI as it comes.
+            if let Some(p) = &progress {
+                let _ = p.send(r.clone());
+            }
             job.minions.push(r);
         }
     }
     job.minions.sort_by(|a, b| a.minion.cmp(&b.minion));
-    finish(master, job.clone(), None);
-    job
+    // The finished job (status, end time) is what the caller shows.
+    finish(master, job, None)
 }
 
 /// `fire`: a new event, caused by this reaction's job, so only rules that

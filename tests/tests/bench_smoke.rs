@@ -50,6 +50,7 @@ fn every_benchmark_runs_at_a_tiny_size() {
     bench(&["seal", "--events", "2000"]);
     bench(&["states", "--count", "20", "--runs", "2"]);
     bench(&["rules", "--events", "1000"]);
+    bench(&["processes", "--extra", "20", "--looks", "5"]);
 }
 
 #[test]

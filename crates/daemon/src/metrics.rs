@@ -120,6 +120,18 @@ impl Text {
         }
     }
 
+    /// A set of named counters (a snapshot), as `<prefix>_<name>_total`,
+    /// each helped by its name.
+    pub fn counter_set(&mut self, prefix: &str, what: &str, set: Vec<(&str, u64)>) {
+        for (name, value) in set {
+            self.counter(
+                &format!("{prefix}_{name}_total"),
+                &format!("{what}: {}.", name.replace('_', " ")),
+                value,
+            );
+        }
+    }
+
     pub fn gauge(&mut self, name: &str, help: &str, value: f64) {
         self.head(name, "gauge", help);
         let _ = writeln!(self.out, "{name} {value}");

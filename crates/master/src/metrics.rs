@@ -55,7 +55,7 @@ pub fn render(master: Weak<Master>) -> Render {
         for (name, value) in m.counters.snapshot() {
             t.counter(&format!("tend_master_{name}_total"), help(name), value);
         }
-        bus(t, "master", &m.bus_stats);
+        t.counter_set("tend_master_bus", "Bus", m.bus_stats.snapshot());
         t.gauge(
             "tend_master_minions_connected",
             "Minions with a live session.",
@@ -103,15 +103,4 @@ pub fn render(master: Weak<Master>) -> Render {
             ],
         );
     })
-}
-
-/// The bus's counters, as `tend_<daemon>_bus_<name>_total`.
-pub fn bus(t: &mut Text, daemon: &str, stats: &tend_bus::BusStats) {
-    for (name, value) in stats.snapshot() {
-        t.counter(
-            &format!("tend_{daemon}_bus_{name}_total"),
-            &format!("Bus: {}.", name.replace('_', " ")),
-            value,
-        );
-    }
 }

@@ -137,12 +137,6 @@ pub fn render(
             "kind",
             &[("apply", &m.apply_seconds), ("run", &m.run_seconds)],
         );
-        for (name, value) in bus.snapshot() {
-            t.counter(
-                &format!("tend_minion_bus_{name}_total"),
-                &format!("Bus: {}.", name.replace('_', " ")),
-                value,
-            );
-        }
+        t.counter_set("tend_minion_bus", "Bus", bus.snapshot());
     })
 }

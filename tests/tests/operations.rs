@@ -363,3 +363,64 @@ fn logs_are_json_with_one_config_line() {
     assert_eq!(v["level"], "INFO", "{v}");
     assert!(v["fields"]["fingerprint"].is_string(), "{v}");
 }
+
+#[test]
+fn events_and_jobs_past_retention_are_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut master = Master::new(&tmp.path().join("master"), "retention = \"4s\"");
+    master.state_file(
+        "hello.toml",
+        &format!(
+            "[hello]\ntype = \"file.managed\"\npath = {:?}\ncontents = \"hi\\n\"\n",
+            tmp.path().join("hello").display()
+        ),
+    );
+    master.start();
+    let mut minion = Minion::new(&tmp.path().join("minion"), "web1", &master, "");
+    minion.start();
+    master.wait_connected("web1");
+    assert!(minion.send("old", 5).status.success());
+    for _ in 0..2 {
+        assert!(master.tend(&["apply", "web1", "hello"]).status.success());
+    }
+    assert_eq!(master.events(&["--tag", "minion/web1/event/old"]).len(), 5);
+    wait_until(
+        Duration::from_secs(20),
+        "the old events and job to be removed",
+        || {
+            let counters = master.counters();
+            (master
+                .events(&["--tag", "minion/web1/event/old"])
+                .is_empty()
+                && counters["jobs_pruned"].as_u64() >= Some(1))
+            .then_some(())
+        },
+    );
+    // The newest job stays (ids go on from it); new events are stored as
+    // ever, and the minion's old seqs are still known (not stored again).
+    assert_eq!(master.tend_json(&["jobs"]).len(), 1);
+    assert!(minion.send("new", 1).status.success());
+    wait_until(Duration::from_secs(10), "a new event", || {
+        (master.events(&["--tag", "minion/web1/event/new"]).len() == 1).then_some(())
+    });
+    assert!(
+        master
+            .events(&["--tag", "minion/web1/event/old"])
+            .is_empty()
+    );
+    assert!(master.counters()["events_pruned"].as_u64() >= Some(5));
+
+    // A bad retention stops the master with the key named.
+    let bad = Master::new(&tmp.path().join("bad"), "retention = \"soon\"");
+    let out = Command::new(bin("tend-master"))
+        .arg("--config")
+        .arg(bad.config())
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("`retention`") && err.contains("soon"),
+        "{err}"
+    );
+}

@@ -50,6 +50,14 @@ pub struct MasterConfig {
     /// sight: pre-seeded by provisioning.
     #[serde(default)]
     pub accept_fingerprints: Vec<String>,
+    /// Events and finished jobs older than this are removed from the
+    /// store (`30d`, `12h`); `0s` keeps them forever.
+    #[serde(default = "default_retention")]
+    pub retention: String,
+    /// At most this many events are kept, the oldest removed first; none
+    /// when absent.
+    #[serde(default)]
+    pub max_events: Option<u64>,
     /// `host:port` to serve Prometheus metrics on (`GET /metrics`); off
     /// when absent.
     #[serde(default)]
@@ -78,6 +86,9 @@ fn default_reactor_dir() -> PathBuf {
 }
 fn default_max_message_size() -> usize {
     tend_bus::DEFAULT_MAX_MESSAGE
+}
+fn default_retention() -> String {
+    "30d".into()
 }
 fn default_heartbeat_ms() -> u64 {
     5_000
@@ -145,7 +156,28 @@ impl MasterConfig {
         if cfg.apply_timeout_ms == 0 {
             return Err(err("apply_timeout_ms", "must be above 0".into()));
         }
+        cfg.retention_period().map_err(|e| err("retention", e))?;
+        if cfg.max_events == Some(0) {
+            return Err(err(
+                "max_events",
+                "must be above 0 (leave it out for no limit)".into(),
+            ));
+        }
         Ok(cfg)
+    }
+
+    /// `retention` as a duration; None keeps events forever.
+    pub fn retention_period(&self) -> Result<Option<std::time::Duration>, String> {
+        let d = humantime::parse_duration(&self.retention).map_err(|e| {
+            format!(
+                "{:?} is not a duration like 30d, 12h or 0s ({e})",
+                self.retention
+            )
+        })?;
+        if !d.is_zero() && d < std::time::Duration::from_secs(1) {
+            return Err(format!("{:?} is under a second", self.retention));
+        }
+        Ok((!d.is_zero()).then_some(d))
     }
 
     pub fn control_endpoint(&self) -> String {

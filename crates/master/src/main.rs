@@ -7,6 +7,7 @@ mod ingest;
 mod jobs;
 mod master;
 mod metrics;
+mod prune;
 mod react;
 
 use std::collections::HashMap;
@@ -254,6 +255,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let control = tokio::spawn(control::serve(master.clone(), requests, shutdown.clone()));
+    tokio::spawn(prune::run(master.clone(), shutdown.clone()));
     shutdown.cancelled().await;
     tend_daemon::systemd::stopping();
     let _ = tokio::time::timeout(Duration::from_secs(5), ingest).await;

@@ -53,6 +53,10 @@ counters! {
         reactor_dropped,
         /// Stored events the reactor evaluated against the rules.
         events_evaluated,
+        /// Events removed: past `retention`, or beyond `max_events`.
+        events_pruned,
+        /// Finished jobs removed: past `retention`.
+        jobs_pruned,
     }
 }
 

@@ -45,6 +45,8 @@ fn help(name: &str) -> &'static str {
         "local_events_dropped" => "Master events dropped because the ingest queue was full.",
         "reactor_dropped" => "Stored events the reactor never evaluated: its queue was full.",
         "events_evaluated" => "Stored events the reactor evaluated against the rules.",
+        "events_pruned" => "Events removed: past retention, or beyond max_events.",
+        "jobs_pruned" => "Finished jobs removed: past retention.",
         _ => "A tend-master counter.",
     }
 }

@@ -356,6 +356,77 @@ impl Store {
         self.next_job.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Removes the oldest events: those stored before `before_us`, and
+    /// beyond the newest `max_events` (when given). At most `batch` go in
+    /// one transaction, so appends never wait long; returns how many went
+    /// (call again while it returns `batch`). The newest event always
+    /// stays: its id is where ids go on from after a restart. Freed pages
+    /// are reused by later events: the file stops growing, it does not
+    /// shrink.
+    pub fn prune_events(
+        &self,
+        before_us: i64,
+        max_events: Option<u64>,
+        batch: usize,
+    ) -> Result<usize, StoreError> {
+        use redb::ReadableTableMetadata;
+        let tx = self.db.begin_write()?;
+        let mut removed = 0;
+        {
+            let mut events = tx.open_table(EVENTS)?;
+            let newest = events.last()?.map_or(0, |(k, _)| k.value());
+            let mut over = match max_events {
+                Some(max) => events.len()?.saturating_sub(max),
+                None => 0,
+            };
+            while removed < batch {
+                let (id, old) = match events.first()? {
+                    None => break,
+                    Some((k, v)) => {
+                        let rec = decode::<StoredEvent>("events", k.value(), v.value())?;
+                        (k.value(), rec.stored_us < before_us)
+                    }
+                };
+                if (!old && over == 0) || id == newest {
+                    break;
+                }
+                events.remove(id)?;
+                over = over.saturating_sub(1);
+                removed += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// Removes finished jobs created before `before_us`, oldest first, at
+    /// most `batch`, never the newest (ids go on from it); returns how
+    /// many went.
+    pub fn prune_jobs(&self, before_us: i64, batch: usize) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write()?;
+        let mut removed = 0;
+        {
+            let mut jobs = tx.open_table(JOBS)?;
+            let newest = jobs.last()?.map_or(0, |(k, _)| k.value());
+            while removed < batch {
+                let (id, done_and_old) = match jobs.first()? {
+                    None => break,
+                    Some((k, v)) => {
+                        let job = decode::<Job>("jobs", k.value(), v.value())?;
+                        (k.value(), job.finished_us > 0 && job.created_us < before_us)
+                    }
+                };
+                if !done_and_old || id == newest {
+                    break;
+                }
+                jobs.remove(id)?;
+                removed += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+
     /// Creates or updates a job.
     pub fn put_job(&self, job: &Job) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
@@ -423,6 +494,63 @@ fn decode<M: Message + Default>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pruning_removes_the_oldest_events_and_finished_jobs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let batch = |from: u64, n: u64| {
+            vec![Incoming {
+                minion: "m".into(),
+                events: (from..from + n).map(|s| ev("m", s)).collect(),
+                ..Default::default()
+            }]
+        };
+        store.append(batch(1, 100), vec![]).unwrap();
+        // Beyond the newest 30: 70 go, in batches of 25.
+        let mut gone = 0;
+        loop {
+            let n = store.prune_events(0, Some(30), 25).unwrap();
+            gone += n;
+            if n < 25 {
+                break;
+            }
+        }
+        assert_eq!(gone, 70);
+        assert_eq!(store.event_count().unwrap(), 30);
+        let left = store.events_after(0, 1000).unwrap();
+        assert_eq!(
+            left.first().and_then(|e| e.event.as_ref()).map(|e| e.seq),
+            Some(71)
+        );
+        // Older than now: all the rest but the newest (ids go on from it
+        // after a restart); and the seqs stay known, so a replay of old
+        // events is still refused as a duplicate.
+        assert_eq!(store.prune_events(now_us() + 1, None, 1000).unwrap(), 29);
+        assert_eq!(store.event_count().unwrap(), 1);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let again = store.append(batch(50, 10), vec![]).unwrap();
+        assert_eq!((again.stored.len(), again.duplicates), (0, 10));
+        // New events get new ids, after the pruned ones.
+        let fresh = store.append(batch(101, 1), vec![]).unwrap();
+        assert_eq!(fresh.stored[0].id, 101);
+
+        // Jobs: finished and old go; a running one stays, and so does what
+        // follows it.
+        let job = |id: u64, finished: bool| Job {
+            id,
+            created_us: 1,
+            finished_us: if finished { 2 } else { 0 },
+            ..Default::default()
+        };
+        store.put_job(&job(1, true)).unwrap();
+        store.put_job(&job(2, false)).unwrap();
+        store.put_job(&job(3, true)).unwrap();
+        assert_eq!(store.prune_jobs(100, 1000).unwrap(), 1);
+        assert!(store.job(1).unwrap().is_none());
+        assert!(store.job(2).unwrap().is_some() && store.job(3).unwrap().is_some());
+    }
 
     fn ev(minion: &str, seq: u64) -> Event {
         Event {

@@ -415,9 +415,17 @@ impl FileBeacon {
                                 if matches!(op, Op::Created | Op::MovedIn) && interest.in_tree(path) && path.is_dir() {
                                     // A new subdirectory: the watcher adds
                                     // it, but what was made in it before
-                                    // that is only seen by looking.
+                                    // that is only seen by looking. And a
+                                    // directory made inside it while the
+                                    // watcher was adding it can be missed
+                                    // by the watcher (`mkdir -p a/b`): it
+                                    // is watched here from what the look
+                                    // finds (watching again is harmless).
                                     let mut inside = Vec::new();
                                     walk(path, &mut inside);
+                                    for d in inside.iter().filter(|p| p.is_dir()) {
+                                        let _ = watcher.watch(d, RecursiveMode::Recursive);
+                                    }
                                     for p in inside.into_iter().filter(|p| interest.wants(p)) {
                                         coalescer.push(p, Op::Created, now);
                                     }

@@ -51,6 +51,7 @@ fn every_benchmark_runs_at_a_tiny_size() {
     bench(&["states", "--count", "20", "--runs", "2"]);
     bench(&["rules", "--events", "1000"]);
     bench(&["processes", "--extra", "20", "--looks", "5"]);
+    bench(&["follow", "--events", "3"]);
 }
 
 #[test]

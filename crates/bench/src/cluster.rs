@@ -273,6 +273,17 @@ impl Cluster {
         Ok(out)
     }
 
+    /// Starts the `tend` CLI against this master, its stdout piped.
+    pub fn spawn_tend(&self, args: &[&str]) -> anyhow::Result<std::process::Child> {
+        Ok(Command::new(self.bin.join("tend"))
+            .arg("--master")
+            .arg(&self.control)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?)
+    }
+
     /// Runs the `tend` CLI against this master.
     pub fn tend(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
         Ok(Command::new(self.bin.join("tend"))

@@ -82,6 +82,11 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         runs: usize,
     },
+    /// How soon `tend events --follow` prints an event.
+    Follow {
+        #[arg(long, default_value_t = 100)]
+        events: usize,
+    },
     /// RSS and CPU of an idle minion and master.
     Footprint {
         #[arg(long, default_value_t = 10)]
@@ -152,6 +157,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Restart { minions } => measure::restart(minions).map(Some),
         Cmd::Startup { runs } => measure::startup(runs).map(Some),
         Cmd::Apply { runs } => measure::apply(runs).map(Some),
+        Cmd::Follow { events } => measure::follow(events).map(Some),
         Cmd::Footprint { seconds } => measure::footprint(seconds).map(Some),
         Cmd::Processes { extra, looks } => measure::processes(extra, looks).map(Some),
         Cmd::Outbox { events } => measure::outbox(events).map(Some),

@@ -1,6 +1,7 @@
 //! Beacons in the real minion: reloading them on SIGHUP leaks nothing, a
-//! bad reload keeps the running ones, and a beacon failing at run time
-//! says so while the others keep going.
+//! bad reload keeps the running ones, and a beacon failing at run time (a
+//! path vanished, a path the minion's user may not read) says so while
+//! the others keep going.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -298,4 +299,87 @@ fn a_failing_beacon_says_so_and_the_others_keep_running() {
         "a file in the recreated tree",
         |e| data_str(e, "path").ends_with("x/y"),
     );
+}
+
+#[test]
+fn a_beacon_denied_its_path_says_so_and_the_others_keep_running() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    mode(tmp.path(), 0o755);
+    // A directory only root may read, and one anybody may write.
+    let secret = tmp.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::write(secret.join("s.conf"), "s").unwrap();
+    mode(&secret, 0o700);
+    let open = tmp.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    mode(&open, 0o777);
+    std::fs::write(open.join("o.conf"), "o").unwrap();
+    mode(&open.join("o.conf"), 0o666);
+
+    let mut master = Master::new(&tmp.path().join("master"), "");
+    master.start();
+    let minion = Minion::new(
+        &tmp.path().join("minion"),
+        "web1",
+        &master,
+        &format!(
+            "[[beacon]]\nname = \"secret\"\ntype = \"file\"\npaths = [{:?}]\n\
+             [[beacon]]\nname = \"open\"\ntype = \"file\"\npaths = [{:?}]\n\
+             [[beacon]]\nname = \"hb\"\ntype = \"heartbeat\"\ninterval = \"100ms\"\n",
+            secret.join("s.conf"),
+            open.join("o.conf"),
+        ),
+    );
+    mode(&minion.dir, 0o777);
+    // The minion as an unprivileged user (nobody), so the kernel says no.
+    let log = std::fs::File::create(tmp.path().join("minion.log")).unwrap();
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(tend_e2e::bin("tend-minion"))
+        .arg("--config")
+        .arg(minion.dir.join("minion.toml"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("setpriv (util-linux) runs the minion as nobody");
+    master.wait_connected("web1");
+
+    let e = wait_event(
+        &master,
+        "minion/web1/beacon/secret/error",
+        "the denied beacon's error",
+        |_| true,
+    );
+    let error = data_str(&e, "error");
+    assert!(
+        error.contains("secret") && error.to_lowercase().contains("permission denied"),
+        "the error names the path and the reason: {e}"
+    );
+    // The others carry on.
+    std::fs::write(open.join("o.conf"), "edited").unwrap();
+    wait_event(
+        &master,
+        "minion/web1/beacon/open/*",
+        "the open beacon's event",
+        |e| data_str(e, "kind") == "modified",
+    );
+    let count = master.events(&["--tag", "minion/web1/beacon/hb"]).len();
+    // Past a retry or two (every second): heartbeats go on, and the denial
+    // was said once, not at every retry.
+    wait_until(
+        Duration::from_secs(10),
+        "heartbeats after the denial",
+        || (master.events(&["--tag", "minion/web1/beacon/hb"]).len() > count + 20).then_some(()),
+    );
+    assert_eq!(
+        master
+            .events(&["--tag", "minion/web1/beacon/secret/error"])
+            .len(),
+        1
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }

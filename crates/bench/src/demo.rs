@@ -151,6 +151,10 @@ pub fn demo(no_wait: bool) -> anyhow::Result<()> {
         tend.display()
     );
     println!(
+        "  {} {master_flag} events --follow   # live, as they are stored (in another terminal)",
+        tend.display()
+    );
+    println!(
         "  {} {master_flag} jobs              # the restores, and what they changed",
         tend.display()
     );

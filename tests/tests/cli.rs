@@ -585,3 +585,79 @@ fn run_results_show_as_each_minion_answers() {
          (first after {first_at:?}, all after {all_at:?}): {first} / {rest:?}"
     );
 }
+
+#[test]
+fn an_operator_over_tcp_is_accepted_then_follows_events() {
+    let s = setup();
+    let home = s.tmp.path().join("operator-home");
+    let tcp = |args: &[&str]| -> Command {
+        let mut c = Command::new(bin("tend"));
+        c.arg("--master")
+            .arg(&s.master.command_endpoint)
+            .args(["--name", "alice"])
+            .args(args)
+            .env("XDG_CONFIG_HOME", &home)
+            .env_remove("TEND_MASTER");
+        c
+    };
+    // First contact: a key is made, and the master has not accepted it.
+    let out = tcp(&["minions"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let e = err(&out);
+    assert!(
+        e.contains("has not accepted operator \"alice\"")
+            && e.contains("tend keys accept --operator alice"),
+        "says what to do: {e}"
+    );
+    assert!(
+        home.join("tend/operator.key").exists(),
+        "the operator's key was made"
+    );
+    assert!(expect(&s.master, &["keys", "accept", "--operator", "alice"], 0).contains("alice"));
+
+    // Accepted: every command works over TCP, sealed.
+    let out = tcp(&["minions"]).output().unwrap();
+    assert!(out.status.success(), "{}", err(&out));
+    assert!(text(&out).contains("web1") && text(&out).contains("web2"));
+    // The master's key was pinned on first use.
+    let pins = std::fs::read_dir(home.join("tend/masters"))
+        .unwrap()
+        .count();
+    assert_eq!(pins, 1, "the master's fingerprint is recorded");
+
+    // A live tail over TCP.
+    let mut child = tcp(&[
+        "events",
+        "--follow",
+        "--json",
+        "--since",
+        "1m",
+        "--tag",
+        "minion/*/event/remote/**",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    assert!(s.minions[0].send("remote/one", 1).status.success());
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the remote tail shows the event");
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["tag"], "minion/web1/event/remote/one");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Rejected: refused again, in one line.
+    expect(&s.master, &["keys", "reject", "--operator", "alice"], 0);
+    let out = tcp(&["minions"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(err(&out).lines().count(), 1, "{}", err(&out));
+}

@@ -154,6 +154,38 @@ fn metrics_are_scraped_from_both_daemons_and_move_when_events_flow() {
         Some(1.0)
     );
 
+    // Every metric either daemon exports is in docs/metrics.md (the bus's
+    // counters by their name, in its own table).
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md"),
+    )
+    .unwrap();
+    let mut undocumented = Vec::new();
+    for scrape in [&m, &n] {
+        for sample in &scrape.samples {
+            let family = sample
+                .metric
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            let bus = ["tend_master_bus_", "tend_minion_bus_"]
+                .iter()
+                .find_map(|p| family.strip_prefix(p))
+                .map(|rest| rest.trim_end_matches("_total"));
+            let documented = match bus {
+                Some(name) => doc.contains(&format!("| `{name}` |")),
+                None => doc.contains(&format!("| `{family}` |")),
+            };
+            if !documented && !undocumented.contains(&family.to_string()) {
+                undocumented.push(family.to_string());
+            }
+        }
+    }
+    assert!(
+        undocumented.is_empty(),
+        "metrics not in docs/metrics.md: {undocumented:?}"
+    );
+
     // Anything but GET /metrics is refused, and the daemon goes on.
     let mut s = std::net::TcpStream::connect(&master_metrics).unwrap();
     s.write_all(b"DELETE /metrics HTTP/1.1\r\n\r\n").unwrap();

@@ -171,7 +171,10 @@ fn on_looker(job: Job) -> Result<(), Job> {
             .stack_size(256 * 1024)
             .spawn(move || {
                 for job in rx {
-                    job();
+                    // A look that panics ends its own beacon (its caller
+                    // hears nothing and says so), not the thread the other
+                    // beacons look on.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 }
             });
         Mutex::new(spawned.ok().map(|_| tx))
@@ -237,7 +240,15 @@ impl<P: Poll> Beacon for Polled<P> {
                     _ = tick.tick() => {}
                 }
                 // Reading /proc, running a command: off the async threads.
-                let Some(mut p) = poller.take() else { return };
+                let Some(mut p) = poller.take() else {
+                    if ctx.shutdown.is_cancelled() {
+                        return;
+                    }
+                    ctx.emit
+                        .error("the beacon crashed while starting and is stopped")
+                        .await;
+                    return;
+                };
                 let now = Instant::now();
                 let Some((p, result)) = off_runtime(p.cost(), move || {
                     let r = p.poll(now);
@@ -245,6 +256,12 @@ impl<P: Poll> Beacon for Polled<P> {
                 })
                 .await
                 else {
+                    if ctx.shutdown.is_cancelled() {
+                        return;
+                    }
+                    ctx.emit
+                        .error("the beacon crashed while looking and is stopped")
+                        .await;
                     return;
                 };
                 poller = Some(p);
@@ -323,6 +340,78 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    /// A look that counts, or panics when told to.
+    struct Flaky {
+        looks: u64,
+        panic_at: u64,
+    }
+
+    impl Poll for Flaky {
+        fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {
+            self.looks += 1;
+            assert!(self.looks != self.panic_at, "a bug in a look");
+            Ok(vec![crate::system::happening("", Map::new())])
+        }
+    }
+
+    fn flaky(name: &str, panic_at: u64) -> (mpsc::Receiver<crate::Emitted>, CancellationToken) {
+        use crate::Beacon;
+        let (tx, rx) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        let beacon = Box::new(Polled {
+            common: Common {
+                interval: Duration::from_millis(10),
+                onchange_only: false,
+                emit_at_startup: true,
+            },
+            poller: Flaky { looks: 0, panic_at },
+        });
+        tokio::spawn(beacon.run(crate::BeaconCtx {
+            emit: crate::Emitter::new(name, tx),
+            shutdown: stop.clone(),
+            ledger: Default::default(),
+        }));
+        (rx, stop)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_look_that_panics_stops_its_beacon_with_an_error_and_no_other() {
+        let (mut bad, _stop_bad) = flaky("bad", 3);
+        let (mut good, stop_good) = flaky("good", 0);
+        let mut subjects = Vec::new();
+        while let Some(e) = tokio::time::timeout(Duration::from_secs(5), bad.recv())
+            .await
+            .ok()
+            .flatten()
+        {
+            subjects.push(e.subject.clone());
+            if e.subject == "error" {
+                assert!(
+                    e.data["error"].as_str().unwrap_or("").contains("crashed"),
+                    "{:?}",
+                    e.data
+                );
+                break;
+            }
+        }
+        assert_eq!(
+            subjects,
+            ["", "", "error"],
+            "two looks, then the crash said"
+        );
+        // The other beacon (on the same looker thread) keeps looking.
+        for _ in 0..5 {
+            let e = tokio::time::timeout(Duration::from_secs(5), good.recv())
+                .await
+                .expect("the good beacon goes on")
+                .expect("an event");
+            assert_eq!(e.subject, "");
+        }
+        stop_good.cancel();
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_rate_limit_drops_counts_and_reports() {

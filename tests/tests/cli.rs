@@ -171,6 +171,12 @@ fn every_command_in_table_and_json() {
         failed.contains("FAILED") && failed.contains("failed"),
         "{failed}"
     );
+    // `minion show` now lists its jobs, newest first.
+    let shown = &expect_json(m, &["minion", "show", "web1"], 0)[0];
+    let jobs = shown["jobs"].as_array().expect("jobs");
+    assert_eq!(jobs.len(), 4, "{shown}");
+    assert_eq!(jobs[0]["states"][0], "broken", "{shown}");
+    assert!(expect(m, &["minion", "show", "web1"], 0).contains("recent jobs:"));
 
     // run
     let ran = expect(m, &["run", "web*", "--", "echo hello-from-$(hostname)"], 0);
@@ -271,6 +277,8 @@ fn every_command_in_table_and_json() {
 
 #[test]
 fn without_a_master_every_command_says_so_in_one_line() {
+    // Built first: what is timed below is tend, not cargo.
+    bin("tend");
     let tmp = tempfile::tempdir().unwrap();
     let missing = format!("ipc://{}", tmp.path().join("control.sock").display());
     // A socket file with nobody behind it, as a killed master leaves.

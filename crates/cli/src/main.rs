@@ -881,13 +881,28 @@ fn minion_show(
     } else {
         Vec::new()
     };
+    // Its last jobs: among the master's recent ones, those it was in.
+    let mut jobs = Vec::new();
+    call(
+        client,
+        control_request::Body::ListJobs(ListJobs { limit: 500 }),
+        QUERY_TIMEOUT,
+        |body| {
+            if let control_reply::Body::Jobs(list) = body {
+                jobs = list.jobs;
+            }
+        },
+    )?;
+    jobs.retain(|j| j.minions.iter().any(|m| m.minion == id));
+    jobs.truncate(5);
     if json {
         let mut v = json::minion(&minion);
         v["fingerprint"] = serde_json::json!(fingerprint);
         v["events"] = events.iter().map(json::event).collect();
+        v["jobs"] = jobs.iter().map(json::job).collect();
         println!("{v}");
     } else {
-        show::minion(&minion, &fingerprint, &events);
+        show::minion(&minion, &fingerprint, &events, &jobs);
     }
     Ok(ExitCode::SUCCESS)
 }

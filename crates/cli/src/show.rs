@@ -440,7 +440,7 @@ pub fn event_line(e: &StoredEvent) {
 }
 
 /// `tend minion show`: the minion, its key, facts and recent events.
-pub fn minion(m: &MinionInfo, fingerprint: &str, recent: &[StoredEvent]) {
+pub fn minion(m: &MinionInfo, fingerprint: &str, recent: &[StoredEvent], recent_jobs: &[Job]) {
     let or_dash = |s: &str| {
         if s.is_empty() {
             "-".to_string()
@@ -479,6 +479,9 @@ pub fn minion(m: &MinionInfo, fingerprint: &str, recent: &[StoredEvent]) {
             println!("    {k:<w$}  {v}");
         }
     }
+    println!();
+    println!("recent jobs:");
+    jobs(recent_jobs);
     println!();
     println!("recent events:");
     events(recent);

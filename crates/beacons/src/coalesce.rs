@@ -3,9 +3,13 @@
 //! Writing a file by hand produces several inotify events (open with
 //! truncate, one modify per write, close). Reporting each would send the
 //! master a half-written file. A path is reported once it has *settled*:
-//! a close-after-write, rename, create, delete or attribute change was
-//! seen and nothing else happened for `window`. A writer that never closes
-//! (a log being appended to) is still reported `max_wait` after its first
+//! a close-after-write, rename, delete or attribute change was seen and
+//! nothing else happened for `window`. A create alone does not settle it:
+//! the creator is usually about to write (`echo x > f` is a create, a
+//! write and a close), and reporting at the create would report an empty
+//! file, then the write; a create with no close after it (a link, a
+//! directory) is reported `max_wait` later. A writer that never closes (a
+//! log being appended to) is still reported `max_wait` after its first
 //! event, so nothing waits forever.
 
 use std::collections::HashMap;
@@ -71,7 +75,7 @@ impl<K: Hash + Eq + Clone> Coalescer<K> {
             ops: Vec::new(),
         });
         p.last = now;
-        p.settled |= op != Op::Modified;
+        p.settled |= !matches!(op, Op::Modified | Op::Created);
         if !p.ops.contains(&op) {
             p.ops.push(op);
         }
@@ -168,6 +172,24 @@ mod tests {
             }
         }
         panic!("never reported");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_file_is_reported_once_written_not_at_its_create() {
+        let mut c = Coalescer::new(Duration::ZERO, 100 * MS);
+        c.push("f", Op::Created, Instant::now());
+        assert!(c.take_due(Instant::now()).is_empty(), "not at the create");
+        advance(MS).await;
+        c.push("f", Op::Modified, Instant::now());
+        c.push("f", Op::ClosedWrite, Instant::now());
+        let due = c.take_due(Instant::now());
+        assert_eq!(due.len(), 1, "once closed, as one event");
+        // A create with nothing after it (a link) waits out max_wait.
+        c.push("l", Op::Created, Instant::now());
+        advance(99 * MS).await;
+        assert!(c.take_due(Instant::now()).is_empty());
+        advance(MS).await;
+        assert_eq!(c.take_due(Instant::now()).len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

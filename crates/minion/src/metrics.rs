@@ -42,7 +42,11 @@ impl MinionMetrics {
         data: &serde_json::Map<String, serde_json::Value>,
     ) {
         let mut b = self.beacons.lock().unwrap_or_else(|p| p.into_inner());
-        let c = b.entry(name.to_string()).or_default();
+        // On every beacon event: no allocation once the beacon is known.
+        if !b.contains_key(name) {
+            b.insert(name.to_string(), BeaconCounts::default());
+        }
+        let Some(c) = b.get_mut(name) else { return };
         c.events += 1;
         match subject {
             "error" => c.errors += 1,

@@ -256,6 +256,29 @@ fn every_command_in_table_and_json() {
     );
     let keys = &expect_json(m, &["keys", "list"], 0)[0];
     assert_eq!(keys["keys"].as_array().map(Vec::len), Some(2), "{keys}");
+    // reactor test, offline: why a rule would (not) act on an event.
+    let rule = s.tmp.path().join("r.toml");
+    std::fs::write(
+        &rule,
+        "[[rule]]\nname = \"r\"\non = \"minion/*/beacon/motd/*\"\nwhen = 'event.data.kind == \"modified\"'\n[[rule.action]]\napply = [\"motd\"]\n",
+    )
+    .unwrap();
+    let ev = s.tmp.path().join("e.json");
+    std::fs::write(
+        &ev,
+        r#"{"minion": "web1", "tag": "minion/web1/beacon/motd/etc/motd", "data": {"kind": "modified"}}"#,
+    )
+    .unwrap();
+    let (rule, ev) = (rule.to_str().unwrap(), ev.to_str().unwrap());
+    let told = expect(m, &["reactor", "test", rule, "--event", ev], 0);
+    assert!(
+        told.contains("rule \"r\"") && told.contains("is true"),
+        "{told}"
+    );
+    let v = &expect_json(m, &["reactor", "test", rule, "--event", ev], 0)[0];
+    assert_eq!(v["matched"][0]["rule"], "r", "{v}");
+    assert_eq!(v["matched"][0]["holds"], true, "{v}");
+    assert_eq!(v["matched"][0]["actions"][0], "apply", "{v}");
     assert!(expect(m, &["reactor", "reload"], 0).contains("0 rule(s)"));
     assert_eq!(expect_json(m, &["reactor", "reload"], 0)[0]["rules"], 0);
 

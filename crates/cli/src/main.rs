@@ -269,7 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Reactor {
             what: ReactorCommand::Test { rule_file, event },
-        } => return reactor_test(rule_file, event),
+        } => return reactor_test(rule_file, event, json),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "tend", &mut std::io::stdout());
             return Ok(ExitCode::SUCCESS);
@@ -800,7 +800,7 @@ fn parse_since(s: &str) -> anyhow::Result<i64> {
 }
 
 /// `tend reactor test`: the master's own matching and conditions, offline.
-fn reactor_test(rule_file: &Path, event_file: &Path) -> anyhow::Result<ExitCode> {
+fn reactor_test(rule_file: &Path, event_file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(rule_file)
         .with_context(|| format!("cannot read the rule file {}", rule_file.display()))?;
     let rules = tend_reactor::Rules::from_texts(&[(rule_file.display().to_string(), text)])?;
@@ -824,8 +824,31 @@ fn reactor_test(rule_file: &Path, event_file: &Path) -> anyhow::Result<ExitCode>
             .into_bytes(),
         cause: v["cause"].as_u64().unwrap_or(0),
     };
-    for line in tend_reactor::Reactor::explain(&rules, &event) {
-        println!("{line}");
+    let explanation = tend_reactor::Reactor::explain(&rules, &event);
+    if json {
+        let matched: Vec<serde_json::Value> = rules
+            .matches(&event)
+            .iter()
+            .map(|m| {
+                let r = rules.get(m.rule);
+                serde_json::json!({
+                    "rule": &*r.name,
+                    "file": r.file,
+                    "condition": r.when,
+                    "holds": m.holds,
+                    "error": m.error,
+                    "actions": r.actions.iter().map(|a| a.kind()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"tag": event.tag, "matched": matched, "explanation": explanation})
+        );
+    } else {
+        for line in explanation {
+            println!("{line}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -199,9 +199,11 @@ fn metrics_are_scraped_from_both_daemons_and_move_when_events_flow() {
 fn metrics_are_off_by_default_and_a_bad_address_stops_the_daemon() {
     let tmp = tempfile::tempdir().unwrap();
     let master = Master::new(&tmp.path().join("m"), "metrics_listen = \"localhost\"");
+    // --check-config catches it too.
     let out = Command::new(bin("tend-master"))
         .arg("--config")
         .arg(master.config())
+        .arg("--check-config")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -210,6 +212,25 @@ fn metrics_are_off_by_default_and_a_bad_address_stops_the_daemon() {
         err.contains("master.toml") && err.contains("metrics_listen") && err.contains("localhost"),
         "{err}"
     );
+    // The minion too.
+    let minion = Minion::new(
+        &tmp.path().join("n"),
+        "web1",
+        &master,
+        "metrics_listen = \"nowhere:1\"",
+    );
+    let out = Command::new(bin("tend-minion"))
+        .arg("--config")
+        .arg(minion.dir.join("minion.toml"))
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("minion.toml") && err.contains("metrics_listen"),
+        "{err}"
+    );
+
     // Without metrics_listen the master listens on its two bus ports and
     // nothing else.
     let mut plain = Master::new(&tmp.path().join("plain"), "");

@@ -181,12 +181,17 @@ impl Text {
 /// What renders the page, at every scrape.
 pub type Render = Arc<dyn Fn(&mut Text) + Send + Sync>;
 
+/// Checks a `metrics_listen` value: an IP address and a port.
+pub fn parse_listen(listen: &str) -> Result<SocketAddr, String> {
+    listen.parse().map_err(|e| {
+        format!("key `metrics_listen`: {listen:?} is not an address like 127.0.0.1:9470 ({e})")
+    })
+}
+
 /// Binds the metrics listener (at startup, so a bad address stops the
 /// daemon with a clear error).
 pub async fn bind(listen: &str) -> Result<TcpListener, String> {
-    let addr: SocketAddr = listen.parse().map_err(|e| {
-        format!("key `metrics_listen`: {listen:?} is not an address like 127.0.0.1:9470 ({e})")
-    })?;
+    let addr = parse_listen(listen)?;
     TcpListener::bind(addr)
         .await
         .map_err(|e| format!("key `metrics_listen`: cannot listen on {addr}: {e}"))

@@ -157,6 +157,10 @@ impl MasterConfig {
             return Err(err("apply_timeout_ms", "must be above 0".into()));
         }
         cfg.retention_period().map_err(|e| err("retention", e))?;
+        if let Some(listen) = &cfg.metrics_listen {
+            tend_daemon::metrics::parse_listen(listen)
+                .map_err(|e| format!("config file {}: {e}", path.display()))?;
+        }
         if cfg.max_events == Some(0) {
             return Err(err(
                 "max_events",

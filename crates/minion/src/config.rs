@@ -104,6 +104,10 @@ impl MinionConfig {
         if let Some(id) = &cfg.id {
             tend_proto::validate_minion_id(id).map_err(|e| err("id", e.to_string()))?;
         }
+        if let Some(listen) = &cfg.metrics_listen {
+            tend_daemon::metrics::parse_listen(listen)
+                .map_err(|e| format!("config file {}: {e}", path.display()))?;
+        }
         if let Some(fp) = &cfg.master_fingerprint
             && !tend_bus::is_fingerprint(fp)
         {

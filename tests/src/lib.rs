@@ -301,6 +301,21 @@ impl Master {
     }
 }
 
+/// Runs `program --config CONFIG EXTRA...` to its end (`--check-config`,
+/// say, or a start that should fail): its exit code and stderr.
+pub fn run_daemon(program: &str, config: &Path, extra: &[&str]) -> (i32, String) {
+    let out = Command::new(bin(program))
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .output()
+        .expect("run the daemon");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs the `tend` CLI against control endpoint `control`.
 pub fn tend_at(control: &str, args: &[&str]) -> Output {
     Command::new(bin("tend"))

@@ -1,22 +1,7 @@
 //! A bad config stops a daemon at once, with an error that names the file,
 //! the key and what was expected.
 
-use std::process::Command;
-
-use tend_e2e::bin;
-
-fn run(program: &str, config: &std::path::Path, extra: &[&str]) -> (i32, String) {
-    let out = Command::new(bin(program))
-        .arg("--config")
-        .arg(config)
-        .args(extra)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use tend_e2e::run_daemon as run;
 
 #[test]
 fn the_master_names_the_file_and_the_key() {
@@ -57,14 +42,8 @@ fn the_master_names_the_file_and_the_key() {
         "[[rule]]\nname = \"oops\"\non = \"x\"\nwhen = \"event.data.kind ==\"\n[[rule.action]]\napply = [\"s\"]\n",
     )
     .unwrap();
-    let out = Command::new(bin("tend-master"))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (code, err) = run("tend-master", &cfg, &["--check-config"]);
+    assert_ne!(code, 0);
     assert!(
         err.contains("r.toml") && err.contains("oops") && err.contains("when"),
         "{err}"
@@ -139,17 +118,8 @@ fn the_minion_names_the_file_the_beacon_and_the_key() {
         "id = \"web1\"\n[[beacon]]\nname = \"x\"\ntype = \"file\"\npaths = [\"/tmp\"]\n",
     )
     .unwrap();
-    let out = Command::new(bin("tend-minion"))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, err) = run("tend-minion", &cfg, &["--check-config"]);
+    assert_eq!(code, 0, "{err}");
 }
 
 #[test]
@@ -160,17 +130,8 @@ fn the_example_and_container_configs_are_valid() {
             ("tend-master", "master.toml"),
             ("tend-minion", "minion.toml"),
         ] {
-            let out = Command::new(bin(program))
-                .arg("--config")
-                .arg(top.join(dir).join(file))
-                .arg("--check-config")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{dir}/{file}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let (code, err) = run(program, &top.join(dir).join(file), &["--check-config"]);
+            assert_eq!(code, 0, "{dir}/{file}: {err}");
         }
     }
     // The container recipe copies what exists, and the compose file runs a

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tend_e2e::{Master, Minion, bin, free_port, tend_at, wait_until};
+use tend_e2e::{Master, Minion, bin, free_port, run_daemon, tend_at, wait_until};
 
 /// `GET /metrics`, parsed as the Prometheus text format by an independent
 /// parser.
@@ -200,14 +200,8 @@ fn metrics_are_off_by_default_and_a_bad_address_stops_the_daemon() {
     let tmp = tempfile::tempdir().unwrap();
     let master = Master::new(&tmp.path().join("m"), "metrics_listen = \"localhost\"");
     // --check-config catches it too.
-    let out = Command::new(bin("tend-master"))
-        .arg("--config")
-        .arg(master.config())
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (code, err) = run_daemon("tend-master", &master.config(), &["--check-config"]);
+    assert_ne!(code, 0);
     assert!(
         err.contains("master.toml") && err.contains("metrics_listen") && err.contains("localhost"),
         "{err}"
@@ -219,15 +213,13 @@ fn metrics_are_off_by_default_and_a_bad_address_stops_the_daemon() {
         &master,
         "metrics_listen = \"nowhere:1\"",
     );
-    let out = Command::new(bin("tend-minion"))
-        .arg("--config")
-        .arg(minion.dir.join("minion.toml"))
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = run_daemon(
+        "tend-minion",
+        &minion.dir.join("minion.toml"),
+        &["--check-config"],
+    );
     assert!(
-        !out.status.success() && err.contains("minion.toml") && err.contains("metrics_listen"),
+        code != 0 && err.contains("minion.toml") && err.contains("metrics_listen"),
         "{err}"
     );
 
@@ -465,15 +457,9 @@ fn events_and_jobs_past_retention_are_removed() {
 
     // A bad retention stops the master with the key named.
     let bad = Master::new(&tmp.path().join("bad"), "retention = \"soon\"");
-    let out = Command::new(bin("tend-master"))
-        .arg("--config")
-        .arg(bad.config())
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = run_daemon("tend-master", &bad.config(), &["--check-config"]);
     assert!(
-        !out.status.success() && err.contains("`retention`") && err.contains("soon"),
+        code != 0 && err.contains("`retention`") && err.contains("soon"),
         "{err}"
     );
 }

@@ -8,9 +8,8 @@
 //! fails this test.
 
 use std::path::Path;
-use std::process::Command;
 
-use tend_e2e::bin;
+use tend_e2e::run_daemon;
 
 const BOGUS: &str = "bogus_key_zz";
 
@@ -51,14 +50,9 @@ fn known_types(err: &str) -> Vec<String> {
 
 /// Runs `program --config FILE --check-config`; its stderr.
 fn check(program: &str, config: &Path) -> String {
-    let out = Command::new(bin(program))
-        .arg("--config")
-        .arg(config)
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "{program} accepted a bogus key");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let (code, err) = run_daemon(program, config, &["--check-config"]);
+    assert_ne!(code, 0, "{program} accepted a bogus key");
+    err
 }
 
 /// The text of the section whose heading is exactly `heading`, up to the

@@ -351,9 +351,18 @@ fn tail(
     master: &Master,
     args: &[&str],
 ) -> (std::process::Child, mpsc::Receiver<(SystemTime, Value)>) {
-    let mut child = Command::new(bin("tend"))
-        .arg("--master")
-        .arg(&master.control)
+    let mut cmd = Command::new(bin("tend"));
+    cmd.arg("--master").arg(&master.control);
+    tail_of(cmd, args)
+}
+
+/// Starts `tend ... events --follow --json ARGS` from `cmd` (the binary
+/// and global options), and reads its lines as they come.
+fn tail_of(
+    mut cmd: Command,
+    args: &[&str],
+) -> (std::process::Child, mpsc::Receiver<(SystemTime, Value)>) {
+    let mut child = cmd
         .args(["events", "--follow", "--json"])
         .args(args)
         .stdout(Stdio::piped())
@@ -657,31 +666,12 @@ fn an_operator_over_tcp_is_accepted_then_follows_events() {
     assert_eq!(pins, 1, "the master's fingerprint is recorded");
 
     // A live tail over TCP.
-    let mut child = tcp(&[
-        "events",
-        "--follow",
-        "--json",
-        "--since",
-        "1m",
-        "--tag",
-        "minion/*/event/remote/**",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut child, rx) = tail_of(
+        tcp(&[]),
+        &["--since", "1m", "--tag", "minion/*/event/remote/**"],
+    );
     assert!(s.minions[0].send("remote/one", 1).status.success());
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the remote tail shows the event");
-    let v: Value = serde_json::from_str(&line).unwrap();
+    let (_, v) = next_event(&rx, "the remote tail's event");
     assert_eq!(v["tag"], "minion/web1/event/remote/one");
     let _ = child.kill();
     let _ = child.wait();

@@ -40,43 +40,18 @@ async fn prune_once(master: &Master, retention: Option<Duration>, max_events: Op
     let before_us = retention.map_or(0, |r| {
         tend_proto::now_us().saturating_sub(r.as_micros().min(i64::MAX as u128) as i64)
     });
-    let (mut events, mut jobs) = (0, 0);
-    loop {
-        let store = master.store.clone();
-        match tokio::task::spawn_blocking(move || store.prune_events(before_us, max_events, BATCH))
-            .await
-        {
-            Ok(Ok(n)) => {
-                events += n;
-                if n < BATCH {
-                    break;
-                }
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot remove old events");
-                break;
-            }
-            Err(_) => break,
-        }
-    }
-    if retention.is_some() {
-        loop {
-            let store = master.store.clone();
-            match tokio::task::spawn_blocking(move || store.prune_jobs(before_us, BATCH)).await {
-                Ok(Ok(n)) => {
-                    jobs += n;
-                    if n < BATCH {
-                        break;
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "cannot remove old jobs");
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-    }
+    let events = in_batches(master, "events", move |store| {
+        store.prune_events(before_us, max_events, BATCH)
+    })
+    .await;
+    let jobs = if retention.is_some() {
+        in_batches(master, "jobs", move |store| {
+            store.prune_jobs(before_us, BATCH)
+        })
+        .await
+    } else {
+        0
+    };
     add(&master.counters.events_pruned, events as u64);
     add(&master.counters.jobs_pruned, jobs as u64);
     if events > 0 || jobs > 0 {
@@ -87,5 +62,31 @@ async fn prune_once(master: &Master, retention: Option<Duration>, max_events: Op
             max_events = ?max_events,
             "removed what is past retention"
         );
+    }
+}
+
+/// Runs one pruning step on the blocking pool until it removes less than a
+/// whole batch (or fails, which is logged); returns how many went.
+async fn in_batches(
+    master: &Master,
+    what: &str,
+    step: impl Fn(&tend_store::Store) -> Result<usize, tend_store::StoreError> + Clone + Send + 'static,
+) -> usize {
+    let mut removed = 0;
+    loop {
+        let (store, step) = (master.store.clone(), step.clone());
+        match tokio::task::spawn_blocking(move || step(&store)).await {
+            Ok(Ok(n)) => {
+                removed += n;
+                if n < BATCH {
+                    return removed;
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot remove old {what}");
+                return removed;
+            }
+            Err(_) => return removed,
+        }
     }
 }

@@ -1,6 +1,15 @@
 //! The attack suite: each of Salt's worst incidents, tried against tend.
 //! Every test plays the attacker with real sockets and real keys, and
 //! checks what a user would notice: nothing stored, nothing run.
+//!
+//! The findings of the independent red team (issue 13) are in one module
+//! per area, each test named after its finding: `keys` (key acceptance and
+//! identity), `files` (modes, temp files, sockets, shells), `bus` (reply
+//! routing, message and connection limits, handshakes).
+
+mod bus;
+mod files;
+mod keys;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;

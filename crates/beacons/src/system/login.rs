@@ -133,6 +133,12 @@ impl Record {
     }
 }
 
+/// Bytes read in one look, at most: about 4 MiB (10,922 records), and a
+/// whole number of records, so the next look starts at a record boundary
+/// (a cap of exactly 4 MiB cut a record in two and put every later one
+/// out of line).
+const READ_CAP: u64 = (4 << 20) / RECORD as u64 * RECORD as u64;
+
 /// Reads the records appended to one file since the last look.
 struct Tail {
     path: String,
@@ -190,8 +196,8 @@ impl Tail {
         if whole > 0 {
             f.seek(SeekFrom::Start(offset))
                 .map_err(|e| format!("cannot seek {}: {e}", self.path))?;
-            // At most 4 MiB (about 11 000 entries) a look; the rest next time.
-            let take = whole.min(4 << 20);
+            // At most READ_CAP a look; the rest next time.
+            let take = whole.min(READ_CAP);
             let mut buf = vec![0u8; take as usize];
             f.read_exact(&mut buf)
                 .map_err(|e| format!("cannot read {}: {e}", self.path))?;
@@ -325,5 +331,51 @@ mod tests {
         std::fs::rename(&path, dir.path().join("wtmp.1")).unwrap();
         append(&record(USER_PROCESS, "dave"));
         assert_eq!(t.read_new().unwrap()[0].user, "dave");
+    }
+
+    /// A backlog larger than one look's read cap (4 MiB): every record of it
+    /// and every record appended after it decodes at a record boundary.
+    #[test]
+    fn a_backlog_over_the_read_cap_keeps_records_aligned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wtmp");
+        std::fs::write(&path, record(USER_PROCESS, "history").encode()).unwrap();
+        let mut t = Tail::new(path.display().to_string(), false);
+        t.start();
+        // 11,000 records: 4.03 MiB, more than one look reads.
+        let backlog = 11_000;
+        let mut bytes = Vec::with_capacity(backlog * RECORD);
+        for i in 0..backlog {
+            bytes.extend_from_slice(&record(USER_PROCESS, &format!("u{i}")).encode());
+        }
+        assert!(
+            bytes.len() > 4 << 20,
+            "the backlog must exceed the read cap"
+        );
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&bytes)
+            .unwrap();
+        let mut users = Vec::new();
+        for _ in 0..3 {
+            users.extend(t.read_new().unwrap().into_iter().map(|r| r.user));
+        }
+        let want: Vec<String> = (0..backlog).map(|i| format!("u{i}")).collect();
+        assert_eq!(users.len(), want.len(), "every backlog record, once");
+        assert!(users == want, "backlog records decoded out of line");
+        // New logins after the backlog decode whole.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&record(USER_PROCESS, "erin").encode()).unwrap();
+        f.write_all(&record(DEAD_PROCESS, "erin").encode()).unwrap();
+        let got: Vec<_> = t.read_new().unwrap();
+        assert_eq!(
+            got,
+            vec![record(USER_PROCESS, "erin"), record(DEAD_PROCESS, "erin")]
+        );
     }
 }

@@ -198,8 +198,11 @@ impl Store {
                     Some(s) => *s,
                     None => acked_table.get(minion.as_str())?.map_or(0, |v| v.value()),
                 };
-                if incoming.oldest > seen + 1 {
-                    *out.lost.entry(minion.clone()).or_default() += incoming.oldest - 1 - seen;
+                // Seqs and `oldest` are the minion's word: no `seen + 1`,
+                // which overflows once a minion has sent u64::MAX.
+                if incoming.oldest.saturating_sub(1) > seen {
+                    let lost = out.lost.entry(minion.clone()).or_default();
+                    *lost = lost.saturating_add(incoming.oldest - 1 - seen);
                     seen = incoming.oldest - 1;
                 }
                 let mut refused = incoming.refused;
@@ -209,7 +212,7 @@ impl Store {
                     while let Some(&r) = refused.peek() {
                         if r <= *seen {
                             refused.next();
-                        } else if r == *seen + 1 {
+                        } else if Some(r) == seen.checked_add(1) {
                             *seen = r;
                             refused.next();
                         } else {
@@ -221,7 +224,7 @@ impl Store {
                     skip_refused(&mut seen);
                     if event.seq <= seen {
                         out.duplicates += 1;
-                    } else if event.seq == seen + 1 {
+                    } else if Some(event.seq) == seen.checked_add(1) {
                         seen = event.seq;
                         store(event, &mut out)?;
                     } else {
@@ -610,6 +613,42 @@ mod tests {
         assert_eq!(out.lost["a"], 7);
         assert_eq!(out.stored.len(), 2);
         assert_eq!(store.acked("a").unwrap(), 11);
+    }
+
+    /// Seqs and `oldest` come from the minion: the last seq there is, and
+    /// anything after it, is handled without arithmetic overflow (which
+    /// panicked the ingest in a debug build and wrapped in release).
+    #[test]
+    fn a_minion_at_seq_u64_max_cannot_overflow_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut inc = incoming("a", &[u64::MAX]);
+        inc.oldest = u64::MAX;
+        let out = store.append(vec![inc], vec![]).unwrap();
+        assert_eq!(out.stored.len(), 1);
+        assert_eq!(out.lost["a"], u64::MAX - 1);
+        assert_eq!(store.acked("a").unwrap(), u64::MAX);
+        // Everything after it: the same seq again, a refused one, a hello.
+        let mut inc = incoming("a", &[u64::MAX]);
+        inc.oldest = u64::MAX;
+        inc.refused = vec![u64::MAX];
+        let out = store
+            .append(
+                vec![
+                    inc,
+                    Incoming {
+                        minion: "a".into(),
+                        oldest: u64::MAX,
+                        ..Default::default()
+                    },
+                ],
+                vec![],
+            )
+            .unwrap();
+        assert!(out.stored.is_empty());
+        assert_eq!(out.duplicates, 1);
+        assert!(out.lost.is_empty() && out.gaps.is_empty(), "{out:?}");
+        assert_eq!(store.acked("a").unwrap(), u64::MAX);
     }
 
     #[test]

@@ -162,6 +162,8 @@ impl Filter {
 /// Every entry under `dir`, depth first, without following symlinks; at
 /// most `MAX_TREE` of them.
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    #[cfg(test)]
+    tests::note_walk(dir);
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
@@ -261,6 +263,8 @@ impl Interest {
 
     /// Every path the beacon reports on, as it is on disk now.
     fn everything(&self) -> Vec<PathBuf> {
+        #[cfg(test)]
+        self.dirs.iter().for_each(|d| tests::note_walk(d));
         let mut out: Vec<PathBuf> = self.files.iter().cloned().collect();
         for d in &self.dirs {
             if self.trees.contains(d) {
@@ -316,29 +320,41 @@ impl FileBeacon {
                 over.fetch_add(1, Ordering::Relaxed);
             }
         });
-        let mut watcher = match watcher {
-            Ok(w) => w,
+        let watcher = match watcher {
+            Ok(w) => Watches::new(w),
             Err(e) => {
                 ctx.emit.error(format!("cannot start inotify: {e}")).await;
                 return;
             }
         };
 
-        let interest = Interest::new(&self.targets, self.recursive, self.filter.clone());
+        let interest = Arc::new(Interest::new(
+            &self.targets,
+            self.recursive,
+            self.filter.clone(),
+        ));
         // Watch first, then look: a change in between is seen twice (and
         // reported once), never missed.
         let mut unwatched: Vec<PathBuf> = Vec::new();
-        for dir in interest.watched.keys() {
-            if let Err(e) = watcher.watch(dir, interest.mode(dir)) {
-                ctx.emit
-                    .error(format!(
-                        "cannot watch {}: {e}; retrying every {}s",
-                        dir.display(),
-                        RETRY.as_secs()
-                    ))
-                    .await;
-                unwatched.push(dir.clone());
-            }
+        let dirs: Vec<PathBuf> = interest.watched.keys().cloned().collect();
+        let failed = {
+            let (w, i) = (watcher.clone(), interest.clone());
+            off_runtime(move || {
+                dirs.into_iter()
+                    .filter_map(|d| w.watch(&d, i.mode(&d)).err().map(|e| (d, e)))
+                    .collect::<Vec<_>>()
+            })
+            .await
+        };
+        for (dir, e) in failed {
+            ctx.emit
+                .error(format!(
+                    "cannot watch {}: {e}; retrying every {}s",
+                    dir.display(),
+                    RETRY.as_secs()
+                ))
+                .await;
+            unwatched.push(dir);
         }
         let mut known: HashMap<PathBuf, Fingerprint> = HashMap::new();
         for f in &interest.files {
@@ -349,9 +365,7 @@ impl FileBeacon {
         }
         let paths = {
             let i = interest.clone();
-            tokio::task::spawn_blocking(move || i.everything())
-                .await
-                .unwrap_or_default()
+            off_runtime(move || i.everything()).await
         };
         for p in paths {
             if let Ok(fp) = fingerprint(p.clone()).await
@@ -405,7 +419,7 @@ impl FileBeacon {
                     match msg {
                         Ok(ev) => {
                             if ev.need_rescan() {
-                                rescan(&interest, &known, &mut coalescer, now);
+                                rescan(&interest, &known, &mut coalescer, now).await;
                             }
                             let Some(op) = op_of(&ev.kind) else { continue };
                             for path in &ev.paths {
@@ -421,12 +435,18 @@ impl FileBeacon {
                                     // by the watcher (`mkdir -p a/b`): it
                                     // is watched here from what the look
                                     // finds (watching again is harmless).
-                                    let mut inside = Vec::new();
-                                    walk(path, &mut inside);
-                                    for d in inside.iter().filter(|p| p.is_dir()) {
-                                        let _ = watcher.watch(d, RecursiveMode::Recursive);
-                                    }
-                                    for p in inside.into_iter().filter(|p| interest.wants(p)) {
+                                    let (w, i, dir) = (watcher.clone(), interest.clone(), path.clone());
+                                    let found = off_runtime(move || {
+                                        let mut inside = Vec::new();
+                                        walk(&dir, &mut inside);
+                                        for d in inside.iter().filter(|p| p.is_dir()) {
+                                            let _ = w.watch(d, RecursiveMode::Recursive);
+                                        }
+                                        inside.retain(|p| i.wants(p));
+                                        inside
+                                    })
+                                    .await;
+                                    for p in found {
                                         coalescer.push(p, Op::Created, now);
                                     }
                                 }
@@ -442,7 +462,8 @@ impl FileBeacon {
                                 if op == Op::Removed && interest.watched.contains_key(path) {
                                     // A watched directory itself: watch for
                                     // it to come back.
-                                    let _ = watcher.unwatch(path);
+                                    let (w, dir) = (watcher.clone(), path.clone());
+                                    off_runtime(move || w.unwatch(&dir)).await;
                                     unwatched.push(path.clone());
                                     ctx.emit
                                         .error(format!(
@@ -464,30 +485,37 @@ impl FileBeacon {
                     let lost = overflowed.swap(0, Ordering::Relaxed);
                     if lost > 0 {
                         tracing::warn!(beacon = ctx.emit.beacon(), lost, "kernel events arrived faster than handled; rescanning");
-                        rescan(&interest, &known, &mut coalescer, now);
+                        rescan(&interest, &known, &mut coalescer, now).await;
                     }
                 }
                 // Due entries are reported at the top of the loop.
                 _ = sleep_until(deadline), if deadline.is_some() => {}
                 _ = retry.tick(), if !unwatched.is_empty() => {
+                    let (w, i, dirs) = (watcher.clone(), interest.clone(), std::mem::take(&mut unwatched));
+                    let (still, found) = off_runtime(move || {
+                        let mut still = Vec::new();
+                        let mut found = Vec::new();
+                        for dir in dirs {
+                            if w.watch(&dir, i.mode(&dir)).is_err() {
+                                still.push(dir);
+                                continue;
+                            }
+                            tracing::info!(dir = %dir.display(), "watching again");
+                            // Whatever was created before the watch came
+                            // back is only seen by looking.
+                            found.extend(i.watched[&dir].iter().cloned());
+                            let mut inside = Vec::new();
+                            walk(&dir, &mut inside);
+                            found.extend(inside.into_iter().filter(|p| i.wants(p)));
+                        }
+                        (still, found)
+                    })
+                    .await;
+                    unwatched = still;
                     let now = Instant::now();
-                    unwatched.retain(|dir| {
-                        if watcher.watch(dir, interest.mode(dir)).is_err() {
-                            return true;
-                        }
-                        tracing::info!(dir = %dir.display(), "watching again");
-                        // Whatever was created before the watch came back
-                        // is only seen by looking.
-                        for t in &interest.watched[dir] {
-                            coalescer.push(t.clone(), Op::Created, now);
-                        }
-                        let mut inside = Vec::new();
-                        walk(dir, &mut inside);
-                        for p in inside.into_iter().filter(|p| interest.wants(p)) {
-                            coalescer.push(p, Op::Created, now);
-                        }
-                        false
-                    });
+                    for p in found {
+                        coalescer.push(p, Op::Created, now);
+                    }
                 }
             }
         }
@@ -577,8 +605,8 @@ fn describe(
 
 /// Looks at everything again (after the kernel's queue overflowed): what
 /// is there now, and what was known (to see what went).
-fn rescan(
-    interest: &Interest,
+async fn rescan(
+    interest: &Arc<Interest>,
     known: &HashMap<PathBuf, Fingerprint>,
     coalescer: &mut Coalescer<PathBuf>,
     now: Instant,
@@ -586,8 +614,43 @@ fn rescan(
     for p in known.keys() {
         coalescer.push(p.clone(), Op::Attrib, now);
     }
-    for p in interest.everything() {
+    let i = interest.clone();
+    for p in off_runtime(move || i.everything()).await {
         coalescer.push(p, Op::Attrib, now);
+    }
+}
+
+/// Runs `work` on the blocking pool and waits for it. Walking a tree of up
+/// to `MAX_TREE` entries, or watching one recursively (notify walks it and
+/// adds a watch per directory), takes long enough to stall every other
+/// task on the runtime: the minion's heartbeats and commands among them.
+/// A panic in it yields the default (nothing found).
+async fn off_runtime<T: Default + Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work).await.unwrap_or_default()
+}
+
+/// The inotify watcher, shared with the blocking pool where it is used
+/// (`notify` adds a recursive watch by walking the tree).
+#[derive(Clone)]
+struct Watches(Arc<std::sync::Mutex<notify::RecommendedWatcher>>);
+
+impl Watches {
+    fn new(w: notify::RecommendedWatcher) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(w)))
+    }
+
+    fn watch(&self, dir: &Path, mode: RecursiveMode) -> notify::Result<()> {
+        self.lock().watch(dir, mode)
+    }
+
+    fn unwatch(&self, dir: &Path) {
+        let _ = self.lock().unwatch(dir);
+    }
+
+    /// A panic while holding it left nothing half-done that matters: the
+    /// worst is a watch missing, which the retry or a rescan makes up.
+    fn lock(&self) -> std::sync::MutexGuard<'_, notify::RecommendedWatcher> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -805,7 +868,12 @@ mod tests {
     /// Waits for an event about `path`, skipping others (the directories
     /// on the way), within 5 s.
     async fn event_for(r: &mut Running, path: &Path, what: &str) -> Emitted {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        event_within(r, path, what, Duration::from_secs(5)).await
+    }
+
+    /// Waits for an event about `path`, skipping others, within `wait`.
+    async fn event_within(r: &mut Running, path: &Path, what: &str, wait: Duration) -> Emitted {
+        let deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, r.rx.recv()).await {
@@ -913,6 +981,188 @@ mod tests {
         assert_eq!(
             event_for(&mut r, &f, "an edit in the new tree").await.data["kind"],
             "modified"
+        );
+        r.stop.cancel();
+    }
+
+    /// A task on the beacon's own (single-threaded) runtime that ticks
+    /// every 5 ms and keeps the longest gap between its ticks: a beacon
+    /// that blocks the runtime shows up as a long gap.
+    struct Heartbeat {
+        /// (longest gap, last tick)
+        ticks: Arc<std::sync::Mutex<(Duration, std::time::Instant)>>,
+        stop: CancellationToken,
+    }
+
+    impl Heartbeat {
+        fn start() -> Self {
+            let ticks = Arc::new(std::sync::Mutex::new((
+                Duration::ZERO,
+                std::time::Instant::now(),
+            )));
+            let stop = CancellationToken::new();
+            let (t, s) = (ticks.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(5));
+                loop {
+                    tokio::select! {
+                        _ = s.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let mut t = t.lock().unwrap();
+                    t.0 = t.0.max(t.1.elapsed());
+                    t.1 = std::time::Instant::now();
+                }
+            });
+            Self { ticks, stop }
+        }
+
+        /// The longest the runtime went without a tick, up to now (a
+        /// stall that just ended may not have let the last tick run yet).
+        fn stop(self) -> Duration {
+            self.stop.cancel();
+            let t = self.ticks.lock().unwrap();
+            t.0.max(t.1.elapsed())
+        }
+    }
+
+    /// `dirs` directories of `files` empty files each under `root`.
+    fn big_tree(root: &Path, dirs: usize, files: usize) {
+        for d in 0..dirs {
+            let dir = root.join(format!("d{d}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in 0..files {
+                std::fs::File::create(dir.join(format!("f{f}"))).unwrap();
+            }
+        }
+    }
+
+    /// The longest the runtime may go without a tick while the beacon
+    /// walks: generous for a shared, loaded machine; a walk of the trees
+    /// below on the runtime takes seconds.
+    const STALL: Duration = Duration::from_millis(1000);
+
+    /// A tree moved into a recursive watch is walked (and its directories
+    /// watched) off the runtime: the runtime's other tasks keep running.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_tree_moved_in_is_walked_off_the_runtime() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("watched");
+        std::fs::create_dir(&root).unwrap();
+        let big = base.path().join("big");
+        big_tree(&big, 400, 100);
+        std::fs::write(big.join("d399/marker"), "m").unwrap();
+        let mut r = start_with(
+            &[&root],
+            "recursive = true\ninclude = [\"*/probe\", \"*/marker\"]\n",
+        );
+        settle(&mut r, &root.join("probe")).await;
+
+        let beat = Heartbeat::start();
+        let started = std::time::Instant::now();
+        std::fs::rename(&big, root.join("big")).unwrap();
+        let marker = root.join("big/d399/marker");
+        let e = event_within(&mut r, &marker, "the move", Duration::from_secs(120)).await;
+        assert_eq!(e.data["kind"], "created");
+        let longest = beat.stop();
+        eprintln!(
+            "moved-in tree handled in {:?}; longest stall {longest:?}",
+            started.elapsed()
+        );
+        assert!(
+            longest < STALL,
+            "the runtime stalled {longest:?} while the beacon walked the moved-in tree"
+        );
+        let on_runtime = walked_on_this_thread(base.path());
+        assert!(
+            on_runtime.is_empty(),
+            "the beacon walked {on_runtime:?} on the runtime's thread"
+        );
+        r.stop.cancel();
+    }
+
+    /// Directories walked (by `walk` or `everything`), and on which thread.
+    static WALKED: std::sync::Mutex<Vec<(PathBuf, std::thread::ThreadId)>> =
+        std::sync::Mutex::new(Vec::new());
+
+    pub(super) fn note_walk(dir: &Path) {
+        let mut w = WALKED.lock().unwrap_or_else(|p| p.into_inner());
+        w.push((dir.to_path_buf(), std::thread::current().id()));
+    }
+
+    /// The directories under `base` walked on this thread: on a
+    /// current-thread runtime, that is on the runtime itself.
+    fn walked_on_this_thread(base: &Path) -> Vec<PathBuf> {
+        let me = std::thread::current().id();
+        let w = WALKED.lock().unwrap_or_else(|p| p.into_inner());
+        w.iter()
+            .filter(|(d, t)| *t == me && d.starts_with(base))
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+
+    /// After the kernel's queue overflowed the beacon rescans everything it
+    /// watches (up to 100,000 entries): off the runtime.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_rescan_after_an_overflow_runs_off_the_runtime() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("watched");
+        std::fs::create_dir_all(root.join("burst")).unwrap();
+        let mut r = start_with(
+            &[&root],
+            "recursive = true\ninclude = [\"*/probe\", \"*/marker\"]\n",
+        );
+        settle(&mut r, &root.join("probe")).await;
+        // Without yielding, so the beacon cannot drain its queue: more
+        // kernel events than it holds (KERNEL_QUEUE), then the marker,
+        // whose own events are dropped with the rest: only a rescan
+        // finds it.
+        for i in 0..KERNEL_QUEUE {
+            std::fs::File::create(root.join(format!("burst/b{i}"))).unwrap();
+        }
+        std::fs::write(root.join("burst/marker"), "m").unwrap();
+        // Lets inotify's thread hand the beacon more than it can hold.
+        std::thread::sleep(Duration::from_millis(500));
+        let marker = root.join("burst/marker");
+        let e = event_within(&mut r, &marker, "the rescan", Duration::from_secs(120)).await;
+        assert_eq!(e.data["kind"], "created");
+        let on_runtime = walked_on_this_thread(base.path());
+        assert!(
+            on_runtime.is_empty(),
+            "the rescan walked {on_runtime:?} on the runtime's thread"
+        );
+        r.stop.cancel();
+    }
+
+    /// A watched directory that was deleted is watched again when it comes
+    /// back, and what was made in it before that is found by a walk: off
+    /// the runtime.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_directory_coming_back_is_walked_off_the_runtime() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("tree");
+        std::fs::create_dir_all(&root).unwrap();
+        let mut r = start_with(&[&root], "recursive = true\n");
+        settle(&mut r, &root.join("probe")).await;
+        std::fs::remove_dir_all(&root).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, r.rx.recv()).await {
+                Ok(Some(e)) if e.subject == "error" => break,
+                Ok(Some(_)) => {}
+                _ => panic!("the beacon never said its directory vanished"),
+            }
+        }
+        let f = root.join("sub/f");
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(&f, "back").unwrap();
+        let e = event_within(&mut r, &f, "the tree coming back", Duration::from_secs(60)).await;
+        assert_eq!(e.data["kind"], "created");
+        let on_runtime = walked_on_this_thread(base.path());
+        assert!(
+            on_runtime.is_empty(),
+            "the beacon walked {on_runtime:?} on the runtime's thread"
         );
         r.stop.cancel();
     }

@@ -195,16 +195,11 @@ impl Cluster {
     }
 
     /// Writes `n` rules that each match a hundredth of the benchmark
-    /// events and evaluate a CEL condition that is never true: the cost of
-    /// matching and conditions, with no jobs.
+    /// events and evaluate both clauses of a CEL condition that is never
+    /// true (crate::workload): the cost of matching and conditions, with no
+    /// jobs.
     pub fn bench_rules(&self, n: usize) -> anyhow::Result<()> {
-        let mut text = String::new();
-        for i in 0..n {
-            text.push_str(&format!(
-                "[[rule]]\nname = \"bench-{i}\"\non = \"minion/*/event/bench/{}\"\nwhen = 'event.data.v < 0 && event.minion == \"nobody\"'\n[[rule.action]]\napply = [\"motd\"]\n\n",
-                i % 100
-            ));
-        }
+        let text = crate::workload::rules(n, "apply = [\"motd\"]");
         std::fs::write(self.dir.join("master/reactor.d/bench.toml"), text)?;
         Ok(())
     }

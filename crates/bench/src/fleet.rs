@@ -544,7 +544,7 @@ impl Sim {
                             seq,
                             tag: format!("minion/{}/event/bench/{}", self.id, seq % 100),
                             time_us: tend_proto::now_us(),
-                            data: format!("{{\"v\":{seq}}}").into_bytes(),
+                            data: crate::workload::data(seq),
                             cause: 0,
                         })
                         .collect();

@@ -13,6 +13,7 @@ mod edits;
 mod fleet;
 mod measure;
 mod summary;
+mod workload;
 
 use clap::{Parser, Subcommand};
 

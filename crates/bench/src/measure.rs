@@ -191,6 +191,7 @@ fn wait_fleet(c: &Cluster, f: &Fleet, count: usize, timeout: Duration) -> anyhow
 }
 
 pub fn ingest(minions: usize, events: u64, rules: usize) -> anyhow::Result<Report> {
+    crate::workload::check()?;
     let tmp = tempfile::tempdir()?;
     let c = master_only(tmp.path(), rules)?;
     let total = minions as u64 * events;
@@ -221,6 +222,9 @@ pub fn ingest(minions: usize, events: u64, rules: usize) -> anyhow::Result<Repor
     let dup = c.counter("events_duplicate")?;
     let reactions = c.counter("reactions")?;
     f.stop();
+    if reactions != 0 {
+        bail!("conditions that are never true acted {reactions} times");
+    }
     let mut r = Report::new(
         "ingest",
         format!(
@@ -249,6 +253,11 @@ pub fn ingest(minions: usize, events: u64, rules: usize) -> anyhow::Result<Repor
     r.figure("stored twice (dropped as duplicates)", dup, "");
     r.figure("rules matched and acted", reactions, "");
     r.figure("master peak RSS", rss_peak, "MiB");
+    r.figure(
+        "event data (file-beacon shaped JSON)",
+        crate::workload::data(1).len() as f64,
+        "bytes",
+    );
     Ok(r)
 }
 

@@ -48,7 +48,9 @@ pub enum BusError {
     Handshake(String),
     #[error("the master refused the session ({status}): {reason}")]
     Refused { status: String, reason: String },
-    #[error("replayed frame: counter {counter} is not above {last}")]
+    #[error(
+        "replayed frame: counter {counter} was accepted before, or is too far below the highest accepted ({last})"
+    )]
     Replay { counter: u64, last: u64 },
     #[error("unknown session {0}")]
     UnknownSession(u64),

@@ -5,10 +5,18 @@
 //! Every sealed frame is encrypted and authenticated; the header (version,
 //! kind, session, counter) is the additional data, so none of it can be
 //! changed either. The nonce is the channel and the counter: a counter is
-//! never used twice with one key. A frame whose counter is not above the
-//! last one accepted on its channel is a replay and is refused; a new
-//! session has new keys, so nothing from an old one opens in it.
+//! never used twice with one key.
+//!
+//! Frames are sealed on one task and sent from another (a request sealed on
+//! a tokio task queues behind the socket thread's heartbeat answer), so an
+//! honest peer's frames can arrive slightly out of counter order. Each
+//! channel therefore keeps a sliding window of the last [`REPLAY_WINDOW`]
+//! counters with a bitmap, as IPsec (RFC 6479) and WireGuard do: a counter
+//! seen before, or older than the window, is a replay and is refused; any
+//! other authentic counter is accepted once. A new session has new keys, so
+//! nothing from an old one opens in it.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -40,7 +48,63 @@ pub struct Session {
     up: LessSafeKey,
     down: LessSafeKey,
     sent: [AtomicU64; 3],
-    received: [AtomicU64; 3],
+    received: [Mutex<ReplayWindow>; 3],
+}
+
+/// How far behind the highest counter accepted on a channel a frame may
+/// arrive and still be accepted (once). Reordering between sealing and
+/// sending is a few frames deep; 2048 leaves a wide margin at 264 bytes a
+/// channel.
+pub const REPLAY_WINDOW: u64 = 2048;
+const WORD_BITS: u64 = u64::BITS as u64;
+/// One word more than the window: the word holding the highest counter is
+/// only partly inside it (RFC 6479, section 2).
+const WINDOW_WORDS: usize = (REPLAY_WINDOW / WORD_BITS) as usize + 1;
+
+/// The counters accepted on one channel: the highest, and a ring of bits
+/// for the `REPLAY_WINDOW` below it (bit `c % 64` of word `(c / 64) %
+/// WINDOW_WORDS` is counter `c`).
+struct ReplayWindow {
+    top: u64,
+    bits: [u64; WINDOW_WORDS],
+}
+
+impl Default for ReplayWindow {
+    fn default() -> Self {
+        Self {
+            top: 0,
+            bits: [0; WINDOW_WORDS],
+        }
+    }
+}
+
+impl ReplayWindow {
+    /// Accepts `counter` if it was never seen and is inside the window,
+    /// and records it; otherwise says it is a replay.
+    fn accept(&mut self, counter: u64) -> Result<(), BusError> {
+        let refuse = |top| BusError::Replay { counter, last: top };
+        // Counters start at 1: 0 is never sealed.
+        if counter == 0 {
+            return Err(refuse(self.top));
+        }
+        if counter > self.top {
+            // Clear the words the window slides over, at most all of them.
+            let (from, to) = (self.top / WORD_BITS, counter / WORD_BITS);
+            for word in (from + 1..=to).take(WINDOW_WORDS) {
+                self.bits[word as usize % WINDOW_WORDS] = 0;
+            }
+            self.top = counter;
+        } else if self.top - counter >= REPLAY_WINDOW {
+            return Err(refuse(self.top));
+        }
+        let word = &mut self.bits[(counter / WORD_BITS) as usize % WINDOW_WORDS];
+        let bit = 1u64 << (counter % WORD_BITS);
+        if *word & bit != 0 {
+            return Err(refuse(self.top));
+        }
+        *word |= bit;
+        Ok(())
+    }
 }
 
 /// Bytes the seal adds to a body.
@@ -97,8 +161,9 @@ impl Session {
     }
 
     /// Opens a frame received on `channel` and returns its body. A frame
-    /// that fails authentication (forged, altered, wrong key) or whose
-    /// counter does not increase (a replay) is refused.
+    /// that fails authentication (forged, altered, wrong key), whose
+    /// counter was accepted before, or that is older than the replay window
+    /// is refused.
     pub fn open(
         &self,
         channel: Channel,
@@ -116,15 +181,12 @@ impl Session {
             .map_err(|_| BusError::Forged)?
             .len();
         buf.truncate(plain_len);
-        // Only an authentic frame may move the counter, or a forged one
+        // Only an authentic frame may move the window, or a forged one
         // with a huge counter would lock the real peer out.
-        let last = self.received[channel as usize].fetch_max(header.counter, Ordering::AcqRel);
-        if header.counter <= last {
-            return Err(BusError::Replay {
-                counter: header.counter,
-                last,
-            });
-        }
+        self.received[channel as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .accept(header.counter)?;
         Ok(buf)
     }
 }
@@ -142,29 +204,119 @@ mod tests {
         (Session::new(9, &keys), Session::new(9, &keys))
     }
 
+    fn open(rx: &Session, channel: Channel, frame: &[u8]) -> Result<Vec<u8>, BusError> {
+        let (h, b) = decode(frame, 1024).unwrap();
+        rx.open(channel, &h, b)
+    }
+
     #[test]
-    fn sealed_frames_open_once_and_in_order() {
+    fn sealed_frames_open_once_even_out_of_order() {
         let (tx, rx) = pair();
         let f1 = tx.seal(Channel::Up, b"one");
         let f2 = tx.seal(Channel::Up, b"two");
         assert!(!f2.windows(3).any(|w| w == b"two"), "the body is encrypted");
-        let (h2, b2) = decode(&f2, 1024).unwrap();
-        assert_eq!(rx.open(Channel::Up, &h2, b2).unwrap(), b"two");
-        // f1 arrives late: its counter is below the last accepted.
-        let (h1, b1) = decode(&f1, 1024).unwrap();
-        assert!(matches!(
-            rx.open(Channel::Up, &h1, b1),
-            Err(BusError::Replay { .. })
-        ));
-        // The same frame twice.
-        assert!(matches!(
-            rx.open(Channel::Up, &h2, b2),
-            Err(BusError::Replay { .. })
-        ));
+        assert_eq!(open(&rx, Channel::Up, &f2).unwrap(), b"two");
+        // f1 arrives late (sealed first, sent second): still genuine.
+        assert_eq!(open(&rx, Channel::Up, &f1).unwrap(), b"one");
+        // Either frame again is a replay.
+        for f in [&f1, &f2] {
+            assert!(matches!(
+                open(&rx, Channel::Up, f),
+                Err(BusError::Replay { .. })
+            ));
+        }
         // Channels count separately.
         let e1 = tx.seal(Channel::Events, b"e");
-        let (he, be) = decode(&e1, 1024).unwrap();
-        assert_eq!(rx.open(Channel::Events, &he, be).unwrap(), b"e");
+        assert_eq!(open(&rx, Channel::Events, &e1).unwrap(), b"e");
+    }
+
+    #[test]
+    fn a_frame_older_than_the_window_is_refused_and_one_at_its_edge_is_not() {
+        let (tx, rx) = pair();
+        let frames: Vec<_> = (0..=REPLAY_WINDOW)
+            .map(|i| tx.seal(Channel::Down, &i.to_be_bytes()))
+            .collect();
+        // Counter REPLAY_WINDOW + 1 arrives first; counter 2 is the oldest
+        // still inside the window, counter 1 is just outside it.
+        let newest = frames.last().unwrap();
+        assert!(open(&rx, Channel::Down, newest).is_ok());
+        assert!(open(&rx, Channel::Down, &frames[1]).is_ok());
+        assert!(matches!(
+            open(&rx, Channel::Down, &frames[0]),
+            Err(BusError::Replay { counter: 1, .. })
+        ));
+        assert!(matches!(
+            open(&rx, Channel::Down, &frames[1]),
+            Err(BusError::Replay { .. })
+        ));
+    }
+
+    #[test]
+    fn frames_reordered_between_sealing_and_sending_all_open_exactly_once() {
+        // What the master does: requests and acknowledgements are sealed on
+        // tokio tasks and queue in the pipe to the socket thread, while the
+        // socket thread seals heartbeat answers and sends them at once, so
+        // they overtake whatever is queued. Every frame opens once.
+        let (tx, rx) = pair();
+        let mut pipe = std::collections::VecDeque::new();
+        let mut wire = Vec::new();
+        for i in 0..20_000u32 {
+            let f = tx.seal(Channel::Down, &i.to_be_bytes());
+            if i % 5 == 0 {
+                wire.push(f); // a heartbeat answer, sent at once
+            } else {
+                pipe.push_back(f); // a request, queued
+            }
+            // The socket thread drains the pipe now and then, in bursts.
+            if i % 97 == 0 {
+                wire.extend(pipe.drain(..));
+            }
+        }
+        wire.extend(pipe.drain(..));
+        let mut bodies = std::collections::HashSet::new();
+        for f in &wire {
+            let body = open(&rx, Channel::Down, f).expect("an honest frame opens");
+            assert!(bodies.insert(body), "a body opened twice");
+        }
+        assert_eq!(bodies.len(), 20_000);
+        for f in &wire {
+            assert!(matches!(
+                open(&rx, Channel::Down, f),
+                Err(BusError::Replay { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn the_window_agrees_with_a_set_of_every_counter_seen() {
+        // Counters drawn around a moving top, across word boundaries and
+        // jumps larger than the window, checked against the plain rule:
+        // accepted iff never seen and less than REPLAY_WINDOW below the
+        // highest seen.
+        let mut window = ReplayWindow::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut top = 0u64;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let counter = match x % 10 {
+                0 => top + 1 + x % (3 * REPLAY_WINDOW),
+                1..=3 => top + 1 + x % 70,
+                _ => top.saturating_sub(x % (REPLAY_WINDOW + 80)),
+            };
+            let expected = counter > 0 && !seen.contains(&counter) && counter + REPLAY_WINDOW > top;
+            assert_eq!(
+                window.accept(counter).is_ok(),
+                expected,
+                "counter {counter}, top {top}"
+            );
+            if expected {
+                seen.insert(counter);
+                top = top.max(counter);
+            }
+        }
     }
 
     #[test]

@@ -88,6 +88,12 @@ fn connect(socket: &zmq::Socket, endpoint: &str) -> Result<(), BusError> {
 
 /// A random, non-zero session id.
 pub(crate) fn new_session_id() -> u64 {
+    random_id()
+}
+
+/// A random, non-zero 64-bit id (sessions, requests): never guessable from
+/// the ids seen before it.
+pub(crate) fn random_id() -> u64 {
     use ring::rand::SecureRandom;
     let rng = ring::rand::SystemRandom::new();
     let mut bytes = [0u8; 8];

@@ -15,7 +15,7 @@
 //! threads, so a flood of hellos cannot hold up the sessions already open.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
@@ -90,11 +90,42 @@ struct Sessions {
 
 type Handshake = (Vec<u8>, MinionMessage);
 
+/// A request waiting for its reply, and who may give it: the minion it
+/// was sent to, under the key it was accepted with. (A reply is sealed
+/// under the sender's session, so its name and key are proven; an id is
+/// only a label, never a capability.)
+struct Waiter {
+    minion: String,
+    key: [u8; 32],
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Requests that timed out recently, remembered so that a reply arriving
+/// after its deadline is told apart from a forged one.
+const ABANDONED_KEPT: usize = 4096;
+
+#[derive(Default)]
+struct Pending {
+    waiting: HashMap<u64, Waiter>,
+    /// (request id, minion) of requests given up on, oldest first.
+    abandoned: std::collections::VecDeque<(u64, String)>,
+}
+
+impl Pending {
+    fn abandon(&mut self, id: u64) {
+        if let Some(w) = self.waiting.remove(&id) {
+            if self.abandoned.len() >= ABANDONED_KEPT {
+                self.abandoned.pop_front();
+            }
+            self.abandoned.push_back((id, w.minion));
+        }
+    }
+}
+
 struct Shared {
     cfg: MasterBusConfig,
     sessions: RwLock<Sessions>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
-    next_request: AtomicU64,
+    pending: Mutex<Pending>,
     stats: Arc<BusStats>,
     inbound: mpsc::Sender<MasterInbound>,
     control: mpsc::Sender<(Responder, ControlRequest)>,
@@ -138,7 +169,6 @@ impl MasterBus {
             cfg: cfg.clone(),
             sessions: RwLock::default(),
             pending: Mutex::default(),
-            next_request: AtomicU64::new(1),
             stats,
             inbound: tx,
             control,
@@ -242,33 +272,43 @@ impl MasterBus {
     }
 
     /// Sends a request to a minion and waits for its reply, at most
-    /// `timeout`.
+    /// `timeout`. Only that minion's reply is taken; the id is random, so
+    /// another peer cannot aim at it either.
     pub async fn request(
         &self,
         minion: &str,
         body: request::Body,
         timeout: Duration,
     ) -> Result<Reply, BusError> {
-        let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
+        let ps = self
+            .shared
+            .minion(minion)
+            .ok_or_else(|| BusError::NotConnected(minion.to_string()))?;
+        let id = crate::random_id();
         let (tx, rx) = oneshot::channel();
         self.shared
             .pending
             .lock()
             .expect("pending lock")
-            .insert(id, tx);
-        let sent = self.send_request(minion, id, body, timeout);
-        let outcome = match sent {
-            Ok(()) => tokio::time::timeout(timeout, rx).await,
-            Err(e) => {
-                self.shared
-                    .pending
-                    .lock()
-                    .expect("pending lock")
-                    .remove(&id);
-                return Err(e);
-            }
-        };
-        match outcome {
+            .waiting
+            .insert(
+                id,
+                Waiter {
+                    minion: minion.to_string(),
+                    key: ps.key,
+                    reply: tx,
+                },
+            );
+        if let Err(e) = self.send_request(&ps, id, body, timeout) {
+            self.shared
+                .pending
+                .lock()
+                .expect("pending lock")
+                .waiting
+                .remove(&id);
+            return Err(e);
+        }
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(BusError::Closed),
             Err(_) => {
@@ -276,7 +316,7 @@ impl MasterBus {
                     .pending
                     .lock()
                     .expect("pending lock")
-                    .remove(&id);
+                    .abandon(id);
                 Err(BusError::Timeout {
                     minion: minion.to_string(),
                     timeout_ms: timeout.as_millis() as u64,
@@ -287,21 +327,20 @@ impl MasterBus {
 
     /// Sends a request that needs no reply (an acknowledgement).
     pub fn notify(&self, minion: &str, body: request::Body) -> Result<(), BusError> {
-        let id = self.shared.next_request.fetch_add(1, Ordering::Relaxed);
-        self.send_request(minion, id, body, Duration::from_secs(60))
-    }
-
-    fn send_request(
-        &self,
-        minion: &str,
-        id: u64,
-        body: request::Body,
-        timeout: Duration,
-    ) -> Result<(), BusError> {
         let ps = self
             .shared
             .minion(minion)
             .ok_or_else(|| BusError::NotConnected(minion.to_string()))?;
+        self.send_request(&ps, crate::random_id(), body, Duration::from_secs(60))
+    }
+
+    fn send_request(
+        &self,
+        ps: &PeerSession,
+        id: u64,
+        body: request::Body,
+        timeout: Duration,
+    ) -> Result<(), BusError> {
         let msg = MasterMessage {
             body: Some(master_message::Body::Request(Request {
                 id,
@@ -633,13 +672,7 @@ impl Shared {
         let minion = ps.kind == PeerKind::Minion;
         match msg.body {
             Some(minion_message::Body::Reply(reply)) if minion => {
-                let waiter = self.pending.lock().expect("pending lock").remove(&reply.id);
-                match waiter {
-                    Some(tx) => {
-                        let _ = tx.send(reply);
-                    }
-                    None => BusStats::inc(&self.stats.replies_late),
-                }
+                self.on_reply(&ps, reply);
                 None
             }
             Some(minion_message::Body::Heartbeat(_)) => {
@@ -689,6 +722,37 @@ impl Shared {
                 BusStats::refuse(&self.stats.frames_bad, PORT_COMMANDS, &reason);
                 None
             }
+        }
+    }
+
+    /// A reply goes to its request only if it came from the minion the
+    /// request was sent to, under the same key; anything else is refused
+    /// and counted, and the request keeps waiting for the real answer.
+    fn on_reply(&self, ps: &PeerSession, reply: Reply) {
+        let mut pending = self.pending.lock().expect("pending lock");
+        let from_asked = pending
+            .waiting
+            .get(&reply.id)
+            .is_some_and(|w| w.minion == ps.name && w.key == ps.key);
+        if from_asked {
+            if let Some(w) = pending.waiting.remove(&reply.id) {
+                let _ = w.reply.send(reply);
+            }
+            return;
+        }
+        let late = pending
+            .abandoned
+            .iter()
+            .any(|(id, m)| *id == reply.id && *m == ps.name);
+        drop(pending);
+        if late {
+            BusStats::inc(&self.stats.replies_late);
+        } else {
+            let reason = format!(
+                "a reply from {} to request {} that was not sent to it",
+                ps.name, reply.id
+            );
+            BusStats::refuse(&self.stats.replies_refused, PORT_COMMANDS, &reason);
         }
     }
 

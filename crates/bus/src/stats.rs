@@ -53,6 +53,9 @@ counters! {
         sessions_expired,
         /// Replies that arrived after their request timed out.
         replies_late,
+        /// Replies refused: to a request sent to another peer, or to no
+        /// request at all (a guessed id).
+        replies_refused,
         /// Outbound messages refused because a queue was full.
         queue_full,
     }

@@ -5,9 +5,8 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, Value, json};
 
@@ -152,9 +151,9 @@ pub(crate) fn managed(f: &FileManaged, ctx: &Ctx) -> Result<Change, String> {
     parent_ok(path, f.makedirs, false)?;
     if content_differs {
         if f.backup
-            && let (Some(old), Some(dir)) = (&old, ctx.backup_dir)
+            && let (Some(old), Some(dir), Some(meta)) = (&old, ctx.backup_dir, &current)
         {
-            let kept = backup(dir, path, old)?;
+            let kept = backup(dir, path, old, meta)?;
             changes.insert("backup".into(), json!(kept.display().to_string()));
         }
         let new_mode = mode
@@ -189,8 +188,10 @@ pub(crate) fn managed(f: &FileManaged, ctx: &Ctx) -> Result<Change, String> {
     Ok(Change::changed(comment, diff, changes))
 }
 
-/// Keeps `old` under `dir`, named after the path and the time.
-fn backup(dir: &Path, path: &Path, old: &[u8]) -> Result<PathBuf, String> {
+/// Keeps `old` under `dir`, named after the path and the time, with the
+/// mode and owner it had (`meta`): a backup of a secret is as private as
+/// the secret was. `dir` is created private to this process's user.
+fn backup(dir: &Path, path: &Path, old: &[u8], meta: &fs::Metadata) -> Result<PathBuf, String> {
     let rel = path
         .to_string_lossy()
         .trim_start_matches('/')
@@ -200,9 +201,19 @@ fn backup(dir: &Path, path: &Path, old: &[u8]) -> Result<PathBuf, String> {
         .map(|d| d.as_micros())
         .unwrap_or(0);
     let kept = dir.join(format!("{rel}.{stamp}"));
-    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    fs::write(&kept, old)
-        .map_err(|e| format!("cannot keep a backup in {}: {e}", kept.display()))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    write_atomic(
+        &kept,
+        old,
+        meta.mode() & 0o7777,
+        Some((meta.uid(), meta.gid())),
+        |_| {},
+    )
+    .map_err(|e| format!("cannot keep a backup of {}: {e}", path.display()))?;
     Ok(kept)
 }
 
@@ -381,19 +392,21 @@ pub(crate) fn symlink(f: &FileSymlink, ctx: &Ctx) -> Result<Change, String> {
     parent_ok(path, f.makedirs, false)?;
     // A link made under a temp name, then renamed over the path: atomic,
     // and its fingerprint is known before it takes the path's place.
-    let tmp = temp_name(path)?;
-    std::os::unix::fs::symlink(&f.target, &tmp)
-        .map_err(|e| format!("cannot create link {}: {e}", tmp.display()))?;
-    if let Ok(fp) = Fingerprint::of(&tmp) {
+    let (dir, name) = dir_and_name(path)?;
+    let prefix = temp_prefix(name);
+    let tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .make_in(dir, |p| std::os::unix::fs::symlink(&f.target, p))
+        .map_err(|e| format!("cannot create a link in {}: {e}", dir.display()))?;
+    if let Ok(fp) = Fingerprint::of(tmp.path()) {
         ctx.will_leave(path, fp);
     }
     if current.as_ref().is_some_and(|m| m.is_dir()) {
         let _ = fs::remove_dir(path);
     }
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        format!("cannot put the link at {}: {e}", f.path)
-    })?;
+    // On failure the temp link is removed when it drops.
+    tmp.persist(path)
+        .map_err(|e| format!("cannot put the link at {}: {}", f.path, e.error))?;
     Ok(Change::changed(comment, String::new(), changes))
 }
 
@@ -473,27 +486,32 @@ pub(crate) fn line(f: &FileLine, ctx: &Ctx) -> Result<Change, String> {
     Ok(Change::changed("line changed", diff, changes))
 }
 
-/// A fresh name next to `path`, in the form the file beacon ignores.
-fn temp_name(path: &Path) -> Result<PathBuf, String> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
+/// The start of a temp file's name next to `name`: `.name.tend-XXXXXX`, random (a
+/// local user cannot guess it and put something in its way), in the form
+/// the file beacon ignores.
+fn temp_prefix(name: &std::ffi::OsStr) -> String {
+    format!(".{}.tend-", name.to_string_lossy())
+}
+
+fn dir_and_name(path: &Path) -> Result<(&Path, &std::ffi::OsStr), String> {
     let dir = path
         .parent()
         .ok_or_else(|| format!("{} has no parent directory", path.display()))?;
     let name = path
         .file_name()
         .ok_or_else(|| format!("{} has no file name", path.display()))?;
-    Ok(dir.join(format!(
-        ".{}.tend-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )))
+    Ok((dir, name))
 }
 
 /// Writes `bytes` to a temp file next to `path`, fsyncs it, and renames it
 /// over `path`; then fsyncs the directory so the rename survives a crash.
 /// `before_rename` sees the finished temp file's metadata just before it
 /// takes the place of `path`.
+///
+/// The temp file is created (O_EXCL, under a random name) readable by this
+/// process's user alone, and given its final owner and mode while it is
+/// still empty: at no moment can anyone read the contents who could not
+/// read the finished file.
 fn write_atomic(
     path: &Path,
     bytes: &[u8],
@@ -501,39 +519,36 @@ fn write_atomic(
     owner: Option<(u32, u32)>,
     before_rename: impl FnOnce(&fs::Metadata),
 ) -> Result<(), String> {
-    let tmp = temp_name(path)?;
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-        file.write_all(bytes)
-            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        if let Some((uid, gid)) = owner
-            && (uid, gid) != owner::current()
-        {
-            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-                .map_err(|e| format!("cannot chown {}: {e}", tmp.display()))?;
-        }
-        // After chown, which clears set-id bits.
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("cannot chmod {}: {e}", tmp.display()))?;
-        file.sync_all()
-            .map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
-        let written = file
-            .metadata()
-            .map_err(|e| format!("cannot stat {}: {e}", tmp.display()))?;
-        before_rename(&written);
-        fs::rename(&tmp, path).map_err(|e| format!("cannot rename onto {}: {e}", path.display()))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-        return result;
-    }
-    if let Some(dir) = path.parent()
-        && let Ok(d) = fs::File::open(dir)
+    let (dir, name) = dir_and_name(path)?;
+    let prefix = temp_prefix(name);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(|e| format!("cannot create a temp file in {}: {e}", dir.display()))?;
+    let shown = tmp.path().display().to_string();
+    let file = tmp.as_file_mut();
+    if let Some((uid, gid)) = owner
+        && (uid, gid) != owner::current()
     {
+        std::os::unix::fs::fchown(&*file, Some(uid), Some(gid))
+            .map_err(|e| format!("cannot chown {shown}: {e}"))?;
+    }
+    // After chown, which clears set-id bits.
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot chmod {shown}: {e}"))?;
+    file.write_all(bytes)
+        .map_err(|e| format!("cannot write {shown}: {e}"))?;
+    file.sync_all()
+        .map_err(|e| format!("cannot sync {shown}: {e}"))?;
+    let written = file
+        .metadata()
+        .map_err(|e| format!("cannot stat {shown}: {e}"))?;
+    before_rename(&written);
+    // On failure the temp file is removed when `tmp` drops.
+    tmp.persist(path)
+        .map_err(|e| format!("cannot rename onto {}: {}", path.display(), e.error))?;
+    if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
     Ok(())

@@ -41,8 +41,10 @@ fn sealing(c: &mut Criterion) {
         "b",
     )
     .unwrap();
-    let opened = init.finish(&master.on_hello(&hello).unwrap()).unwrap();
-    let authed = master.on_auth(&opened.auth).unwrap();
+    let opened = init
+        .finish(&master.on_hello(&hello, b"bench").unwrap())
+        .unwrap();
+    let authed = master.on_auth(&opened.auth, b"bench").unwrap();
     let batch = EventBatch {
         events: (1..=100).map(event).collect(),
         oldest_seq: 1,

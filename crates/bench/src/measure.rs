@@ -707,8 +707,8 @@ pub fn seal(events: u64) -> anyhow::Result<Report> {
         tend_proto::v1::PeerKind::Minion,
         "bench",
     )?;
-    let opened = init.finish(&master.on_hello(&hello)?)?;
-    let authed = master.on_auth(&opened.auth)?;
+    let opened = init.finish(&master.on_hello(&hello, b"measure")?)?;
+    let authed = master.on_auth(&opened.auth, b"measure")?;
     let batch = tend_proto::v1::EventBatch {
         events: (0..200)
             .map(|i| tend_proto::v1::Event {

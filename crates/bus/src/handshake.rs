@@ -10,8 +10,8 @@
 //! master -> peer    Welcome   (sealed) or Refused (pending, rejected, denied)
 //! ```
 //!
-//! The transcript is every field of Hello and Challenge, length-prefixed,
-//! hashed with SHA-256. Both sides sign it, so each knows the other holds
+//! The transcript is every field of Hello (its version too) and
+//! Challenge, length-prefixed, hashed with SHA-256. Both sides sign it, so each knows the other holds
 //! its long-term key and that the ephemeral keys are the ones exchanged.
 //! The session keys come from X25519 of the ephemeral keys through HKDF
 //! (salt: the transcript), one per direction: forward secrecy, and nothing
@@ -46,6 +46,7 @@ fn transcript(hello: &Hello, session: u64, master_key: &[u8], master_ephemeral: 
     field(PROTOCOL);
     field(hello.minion.as_bytes());
     field(&hello.kind.to_be_bytes());
+    field(hello.version.as_bytes());
     field(&hello.identity_key);
     field(&hello.ephemeral_key);
     field(&session.to_be_bytes());
@@ -190,6 +191,9 @@ impl Initiator {
 }
 
 struct Pending {
+    /// The connection the Hello came on: its Auth must come on it too, so
+    /// an Auth sniffed and replayed from elsewhere takes nothing.
+    connection: Vec<u8>,
     hello_ephemeral: Vec<u8>,
     name: String,
     kind: PeerKind,
@@ -224,8 +228,10 @@ impl Responder {
         }
     }
 
-    /// Answers a Hello with a signed Challenge for a new session id.
-    pub fn on_hello(&self, hello: &Hello) -> Result<Challenge, BusError> {
+    /// Answers a Hello that came on `connection` (the transport's name for
+    /// it, e.g. a ROUTER routing id) with a signed Challenge for a new
+    /// session id.
+    pub fn on_hello(&self, hello: &Hello, connection: &[u8]) -> Result<Challenge, BusError> {
         let key = key32(&hello.identity_key, "the peer's key")?;
         let kind = PeerKind::try_from(hello.kind)
             .map_err(|_| BusError::Handshake("unknown peer kind".into()))?;
@@ -252,6 +258,7 @@ impl Responder {
         pending.insert(
             session,
             Pending {
+                connection: connection.to_vec(),
                 hello_ephemeral: hello.ephemeral_key.clone(),
                 name: hello.minion.clone(),
                 kind,
@@ -265,13 +272,21 @@ impl Responder {
     }
 
     /// Checks the peer's signature over the transcript of its handshake.
-    pub fn on_auth(&self, auth: &Auth) -> Result<Authenticated, BusError> {
-        let p = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&auth.session)
-            .ok_or_else(|| BusError::Handshake("no handshake under way for that session".into()))?;
+    /// The Auth must come on the connection its Hello came on; one from
+    /// anywhere else is refused and leaves the handshake open for the
+    /// peer that started it.
+    pub fn on_auth(&self, auth: &Auth, connection: &[u8]) -> Result<Authenticated, BusError> {
+        let no_handshake = || BusError::Handshake("no handshake under way for that session".into());
+        let p = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let started = pending.get(&auth.session).ok_or_else(no_handshake)?;
+            if started.connection != connection {
+                return Err(BusError::Handshake(
+                    "an Auth from another connection than its Hello's: refused".into(),
+                ));
+            }
+            pending.remove(&auth.session).ok_or_else(no_handshake)?
+        };
         if p.at.elapsed() > PENDING_TTL {
             return Err(BusError::Handshake("the handshake took too long".into()));
         }
@@ -301,9 +316,9 @@ mod tests {
         let master = Responder::new(Arc::new(Identity::ephemeral().unwrap()));
         let peer = Arc::new(Identity::ephemeral().unwrap());
         let (init, hello) = Initiator::start(peer, "web1", PeerKind::Minion, "t").unwrap();
-        let challenge = master.on_hello(&hello).unwrap();
+        let challenge = master.on_hello(&hello, b"c").unwrap();
         let opened = init.finish(&challenge).unwrap();
-        let authed = master.on_auth(&opened.auth).unwrap();
+        let authed = master.on_auth(&opened.auth, b"c").unwrap();
         (opened, authed)
     }
 
@@ -326,24 +341,27 @@ mod tests {
         let peer = Arc::new(Identity::ephemeral().unwrap());
         // A challenge signed by one master but claiming another's key.
         let (init, hello) = Initiator::start(peer.clone(), "web1", PeerKind::Minion, "t").unwrap();
-        let mut challenge = master.on_hello(&hello).unwrap();
+        let mut challenge = master.on_hello(&hello, b"c").unwrap();
         challenge.identity_key = impostor.identity.public_key().to_vec();
         assert!(init.finish(&challenge).is_err());
 
         // An Auth signed with a key other than the one in the Hello.
         let (init, hello) = Initiator::start(peer, "web1", PeerKind::Minion, "t").unwrap();
-        let challenge = master.on_hello(&hello).unwrap();
+        let challenge = master.on_hello(&hello, b"c").unwrap();
         let mut opened = init.finish(&challenge).unwrap();
         let other = Identity::ephemeral().unwrap();
         opened.auth.signature = other.sign(b"anything");
-        assert!(master.on_auth(&opened.auth).is_err());
+        assert!(master.on_auth(&opened.auth, b"c").is_err());
         // And an Auth for a session nobody started.
         assert!(
             master
-                .on_auth(&Auth {
-                    session: 1,
-                    signature: vec![0; 64]
-                })
+                .on_auth(
+                    &Auth {
+                        session: 1,
+                        signature: vec![0; 64]
+                    },
+                    b"c"
+                )
                 .is_err()
         );
     }

@@ -547,7 +547,7 @@ impl Shared {
                         hello_ephemeral: hello.ephemeral_key,
                     })));
                 }
-                match self.responder.on_hello(&hello) {
+                match self.responder.on_hello(&hello, route) {
                     Ok(challenge) => Some(clear(master_message::Body::Challenge(challenge))),
                     Err(e) => {
                         BusStats::refuse(&self.stats.handshakes_refused, PORT_COMMANDS, &e);
@@ -556,7 +556,7 @@ impl Shared {
                 }
             }
             Some(minion_message::Body::Auth(auth)) => {
-                let authed = match self.responder.on_auth(&auth) {
+                let authed = match self.responder.on_auth(&auth, route) {
                     Ok(a) => a,
                     Err(e) => {
                         BusStats::refuse(&self.stats.handshakes_refused, PORT_COMMANDS, &e);
@@ -589,11 +589,17 @@ impl Shared {
                         ),
                     };
                     BusStats::refuse(&self.stats.handshakes_refused, PORT_COMMANDS, &reason);
-                    return Some(clear(master_message::Body::Refused(Refused {
-                        status: state.as_str().into(),
-                        reason,
-                        hello_ephemeral: authed.hello_ephemeral,
-                    })));
+                    // Sealed under the would-be session: the peer knows
+                    // it comes from the master, and nobody on the path
+                    // can refuse in the master's name.
+                    let refused = MasterMessage {
+                        body: Some(master_message::Body::Refused(Refused {
+                            status: state.as_str().into(),
+                            reason,
+                            hello_ephemeral: authed.hello_ephemeral,
+                        })),
+                    };
+                    return Some(authed.session.seal(Channel::Down, &refused.encode_to_vec()));
                 }
                 let id = authed.session.id;
                 let ps = Arc::new(PeerSession {

@@ -68,8 +68,13 @@ enum Control {
         reason: String,
         /// The Hello it answers (its ephemeral key).
         hello: Vec<u8>,
+        /// Sealed under the session being opened: surely the master's.
+        sealed: bool,
     },
     Welcome(u32),
+    /// Always in the clear (the master no longer knows the session), so
+    /// anyone on the path could have written it: a reason to check, never
+    /// to end a session by itself.
     Rehello {
         reason: String,
         session: u64,
@@ -286,13 +291,12 @@ impl Shared {
             (Kind::Handshake, Some(master_message::Body::Challenge(c))) => {
                 control(Control::Challenge(c))
             }
-            (Kind::Handshake, Some(master_message::Body::Refused(r))) => {
-                control(Control::Refused {
-                    status: r.status,
-                    reason: r.reason,
-                    hello: r.hello_ephemeral,
-                })
-            }
+            (kind, Some(master_message::Body::Refused(r))) => control(Control::Refused {
+                status: r.status,
+                reason: r.reason,
+                hello: r.hello_ephemeral,
+                sealed: kind == Kind::Sealed,
+            }),
             (Kind::Handshake, Some(master_message::Body::Rehello(r))) => {
                 control(Control::Rehello {
                     reason: r.reason,
@@ -444,10 +448,14 @@ async fn handshake(
     // away) do not echo this attempt's key, and are passed over.
     let challenge = match expect(control, wait, |c| match c {
         Control::Challenge(ch) if ch.hello_ephemeral == mine => Some(Ok(ch)),
+        // Before the challenge the master has no key to seal with (a
+        // refused name); a forged one costs this attempt, as a dropped
+        // hello would.
         Control::Refused {
             status,
             reason,
             hello,
+            ..
         } if hello == mine => Some(Err((status, reason))),
         _ => None,
     })
@@ -479,10 +487,13 @@ async fn handshake(
     let _ = dealer.send(vec![handshake_frame(&auth.encode_to_vec())]);
     let answer = expect(control, Duration::from_secs(5).max(wait), |c| match c {
         Control::Welcome(hb) => Some(Ok(hb)),
+        // After the Auth the master seals its refusal: a clear one is
+        // anyone's, and ignored.
         Control::Refused {
             status,
             reason,
             hello,
+            sealed: true,
         } if hello == mine => Some(Err((status, reason))),
         _ => None,
     })
@@ -530,8 +541,21 @@ async fn heartbeat(
 ) -> Option<String> {
     // Never give up on the master before it had three chances to answer.
     let timeout = shared.cfg.master_timeout.max(every * 3);
+    // After a Rehello, how long a sealed word from the master has to come
+    // for the session to stand.
+    let grace = (every * 2).max(Duration::from_millis(200));
     let mut beat = tokio::time::interval(every);
     let mut heard = Instant::now();
+    // A Rehello (clear, so maybe forged) being checked: since when, and why.
+    let mut doubt: Option<(Instant, String)> = None;
+    let send_beat = || {
+        let msg = MinionMessage {
+            body: Some(minion_message::Body::Heartbeat(Heartbeat {
+                time_us: now_us(),
+            })),
+        };
+        let _ = dealer.send(vec![session.seal(Channel::Up, &msg.encode_to_vec())]);
+    };
     loop {
         tokio::select! {
             _ = beat.tick() => {
@@ -541,15 +565,29 @@ async fn heartbeat(
                         timeout.as_millis()
                     ));
                 }
-                let msg = MinionMessage {
-                    body: Some(minion_message::Body::Heartbeat(Heartbeat { time_us: now_us() })),
-                };
-                let _ = dealer.send(vec![session.seal(Channel::Up, &msg.encode_to_vec())]);
+                if let Some((since, reason)) = &doubt
+                    && since.elapsed() > grace
+                {
+                    return Some(format!("the master asked for a new session: {reason}"));
+                }
+                send_beat();
             }
             c = control.recv() => match c {
-                Some(Control::Heard) => heard = Instant::now(),
+                Some(Control::Heard) => {
+                    heard = Instant::now();
+                    // The master answered under the session after the
+                    // Rehello: it knows the session, the Rehello was not
+                    // its own.
+                    if doubt.as_ref().is_some_and(|(since, _)| heard > *since) {
+                        tracing::warn!("ignored a Rehello the master did not send (forged on the path?)");
+                        doubt = None;
+                    }
+                }
                 Some(Control::Rehello { reason, session: s }) if s == session.id => {
-                    return Some(format!("the master asked for a new session: {reason}"));
+                    if doubt.is_none() {
+                        doubt = Some((Instant::now(), reason));
+                        send_beat();
+                    }
                 }
                 // Late answers to an earlier handshake.
                 Some(_) => {}

@@ -8,22 +8,31 @@
 //! it. The counters themselves are the daemons' own atomics, read at
 //! scrape time.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 /// A request head larger than this is refused.
 const MAX_REQUEST: usize = 8 * 1024;
-/// A client gets this long to send its request and read the answer.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Scrapes served at once, at most; more wait their turn.
-const MAX_CLIENTS: usize = 16;
+/// A client gets this long to send its request head...
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// ... and this long to read the answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pages rendered at once, at most; more wait their turn (a request is
+/// read before a turn is taken, so a client that says nothing holds none).
+const MAX_RENDERS: usize = 16;
+/// Connections open at once, at most. Past that the oldest is closed: idle
+/// connections held open can never lock a scraper out, only be pushed out
+/// by it.
+const MAX_CONNECTIONS: usize = 256;
 
 /// Job and apply durations, in seconds: from a few milliseconds (a file
 /// put back) to minutes (a package install).
@@ -199,7 +208,10 @@ pub async fn bind(listen: &str) -> Result<TcpListener, String> {
 
 /// Serves `GET /metrics` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, render: Render, shutdown: CancellationToken) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    let renders = Arc::new(tokio::sync::Semaphore::new(MAX_RENDERS));
+    // Open connections, oldest first: (number, its task).
+    let open: Arc<Mutex<VecDeque<(u64, AbortHandle)>>> = Arc::default();
+    let mut next: u64 = 0;
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -213,49 +225,99 @@ pub async fn serve(listener: TcpListener, render: Render, shutdown: Cancellation
                 }
             },
         };
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let render = render.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            match tokio::time::timeout(CLIENT_TIMEOUT, answer(stream, &render)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics: client error"),
-                Err(_) => tracing::debug!(%peer, "metrics: client too slow"),
+        next += 1;
+        let id = next;
+        let (render, renders, open_set) = (render.clone(), renders.clone(), open.clone());
+        let task = tokio::spawn(async move {
+            match answer(stream, &render, &renders).await {
+                Ok(()) => {}
+                Err(e) => tracing::debug!(%peer, error = %e, "metrics: client dropped"),
             }
+            lock(&open_set).retain(|(n, _)| *n != id);
         });
+        let mut open = lock(&open);
+        open.push_back((id, task.abort_handle()));
+        while open.len() > MAX_CONNECTIONS {
+            if let Some((_, oldest)) = open.pop_front() {
+                oldest.abort();
+            }
+        }
     }
 }
 
-async fn answer(mut stream: TcpStream, render: &Render) -> std::io::Result<()> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn timed_out(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_string())
+}
+
+async fn answer(
+    mut stream: TcpStream,
+    render: &Render,
+    renders: &tokio::sync::Semaphore,
+) -> std::io::Result<()> {
+    let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
+        Ok(head) => head?,
+        Err(_) => return Err(timed_out("no request within the time allowed")),
+    };
+    let Some(head) = head else {
+        return Ok(()); // closed before a whole request
+    };
+    let Ok(_turn) = renders.acquire().await else {
+        return Ok(());
+    };
+    tokio::time::timeout(ANSWER_TIMEOUT, respond(&mut stream, &head, render))
+        .await
+        .map_err(|_| timed_out("the answer was not read in time"))?
+}
+
+/// The request head, up to its blank line; None if the client closed
+/// first. A head over the limit is Err(431).
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Head>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    let head_end = loop {
+    loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
+            return Ok(Some(Head::Complete(
+                String::from_utf8_lossy(&buf[..i]).into_owned(),
+            )));
         }
         if buf.len() > MAX_REQUEST {
+            return Ok(Some(Head::TooLarge));
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+enum Head {
+    Complete(String),
+    TooLarge,
+}
+
+async fn respond(stream: &mut TcpStream, head: &Head, render: &Render) -> std::io::Result<()> {
+    let head = match head {
+        Head::Complete(h) => h,
+        Head::TooLarge => {
             return reply(
-                &mut stream,
+                stream,
                 "431 Request Header Fields Too Large",
                 "request too large\n",
                 false,
             )
             .await;
         }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(()); // closed before a whole request
-        }
-        buf.extend_from_slice(&chunk[..n]);
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]);
     let mut parts = head.lines().next().unwrap_or("").split(' ');
     let (method, target, version) = (parts.next(), parts.next(), parts.next());
     let (Some(method), Some(target), Some(version)) = (method, target, version) else {
         return reply(
-            &mut stream,
+            stream,
             "400 Bad Request",
             "not an HTTP request line\n",
             false,
@@ -263,22 +325,16 @@ async fn answer(mut stream: TcpStream, render: &Render) -> std::io::Result<()> {
         .await;
     };
     if !version.starts_with("HTTP/1.") {
-        return reply(&mut stream, "400 Bad Request", "HTTP/1.x only\n", false).await;
+        return reply(stream, "400 Bad Request", "HTTP/1.x only\n", false).await;
     }
     let head_only = method == "HEAD";
     if method != "GET" && !head_only {
-        return reply(
-            &mut stream,
-            "405 Method Not Allowed",
-            "GET /metrics\n",
-            false,
-        )
-        .await;
+        return reply(stream, "405 Method Not Allowed", "GET /metrics\n", false).await;
     }
     let path = target.split('?').next().unwrap_or("");
     if path != "/metrics" {
         return reply(
-            &mut stream,
+            stream,
             "404 Not Found",
             "metrics are at /metrics\n",
             head_only,

@@ -76,3 +76,228 @@ fn finding_1_a_reply_from_another_session_is_refused() {
         || (counter(&master, "bus_replies_refused") >= forged).then_some(()),
     );
 }
+
+/// Finding 13: the version a peer states in its Hello is signed with the
+/// rest of the transcript, so a man in the middle cannot change it.
+#[test]
+fn finding_13_the_hello_version_is_signed() {
+    let master = tend_bus::handshake::Responder::new(Arc::new(Identity::ephemeral().unwrap()));
+    let peer = Arc::new(Identity::ephemeral().unwrap());
+    let (init, mut hello) = Initiator::start(peer, "web1", PeerKind::Minion, "1.0.0").unwrap();
+    // On the path: the Hello's version is rewritten before the master sees it.
+    hello.version = "0.0.1-downgraded".into();
+    let challenge = master.on_hello(&hello, b"conn-1").unwrap();
+    assert!(
+        init.finish(&challenge).is_err(),
+        "a handshake whose Hello was altered on the way must fail"
+    );
+}
+
+/// The master's answer to one handshake message on connection `socket`.
+fn answer(socket: &zmq::Socket, session: Option<&Session>) -> Option<master_message::Body> {
+    let bytes = socket.recv_bytes(0).ok()?;
+    let (h, b) = frame::decode(&bytes, 1 << 20).ok()?;
+    let body = match (h.kind, session) {
+        (frame::Kind::Sealed, Some(s)) => s.open(Channel::Down, &h, b).ok()?,
+        (frame::Kind::Sealed, None) => return None,
+        _ => b.to_vec(),
+    };
+    MasterMessage::decode(body.as_slice()).ok()?.body
+}
+
+fn dealer(ctx: &zmq::Context, endpoint: &str) -> zmq::Socket {
+    let s = ctx.socket(zmq::DEALER).unwrap();
+    s.set_linger(0).unwrap();
+    s.set_rcvtimeo(3000).unwrap();
+    s.connect(endpoint).unwrap();
+    s
+}
+
+fn send_clear(socket: &zmq::Socket, body: minion_message::Body) {
+    let msg = MinionMessage { body: Some(body) }.encode_to_vec();
+    socket.send(handshake_frame(&msg), 0).unwrap();
+}
+
+/// Finding 13: an Auth sniffed off one connection and replayed from
+/// another neither takes the Welcome nor spoils the real handshake.
+#[test]
+fn finding_13_an_auth_replayed_from_another_connection_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut master = Master::new(&tmp.path().join("master"), "");
+    master.start();
+    let ctx = zmq::Context::new();
+    let honest = dealer(&ctx, &master.command_endpoint);
+    let thief = dealer(&ctx, &master.command_endpoint);
+    let (init, hello) = Initiator::start(
+        Arc::new(Identity::ephemeral().unwrap()),
+        "web1",
+        PeerKind::Minion,
+        "t",
+    )
+    .unwrap();
+    send_clear(&honest, minion_message::Body::Hello(hello));
+    let Some(master_message::Body::Challenge(challenge)) = answer(&honest, None) else {
+        panic!("no challenge");
+    };
+    let opened = init.finish(&challenge).unwrap();
+
+    // The thief sends the honest peer's Auth first, from its own connection.
+    send_clear(&thief, minion_message::Body::Auth(opened.auth.clone()));
+    let stolen = answer(&thief, Some(&opened.session));
+    assert!(
+        !matches!(stolen, Some(master_message::Body::Welcome(_))),
+        "the replayed Auth took the Welcome: {stolen:?}"
+    );
+    // The honest peer, on the connection its Hello came on, still gets in.
+    send_clear(&honest, minion_message::Body::Auth(opened.auth));
+    let got = answer(&honest, Some(&opened.session));
+    assert!(
+        matches!(got, Some(master_message::Body::Welcome(_))),
+        "the honest peer was shut out: {got:?}"
+    );
+}
+
+/// Finding 13: a clear Rehello (which anyone on the path can write) never
+/// ends a session by itself: the minion checks with the master first, and
+/// keeps the session while the master answers under it.
+#[test]
+fn finding_13_a_clear_rehello_never_ends_an_established_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = zmq::Context::new();
+    // A stand-in master: the real handshake and sealed heartbeats.
+    let router = ctx.socket(zmq::ROUTER).unwrap();
+    router.set_linger(0).unwrap();
+    router.set_rcvtimeo(100).unwrap();
+    let port = tend_e2e::free_port();
+    router.bind(&format!("tcp://127.0.0.1:{port}")).unwrap();
+    let responder = tend_bus::handshake::Responder::new(Arc::new(Identity::ephemeral().unwrap()));
+    let mut minion = Minion::with_endpoints(
+        &tmp.path().join("m"),
+        "web1",
+        &format!("tcp://127.0.0.1:{}", tend_e2e::free_port()),
+        &format!("tcp://127.0.0.1:{port}"),
+        "",
+    );
+    minion.start();
+
+    let mut session: Option<(Vec<u8>, Session)> = None;
+    let mut hellos = 0;
+    let mut beats_answered = 0;
+    let mut rehello_sent_at: Option<std::time::Instant> = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stand-in master never got to send its Rehello"
+        );
+        if let Some(at) = rehello_sent_at
+            && at.elapsed() > Duration::from_secs(3)
+        {
+            break;
+        }
+        let Ok(parts) = router.recv_multipart(0) else {
+            continue;
+        };
+        let [route, bytes] = parts.as_slice() else {
+            continue;
+        };
+        let Ok((h, b)) = frame::decode(bytes, 1 << 20) else {
+            continue;
+        };
+        let reply = |body: master_message::Body, seal: Option<&Session>| {
+            let msg = MasterMessage { body: Some(body) }.encode_to_vec();
+            let frame = match seal {
+                Some(s) => s.seal(Channel::Down, &msg),
+                None => handshake_frame(&msg),
+            };
+            router.send_multipart([route.clone(), frame], 0).unwrap();
+        };
+        match h.kind {
+            frame::Kind::Handshake => match MinionMessage::decode(b).ok().and_then(|m| m.body) {
+                Some(minion_message::Body::Hello(hello)) => {
+                    hellos += 1;
+                    let ch = responder.on_hello(&hello, route).unwrap();
+                    reply(master_message::Body::Challenge(ch), None);
+                }
+                Some(minion_message::Body::Auth(auth)) => {
+                    let authed = responder.on_auth(&auth, route).unwrap();
+                    reply(
+                        master_message::Body::Welcome(tend_proto::v1::Welcome {
+                            heartbeat_ms: 200,
+                        }),
+                        Some(&authed.session),
+                    );
+                    session = Some((route.clone(), authed.session));
+                }
+                _ => {}
+            },
+            frame::Kind::Sealed => {
+                let Some((_, s)) = session.as_ref().filter(|(_, s)| s.id == h.session) else {
+                    continue;
+                };
+                let Ok(plain) = s.open(Channel::Up, &h, b) else {
+                    continue;
+                };
+                if let Ok(MinionMessage {
+                    body: Some(minion_message::Body::Heartbeat(_)),
+                }) = MinionMessage::decode(plain.as_slice())
+                {
+                    reply(
+                        master_message::Body::Heartbeat(tend_proto::v1::Heartbeat { time_us: 1 }),
+                        Some(s),
+                    );
+                    beats_answered += 1;
+                    if beats_answered == 3 {
+                        // On the path: a clear Rehello naming the session.
+                        reply(
+                            master_message::Body::Rehello(tend_proto::v1::Rehello {
+                                reason: "forged".into(),
+                                session: s.id,
+                            }),
+                            None,
+                        );
+                        rehello_sent_at = Some(std::time::Instant::now());
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(
+        hellos, 1,
+        "the minion dropped its session on a clear Rehello and said hello again"
+    );
+    assert!(minion.daemon().is_running());
+}
+
+/// Finding 13: idle connections held open on the metrics port do not keep
+/// a scrape from being answered.
+#[test]
+fn finding_13_idle_metrics_connections_do_not_block_a_scrape() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let port = tend_e2e::free_port();
+    let mut master = Master::new(
+        &tmp.path().join("master"),
+        &format!("metrics_listen = \"127.0.0.1:{port}\""),
+    );
+    master.start();
+    let idle: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let started = std::time::Instant::now();
+    let mut scrape = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    scrape
+        .set_read_timeout(Some(Duration::from_secs(4)))
+        .unwrap();
+    scrape
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    let _ = scrape.read_to_string(&mut page);
+    assert!(
+        page.starts_with("HTTP/1.1 200"),
+        "no answer to a scrape within {:?} while 100 idle connections were held: {page:?}",
+        started.elapsed()
+    );
+    drop(idle);
+}

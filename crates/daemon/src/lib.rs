@@ -101,16 +101,54 @@ pub fn init_logging(cfg: &LogConfig) -> Result<(), String> {
     result.map_err(|e| e.to_string())
 }
 
-/// For an `ipc://` endpoint about to be bound: creates its directory and
-/// removes a stale socket file left by a process that did not stop
-/// cleanly. Returns the socket's path (None for other transports).
+/// Makes every file, directory and socket this process creates private to
+/// its user (umask 077), whatever umask it was started with: the store,
+/// keys, outbox and backups hold secrets, and a socket bound under a loose
+/// umask is open to others until it is chmodded. Call it first thing in
+/// `main`, before any thread starts. Returns the umask the process was
+/// started with (the commands a minion runs get that one back).
+pub fn private_umask() -> libc::mode_t {
+    // SAFETY: umask(2) cannot fail and touches no memory.
+    unsafe { libc::umask(0o077) }
+}
+
+/// Creates the daemon's own directory `dir` (and missing parents) private
+/// to this process's user, and takes away others' access when it already
+/// exists with a looser mode (a data dir made by hand, or by an earlier
+/// version, 0755).
+pub fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create the directory {}: {e}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .map_err(|e| format!("cannot stat {}: {e}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o7700))
+            .map_err(|e| format!("cannot make {} private: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// For an `ipc://` endpoint about to be bound: creates its directory
+/// (private, when it is missing) and removes a stale socket file left by a
+/// process that did not stop cleanly. Returns the socket's path (None for
+/// other transports).
 pub fn prepare_ipc(endpoint: &str) -> Result<Option<PathBuf>, String> {
+    use std::os::unix::fs::DirBuilderExt;
     let Some(path) = endpoint.strip_prefix("ipc://") else {
         return Ok(None);
     };
     let path = PathBuf::from(path);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
             .map_err(|e| format!("cannot create the directory {}: {e}", dir.display()))?;
     }
     if path.exists() {
@@ -121,7 +159,8 @@ pub fn prepare_ipc(endpoint: &str) -> Result<Option<PathBuf>, String> {
 }
 
 /// Makes a bound socket file usable by its owner only: whoever can write to
-/// it can command the daemon.
+/// it can command the daemon. (Under `private_umask` it is bound 0700
+/// already; this says so on the file too.)
 pub fn restrict_socket(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
@@ -179,6 +218,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("nope.toml"), "{e}");
+    }
+
+    #[test]
+    fn a_private_dir_is_created_and_tightened_0700() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let fresh = tmp.path().join("a/b");
+        private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        let loose = tmp.path().join("loose");
+        std::fs::create_dir(&loose).unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&loose).unwrap();
+        assert_eq!(mode(&loose), 0o700);
     }
 
     #[test]

@@ -44,6 +44,9 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before any thread: the store, keys and control socket are private
+    // whatever umask the master was started with.
+    tend_daemon::private_umask();
     let args = Args::parse();
     let cfg = match MasterConfig::load(&args.config) {
         Ok(c) => c,
@@ -126,6 +129,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
     if args.check_config {
         return check_config(&args, &cfg, &rules);
     }
+    tend_daemon::private_dir(&cfg.data_dir).map_err(anyhow::Error::msg)?;
     let identity = Arc::new(Identity::load_or_create(
         &cfg.data_dir.join("keys/master.key"),
     )?);
@@ -158,6 +162,11 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         control_tx.clone(),
     )?;
     let control_endpoint = cfg.control_endpoint();
+    // The socket is bound inside a directory only the master can enter, so
+    // there is no moment at which anyone else can connect to it.
+    if control_endpoint.starts_with(&format!("ipc://{}/", cfg.run_dir.display())) {
+        tend_daemon::private_dir(&cfg.run_dir).map_err(anyhow::Error::msg)?;
+    }
     let control_socket = tend_daemon::prepare_ipc(&control_endpoint).map_err(anyhow::Error::msg)?;
     let _control = ControlServer::bind(
         &control_endpoint,

@@ -61,6 +61,10 @@ enum Cmd {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before any thread: the outbox, keys, backups and local socket are
+    // private whatever umask the minion was started with; the commands it
+    // runs get back the umask it was started with (UMask= in its unit).
+    tend_state::set_command_umask(tend_daemon::private_umask());
     let args = Args::parse();
     let cfg = match MinionConfig::load(&args.config) {
         Ok(c) => c,
@@ -127,6 +131,7 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    tend_daemon::private_dir(&cfg.data_dir).map_err(anyhow::Error::msg)?;
     let identity = Arc::new(
         Identity::load_or_create(&cfg.data_dir.join("minion.key"))
             .context("the minion's identity key")?,

@@ -3,8 +3,10 @@
 //! Output is reported (cut at 64 KiB per stream).
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command as Process, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, json};
@@ -15,6 +17,15 @@ use crate::{CmdRun, Command};
 
 const MAX_OUTPUT: usize = 64 * 1024;
 const DEFAULT_TIMEOUT: u64 = 600;
+
+/// The umask commands run with, when set: the minion keeps 077 for its
+/// own files, and gives its commands the one it was started with.
+static COMMAND_UMASK: OnceLock<libc::mode_t> = OnceLock::new();
+
+/// Sets the umask every command is started with (once per process).
+pub fn set_command_umask(mask: libc::mode_t) {
+    let _ = COMMAND_UMASK.set(mask);
+}
 
 pub struct Output {
     pub status: i32,
@@ -50,7 +61,18 @@ pub fn exec(
     }
     // Its own process group, so a timeout kills `sh -c`'s children too
     // (they would otherwise hold the output pipes open).
-    std::os::unix::process::CommandExt::process_group(&mut p, 0);
+    p.process_group(0);
+    if let Some(&mask) = COMMAND_UMASK.get() {
+        // SAFETY: runs in the child between fork and exec, where only
+        // async-signal-safe calls are allowed: umask(2) is one, and
+        // nothing is allocated.
+        unsafe {
+            p.pre_exec(move || {
+                libc::umask(mask);
+                Ok(())
+            });
+        }
+    }
     let mut child = p
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use cmd::{Output as CommandOutput, exec as run_command};
+pub use cmd::{Output as CommandOutput, exec as run_command, set_command_umask};
 pub use engine::{ApplyOptions, apply, order};
 pub use ledger::{Fingerprint, Ledger};
 pub use mode::Mode;

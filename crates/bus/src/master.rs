@@ -128,6 +128,11 @@ struct Shared {
     pending: Mutex<Pending>,
     stats: Arc<BusStats>,
     inbound: mpsc::Sender<MasterInbound>,
+    /// Up and Down, in order, on their way to `inbound`. The socket threads
+    /// never wait on the daemon's queue for them (a full queue would stop
+    /// every heartbeat); a task forwards them instead. Unbounded, but one
+    /// Up and one Down per session opened at most.
+    presence: mpsc::UnboundedSender<MasterInbound>,
     control: mpsc::Sender<(Responder, ControlRequest)>,
     keys: Arc<KeyStore>,
     handshakes: SyncSender<Handshake>,
@@ -140,6 +145,7 @@ pub struct MasterBus {
     commands: Arc<SocketThread>,
     _events: SocketThread,
     reaper: tokio::task::JoinHandle<()>,
+    forwarder: tokio::task::JoinHandle<()>,
 }
 
 const PORT_EVENTS: &str = "events";
@@ -165,12 +171,22 @@ impl MasterBus {
         let ctx = crate::context();
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
         let (hs_tx, hs_rx) = sync_channel(HANDSHAKE_QUEUE);
+        let (presence, mut presence_rx) = mpsc::unbounded_channel();
+        let inbound = tx.clone();
+        let forwarder = tokio::spawn(async move {
+            while let Some(msg) = presence_rx.recv().await {
+                if inbound.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        });
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             sessions: RwLock::default(),
             pending: Mutex::default(),
             stats,
             inbound: tx,
+            presence,
             control,
             keys,
             handshakes: hs_tx,
@@ -230,6 +246,7 @@ impl MasterBus {
                 commands,
                 _events: events,
                 reaper,
+                forwarder,
             },
             rx,
         ))
@@ -361,6 +378,7 @@ impl MasterBus {
 impl Drop for MasterBus {
     fn drop(&mut self) {
         self.reaper.abort();
+        self.forwarder.abort();
     }
 }
 
@@ -694,8 +712,13 @@ impl Shared {
                 ])
             }
             Some(minion_message::Body::Info(info)) if minion => {
-                ps.announced.store(true, Ordering::Relaxed);
-                let _ = self.inbound.blocking_send(MasterInbound::Up {
+                if ps.announced.swap(true, Ordering::Relaxed) {
+                    let reason = format!("a second Info on one session, from {}", ps.name);
+                    BusStats::refuse(&self.stats.frames_bad, PORT_COMMANDS, &reason);
+                    return None;
+                }
+                // Never waits: this thread answers every heartbeat.
+                let _ = self.presence.send(MasterInbound::Up {
                     minion: ps.name.clone(),
                     info,
                 });
@@ -791,13 +814,7 @@ impl Shared {
             for (minion, announced) in expired {
                 BusStats::inc(&self.stats.sessions_expired);
                 tracing::info!(%minion, "minion silent past the presence timeout: down");
-                if announced
-                    && self
-                        .inbound
-                        .send(MasterInbound::Down { minion })
-                        .await
-                        .is_err()
-                {
+                if announced && self.presence.send(MasterInbound::Down { minion }).is_err() {
                     return;
                 }
             }
@@ -848,5 +865,147 @@ impl<'de> serde::Deserialize<'de> for JsonObject {
             }
         }
         d.deserialize_map(Visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::handshake_frame;
+    use crate::handshake::Initiator;
+
+    fn free_endpoint() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("tcp://127.0.0.1:{}", l.local_addr().unwrap().port())
+    }
+
+    struct TestPeer {
+        socket: zmq::Socket,
+        session: Session,
+    }
+
+    impl TestPeer {
+        /// Opens a session as minion `name` over a real DEALER.
+        fn connect(endpoint: &str, name: &str) -> Self {
+            let socket = crate::context().socket(zmq::DEALER).unwrap();
+            socket.set_linger(0).unwrap();
+            socket.set_rcvtimeo(5000).unwrap();
+            socket.connect(endpoint).unwrap();
+            let identity = Arc::new(Identity::ephemeral().unwrap());
+            let (init, hello) = Initiator::start(identity, name, PeerKind::Minion, "t").unwrap();
+            let clear = |body| handshake_frame(&MinionMessage { body: Some(body) }.encode_to_vec());
+            socket
+                .send(clear(minion_message::Body::Hello(hello)), 0)
+                .unwrap();
+            let bytes = socket.recv_bytes(0).unwrap();
+            let (_, body) = frame::decode(&bytes, 1 << 20).unwrap();
+            let Some(master_message::Body::Challenge(ch)) =
+                MasterMessage::decode(body).unwrap().body
+            else {
+                panic!("no challenge for {name}");
+            };
+            let opened = init.finish(&ch).unwrap();
+            socket
+                .send(clear(minion_message::Body::Auth(opened.auth)), 0)
+                .unwrap();
+            let peer = Self {
+                socket,
+                session: opened.session,
+            };
+            assert!(
+                matches!(peer.recv(), Some(master_message::Body::Welcome(_))),
+                "no welcome for {name}"
+            );
+            peer
+        }
+
+        fn send(&self, body: minion_message::Body) {
+            let msg = MinionMessage { body: Some(body) }.encode_to_vec();
+            self.socket
+                .send(self.session.seal(Channel::Up, &msg), 0)
+                .unwrap();
+        }
+
+        /// The next message from the master, or None after 5 s.
+        fn recv(&self) -> Option<master_message::Body> {
+            let bytes = self.socket.recv_bytes(0).ok()?;
+            let (h, b) = frame::decode(&bytes, 1 << 20).ok()?;
+            let plain = self.session.open(Channel::Down, &h, b).ok()?;
+            MasterMessage::decode(plain.as_slice()).ok()?.body
+        }
+    }
+
+    /// Issue 14, item 4: while the daemon's ingest queue is full, a minion
+    /// saying what it is (Info) must not stop the ROUTER thread, or every
+    /// minion's heartbeats go unanswered.
+    #[test]
+    fn finding_14_4_a_full_ingest_queue_never_stalls_heartbeats() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _guard = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Arc::new(KeyStore::open(dir.path(), true, Vec::new()).unwrap());
+        let (events, commands) = (free_endpoint(), free_endpoint());
+        let cfg = MasterBusConfig {
+            event_endpoint: events.clone(),
+            command_endpoint: commands.clone(),
+            max_message_size: 1 << 20,
+            heartbeat: Duration::from_millis(200),
+            presence_timeout: Duration::from_secs(60),
+        };
+        let (control, _control_rx) = mpsc::channel(16);
+        let identity = Arc::new(Identity::ephemeral().unwrap());
+        let stats = Arc::new(BusStats::default());
+        // Nobody reads `_inbound`: the daemon is busy (a slow store, say).
+        let (bus, _inbound) = MasterBus::bind(cfg, identity, keys, stats, control).unwrap();
+
+        // web1's events fill the queue; the event socket then waits.
+        let web1 = TestPeer::connect(&commands, "web1");
+        let publisher = crate::context().socket(zmq::PUB).unwrap();
+        publisher.set_linger(0).unwrap();
+        publisher.connect(&events).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut seq = 0;
+        while bus.stats().events_in.load(Ordering::Relaxed) <= INBOUND_QUEUE as u64 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the ingest queue never filled"
+            );
+            seq += 1;
+            let batch = EventBatch {
+                events: vec![Event {
+                    minion: "web1".into(),
+                    seq,
+                    tag: "minion/web1/beacon/x".into(),
+                    time_us: 1,
+                    data: b"{}".to_vec(),
+                    cause: 0,
+                }],
+                oldest_seq: 1,
+            };
+            let frame = web1.session.seal(Channel::Events, &batch.encode_to_vec());
+            publisher
+                .send_multipart([EVENT_TOPIC.to_vec(), frame], 0)
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+
+        // web2 says what it is; the daemon has to hear of it somehow.
+        let web2 = TestPeer::connect(&commands, "web2");
+        let seen = bus.stats().frames_in.load(Ordering::Relaxed);
+        web2.send(minion_message::Body::Info(Info::default()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while bus.stats().frames_in.load(Ordering::Relaxed) == seen {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "web2's info never arrived"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // And web1's heartbeat is still answered.
+        web1.send(minion_message::Body::Heartbeat(Heartbeat { time_us: 1 }));
+        assert!(
+            matches!(web1.recv(), Some(master_message::Body::Heartbeat(_))),
+            "web1's heartbeat went unanswered while the ingest queue was full"
+        );
     }
 }

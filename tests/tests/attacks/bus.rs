@@ -54,8 +54,8 @@ fn finding_1_a_reply_from_another_session_is_refused() {
     let text = String::from_utf8_lossy(&out.stdout);
     let job: serde_json::Value = text
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .last()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("no JSON from tend run: {text}"));
     let result = &job["minions"][0];
     assert_eq!(result["minion"], "web1", "{job}");

@@ -168,25 +168,48 @@ impl ControlServer {
 /// The CLI's end: a blocking client, one request at a time.
 pub struct ControlClient {
     socket: zmq::Socket,
+    /// Hears when the connection drops, so a peer that dies mid-request
+    /// ends the wait at once instead of at its timeout.
+    monitor: zmq::Socket,
     endpoint: String,
+    /// What listens at `endpoint`, for messages ("the master").
+    peer: String,
     next_id: u64,
     session: Option<Session>,
     max: usize,
 }
 
 impl ControlClient {
-    /// Connects to a local (ipc) control socket.
+    /// Connects to a local (ipc) control socket of the master.
     pub fn connect(endpoint: &str) -> Result<Self, BusError> {
         let socket = crate::context().socket(zmq::DEALER)?;
         socket.set_linger(0)?;
+        static MONITORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let watch = format!(
+            "inproc://control-client-monitor-{}",
+            MONITORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        socket.monitor(&watch, zmq::SocketEvent::DISCONNECTED as i32)?;
+        let monitor = crate::context().socket(zmq::PAIR)?;
+        monitor.set_linger(0)?;
+        monitor.connect(&watch)?;
         crate::connect(&socket, endpoint)?;
         Ok(Self {
             socket,
+            monitor,
             endpoint: endpoint.to_string(),
+            peer: "the master".into(),
             next_id: 1,
             session: None,
             max: 64 << 20,
         })
+    }
+
+    /// Names what listens at the endpoint, for messages: `"the minion"`
+    /// for a minion's local socket.
+    pub fn serving(mut self, peer: &str) -> Self {
+        self.peer = peer.to_string();
+        self
     }
 
     /// Connects to the master's command port as operator `name`: runs the
@@ -253,16 +276,37 @@ impl ControlClient {
         deadline: Option<Instant>,
         timeout: Option<Duration>,
     ) -> Result<Vec<u8>, BusError> {
-        let wait_ms = deadline.map_or(-1, |d| {
-            d.saturating_duration_since(Instant::now()).as_millis() as i64
-        });
-        if self.socket.poll(zmq::POLLIN, wait_ms)? == 0 {
-            return Err(BusError::Timeout {
-                minion: format!("the master at {}", self.endpoint),
-                timeout_ms: timeout.map_or(0, |t| t.as_millis() as u64),
+        loop {
+            let wait_ms = deadline.map_or(-1, |d| {
+                d.saturating_duration_since(Instant::now()).as_millis() as i64
             });
+            let mut items = [
+                self.socket.as_poll_item(zmq::POLLIN),
+                self.monitor.as_poll_item(zmq::POLLIN),
+            ];
+            if zmq::poll(&mut items, wait_ms)? == 0 {
+                return Err(BusError::Timeout {
+                    minion: format!("{} at {}", self.peer, self.endpoint),
+                    timeout_ms: timeout.map_or(0, |t| t.as_millis() as u64),
+                });
+            }
+            if items[0].is_readable() {
+                return Ok(self.socket.recv_bytes(0)?);
+            }
+            // A monitor event: [event u16, value u32] and the address.
+            let event = self.monitor.recv_multipart(0)?;
+            let code = event
+                .first()
+                .and_then(|e| e.get(..2))
+                .map(|b| u16::from_le_bytes([b[0], b[1]]));
+            if code == Some(zmq::SocketEvent::DISCONNECTED.to_raw()) {
+                // Whatever it had not answered is gone with it.
+                return Err(BusError::PeerGone(format!(
+                    "{} at {}",
+                    self.peer, self.endpoint
+                )));
+            }
         }
-        Ok(self.socket.recv_bytes(0)?)
     }
 
     /// One message from the master on an operator connection, opened.

@@ -60,6 +60,8 @@ pub enum BusError {
     NoSession,
     #[error("no reply from {minion} within {timeout_ms} ms")]
     Timeout { minion: String, timeout_ms: u64 },
+    #[error("{0} closed the connection before it answered (did it stop or crash?)")]
+    PeerGone(String),
     #[error("outbound queue of the {0} socket is full")]
     QueueFull(String),
     #[error(

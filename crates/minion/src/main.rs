@@ -315,7 +315,7 @@ fn send(cfg: &MinionConfig, tag: &str, data: &str, count: u64) -> anyhow::Result
             path.display()
         );
     }
-    let mut client = tend_bus::ControlClient::connect(&endpoint)?;
+    let mut client = tend_bus::ControlClient::connect(&endpoint)?.serving("the minion");
     let (mut first, mut last) = (0, 0);
     let mut i = 0;
     while i < count {

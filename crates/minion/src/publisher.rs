@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::MinionMetrics;
-use crate::outbox::Outbox;
+use crate::outbox::{AppendError, Outbox};
 use std::sync::atomic::Ordering;
 
 /// Events published and not yet acknowledged, at most.
@@ -77,7 +77,7 @@ impl Publisher {
     ) -> Self {
         let acked = outbox.acked();
         let next_send = outbox.oldest();
-        bus.set_outbox_bounds(outbox.oldest(), outbox.next_seq());
+        bus.set_outbox_bounds(outbox.announced_oldest(), outbox.next_seq());
         note_outbox(&metrics, &outbox);
         Self {
             minion,
@@ -127,7 +127,7 @@ impl Publisher {
                             Err(_) => break,
                         }
                     }
-                    self.append(batch).await;
+                    let _ = self.append(batch).await; // a failure is logged
                     self.catch_up().await;
                 }
                 _ = resend.tick(), if self.next_send > self.acked + 1 => {
@@ -146,7 +146,7 @@ impl Publisher {
         while let Some(e) = events.recv().await {
             rest.push(self.to_event(e));
         }
-        self.append(rest).await;
+        let _ = self.append(rest).await;
     }
 
     fn to_event(&self, e: Emitted) -> Event {
@@ -172,7 +172,6 @@ impl Publisher {
                 self.connected = true;
                 self.metrics.connected.store(true, Ordering::Relaxed);
                 self.next_send = self.acked + 1;
-                self.report_drops().await;
             }
             Signal::Disconnected => {
                 self.connected = false;
@@ -182,10 +181,8 @@ impl Publisher {
             Signal::Send { events, done } => {
                 let n = events.len() as u64;
                 let result = match self.append(events).await {
-                    Some(next) => Ok((next - n, next - 1)),
-                    None => {
-                        Err("the outbox could not write them (see the minion's log)".to_string())
-                    }
+                    Ok(next) => Ok((next - n, next - 1)),
+                    Err(e) => Err(format!("the outbox could not write them: {e}")),
                 };
                 let _ = done.send(result);
             }
@@ -215,6 +212,9 @@ impl Publisher {
                         "the master has stored less than it acknowledged before (was its store restored?); sending again what the outbox still holds"
                     );
                 }
+                if replay {
+                    self.settle_drops(seq).await;
+                }
                 if replay || seq < self.acked {
                     self.next_send = seq + 1;
                     self.last_progress = Instant::now();
@@ -227,26 +227,28 @@ impl Publisher {
 
     /// Writes events to the outbox (numbering them), durably; and when the
     /// publisher is caught up, publishes them straight from memory in the
-    /// same step instead of reading them back. Returns the next seq, or
-    /// None when the write failed.
-    async fn append(&mut self, mut batch: Vec<Event>) -> Option<u64> {
+    /// same step instead of reading them back. Returns the next seq, or why
+    /// the write failed (and then none of them is sent).
+    async fn append(&mut self, mut batch: Vec<Event>) -> Result<u64, AppendError> {
         if batch.is_empty() {
-            return None;
+            return Ok(self.outbox.lock().expect("outbox lock").next_seq());
         }
+        let count = batch.len();
         let outbox = self.outbox.clone();
         let bus = self.bus.clone();
         let metrics = self.metrics.clone();
         let live = self.connected && self.next_send + batch.len() as u64 <= self.acked + WINDOW;
         let next_send = self.next_send;
-        let result = blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let mut ob = outbox.lock().expect("outbox lock");
             let first = ob.next_seq();
-            ob.append(&mut batch)?;
+            let appended = ob.append(&mut batch);
+            note_outbox(&metrics, &ob);
+            appended?;
             metrics
                 .events_written
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            note_outbox(&metrics, &ob);
-            let (oldest, next) = (ob.oldest(), ob.next_seq());
+            let (oldest, announced, next) = (ob.oldest(), ob.announced_oldest(), ob.next_seq());
             drop(ob);
             // Caught up: these are exactly the next events to send.
             let sent = live
@@ -254,45 +256,48 @@ impl Publisher {
                 && bus
                     .publish(&EventBatch {
                         events: batch,
-                        oldest_seq: oldest,
+                        oldest_seq: announced,
                     })
                     .is_ok();
-            Ok((oldest, next, sent))
+            Ok((oldest, announced, next, sent))
         })
-        .await;
+        .await
+        .unwrap_or_else(|e| Err(AppendError::from(std::io::Error::other(e))));
         match result {
-            Ok((oldest, next, sent)) => {
-                self.bus.set_outbox_bounds(oldest, next);
+            Ok((oldest, announced, next, sent)) => {
+                self.bus.set_outbox_bounds(announced, next);
                 if sent {
                     self.next_send = next;
                 }
                 // Events dropped from a full outbox are never sent.
                 self.next_send = self.next_send.max(oldest);
-                Some(next)
+                Ok(next)
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot write events to the outbox; they are lost");
-                None
+                tracing::error!(events = count, error = %e, "cannot write events to the outbox");
+                Err(e)
             }
         }
     }
 
-    /// Once connected, says how many events a full outbox dropped.
-    async fn report_drops(&mut self) {
+    /// The master asked for everything after `seq` again: events a full
+    /// outbox dropped that it does not have are lost. Says how many, in an
+    /// event (the master counts the same in its `lost`).
+    async fn settle_drops(&mut self, seq: u64) {
         let outbox = self.outbox.clone();
-        let dropped = blocking(move || outbox.lock().expect("outbox lock").take_dropped()).await;
-        match dropped {
+        let lost = blocking(move || outbox.lock().expect("outbox lock").settle_replay(seq)).await;
+        match lost {
             Ok(0) => {}
             Ok(n) => {
                 tracing::warn!(
                     dropped = n,
-                    "the outbox was full and dropped events; reporting it"
+                    "the outbox was full and dropped events the master never got; reporting it"
                 );
                 let mut data = serde_json::Map::new();
                 data.insert("dropped".into(), json!(n));
                 data.insert(
                     "reason".into(),
-                    json!("the outbox reached its max_bytes while the master could not be reached"),
+                    json!("the outbox reached its max_bytes, or its disk filled, before the master had them"),
                 );
                 let event = Event {
                     minion: self.minion.clone(),
@@ -302,9 +307,9 @@ impl Publisher {
                     data: serde_json::Value::Object(data).to_string().into_bytes(),
                     cause: 0,
                 };
-                self.append(vec![event]).await;
+                let _ = self.append(vec![event]).await;
             }
-            Err(e) => tracing::error!(error = %e, "cannot read the outbox's drop count"),
+            Err(e) => tracing::error!(error = %e, "cannot settle the outbox's dropped events"),
         }
     }
 
@@ -317,7 +322,7 @@ impl Publisher {
             let read = blocking(move || {
                 let mut ob = outbox.lock().expect("outbox lock");
                 ob.read(from, max, BATCH_BYTES)
-                    .map(|events| (events, ob.oldest()))
+                    .map(|events| (events, ob.announced_oldest()))
             })
             .await;
             let (events, oldest) = match read {

@@ -1,0 +1,160 @@
+//! The outbox's few facts that are not events: how far the master
+//! acknowledged, the seq reserved so far (so no seq is ever handed out
+//! twice), and the range of events dropped before the master acknowledged
+//! them, not yet settled.
+//!
+//! They live in two fixed slots of one file, written in place in turn,
+//! each with a generation and a checksum; on open the valid slot with the
+//! higher generation wins. Writing in place needs no new disk space, so
+//! the outbox can still record an acknowledgement (and free space by
+//! deleting what it covers) on a full disk, where a temp file and a rename
+//! would fail. A torn write spoils only the slot being written, never the
+//! other; the slots sit in different pages.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use super::disk;
+
+const MAGIC: &[u8; 8] = b"tendobx1";
+/// Slot 1 starts a page after slot 0.
+const SLOT_STRIDE: u64 = 4096;
+const SLOT_LEN: usize = 8 + 8 * 6 + 4;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Meta {
+    /// The highest seq the master acknowledged (as far as is written).
+    pub acked: u64,
+    /// No seq at or above this was ever handed out.
+    pub reserved: u64,
+    /// Events dropped (a full outbox) before the master acknowledged them:
+    /// whether it stored them is settled by its next acknowledgement or
+    /// replay request.
+    pub dropped: Option<(u64, u64)>,
+    /// The boot `reserved` was written in.
+    pub boot: u64,
+}
+
+pub(crate) struct MetaFile {
+    path: PathBuf,
+    file: File,
+    generation: u64,
+}
+
+impl MetaFile {
+    /// Opens `dir/meta`, creating it durably (temp file, sync, rename,
+    /// directory sync) the first time. Returns what it held, if anything.
+    pub(crate) fn open(dir: &Path) -> io::Result<(Self, Option<Meta>)> {
+        let path = dir.join("meta");
+        if !path.exists() {
+            let tmp = dir.join("meta.tmp");
+            let mut f = disk::create(&tmp)?;
+            disk::truncate(&tmp, 0)?;
+            disk::append(&mut f, &tmp, &[0u8; (SLOT_STRIDE as usize) * 2])?;
+            disk::sync(&f, &tmp)?;
+            disk::rename(&tmp, &path)?;
+            disk::sync_dir(dir)?;
+        }
+        let mut file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let mut raw = Vec::new();
+        file.read_to_end(&mut raw)?;
+        let best = [0, SLOT_STRIDE as usize]
+            .into_iter()
+            .filter_map(|at| decode(raw.get(at..at + SLOT_LEN)?))
+            .max_by_key(|(generation, _)| *generation);
+        let generation = best.map_or(0, |(g, _)| g);
+        Ok((
+            Self {
+                path,
+                file,
+                generation,
+            },
+            best.map(|(_, m)| m),
+        ))
+    }
+
+    /// Writes `meta` into the older slot; with `durable`, syncs it before
+    /// returning.
+    pub(crate) fn store(&mut self, meta: &Meta, durable: bool) -> io::Result<()> {
+        let generation = self.generation + 1;
+        let slot = encode(generation, meta);
+        disk::write_at(
+            &self.file,
+            &self.path,
+            (generation % 2) * SLOT_STRIDE,
+            &slot,
+        )?;
+        self.generation = generation;
+        if durable {
+            disk::sync(&self.file, &self.path)?;
+        }
+        Ok(())
+    }
+}
+
+fn encode(generation: u64, m: &Meta) -> [u8; SLOT_LEN] {
+    let mut b = [0u8; SLOT_LEN];
+    b[..8].copy_from_slice(MAGIC);
+    let (lo, hi) = m.dropped.unwrap_or((0, 0));
+    for (i, v) in [generation, m.acked, m.reserved, lo, hi, m.boot]
+        .into_iter()
+        .enumerate()
+    {
+        b[8 + i * 8..16 + i * 8].copy_from_slice(&v.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&b[..SLOT_LEN - 4]);
+    b[SLOT_LEN - 4..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+fn decode(b: &[u8]) -> Option<(u64, Meta)> {
+    let crc = u32::from_le_bytes(b[SLOT_LEN - 4..].try_into().ok()?);
+    if &b[..8] != MAGIC || crc32fast::hash(&b[..SLOT_LEN - 4]) != crc {
+        return None;
+    }
+    let v = |i: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(
+            b[8 + i * 8..16 + i * 8].try_into().ok()?,
+        ))
+    };
+    let (lo, hi) = (v(3)?, v(4)?);
+    Some((
+        v(0)?,
+        Meta {
+            acked: v(1)?,
+            reserved: v(2)?,
+            dropped: (lo > 0 && hi >= lo).then_some((lo, hi)),
+            boot: v(5)?,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newer_valid_slot_wins_and_a_torn_one_is_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut f, none) = MetaFile::open(dir.path()).unwrap();
+        assert_eq!(none, None);
+        let a = Meta {
+            acked: 5,
+            reserved: 100,
+            dropped: Some((6, 9)),
+            boot: 7,
+        };
+        f.store(&a, true).unwrap();
+        let b = Meta { acked: 6, ..a };
+        f.store(&b, true).unwrap();
+        drop(f);
+        assert_eq!(MetaFile::open(dir.path()).unwrap().1, Some(b));
+        // Tear the newer slot (generation 2 is in slot 0).
+        let path = dir.path().join("meta");
+        let mut raw = std::fs::read(&path).unwrap();
+        raw[20] ^= 0xff;
+        std::fs::write(&path, raw).unwrap();
+        assert_eq!(MetaFile::open(dir.path()).unwrap().1, Some(a));
+    }
+}

@@ -1,0 +1,739 @@
+//! The durable outbox: every event is numbered and written here before it
+//! is published, and stays until the master acknowledges it.
+//!
+//! Append-only segment files `seg-<first seq>.log` of records
+//! `[len u32][crc32 u32][Event protobuf]`. A torn record at the end of a
+//! segment (the minion died mid-write) fails its checksum and is cut on the
+//! next start. Acknowledged segments are deleted.
+//!
+//! Durability (the rules are in `disk.rs`): a batch is published only once
+//! it is written (and synced, with `fsync` on); a write that fails is cut
+//! back off, so nothing that was not kept is ever sent. A seq is never
+//! handed out twice: seqs are reserved in blocks in the `meta` file, synced
+//! before any of them is used, and after a reboot (a power cut may have
+//! taken unsynced writes with it) numbering resumes above the reservation.
+//!
+//! The outbox is bounded by `max_bytes` and by the free space actually on
+//! its disk: past either the oldest segment goes even if unacknowledged.
+//! Which of its events the master never got is settled by the master's
+//! next acknowledgement or replay request, so the count reported is the
+//! count lost, the same the master reports. A full disk never stalls it:
+//! acknowledgements are written in place and free space at once.
+
+mod disk;
+mod meta;
+
+#[cfg(test)]
+mod crash_tests;
+
+use std::collections::VecDeque;
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use tend_proto::v1::Event;
+
+use meta::{Meta, MetaFile};
+
+/// Largest size of a segment (smaller for a small outbox or a small disk,
+/// so the bound is kept to within a quarter).
+const SEGMENT_BYTES: u64 = 4 << 20;
+const MIN_SEGMENT_BYTES: u64 = 4 << 10;
+/// Smallest bound accepted.
+pub const MIN_BYTES: u64 = 64 << 10;
+/// Recently appended records kept in memory, so publishing and most
+/// resends never read the disk.
+const CACHE_BYTES: usize = 8 << 20;
+/// Largest record accepted when reading back (matches the bus limit).
+const MAX_RECORD: u32 = 1 << 20;
+/// Seqs reserved per durable write of the reservation.
+const RESERVE: u64 = 1 << 16;
+/// Space the outbox leaves free on its disk for everything else.
+const FREE_MARGIN: u64 = 64 << 10;
+
+#[derive(Clone)]
+struct Segment {
+    path: PathBuf,
+    first: u64,
+    /// Last seq in it (first - 1 when empty).
+    last: u64,
+    bytes: u64,
+}
+
+pub struct Outbox {
+    dir: PathBuf,
+    segments: VecDeque<Segment>,
+    /// The last segment, open for appending.
+    writer: Option<File>,
+    next_seq: u64,
+    max_bytes: u64,
+    /// `max_bytes`, or less when the disk has less room.
+    bound: u64,
+    total_bytes: u64,
+    fsync: bool,
+    meta: Meta,
+    meta_file: MetaFile,
+    boot: u64,
+    cache: VecDeque<(u64, Vec<u8>)>,
+    cache_bytes: usize,
+}
+
+/// Why an append failed, and whether any of its events may still be sent.
+#[derive(Debug)]
+pub struct AppendError {
+    pub error: io::Error,
+    /// The failed write could not be cut back off: some of the events may
+    /// still be in the outbox (and reach the master after a restart).
+    pub partly_kept: bool,
+}
+
+impl std::fmt::Display for AppendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.partly_kept {
+            write!(
+                f,
+                "{}; the failed write could not be cut back, so some of these events may still be delivered",
+                self.error
+            )
+        } else {
+            write!(f, "{}; none of these events was kept or sent", self.error)
+        }
+    }
+}
+
+impl From<io::Error> for AppendError {
+    fn from(error: io::Error) -> Self {
+        Self {
+            error,
+            partly_kept: false,
+        }
+    }
+}
+
+impl Outbox {
+    /// Opens the outbox in `dir`, recovering what a previous run left.
+    pub fn open(dir: &Path, max_bytes: u64, fsync: bool) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let (meta_file, stored) = MetaFile::open(dir)?;
+        let mut meta = stored.unwrap_or_default();
+        if stored.is_none() {
+            // An outbox from before the meta file: its acknowledgement.
+            meta.acked = read_u64(&dir.join("acked"))?.unwrap_or(0);
+        }
+        let mut names: Vec<(u64, PathBuf)> = fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let first = name
+                    .strip_prefix("seg-")?
+                    .strip_suffix(".log")?
+                    .parse()
+                    .ok()?;
+                Some((first, e.path()))
+            })
+            .filter(|(first, _)| *first > 0)
+            .collect();
+        names.sort();
+        let mut segments = VecDeque::new();
+        let mut total_bytes = 0;
+        let mut last_seq = meta.acked;
+        for (first, path) in names {
+            let (last, good_len) = scan(&path, first)?;
+            let len = fs::metadata(&path)?.len();
+            if good_len < len {
+                tracing::warn!(segment = %path.display(), kept = good_len, len, "outbox segment has a torn or corrupt tail; cutting it");
+                disk::truncate(&path, good_len)?;
+            }
+            if last < first {
+                disk::remove(&path)?;
+                continue;
+            }
+            last_seq = last_seq.max(last);
+            total_bytes += good_len;
+            segments.push_back(Segment {
+                path,
+                first,
+                last,
+                bytes: good_len,
+            });
+        }
+        let boot = disk::boot_id();
+        let mut next_seq = last_seq + 1;
+        // Without fsync, a power cut may have taken events that were
+        // already published: numbering resumes above anything reserved.
+        // (A crash of the minion alone loses nothing it wrote, and with
+        // fsync on nothing is published before it is synced.)
+        if !fsync && meta.boot != boot && meta.reserved > next_seq {
+            tracing::warn!(
+                from = next_seq,
+                to = meta.reserved,
+                "the machine restarted since the outbox last wrote, and it does not fsync: events numbered up to {} may have been published and lost; numbering resumes above them",
+                meta.reserved - 1
+            );
+            next_seq = meta.reserved;
+        }
+        meta.reserved = meta.reserved.max(next_seq);
+        meta.boot = boot;
+        let max_bytes = max_bytes.max(MIN_BYTES);
+        let mut outbox = Self {
+            dir: dir.to_path_buf(),
+            segments,
+            writer: None,
+            next_seq,
+            max_bytes,
+            bound: max_bytes,
+            total_bytes,
+            fsync,
+            meta,
+            meta_file,
+            boot,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+        };
+        outbox.meta_file.store(&outbox.meta, true)?;
+        for legacy in ["acked", "dropped", "acked.tmp", "dropped.tmp", "meta.tmp"] {
+            if dir.join(legacy).exists() {
+                disk::remove(&dir.join(legacy))?;
+            }
+        }
+        outbox.trim()?;
+        Ok(outbox)
+    }
+
+    /// The seq the next appended event gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The highest seq the master acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.meta.acked
+    }
+
+    /// The oldest seq still held (`next_seq` when none is).
+    pub fn oldest(&self) -> u64 {
+        let acked = self.meta.acked;
+        self.segments
+            .iter()
+            .find(|s| s.last > acked && s.last >= s.first)
+            .map_or(self.next_seq, |s| s.first.max(acked + 1))
+    }
+
+    /// The oldest seq the master is told about: events dropped but not yet
+    /// settled are still announced, so the master asks for them (and so
+    /// settles them) rather than writing them off by itself.
+    pub fn announced_oldest(&self) -> u64 {
+        match self.meta.dropped {
+            Some((lo, _)) => self.oldest().min(lo),
+            None => self.oldest(),
+        }
+    }
+
+    /// Seqs given out but not acknowledged (dropped ones included).
+    pub fn unacked(&self) -> u64 {
+        self.next_seq - 1 - self.meta.acked.min(self.next_seq - 1)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Numbers `events` (setting their `seq`), writes them, and makes them
+    /// durable (fsync, when on) before returning. On an error nothing of
+    /// the batch is kept (unless the error says otherwise) and no seq of it
+    /// was handed out.
+    pub fn append(&mut self, events: &mut [Event]) -> Result<(), AppendError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let first = self.next_seq;
+        let end = first + events.len() as u64;
+        let records: Vec<Vec<u8>> = events
+            .iter_mut()
+            .zip(first..)
+            .map(|(event, seq)| {
+                event.seq = seq;
+                let payload = event.encode_to_vec();
+                let mut r = Vec::with_capacity(8 + payload.len());
+                r.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                r.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+                r.extend_from_slice(&payload);
+                r
+            })
+            .collect();
+        let need = records.iter().map(|r| r.len() as u64).sum();
+        self.make_room(need)?;
+        if end > self.meta.reserved {
+            let mut meta = self.meta;
+            meta.reserved = end + RESERVE;
+            meta.boot = self.boot;
+            self.meta_file.store(&meta, true)?;
+            self.meta = meta;
+        }
+        let snapshot = (self.segments.clone(), self.total_bytes);
+        let mut touched = Vec::new();
+        if let Err(error) = self.write_records(first, &records, &mut touched) {
+            // Cut the batch back off, so none of it is sent now or found
+            // after a restart.
+            let mut partly_kept = false;
+            for (path, len) in &touched {
+                if let Err(cut) = disk::truncate(path, *len) {
+                    tracing::error!(segment = %path.display(), error = %cut, "cannot cut a failed write back off the outbox");
+                    partly_kept = true;
+                }
+            }
+            (self.segments, self.total_bytes) = snapshot;
+            self.writer = None;
+            if partly_kept {
+                // Its seqs may be in a file: never hand them out again.
+                self.next_seq = end;
+            }
+            return Err(AppendError { error, partly_kept });
+        }
+        self.next_seq = end;
+        for (record, seq) in records.into_iter().zip(first..) {
+            let payload = record[8..].to_vec();
+            self.cache_bytes += payload.len();
+            self.cache.push_back((seq, payload));
+        }
+        while self.cache_bytes > CACHE_BYTES {
+            match self.cache.pop_front() {
+                Some((_, p)) => self.cache_bytes -= p.len(),
+                None => break,
+            }
+        }
+        // A batch larger than the bound pushes out its own oldest events.
+        while self.total_bytes > self.bound && self.segments.len() > 1 {
+            self.drop_front()?;
+        }
+        Ok(())
+    }
+
+    /// Writes records numbered from `first`, segment by segment, noting
+    /// each file written and its length before.
+    fn write_records(
+        &mut self,
+        first: u64,
+        records: &[Vec<u8>],
+        touched: &mut Vec<(PathBuf, u64)>,
+    ) -> io::Result<()> {
+        let segment_bytes = self.segment_bytes();
+        let mut done = 0;
+        while done < records.len() {
+            let seq = first + done as u64;
+            self.roll(seq)?;
+            let seg = self.segments.back_mut().expect("roll opened a segment");
+            let file = self.writer.as_mut().expect("roll opened a segment");
+            let room = segment_bytes.saturating_sub(seg.bytes);
+            let mut chunk = Vec::new();
+            let mut n = 0;
+            for r in &records[done..] {
+                if n > 0 && (chunk.len() + r.len()) as u64 > room {
+                    break;
+                }
+                chunk.extend_from_slice(r);
+                n += 1;
+            }
+            touched.push((seg.path.clone(), seg.bytes));
+            disk::append(file, &seg.path, &chunk)?;
+            if self.fsync {
+                disk::sync(file, &seg.path)?;
+            }
+            seg.last = seq + n as u64 - 1;
+            seg.bytes += chunk.len() as u64;
+            self.total_bytes += chunk.len() as u64;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn segment_bytes(&self) -> u64 {
+        (self.bound / 4).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES)
+    }
+
+    /// Starts a new segment at `first` when there is none open or the open
+    /// one is full. Its name is synced into the directory before anything
+    /// in it counts.
+    fn roll(&mut self, first: u64) -> io::Result<()> {
+        let segment_bytes = self.segment_bytes();
+        let full = self
+            .segments
+            .back()
+            .is_none_or(|s| s.bytes >= segment_bytes || s.last + 1 != first);
+        if self.writer.is_some() && !full {
+            return Ok(());
+        }
+        if let Some(last) = self.segments.back()
+            && last.last < last.first
+        {
+            // An empty segment left by a failed write: start over in it.
+            let empty = self.segments.pop_back().expect("checked");
+            self.writer = None;
+            disk::remove(&empty.path)?;
+        }
+        let path = self.dir.join(format!("seg-{first:020}.log"));
+        let file = disk::create(&path)?;
+        if self.fsync {
+            disk::sync_dir(&self.dir)?;
+        }
+        self.segments.push_back(Segment {
+            path,
+            first,
+            last: first - 1,
+            bytes: 0,
+        });
+        self.writer = Some(file);
+        Ok(())
+    }
+
+    /// Makes room for `need` more bytes under `max_bytes` and the free
+    /// space on the disk, dropping the oldest segments, acknowledged or
+    /// not.
+    fn make_room(&mut self, need: u64) -> io::Result<()> {
+        let free = disk::free_bytes(&self.dir).unwrap_or(u64::MAX);
+        let room = self
+            .total_bytes
+            .saturating_add(free.saturating_sub(FREE_MARGIN));
+        self.bound = self.max_bytes.min(room).max(MIN_SEGMENT_BYTES);
+        while self.total_bytes + need > self.bound
+            && self.segments.front().is_some_and(|s| s.bytes > 0)
+        {
+            self.drop_front()?;
+        }
+        Ok(())
+    }
+
+    /// Drops the oldest segment. Its events the master had not
+    /// acknowledged are recorded (durably, before the file goes) as dropped
+    /// until the master settles whether it has them.
+    fn drop_front(&mut self) -> io::Result<()> {
+        let Some(seg) = self.segments.front() else {
+            return Ok(());
+        };
+        let from = seg.first.max(self.meta.acked + 1);
+        if seg.last >= from {
+            let mut meta = self.meta;
+            meta.dropped = Some(match meta.dropped {
+                Some((lo, hi)) => (lo.min(from), hi.max(seg.last)),
+                None => (from, seg.last),
+            });
+            self.meta_file.store(&meta, true)?;
+            self.meta = meta;
+            tracing::warn!(
+                first = from,
+                last = seg.last,
+                bound = self.bound,
+                "outbox full (max_bytes or the disk): dropped its oldest segment before the master acknowledged it; the master's next answer settles how many it lacked"
+            );
+        }
+        let seg = self.segments.pop_front().expect("checked");
+        if self.segments.is_empty() {
+            self.writer = None;
+        }
+        self.total_bytes -= seg.bytes;
+        disk::remove(&seg.path)
+    }
+
+    /// The master stored everything up to `seq`.
+    pub fn ack(&mut self, seq: u64) -> io::Result<()> {
+        let seq = seq.min(self.next_seq - 1);
+        if seq <= self.meta.acked {
+            return Ok(());
+        }
+        let mut meta = self.meta;
+        meta.acked = seq;
+        // The master has every dropped event it acknowledges.
+        meta.dropped = match meta.dropped {
+            Some((_, hi)) if seq >= hi => None,
+            Some((lo, hi)) => Some((lo.max(seq + 1), hi)),
+            None => None,
+        };
+        // Synced only when segments are about to be deleted: then the
+        // acknowledgement must not go back behind them.
+        let deleting = self.deletable() > 0 || meta.dropped != self.meta.dropped;
+        self.meta_file.store(&meta, deleting)?;
+        self.meta = meta;
+        while self.cache.front().is_some_and(|(s, _)| *s <= seq) {
+            let (_, p) = self.cache.pop_front().expect("front exists");
+            self.cache_bytes -= p.len();
+        }
+        self.trim()
+    }
+
+    /// The master asked for everything after `seq` again. Dropped events
+    /// it does not have are lost: returns how many (the master counts the
+    /// same once it sees where the outbox now starts).
+    pub fn settle_replay(&mut self, seq: u64) -> io::Result<u64> {
+        let Some((lo, hi)) = self.meta.dropped else {
+            return Ok(0);
+        };
+        let lost = hi.saturating_sub(seq.max(lo - 1));
+        let mut meta = self.meta;
+        meta.dropped = None;
+        self.meta_file.store(&meta, true)?;
+        self.meta = meta;
+        Ok(lost)
+    }
+
+    /// How many segments at the front hold only acknowledged events (the
+    /// one being written only once it is full).
+    fn deletable(&self) -> usize {
+        let segment_bytes = self.segment_bytes();
+        let n = self.segments.len();
+        self.segments
+            .iter()
+            .enumerate()
+            .take_while(|(i, s)| {
+                s.last <= self.meta.acked
+                    && s.last >= s.first
+                    && (*i + 1 < n || self.writer.is_none() || s.bytes >= segment_bytes)
+            })
+            .count()
+    }
+
+    /// Deletes segments that hold only acknowledged events.
+    fn trim(&mut self) -> io::Result<()> {
+        for _ in 0..self.deletable() {
+            let seg = self.segments.pop_front().expect("counted");
+            if self.segments.is_empty() {
+                self.writer = None;
+            }
+            self.total_bytes -= seg.bytes;
+            disk::remove(&seg.path)?;
+        }
+        Ok(())
+    }
+
+    /// Up to `max_count` events from `from` on, at most `max_bytes` of them
+    /// (but at least one).
+    pub fn read(
+        &mut self,
+        from: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> io::Result<Vec<Event>> {
+        let from = from.max(self.oldest());
+        let mut out = Vec::new();
+        if from >= self.next_seq {
+            return Ok(out);
+        }
+        // From memory when the cache reaches back far enough.
+        if let Some((first, _)) = self.cache.front()
+            && *first <= from
+        {
+            let mut bytes = 0;
+            for (_, payload) in self
+                .cache
+                .iter()
+                .skip_while(|(s, _)| *s < from)
+                .take(max_count)
+            {
+                if !out.is_empty() && bytes + payload.len() > max_bytes {
+                    break;
+                }
+                bytes += payload.len();
+                out.push(Event::decode(payload.as_slice()).map_err(io::Error::other)?);
+            }
+            return Ok(out);
+        }
+        let mut bytes = 0;
+        for seg in self.segments.iter().filter(|s| s.last >= from) {
+            let mut reader = BufReader::new(File::open(&seg.path)?);
+            let mut seq = seg.first;
+            while seq <= seg.last {
+                let Some(payload) = read_record(&mut reader)? else {
+                    break;
+                };
+                seq += 1;
+                if seq - 1 < from {
+                    continue;
+                }
+                if out.len() >= max_count || (!out.is_empty() && bytes + payload.len() > max_bytes)
+                {
+                    return Ok(out);
+                }
+                bytes += payload.len();
+                out.push(Event::decode(payload.as_slice()).map_err(io::Error::other)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Reads a segment, returning its last valid seq and the length of its
+/// valid prefix.
+fn scan(path: &Path, first: u64) -> io::Result<(u64, u64)> {
+    let mut reader = BufReader::new(File::open(path)?);
+    let mut last = first - 1;
+    let mut good = 0u64;
+    while let Ok(Some(payload)) = read_record(&mut reader) {
+        match Event::decode(payload.as_slice()) {
+            Ok(e) if e.seq == last + 1 => {
+                last = e.seq;
+                good += 8 + payload.len() as u64;
+            }
+            _ => break,
+        }
+    }
+    Ok((last, good))
+}
+
+/// One record, or None at a clean end. A torn or corrupt record is an
+/// error.
+fn read_record(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+    let mut head = [0u8; 8];
+    match r.read_exact(&mut head[..1]) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    r.read_exact(&mut head[1..])?;
+    let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+    if len > MAX_RECORD {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "record too long",
+        ));
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload)?;
+    if crc32fast::hash(&payload) != crc {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad checksum"));
+    }
+    Ok(Some(payload))
+}
+
+fn read_u64(path: &Path) -> io::Result<Option<u64>> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(s.trim().parse().ok()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::OpenOptions;
+    use std::io::Write;
+
+    fn events(n: usize) -> Vec<Event> {
+        (0..n)
+            .map(|i| Event {
+                minion: "m".into(),
+                tag: "minion/m/test".into(),
+                data: format!("{{\"i\":{i}}}").into_bytes(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn numbers_persists_and_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path(), 1 << 30, false).unwrap();
+        let mut evs = events(10);
+        ob.append(&mut evs).unwrap();
+        assert_eq!(evs[9].seq, 10);
+        ob.ack(4).unwrap();
+        drop(ob);
+        let mut ob = Outbox::open(dir.path(), 1 << 30, false).unwrap();
+        assert_eq!(ob.next_seq(), 11);
+        assert_eq!(ob.acked(), 4);
+        assert_eq!(ob.oldest(), 5);
+        let back = ob.read(5, 100, 1 << 20).unwrap();
+        assert_eq!(
+            back.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (5..=10).collect::<Vec<_>>()
+        );
+        let mut more = events(1);
+        ob.append(&mut more).unwrap();
+        assert_eq!(more[0].seq, 11);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path(), 1 << 30, false).unwrap();
+        ob.append(&mut events(3)).unwrap();
+        drop(ob);
+        let seg = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+            .unwrap()
+            .path();
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[50, 0, 0, 0, 1, 2, 3, 4, 9]).unwrap(); // a half record
+        drop(f);
+        let mut ob = Outbox::open(dir.path(), 1 << 30, false).unwrap();
+        assert_eq!(ob.next_seq(), 4);
+        let mut next = events(1);
+        ob.append(&mut next).unwrap();
+        assert_eq!(next[0].seq, 4);
+        drop(ob);
+        let mut ob = Outbox::open(dir.path(), 1 << 30, false).unwrap();
+        assert_eq!(ob.read(1, 10, 1 << 20).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn acknowledged_segments_are_deleted_and_the_bound_drops_and_settles() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path(), 1 << 20, false).unwrap();
+        let big = "x".repeat(10_000);
+        let mut total = 0u64;
+        for _ in 0..300 {
+            let mut e = events(1);
+            e[0].data = format!("{{\"x\":\"{big}\"}}").into_bytes();
+            ob.append(&mut e).unwrap();
+            total += 1;
+        }
+        assert!(ob.bytes() <= (1 << 20) + 20_000, "{}", ob.bytes());
+        let (lo, hi) = ob.meta.dropped.expect("the bound dropped events");
+        assert_eq!((lo, hi + 1), (1, ob.oldest()), "exactly the oldest went");
+        // Until settled, the master is told they may still be had.
+        assert_eq!(ob.announced_oldest(), 1);
+        assert_eq!(ob.unacked(), total);
+        // The master had the first ten; it asks again from the eleventh.
+        ob.ack(10).unwrap();
+        assert_eq!(ob.meta.dropped, Some((11, hi)));
+        assert_eq!(ob.settle_replay(10).unwrap(), hi - 10);
+        assert_eq!(ob.announced_oldest(), ob.oldest());
+        assert_eq!(ob.settle_replay(10).unwrap(), 0, "settled once");
+        ob.ack(total).unwrap();
+        assert!(ob.segments.len() <= 1);
+    }
+
+    #[test]
+    fn dropped_events_the_master_acknowledges_are_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path(), MIN_BYTES, false).unwrap();
+        for _ in 0..100 {
+            let mut e = events(10);
+            e.iter_mut().for_each(|e| e.data = vec![b'x'; 500]);
+            ob.append(&mut e).unwrap();
+        }
+        let (_, hi) = ob.meta.dropped.expect("the bound dropped events");
+        // Published before the drop, stored by the master all along.
+        ob.ack(hi).unwrap();
+        assert_eq!(ob.meta.dropped, None);
+        assert_eq!(ob.settle_replay(hi).unwrap(), 0);
+        drop(ob);
+        let ob = Outbox::open(dir.path(), MIN_BYTES, false).unwrap();
+        assert_eq!(ob.meta.dropped, None, "nothing to report after a restart");
+    }
+
+    #[test]
+    fn reads_from_disk_beyond_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path(), 1 << 30, false).unwrap();
+        ob.append(&mut events(100)).unwrap();
+        ob.cache.clear();
+        ob.cache_bytes = 0;
+        let got = ob.read(50, 10, 1 << 20).unwrap();
+        assert_eq!(got.first().unwrap().seq, 50);
+        assert_eq!(got.len(), 10);
+    }
+}

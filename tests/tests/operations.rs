@@ -83,7 +83,7 @@ fn metrics_are_scraped_from_both_daemons_and_move_when_events_flow() {
     for name in [
         "tend_master_events_duplicate_total",
         "tend_master_reactions_total",
-        "tend_master_reactor_dropped_total",
+        "tend_master_store_failing",
         "tend_master_reactor_queue",
         "tend_master_ingest_queue",
         "tend_master_bus_events_in_total",

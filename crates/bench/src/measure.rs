@@ -214,7 +214,7 @@ pub fn ingest(minions: usize, events: u64, rules: usize) -> anyhow::Result<Repor
     wait(
         Duration::from_secs(600),
         "every event through the rules",
-        || Ok(c.counter("events_evaluated")? + c.counter("reactor_dropped")? >= total),
+        || Ok(c.counter("events_evaluated")? >= total),
     )?;
     let took = start.elapsed();
     let stored = c.counter("events_stored")?;
@@ -240,11 +240,6 @@ pub fn ingest(minions: usize, events: u64, rules: usize) -> anyhow::Result<Repor
         "stored and through the rules, per second",
         total as f64 / took.as_secs_f64(),
         "events/s",
-    );
-    r.figure(
-        "not evaluated (reactor full)",
-        c.counter("reactor_dropped")?,
-        "(must be 0)",
     );
     r.figure("events", total, "");
     r.figure("seconds", took.as_secs_f64(), "s");

@@ -106,6 +106,8 @@ pub fn status(s: &Status) -> Value {
         "version": s.version,
         "started": time(s.started_us),
         "counters": counters,
+        "store_error": if s.store_error.is_empty() { Value::Null } else { json!(s.store_error) },
+        "store_failing_since": time(s.store_failing_since_us),
     })
 }
 

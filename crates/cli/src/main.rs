@@ -318,6 +318,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     tag: tag.unwrap_or_default(),
                     since_us,
                     limit,
+                    before_id: 0,
                 },
             )?;
             if json {
@@ -930,22 +931,36 @@ fn minion_show(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Events matching `query`, newest first: the master answers a long list
+/// in pages, and each next page is asked for in turn.
 fn list_events(
     client: &mut ControlClient,
-    query: ListEvents,
+    mut query: ListEvents,
 ) -> anyhow::Result<Vec<tend_proto::v1::StoredEvent>> {
     let mut events = Vec::new();
-    call(
-        client,
-        control_request::Body::ListEvents(query),
-        QUERY_TIMEOUT,
-        |body| {
-            if let control_reply::Body::Events(list) = body {
-                events.extend(list.events);
-            }
-        },
-    )?;
-    Ok(events)
+    // 0 is the master's default, answered in one page.
+    let total = query.limit as usize;
+    loop {
+        let mut next = 0;
+        call(
+            client,
+            control_request::Body::ListEvents(query.clone()),
+            QUERY_TIMEOUT,
+            |body| {
+                if let control_reply::Body::Events(list) = body {
+                    events.extend(list.events);
+                    if list.next_before_id > 0 {
+                        next = list.next_before_id;
+                    }
+                }
+            },
+        )?;
+        if next == 0 || total == 0 || events.len() >= total {
+            return Ok(events);
+        }
+        query.before_id = next;
+        query.limit = (total - events.len()) as u32;
+    }
 }
 
 fn list_minions(client: &mut ControlClient) -> anyhow::Result<Vec<tend_proto::v1::MinionInfo>> {

@@ -335,6 +335,13 @@ pub fn status(s: &Status) {
         s.version,
         time(s.started_us)
     );
+    if !s.store_error.is_empty() {
+        println!(
+            "STORE FAILING since {}: {} (events are not acknowledged; minions keep them)",
+            time(s.store_failing_since_us),
+            s.store_error
+        );
+    }
     let mut counters: Vec<_> = s.counters.iter().collect();
     counters.sort();
     table(

@@ -58,6 +58,13 @@ pub struct MasterConfig {
     /// when absent.
     #[serde(default)]
     pub max_events: Option<u64>,
+    /// Rule actions (runs, applies, webhooks) running at once, at most.
+    #[serde(default = "default_max_actions")]
+    pub max_actions: usize,
+    /// Rule actions waiting for their turn, at most; past that an action
+    /// is refused (a failed job, counted in `actions_refused`).
+    #[serde(default = "default_action_queue")]
+    pub action_queue: usize,
     /// `host:port` to serve Prometheus metrics on (`GET /metrics`); off
     /// when absent.
     #[serde(default)]
@@ -95,6 +102,12 @@ fn default_heartbeat_ms() -> u64 {
 }
 fn default_presence_timeout_ms() -> u64 {
     15_000
+}
+fn default_max_actions() -> usize {
+    64
+}
+fn default_action_queue() -> usize {
+    1024
 }
 fn default_apply_timeout_ms() -> u64 {
     60_000
@@ -155,6 +168,18 @@ impl MasterConfig {
         }
         if cfg.apply_timeout_ms == 0 {
             return Err(err("apply_timeout_ms", "must be above 0".into()));
+        }
+        if !(1..=10_000).contains(&cfg.max_actions) {
+            return Err(err(
+                "max_actions",
+                format!("{} is not between 1 and 10000", cfg.max_actions),
+            ));
+        }
+        if cfg.action_queue > 1_000_000 {
+            return Err(err(
+                "action_queue",
+                format!("{} is not between 0 and 1000000", cfg.action_queue),
+            ));
         }
         cfg.retention_period().map_err(|e| err("retention", e))?;
         if let Some(listen) = &cfg.metrics_listen {

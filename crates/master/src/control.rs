@@ -24,6 +24,10 @@ const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1_000_000;
 /// A reply part is cut at about this size.
 const PART_BYTES: usize = 256 * 1024;
+/// Events in one answer to a listing, at most: a longer one comes in
+/// pages the CLI asks for in turn, so a listing of a million events never
+/// sits whole in the master's memory.
+const PAGE_EVENTS: usize = 5_000;
 
 pub async fn serve(
     master: Arc<Master>,
@@ -148,7 +152,7 @@ async fn handle(master: &Arc<Master>, out: &Responder, req: ControlRequest) -> R
             let run = {
                 let master = master.clone();
                 tokio::spawn(async move {
-                    crate::react::run_command(&master, minions, cmd.argv, timeout, "", None, Some(tx)).await
+                    crate::react::run_command(&master, minions, cmd.argv, timeout, "", None, Some(tx), None).await
                 })
             };
             while let Some(r) = rx.recv().await {
@@ -173,12 +177,18 @@ async fn handle(master: &Arc<Master>, out: &Responder, req: ControlRequest) -> R
                 master.bus.connected().len() as u64,
             );
             counters.insert("rules".into(), master.rules().len() as u64);
+            counters.insert("reactor_queue".into(), master.reactor_backlog());
+            counters.insert("actions_running".into(), master.actions.running() as u64);
+            counters.insert("actions_waiting".into(), master.actions.waiting() as u64);
+            let failure = master.store_failing();
             send(
                 out,
                 control_reply::Body::Status(Status {
                     version: env!("CARGO_PKG_VERSION").into(),
                     started_us: master.started_us,
                     counters,
+                    store_error: failure.as_ref().map(|f| f.error.clone()).unwrap_or_default(),
+                    store_failing_since_us: failure.map_or(0, |f| f.since_us),
                 }),
             )
         }
@@ -226,6 +236,7 @@ fn event_filter(minion: &str, tag: &str, since_us: i64, limit: u32) -> Result<Ev
         minion: (!minion.is_empty()).then(|| minion.to_string()),
         tag,
         since_us: (since_us > 0).then_some(since_us),
+        before_id: None,
         limit: if limit == 0 {
             DEFAULT_LIMIT
         } else {
@@ -235,14 +246,24 @@ fn event_filter(minion: &str, tag: &str, since_us: i64, limit: u32) -> Result<Ev
 }
 
 async fn list_events(master: &Master, out: &Responder, q: ListEvents) -> Result<(), String> {
-    let filter = event_filter(&q.minion, &q.tag, q.since_us, q.limit)?;
+    let mut filter = event_filter(&q.minion, &q.tag, q.since_us, q.limit)?;
+    filter.before_id = (q.before_id > 0).then_some(q.before_id);
     let store = master.store.clone();
-    let events = blocking(move || store.list_events(&filter)).await?;
-    send_events(out, events, 0)
+    let (events, next) = blocking(move || store.list_events(&filter, PAGE_EVENTS)).await?;
+    send_parts(out, events, 0, next.unwrap_or(0))
 }
 
 /// Sends events in parts, so a long list never makes one oversized message.
 fn send_events(out: &Responder, events: Vec<StoredEvent>, last_id: u64) -> Result<(), String> {
+    send_parts(out, events, last_id, 0)
+}
+
+fn send_parts(
+    out: &Responder,
+    events: Vec<StoredEvent>,
+    last_id: u64,
+    next_before_id: u64,
+) -> Result<(), String> {
     let mut part = Vec::new();
     let mut bytes = 0;
     for e in events {
@@ -252,6 +273,7 @@ fn send_events(out: &Responder, events: Vec<StoredEvent>, last_id: u64) -> Resul
                 control_reply::Body::Events(EventList {
                     events: std::mem::take(&mut part),
                     last_id,
+                    next_before_id: 0,
                 }),
                 true,
             )
@@ -266,6 +288,7 @@ fn send_events(out: &Responder, events: Vec<StoredEvent>, last_id: u64) -> Resul
         control_reply::Body::Events(EventList {
             events: part,
             last_id,
+            next_before_id,
         }),
     )
 }

@@ -4,6 +4,11 @@
 //! Whatever is waiting is taken as one batch and written in one durable
 //! transaction (group commit): under load batches grow and the cost of the
 //! commit is shared; when idle a single event goes straight through.
+//!
+//! When the store fails (a full disk), nothing is acknowledged, so the
+//! minions keep their events and send them again; the failure shows in
+//! `tend status` and the metrics, and the store is reopened until a write
+//! works again, which is announced by a `master/store/recovered` event.
 
 use std::sync::Arc;
 
@@ -14,17 +19,21 @@ use tend_store::{Appended, Incoming};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::master::{Master, add};
+use crate::master::{Master, StoreFailure, add};
 
 /// Events taken into one store transaction, at most.
 const BATCH_EVENTS: usize = 20_000;
+
+/// The master's own events kept for the next batch after the store
+/// refused one, at most.
+const LOCAL_KEPT: usize = 4096;
+/// How often a failed store is reopened and tried.
+const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Default)]
 struct Batch {
     incoming: Vec<Incoming>,
     local: Vec<Event>,
-    /// Minions that (re)connected: they get a replay request.
-    connected: Vec<String>,
     events: usize,
 }
 
@@ -48,11 +57,10 @@ impl Batch {
                     json!({"version": hello.version, "next_seq": hello.next_seq, "oldest_seq": hello.oldest_seq}),
                 ));
                 self.incoming.push(Incoming {
-                    minion: minion.clone(),
+                    minion,
                     oldest: hello.oldest_seq,
                     ..Default::default()
                 });
-                self.connected.push(minion);
             }
             MasterInbound::Down { minion } => {
                 let info = master.update_minion(&minion, |m| m.connected = false);
@@ -107,8 +115,13 @@ pub async fn run(
     mut local: mpsc::Receiver<Event>,
     shutdown: CancellationToken,
 ) {
+    // The master's own events from a batch the store refused.
+    let mut kept: Vec<Event> = Vec::new();
     loop {
-        let mut batch = Batch::default();
+        let mut batch = Batch {
+            local: std::mem::take(&mut kept),
+            ..Default::default()
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             msg = inbound.recv() => match msg {
@@ -133,36 +146,41 @@ pub async fn run(
             .metrics
             .ingest_queue
             .store(inbound.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        ingest(&master, batch).await;
+        if let Some(mut local) = ingest(&master, batch).await {
+            local.truncate(LOCAL_KEPT);
+            kept = local;
+        }
     }
 }
 
-async fn ingest(master: &Arc<Master>, batch: Batch) {
+/// Stores a batch, acknowledges it and wakes the reactor. When the store
+/// refuses it, returns the master's own events, to be tried again (the
+/// minions' are theirs to send again).
+async fn ingest(master: &Arc<Master>, batch: Batch) -> Option<Vec<Event>> {
     let store = master.store.clone();
     let Batch {
-        incoming,
-        local,
-        connected,
-        ..
+        incoming, local, ..
     } = batch;
+    let retry = local.clone();
     let appended = match tokio::task::spawn_blocking(move || store.append(incoming, local)).await {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => {
             // Not acknowledged, so the minions will send them again.
             tracing::error!(error = %e, "cannot store events; they will be replayed");
-            return;
+            store_failed(master, &e);
+            return Some(retry);
         }
         Err(e) => {
             tracing::error!(error = %e, "store task failed");
-            return;
+            return Some(retry);
         }
     };
     add(&master.counters.events_stored, appended.stored.len() as u64);
     if let Some(last) = appended.stored.last() {
-        master.stored.send_replace(last.id);
+        master.stored_up_to(last.id);
     }
     add(&master.counters.events_duplicate, appended.duplicates);
-    acknowledge(master, &appended, &connected);
+    acknowledge(master, &appended);
     for (minion, n) in &appended.lost {
         add(&master.counters.events_lost, *n);
         tracing::warn!(%minion, lost = n, "events the minion no longer holds were never stored");
@@ -172,36 +190,64 @@ async fn ingest(master: &Arc<Master>, batch: Batch) {
             json!({"count": n, "reason": "the minion no longer held these events when the master asked for them"}),
         );
     }
-    // The reactor works on its own thread while the next batch is stored.
-    // Its queue is bounded; when it is full the batch is not evaluated, and
-    // that is counted and reported, never silent, and never a stall of
-    // ingestion.
-    if appended.stored.is_empty() {
+    // The reactor reads what was stored from the store, on its own thread,
+    // while the next batch is stored. A full wake-up queue only means it
+    // is already awake.
+    if !appended.stored.is_empty() {
+        let _ = master.reactor.try_send(crate::react::ReactorMsg::Wake);
+    }
+    None
+}
+
+/// The store refused a write: said in status and metrics from now on, and
+/// reopened until a write works again.
+pub fn store_failed(master: &Arc<Master>, error: &tend_store::StoreError) {
+    add(&master.counters.store_failures, 1);
+    let mut failure = master
+        .store_failure
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if failure.is_some() {
         return;
     }
-    let n = appended.stored.len() as u64;
-    let batch = crate::react::ReactorMsg::Events(appended.stored);
-    let sent = master.reactor.try_send(batch);
-    if sent.is_ok() {
-        master
-            .metrics
-            .reactor_queue
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    if let Err(e) = sent {
-        add(&master.counters.reactor_dropped, n);
-        tracing::error!(
-            events = n,
-            "the reactor is behind: these events were stored but not evaluated"
-        );
-        if matches!(e, std::sync::mpsc::TrySendError::Full(_)) {
+    *failure = Some(StoreFailure {
+        error: error.to_string(),
+        since_us: tend_proto::now_us(),
+    });
+    drop(failure);
+    tracing::error!(error = %error, "the store fails: events are not acknowledged until it works again");
+    let master = master.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(REOPEN_EVERY).await;
+            let store = master.store.clone();
+            let tried = tokio::task::spawn_blocking(move || {
+                store.reopen()?;
+                store.probe()
+            })
+            .await;
+            match tried {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => tracing::debug!(error = %e, "the store still fails"),
+                Err(e) => tracing::debug!(error = %e, "the store check failed"),
+            }
+        }
+        let failed = master
+            .store_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(f) = failed {
+            let secs = (tend_proto::now_us() - f.since_us).max(0) as f64 / 1e6;
+            tracing::info!(error = %f.error, seconds = secs, "the store works again");
             master.emit(
                 "",
-                "master/reactor/dropped".into(),
-                json!({"events": n, "reason": "the reactor queue was full"}),
+                "master/store/recovered".into(),
+                json!({"error": f.error, "failed_for_s": secs}),
             );
         }
-    }
+        let _ = master.reactor.try_send(crate::react::ReactorMsg::Wake);
+    });
 }
 
 /// Tells each minion how far the store got, and asks for a replay after a
@@ -211,7 +257,7 @@ async fn ingest(master: &Arc<Master>, batch: Batch) {
 /// on its own. A replay is asked once per gap, not once per batch that
 /// arrives behind it: otherwise every batch in flight would rewind the
 /// minion again.
-fn acknowledge(master: &Master, appended: &Appended, _connected: &[String]) {
+fn acknowledge(master: &Master, appended: &Appended) {
     let now = std::time::Instant::now();
     let mut asked = master.replays.lock().unwrap_or_else(|p| p.into_inner());
     for (minion, acked) in &appended.acked {

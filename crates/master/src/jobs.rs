@@ -64,7 +64,7 @@ pub async fn run_apply(
     // Recorded as running while the states go out, not before: the fsync
     // would sit on every restore's critical path.
     let running = {
-        let (master, job) = (master.clone(), job.clone());
+        let (master, job) = (master.clone(), running_record(&job, &spec.minions));
         tokio::spawn(async move { save_job(&master, &job).await })
     };
     tracing::info!(job = job.id, target = %job.target, states = ?job.states, rule = %job.rule, test = job.test, "job started");
@@ -114,15 +114,7 @@ pub fn finish(
     mut job: Job,
     running: Option<tokio::task::JoinHandle<()>>,
 ) -> Job {
-    job.status = overall(&job.minions).into();
-    job.finished_us = now_us();
-    master.metrics.job_finished(
-        &job.kind,
-        std::time::Duration::from_micros((job.finished_us - job.created_us).max(0) as u64),
-    );
-    if job.status == "failed" {
-        add(&master.counters.jobs_failed, 1);
-    }
+    let events = seal(master, &mut job);
     {
         let (master, job) = (master.clone(), job.clone());
         tokio::spawn(async move {
@@ -132,39 +124,85 @@ pub fn finish(
             save_job(&master, &job).await;
         });
     }
-    for r in &job.minions {
-        let ids = |o: Outcome| -> Vec<&str> {
-            r.results
-                .iter()
-                .filter(|s| s.outcome == o as i32)
-                .map(|s| s.id.as_str())
-                .collect()
-        };
-        let tag = if r.minion.is_empty() {
-            format!("job/{}/{}", job.id, r.status)
-        } else {
-            format!("minion/{}/job/{}/{}", r.minion, job.id, r.status)
-        };
-        master.emit(
-            &r.minion,
-            tag,
-            json!({
-                "job": job.id,
-                "kind": job.kind,
-                "rule": job.rule,
-                "states": job.states,
-                "test": job.test,
-                "status": r.status,
-                "error": r.error,
-                "changed": ids(Outcome::Changed),
-                "failed": ids(Outcome::Failed),
-                "trigger_seq": job.trigger_seq,
-                "trigger_tag": job.trigger_tag,
-            }),
-        );
+    for event in events {
+        master.queue_event(event);
+    }
+    job
+}
+
+/// Ends a job in memory (status, end time, counters) and returns the
+/// events that announce it; the caller stores both.
+pub fn seal(master: &Master, job: &mut Job) -> Vec<Event> {
+    job.status = overall(&job.minions).into();
+    job.finished_us = now_us();
+    master.metrics.job_finished(
+        &job.kind,
+        std::time::Duration::from_micros((job.finished_us - job.created_us).max(0) as u64),
+    );
+    if job.status == "failed" {
+        add(&master.counters.jobs_failed, 1);
     }
     tracing::info!(job = job.id, kind = %job.kind, status = %job.status, ms = (job.finished_us - job.created_us) / 1000, "job finished");
-    job
+    announce(job)
+}
+
+/// The events that say how a job ended, one per minion.
+pub fn announce(job: &Job) -> Vec<Event> {
+    job.minions
+        .iter()
+        .map(|r| {
+            let ids = |o: Outcome| -> Vec<&str> {
+                r.results
+                    .iter()
+                    .filter(|s| s.outcome == o as i32)
+                    .map(|s| s.id.as_str())
+                    .collect()
+            };
+            let tag = if r.minion.is_empty() {
+                format!("job/{}/{}", job.id, r.status)
+            } else {
+                format!("minion/{}/job/{}/{}", r.minion, job.id, r.status)
+            };
+            Event {
+                minion: r.minion.clone(),
+                seq: 0,
+                tag,
+                time_us: now_us(),
+                data: json!({
+                    "job": job.id,
+                    "kind": job.kind,
+                    "rule": job.rule,
+                    "states": job.states,
+                    "test": job.test,
+                    "status": r.status,
+                    "error": r.error,
+                    "changed": ids(Outcome::Changed),
+                    "failed": ids(Outcome::Failed),
+                    "trigger_seq": job.trigger_seq,
+                    "trigger_tag": job.trigger_tag,
+                })
+                .to_string()
+                .into_bytes(),
+                cause: 0,
+            }
+        })
+        .collect()
+}
+
+/// The record of a job while it runs: each minion shows as running, so a
+/// master that stops before the answers come can say which were cut off.
+pub fn running_record(job: &Job, minions: &[String]) -> Job {
+    let mut rec = job.clone();
+    rec.status = "running".into();
+    rec.minions = minions
+        .iter()
+        .map(|m| MinionResult {
+            minion: m.clone(),
+            status: "running".into(),
+            ..Default::default()
+        })
+        .collect();
+    rec
 }
 
 /// A loaded set of states, and its rendered bytes when every minion gets
@@ -368,7 +406,7 @@ fn overall(results: &[MinionResult]) -> &'static str {
     }
 }
 
-async fn save_job(master: &Master, job: &Job) {
+pub async fn save_job(master: &Master, job: &Job) {
     let store = master.store.clone();
     let job = job.clone();
     match tokio::task::spawn_blocking(move || store.put_job(&job)).await {
@@ -395,7 +433,7 @@ pub(crate) struct Coalescer {
 /// Queues an apply for one minion from a rule, coalesced with the ones
 /// already running or waiting for the same minion and states.
 pub(crate) fn enqueue(master: &Arc<Master>, key: Key, trigger: Trigger) {
-    {
+    let admitted = {
         let mut queue = master
             .reactions
             .queue
@@ -409,8 +447,19 @@ pub(crate) fn enqueue(master: &Arc<Master>, key: Key, trigger: Trigger) {
             *waiting = Some(trigger);
             return;
         }
-        queue.insert(key.clone(), None);
-    }
+        // A new (minion, states): one more action, if there is room.
+        match master.actions.admit() {
+            Ok(admitted) => {
+                queue.insert(key.clone(), None);
+                admitted
+            }
+            Err(full) => {
+                drop(queue);
+                crate::react::refused(master, &trigger.rule, &trigger.event, "apply", full);
+                return;
+            }
+        }
+    };
     let master = master.clone();
     tokio::spawn(async move {
         let mut trigger = trigger;
@@ -424,7 +473,7 @@ pub(crate) fn enqueue(master: &Arc<Master>, key: Key, trigger: Trigger) {
                 rule: trigger.rule.to_string(),
                 trigger: Some(trigger.event),
             };
-            run_apply(&master, spec, None).await;
+            admitted.run(run_apply(&master, spec, None)).await;
             let mut queue = master
                 .reactions
                 .queue

@@ -1,6 +1,7 @@
 //! tend-master: receives and stores events, runs the reactor, sends states
 //! to minions, and answers the CLI.
 
+mod actions;
 mod config;
 mod control;
 mod ingest;
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 use tend_bus::{BusStats, ControlServer, Identity, KeyStore, MasterBus, MasterBusConfig};
 use tend_reactor::Rules;
@@ -124,6 +126,35 @@ fn check_config(args: &Args, cfg: &MasterConfig, rules: &Rules) -> anyhow::Resul
     }
 }
 
+/// Ends the jobs a previous run of the master left running or queued (it
+/// crashed, or was stopped mid-job): they are marked `interrupted`, and
+/// said so in events, stored before anything else happens.
+fn interrupt_unfinished(store: &Store) -> anyhow::Result<u64> {
+    let jobs = store
+        .interrupt_unfinished(
+            "the master stopped (a crash or a restart) while this job ran: its outcome on the minion is unknown",
+        )
+        .context("cannot end the jobs the last run of the master left running")?;
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<u64> = jobs.iter().map(|j| j.id).collect();
+    tracing::warn!(jobs = ?ids, "jobs left running by the last run of the master are marked interrupted");
+    let mut events: Vec<tend_proto::v1::Event> = jobs.iter().flat_map(jobs::announce).collect();
+    events.push(tend_proto::v1::Event {
+        tag: "master/jobs/interrupted".into(),
+        time_us: tend_proto::now_us(),
+        data: serde_json::json!({"jobs": ids, "count": ids.len()})
+            .to_string()
+            .into_bytes(),
+        ..Default::default()
+    });
+    store
+        .append(Vec::new(), events)
+        .context("cannot store the events of the interrupted jobs")?;
+    Ok(ids.len() as u64)
+}
+
 async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
     let rules = Arc::new(Rules::load_dir(&cfg.reactor_dir)?);
     if args.check_config {
@@ -143,6 +174,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         cfg.accept_fingerprints.clone(),
     )?);
     let store = Arc::new(Store::open(&cfg.data_dir)?);
+    let interrupted = interrupt_unfinished(&store)?;
     let last_event = store.last_event_id()?;
     let shutdown = tend_daemon::shutdown_on_signals()?;
 
@@ -209,6 +241,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
     );
     let master = Arc::new(Master {
         tree: StateTree::new(&cfg.state_root),
+        actions: actions::ActionLimit::new(cfg.max_actions, cfg.action_queue),
         cfg,
         store,
         bus,
@@ -225,7 +258,9 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         reactor: reactor_tx,
         stored: tokio::sync::watch::Sender::new(last_event),
         metrics: Default::default(),
+        store_failure: Mutex::new(None),
     });
+    master::add(&master.counters.jobs_interrupted, interrupted);
     if let Some(listener) = metrics_listener {
         tokio::spawn(tend_daemon::metrics::serve(
             listener,

@@ -49,10 +49,16 @@ counters! {
         jobs_failed,
         /// Local events dropped because the ingest queue was full.
         local_events_dropped,
-        /// Stored events the reactor never evaluated: its queue was full.
-        reactor_dropped,
         /// Stored events the reactor evaluated against the rules.
         events_evaluated,
+        /// Reactor groups forgotten to stay under a rule's `max_groups`.
+        reactor_groups_evicted,
+        /// Rule actions refused because the action queue was full.
+        actions_refused,
+        /// Store transactions that failed (a full disk, an I/O error).
+        store_failures,
+        /// Jobs found unfinished at start and marked interrupted.
+        jobs_interrupted,
         /// Events removed: past `retention`, or beyond `max_events`.
         events_pruned,
         /// Finished jobs removed: past `retention`.
@@ -91,24 +97,66 @@ pub struct Master {
     /// (`tend events --follow`) wait on it.
     pub stored: tokio::sync::watch::Sender<u64>,
     pub metrics: crate::metrics::MasterMetrics,
+    /// Rule actions running and waiting, bounded.
+    pub actions: crate::actions::ActionLimit,
+    /// Why the store refuses writes, and since when; None when it works.
+    pub store_failure: Mutex<Option<StoreFailure>>,
+}
+
+/// The store failing (a full disk): what it said and since when.
+#[derive(Debug, Clone)]
+pub struct StoreFailure {
+    pub error: String,
+    pub since_us: i64,
 }
 
 impl Master {
+    /// Says the store took events up to store id `id`: live tails wait on
+    /// it. Ingestion and the reactor both store events, so the id only
+    /// goes forward.
+    pub fn stored_up_to(&self, id: u64) {
+        self.stored.send_if_modified(|last| {
+            let newer = id > *last;
+            if newer {
+                *last = id;
+            }
+            newer
+        });
+    }
+
     /// Queues an event made by the master. Never waits: a full queue is
     /// counted and logged.
     pub fn emit(&self, minion: &str, tag: String, data: serde_json::Value) {
-        let event = Event {
+        self.queue_event(Event {
             minion: minion.to_string(),
             seq: 0,
             tag,
             time_us: tend_proto::now_us(),
             data: data.to_string().into_bytes(),
             cause: 0,
-        };
+        });
+    }
+
+    /// Queues an event the master made, as `emit` does.
+    pub fn queue_event(&self, event: Event) {
         if self.local.try_send(event).is_err() {
             add(&self.counters.local_events_dropped, 1);
             tracing::warn!("ingest queue full: a master event was dropped");
         }
+    }
+
+    /// Stored events the reactor has not evaluated yet.
+    pub fn reactor_backlog(&self) -> u64 {
+        let evaluated = self.metrics.reactor_cursor.load(Ordering::Relaxed);
+        self.stored.borrow().saturating_sub(evaluated)
+    }
+
+    /// The store's failure, while it lasts.
+    pub fn store_failing(&self) -> Option<StoreFailure> {
+        self.store_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn rules(&self) -> Arc<Rules> {

@@ -15,8 +15,9 @@ pub struct MasterMetrics {
     /// How long jobs took, by kind.
     pub apply_seconds: Histogram,
     pub run_seconds: Histogram,
-    /// Batches of stored events waiting for the reactor.
-    pub reactor_queue: AtomicU64,
+    /// The id of the last stored event the reactor evaluated: the events
+    /// after it, up to the last stored, wait for it.
+    pub reactor_cursor: AtomicU64,
     /// Messages from the bus waiting to be stored, when last looked at.
     pub ingest_queue: AtomicU64,
 }
@@ -43,7 +44,14 @@ fn help(name: &str) -> &'static str {
         "jobs_started" => "Jobs started (applies and runs, by hand or by rules).",
         "jobs_failed" => "Jobs in which some minion failed or did not answer.",
         "local_events_dropped" => "Master events dropped because the ingest queue was full.",
-        "reactor_dropped" => "Stored events the reactor never evaluated: its queue was full.",
+        "reactor_groups_evicted" => {
+            "Reactor groups forgotten to stay under a rule's max_groups (oldest first)."
+        }
+        "actions_refused" => "Rule actions refused because the action queue was full.",
+        "store_failures" => "Store writes that failed (a full disk, an I/O error).",
+        "jobs_interrupted" => {
+            "Jobs found unfinished at start (the master stopped) and marked interrupted."
+        }
         "events_evaluated" => "Stored events the reactor evaluated against the rules.",
         "events_pruned" => "Events removed: past retention, or beyond max_events.",
         "jobs_pruned" => "Finished jobs removed: past retention.",
@@ -76,8 +84,27 @@ pub fn render(master: Weak<Master>) -> Render {
         );
         t.gauge(
             "tend_master_reactor_queue",
-            "Batches of stored events waiting for the reactor.",
-            m.metrics.reactor_queue.load(Ordering::Relaxed) as f64,
+            "Stored events waiting for the reactor.",
+            m.reactor_backlog() as f64,
+        );
+        t.gauge(
+            "tend_master_actions_running",
+            "Rule actions (runs, applies, webhooks) running.",
+            m.actions.running() as f64,
+        );
+        t.gauge(
+            "tend_master_actions_waiting",
+            "Rule actions waiting for one of max_actions.",
+            m.actions.waiting() as f64,
+        );
+        t.gauge(
+            "tend_master_store_failing",
+            "1 while the store refuses writes (events are not acknowledged), else 0.",
+            if m.store_failing().is_some() {
+                1.0
+            } else {
+                0.0
+            },
         );
         t.gauge(
             "tend_master_ingest_queue",

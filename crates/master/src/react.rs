@@ -1,29 +1,44 @@
 //! The reactor's thread, and what a rule does when it acts.
 //!
-//! Stored events reach the reactor in order on a bounded queue; it runs
-//! them through the rules (their windows and throttles included) and wakes
-//! on its own for holds and debounces. A rule's actions become jobs: every
-//! reaction is recorded (which rule, which event, what it did, the result)
-//! and listed by `tend jobs`.
+//! The reactor reads the stored events in order from the store, from its
+//! cursor on, and runs them through the rules (their windows and throttles
+//! included); it wakes on its own for holds and debounces. What a run of
+//! events made (the cursor past them, the groups' states, the events the
+//! rules fired, the jobs) is stored in one transaction before any action
+//! starts: after a crash each stored event has been reacted to exactly
+//! once, or is evaluated again from the cursor, with the windows as they
+//! were. A rule's actions become jobs: every reaction is recorded (which
+//! rule, which event, what it did, the result) and listed by `tend jobs`.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant as StdInstant};
 
 use serde_json::{Value, json};
 use tend_proto::now_us;
 use tend_proto::v1::{
     Event, Job, MinionResult, Outcome, RunRequest, StateResult, StoredEvent, reply, request,
 };
-use tend_reactor::{Action, Fire, Reactor, Rules};
+use tend_reactor::{Action, Clock, Fire, Reactor, Rules};
+use tend_store::Reactions;
 
-use crate::jobs::{Trigger, enqueue, finish};
+use crate::actions::{Admitted, Full};
+use crate::jobs::{Trigger, enqueue, finish, running_record, save_job, seal};
 use crate::master::{Master, add};
 
 pub enum ReactorMsg {
-    Events(Vec<StoredEvent>),
+    /// Events were stored.
+    Wake,
     Reload(Arc<Rules>),
 }
+
+/// Stored events read and evaluated at a time.
+const PAGE: usize = 2_000;
+/// How far the stored cursor may lag the events evaluated when they made
+/// nothing (no reaction, no group changed): evaluating those again after a
+/// crash changes nothing, so they are not worth a commit each.
+const LAG_EVENTS: u64 = 10_000;
+const LAG_TIME: Duration = Duration::from_secs(5);
 
 /// The reactor's thread.
 pub fn run(
@@ -33,53 +48,201 @@ pub fn run(
     rules: Arc<Rules>,
 ) {
     let _guard = rt.enter();
-    let mut reactor = Reactor::new(rules);
+    let Some(mut reactor) = master.upgrade().and_then(|m| load(&m, rules.clone())) else {
+        return;
+    };
+    let mut rules = rules;
+    let mut cursor = Cursor::default();
+    if let Some(m) = master.upgrade() {
+        cursor.evaluated = m.store.reactor_cursor().unwrap_or(0);
+        cursor.stored = cursor.evaluated;
+        m.metrics
+            .reactor_cursor
+            .store(cursor.evaluated, std::sync::atomic::Ordering::Relaxed);
+    }
     loop {
+        // Catch up with the store.
+        loop {
+            let Some(master) = master.upgrade() else {
+                return;
+            };
+            let events = match master.store.events_after(cursor.evaluated, PAGE) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the reactor cannot read the store; it tries again");
+                    break;
+                }
+            };
+            let full = events.len() == PAGE;
+            match step(&master, &mut reactor, &mut cursor, events) {
+                // Events the rules fired are evaluated in turn.
+                Ok(fired) if full || fired => {}
+                Ok(_) => break,
+                Err(()) => {
+                    // What was evaluated and not stored is forgotten: the
+                    // reactor goes back to what the store holds.
+                    match load(&master, rules.clone()) {
+                        Some(r) => reactor = r,
+                        None => return,
+                    }
+                    cursor.evaluated = cursor.stored;
+                    break;
+                }
+            }
+        }
         let wait = reactor
             .next_deadline()
             .map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
-            .unwrap_or(Duration::from_secs(3600));
-        let msg = match inbox.recv_timeout(wait) {
-            Ok(m) => Some(m),
-            Err(RecvTimeoutError::Timeout) => None,
+            .unwrap_or(LAG_TIME);
+        match inbox.recv_timeout(wait.min(LAG_TIME)) {
+            Ok(ReactorMsg::Wake) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(ReactorMsg::Reload(new)) => {
+                tracing::info!(rules = new.len(), "reactor rules reloaded");
+                reactor.replace_rules(new.clone());
+                rules = new;
+            }
             Err(RecvTimeoutError::Disconnected) => return,
-        };
-        let Some(master) = master.upgrade() else {
-            return;
-        };
-        let before = reactor.suppressed;
-        let fires = match msg {
-            Some(ReactorMsg::Events(batch)) => {
-                master
-                    .metrics
-                    .reactor_queue
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                add(&master.counters.events_evaluated, batch.len() as u64);
-                let mut fires = Vec::new();
-                for rec in &batch {
-                    if let Some(event) = &rec.event {
-                        fires.extend(reactor.on_event(event, tokio::time::Instant::now()));
-                    }
-                }
-                fires.extend(reactor.on_timer(tokio::time::Instant::now()));
-                fires
-            }
-            Some(ReactorMsg::Reload(rules)) => {
-                tracing::info!(rules = rules.len(), "reactor rules reloaded");
-                reactor.replace_rules(rules);
-                Vec::new()
-            }
-            None => reactor.on_timer(tokio::time::Instant::now()),
-        };
-        add(
-            &master.counters.reactions_throttled,
-            reactor.suppressed - before,
-        );
-        for fire in fires {
-            add(&master.counters.reactions, 1);
-            act(&master, fire);
         }
     }
+}
+
+/// How far the reactor got: evaluated in memory, and stored.
+struct Cursor {
+    evaluated: u64,
+    stored: u64,
+    stored_at: StdInstant,
+}
+
+impl Default for Cursor {
+    fn default() -> Self {
+        Self {
+            evaluated: 0,
+            stored: 0,
+            stored_at: StdInstant::now(),
+        }
+    }
+}
+
+/// A reactor with the rules and the group states the store holds.
+fn load(master: &Master, rules: Arc<Rules>) -> Option<Reactor> {
+    let mut reactor = Reactor::new(rules);
+    match master.store.reactor_state() {
+        Ok(saved) if !saved.is_empty() => {
+            let n = reactor.restore(saved, clock());
+            tracing::info!(groups = n, "reactor windows and holds restored");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the reactor's saved windows and holds; they start over");
+        }
+    }
+    Some(reactor)
+}
+
+fn clock() -> Clock {
+    Clock {
+        now: tokio::time::Instant::now(),
+        now_us: now_us(),
+    }
+}
+
+/// When an event was stored, on the reactor's clock: windows count from
+/// when events came, even those evaluated late (after a restart).
+fn stored_at(clock: Clock, stored_us: i64) -> tokio::time::Instant {
+    let age = Duration::from_micros(clock.now_us.saturating_sub(stored_us).max(0) as u64);
+    clock.now.checked_sub(age).unwrap_or(clock.now)
+}
+
+/// What one step of the reactor made, stored together before any of it is
+/// carried out.
+#[derive(Default)]
+struct Made {
+    events: Vec<Event>,
+    jobs: Vec<Job>,
+    /// Actions to start once the step is stored.
+    later: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+/// Evaluates `events` (and the timers due), stores what that made, then
+/// starts the actions. Returns whether it stored events of its own.
+fn step(
+    master: &Arc<Master>,
+    reactor: &mut Reactor,
+    cursor: &mut Cursor,
+    events: Vec<StoredEvent>,
+) -> Result<bool, ()> {
+    let clock = clock();
+    let (suppressed, evicted) = (reactor.suppressed, reactor.evicted);
+    let mut fires = Vec::new();
+    let mut last = cursor.evaluated;
+    for rec in &events {
+        last = rec.id;
+        if let Some(event) = &rec.event {
+            fires.extend(reactor.on_event(event, stored_at(clock, rec.stored_us)));
+        }
+    }
+    fires.extend(reactor.on_timer(clock.now));
+    let mut made = Made::default();
+    let reactions = fires.len() as u64;
+    for fire in fires {
+        act(master, fire, &mut made);
+    }
+    let (clear_state, state) = reactor.take_changes(clock);
+    let lagging = last - cursor.stored >= LAG_EVENTS
+        || (last > cursor.stored && cursor.stored_at.elapsed() >= LAG_TIME);
+    let nothing =
+        made.events.is_empty() && made.jobs.is_empty() && !clear_state && state.is_empty();
+    cursor.evaluated = last;
+    let mut fired = false;
+    if !nothing || lagging {
+        let stored = master.store.commit_reactions(Reactions {
+            cursor: last,
+            clear_state,
+            state,
+            events: made.events,
+            jobs: made.jobs,
+        });
+        match stored {
+            Ok(stored) => {
+                cursor.stored = last;
+                cursor.stored_at = StdInstant::now();
+                if let Some(rec) = stored.last() {
+                    fired = true;
+                    add(&master.counters.events_stored, stored.len() as u64);
+                    master.stored_up_to(rec.id);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store what the reactor did; it evaluates the events again");
+                crate::ingest::store_failed(master, &e);
+                return Err(());
+            }
+        }
+    }
+    master
+        .metrics
+        .reactor_cursor
+        .store(last, std::sync::atomic::Ordering::Relaxed);
+    add(&master.counters.events_evaluated, events.len() as u64);
+    add(&master.counters.reactions, reactions);
+    add(
+        &master.counters.reactions_throttled,
+        reactor.suppressed - suppressed,
+    );
+    add(
+        &master.counters.reactor_groups_evicted,
+        reactor.evicted - evicted,
+    );
+    if reactor.evicted > evicted {
+        tracing::warn!(
+            groups = reactor.evicted - evicted,
+            "reactor groups forgotten: a rule had more than its max_groups"
+        );
+    }
+    for start in made.later {
+        start();
+    }
+    Ok(fired)
 }
 
 /// What a template in an action sees.
@@ -139,16 +302,18 @@ fn minions(
     }
 }
 
-/// Carries out a rule's actions.
-fn act(master: &Arc<Master>, fire: Fire) {
+/// Carries out a rule's actions: `fire` at once, into `made`; the others
+/// are admitted under the action limit (or refused, as a failed job) and
+/// start once `made` is stored.
+fn act(master: &Arc<Master>, fire: Fire, made: &mut Made) {
     let ctx = context(&fire);
     if fire.suppressed > 0 {
         tracing::info!(rule = %fire.rule, suppressed = fire.suppressed, "rule acts; earlier actions were throttled");
     }
     for action in &fire.actions {
-        let failed = |why: String| {
+        let failed = |made: &mut Made, why: String| {
             tracing::warn!(rule = %fire.rule, action = action.kind(), error = %why, "action not taken");
-            record_failure(master, &fire, action.kind(), why);
+            record_failure(master, &fire, action.kind(), why, made);
         };
         match action {
             Action::Apply {
@@ -162,18 +327,21 @@ fn act(master: &Arc<Master>, fire: Fire) {
                     states.and_then(|s| Ok((s, minions(master, target, &ctx, &fire.event)?)));
                 match minions {
                     Ok((states, minions)) => {
-                        for minion in minions {
-                            enqueue(
-                                master,
-                                (minion, states.clone(), *test),
-                                Trigger {
-                                    rule: fire.rule.clone(),
-                                    event: fire.event.clone(),
-                                },
-                            );
-                        }
+                        let (master, fire, test) = (master.clone(), fire.clone(), *test);
+                        made.later.push(Box::new(move || {
+                            for minion in minions {
+                                enqueue(
+                                    &master,
+                                    (minion, states.clone(), test),
+                                    Trigger {
+                                        rule: fire.rule.clone(),
+                                        event: fire.event.clone(),
+                                    },
+                                );
+                            }
+                        }));
                     }
-                    Err(e) => failed(e),
+                    Err(e) => failed(made, e),
                 }
             }
             Action::Run {
@@ -185,31 +353,45 @@ fn act(master: &Arc<Master>, fire: Fire) {
                     command.iter().map(|c| render(c, &ctx)).collect();
                 match argv.and_then(|a| Ok((a, minions(master, target, &ctx, &fire.event)?))) {
                     Ok((argv, minions)) => {
+                        let Some((admitted, job)) = admit(
+                            master,
+                            &fire,
+                            "run",
+                            minions.join(","),
+                            vec![argv.join(" ")],
+                            made,
+                        ) else {
+                            continue;
+                        };
                         let (master, fire, timeout) = (master.clone(), fire.clone(), *timeout);
-                        tokio::spawn(async move {
-                            run_command(
-                                &master,
-                                minions,
-                                argv,
-                                timeout,
-                                &fire.rule,
-                                Some(&fire.event),
-                                None,
-                            )
-                            .await;
-                        });
+                        made.later.push(Box::new(move || {
+                            tokio::spawn(async move {
+                                admitted
+                                    .run(run_command(
+                                        &master,
+                                        minions,
+                                        argv,
+                                        timeout,
+                                        &fire.rule,
+                                        Some(&fire.event),
+                                        None,
+                                        Some(job),
+                                    ))
+                                    .await;
+                            });
+                        }));
                     }
-                    Err(e) => failed(e),
+                    Err(e) => failed(made, e),
                 }
             }
             Action::Fire { tag, data } => {
-                let made = render(tag, &ctx).and_then(|tag| {
+                let rendered = render(tag, &ctx).and_then(|tag| {
                     tend_proto::validate_tag(&tag, None).map_err(|e| e.to_string())?;
                     Ok((tag, render_json(&Value::Object(data.clone()), &ctx)?))
                 });
-                match made {
-                    Ok((tag, data)) => fire_event(master, &fire, tag, data),
-                    Err(e) => failed(e),
+                match rendered {
+                    Ok((tag, data)) => fire_event(master, &fire, tag, data, made),
+                    Err(e) => failed(made, e),
                 }
             }
             Action::Webhook {
@@ -218,16 +400,73 @@ fn act(master: &Arc<Master>, fire: Fire) {
                 retries,
             } => match render(url, &ctx) {
                 Ok(url) => {
+                    let Some((admitted, job)) = admit(
+                        master,
+                        &fire,
+                        "webhook",
+                        url.clone(),
+                        vec![url.clone()],
+                        made,
+                    ) else {
+                        continue;
+                    };
                     let (master, fire, timeout, retries) =
                         (master.clone(), fire.clone(), *timeout, *retries);
-                    tokio::spawn(
-                        async move { webhook(&master, &fire, url, timeout, retries).await },
-                    );
+                    made.later.push(Box::new(move || {
+                        tokio::spawn(async move {
+                            admitted
+                                .run(webhook(&master, &fire, url, timeout, retries, job))
+                                .await;
+                        });
+                    }));
                 }
-                Err(e) => failed(e),
+                Err(e) => failed(made, e),
             },
         }
     }
+}
+
+/// A place under the action limit for a run or a webhook, and its job,
+/// recorded as queued with the step (a master that stops before it runs
+/// marks it interrupted when it starts again); or, the queue being full,
+/// a failed job and None.
+fn admit(
+    master: &Arc<Master>,
+    fire: &Fire,
+    kind: &str,
+    target: String,
+    what: Vec<String>,
+    made: &mut Made,
+) -> Option<(Admitted, Job)> {
+    match master.actions.admit() {
+        Ok(admitted) => {
+            let mut job = new_job(master, kind, target, what, &fire.rule, Some(&fire.event));
+            job.status = "queued".into();
+            made.jobs.push(job.clone());
+            Some((admitted, job))
+        }
+        Err(full) => {
+            add(&master.counters.actions_refused, 1);
+            tracing::warn!(rule = %fire.rule, action = kind, error = %full, "action refused");
+            record_failure(master, fire, kind, full.to_string(), made);
+            None
+        }
+    }
+}
+
+/// An apply a rule asked for, refused because the action queue was full:
+/// counted, logged and recorded as a failed job.
+pub(crate) fn refused(master: &Arc<Master>, rule: &str, event: &Event, kind: &str, full: Full) {
+    add(&master.counters.actions_refused, 1);
+    tracing::warn!(%rule, action = kind, error = %full, "action refused");
+    let mut job = new_job(master, kind, String::new(), Vec::new(), rule, Some(event));
+    job.minions.push(MinionResult {
+        minion: event.minion.clone(),
+        status: "failed".into(),
+        error: full.to_string(),
+        ..Default::default()
+    });
+    finish(master, job, None);
 }
 
 fn new_job(
@@ -257,7 +496,7 @@ fn new_job(
 
 /// A reaction that could not be carried out is still a job: failed, with
 /// the reason.
-fn record_failure(master: &Arc<Master>, fire: &Fire, kind: &str, why: String) {
+fn record_failure(master: &Master, fire: &Fire, kind: &str, why: String, made: &mut Made) {
     let mut job = new_job(
         master,
         kind,
@@ -271,10 +510,12 @@ fn record_failure(master: &Arc<Master>, fire: &Fire, kind: &str, why: String) {
         error: why,
         ..Default::default()
     });
-    finish(master, job, None);
+    made.events.extend(seal(master, &mut job));
+    made.jobs.push(job);
 }
 
 /// `run`: a command on minions; each one's exit status and output.
+#[allow(clippy::too_many_arguments)] // each is a part of the job, named
 pub async fn run_command(
     master: &Arc<Master>,
     minions: Vec<String>,
@@ -283,6 +524,7 @@ pub async fn run_command(
     rule: &str,
     trigger: Option<&Event>,
     progress: Option<tokio::sync::mpsc::UnboundedSender<MinionResult>>,
+    queued: Option<Job>,
 ) -> Job {
     let shown = argv.join(" ");
     let argv = if argv.len() == 1 {
@@ -290,15 +532,23 @@ pub async fn run_command(
     } else {
         argv
     };
-    let mut job = new_job(
-        master,
-        "run",
-        minions.join(","),
-        vec![shown.clone()],
-        rule,
-        trigger,
-    );
+    let mut job = queued.unwrap_or_else(|| {
+        new_job(
+            master,
+            "run",
+            minions.join(","),
+            vec![shown.clone()],
+            rule,
+            trigger,
+        )
+    });
+    job.status = "running".into();
     add(&master.counters.jobs_started, 1);
+    // Recorded as running, each minion too, while the command goes out.
+    let running = {
+        let (master, rec) = (master.clone(), running_record(&job, &minions));
+        tokio::spawn(async move { save_job(&master, &rec).await })
+    };
     let mut set = tokio::task::JoinSet::new();
     for minion in minions {
         let (master, argv, shown, id) = (master.clone(), argv.clone(), shown.clone(), job.id);
@@ -368,12 +618,13 @@ pub async fn run_command(
     }
     job.minions.sort_by(|a, b| a.minion.cmp(&b.minion));
     // The finished job (status, end time) is what the caller shows.
-    finish(master, job, None)
+    finish(master, job, Some(running))
 }
 
 /// `fire`: a new event, caused by this reaction's job, so only rules that
 /// opt in (`caused = true`) see it: no rule can loop on its own events.
-fn fire_event(master: &Arc<Master>, fire: &Fire, tag: String, data: Value) {
+/// The event and its job are stored together, with the step.
+fn fire_event(master: &Master, fire: &Fire, tag: String, data: Value, made: &mut Made) {
     let mut job = new_job(
         master,
         "fire",
@@ -387,33 +638,36 @@ fn fire_event(master: &Arc<Master>, fire: &Fire, tag: String, data: Value) {
         status: "ok".into(),
         ..Default::default()
     });
-    let event = Event {
+    made.events.push(Event {
         minion: fire.event.minion.clone(),
         seq: 0,
         tag,
         time_us: now_us(),
         data: data.to_string().into_bytes(),
         cause: job.id,
-    };
-    if master.local.try_send(event).is_err() {
-        add(&master.counters.local_events_dropped, 1);
-        job.minions[0].status = "failed".into();
-        job.minions[0].error = "the ingest queue was full: the event was not fired".into();
-    }
-    finish(master, job, None);
+    });
+    made.events.extend(seal(master, &mut job));
+    made.jobs.push(job);
 }
 
 /// `webhook`: POST the event as JSON, with a timeout, retrying with
 /// backoff.
-async fn webhook(master: &Arc<Master>, fire: &Fire, url: String, timeout: Duration, retries: u32) {
-    let mut job = new_job(
-        master,
-        "webhook",
-        url.clone(),
-        vec![url.clone()],
-        &fire.rule,
-        Some(&fire.event),
-    );
+async fn webhook(
+    master: &Arc<Master>,
+    fire: &Fire,
+    url: String,
+    timeout: Duration,
+    retries: u32,
+    mut job: Job,
+) {
+    job.status = "running".into();
+    let running = {
+        let (master, rec) = (
+            master.clone(),
+            running_record(&job, std::slice::from_ref(&fire.event.minion)),
+        );
+        tokio::spawn(async move { save_job(&master, &rec).await })
+    };
     let body = json!({"rule": fire.rule.as_ref(), "event": context(fire)["event"], "suppressed": fire.suppressed});
     let start = std::time::Instant::now();
     let mut last_error = String::new();
@@ -452,5 +706,5 @@ async fn webhook(master: &Arc<Master>, fire: &Fire, url: String, timeout: Durati
         duration_us: start.elapsed().as_micros() as u64,
         ..Default::default()
     });
-    finish(master, job, None);
+    finish(master, job, Some(running));
 }

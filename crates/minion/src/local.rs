@@ -41,6 +41,8 @@ pub async fn serve(
                     .into_iter()
                     .map(|(k, v)| (format!("bus_{k}"), v))
                     .collect(),
+                // The master's store fields.
+                ..Default::default()
             }),
             _ => control_reply::Body::Failure(Failure {
                 message: "this is a minion's local socket: it takes `send` and `status`; ask the master for the rest".into(),

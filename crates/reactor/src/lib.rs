@@ -30,6 +30,6 @@ mod policy;
 mod reactor;
 mod rules;
 
-pub use policy::{Policy, Step, Track};
-pub use reactor::{Fire, Reactor};
-pub use rules::{Action, Match, Rule, RuleError, Rules, group_key};
+pub use policy::{Clock, Policy, SavedTrack, Step, Track};
+pub use reactor::{Fire, Reactor, StateChange};
+pub use rules::{Action, DEFAULT_MAX_GROUPS, Match, Rule, RuleError, Rules, group_key};

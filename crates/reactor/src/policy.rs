@@ -63,6 +63,85 @@ impl<E> Track<E> {
     }
 }
 
+/// A track with its instants as wall-clock microseconds: what is stored,
+/// so that a restarted master goes on with the windows, holds and
+/// throttles where the last one left them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedTrack<E> {
+    pub hits: Vec<i64>,
+    pub holding_since: Option<i64>,
+    pub hold_event: Option<E>,
+    pub hold_fired: bool,
+    pub debounce_until: Option<i64>,
+    pub debounce_event: Option<E>,
+    pub last_acted: Option<i64>,
+    pub rate: Vec<i64>,
+    pub suppressed: u64,
+    pub last_touch: i64,
+}
+
+/// One moment on both clocks: how a monotonic instant becomes wall-clock
+/// time to be stored, and back after a restart.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub now: Instant,
+    pub now_us: i64,
+}
+
+impl Clock {
+    fn to_us(self, i: Instant) -> i64 {
+        if i <= self.now {
+            self.now_us - self.now.duration_since(i).as_micros() as i64
+        } else {
+            self.now_us + i.duration_since(self.now).as_micros() as i64
+        }
+    }
+
+    /// None for a time before this machine's monotonic clock began (a
+    /// moment before the last boot): it is dropped.
+    fn to_instant(self, us: i64) -> Option<Instant> {
+        let d = Duration::from_micros(us.abs_diff(self.now_us));
+        if us <= self.now_us {
+            self.now.checked_sub(d)
+        } else {
+            Some(self.now + d)
+        }
+    }
+}
+
+impl<E: Clone> Track<E> {
+    pub fn save(&self, clock: Clock) -> SavedTrack<E> {
+        SavedTrack {
+            hits: self.hits.iter().map(|i| clock.to_us(*i)).collect(),
+            holding_since: self.holding_since.map(|i| clock.to_us(i)),
+            hold_event: self.hold_event.clone(),
+            hold_fired: self.hold_fired,
+            debounce_until: self.debounce_until.map(|i| clock.to_us(i)),
+            debounce_event: self.debounce_event.clone(),
+            last_acted: self.last_acted.map(|i| clock.to_us(i)),
+            rate: self.rate.iter().map(|i| clock.to_us(*i)).collect(),
+            suppressed: self.suppressed,
+            last_touch: clock.to_us(self.last_touch),
+        }
+    }
+
+    pub fn restore(saved: SavedTrack<E>, clock: Clock) -> Self {
+        let at = |us: i64| clock.to_instant(us);
+        Self {
+            hits: saved.hits.into_iter().filter_map(at).collect(),
+            holding_since: saved.holding_since.and_then(at),
+            hold_event: saved.hold_event,
+            hold_fired: saved.hold_fired,
+            debounce_until: saved.debounce_until.and_then(at),
+            debounce_event: saved.debounce_event,
+            last_acted: saved.last_acted.and_then(at),
+            rate: saved.rate.into_iter().filter_map(at).collect(),
+            suppressed: saved.suppressed,
+            last_touch: at(saved.last_touch).unwrap_or(clock.now),
+        }
+    }
+}
+
 /// What an event or a timer led to.
 #[derive(Debug, PartialEq)]
 pub enum Step<E> {
@@ -328,6 +407,32 @@ mod tests {
         assert_eq!(t.suppressed, 2);
         advance(60 * S).await;
         assert_eq!(p.on_event(&mut t, 9, true, Instant::now()), Step::Act(9));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_saved_track_goes_on_after_a_restore() {
+        let p = Policy {
+            count: Some((3, 60 * S)),
+            ..Default::default()
+        };
+        let mut t = Track::new(Instant::now());
+        p.on_event(&mut t, 1, true, Instant::now());
+        advance(10 * S).await;
+        p.on_event(&mut t, 2, true, Instant::now());
+        let saved = t.save(Clock {
+            now: Instant::now(),
+            now_us: 1_000_000_000,
+        });
+        // Another process, 5 s later on both clocks.
+        advance(5 * S).await;
+        let mut t = Track::restore(
+            saved,
+            Clock {
+                now: Instant::now(),
+                now_us: 1_005_000_000,
+            },
+        );
+        assert_eq!(p.on_event(&mut t, 3, true, Instant::now()), Step::Act(3));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,15 +1,21 @@
 //! The reactor: events in, actions out, with each rule's correlation and
 //! throttles kept per group of events.
+//!
+//! Every group's state can be saved and restored ([`Reactor::take_changes`],
+//! [`Reactor::restore`]), so a restarted master goes on with the windows and
+//! holds it had. The number of groups per rule is capped (`max_groups`):
+//! groups may come from event data, and the oldest give way to new ones.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use tend_proto::v1::Event;
 use tokio::time::Instant;
 
-use crate::policy::{Policy, Step, Track};
-use crate::rules::{Action, Rules, group_key};
+use crate::policy::{Clock, Policy, SavedTrack, Step, Track};
+use crate::rules::{Action, Rule, Rules, group_key};
 
 /// A rule acting.
 #[derive(Debug, Clone)]
@@ -29,9 +35,64 @@ const GC_AT: usize = 4096;
 pub struct Reactor {
     rules: Arc<Rules>,
     tracks: HashMap<(usize, String), Track<Event>>,
+    /// Groups tracked per rule.
+    per_rule: HashMap<usize, usize>,
     events_since_gc: usize,
     /// Actions throttled away, all rules, since start.
     pub suppressed: u64,
+    /// Groups forgotten to make room under a rule's `max_groups`.
+    pub evicted: u64,
+    /// Groups changed since the last `take_changes`.
+    dirty: HashSet<(usize, String)>,
+    /// Saved keys of groups forgotten since then.
+    gone: Vec<String>,
+    /// Every group was forgotten (new rules) since then.
+    cleared: bool,
+}
+
+/// A group's saved state by key: its new bytes, or None when it is gone.
+pub type StateChange = (String, Option<Vec<u8>>);
+
+/// A group's state as stored: its track, and what the rule was when it
+/// was saved (a rule changed across a restart starts over, as on reload).
+#[derive(Clone, PartialEq, Message)]
+struct TrackRecord {
+    #[prost(string, tag = "1")]
+    rule: String,
+    #[prost(int64, repeated, tag = "2")]
+    hits: Vec<i64>,
+    #[prost(int64, optional, tag = "3")]
+    holding_since: Option<i64>,
+    #[prost(message, optional, tag = "4")]
+    hold_event: Option<Event>,
+    #[prost(bool, tag = "5")]
+    hold_fired: bool,
+    #[prost(int64, optional, tag = "6")]
+    debounce_until: Option<i64>,
+    #[prost(message, optional, tag = "7")]
+    debounce_event: Option<Event>,
+    #[prost(int64, optional, tag = "8")]
+    last_acted: Option<i64>,
+    #[prost(int64, repeated, tag = "9")]
+    rate: Vec<i64>,
+    #[prost(uint64, tag = "10")]
+    suppressed: u64,
+    #[prost(int64, tag = "11")]
+    last_touch: i64,
+}
+
+/// What a saved group state is valid for: the parts of the rule that
+/// decide what the state means.
+fn fingerprint(rule: &Rule) -> String {
+    format!(
+        "{:?}|{:?}|{:?}|{}",
+        rule.policy, rule.when, rule.group_by, rule.caused
+    )
+}
+
+/// The key a group's state is saved under.
+fn saved_key(rule: &Rule, group: &str) -> String {
+    format!("{}\u{1f}{group}", rule.name)
 }
 
 fn horizon(p: &Policy) -> Duration {
@@ -53,8 +114,13 @@ impl Reactor {
         Self {
             rules,
             tracks: HashMap::new(),
+            per_rule: HashMap::new(),
             events_since_gc: 0,
             suppressed: 0,
+            evicted: 0,
+            dirty: HashSet::new(),
+            gone: Vec::new(),
+            cleared: false,
         }
     }
 
@@ -66,6 +132,111 @@ impl Reactor {
     pub fn replace_rules(&mut self, rules: Arc<Rules>) {
         self.rules = rules;
         self.tracks.clear();
+        self.per_rule.clear();
+        self.dirty.clear();
+        self.gone.clear();
+        self.cleared = true;
+    }
+
+    /// What changed since the last call, to be stored: whether every saved
+    /// state is to be forgotten first, then each changed group's state (by
+    /// key), or None for a group that is gone.
+    pub fn take_changes(&mut self, clock: Clock) -> (bool, Vec<StateChange>) {
+        let mut out: Vec<StateChange> = self.gone.drain(..).map(|k| (k, None)).collect();
+        for key in self.dirty.drain() {
+            let Some(track) = self.tracks.get(&key) else {
+                continue;
+            };
+            let rule = self.rules.get(key.0);
+            let s = track.save(clock);
+            let record = TrackRecord {
+                rule: fingerprint(rule),
+                hits: s.hits,
+                holding_since: s.holding_since,
+                hold_event: s.hold_event,
+                hold_fired: s.hold_fired,
+                debounce_until: s.debounce_until,
+                debounce_event: s.debounce_event,
+                last_acted: s.last_acted,
+                rate: s.rate,
+                suppressed: s.suppressed,
+                last_touch: s.last_touch,
+            };
+            out.push((saved_key(rule, &key.1), Some(record.encode_to_vec())));
+        }
+        (std::mem::take(&mut self.cleared), out)
+    }
+
+    /// Takes back saved group states (after a restart). States of rules
+    /// that are gone or changed are dropped, and returned as keys to
+    /// forget. Returns how many were restored.
+    pub fn restore(&mut self, saved: Vec<(String, Vec<u8>)>, clock: Clock) -> usize {
+        let by_name: HashMap<&str, usize> = self
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.as_ref(), i))
+            .collect();
+        let mut restored = 0;
+        for (key, bytes) in saved {
+            let found = key.split_once('\u{1f}').and_then(|(name, group)| {
+                let rule = *by_name.get(name)?;
+                let record = TrackRecord::decode(bytes.as_slice()).ok()?;
+                (record.rule == fingerprint(self.rules.get(rule)))
+                    .then(|| (rule, group.to_string(), record))
+            });
+            let Some((rule, group, r)) = found else {
+                self.gone.push(key);
+                continue;
+            };
+            let track = Track::restore(
+                SavedTrack {
+                    hits: r.hits,
+                    holding_since: r.holding_since,
+                    hold_event: r.hold_event,
+                    hold_fired: r.hold_fired,
+                    debounce_until: r.debounce_until,
+                    debounce_event: r.debounce_event,
+                    last_acted: r.last_acted,
+                    rate: r.rate,
+                    suppressed: r.suppressed,
+                    last_touch: r.last_touch,
+                },
+                clock,
+            );
+            if self.tracks.insert((rule, group), track).is_none() {
+                *self.per_rule.entry(rule).or_default() += 1;
+            }
+            restored += 1;
+        }
+        restored
+    }
+
+    /// Makes room for one more group of `rule` under its `max_groups`: the
+    /// group touched longest ago is forgotten, and counted.
+    fn make_room(&mut self, rule: usize) {
+        let max = self.rules.get(rule).max_groups;
+        while self.per_rule.get(&rule).copied().unwrap_or(0) >= max {
+            let oldest = self
+                .tracks
+                .iter()
+                .filter(|((r, _), _)| *r == rule)
+                .min_by_key(|(_, t)| t.last_touch)
+                .map(|(k, _)| k.clone());
+            let Some(key) = oldest else { break };
+            self.forget(&key);
+            self.evicted += 1;
+        }
+    }
+
+    fn forget(&mut self, key: &(usize, String)) {
+        if self.tracks.remove(key).is_some() {
+            if let Some(n) = self.per_rule.get_mut(&key.0) {
+                *n = n.saturating_sub(1);
+            }
+            self.dirty.remove(key);
+            self.gone.push(saved_key(self.rules.get(key.0), &key.1));
+        }
     }
 
     fn fire(&self, rule: usize, event: Event, suppressed: u64) -> Fire {
@@ -96,6 +267,11 @@ impl Reactor {
                 continue;
             }
             let key = (m.rule, group_key(rule, event));
+            if !self.tracks.contains_key(&key) {
+                self.make_room(m.rule);
+                *self.per_rule.entry(m.rule).or_default() += 1;
+            }
+            self.dirty.insert(key.clone());
             let track = self.tracks.entry(key).or_insert_with(|| Track::new(now));
             match rule.policy.on_event(track, event.clone(), m.holds, now) {
                 Step::Act(e) => {
@@ -118,11 +294,12 @@ impl Reactor {
         let mut out = Vec::new();
         let rules = self.rules.clone();
         let mut suppressed = 0;
-        for ((rule, _), track) in &mut self.tracks {
+        for ((rule, group), track) in &mut self.tracks {
             let policy = &rules.get(*rule).policy;
             if policy.deadline(track).is_none_or(|d| d > now) {
                 continue;
             }
+            self.dirty.insert((*rule, group.clone()));
             match policy.on_timer(track, now) {
                 Step::Act(e) => {
                     let r = rules.get(*rule);
@@ -159,9 +336,17 @@ impl Reactor {
     fn gc(&mut self, now: Instant) {
         self.events_since_gc = 0;
         let rules = self.rules.clone();
-        self.tracks.retain(|(rule, _), t| {
-            t.pending() || now.duration_since(t.last_touch) <= horizon(&rules.get(*rule).policy)
-        });
+        let idle: Vec<(usize, String)> = self
+            .tracks
+            .iter()
+            .filter(|((rule, _), t)| {
+                !t.pending() && now.duration_since(t.last_touch) > horizon(&rules.get(*rule).policy)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in idle {
+            self.forget(&key);
+        }
     }
 
     /// What one event would do under `rules`, on its own, and why: for
@@ -336,6 +521,113 @@ mod tests {
         advance(Duration::from_secs(30)).await;
         let fired = r.on_timer(Instant::now());
         assert_eq!(fired.len(), 1);
+    }
+
+    fn user_login(user: &str) -> Event {
+        Event {
+            minion: "web1".into(),
+            tag: "minion/web1/beacon/login/btmp".into(),
+            data: format!(r#"{{"user":"{user}"}}"#).into_bytes(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn groups_per_rule_are_capped_and_the_oldest_give_way() {
+        let mut r = Reactor::new(rules(
+            r#"
+            [[rule]]
+            name = "per-user"
+            on = "minion/*/beacon/login/*"
+            group_by = ["data.user"]
+            count = 2
+            window = "1h"
+            max_groups = 3
+            [[rule.action]]
+            fire = "twice"
+            "#,
+        ));
+        // A thousand users from event data: no more than 3 groups kept.
+        for i in 0..1000 {
+            r.on_event(&user_login(&format!("u{i}")), Instant::now());
+            advance(Duration::from_millis(10)).await;
+        }
+        assert_eq!(r.groups(), 3);
+        assert_eq!(r.evicted, 997);
+        // The newest kept their count; the oldest (u0) started over.
+        assert_eq!(r.on_event(&user_login("u999"), Instant::now()).len(), 1);
+        assert!(r.on_event(&user_login("u0"), Instant::now()).is_empty());
+        // What was forgotten is forgotten in the store too.
+        let (cleared, changes) = r.take_changes(Clock {
+            now: Instant::now(),
+            now_us: 1,
+        });
+        assert!(!cleared);
+        assert!(changes.iter().filter(|(_, v)| v.is_none()).count() >= 997);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn saved_windows_and_holds_go_on_in_a_new_reactor() {
+        const RULES: &str = r#"
+            [[rule]]
+            name = "brute-force"
+            on = "minion/*/beacon/login/*"
+            when = 'event.data.kind == "failed"'
+            count = 3
+            window = "60s"
+            [[rule.action]]
+            fire = "alert"
+
+            [[rule]]
+            name = "hot"
+            on = "minion/*/beacon/cpu"
+            when = "event.data.percent > 90"
+            for = "30s"
+            [[rule.action]]
+            fire = "hot"
+            "#;
+        let cpu = Event {
+            minion: "web1".into(),
+            tag: "minion/web1/beacon/cpu".into(),
+            data: br#"{"percent":95}"#.to_vec(),
+            ..Default::default()
+        };
+        let mut r = Reactor::new(rules(RULES));
+        r.on_event(&login("web1", "failed"), Instant::now());
+        r.on_event(&login("web1", "failed"), Instant::now());
+        r.on_event(&cpu, Instant::now());
+        let clock = |us| Clock {
+            now: Instant::now(),
+            now_us: us,
+        };
+        let (_, saved) = r.take_changes(clock(1_000_000_000));
+        drop(r);
+        // Restarted 10 s later.
+        advance(Duration::from_secs(10)).await;
+        let mut r = Reactor::new(rules(RULES));
+        let saved: Vec<(String, Vec<u8>)> = saved
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+        assert_eq!(r.restore(saved, clock(1_010_000_000)), 2);
+        assert_eq!(
+            r.on_event(&login("web1", "failed"), Instant::now()).len(),
+            1
+        );
+        assert_eq!(
+            r.next_deadline(),
+            Some(Instant::now() + Duration::from_secs(20))
+        );
+        advance(Duration::from_secs(20)).await;
+        assert_eq!(r.on_timer(Instant::now()).len(), 1);
+        // A rule changed across the restart starts over.
+        let (_, saved) = r.take_changes(clock(1_030_000_000));
+        let mut r = Reactor::new(rules(&RULES.replace("count = 3", "count = 4")));
+        let saved = saved
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+        assert_eq!(r.restore(saved, clock(1_030_000_000)), 1);
     }
 
     #[test]

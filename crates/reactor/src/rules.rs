@@ -56,6 +56,9 @@ struct RuleDecl {
     /// `N/period`, e.g. `3/1m`.
     #[serde(default)]
     max_rate: Option<String>,
+    /// Groups remembered at most; the one touched longest ago gives way.
+    #[serde(default = "default_max_groups")]
+    max_groups: usize,
     #[serde(default)]
     action: Vec<ActionDecl>,
 }
@@ -152,9 +155,19 @@ pub struct Rule {
     pub caused: bool,
     pub group_by: Vec<String>,
     pub policy: Policy,
+    /// Groups (`group_by` values) kept at most.
+    pub max_groups: usize,
     pub actions: Vec<Action>,
     /// The file it came from.
     pub file: String,
+}
+
+/// Groups a rule remembers when it does not say: group keys may come
+/// from event data, so they are bounded whatever the events carry.
+pub const DEFAULT_MAX_GROUPS: usize = 10_000;
+
+fn default_max_groups() -> usize {
+    DEFAULT_MAX_GROUPS
 }
 
 /// Parses a duration like `500ms`, `30s`, `10m`, `1h`.
@@ -390,6 +403,12 @@ impl Rules {
                     )));
                 }
                 let policy = policy(&decl).map_err(&err)?;
+                if !(1..=1_000_000).contains(&decl.max_groups) {
+                    return Err(err(format!(
+                        "key `max_groups`: {} is not between 1 and 1000000",
+                        decl.max_groups
+                    )));
+                }
                 let group_by = decl
                     .group_by
                     .clone()
@@ -436,6 +455,7 @@ impl Rules {
                     caused: decl.caused,
                     group_by,
                     policy,
+                    max_groups: decl.max_groups,
                     actions,
                     file: file.clone(),
                 });

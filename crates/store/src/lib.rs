@@ -6,16 +6,25 @@
 //! per minion is kept in the same transaction as the events, so after a
 //! crash the store and its deduplication state agree: an event replayed
 //! twice is stored once.
+//!
+//! What the reactor made of the events is kept the same way: how far it
+//! got (its cursor), its windows and holds, the events its rules fired and
+//! the jobs they started are written in one transaction
+//! ([`Store::commit_reactions`]), so after a crash every stored event has
+//! been reacted to exactly once, or is evaluated again from the cursor.
+//! The shape is the one a shared SQL store needs for several masters: a
+//! cursor row per reactor, state rows per group, and running jobs found
+//! by an index rather than a scan.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tend_proto::now_us;
-use tend_proto::v1::{Event, Job, MinionInfo, StoredEvent};
+use tend_proto::v1::{Event, Job, MinionInfo, MinionResult, StoredEvent};
 
 /// redb's page cache.
 const CACHE_BYTES: usize = 64 << 20;
@@ -25,6 +34,16 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const ACKED: TableDefinition<&str, u64> = TableDefinition::new("acked");
 const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 const MINIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("minions");
+/// Small named values: the reactor's cursor.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The reactor's state per (rule, group): its windows, holds, throttles.
+const REACTOR: TableDefinition<&str, &[u8]> = TableDefinition::new("reactor");
+/// Jobs not finished, by id: what a master left running when it stopped.
+const RUNNING: TableDefinition<u64, ()> = TableDefinition::new("running");
+
+/// The id of the last event the reactor has evaluated and whose reactions
+/// are stored.
+const REACTOR_CURSOR: &str = "reactor_cursor";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,6 +59,8 @@ pub enum StoreError {
     },
     #[error("store: {0}")]
     Db(#[from] redb::Error),
+    #[error("the store {path} is closed after a failure and could not be reopened yet")]
+    Closed { path: PathBuf },
     #[error("corrupt record {id} in table {table}: {error}")]
     Corrupt {
         table: &'static str,
@@ -100,6 +121,8 @@ pub struct EventFilter {
     pub minion: Option<String>,
     pub tag: Option<globset::GlobMatcher>,
     pub since_us: Option<i64>,
+    /// Only events with a smaller store id (the next page of a listing).
+    pub before_id: Option<u64>,
     pub limit: usize,
 }
 
@@ -114,8 +137,24 @@ impl EventFilter {
     }
 }
 
+/// What the reactor made of a run of events, stored in one transaction.
+#[derive(Debug, Default)]
+pub struct Reactions {
+    /// The id of the last event evaluated.
+    pub cursor: u64,
+    /// Forget every saved group state first (the rules were reloaded).
+    pub clear_state: bool,
+    /// Group states by key: new bytes, or None when the group is gone.
+    pub state: Vec<(String, Option<Vec<u8>>)>,
+    /// Events the rules fired; stored after everything already stored.
+    pub events: Vec<Event>,
+    /// Jobs the reactions made (finished or queued).
+    pub jobs: Vec<Job>,
+}
+
 pub struct Store {
-    db: Database,
+    /// None while the store is being reopened after a failure.
+    db: RwLock<Option<Arc<Database>>>,
     path: PathBuf,
     next_event: AtomicU64,
     next_job: AtomicU64,
@@ -131,28 +170,28 @@ impl Store {
             error,
         })?;
         let path = dir.join("tend.redb");
-        // redb's page cache defaults to 1 GiB; the master needs its recent
-        // pages, not the whole history in memory.
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|error| StoreError::Open {
-                path: path.clone(),
-                error,
-            })?;
+        let db = open_db(&path)?;
         let tx = db.begin_write()?;
         let (next_event, next_job) = {
             let events = tx.open_table(EVENTS)?;
             let jobs = tx.open_table(JOBS)?;
             tx.open_table(ACKED)?;
             tx.open_table(MINIONS)?;
+            tx.open_table(REACTOR)?;
+            tx.open_table(RUNNING)?;
+            let mut meta = tx.open_table(META)?;
             let last_event = events.last()?.map_or(0, |(k, _)| k.value());
             let last_job = jobs.last()?.map_or(0, |(k, _)| k.value());
+            // A store from before the cursor was kept: its events were
+            // evaluated when they came (or never will be); go on from here.
+            if meta.get(REACTOR_CURSOR)?.is_none() {
+                meta.insert(REACTOR_CURSOR, last_event)?;
+            }
             (last_event + 1, last_job + 1)
         };
         tx.commit()?;
         Ok(Self {
-            db,
+            db: RwLock::new(Some(Arc::new(db))),
             path,
             next_event: AtomicU64::new(next_event),
             next_job: AtomicU64::new(next_job),
@@ -162,6 +201,50 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The database, unless it is closed for a reopen.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::Closed {
+                path: self.path.clone(),
+            })
+    }
+
+    /// Closes the database and opens it again: after an I/O error (a full
+    /// disk) redb refuses every transaction until it is reopened. Fails
+    /// while a transaction still holds the old one (try again) or while
+    /// the file cannot be opened (the disk is still full).
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = slot.take() {
+            match Arc::try_unwrap(old) {
+                Ok(db) => drop(db),
+                Err(busy) => {
+                    *slot = Some(busy);
+                    return Err(StoreError::Closed {
+                        path: self.path.clone(),
+                    });
+                }
+            }
+        }
+        *slot = Some(Arc::new(open_db(&self.path)?));
+        Ok(())
+    }
+
+    /// A write that touches the disk: whether the store works again.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let tx = db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            meta.insert("probe_us", now_us().max(0) as u64)?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Stores a batch of events from minions, in one durable transaction,
@@ -175,7 +258,8 @@ impl Store {
         let _guard = self.append.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Appended::default();
         let stored_us = now_us();
-        let tx = self.db.begin_write()?;
+        let db = self.db()?;
+        let tx = db.begin_write()?;
         {
             let mut events = tx.open_table(EVENTS)?;
             let mut acked_table = tx.open_table(ACKED)?;
@@ -249,17 +333,32 @@ impl Store {
 
     /// The highest contiguous seq stored for `minion`.
     pub fn acked(&self, minion: &str) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let table = tx.open_table(ACKED)?;
         Ok(table.get(minion)?.map_or(0, |v| v.value()))
     }
 
-    /// Events matching `filter`, newest first.
-    pub fn list_events(&self, filter: &EventFilter) -> Result<Vec<StoredEvent>, StoreError> {
-        let tx = self.db.begin_read()?;
+    /// Events matching `filter`, newest first, stored before
+    /// `filter.before_id` when given; at most `page` of them (and at most
+    /// `filter.limit`). When the page filled before the list was done,
+    /// also the id to ask again from (as `before_id`): a long listing is
+    /// never held whole in memory.
+    pub fn list_events(
+        &self,
+        filter: &EventFilter,
+        page: usize,
+    ) -> Result<(Vec<StoredEvent>, Option<u64>), StoreError> {
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let table = tx.open_table(EVENTS)?;
         let mut out = Vec::new();
-        for entry in table.iter()?.rev() {
+        let range = match filter.before_id {
+            Some(before) => table.range(..before)?,
+            None => table.range(0..)?,
+        };
+        let page = page.max(1);
+        for entry in range.rev() {
             let (k, v) = entry?;
             let rec = decode::<StoredEvent>("events", k.value(), v.value())?;
             if filter.since_us.is_some_and(|since| rec.stored_us < since) {
@@ -272,13 +371,17 @@ impl Store {
             if out.len() >= filter.limit {
                 break;
             }
+            if out.len() >= page {
+                return Ok((out, Some(k.value())));
+            }
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     /// Events stored after store id `after`, oldest first, at most `limit`.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let table = tx.open_table(EVENTS)?;
         let mut out = Vec::new();
         for entry in table.range(after + 1..)? {
@@ -307,7 +410,8 @@ impl Store {
         if upto <= after {
             return Ok((out, last));
         }
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let table = tx.open_table(EVENTS)?;
         for (looked, entry) in table.range(after + 1..=upto)?.enumerate() {
             if looked >= scan || out.len() >= filter.limit {
@@ -326,7 +430,8 @@ impl Store {
     /// The id of the first event stored at or after `since_us` (the next id
     /// if there is none).
     pub fn first_id_since(&self, since_us: i64) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let table = tx.open_table(EVENTS)?;
         let mut first = self.next_event.load(Ordering::Relaxed);
         for entry in table.iter()?.rev() {
@@ -342,7 +447,8 @@ impl Store {
 
     /// The id of the last event stored (0 when there is none).
     pub fn last_event_id(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let table = tx.open_table(EVENTS)?;
         Ok(table.last()?.map_or(0, |(k, _)| k.value()))
     }
@@ -350,7 +456,8 @@ impl Store {
     /// How many events are stored.
     pub fn event_count(&self) -> Result<u64, StoreError> {
         use redb::ReadableTableMetadata;
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         Ok(tx.open_table(EVENTS)?.len()?)
     }
 
@@ -373,7 +480,8 @@ impl Store {
         batch: usize,
     ) -> Result<usize, StoreError> {
         use redb::ReadableTableMetadata;
-        let tx = self.db.begin_write()?;
+        let db = self.db()?;
+        let tx = db.begin_write()?;
         let mut removed = 0;
         {
             let mut events = tx.open_table(EVENTS)?;
@@ -406,7 +514,8 @@ impl Store {
     /// most `batch`, never the newest (ids go on from it); returns how
     /// many went.
     pub fn prune_jobs(&self, before_us: i64, batch: usize) -> Result<usize, StoreError> {
-        let tx = self.db.begin_write()?;
+        let db = self.db()?;
+        let tx = db.begin_write()?;
         let mut removed = 0;
         {
             let mut jobs = tx.open_table(JOBS)?;
@@ -432,15 +541,137 @@ impl Store {
 
     /// Creates or updates a job.
     pub fn put_job(&self, job: &Job) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        tx.open_table(JOBS)?
-            .insert(job.id, job.encode_to_vec().as_slice())?;
+        let db = self.db()?;
+        let tx = db.begin_write()?;
+        write_job(&tx, job)?;
         tx.commit()?;
         Ok(())
     }
 
+    /// Ends every job not finished (left running or queued by a master
+    /// that stopped): status `interrupted`, each minion without an answer
+    /// too, with why. Returns them, to be announced.
+    pub fn interrupt_unfinished(&self, why: &str) -> Result<Vec<Job>, StoreError> {
+        let db = self.db()?;
+        let tx = db.begin_write()?;
+        let mut out = Vec::new();
+        {
+            let ids: Vec<u64> = {
+                let running = tx.open_table(RUNNING)?;
+                running
+                    .iter()?
+                    .map(|e| e.map(|(k, _)| k.value()))
+                    .collect::<Result<_, _>>()?
+            };
+            let jobs = tx.open_table(JOBS)?;
+            let mut found = Vec::new();
+            for id in &ids {
+                if let Some(v) = jobs.get(*id)? {
+                    found.push(decode::<Job>("jobs", *id, v.value())?);
+                }
+            }
+            drop(jobs);
+            tx.open_table(RUNNING)?.retain(|_, _| false)?;
+            let now = now_us();
+            for mut job in found {
+                if job.finished_us > 0 {
+                    continue;
+                }
+                job.status = "interrupted".into();
+                job.finished_us = now;
+                for r in &mut job.minions {
+                    if matches!(r.status.as_str(), "" | "running" | "queued") {
+                        r.status = "interrupted".into();
+                        r.error = why.to_string();
+                    }
+                }
+                if job.minions.is_empty() {
+                    job.minions.push(MinionResult {
+                        minion: job.trigger_minion.clone(),
+                        status: "interrupted".into(),
+                        error: why.to_string(),
+                        ..Default::default()
+                    });
+                }
+                write_job(&tx, &job)?;
+                out.push(job);
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// The id of the last event the reactor evaluated (its reactions
+    /// stored).
+    pub fn reactor_cursor(&self) -> Result<u64, StoreError> {
+        let db = self.db()?;
+        let tx = db.begin_read()?;
+        let meta = tx.open_table(META)?;
+        Ok(meta.get(REACTOR_CURSOR)?.map_or(0, |v| v.value()))
+    }
+
+    /// The reactor's saved group states, by key.
+    pub fn reactor_state(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let db = self.db()?;
+        let tx = db.begin_read()?;
+        let table = tx.open_table(REACTOR)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Stores what the reactor made of the events up to `r.cursor`, in one
+    /// transaction: the cursor, the group states, the fired events and the
+    /// jobs. Returns the fired events as stored.
+    pub fn commit_reactions(&self, r: Reactions) -> Result<Vec<StoredEvent>, StoreError> {
+        let _guard = self.append.lock().unwrap_or_else(|p| p.into_inner());
+        let db = self.db()?;
+        let tx = db.begin_write()?;
+        let mut stored = Vec::with_capacity(r.events.len());
+        let mut next_id = self.next_event.load(Ordering::Relaxed);
+        {
+            tx.open_table(META)?.insert(REACTOR_CURSOR, r.cursor)?;
+            let mut state = tx.open_table(REACTOR)?;
+            if r.clear_state {
+                state.retain(|_, _| false)?;
+            }
+            for (key, bytes) in &r.state {
+                match bytes {
+                    Some(b) => {
+                        state.insert(key.as_str(), b.as_slice())?;
+                    }
+                    None => {
+                        state.remove(key.as_str())?;
+                    }
+                }
+            }
+            let stored_us = now_us();
+            let mut events = tx.open_table(EVENTS)?;
+            for event in r.events {
+                let rec = StoredEvent {
+                    id: next_id,
+                    stored_us,
+                    event: Some(event),
+                };
+                events.insert(next_id, rec.encode_to_vec().as_slice())?;
+                next_id += 1;
+                stored.push(rec);
+            }
+        }
+        for job in &r.jobs {
+            write_job(&tx, job)?;
+        }
+        tx.commit()?;
+        self.next_event.store(next_id, Ordering::Relaxed);
+        Ok(stored)
+    }
+
     pub fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let table = tx.open_table(JOBS)?;
         table
             .get(id)?
@@ -450,7 +681,8 @@ impl Store {
 
     /// The newest `limit` jobs, newest first.
     pub fn list_jobs(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let table = tx.open_table(JOBS)?;
         let mut out = Vec::new();
         for entry in table.iter()?.rev().take(limit) {
@@ -462,7 +694,8 @@ impl Store {
 
     /// Records what the master knows of a minion.
     pub fn put_minion(&self, info: &MinionInfo) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
+        let db = self.db()?;
+        let tx = db.begin_write()?;
         tx.open_table(MINIONS)?
             .insert(info.id.as_str(), info.encode_to_vec().as_slice())?;
         tx.commit()?;
@@ -471,7 +704,8 @@ impl Store {
 
     /// Every minion the master has heard from.
     pub fn minions(&self) -> Result<Vec<MinionInfo>, StoreError> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let table = tx.open_table(MINIONS)?;
         let mut out = Vec::new();
         for entry in table.iter()? {
@@ -480,6 +714,31 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Writes a job, and keeps the index of unfinished ones.
+fn write_job(tx: &redb::WriteTransaction, job: &Job) -> Result<(), StoreError> {
+    tx.open_table(JOBS)?
+        .insert(job.id, job.encode_to_vec().as_slice())?;
+    let mut running = tx.open_table(RUNNING)?;
+    if job.finished_us == 0 {
+        running.insert(job.id, ())?;
+    } else {
+        running.remove(job.id)?;
+    }
+    Ok(())
+}
+
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    // redb's page cache defaults to 1 GiB; the master needs its recent
+    // pages, not the whole history in memory.
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|error| StoreError::Open {
+            path: path.to_path_buf(),
+            error,
+        })
 }
 
 fn decode<M: Message + Default>(
@@ -671,30 +930,154 @@ mod tests {
             .append(vec![incoming("a", &[1, 2]), incoming("b", &[1])], vec![])
             .unwrap();
         let all = store
-            .list_events(&EventFilter {
-                limit: 10,
-                ..Default::default()
-            })
-            .unwrap();
+            .list_events(
+                &EventFilter {
+                    limit: 10,
+                    ..Default::default()
+                },
+                1000,
+            )
+            .unwrap()
+            .0;
         assert_eq!(all.len(), 3);
         assert!(all[0].id > all[1].id);
         let only_b = store
-            .list_events(&EventFilter {
-                minion: Some("b".into()),
-                limit: 10,
-                ..Default::default()
-            })
-            .unwrap();
+            .list_events(
+                &EventFilter {
+                    minion: Some("b".into()),
+                    limit: 10,
+                    ..Default::default()
+                },
+                1000,
+            )
+            .unwrap()
+            .0;
         assert_eq!(only_b.len(), 1);
         let glob = globset::Glob::new("minion/a/*").unwrap().compile_matcher();
         let by_tag = store
-            .list_events(&EventFilter {
-                tag: Some(glob),
-                limit: 1,
+            .list_events(
+                &EventFilter {
+                    tag: Some(glob),
+                    limit: 1,
+                    ..Default::default()
+                },
+                1000,
+            )
+            .unwrap()
+            .0;
+        assert_eq!(by_tag.len(), 1);
+        assert_eq!(by_tag[0].event.as_ref().unwrap().seq, 2);
+    }
+
+    #[test]
+    fn a_long_listing_comes_in_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let seqs: Vec<u64> = (1..=25).collect();
+        store.append(vec![incoming("a", &seqs)], vec![]).unwrap();
+        let mut filter = EventFilter {
+            limit: 1000,
+            ..Default::default()
+        };
+        let mut seen = Vec::new();
+        loop {
+            let (page, next) = store.list_events(&filter, 10).unwrap();
+            assert!(page.len() <= 10);
+            seen.extend(page.iter().map(|e| e.id));
+            match next {
+                Some(before) => filter.before_id = Some(before),
+                None => break,
+            }
+        }
+        assert_eq!(seen, (1..=25).rev().collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn reactions_are_stored_with_the_cursor_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.reactor_cursor().unwrap(), 0);
+        store.append(vec![incoming("a", &[1, 2])], vec![]).unwrap();
+        let job = Job {
+            id: store.next_job_id(),
+            kind: "fire".into(),
+            created_us: 1,
+            finished_us: 2,
+            status: "ok".into(),
+            ..Default::default()
+        };
+        let fired = store
+            .commit_reactions(Reactions {
+                cursor: 2,
+                state: vec![("r\0web1".into(), Some(vec![1, 2, 3]))],
+                events: vec![ev("a", 0)],
+                jobs: vec![job.clone()],
                 ..Default::default()
             })
             .unwrap();
-        assert_eq!(by_tag.len(), 1);
-        assert_eq!(by_tag[0].event.as_ref().unwrap().seq, 2);
+        assert_eq!(fired[0].id, 3, "fired events go after the stored ones");
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.reactor_cursor().unwrap(), 2);
+        assert_eq!(
+            store.reactor_state().unwrap(),
+            vec![("r\0web1".to_string(), vec![1, 2, 3])]
+        );
+        assert_eq!(store.job(job.id).unwrap().unwrap().status, "ok");
+        store
+            .commit_reactions(Reactions {
+                cursor: 3,
+                clear_state: true,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(store.reactor_state().unwrap().is_empty());
+    }
+
+    #[test]
+    fn jobs_left_unfinished_are_interrupted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let running = Job {
+            id: 1,
+            status: "running".into(),
+            created_us: 1,
+            minions: vec![MinionResult {
+                minion: "web1".into(),
+                status: "running".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let done = Job {
+            id: 2,
+            status: "ok".into(),
+            created_us: 1,
+            finished_us: 2,
+            ..Default::default()
+        };
+        store.put_job(&running).unwrap();
+        store.put_job(&done).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let ended = store.interrupt_unfinished("the master stopped").unwrap();
+        assert_eq!(ended.len(), 1);
+        let job = store.job(1).unwrap().unwrap();
+        assert_eq!(job.status, "interrupted");
+        assert!(job.finished_us > 0);
+        assert_eq!(job.minions[0].status, "interrupted");
+        assert_eq!(store.job(2).unwrap().unwrap().status, "ok");
+        assert!(store.interrupt_unfinished("again").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_store_reopens_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.append(vec![incoming("a", &[1])], vec![]).unwrap();
+        store.reopen().unwrap();
+        store.probe().unwrap();
+        let out = store.append(vec![incoming("a", &[1, 2])], vec![]).unwrap();
+        assert_eq!((out.stored.len(), out.duplicates), (1, 1));
     }
 }

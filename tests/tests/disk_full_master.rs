@@ -1,0 +1,134 @@
+//! The master's disk fills: the store refuses writes, the master says so
+//! (`tend status`, metrics) and stops acknowledging, so the minions keep
+//! their events; when space returns the store is reopened without a
+//! restart and every accepted event is stored, once.
+//!
+//! The master's data dir is a real, small tmpfs (the tests run as root).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tend_e2e::{Master, Minion, wait_until};
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "cannot mount a tmpfs on {}", dir.display());
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes zeros into `path` until the disk is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+}
+
+fn send(minion: &Minion, tag: &str, count: u64) -> u64 {
+    let out = minion.send(tag, count);
+    assert!(
+        out.status.success(),
+        "send failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    count
+}
+
+#[test]
+fn a_full_disk_stops_acknowledgements_and_the_store_recovers_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("master");
+    // Declared before the master: the master is stopped before the
+    // unmount.
+    let _disk = Tmpfs::mount(&dir.join("data"), "16m");
+    let mut master = Master::new(&dir, "");
+    master.start();
+    let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &master, "");
+    minion.start();
+    master.wait_connected("m1");
+    let stored = |m: &Master| {
+        m.events(&["--tag", "minion/m1/event/during", "--limit", "1000000"])
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect::<Vec<u64>>()
+    };
+
+    fill(&dir.join("data/filler"));
+    // Events keep coming until the store refuses them.
+    let mut sent = 0;
+    let status = wait_until(
+        Duration::from_secs(120),
+        "the master's status to show the store failing",
+        || {
+            let status = master.tend_json(&["status"]).pop().unwrap();
+            if status["store_error"].is_string() {
+                return Some(status);
+            }
+            sent += send(&minion, "during", 200);
+            None
+        },
+    );
+    sent += send(&minion, "during", 200);
+    let error = status["store_error"].as_str().unwrap();
+    assert!(!error.is_empty(), "{status}");
+    assert!(status["counters"]["store_failures"].as_u64() > Some(0));
+    // Nothing more is acknowledged while it fails.
+    let acked = |m: &Master| {
+        m.tend_json(&["minions"])
+            .iter()
+            .find(|x| x["id"] == "m1")
+            .and_then(|x| x["acked_seq"].as_u64())
+            .unwrap_or(0)
+    };
+    let acked_while_failing = acked(&master);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        acked(&master),
+        acked_while_failing,
+        "acknowledged while failing"
+    );
+
+    // Space returns: the store works again, without a restart.
+    std::fs::remove_file(dir.join("data/filler")).unwrap();
+    wait_until(Duration::from_secs(60), "the store to work again", || {
+        let status = master.tend_json(&["status"]).pop().unwrap();
+        status["store_error"].is_null().then_some(())
+    });
+    let pid_before = master.daemon().child.id();
+    wait_until(
+        Duration::from_secs(120),
+        "every event sent while the disk was full to be stored",
+        || (stored(&master).len() as u64 >= sent).then_some(()),
+    );
+    let seqs = stored(&master);
+    let unique: HashSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(unique.len(), seqs.len(), "an event was stored twice");
+    assert_eq!(seqs.len() as u64, sent, "events lost or extra");
+    assert!(
+        !master
+            .events(&["--tag", "master/store/recovered"])
+            .is_empty(),
+        "the recovery is announced"
+    );
+    assert!(master.daemon().is_running());
+    assert_eq!(master.daemon().child.id(), pid_before, "no restart");
+}

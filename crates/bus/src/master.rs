@@ -822,8 +822,9 @@ impl Shared {
     }
 }
 
-/// Checks one event from minion `minion` before it goes anywhere.
-fn check_event(minion: &str, event: &Event, max: usize) -> Result<(), String> {
+/// Checks one event from minion `minion` before it goes anywhere (public
+/// for the fuzz targets).
+pub fn check_event(minion: &str, event: &Event, max: usize) -> Result<(), String> {
     if event.minion != minion {
         return Err(format!(
             "event claims minion {:?} but arrived on {minion:?}'s session",

@@ -19,6 +19,9 @@ pub struct TargetError {
     pub message: String,
 }
 
+/// Words (ids, facts, operators, parentheses) in one target, at most.
+const MAX_WORDS: usize = 512;
+
 #[derive(Debug, Clone)]
 pub enum Target {
     /// Any of these id globs.
@@ -42,6 +45,16 @@ impl Target {
         let tokens: Vec<&str> = spaced.split_whitespace().collect();
         if tokens.is_empty() {
             return Err(err("it is empty".into()));
+        }
+        // Parsing, matching and dropping a target recurse once per `not`,
+        // `(` and `and`/`or`: a bound on its words bounds that depth, so a
+        // long `not not not ...` from a control request cannot overflow
+        // the master's stack.
+        if tokens.len() > MAX_WORDS {
+            return Err(err(format!(
+                "it has {} words; at most {MAX_WORDS} are allowed",
+                tokens.len()
+            )));
         }
         let mut pos = 0;
         let t = parse_or(&tokens, &mut pos).map_err(err)?;
@@ -186,5 +199,21 @@ mod tests {
         for bad in ["", "(web*", "web* and", "and", "os:", "a[", "web* web2"] {
             assert!(Target::parse(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn a_deeply_nested_target_is_refused_not_a_stack_overflow() {
+        // Found by reading the fuzz target for control requests: 20,000
+        // `not`s (80 KB, well under a message) overflowed the stack.
+        for deep in [
+            format!("{}web1", "not ".repeat(20_000)),
+            format!("{}web1{}", "(".repeat(20_000), ")".repeat(20_000)),
+            format!("web1{}", " or w".repeat(20_000)),
+        ] {
+            let e = Target::parse(&deep).expect_err("too deep");
+            assert!(e.message.contains("at most 512"), "{e}");
+        }
+        let wide = format!("web1{}", " or w".repeat(255));
+        assert!(Target::parse(&wide).is_ok());
     }
 }

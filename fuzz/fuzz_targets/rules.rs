@@ -1,0 +1,4 @@
+//! Fuzzes `tend_fuzz_targets::rules` (what it decodes is said there).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tend_fuzz_targets::rules(data));

@@ -37,7 +37,7 @@ mod master_config;
 #[path = "../../minion/src/config.rs"]
 mod minion_config;
 #[allow(dead_code)]
-#[path = "../../minion/src/outbox.rs"]
+#[path = "../../minion/src/outbox/mod.rs"]
 mod outbox;
 
 /// Every target, by the name of its fuzzer and corpus directory
@@ -54,6 +54,9 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("minion_config", minion_config),
     ("outbox", outbox),
 ];
+
+/// The connection (routing id) every fuzzed handshake message comes on.
+const ROUTE: &[u8] = b"fuzz";
 
 /// The minion the fuzzed events and hellos claim to come from.
 const MINION: &str = "web1";
@@ -73,9 +76,9 @@ fn pair() -> &'static Pair {
         let peer_identity = Arc::new(Identity::ephemeral().expect("a key"));
         let (init, hello) = Initiator::start(peer_identity.clone(), MINION, PeerKind::Minion, "f")
             .expect("a hello");
-        let challenge = master.on_hello(&hello).expect("a challenge");
+        let challenge = master.on_hello(&hello, ROUTE).expect("a challenge");
         let opened = init.finish(&challenge).expect("a session");
-        let authed = master.on_auth(&opened.auth).expect("an auth");
+        let authed = master.on_auth(&opened.auth, ROUTE).expect("an auth");
         Pair {
             master,
             master_session: authed.session,
@@ -116,11 +119,11 @@ pub fn handshake(data: &[u8]) {
         match msg.body {
             Some(minion_message::Body::Hello(hello)) => {
                 if tend_proto::validate_minion_id(&hello.minion).is_ok() {
-                    let _ = pair.master.on_hello(&hello);
+                    let _ = pair.master.on_hello(&hello, ROUTE);
                 }
             }
             Some(minion_message::Body::Auth(auth)) => {
-                let _ = pair.master.on_auth(&auth);
+                let _ = pair.master.on_auth(&auth, ROUTE);
             }
             _ => {}
         }

@@ -136,7 +136,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
     let keys = Arc::new(KeyStore::open(
         &cfg.data_dir.join("keys"),
         cfg.auto_accept,
-        cfg.accept_fingerprints.clone(),
+        cfg.preseeds.clone(),
     )?);
     let store = Arc::new(Store::open(&cfg.data_dir)?);
     let last_event = store.last_event_id()?;

@@ -205,6 +205,87 @@ fn finding_4_a_preseeded_fingerprint_is_one_identity_of_one_kind() {
 }
 
 #[test]
+fn finding_12_secrets_are_not_targeted_by_what_a_minion_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("db-password");
+    let mut master = Master::new(&tmp.path().join("master"), "");
+    master.state_file(
+        "dbsecret.toml",
+        &format!(
+            "[db-password]\ntype = \"file.managed\"\npath = {:?}\ntemplate = true\n\
+             contents = \"hunter2 for {{{{ minion }}}}\"\nmode = \"0600\"\n",
+            secret.display()
+        ),
+    );
+    // Targeted by a fact the minion reports: --check-config warns, and
+    // says what to target by instead.
+    master.state_file(
+        "top.toml",
+        "[[target]]\nmatch = \"label.role:db\"\nstates = [\"dbsecret\"]\n",
+    );
+    let (code, said) = run_daemon("tend-master", &master.config(), &["--check-config"]);
+    assert_eq!(code, 0, "a warning, not an error: {said}");
+    assert!(
+        said.contains("warning")
+            && said.contains("dbsecret")
+            && said.contains("label.role:db")
+            && said.contains("key.role:db"),
+        "{said}"
+    );
+
+    // By a label the master assigns: no warning, and a lying minion gets
+    // nothing.
+    master.state_file(
+        "top.toml",
+        "[[target]]\nmatch = \"key.role:db\"\nstates = [\"dbsecret\"]\n",
+    );
+    let (code, said) = run_daemon("tend-master", &master.config(), &["--check-config"]);
+    assert_eq!(code, 0, "{said}");
+    assert!(!said.contains("warning"), "{said}");
+    master.start();
+    let mut liar = Minion::new(
+        &tmp.path().join("liar"),
+        "mallory",
+        &master,
+        "labels = { role = \"db\" }",
+    );
+    liar.start();
+    let mut db = Minion::new(&tmp.path().join("db"), "db1", &master, "");
+    db.start();
+    master.wait_connected("mallory");
+    master.wait_connected("db1");
+    let out = master.tend(&["keys", "label", "db1", "role=db"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let job = &master.tend_json(&["apply", "key.role:db"])[0];
+    let minions: Vec<&str> = job["minions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["minion"].as_str().unwrap())
+        .collect();
+    assert_eq!(minions, ["db1"], "{job}");
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "hunter2 for db1");
+    // The whole fleet's top-file apply: the liar gets no states.
+    let out = master.tend(&["apply", "*"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap(),
+        "hunter2 for db1",
+        "a minion's word got it a secret"
+    );
+    // The label is the master's: listed with the key.
+    let listed = master.tend_json(&["keys", "list"]);
+    assert!(
+        listed[0]["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["name"] == "db1" && k["labels"]["role"] == "db"),
+        "{listed:?}"
+    );
+}
+
+#[test]
 fn finding_13_a_key_named_like_a_temp_file_is_listed_and_kept() {
     let tmp = tempfile::tempdir().unwrap();
     let mut master = Master::new(&tmp.path().join("master"), "auto_accept = false");

@@ -164,8 +164,7 @@ pub fn exec(client: &mut ControlClient, what: KeysCommand, json: bool) -> anyhow
                 }
                 eprintln!("{pattern:?} matches these pending keys:\n{list}{notes}");
                 if !confirm(&format!("Accept these {}?", preview.keys.len()))? {
-                    eprintln!("nothing accepted");
-                    return Ok(ExitCode::from(1));
+                    bail!("nothing accepted: the operator did not confirm");
                 }
             }
             // Exactly what was shown: by name and fingerprint each.

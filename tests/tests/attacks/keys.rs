@@ -43,6 +43,32 @@ fn status(endpoint: &str, identity: &Arc<Identity>, name: &str, kind: PeerKind) 
     }
 }
 
+/// Runs `tend ARGS` on a terminal (util-linux `script`), typing `input`.
+fn on_a_terminal(master: &Master, args: &str, input: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} --master {} {args}",
+            tend_e2e::bin("tend").display(),
+            master.control
+        ))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` runs tend on a terminal");
+    // Typed ahead: the terminal holds it until tend reads its answer.
+    // Stdin stays open until tend is done, so `script` does not end the
+    // session early.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    text(&out)
+}
+
 #[test]
 fn finding_2_a_second_key_never_replaces_a_pending_one() {
     let tmp = tempfile::tempdir().unwrap();
@@ -135,6 +161,19 @@ fn finding_3_a_glob_accepts_pending_keys_only_and_asks_first() {
     assert_eq!(status(&ep, &web1, "web1", PeerKind::Minion), "welcome");
     assert_eq!(status(&ep, &impostor, "web1", PeerKind::Minion), "denied");
     assert_eq!(status(&ep, &web3, "web3", PeerKind::Minion), "welcome");
+
+    // On a terminal the operator is shown the keys and asked.
+    let web4 = key();
+    assert_eq!(status(&ep, &web4, "web4", PeerKind::Minion), "pending");
+    let said = on_a_terminal(&master, "keys accept 'web*'", "n\n");
+    assert!(
+        said.contains(&fp(&web4)) && said.contains("[y/N]"),
+        "{said}"
+    );
+    assert_eq!(status(&ep, &web4, "web4", PeerKind::Minion), "pending");
+    let said = on_a_terminal(&master, "keys accept 'web*'", "y\n");
+    assert!(said.contains("accepted: web4"), "{said}");
+    assert_eq!(status(&ep, &web4, "web4", PeerKind::Minion), "welcome");
 
     // A glob never accepts a rejected key either.
     let out = master.tend(&["keys", "accept", "db*", "--yes"]);

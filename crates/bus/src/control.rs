@@ -246,7 +246,8 @@ impl ControlClient {
             }
         };
         let opened = init.finish(&challenge)?;
-        pin.check(&opened.master_key).map_err(BusError::Handshake)?;
+        pin.check(&opened.master_key)
+            .map_err(|e| BusError::Handshake(e.to_string()))?;
         client.session = Some(opened.session);
         client.send_clear(minion_message::Body::Auth(opened.auth))?;
         match client.recv_master(deadline)? {

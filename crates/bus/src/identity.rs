@@ -5,8 +5,7 @@
 //! of the 32 key bytes, the way operators compare and pin keys.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ring::rand::SystemRandom;
@@ -81,19 +80,10 @@ impl Identity {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(write_err)?;
         }
-        // Written to a temp file created 0600, then renamed: the key is
-        // never readable by others, not even for an instant.
-        let tmp = path.with_extension("tmp");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(write_err)?;
-        f.write_all(der.as_ref()).map_err(write_err)?;
-        f.sync_all().map_err(write_err)?;
-        fs::rename(&tmp, path).map_err(write_err)?;
+        // Written to a temp file created 0600 (O_EXCL, unpredictable
+        // name), synced, then renamed: the key is never readable by others,
+        // not even for an instant, and never half-written.
+        crate::durable::write_atomic(path, der.as_ref()).map_err(write_err)?;
         let pair =
             Ed25519KeyPair::from_pkcs8(der.as_ref()).map_err(|_| IdentityError::Invalid {
                 path: path.to_path_buf(),
@@ -143,6 +133,18 @@ pub fn fingerprint(public_key: &[u8]) -> String {
     s
 }
 
+/// Why a master's key was not taken.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PinError {
+    /// Not the pinned master: refused until an operator acts.
+    #[error("{0}")]
+    Refused(String),
+    /// The key could not be recorded or read (a full disk, say): worth
+    /// trying again soon.
+    #[error("{0}")]
+    Io(String),
+}
+
 /// How a peer knows it talks to the right master.
 #[derive(Debug, Clone)]
 pub enum MasterPin {
@@ -156,37 +158,56 @@ pub enum MasterPin {
 
 impl MasterPin {
     /// Whether `key` is the master's. Records it on first use.
-    pub fn check(&self, key: &[u8]) -> Result<(), String> {
+    pub fn check(&self, key: &[u8]) -> Result<(), PinError> {
         let seen = fingerprint(key);
         match self {
             MasterPin::Fingerprint(want) if *want == seen => Ok(()),
-            MasterPin::Fingerprint(want) => Err(format!(
+            MasterPin::Fingerprint(want) => Err(PinError::Refused(format!(
                 "the master presented key {seen}, but the configured master_fingerprint is {want}: refusing it"
-            )),
+            ))),
             MasterPin::FirstUse(path) => match fs::read_to_string(path) {
                 Ok(known) if known.trim() == seen => Ok(()),
-                Ok(known) => Err(format!(
+                // An empty pin records nothing: older versions left
+                // one behind when the disk was full at first contact.
+                Ok(known) if known.trim().is_empty() => Self::record(path, &seen),
+                Ok(known) if !is_fingerprint(known.trim()) => Err(PinError::Refused(format!(
+                    "the master's key recorded in {} is not a fingerprint (sha256:<64 hex digits>): refusing every master. \
+                     Delete that file to trust the next master on first use, or set master_fingerprint.",
+                    path.display()
+                ))),
+                Ok(known) => Err(PinError::Refused(format!(
                     "the master presented key {seen}, but the master first seen had {} (recorded in {}): refusing it. \
                      If the master's key really changed, delete that file.",
                     known.trim(),
                     path.display()
-                )),
-                Err(_) => {
-                    if let Some(dir) = path.parent() {
-                        let _ = fs::create_dir_all(dir);
-                    }
-                    fs::write(path, format!("{seen}\n")).map_err(|e| {
-                        format!("cannot record the master's key in {}: {e}", path.display())
-                    })?;
-                    tracing::warn!(
-                        fingerprint = %seen,
-                        file = %path.display(),
-                        "trusting the master's key on first use; set master_fingerprint to pin it"
-                    );
-                    Ok(())
-                }
+                ))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::record(path, &seen),
+                Err(e) => Err(PinError::Io(format!(
+                    "cannot read the master's recorded key {}: {e}",
+                    path.display()
+                ))),
             },
         }
+    }
+
+    /// Records the master's key on first use: whole or not at all, so a
+    /// full disk leaves no empty pin that would refuse the real master.
+    fn record(path: &Path, seen: &str) -> Result<(), PinError> {
+        if let Some(dir) = path.parent() {
+            let _ = fs::create_dir_all(dir);
+        }
+        crate::durable::write_atomic(path, format!("{seen}\n").as_bytes()).map_err(|e| {
+            PinError::Io(format!(
+                "cannot record the master's key in {}: {e}",
+                path.display()
+            ))
+        })?;
+        tracing::warn!(
+            fingerprint = %seen,
+            file = %path.display(),
+            "trusting the master's key on first use; set master_fingerprint to pin it"
+        );
+        Ok(())
     }
 }
 
@@ -231,6 +252,27 @@ mod tests {
             Identity::load_or_create(&path),
             Err(IdentityError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn a_first_use_pin_is_recorded_whole_and_an_empty_one_is_not_a_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.fingerprint");
+        let (a, b) = (
+            Identity::ephemeral().unwrap(),
+            Identity::ephemeral().unwrap(),
+        );
+        let pin = MasterPin::FirstUse(path.clone());
+        // Left by a failed write of an older version.
+        fs::write(&path, "").unwrap();
+        pin.check(&a.public_key()).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap().trim(), a.fingerprint());
+        pin.check(&a.public_key()).unwrap();
+        let e = pin.check(&b.public_key()).unwrap_err().to_string();
+        assert!(e.contains("first seen had"), "{e}");
+        fs::write(&path, "garbage\n").unwrap();
+        let e = pin.check(&a.public_key()).unwrap_err().to_string();
+        assert!(e.contains("not a fingerprint"), "{e}");
     }
 
     #[test]

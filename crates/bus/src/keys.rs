@@ -3,24 +3,40 @@
 //!
 //! ```text
 //! <dir>/minions/accepted/web1     hex of web1's Ed25519 public key
-//! <dir>/minions/pending/web2
+//! <dir>/minions/pending/web2      the first key that claimed web2
 //! <dir>/minions/rejected/...
-//! <dir>/minions/denied/web1       a *different* key that claimed web1
+//! <dir>/minions/denied/web1       other keys that claimed web1 (one a line)
+//! <dir>/minions/labels/web1       labels the master assigns (key=value lines)
 //! <dir>/operators/...             the same, for `tend` over TCP
 //! ```
 //!
-//! A name is bound to one key: a peer presenting another key for an
-//! accepted name is denied (and shown as such) until an operator decides.
-//! New keys wait in pending unless `auto_accept` is on (labs only) or
-//! their fingerprint is on the pre-seeded allow-list.
+//! A name never changes key silently: the first key to claim a name is the
+//! pending one, and any other key for a name that has a pending or an
+//! accepted key is kept apart as denied (a conflict, listed with its
+//! fingerprint) until an operator picks one by fingerprint. A glob accepts
+//! pending keys of names without a conflict, nothing else. A key is one
+//! identity: accepted under one kind and one name only. New keys wait in
+//! pending unless `auto_accept` is on (labs only) or a pre-seeded entry
+//! binds their fingerprint to that kind and name.
+//!
+//! Every file is written whole (temp file, fsync, rename); temp files start
+//! with `.`, which no name may, so they are never taken for a key.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use globset::GlobMatcher;
 use tend_proto::v1::PeerKind;
 
+use crate::durable::write_atomic;
 use crate::identity::fingerprint;
+
+/// Denied keys kept per name: the newest, so an attacker spinning keys
+/// cannot grow the store, and the latest claimant is always shown.
+const MAX_DENIED_PER_NAME: usize = 8;
+/// Labels the master may assign to one minion.
+const MAX_LABELS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyState {
@@ -48,12 +64,38 @@ impl KeyState {
     ];
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeyEntry {
     pub name: String,
     pub kind: PeerKind,
     pub state: KeyState,
     pub fingerprint: String,
+    /// Labels the master assigned (accepted minion keys only).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A fingerprint accepted on sight, pre-seeded by provisioning: for one
+/// kind of peer and a name or name glob.
+#[derive(Debug, Clone)]
+pub struct Preseed {
+    pub fingerprint: String,
+    pub kind: PeerKind,
+    pub name: GlobMatcher,
+}
+
+impl Preseed {
+    /// `name` is a name or a name glob (`web-*`).
+    pub fn new(fingerprint: &str, kind: PeerKind, name: &str) -> Result<Self, KeyError> {
+        Ok(Self {
+            fingerprint: fingerprint.to_string(),
+            kind,
+            name: glob(name)?,
+        })
+    }
+
+    fn allows(&self, kind: PeerKind, name: &str, fp: &str) -> bool {
+        self.kind == kind && self.fingerprint == fp && self.name.is_match(name)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,19 +107,68 @@ pub enum KeyError {
     },
     #[error("bad name pattern {pattern:?}: {error}")]
     Pattern { pattern: String, error: String },
-    #[error("no {kind} key matches {pattern:?} in state {states}")]
+    #[error("no {kind} key matches {pattern:?} in state {states}{note}")]
     NoMatch {
         kind: &'static str,
         pattern: String,
         states: String,
+        note: String,
     },
+    #[error(
+        "{kind} {name:?} has more than one key: {keys}. Pick one: tend keys accept {flag}{name} --fingerprint sha256:..."
+    )]
+    Conflict {
+        kind: &'static str,
+        flag: &'static str,
+        name: String,
+        keys: String,
+    },
+    #[error("{kind} {name:?} has no key {fingerprint}; its keys: {keys}")]
+    NoSuchKey {
+        kind: &'static str,
+        name: String,
+        fingerprint: String,
+        keys: String,
+    },
+    #[error(
+        "key {fingerprint} is already accepted as {kind} {name:?}: a key is one identity. \
+         Delete that one first (tend keys delete {flag}{name}) if it really moves."
+    )]
+    OtherIdentity {
+        fingerprint: String,
+        kind: &'static str,
+        flag: &'static str,
+        name: String,
+    },
+    #[error("--fingerprint picks one key of one name: give the name, not the glob {pattern:?}")]
+    GlobWithFingerprint { pattern: String },
+    #[error("bad label {label:?}: {reason}")]
+    Label { label: String, reason: String },
+    #[error("minion {name:?} has no accepted key: only accepted minions take labels")]
+    NotAccepted { name: String },
+}
+
+/// Who an accepted key is.
+#[derive(Debug, Clone)]
+struct Holder {
+    kind: PeerKind,
+    name: String,
+    fingerprint: String,
+}
+
+/// What the store keeps in memory: who each accepted key is (so a key is
+/// one identity, checked without a directory scan) and the labels.
+#[derive(Default)]
+struct Index {
+    accepted: HashMap<Vec<u8>, Holder>,
+    labels: HashMap<String, BTreeMap<String, String>>,
 }
 
 pub struct KeyStore {
     dir: PathBuf,
     auto_accept: bool,
-    allow: HashSet<String>,
-    lock: Mutex<()>,
+    preseeds: Vec<Preseed>,
+    index: Mutex<Index>,
 }
 
 fn kind_dir(kind: PeerKind) -> &'static str {
@@ -94,13 +185,21 @@ pub fn kind_name(kind: PeerKind) -> &'static str {
     }
 }
 
+/// `--operator ` where a command needs it.
+fn flag(kind: PeerKind) -> &'static str {
+    match kind {
+        PeerKind::Minion => "",
+        PeerKind::Operator => "--operator ",
+    }
+}
+
 fn hex(key: &[u8]) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
-    if !s.len().is_multiple_of(2) {
+    if s.is_empty() || !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -109,17 +208,102 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+fn glob(pattern: &str) -> Result<GlobMatcher, KeyError> {
+    globset::Glob::new(pattern)
+        .map(|g| g.compile_matcher())
+        .map_err(|e| KeyError::Pattern {
+            pattern: pattern.to_string(),
+            error: e.to_string(),
+        })
+}
+
+/// Whether a pattern is a glob rather than one name.
+fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '[', ']', '{', '}', '\\'])
+}
+
+/// A label name: what `key.<name>` targets.
+fn check_label(label: &str, value: &str) -> Result<(), KeyError> {
+    let bad = |reason: &str| KeyError::Label {
+        label: label.to_string(),
+        reason: reason.to_string(),
+    };
+    if label.is_empty() || label.len() > 64 {
+        return Err(bad("a label name is 1 to 64 characters"));
+    }
+    if !label
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err(bad("a label name is letters, digits, '_', '-' and '.'"));
+    }
+    if label == "fingerprint" {
+        return Err(bad(
+            "`fingerprint` is the key's own (target it as key.fingerprint:sha256:...)",
+        ));
+    }
+    if value.len() > 256 || value.chars().any(char::is_control) {
+        return Err(bad("a label value is at most 256 printable characters"));
+    }
+    Ok(())
+}
+
+/// The keys of one name, in every state.
+#[derive(Default)]
+struct NameKeys {
+    accepted: Option<Vec<u8>>,
+    pending: Option<Vec<u8>>,
+    rejected: Option<Vec<u8>>,
+    denied: Vec<Vec<u8>>,
+}
+
+impl NameKeys {
+    fn all(&self) -> Vec<(KeyState, &Vec<u8>)> {
+        let mut out = Vec::new();
+        for (state, key) in [
+            (KeyState::Accepted, &self.accepted),
+            (KeyState::Pending, &self.pending),
+            (KeyState::Rejected, &self.rejected),
+        ] {
+            if let Some(k) = key {
+                out.push((state, k));
+            }
+        }
+        out.extend(self.denied.iter().map(|k| (KeyState::Denied, k)));
+        out
+    }
+
+    fn describe(&self) -> String {
+        let all = self.all();
+        if all.is_empty() {
+            return "none".into();
+        }
+        all.iter()
+            .map(|(s, k)| format!("{} ({})", fingerprint(k), s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 impl KeyStore {
     /// Opens (creating) the store under `dir`.
     pub fn open(
         dir: &Path,
         auto_accept: bool,
-        allow: impl IntoIterator<Item = String>,
+        preseeds: impl IntoIterator<Item = Preseed>,
     ) -> Result<Self, KeyError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |error| KeyError::Io { path, error }
+        };
         for kind in [PeerKind::Minion, PeerKind::Operator] {
-            for state in KeyState::ALL {
-                let d = dir.join(kind_dir(kind)).join(state.as_str());
-                std::fs::create_dir_all(&d).map_err(|error| KeyError::Io { path: d, error })?;
+            for sub in KeyState::ALL
+                .map(KeyState::as_str)
+                .iter()
+                .chain(&["labels"])
+            {
+                let d = dir.join(kind_dir(kind)).join(sub);
+                std::fs::create_dir_all(&d).map_err(io(&d))?;
             }
         }
         if auto_accept {
@@ -127,12 +311,48 @@ impl KeyStore {
                 "auto_accept is on: any minion key is accepted on sight. For labs only."
             );
         }
-        Ok(Self {
+        let store = Self {
             dir: dir.to_path_buf(),
             auto_accept,
-            allow: allow.into_iter().collect(),
-            lock: Mutex::new(()),
-        })
+            preseeds: preseeds.into_iter().collect(),
+            index: Mutex::new(Index::default()),
+        };
+        let mut index = Index::default();
+        for kind in [PeerKind::Minion, PeerKind::Operator] {
+            for name in store.names(kind, KeyState::Accepted) {
+                let Some(key) = store.read(kind, KeyState::Accepted, &name).pop() else {
+                    continue;
+                };
+                let holder = Holder {
+                    kind,
+                    name: name.clone(),
+                    fingerprint: fingerprint(&key),
+                };
+                if let Some(other) = index.accepted.insert(key, holder) {
+                    // Two names with one key, from before a key was one
+                    // identity: both stay, and the operator is told.
+                    tracing::warn!(fingerprint = %other.fingerprint, first = %other.name, second = %name,
+                        "one key is accepted under two names: delete one (tend keys delete NAME --fingerprint ...)");
+                }
+            }
+        }
+        let labels_dir = dir.join("minions/labels");
+        for name in store.names_in(&labels_dir) {
+            let path = labels_dir.join(&name);
+            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            let labels: BTreeMap<String, String> = text
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            index.labels.insert(name, labels);
+        }
+        *store.lock() = index;
+        Ok(store)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn path(&self, kind: PeerKind, state: KeyState, name: &str) -> PathBuf {
@@ -142,10 +362,20 @@ impl KeyStore {
             .join(name)
     }
 
-    fn read(&self, kind: PeerKind, state: KeyState, name: &str) -> Option<Vec<u8>> {
+    /// The keys in one state file (several only for denied).
+    fn read(&self, kind: PeerKind, state: KeyState, name: &str) -> Vec<Vec<u8>> {
         std::fs::read_to_string(self.path(kind, state, name))
-            .ok()
-            .and_then(|s| unhex(&s))
+            .map(|s| s.lines().filter_map(unhex).collect())
+            .unwrap_or_default()
+    }
+
+    fn keys_of(&self, kind: PeerKind, name: &str) -> NameKeys {
+        NameKeys {
+            accepted: self.read(kind, KeyState::Accepted, name).pop(),
+            pending: self.read(kind, KeyState::Pending, name).pop(),
+            rejected: self.read(kind, KeyState::Rejected, name).pop(),
+            denied: self.read(kind, KeyState::Denied, name),
+        }
     }
 
     fn write(
@@ -153,81 +383,163 @@ impl KeyStore {
         kind: PeerKind,
         state: KeyState,
         name: &str,
-        key: &[u8],
+        keys: &[Vec<u8>],
     ) -> Result<(), KeyError> {
         let path = self.path(kind, state, name);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{}\n", hex(key)))
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|error| KeyError::Io { path, error })
+        if keys.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(error) => Err(KeyError::Io { path, error }),
+            };
+        }
+        let text: String = keys.iter().map(|k| format!("{}\n", hex(k))).collect();
+        write_atomic(&path, text.as_bytes()).map_err(|error| KeyError::Io { path, error })
     }
 
-    fn remove(&self, kind: PeerKind, state: KeyState, name: &str) {
-        let _ = std::fs::remove_file(self.path(kind, state, name));
+    fn write_one(
+        &self,
+        kind: PeerKind,
+        state: KeyState,
+        name: &str,
+        key: Option<&Vec<u8>>,
+    ) -> Result<(), KeyError> {
+        self.write(
+            kind,
+            state,
+            name,
+            key.map(std::slice::from_ref).unwrap_or(&[]),
+        )
+    }
+
+    /// Adds `key` to `name`'s denied keys (newest kept).
+    fn deny(&self, kind: PeerKind, name: &str, key: &[u8], why: &str) -> KeyState {
+        let mut denied = self.read(kind, KeyState::Denied, name);
+        if !denied.iter().any(|k| k == key) {
+            tracing::warn!(kind = kind_name(kind), %name, fingerprint = %fingerprint(key), "{why}: denied");
+            denied.push(key.to_vec());
+            let over = denied.len().saturating_sub(MAX_DENIED_PER_NAME);
+            denied.drain(..over);
+            if let Err(e) = self.write(kind, KeyState::Denied, name, &denied) {
+                tracing::error!(error = %e, "cannot record a denied key");
+            }
+        }
+        KeyState::Denied
+    }
+
+    fn names_in(&self, dir: &Path) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            // Temp files start with '.', which no name may.
+            .filter(|n| tend_proto::validate_minion_id(n).is_ok())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn names(&self, kind: PeerKind, state: KeyState) -> Vec<String> {
+        self.names_in(&self.dir.join(kind_dir(kind)).join(state.as_str()))
     }
 
     /// What to do with `name` presenting `key` (it proved it holds it).
-    /// Records a new key as pending (or accepted, when allowed) and a
-    /// different key for an accepted name as denied.
+    /// Records a new key as pending (or accepted, when allowed), and a
+    /// different key for a name with a pending or accepted key as denied.
     pub fn check(&self, kind: PeerKind, name: &str, key: &[u8]) -> KeyState {
         if tend_proto::validate_minion_id(name).is_err() {
             return KeyState::Rejected;
         }
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut index = self.lock();
         let fp = fingerprint(key);
-        if let Some(accepted) = self.read(kind, KeyState::Accepted, name) {
+        let keys = self.keys_of(kind, name);
+        if let Some(accepted) = &keys.accepted {
             if accepted == key {
                 return KeyState::Accepted;
             }
-            tracing::warn!(kind = kind_name(kind), %name, fingerprint = %fp, "a different key claims an accepted name: denied");
-            if let Err(e) = self.write(kind, KeyState::Denied, name, key) {
-                tracing::error!(error = %e, "cannot record a denied key");
-            }
-            return KeyState::Denied;
+            return self.deny(kind, name, key, "a different key claims an accepted name");
         }
-        if self.read(kind, KeyState::Rejected, name).is_some() {
+        if let Some(other) = index
+            .accepted
+            .get(key)
+            .filter(|h| !(h.kind == kind && h.name == name))
+        {
+            let why = format!(
+                "a key accepted as {} {:?} claims another identity",
+                kind_name(other.kind),
+                other.name
+            );
+            return self.deny(kind, name, key, &why);
+        }
+        if keys.rejected.is_some() {
             return KeyState::Rejected;
         }
-        let allowed = self.allow.contains(&fp) || (self.auto_accept && kind == PeerKind::Minion);
-        let state = if allowed {
-            KeyState::Accepted
-        } else {
-            KeyState::Pending
-        };
-        if self.read(kind, KeyState::Pending, name).as_deref() != Some(key) || allowed {
-            tracing::info!(kind = kind_name(kind), %name, fingerprint = %fp, state = state.as_str(), "new key");
-            if let Err(e) = self.write(kind, state, name, key) {
-                tracing::error!(error = %e, "cannot record a new key");
+        if keys.denied.iter().any(|k| k == key) {
+            return KeyState::Denied;
+        }
+        let preseeded = self.preseeds.iter().any(|p| p.allows(kind, name, &fp));
+        let on_sight = preseeded || (self.auto_accept && kind == PeerKind::Minion);
+        match &keys.pending {
+            // Only a pre-seeded binding outranks the key that came first.
+            Some(p) if p != key && !preseeded => {
+                self.deny(kind, name, key, "a different key claims a pending name")
             }
-            if allowed {
-                self.remove(kind, KeyState::Pending, name);
+            Some(_) if !on_sight => KeyState::Pending,
+            _ if on_sight => {
+                tracing::info!(kind = kind_name(kind), %name, fingerprint = %fp, preseeded, "new key accepted on sight");
+                // A pre-seeded binding outranks whatever key came first.
+                if let Some(p) = keys.pending.as_ref().filter(|p| *p != key) {
+                    self.deny(kind, name, p, "a pre-seeded key took the name");
+                }
+                let done = self
+                    .write_one(kind, KeyState::Accepted, name, Some(&key.to_vec()))
+                    .and_then(|()| self.write_one(kind, KeyState::Pending, name, None));
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "cannot record an accepted key");
+                    return KeyState::Pending;
+                }
+                index.accepted.insert(
+                    key.to_vec(),
+                    Holder {
+                        kind,
+                        name: name.to_string(),
+                        fingerprint: fp,
+                    },
+                );
+                KeyState::Accepted
+            }
+            _ => {
+                tracing::info!(kind = kind_name(kind), %name, fingerprint = %fp, "new key pending");
+                if let Err(e) = self.write_one(kind, KeyState::Pending, name, Some(&key.to_vec())) {
+                    tracing::error!(error = %e, "cannot record a new key");
+                }
+                KeyState::Pending
             }
         }
-        state
     }
 
     /// Every key, of both kinds, in every state.
     pub fn list(&self) -> Vec<KeyEntry> {
+        let labels = self.lock().labels.clone();
         let mut out = Vec::new();
         for kind in [PeerKind::Minion, PeerKind::Operator] {
             for state in KeyState::ALL {
-                let dir = self.dir.join(kind_dir(kind)).join(state.as_str());
-                let Ok(entries) = std::fs::read_dir(&dir) else {
-                    continue;
-                };
-                for e in entries.flatten() {
-                    let Ok(name) = e.file_name().into_string() else {
-                        continue;
-                    };
-                    if name.ends_with(".tmp") {
-                        continue;
-                    }
-                    if let Some(key) = self.read(kind, state, &name) {
+                for name in self.names(kind, state) {
+                    for key in self.read(kind, state, &name) {
+                        let labels = match (kind, state) {
+                            (PeerKind::Minion, KeyState::Accepted) => {
+                                labels.get(&name).cloned().unwrap_or_default()
+                            }
+                            _ => BTreeMap::new(),
+                        };
                         out.push(KeyEntry {
-                            name,
+                            name: name.clone(),
                             kind,
                             state,
                             fingerprint: fingerprint(&key),
+                            labels,
                         });
                     }
                 }
@@ -243,107 +555,365 @@ impl KeyStore {
         out
     }
 
-    fn matching(
-        &self,
-        kind: PeerKind,
-        pattern: &str,
-        from: &[KeyState],
-    ) -> Result<Vec<(String, KeyState)>, KeyError> {
-        let glob = globset::Glob::new(pattern)
-            .map_err(|e| KeyError::Pattern {
-                pattern: pattern.to_string(),
-                error: e.to_string(),
-            })?
-            .compile_matcher();
-        let found: Vec<(String, KeyState)> = self
-            .list()
-            .into_iter()
-            .filter(|e| e.kind == kind && from.contains(&e.state) && glob.is_match(&e.name))
-            .map(|e| (e.name, e.state))
+    /// Names of `kind` matching `pattern` that have a key in any state.
+    fn matching_names(&self, kind: PeerKind, pattern: &str) -> Result<Vec<String>, KeyError> {
+        let glob = glob(pattern)?;
+        let mut names: Vec<String> = KeyState::ALL
+            .iter()
+            .flat_map(|s| self.names(kind, *s))
+            .filter(|n| glob.is_match(n))
             .collect();
-        if found.is_empty() {
-            return Err(KeyError::NoMatch {
-                kind: kind_name(kind),
-                pattern: pattern.to_string(),
-                states: from
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" or "),
-            });
-        }
-        Ok(found)
-    }
-
-    /// Moves keys into `to` from any of `from`; returns the names moved.
-    fn transition(
-        &self,
-        kind: PeerKind,
-        pattern: &str,
-        from: &[KeyState],
-        to: KeyState,
-    ) -> Result<Vec<String>, KeyError> {
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut done = Vec::new();
-        for (name, state) in self.matching(kind, pattern, from)? {
-            let Some(key) = self.read(kind, state, &name) else {
-                continue;
-            };
-            self.write(kind, to, &name, &key)?;
-            self.remove(kind, state, &name);
-            if to == KeyState::Accepted && state == KeyState::Denied {
-                // The operator chose the new key: the old one is gone.
-                tracing::warn!(kind = kind_name(kind), %name, "denied key accepted: it replaces the old one");
-            }
-            if to == KeyState::Accepted {
-                self.remove(kind, KeyState::Pending, &name);
-                self.remove(kind, KeyState::Rejected, &name);
-            }
-            tracing::info!(kind = kind_name(kind), %name, from = state.as_str(), to = to.as_str(), "key state changed");
-            done.push(name);
-        }
-        done.sort();
-        done.dedup();
-        Ok(done)
-    }
-
-    /// Accepts pending (or rejected, or denied) keys matching `pattern`.
-    pub fn accept(&self, kind: PeerKind, pattern: &str) -> Result<Vec<String>, KeyError> {
-        self.transition(
-            kind,
-            pattern,
-            &[KeyState::Pending, KeyState::Rejected, KeyState::Denied],
-            KeyState::Accepted,
-        )
-    }
-
-    /// Rejects pending or accepted keys matching `pattern`.
-    pub fn reject(&self, kind: PeerKind, pattern: &str) -> Result<Vec<String>, KeyError> {
-        self.transition(
-            kind,
-            pattern,
-            &[KeyState::Pending, KeyState::Accepted, KeyState::Denied],
-            KeyState::Rejected,
-        )
-    }
-
-    /// Forgets keys matching `pattern`, in every state.
-    pub fn delete(&self, kind: PeerKind, pattern: &str) -> Result<Vec<String>, KeyError> {
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let found = self.matching(kind, pattern, &KeyState::ALL)?;
-        let mut names: Vec<String> = Vec::new();
-        for (name, state) in found {
-            self.remove(kind, state, &name);
-            names.push(name);
-        }
         names.sort();
         names.dedup();
         Ok(names)
     }
 
+    fn entry(kind: PeerKind, name: &str, state: KeyState, key: &[u8]) -> KeyEntry {
+        KeyEntry {
+            name: name.to_string(),
+            kind,
+            state,
+            fingerprint: fingerprint(key),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// The keys `accept` would take, without changing anything: for a
+    /// glob, the pending keys of names with no other key; for a name, its
+    /// one pending or rejected key, or the key with `fp` in any state.
+    /// Also says which names a glob passed over, and why.
+    pub fn plan_accept(
+        &self,
+        kind: PeerKind,
+        pattern: &str,
+        fp: Option<&str>,
+    ) -> Result<(Vec<KeyEntry>, Vec<String>), KeyError> {
+        let index = self.lock();
+        self.plan_accept_locked(&index, kind, pattern, fp)
+    }
+
+    fn plan_accept_locked(
+        &self,
+        index: &Index,
+        kind: PeerKind,
+        pattern: &str,
+        fp: Option<&str>,
+    ) -> Result<(Vec<KeyEntry>, Vec<String>), KeyError> {
+        let other_identity = |key: &[u8], name: &str| {
+            index
+                .accepted
+                .get(key)
+                .filter(|h| !(h.kind == kind && h.name == name))
+                .map(|h| KeyError::OtherIdentity {
+                    fingerprint: h.fingerprint.clone(),
+                    kind: kind_name(h.kind),
+                    flag: flag(h.kind),
+                    name: h.name.clone(),
+                })
+        };
+        if is_glob(pattern) {
+            if fp.is_some() {
+                return Err(KeyError::GlobWithFingerprint {
+                    pattern: pattern.to_string(),
+                });
+            }
+            let mut take = Vec::new();
+            let mut passed = Vec::new();
+            for name in self.matching_names(kind, pattern)? {
+                let keys = self.keys_of(kind, &name);
+                let Some(pending) = &keys.pending else {
+                    continue;
+                };
+                if !keys.denied.is_empty() {
+                    passed.push(format!(
+                        "{name} has conflicting keys ({}): accept it by name with --fingerprint",
+                        keys.describe()
+                    ));
+                } else if let Some(e) = other_identity(pending, &name) {
+                    passed.push(format!("{name}: {e}"));
+                } else {
+                    take.push(Self::entry(kind, &name, KeyState::Pending, pending));
+                }
+            }
+            if take.is_empty() {
+                let mut note = String::from(
+                    " (a glob accepts pending keys only: accept a rejected or denied key by its name and --fingerprint)",
+                );
+                for p in &passed {
+                    note.push_str("; ");
+                    note.push_str(p);
+                }
+                return Err(KeyError::NoMatch {
+                    kind: kind_name(kind),
+                    pattern: pattern.to_string(),
+                    states: "pending".into(),
+                    note,
+                });
+            }
+            return Ok((take, passed));
+        }
+        let name = pattern;
+        let keys = self.keys_of(kind, name);
+        let chosen = match fp {
+            Some(fp) => {
+                let Some((state, key)) = keys.all().into_iter().find(|(_, k)| fingerprint(k) == fp)
+                else {
+                    return Err(KeyError::NoSuchKey {
+                        kind: kind_name(kind),
+                        name: name.to_string(),
+                        fingerprint: fp.to_string(),
+                        keys: keys.describe(),
+                    });
+                };
+                if state == KeyState::Accepted {
+                    return Ok((Vec::new(), vec![format!("{name}: already accepted")]));
+                }
+                (state, key.clone())
+            }
+            None => {
+                let candidates: Vec<(KeyState, Vec<u8>)> = [
+                    (KeyState::Pending, &keys.pending),
+                    (KeyState::Rejected, &keys.rejected),
+                ]
+                .into_iter()
+                .filter_map(|(s, k)| k.clone().map(|k| (s, k)))
+                .collect();
+                if candidates.len() > 1 || !keys.denied.is_empty() {
+                    return Err(KeyError::Conflict {
+                        kind: kind_name(kind),
+                        flag: flag(kind),
+                        name: name.to_string(),
+                        keys: keys.describe(),
+                    });
+                }
+                match candidates.into_iter().next() {
+                    Some(c) => c,
+                    None if keys.accepted.is_some() => {
+                        return Ok((Vec::new(), vec![format!("{name}: already accepted")]));
+                    }
+                    None => {
+                        return Err(KeyError::NoMatch {
+                            kind: kind_name(kind),
+                            pattern: pattern.to_string(),
+                            states: "pending or rejected".into(),
+                            note: String::new(),
+                        });
+                    }
+                }
+            }
+        };
+        if let Some(e) = other_identity(&chosen.1, name) {
+            return Err(e);
+        }
+        Ok((
+            vec![Self::entry(kind, name, chosen.0, &chosen.1)],
+            Vec::new(),
+        ))
+    }
+
+    /// Accepts what [`plan_accept`](Self::plan_accept) shows; returns the
+    /// keys accepted. The name's other keys are kept apart as denied; an
+    /// accepted key it replaces is forgotten.
+    pub fn accept(
+        &self,
+        kind: PeerKind,
+        pattern: &str,
+        fp: Option<&str>,
+    ) -> Result<Vec<KeyEntry>, KeyError> {
+        let mut index = self.lock();
+        let (plan, _) = self.plan_accept_locked(&index, kind, pattern, fp)?;
+        let mut done = Vec::new();
+        for entry in plan {
+            let name = &entry.name;
+            let keys = self.keys_of(kind, name);
+            let Some((from, key)) = keys
+                .all()
+                .into_iter()
+                .find(|(_, k)| fingerprint(k) == entry.fingerprint)
+                .map(|(s, k)| (s, k.clone()))
+            else {
+                continue;
+            };
+            let mut denied: Vec<Vec<u8>> =
+                keys.denied.iter().filter(|k| **k != key).cloned().collect();
+            if let Some(p) = keys.pending.as_ref().filter(|p| **p != key) {
+                denied.push(p.clone());
+            }
+            self.write_one(kind, KeyState::Accepted, name, Some(&key))?;
+            self.write(kind, KeyState::Denied, name, &denied)?;
+            self.write_one(kind, KeyState::Pending, name, None)?;
+            self.write_one(kind, KeyState::Rejected, name, None)?;
+            if let Some(old) = keys.accepted.as_ref().filter(|a| **a != key) {
+                tracing::warn!(kind = kind_name(kind), %name, old = %fingerprint(old), new = %entry.fingerprint,
+                    "the operator accepted another key for this name: it replaces the old one");
+                index.accepted.remove(old);
+            }
+            index.accepted.insert(
+                key.clone(),
+                Holder {
+                    kind,
+                    name: name.clone(),
+                    fingerprint: entry.fingerprint.clone(),
+                },
+            );
+            tracing::info!(kind = kind_name(kind), %name, fingerprint = %entry.fingerprint, from = from.as_str(), "key accepted");
+            done.push(KeyEntry {
+                state: KeyState::Accepted,
+                ..entry
+            });
+        }
+        Ok(done)
+    }
+
+    /// Rejects every name matching `pattern` that has a pending, accepted
+    /// or denied key: no key is accepted for it until an operator accepts
+    /// one by name.
+    pub fn reject(&self, kind: PeerKind, pattern: &str) -> Result<Vec<KeyEntry>, KeyError> {
+        let mut index = self.lock();
+        let mut done = Vec::new();
+        for name in self.matching_names(kind, pattern)? {
+            let keys = self.keys_of(kind, &name);
+            let Some(key) = keys
+                .accepted
+                .as_ref()
+                .or(keys.pending.as_ref())
+                .or(keys.denied.last())
+                .cloned()
+            else {
+                continue;
+            };
+            self.write_one(kind, KeyState::Rejected, &name, Some(&key))?;
+            self.write_one(kind, KeyState::Accepted, &name, None)?;
+            self.write_one(kind, KeyState::Pending, &name, None)?;
+            self.write(kind, KeyState::Denied, &name, &[])?;
+            if let Some(a) = &keys.accepted {
+                index.accepted.remove(a);
+            }
+            tracing::info!(kind = kind_name(kind), %name, "rejected");
+            done.push(Self::entry(kind, &name, KeyState::Rejected, &key));
+        }
+        if done.is_empty() {
+            return Err(KeyError::NoMatch {
+                kind: kind_name(kind),
+                pattern: pattern.to_string(),
+                states: "pending, accepted or denied".into(),
+                note: String::new(),
+            });
+        }
+        Ok(done)
+    }
+
+    /// Forgets the keys of names matching `pattern`, in every state (and
+    /// their labels); with `fp`, only that key.
+    pub fn delete(
+        &self,
+        kind: PeerKind,
+        pattern: &str,
+        fp: Option<&str>,
+    ) -> Result<Vec<KeyEntry>, KeyError> {
+        let mut index = self.lock();
+        let mut done = Vec::new();
+        for name in self.matching_names(kind, pattern)? {
+            let keys = self.keys_of(kind, &name);
+            for (state, key) in keys.all() {
+                if fp.is_some_and(|fp| fingerprint(key) != fp) {
+                    continue;
+                }
+                let left: Vec<Vec<u8>> = match state {
+                    KeyState::Denied => keys.denied.iter().filter(|k| *k != key).cloned().collect(),
+                    _ => Vec::new(),
+                };
+                self.write(kind, state, &name, &left)?;
+                if state == KeyState::Accepted {
+                    index.accepted.remove(key);
+                    if kind == PeerKind::Minion && index.labels.remove(&name).is_some() {
+                        let path = self.dir.join("minions/labels").join(&name);
+                        std::fs::remove_file(&path)
+                            .map_err(|error| KeyError::Io { path, error })?;
+                    }
+                }
+                tracing::info!(kind = kind_name(kind), %name, fingerprint = %fingerprint(key), from = state.as_str(), "key deleted");
+                done.push(Self::entry(kind, &name, state, key));
+            }
+        }
+        if done.is_empty() {
+            return Err(KeyError::NoMatch {
+                kind: kind_name(kind),
+                pattern: pattern.to_string(),
+                states: "any".into(),
+                note: fp
+                    .map(|f| format!(" with fingerprint {f}"))
+                    .unwrap_or_default(),
+            });
+        }
+        Ok(done)
+    }
+
+    /// Sets (`Some`) or removes (`None`) labels of an accepted minion;
+    /// returns its labels after the change.
+    pub fn label(
+        &self,
+        name: &str,
+        changes: &[(String, Option<String>)],
+    ) -> Result<BTreeMap<String, String>, KeyError> {
+        let mut index = self.lock();
+        if self
+            .read(PeerKind::Minion, KeyState::Accepted, name)
+            .is_empty()
+        {
+            return Err(KeyError::NotAccepted {
+                name: name.to_string(),
+            });
+        }
+        let mut labels = index.labels.get(name).cloned().unwrap_or_default();
+        for (label, value) in changes {
+            check_label(label, value.as_deref().unwrap_or(""))?;
+            match value {
+                Some(v) => labels.insert(label.clone(), v.clone()),
+                None => labels.remove(label),
+            };
+        }
+        if labels.len() > MAX_LABELS {
+            return Err(KeyError::Label {
+                label: name.to_string(),
+                reason: format!("a minion takes at most {MAX_LABELS} labels"),
+            });
+        }
+        let path = self.dir.join("minions/labels").join(name);
+        let text: String = labels.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        write_atomic(&path, text.as_bytes()).map_err(|error| KeyError::Io { path, error })?;
+        tracing::info!(minion = %name, ?labels, "labels set");
+        index.labels.insert(name.to_string(), labels.clone());
+        Ok(labels)
+    }
+
+    /// What the master itself says of each accepted minion, for targets
+    /// (`key.<label>`, `key.fingerprint`): never what a minion reports.
+    /// From memory: no file is read.
+    pub fn assigned(&self) -> HashMap<String, HashMap<String, String>> {
+        let index = self.lock();
+        let mut out: HashMap<String, HashMap<String, String>> = HashMap::new();
+        for h in index.accepted.values() {
+            if h.kind == PeerKind::Minion {
+                out.entry(h.name.clone())
+                    .or_default()
+                    .insert("fingerprint".into(), h.fingerprint.clone());
+            }
+        }
+        for (name, labels) in &index.labels {
+            if let Some(m) = out.get_mut(name) {
+                m.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+        out
+    }
+
     /// Whether `name`'s accepted key is `key` (an open session stays valid).
     pub fn is_accepted(&self, kind: PeerKind, name: &str, key: &[u8]) -> bool {
-        self.read(kind, KeyState::Accepted, name).as_deref() == Some(key)
+        self.read(kind, KeyState::Accepted, name)
+            .first()
+            .map(Vec::as_slice)
+            == Some(key)
     }
 }
 
@@ -351,19 +921,23 @@ impl KeyStore {
 mod tests {
     use super::*;
 
-    fn store(auto: bool, allow: &[String]) -> (tempfile::TempDir, KeyStore) {
+    fn store(auto: bool, preseeds: Vec<Preseed>) -> (tempfile::TempDir, KeyStore) {
         let dir = tempfile::tempdir().unwrap();
-        let s = KeyStore::open(dir.path(), auto, allow.to_vec()).unwrap();
+        let s = KeyStore::open(dir.path(), auto, preseeds).unwrap();
         (dir, s)
+    }
+
+    fn names(entries: Vec<KeyEntry>) -> Vec<String> {
+        entries.into_iter().map(|e| e.name).collect()
     }
 
     #[test]
     fn the_salt_key_workflow() {
-        let (_d, s) = store(false, &[]);
+        let (_d, s) = store(false, vec![]);
         let m = PeerKind::Minion;
         assert_eq!(s.check(m, "web1", &[1; 32]), KeyState::Pending);
         assert_eq!(s.check(m, "web1", &[1; 32]), KeyState::Pending);
-        assert_eq!(s.accept(m, "web*").unwrap(), vec!["web1"]);
+        assert_eq!(names(s.accept(m, "web*", None).unwrap()), vec!["web1"]);
         assert_eq!(s.check(m, "web1", &[1; 32]), KeyState::Accepted);
         // Another key for an accepted name: denied, and listed as such.
         assert_eq!(s.check(m, "web1", &[2; 32]), KeyState::Denied);
@@ -379,39 +953,125 @@ mod tests {
         assert_eq!(s.check(m, "db1", &[3; 32]), KeyState::Rejected);
         assert_eq!(s.check(m, "db1", &[4; 32]), KeyState::Rejected);
         // Deleted: starts over.
-        s.delete(m, "db1").unwrap();
+        s.delete(m, "db1", None).unwrap();
         assert_eq!(s.check(m, "db1", &[4; 32]), KeyState::Pending);
-        // Operators are their own namespace.
+        // Operators are their own namespace, and a key is one identity.
         assert_eq!(
-            s.check(PeerKind::Operator, "web1", &[1; 32]),
+            s.check(PeerKind::Operator, "web1", &[7; 32]),
             KeyState::Pending
         );
-        assert!(s.accept(m, "nobody").is_err());
+        assert_eq!(
+            s.check(PeerKind::Operator, "root", &[1; 32]),
+            KeyState::Denied,
+            "web1's key is web1's"
+        );
+        assert!(s.accept(m, "nobody", None).is_err());
         // Names that could escape the directory never get a file.
         assert_eq!(s.check(m, "../evil", &[5; 32]), KeyState::Rejected);
     }
 
     #[test]
-    fn auto_accept_and_the_allow_list() {
-        let (_d, s) = store(true, &[]);
+    fn a_second_key_is_a_conflict_picked_by_fingerprint() {
+        let (_d, s) = store(false, vec![]);
+        let m = PeerKind::Minion;
+        assert_eq!(s.check(m, "web2", &[1; 32]), KeyState::Pending);
+        for _ in 0..3 {
+            assert_eq!(s.check(m, "web2", &[2; 32]), KeyState::Denied);
+        }
+        let e = s.accept(m, "web2", None).unwrap_err().to_string();
+        assert!(
+            e.contains(&fingerprint(&[1; 32])) && e.contains(&fingerprint(&[2; 32])),
+            "{e}"
+        );
+        assert!(s.accept(m, "web*", None).is_err(), "a glob skips conflicts");
+        s.accept(m, "web2", Some(&fingerprint(&[1; 32]))).unwrap();
+        assert_eq!(s.check(m, "web2", &[1; 32]), KeyState::Accepted);
+        assert_eq!(s.check(m, "web2", &[2; 32]), KeyState::Denied);
+        // Many keys spinning: the store keeps a bounded number.
+        for i in 10..40u8 {
+            s.check(m, "web2", &[i; 32]);
+        }
+        assert_eq!(
+            s.list()
+                .iter()
+                .filter(|e| e.state == KeyState::Denied)
+                .count(),
+            MAX_DENIED_PER_NAME
+        );
+        // Delete by fingerprint takes that key only.
+        s.delete(m, "web2", Some(&fingerprint(&[39; 32]))).unwrap();
+        assert_eq!(s.check(m, "web2", &[1; 32]), KeyState::Accepted);
+    }
+
+    #[test]
+    fn auto_accept_and_preseeded_bindings() {
+        let (_d, s) = store(true, vec![]);
         assert_eq!(
             s.check(PeerKind::Minion, "lab1", &[1; 32]),
             KeyState::Accepted
         );
         assert_eq!(
-            s.check(PeerKind::Operator, "eve", &[1; 32]),
+            s.check(PeerKind::Operator, "eve", &[2; 32]),
             KeyState::Pending,
             "never operators"
         );
         let fp = fingerprint(&[9; 32]);
-        let (_d, s) = store(false, &[fp]);
+        let (_d, s) = store(
+            false,
+            vec![Preseed::new(&fp, PeerKind::Minion, "prov-*").unwrap()],
+        );
         assert_eq!(
-            s.check(PeerKind::Minion, "prov1", &[9; 32]),
+            s.check(PeerKind::Operator, "root", &[9; 32]),
+            KeyState::Pending,
+            "not an operator"
+        );
+        assert_eq!(
+            s.check(PeerKind::Minion, "db2", &[9; 32]),
+            KeyState::Pending,
+            "not outside its glob"
+        );
+        // An impostor got there first: the binding still wins.
+        assert_eq!(
+            s.check(PeerKind::Minion, "prov-1", &[8; 32]),
+            KeyState::Pending
+        );
+        assert_eq!(
+            s.check(PeerKind::Minion, "prov-1", &[9; 32]),
             KeyState::Accepted
         );
         assert_eq!(
-            s.check(PeerKind::Minion, "prov2", &[8; 32]),
-            KeyState::Pending
+            s.check(PeerKind::Minion, "prov-2", &[9; 32]),
+            KeyState::Denied,
+            "one identity"
         );
+        let e = s
+            .accept(PeerKind::Operator, "root", None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one identity"), "{e}");
+    }
+
+    #[test]
+    fn labels_belong_to_accepted_minions_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = KeyStore::open(dir.path(), true, vec![]).unwrap();
+        assert!(
+            s.label("db1", &[("role".into(), Some("db".into()))])
+                .is_err()
+        );
+        s.check(PeerKind::Minion, "db1", &[1; 32]);
+        s.label("db1", &[("role".into(), Some("db".into()))])
+            .unwrap();
+        assert!(
+            s.label("db1", &[("bad label".into(), Some("x".into()))])
+                .is_err()
+        );
+        drop(s);
+        let s = KeyStore::open(dir.path(), true, vec![]).unwrap();
+        let a = s.assigned();
+        assert_eq!(a["db1"]["role"], "db");
+        assert_eq!(a["db1"]["fingerprint"], fingerprint(&[1; 32]));
+        s.label("db1", &[("role".into(), None)]).unwrap();
+        assert!(!s.assigned()["db1"].contains_key("role"));
     }
 }

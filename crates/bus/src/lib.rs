@@ -10,6 +10,7 @@
 
 mod actor;
 mod control;
+mod durable;
 pub mod frame;
 pub mod handshake;
 pub mod identity;
@@ -20,7 +21,7 @@ pub mod session;
 mod stats;
 
 pub use control::{ControlClient, ControlServer, Responder};
-pub use identity::{Identity, IdentityError, MasterPin, fingerprint, is_fingerprint};
+pub use identity::{Identity, IdentityError, MasterPin, PinError, fingerprint, is_fingerprint};
 pub use keys::{KeyEntry, KeyError, KeyState, KeyStore};
 /// The master's check of each event in a batch, for the fuzz targets.
 pub use master::check_event;

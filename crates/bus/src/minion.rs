@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::actor::SocketThread;
 use crate::frame::{self, Kind, handshake_frame};
 use crate::handshake::Initiator;
-use crate::identity::{Identity, MasterPin};
+use crate::identity::{Identity, MasterPin, PinError};
 use crate::session::{Channel, Session};
 use crate::stats::BusStats;
 use crate::{BusError, EVENT_TOPIC};
@@ -476,8 +476,18 @@ async fn handshake(
             .await;
         }
     };
-    if let Err(e) = cfg.master.check(&opened.master_key) {
-        return alarm(shared, format!("master at {}: {e}", cfg.command_endpoint)).await;
+    match cfg.master.check(&opened.master_key) {
+        Ok(()) => {}
+        Err(e @ PinError::Refused(_)) => {
+            return alarm(shared, format!("master at {}: {e}", cfg.command_endpoint)).await;
+        }
+        // Nothing is wrong with the master: the pin could not be written
+        // (a full disk). Nothing was recorded, so try again soon.
+        Err(e @ PinError::Io(_)) => {
+            tracing::error!("master at {}: {e}", cfg.command_endpoint);
+            BusStats::inc(&shared.stats.handshakes_refused);
+            return Attempt::Retry(LAST_RETRY);
+        }
     }
     let session = Arc::new(opened.session);
     *shared.opening.write().expect("session lock") = Some(session.clone());

@@ -114,9 +114,15 @@ pub fn status(s: &Status) -> Value {
 pub fn keys(k: &KeyList) -> Value {
     json!({
         "master_fingerprint": k.master_fingerprint,
-        "keys": k.keys.iter().map(|k| json!({
-            "name": k.name, "kind": k.kind, "state": k.state, "fingerprint": k.fingerprint,
-        })).collect::<Vec<_>>(),
+        "keys": k.keys.iter().map(key).collect::<Vec<_>>(),
+    })
+}
+
+pub fn key(k: &tend_proto::v1::KeyInfo) -> Value {
+    let labels: std::collections::BTreeMap<_, _> = k.labels.iter().collect();
+    json!({
+        "name": k.name, "kind": k.kind, "state": k.state, "fingerprint": k.fingerprint,
+        "labels": labels,
     })
 }
 

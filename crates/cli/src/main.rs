@@ -4,6 +4,7 @@
 
 mod follow;
 mod json;
+mod keys;
 mod show;
 
 use std::path::{Path, PathBuf};
@@ -14,8 +15,8 @@ use anyhow::{Context, anyhow, bail};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use tend_bus::ControlClient;
 use tend_proto::v1::{
-    ApplyCommand, ChangeKeys, GetJob, GetStatus, ListEvents, ListJobs, ListKeys, ListMinions,
-    PingMinions, ReloadRules, RunCommand, control_reply, control_request,
+    ApplyCommand, GetJob, GetStatus, ListEvents, ListJobs, ListKeys, ListMinions, PingMinions,
+    ReloadRules, RunCommand, control_reply, control_request,
 };
 
 #[derive(Parser)]
@@ -159,11 +160,11 @@ enum Command {
     },
     /// Manage minion and operator keys (like salt-key).
     #[command(
-        after_help = "Examples:\n  tend keys list\n  tend keys accept 'web*'\n  tend keys reject db3\n  tend keys accept --operator alice"
+        after_help = "Examples:\n  tend keys list\n  tend keys accept 'web*'\n  tend keys accept web2 --fingerprint sha256:0f3c...\n  tend keys reject db3\n  tend keys accept --operator alice\n  tend keys label db1 role=db"
     )]
     Keys {
         #[command(subcommand)]
-        what: KeysCommand,
+        what: keys::KeysCommand,
     },
     /// Print a shell completion script.
     #[command(
@@ -207,31 +208,6 @@ enum ReactorCommand {
         /// {"minion": ..., "tag": ..., "data": {...}}.
         #[arg(long)]
         event: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
-enum KeysCommand {
-    /// Every key the master knows, by state, and the master's own.
-    List,
-    /// Accept pending (or rejected, or denied) keys matching a glob.
-    Accept {
-        pattern: String,
-        /// An operator key, not a minion's.
-        #[arg(long)]
-        operator: bool,
-    },
-    /// Reject keys matching a glob; their sessions end.
-    Reject {
-        pattern: String,
-        #[arg(long)]
-        operator: bool,
-    },
-    /// Forget keys matching a glob, in every state; their sessions end.
-    Delete {
-        pattern: String,
-        #[arg(long)]
-        operator: bool,
     },
 }
 
@@ -549,61 +525,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keys { what } => {
-            let (action, pattern, operator) = match what {
-                KeysCommand::List => {
-                    let mut keys = None;
-                    call(
-                        &mut client,
-                        control_request::Body::ListKeys(ListKeys {}),
-                        QUERY_TIMEOUT,
-                        |body| {
-                            if let control_reply::Body::Keys(k) = body {
-                                keys = Some(k);
-                            }
-                        },
-                    )?;
-                    let keys = keys.ok_or_else(|| anyhow!("the master sent no keys"))?;
-                    if json {
-                        println!("{}", json::keys(&keys));
-                    } else {
-                        show::keys(&keys);
-                    }
-                    return Ok(ExitCode::SUCCESS);
-                }
-                KeysCommand::Accept { pattern, operator } => ("accept", pattern, operator),
-                KeysCommand::Reject { pattern, operator } => ("reject", pattern, operator),
-                KeysCommand::Delete { pattern, operator } => ("delete", pattern, operator),
-            };
-            let mut names = Vec::new();
-            call(
-                &mut client,
-                control_request::Body::ChangeKeys(ChangeKeys {
-                    action: action.into(),
-                    kind: if operator { "operator" } else { "minion" }.into(),
-                    pattern,
-                }),
-                QUERY_TIMEOUT,
-                |body| {
-                    if let control_reply::Body::KeysChanged(k) = body {
-                        names = k.names;
-                    }
-                },
-            )?;
-            if json {
-                println!("{}", serde_json::json!({"action": action, "names": names}));
-            } else {
-                let done = match action {
-                    "accept" => "accepted",
-                    "reject" => "rejected",
-                    _ => "deleted",
-                };
-                for n in &names {
-                    println!("{done}: {n}");
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Keys { what } => keys::exec(&mut client, what, json),
         Command::Status => {
             let mut status = None;
             call(

@@ -363,15 +363,38 @@ pub fn keys(k: &KeyList) {
         .keys
         .iter()
         .map(|k| {
+            let mut labels: Vec<String> =
+                k.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
             vec![
                 k.name.clone(),
                 k.kind.clone(),
                 word(&k.state),
                 k.fingerprint.clone(),
+                labels.join(","),
             ]
         })
         .collect();
-    table(&["NAME", "KIND", "STATE", "FINGERPRINT"], rows);
+    table(&["NAME", "KIND", "STATE", "FINGERPRINT", "LABELS"], rows);
+    // A name with more than one key is a conflict the operator settles.
+    let mut names: Vec<(&str, &str)> = k
+        .keys
+        .iter()
+        .map(|k| (k.kind.as_str(), k.name.as_str()))
+        .collect();
+    names.sort();
+    let conflicts: Vec<&str> = names
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0].1)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for name in conflicts {
+        println!(
+            "conflict: {name} has more than one key; accept the right one with `tend keys accept {name} --fingerprint sha256:...` after comparing with the peer's own"
+        );
+    }
 }
 
 pub fn pong(p: &tend_proto::v1::PingResult) {

@@ -46,10 +46,24 @@ pub struct MasterConfig {
     /// wait for `tend keys accept`.
     #[serde(default)]
     pub auto_accept: bool,
-    /// Fingerprints (`sha256:...`) of minion or operator keys accepted on
-    /// sight: pre-seeded by provisioning.
+    /// Keys accepted on sight, pre-seeded by provisioning: each binds a
+    /// fingerprint to a kind and a name (or name glob).
+    ///
+    /// ```toml
+    /// [[accept_fingerprints]]
+    /// fingerprint = "sha256:..."
+    /// kind = "minion"          # or "operator"
+    /// name = "web-*"
+    /// ```
+    ///
+    /// Read as TOML values and checked in [`MasterConfig::load`], so the
+    /// old form (a bare list of fingerprints) gets an error naming the
+    /// fingerprint and the form to write instead.
     #[serde(default)]
-    pub accept_fingerprints: Vec<String>,
+    accept_fingerprints: Vec<toml::Value>,
+    /// `accept_fingerprints`, checked.
+    #[serde(skip)]
+    pub preseeds: Vec<tend_bus::keys::Preseed>,
     /// Events and finished jobs older than this are removed from the
     /// store (`30d`, `12h`); `0s` keeps them forever.
     #[serde(default = "default_retention")]
@@ -113,6 +127,52 @@ fn default_apply_timeout_ms() -> u64 {
     60_000
 }
 
+/// One `[[accept_fingerprints]]` entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreseedDecl {
+    fingerprint: String,
+    kind: String,
+    name: String,
+}
+
+fn preseed(value: &toml::Value) -> Result<tend_bus::keys::Preseed, String> {
+    let decl: PreseedDecl = match value {
+        toml::Value::String(fp) => {
+            return Err(format!(
+                "{fp:?} is the old form, which binds the key to no kind and no name (it could log in as \
+                 any minion or operator). Write each entry as:\n\
+                 [[accept_fingerprints]]\nfingerprint = {fp:?}\nkind = \"minion\"   # or \"operator\"\n\
+                 name = \"web1\"     # a name or a name glob"
+            ));
+        }
+        other => other.clone().try_into().map_err(|e: toml::de::Error| {
+            format!(
+                "{} (an entry is a [[accept_fingerprints]] table with fingerprint, kind and name)",
+                e.message().trim_end()
+            )
+        })?,
+    };
+    if !tend_bus::is_fingerprint(&decl.fingerprint) {
+        return Err(format!(
+            "fingerprint {:?} is not like sha256:<64 lowercase hex digits>",
+            decl.fingerprint
+        ));
+    }
+    let kind = match decl.kind.as_str() {
+        "minion" => tend_proto::v1::PeerKind::Minion,
+        "operator" => tend_proto::v1::PeerKind::Operator,
+        other => return Err(format!("kind {other:?} is not \"minion\" or \"operator\"")),
+    };
+    if decl.name.is_empty() || decl.name == "*" {
+        return Err(format!(
+            "name {:?} must name the peer (a name or a glob such as \"web-*\", not everything)",
+            decl.name
+        ));
+    }
+    tend_bus::keys::Preseed::new(&decl.fingerprint, kind, &decl.name).map_err(|e| e.to_string())
+}
+
 impl MasterConfig {
     pub fn load(path: &Path) -> Result<Self, String> {
         let mut cfg: Self = tend_daemon::load(path).map_err(|e| e.to_string())?;
@@ -158,13 +218,10 @@ impl MasterConfig {
                 ),
             ));
         }
-        for fp in &cfg.accept_fingerprints {
-            if !tend_bus::is_fingerprint(fp) {
-                return Err(err(
-                    "accept_fingerprints",
-                    format!("{fp:?} is not a fingerprint like sha256:<64 hex digits>"),
-                ));
-            }
+        for (i, value) in cfg.accept_fingerprints.iter().enumerate() {
+            let seed = preseed(value)
+                .map_err(|e| err("accept_fingerprints", format!("entry #{}: {e}", i + 1)))?;
+            cfg.preseeds.push(seed);
         }
         if cfg.apply_timeout_ms == 0 {
             return Err(err("apply_timeout_ms", "must be above 0".into()));

@@ -7,8 +7,8 @@ use prost::Message;
 use tend_bus::KeyState;
 use tend_bus::Responder;
 use tend_proto::v1::{
-    ApplyCommand, ControlRequest, EventList, Failure, FollowEvents, JobList, KeyInfo, KeyList,
-    KeysChanged, ListEvents, MinionInfo, MinionList, PeerKind, PingMinions, PingResult,
+    ApplyCommand, ChangeKeys, ControlRequest, EventList, Failure, FollowEvents, JobList, KeyInfo,
+    KeyList, KeysChanged, ListEvents, MinionInfo, MinionList, PeerKind, PingMinions, PingResult,
     RulesReloaded, Status, StoredEvent, Targeted, control_reply, control_request,
 };
 use tend_store::EventFilter;
@@ -65,7 +65,8 @@ async fn handle(master: &Arc<Master>, out: &Responder, req: ControlRequest) -> R
             };
             // A minion whose key is pending has never connected, but an
             // operator needs to see it.
-            for key in master.keys.list().into_iter().filter(|k| k.kind == PeerKind::Minion) {
+            let keys = with_keys(master, |keys| Ok(keys.list())).await?;
+            for key in keys.into_iter().filter(|k| k.kind == PeerKind::Minion) {
                 let m = minions.entry(key.name.clone()).or_insert_with(|| MinionInfo {
                     id: key.name.clone(),
                     ..Default::default()
@@ -81,16 +82,10 @@ async fn handle(master: &Arc<Master>, out: &Responder, req: ControlRequest) -> R
             send(out, control_reply::Body::Minions(MinionList { minions }))
         }
         control_request::Body::ListKeys(_) => {
-            let keys = master
-                .keys
-                .list()
+            let keys = with_keys(master, |keys| Ok(keys.list()))
+                .await?
                 .into_iter()
-                .map(|k| KeyInfo {
-                    name: k.name,
-                    kind: tend_bus::keys::kind_name(k.kind).into(),
-                    state: k.state.as_str().into(),
-                    fingerprint: k.fingerprint,
-                })
+                .map(key_info)
                 .collect();
             send(
                 out,
@@ -101,22 +96,8 @@ async fn handle(master: &Arc<Master>, out: &Responder, req: ControlRequest) -> R
             )
         }
         control_request::Body::ChangeKeys(c) => {
-            let kind = match c.kind.as_str() {
-                "" | "minion" => PeerKind::Minion,
-                "operator" => PeerKind::Operator,
-                other => return Err(format!("unknown key kind {other:?} (minion or operator)")),
-            };
-            let names = match c.action.as_str() {
-                "accept" => master.keys.accept(kind, &c.pattern),
-                "reject" => master.keys.reject(kind, &c.pattern),
-                "delete" => master.keys.delete(kind, &c.pattern),
-                other => return Err(format!("unknown key action {other:?} (accept, reject or delete)")),
-            }
-            .map_err(|e| e.to_string())?;
-            if c.action != "accept" {
-                master.bus.revoke(kind, &names);
-            }
-            send(out, control_reply::Body::KeysChanged(KeysChanged { names }))
+            let changed = change_keys(master, c).await?;
+            send(out, control_reply::Body::KeysChanged(changed))
         }
         control_request::Body::Apply(cmd) => apply(master, out, cmd).await,
         control_request::Body::ListJobs(q) => {
@@ -193,6 +174,127 @@ async fn handle(master: &Arc<Master>, out: &Responder, req: ControlRequest) -> R
             )
         }
     }
+}
+
+fn key_info(k: tend_bus::KeyEntry) -> KeyInfo {
+    KeyInfo {
+        name: k.name,
+        kind: tend_bus::keys::kind_name(k.kind).into(),
+        state: k.state.as_str().into(),
+        fingerprint: k.fingerprint,
+        labels: k.labels.into_iter().collect(),
+    }
+}
+
+/// Runs `f` on the key store off the runtime: every key store call reads
+/// or writes files.
+async fn with_keys<T: Send + 'static>(
+    master: &Arc<Master>,
+    f: impl FnOnce(&tend_bus::KeyStore) -> Result<T, tend_bus::KeyError> + Send + 'static,
+) -> Result<T, String> {
+    let keys = master.keys.clone();
+    match tokio::task::spawn_blocking(move || f(&keys)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("key store task failed: {e}")),
+    }
+}
+
+/// `tend keys accept | reject | delete | label`. Sessions of keys no
+/// longer accepted end at once (an accepted key can replace another).
+async fn change_keys(master: &Arc<Master>, c: ChangeKeys) -> Result<KeysChanged, String> {
+    let kind = match c.kind.as_str() {
+        "" | "minion" => PeerKind::Minion,
+        "operator" => PeerKind::Operator,
+        other => return Err(format!("unknown key kind {other:?} (minion or operator)")),
+    };
+    let fp = (!c.fingerprint.is_empty()).then_some(c.fingerprint.clone());
+    if let Some(fp) = &fp
+        && !tend_bus::is_fingerprint(fp)
+    {
+        return Err(format!(
+            "{fp:?} is not a fingerprint like sha256:<64 lowercase hex digits>"
+        ));
+    }
+    let (action, pattern, dry_run) = (c.action.clone(), c.pattern.clone(), c.dry_run);
+    let (entries, notes) = match action.as_str() {
+        "accept" if dry_run => {
+            with_keys(master, move |k| {
+                k.plan_accept(kind, &pattern, fp.as_deref())
+            })
+            .await?
+        }
+        _ if dry_run => {
+            return Err(format!(
+                "a dry run of {action:?} is not offered (accept only)"
+            ));
+        }
+        "accept" => {
+            let accepted =
+                with_keys(master, move |k| k.accept(kind, &pattern, fp.as_deref())).await?;
+            (accepted, Vec::new())
+        }
+        "reject" if fp.is_some() => {
+            return Err("reject takes a name or a glob, not a fingerprint: it refuses every key of the name (to forget one key: tend keys delete NAME --fingerprint ...)".into());
+        }
+        "reject" => (
+            with_keys(master, move |k| k.reject(kind, &pattern)).await?,
+            Vec::new(),
+        ),
+        "delete" => (
+            with_keys(master, move |k| k.delete(kind, &pattern, fp.as_deref())).await?,
+            Vec::new(),
+        ),
+        "label" => {
+            if kind != PeerKind::Minion {
+                return Err("labels are for minions".into());
+            }
+            let changes = c
+                .labels
+                .iter()
+                .map(|l| match l.split_once('=') {
+                    Some((k, "")) => Ok((k.to_string(), None)),
+                    Some((k, v)) => Ok((k.to_string(), Some(v.to_string()))),
+                    None => Err(format!("label {l:?} is not key=value (key= removes it)")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if changes.is_empty() {
+                return Err("give labels as key=value (key= removes one)".into());
+            }
+            let name = pattern.clone();
+            let labels = with_keys(master, move |k| k.label(&name, &changes)).await?;
+            let entry = KeyInfo {
+                name: pattern.clone(),
+                kind: "minion".into(),
+                state: KeyState::Accepted.as_str().into(),
+                labels: labels.into_iter().collect(),
+                ..Default::default()
+            };
+            return Ok(KeysChanged {
+                names: vec![pattern],
+                keys: vec![entry],
+                notes: Vec::new(),
+            });
+        }
+        other => {
+            return Err(format!(
+                "unknown key action {other:?} (accept, reject, delete or label)"
+            ));
+        }
+    };
+    let mut names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+    names.sort();
+    names.dedup();
+    if !dry_run {
+        let (bus, revoked) = (master.clone(), names.clone());
+        tokio::task::spawn_blocking(move || bus.bus.revoke(kind, &revoked))
+            .await
+            .map_err(|e| format!("ending sessions failed: {e}"))?;
+    }
+    Ok(KeysChanged {
+        names,
+        keys: entries.into_iter().map(key_info).collect(),
+        notes,
+    })
 }
 
 /// Tells the CLI which minions a job went to, so it can show progress.

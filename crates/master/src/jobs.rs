@@ -233,6 +233,8 @@ async fn plan(master: &Arc<Master>, spec: &ApplySpec, job: u64) -> Vec<(String, 
             })
             .collect()
     };
+    // What the master itself says of each key (`key.*` in the top file).
+    let assigned = master.keys.assigned();
     let named = spec.states.clone();
     let event = spec.trigger.as_ref().map(|e| {
         json!({
@@ -268,7 +270,11 @@ async fn plan(master: &Arc<Master>, spec: &ApplySpec, job: u64) -> Vec<(String, 
         let mut out = Vec::with_capacity(minions.len());
         for (minion, facts) in minions {
             let names = match &top {
-                Some(top) => top.states_for(&minion, &facts),
+                Some(top) => top.states_for(
+                    &minion,
+                    &facts,
+                    assigned.get(&minion).unwrap_or(&HashMap::new()),
+                ),
                 None => named.clone(),
             };
             if names.is_empty() {

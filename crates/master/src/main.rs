@@ -101,6 +101,9 @@ fn check_config(args: &Args, cfg: &MasterConfig, rules: &Rules) -> anyhow::Resul
         })
         .collect();
     let tree = StateTree::new(&cfg.state_root);
+    for warning in tree.secret_warnings(&rule_targets(rules)) {
+        eprintln!("tend-master: {warning}");
+    }
     match tree.check_all(&applied) {
         Ok(files) => {
             println!(
@@ -155,6 +158,23 @@ fn interrupt_unfinished(store: &Store) -> anyhow::Result<u64> {
     Ok(ids.len() as u64)
 }
 
+/// (where, target, states) of every rule action that applies states to a
+/// target rather than to the event's own minion.
+fn rule_targets(rules: &Rules) -> Vec<(String, String, Vec<String>)> {
+    rules
+        .iter()
+        .flat_map(|r| r.actions.iter().map(move |a| (r, a)))
+        .filter_map(|(r, a)| match a {
+            tend_reactor::Action::Apply {
+                target: Some(target),
+                states,
+                ..
+            } => Some((format!("rule {:?}", r.name), target.clone(), states.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
 async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
     let rules = Arc::new(Rules::load_dir(&cfg.reactor_dir)?);
     if args.check_config {
@@ -171,8 +191,15 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
     let keys = Arc::new(KeyStore::open(
         &cfg.data_dir.join("keys"),
         cfg.auto_accept,
-        cfg.accept_fingerprints.clone(),
+        cfg.preseeds.clone(),
     )?);
+    {
+        // The same warnings as --check-config, in the log of every start.
+        let (tree, targets) = (StateTree::new(&cfg.state_root), rule_targets(&rules));
+        for warning in tokio::task::spawn_blocking(move || tree.secret_warnings(&targets)).await? {
+            tracing::warn!("{warning}");
+        }
+    }
     let store = Arc::new(Store::open(&cfg.data_dir)?);
     let interrupted = interrupt_unfinished(&store)?;
     let last_event = store.last_event_id()?;

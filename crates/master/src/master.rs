@@ -197,7 +197,8 @@ impl Master {
     }
 
     /// Minion ids matching `target`: an id glob, a comma-separated list
-    /// of ids, facts (`os:debian`), or these combined with and / or / not.
+    /// of ids, labels the master assigned (`key.role:db`), facts
+    /// (`os:debian`), or these combined with and / or / not.
     pub fn resolve_target(&self, target: &str) -> Result<Vec<String>, String> {
         let t = tend_state::Target::parse(target).map_err(|e| e.to_string())?;
         // Every minion heard from, and every one with a session (its `up`
@@ -212,9 +213,12 @@ impl Master {
         for id in self.bus.connected() {
             known.entry(id).or_default();
         }
+        // Labels and fingerprints the master holds (`key.*`), from memory.
+        let assigned = self.keys.assigned();
+        let none = HashMap::new();
         let mut out: Vec<String> = known
             .iter()
-            .filter(|(id, facts)| t.matches(id, facts))
+            .filter(|(id, facts)| t.matches(id, facts, assigned.get(*id).unwrap_or(&none)))
             .map(|(id, _)| id.clone())
             .collect();
         // A plain list names minions even before they were ever heard from

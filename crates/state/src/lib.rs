@@ -47,6 +47,20 @@ pub struct State {
     pub spec: Spec,
     #[serde(default, skip_serializing_if = "Requisites::is_empty")]
     pub requisites: Requisites,
+    /// Declared `secret = true` in the state file: it holds something
+    /// only the minions it is meant for may see.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub secret: bool,
+}
+
+impl State {
+    /// Whether the state holds a secret: declared `secret = true`, or a
+    /// `file.managed` whose mode lets others no read (`0600`, `0640`):
+    /// its author already said not everyone may read it.
+    pub fn holds_secret(&self) -> bool {
+        self.secret
+            || matches!(&self.spec, Spec::FileManaged(f) if f.mode.is_some_and(|m| m.0 & 0o004 == 0))
+    }
 }
 
 /// How a state depends on others, by state id.
@@ -381,6 +395,7 @@ mod tests {
                 require: vec!["a".into()],
                 ..Default::default()
             },
+            secret: false,
         };
         let json = serde_json::to_string(&[&s]).unwrap();
         assert!(json.contains(r#""type":"file.managed""#), "{json}");

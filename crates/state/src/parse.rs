@@ -69,6 +69,11 @@ pub fn parse_state_file(file: &str, sls: &str, text: &str) -> Result<Vec<State>,
             };
             *slot = ids;
         }
+        let secret = match fields.remove("secret") {
+            None => false,
+            Some(toml::Value::Boolean(b)) => b,
+            Some(_) => return Err(invalid("field `secret` must be true or false".into())),
+        };
         match fields.get("type") {
             None => {
                 return Err(invalid(format!(
@@ -91,7 +96,7 @@ pub fn parse_state_file(file: &str, sls: &str, text: &str) -> Result<Vec<State>,
                 let message = e.message().to_string();
                 if message.starts_with("unknown field") {
                     invalid(format!(
-                        "{message}; or one every state takes: `type`, `{}`",
+                        "{message}; or one every state takes: `type`, `secret`, `{}`",
                         REQUISITES.join("`, `")
                     ))
                 } else {
@@ -104,6 +109,7 @@ pub fn parse_state_file(file: &str, sls: &str, text: &str) -> Result<Vec<State>,
             sls: sls.to_string(),
             spec,
             requisites,
+            secret,
         });
     }
     Ok(out)

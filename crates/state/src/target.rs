@@ -3,10 +3,17 @@
 //! ```text
 //! web*                         minion id glob
 //! web1,web2                    a list of ids
+//! key.role:db                  a label the master assigned (`tend keys
+//! key.fingerprint:sha256:...`  label`), or the accepted key's fingerprint
 //! os:debian                    a fact (value is a glob): os, os_version,
 //! label.role:web               kernel, hostname, arch, label.<name>
 //! web* and not label.env:prod  combined with and / or / not, ( )
 //! ```
+//!
+//! Facts are the minion's own word: a minion that lies about `label.role`
+//! matches `label.role:db`. Ids are bound to accepted keys and `key.*`
+//! is kept by the master, so only those are fit to pick who gets secrets;
+//! [`Target::reported_facts`] tells a check which terms a minion controls.
 
 use std::collections::HashMap;
 
@@ -26,7 +33,14 @@ const MAX_WORDS: usize = 512;
 pub enum Target {
     /// Any of these id globs.
     Ids(Vec<GlobMatcher>),
+    /// A fact the minion reports about itself.
     Fact {
+        name: String,
+        value: GlobMatcher,
+    },
+    /// What the master says of the minion's accepted key: a label it
+    /// assigned, or `fingerprint` (written `key.<name>`).
+    Assigned {
         name: String,
         value: GlobMatcher,
     },
@@ -64,13 +78,39 @@ impl Target {
         Ok(t)
     }
 
-    pub fn matches(&self, id: &str, facts: &HashMap<String, String>) -> bool {
+    /// Whether minion `id` matches, given the facts it reported and what
+    /// the master assigned to its key (`assigned`, without the `key.`).
+    pub fn matches(
+        &self,
+        id: &str,
+        facts: &HashMap<String, String>,
+        assigned: &HashMap<String, String>,
+    ) -> bool {
         match self {
             Target::Ids(globs) => globs.iter().any(|g| g.is_match(id)),
             Target::Fact { name, value } => facts.get(name).is_some_and(|v| value.is_match(v)),
-            Target::And(a, b) => a.matches(id, facts) && b.matches(id, facts),
-            Target::Or(a, b) => a.matches(id, facts) || b.matches(id, facts),
-            Target::Not(a) => !a.matches(id, facts),
+            Target::Assigned { name, value } => {
+                assigned.get(name).is_some_and(|v| value.is_match(v))
+            }
+            Target::And(a, b) => a.matches(id, facts, assigned) && b.matches(id, facts, assigned),
+            Target::Or(a, b) => a.matches(id, facts, assigned) || b.matches(id, facts, assigned),
+            Target::Not(a) => !a.matches(id, facts, assigned),
+        }
+    }
+
+    /// The minion-reported fact terms (`name:value`) this target depends
+    /// on, anywhere in it: under a `not` too, since a minion can stop
+    /// reporting a fact as easily as it can make one up.
+    pub fn reported_facts(&self) -> Vec<(String, String)> {
+        match self {
+            Target::Ids(_) | Target::Assigned { .. } => Vec::new(),
+            Target::Fact { name, value } => vec![(name.clone(), value.glob().glob().to_string())],
+            Target::And(a, b) | Target::Or(a, b) => {
+                let mut v = a.reported_facts();
+                v.extend(b.reported_facts());
+                v
+            }
+            Target::Not(a) => a.reported_facts(),
         }
     }
 
@@ -142,10 +182,17 @@ fn parse_atom(t: &[&str], pos: &mut usize) -> Result<Target, String> {
                 if name.is_empty() || value.is_empty() {
                     return Err(format!("{term:?}: a fact match is name:value"));
                 }
-                Ok(Target::Fact {
-                    name: name.to_string(),
-                    value: glob(value)?,
-                })
+                match name.strip_prefix("key.") {
+                    Some("") => Err(format!("{term:?}: a key match is key.<label>:value")),
+                    Some(label) => Ok(Target::Assigned {
+                        name: label.to_string(),
+                        value: glob(value)?,
+                    }),
+                    None => Ok(Target::Fact {
+                        name: name.to_string(),
+                        value: glob(value)?,
+                    }),
+                }
             }
             None => Ok(Target::Ids(
                 term.split(',')
@@ -172,8 +219,9 @@ mod tests {
     fn ids_facts_and_combinations() {
         let debian_web = facts(&[("os", "debian"), ("label.role", "web")]);
         let ubuntu_db = facts(&[("os", "ubuntu"), ("label.role", "db")]);
+        let none = HashMap::new();
         let m = |t: &str, id: &str, f: &HashMap<String, String>| {
-            Target::parse(t).unwrap().matches(id, f)
+            Target::parse(t).unwrap().matches(id, f, &none)
         };
         assert!(m("web*", "web1", &debian_web));
         assert!(!m("web*", "db1", &debian_web));
@@ -196,7 +244,16 @@ mod tests {
             Some(vec!["web1".into(), "web2".into()])
         );
         assert_eq!(Target::parse("web*").unwrap().exact_ids(), None);
-        for bad in ["", "(web*", "web* and", "and", "os:", "a[", "web* web2"] {
+        for bad in [
+            "",
+            "(web*",
+            "web* and",
+            "and",
+            "os:",
+            "a[",
+            "web* web2",
+            "key.:x",
+        ] {
             assert!(Target::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }
@@ -215,5 +272,33 @@ mod tests {
         }
         let wide = format!("web1{}", " or w".repeat(255));
         assert!(Target::parse(&wide).is_ok());
+    }
+
+    #[test]
+    fn key_labels_are_the_masters_and_facts_cannot_claim_them() {
+        let db = facts(&[("role", "db"), ("fingerprint", "sha256:ab")]);
+        // A minion reporting a fact named like a key label gets nothing.
+        let liar = facts(&[("key.role", "db"), ("label.role", "db")]);
+        let t = Target::parse("key.role:db").unwrap();
+        assert!(t.matches("db1", &HashMap::new(), &db));
+        assert!(!t.matches("mallory", &liar, &HashMap::new()));
+        assert!(Target::parse("key.fingerprint:sha256:ab").unwrap().matches(
+            "db1",
+            &HashMap::new(),
+            &db
+        ));
+        assert!(t.reported_facts().is_empty());
+        assert!(
+            Target::parse("db* and key.role:db")
+                .unwrap()
+                .reported_facts()
+                .is_empty()
+        );
+        assert_eq!(
+            Target::parse("web* and not label.env:prod")
+                .unwrap()
+                .reported_facts(),
+            vec![("label.env".to_string(), "prod".to_string())]
+        );
     }
 }

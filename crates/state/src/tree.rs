@@ -31,7 +31,8 @@ pub struct StateTree {
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct TopFile {
-    entries: Vec<(Target, Vec<String>)>,
+    /// Each entry's target, as parsed and as written, and its states.
+    entries: Vec<(Target, String, Vec<String>)>,
 }
 
 #[derive(Deserialize)]
@@ -50,13 +51,19 @@ struct TopEntry {
 }
 
 impl TopFile {
-    /// The states a minion gets, in top-file order, each once.
-    pub fn states_for(&self, id: &str, facts: &HashMap<String, String>) -> Vec<String> {
+    /// The states a minion gets, in top-file order, each once, given the
+    /// facts it reported and what the master assigned to its key.
+    pub fn states_for(
+        &self,
+        id: &str,
+        facts: &HashMap<String, String>,
+        assigned: &HashMap<String, String>,
+    ) -> Vec<String> {
         let mut seen = HashSet::new();
         self.entries
             .iter()
-            .filter(|(t, _)| t.matches(id, facts))
-            .flat_map(|(_, states)| states.iter())
+            .filter(|(t, _, _)| t.matches(id, facts, assigned))
+            .flat_map(|(_, _, states)| states.iter())
             .filter(|s| seen.insert(s.as_str()))
             .cloned()
             .collect()
@@ -106,9 +113,65 @@ impl StateTree {
                     message: format!("target #{}: {err}", i + 1),
                 })?;
             }
-            entries.push((target, e.states));
+            entries.push((target, e.target, e.states));
         }
         Ok(TopFile { entries })
+    }
+
+    /// Warnings, for `--check-config` and the master's log, where states
+    /// holding secrets ([`State::holds_secret`]) go to minions chosen by
+    /// facts the minions report themselves (Salt's grains trap): the top
+    /// file's entries, and `also`: (where, target, states) of each rule
+    /// that applies states to a target.
+    pub fn secret_warnings(&self, also: &[(String, String, Vec<String>)]) -> Vec<String> {
+        let mut uses: Vec<(String, String, Vec<String>)> = Vec::new();
+        if let Ok(top) = self.top() {
+            let file = self.root.join("top.toml").display().to_string();
+            for (i, (_, text, states)) in top.entries.into_iter().enumerate() {
+                uses.push((format!("{file}: target #{}", i + 1), text, states));
+            }
+        }
+        uses.extend(also.iter().cloned());
+        let mut out = Vec::new();
+        for (place, text, states) in uses {
+            let Ok(target) = Target::parse(&text) else {
+                continue; // reported by the check itself
+            };
+            let facts = target.reported_facts();
+            let Some((fact, value)) = facts.first() else {
+                continue;
+            };
+            let secrets: Vec<String> = states
+                .iter()
+                .filter_map(|name| {
+                    let held: Vec<String> = self
+                        .load(name)
+                        .ok()?
+                        .into_iter()
+                        .filter(State::holds_secret)
+                        .map(|s| s.id)
+                        .collect();
+                    (!held.is_empty()).then(|| format!("`{name}` (secret: {})", held.join(", ")))
+                })
+                .collect();
+            if secrets.is_empty() {
+                continue;
+            }
+            let label = fact.strip_prefix("label.").unwrap_or(fact);
+            out.push(format!(
+                "warning: {place} gives states holding secrets, {}, to minions matching `{text}`, \
+                 which depends on what a minion reports about itself ({}): any minion can claim \
+                 that and receive them. Target them by id, or by a label the master assigns \
+                 (`tend keys label MINION {label}={value}`, then match `key.{label}:{value}`).",
+                secrets.join(", "),
+                facts
+                    .iter()
+                    .map(|(n, v)| format!("{n}:{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        out
     }
 
     /// Checks everything an apply could use, for `--check-config`: the
@@ -122,7 +185,7 @@ impl StateTree {
         let mut problems = Vec::new();
         let mut sets: Vec<Vec<String>> = also.to_vec();
         match self.top() {
-            Ok(top) => sets.extend(top.entries.into_iter().map(|(_, states)| states)),
+            Ok(top) => sets.extend(top.entries.into_iter().map(|(_, _, states)| states)),
             Err(e) => problems.push(e),
         }
         let mut names = Vec::new();
@@ -558,8 +621,9 @@ mod tests {
         .unwrap();
         let top = t.top().unwrap();
         let debian: HashMap<String, String> = [("os".to_string(), "debian".to_string())].into();
-        assert_eq!(top.states_for("web1", &debian), vec!["base", "web"]);
-        assert_eq!(top.states_for("db1", &debian), vec!["base"]);
+        let none = HashMap::new();
+        assert_eq!(top.states_for("web1", &debian, &none), vec!["base", "web"]);
+        assert_eq!(top.states_for("db1", &debian, &none), vec!["base"]);
         std::fs::write(
             dir.path().join("states/top.toml"),
             "[[target]]\nmatch = \"(web\"\nstates = [\"x\"]\n",

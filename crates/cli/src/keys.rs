@@ -1,0 +1,286 @@
+//! `tend keys`: the operator's side of key acceptance (salt-key's job).
+//!
+//! A glob accepts pending keys only, and only after the operator saw which:
+//! the master is asked what the glob would accept, the list is shown, and
+//! on a terminal the operator confirms (`--yes` for scripts). Without a
+//! terminal and without `--yes` nothing is accepted: a script that used to
+//! accept a glob blindly fails loudly instead of admitting an impostor.
+//! What was confirmed is then accepted key by key, by name and fingerprint,
+//! so a key that arrived after the list was shown is never taken with it.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail};
+use clap::Subcommand;
+use tend_bus::ControlClient;
+use tend_proto::v1::{ChangeKeys, KeyInfo, KeysChanged, ListKeys, control_reply, control_request};
+
+use crate::{QUERY_TIMEOUT, call, json, show};
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Every key the master knows, by state, with fingerprints and labels,
+    /// and the master's own.
+    List,
+    /// Accept keys. A glob (`web*`) takes pending keys only, shows them and
+    /// asks first; a rejected or denied key, or one of several keys for a
+    /// name, is accepted by its name and `--fingerprint`.
+    #[command(
+        after_help = "Examples:\n  tend keys accept web3\n  tend keys accept 'web*'          # shows the keys, asks\n  tend keys accept 'web*' --yes    # scripts\n  tend keys accept web2 --fingerprint sha256:0f3c...\n  tend keys accept --operator alice"
+    )]
+    Accept {
+        pattern: String,
+        /// An operator key, not a minion's.
+        #[arg(long)]
+        operator: bool,
+        /// Only the key with this fingerprint (`sha256:...`), as `tend keys
+        /// list` shows it and the peer's own `--fingerprint` prints it.
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// Accept what a glob matches without asking.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Reject every key of the names matching a glob; their sessions end.
+    Reject {
+        pattern: String,
+        #[arg(long)]
+        operator: bool,
+    },
+    /// Forget keys of names matching a glob, in every state (or only the
+    /// key with `--fingerprint`); their sessions end.
+    Delete {
+        pattern: String,
+        #[arg(long)]
+        operator: bool,
+        #[arg(long)]
+        fingerprint: Option<String>,
+    },
+    /// Set labels on an accepted minion, kept with its key on the master:
+    /// targets match them as `key.<label>:<value>`, and unlike facts a
+    /// minion cannot claim them.
+    #[command(
+        after_help = "Examples:\n  tend keys label db1 role=db env=prod\n  tend keys label db1 env=        # removes env\n  tend apply key.role:db"
+    )]
+    Label {
+        name: String,
+        /// `key=value` sets a label; `key=` removes it.
+        #[arg(required = true)]
+        labels: Vec<String>,
+    },
+}
+
+fn kind(operator: bool) -> String {
+    if operator { "operator" } else { "minion" }.into()
+}
+
+fn change(client: &mut ControlClient, req: ChangeKeys) -> anyhow::Result<KeysChanged> {
+    let mut changed = None;
+    call(
+        client,
+        control_request::Body::ChangeKeys(req),
+        QUERY_TIMEOUT,
+        |body| {
+            if let control_reply::Body::KeysChanged(k) = body {
+                changed = Some(k);
+            }
+        },
+    )?;
+    changed.ok_or_else(|| anyhow!("the master sent no answer to the key change"))
+}
+
+fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '[', ']', '{', '}', '\\'])
+}
+
+fn describe(keys: &[KeyInfo]) -> String {
+    keys.iter()
+        .map(|k| format!("  {}  {}  {}", k.name, k.kind, k.fingerprint))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Asks on the terminal; false when the operator did not say yes.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+pub fn exec(client: &mut ControlClient, what: KeysCommand, json: bool) -> anyhow::Result<ExitCode> {
+    let (action, changed) = match what {
+        KeysCommand::List => {
+            let mut keys = None;
+            call(
+                client,
+                control_request::Body::ListKeys(ListKeys {}),
+                QUERY_TIMEOUT,
+                |body| {
+                    if let control_reply::Body::Keys(k) = body {
+                        keys = Some(k);
+                    }
+                },
+            )?;
+            let keys = keys.ok_or_else(|| anyhow!("the master sent no keys"))?;
+            if json {
+                println!("{}", json::keys(&keys));
+            } else {
+                show::keys(&keys);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        KeysCommand::Accept {
+            pattern,
+            operator,
+            fingerprint,
+            yes,
+        } if is_glob(&pattern) && fingerprint.is_none() => {
+            let preview = change(
+                client,
+                ChangeKeys {
+                    action: "accept".into(),
+                    kind: kind(operator),
+                    pattern: pattern.clone(),
+                    dry_run: true,
+                    ..Default::default()
+                },
+            )?;
+            let list = describe(&preview.keys);
+            let notes: String = preview
+                .notes
+                .iter()
+                .map(|n| format!("\n  passed over: {n}"))
+                .collect();
+            if !yes {
+                if !std::io::stdin().is_terminal() {
+                    bail!(
+                        "tend keys accept {pattern:?} would accept these pending keys:\n{list}{notes}\n\
+                         Nothing was accepted: there is no terminal to confirm on. Compare the \
+                         fingerprints with each peer's own, then run again with --yes."
+                    );
+                }
+                eprintln!("{pattern:?} matches these pending keys:\n{list}{notes}");
+                if !confirm(&format!("Accept these {}?", preview.keys.len()))? {
+                    bail!("nothing accepted: the operator did not confirm");
+                }
+            }
+            // Exactly what was shown: by name and fingerprint each.
+            let mut done = KeysChanged::default();
+            for k in preview.keys {
+                let one = change(
+                    client,
+                    ChangeKeys {
+                        action: "accept".into(),
+                        kind: kind(operator),
+                        pattern: k.name.clone(),
+                        fingerprint: k.fingerprint.clone(),
+                        ..Default::default()
+                    },
+                )?;
+                done.names.extend(one.names);
+                done.keys.extend(one.keys);
+            }
+            ("accept", done)
+        }
+        KeysCommand::Accept {
+            pattern,
+            operator,
+            fingerprint,
+            yes: _,
+        } => (
+            "accept",
+            change(
+                client,
+                ChangeKeys {
+                    action: "accept".into(),
+                    kind: kind(operator),
+                    pattern,
+                    fingerprint: fingerprint.unwrap_or_default(),
+                    ..Default::default()
+                },
+            )?,
+        ),
+        KeysCommand::Reject { pattern, operator } => (
+            "reject",
+            change(
+                client,
+                ChangeKeys {
+                    action: "reject".into(),
+                    kind: kind(operator),
+                    pattern,
+                    ..Default::default()
+                },
+            )?,
+        ),
+        KeysCommand::Delete {
+            pattern,
+            operator,
+            fingerprint,
+        } => (
+            "delete",
+            change(
+                client,
+                ChangeKeys {
+                    action: "delete".into(),
+                    kind: kind(operator),
+                    pattern,
+                    fingerprint: fingerprint.unwrap_or_default(),
+                    ..Default::default()
+                },
+            )?,
+        ),
+        KeysCommand::Label { name, labels } => (
+            "label",
+            change(
+                client,
+                ChangeKeys {
+                    action: "label".into(),
+                    kind: "minion".into(),
+                    pattern: name,
+                    labels,
+                    ..Default::default()
+                },
+            )?,
+        ),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "action": action,
+                "names": changed.names,
+                "keys": changed.keys.iter().map(json::key).collect::<Vec<_>>(),
+                "notes": changed.notes,
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = match action {
+        "accept" => "accepted",
+        "reject" => "rejected",
+        "label" => "labelled",
+        _ => "deleted",
+    };
+    if changed.keys.is_empty() {
+        println!("nothing to change");
+    }
+    for k in &changed.keys {
+        if action == "label" {
+            let labels: Vec<String> = {
+                let mut l: Vec<_> = k.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                l.sort();
+                l
+            };
+            println!("{done}: {} ({})", k.name, labels.join(" "));
+        } else {
+            println!("{done}: {} ({})", k.name, k.fingerprint);
+        }
+    }
+    for n in &changed.notes {
+        println!("note: {n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -202,11 +202,13 @@ pub fn control(data: &[u8]) {
     };
     let Some(body) = req.body else { return };
     let facts: HashMap<String, String> = [("os".to_string(), "debian".to_string())].into();
+    // Labels the master assigned to the key (targeted as `key.<label>`).
+    let labels: HashMap<String, String> = [("role".to_string(), "web".to_string())].into();
     let target = |text: &str| {
         let Ok(t) = tend_state::Target::parse(text) else {
             return;
         };
-        let _ = t.matches(MINION, &facts);
+        let _ = t.matches(MINION, &facts, &labels);
         for id in t.exact_ids().unwrap_or_default() {
             let _ = tend_proto::validate_minion_id(&id);
         }
@@ -303,8 +305,10 @@ pub fn state(data: &[u8]) {
     }
     let dir = scratch_file("top.toml", data);
     let facts: HashMap<String, String> = [("os".to_string(), "debian".to_string())].into();
+    // Labels the master assigned to the key (targeted as `key.<label>`).
+    let labels: HashMap<String, String> = [("role".to_string(), "web".to_string())].into();
     if let Ok(top) = tend_state::StateTree::new(dir.parent().unwrap_or(Path::new("/"))).top() {
-        let _ = top.states_for(MINION, &facts);
+        let _ = top.states_for(MINION, &facts, &labels);
     }
 }
 

@@ -676,14 +676,21 @@ impl Store {
             .transpose()
     }
 
-    /// The newest `limit` jobs, newest first.
-    pub fn list_jobs(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
+    /// The newest `limit` jobs, newest first, and no more than `max_bytes`
+    /// of them (a job holds each minion's output: a long list is cut
+    /// rather than built whole in memory; the newest always comes).
+    pub fn list_jobs(&self, limit: usize, max_bytes: usize) -> Result<Vec<Job>, StoreError> {
         let db = self.db()?;
         let tx = db.begin_read()?;
         let table = tx.open_table(JOBS)?;
         let mut out = Vec::new();
+        let mut bytes = 0;
         for entry in table.iter()?.rev().take(limit) {
             let (k, v) = entry?;
+            bytes += v.value().len();
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
             out.push(decode("jobs", k.value(), v.value())?);
         }
         Ok(out)
@@ -1029,6 +1036,9 @@ mod tests {
         assert_eq!(job.minions[0].status, "interrupted");
         assert_eq!(store.job(2).unwrap().unwrap().status, "ok");
         assert!(store.interrupt_unfinished("again").unwrap().is_empty());
+        // A list of jobs is cut at its byte budget, the newest first.
+        assert_eq!(store.list_jobs(10, 1).unwrap().len(), 1);
+        assert_eq!(store.list_jobs(10, 1 << 20).unwrap().len(), 2);
     }
 
     #[test]

@@ -370,6 +370,7 @@ async fn apply(master: &Arc<Master>, out: &Responder, cmd: ApplyCommand) -> Resu
         timeout,
         rule: String::new(),
         trigger: None,
+        queued: None,
     };
     let master = master.clone();
     let job = tokio::spawn(async move { run_apply(&master, spec, Some(tx)).await });

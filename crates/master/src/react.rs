@@ -327,15 +327,37 @@ fn act(master: &Arc<Master>, fire: Fire, made: &mut Made) {
                     states.and_then(|s| Ok((s, minions(master, target, &ctx, &fire.event)?)));
                 match minions {
                     Ok((states, minions)) => {
+                        // One queued job per minion, stored with the step:
+                        // it runs, or is folded into an apply already
+                        // waiting (and removed), or, the master stopping
+                        // first, is marked interrupted at the next start.
+                        let queued: Vec<(String, Job)> = minions
+                            .into_iter()
+                            .map(|minion| {
+                                let mut job = new_job(
+                                    master,
+                                    "apply",
+                                    minion.clone(),
+                                    states.clone(),
+                                    &fire.rule,
+                                    Some(&fire.event),
+                                );
+                                job.test = *test;
+                                job.status = "queued".into();
+                                (minion, job)
+                            })
+                            .collect();
+                        made.jobs.extend(queued.iter().map(|(_, j)| j.clone()));
                         let (master, fire, test) = (master.clone(), fire.clone(), *test);
                         made.later.push(Box::new(move || {
-                            for minion in minions {
+                            for (minion, job) in queued {
                                 enqueue(
                                     &master,
                                     (minion, states.clone(), test),
                                     Trigger {
                                         rule: fire.rule.clone(),
                                         event: fire.event.clone(),
+                                        job,
                                     },
                                 );
                             }
@@ -455,13 +477,12 @@ fn admit(
 }
 
 /// An apply a rule asked for, refused because the action queue was full:
-/// counted, logged and recorded as a failed job.
-pub(crate) fn refused(master: &Arc<Master>, rule: &str, event: &Event, kind: &str, full: Full) {
+/// counted, logged, and its queued job ends failed.
+pub(crate) fn refused(master: &Arc<Master>, mut job: Job, full: Full) {
     add(&master.counters.actions_refused, 1);
-    tracing::warn!(%rule, action = kind, error = %full, "action refused");
-    let mut job = new_job(master, kind, String::new(), Vec::new(), rule, Some(event));
+    tracing::warn!(rule = %job.rule, action = "apply", error = %full, "action refused");
     job.minions.push(MinionResult {
-        minion: event.minion.clone(),
+        minion: job.target.clone(),
         status: "failed".into(),
         error: full.to_string(),
         ..Default::default()

@@ -666,6 +666,16 @@ impl Store {
         Ok(stored)
     }
 
+    /// Removes a job record (a queued reaction folded into another).
+    pub fn delete_job(&self, id: u64) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let tx = db.begin_write()?;
+        tx.open_table(JOBS)?.remove(id)?;
+        tx.open_table(RUNNING)?.remove(id)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
         let db = self.db()?;
         let tx = db.begin_read()?;

@@ -282,7 +282,8 @@ impl Store {
                     Some(s) => *s,
                     None => acked_table.get(minion.as_str())?.map_or(0, |v| v.value()),
                 };
-                if incoming.oldest > seen + 1 {
+                // `seen` comes from what minions sent: it may be u64::MAX.
+                if incoming.oldest > seen.saturating_add(1) {
                     *out.lost.entry(minion.clone()).or_default() += incoming.oldest - 1 - seen;
                     seen = incoming.oldest - 1;
                 }
@@ -293,7 +294,7 @@ impl Store {
                     while let Some(&r) = refused.peek() {
                         if r <= *seen {
                             refused.next();
-                        } else if r == *seen + 1 {
+                        } else if r == seen.saturating_add(1) {
                             *seen = r;
                             refused.next();
                         } else {
@@ -305,7 +306,7 @@ impl Store {
                     skip_refused(&mut seen);
                     if event.seq <= seen {
                         out.duplicates += 1;
-                    } else if event.seq == seen + 1 {
+                    } else if event.seq == seen.saturating_add(1) {
                         seen = event.seq;
                         store(event, &mut out)?;
                     } else {
@@ -1060,5 +1061,21 @@ mod tests {
         store.probe().unwrap();
         let out = store.append(vec![incoming("a", &[1, 2])], vec![]).unwrap();
         assert_eq!((out.stored.len(), out.duplicates), (1, 1));
+    }
+
+    #[test]
+    fn a_seq_at_the_top_of_the_range_does_not_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut top = incoming("a", &[u64::MAX]);
+        top.oldest = u64::MAX;
+        let out = store.append(vec![top], vec![]).unwrap();
+        assert_eq!(out.stored.len(), 1);
+        let mut again = incoming("a", &[u64::MAX]);
+        again.oldest = u64::MAX;
+        again.refused = vec![u64::MAX];
+        let out = store.append(vec![again], vec![]).unwrap();
+        assert_eq!((out.stored.len(), out.duplicates), (0, 1));
+        assert_eq!(store.acked("a").unwrap(), u64::MAX);
     }
 }

@@ -44,6 +44,8 @@ const RUNNING: TableDefinition<u64, ()> = TableDefinition::new("running");
 /// The id of the last event the reactor has evaluated and whose reactions
 /// are stored.
 const REACTOR_CURSOR: &str = "reactor_cursor";
+/// Set once the `running` index holds every unfinished job.
+const RUNNING_INDEXED: &str = "running_indexed";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -178,7 +180,7 @@ impl Store {
             tx.open_table(ACKED)?;
             tx.open_table(MINIONS)?;
             tx.open_table(REACTOR)?;
-            tx.open_table(RUNNING)?;
+            let mut running = tx.open_table(RUNNING)?;
             let mut meta = tx.open_table(META)?;
             let last_event = events.last()?.map_or(0, |(k, _)| k.value());
             let last_job = jobs.last()?.map_or(0, |(k, _)| k.value());
@@ -186,6 +188,16 @@ impl Store {
             // evaluated when they came (or never will be); go on from here.
             if meta.get(REACTOR_CURSOR)?.is_none() {
                 meta.insert(REACTOR_CURSOR, last_event)?;
+            }
+            // And its unfinished jobs were not indexed: once, look.
+            if meta.get(RUNNING_INDEXED)?.is_none() {
+                for entry in jobs.iter()? {
+                    let (k, v) = entry?;
+                    if decode::<Job>("jobs", k.value(), v.value())?.finished_us == 0 {
+                        running.insert(k.value(), ())?;
+                    }
+                }
+                meta.insert(RUNNING_INDEXED, 1)?;
             }
             (last_event + 1, last_job + 1)
         };
@@ -1047,6 +1059,22 @@ mod tests {
         assert_eq!(job.minions[0].status, "interrupted");
         assert_eq!(store.job(2).unwrap().unwrap().status, "ok");
         assert!(store.interrupt_unfinished("again").unwrap().is_empty());
+
+        // A store from before the index: its running jobs are found too.
+        store.put_job(&running).unwrap();
+        {
+            let db = store.db().unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(RUNNING).unwrap().remove(1).unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .remove(RUNNING_INDEXED)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.interrupt_unfinished("old").unwrap().len(), 1);
         // A list of jobs is cut at its byte budget, the newest first.
         assert_eq!(store.list_jobs(10, 1).unwrap().len(), 1);
         assert_eq!(store.list_jobs(10, 1 << 20).unwrap().len(), 2);

@@ -261,3 +261,49 @@ fn windows_and_holds_go_on_across_a_master_restart() {
     assert_eq!(master.events(&["--tag", "knocked"]).len(), 1);
     assert_eq!(master.events(&["--tag", "held"]).len(), 1);
 }
+
+#[test]
+fn reactions_waiting_their_turn_at_a_crash_are_recorded_and_interrupted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut master = Master::new(&tmp.path().join("master"), "max_actions = 1\n");
+    master.rule_file(
+        "slow.toml",
+        r#"
+        [[rule]]
+        name = "slow"
+        on = "minion/*/event/go"
+        [[rule.action]]
+        run = "sleep 30"
+        "#,
+    );
+    master.start();
+    let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &master, "");
+    minion.start();
+    master.wait_connected("m1");
+    assert!(minion.send("go", 3).status.success());
+    let rule_jobs = |m: &Master| -> Vec<Value> {
+        m.tend_json(&["jobs"])
+            .into_iter()
+            .filter(|j| j["rule"] == "slow")
+            .collect()
+    };
+    // One runs, two wait: all three are recorded before any runs.
+    wait_until(Duration::from_secs(20), "1 running and 2 queued", || {
+        let j = rule_jobs(&master);
+        let count = |s: &str| j.iter().filter(|j| j["status"] == s).count();
+        (count("running") == 1 && count("queued") == 2).then_some(())
+    });
+    master.daemon().kill9();
+    master.start();
+    let jobs = settle(Duration::from_secs(20), || {
+        let j = rule_jobs(&master);
+        (
+            j.len() == 3 && j.iter().all(|j| j["status"] == "interrupted"),
+            j,
+        )
+    });
+    assert!(
+        jobs.len() == 3 && jobs.iter().all(|j| j["status"] == "interrupted"),
+        "every reaction the killed master had taken on ends interrupted: {jobs:?}"
+    );
+}

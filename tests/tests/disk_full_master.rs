@@ -61,6 +61,19 @@ fn a_full_disk_stops_acknowledgements_and_the_store_recovers_without_a_restart()
     // unmount.
     let _disk = Tmpfs::mount(&dir.join("data"), "16m");
     let mut master = Master::new(&dir, "");
+    // A rule reacts to every event: the reactor, too, goes on once the
+    // store works, each event reacted to once.
+    master.rule_file(
+        "echo.toml",
+        r#"
+        [[rule]]
+        name = "echo"
+        on = "minion/*/event/during"
+        [[rule.action]]
+        fire = "reacted"
+        data = { seq = "{{ event.seq }}" }
+        "#,
+    );
     master.start();
     let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &master, "");
     minion.start();
@@ -128,6 +141,24 @@ fn a_full_disk_stops_acknowledgements_and_the_store_recovers_without_a_restart()
             .events(&["--tag", "master/store/recovered"])
             .is_empty(),
         "the recovery is announced"
+    );
+    let reacted = wait_until(
+        Duration::from_secs(60),
+        "every stored event reacted to",
+        || {
+            let r: Vec<String> = master
+                .events(&["--tag", "reacted", "--limit", "1000000"])
+                .iter()
+                .map(|e| e["data"]["seq"].as_str().unwrap_or("").to_string())
+                .collect();
+            (r.len() as u64 >= sent).then_some(r)
+        },
+    );
+    let unique: HashSet<&String> = reacted.iter().collect();
+    assert_eq!(
+        (unique.len(), reacted.len()),
+        (sent as usize, sent as usize),
+        "each event reacted to exactly once"
     );
     assert!(master.daemon().is_running());
     assert_eq!(master.daemon().child.id(), pid_before, "no restart");

@@ -347,10 +347,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 show::job_summary(&job);
             }
-            let failed = job
-                .minions
-                .iter()
-                .any(|m| matches!(m.status.as_str(), "failed" | "timeout" | "unreachable"));
+            let failed = job.minions.iter().any(|m| {
+                matches!(
+                    m.status.as_str(),
+                    "failed" | "timeout" | "unreachable" | "interrupted"
+                )
+            });
             Ok(if failed {
                 ExitCode::FAILURE
             } else {

@@ -50,10 +50,9 @@ pub fn paint(text: &str, p: Paint) -> String {
 fn word(word: &str) -> String {
     let p = match word {
         "ok" | "yes" | "accepted" | "done" => Paint::Green,
-        "changed" | "would-change" | "pending" | "running" => Paint::Yellow,
-        "failed" | "FAILED" | "timeout" | "unreachable" | "no" | "rejected" | "denied" => {
-            Paint::Red
-        }
+        "changed" | "would-change" | "pending" | "running" | "queued" => Paint::Yellow,
+        "failed" | "FAILED" | "timeout" | "unreachable" | "interrupted" | "no" | "rejected"
+        | "denied" => Paint::Red,
         _ => return word.to_string(),
     };
     paint(word, p)
@@ -212,6 +211,7 @@ pub fn job_summary(job: &Job) {
         "failed",
         "timeout",
         "unreachable",
+        "interrupted",
     ] {
         let n = count(status);
         if n > 0 {

@@ -24,6 +24,9 @@ const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1_000_000;
 /// A reply part is cut at about this size.
 const PART_BYTES: usize = 256 * 1024;
+/// Jobs in one answer, at most this many bytes of them (each holds its
+/// minions' output, up to 64 KiB each): the newest come first.
+const JOBS_BYTES: usize = 16 << 20;
 /// Events in one answer to a listing, at most: a longer one comes in
 /// pages the CLI asks for in turn, so a listing of a million events never
 /// sits whole in the master's memory.
@@ -107,7 +110,7 @@ async fn handle(master: &Arc<Master>, out: &Responder, req: ControlRequest) -> R
                 (q.limit as usize).min(MAX_LIMIT)
             };
             let store = master.store.clone();
-            let jobs = blocking(move || store.list_jobs(limit)).await?;
+            let jobs = blocking(move || store.list_jobs(limit, JOBS_BYTES)).await?;
             send(out, control_reply::Body::Jobs(JobList { jobs }))
         }
         control_request::Body::GetJob(q) => {
@@ -469,6 +472,7 @@ async fn apply(master: &Arc<Master>, out: &Responder, cmd: ApplyCommand) -> Resu
         timeout,
         rule: String::new(),
         trigger: None,
+        queued: None,
     };
     let master = master.clone();
     let job = tokio::spawn(async move { run_apply(&master, spec, Some(tx)).await });

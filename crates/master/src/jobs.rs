@@ -28,6 +28,9 @@ pub struct ApplySpec {
     pub timeout: Duration,
     pub rule: String,
     pub trigger: Option<Event>,
+    /// The job a rule's reaction already recorded as queued: the apply
+    /// goes on under its id.
+    pub queued: Option<Job>,
 }
 
 /// Runs an apply to completion. Each minion's result goes to `progress` as
@@ -38,7 +41,10 @@ pub async fn run_apply(
     progress: Option<mpsc::Sender<MinionResult>>,
 ) -> Job {
     let mut job = Job {
-        id: master.store.next_job_id(),
+        id: spec
+            .queued
+            .as_ref()
+            .map_or_else(|| master.store.next_job_id(), |j| j.id),
         kind: "apply".into(),
         target: spec.target.clone(),
         states: spec.states.clone(),
@@ -422,6 +428,16 @@ pub async fn save_job(master: &Master, job: &Job) {
     }
 }
 
+/// Removes the queued record of a reaction folded into another.
+fn forget_job(master: &Arc<Master>, id: u64) {
+    let store = master.store.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = store.delete_job(id) {
+            tracing::warn!(job = id, error = %e, "cannot remove the record of a coalesced reaction");
+        }
+    });
+}
+
 /// For one (minion, states, test): whether an apply is running, and the
 /// trigger of the one waiting behind it.
 pub(crate) type Key = (String, Vec<String>, bool);
@@ -429,6 +445,8 @@ pub(crate) type Key = (String, Vec<String>, bool);
 pub(crate) struct Trigger {
     pub rule: Arc<str>,
     pub event: Event,
+    /// Its job, recorded as queued with the reactor's step.
+    pub job: Job,
 }
 
 #[derive(Default)]
@@ -446,11 +464,12 @@ pub(crate) fn enqueue(master: &Arc<Master>, key: Key, trigger: Trigger) {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(waiting) = queue.get_mut(&key) {
-            if waiting.is_some() {
+            // The newest trigger stands for all the ones it replaces; the
+            // replaced one's queued record goes (it is counted).
+            if let Some(folded) = waiting.replace(trigger) {
                 add(&master.counters.reactions_coalesced, 1);
+                forget_job(master, folded.job.id);
             }
-            // The newest trigger stands for all the ones it replaces.
-            *waiting = Some(trigger);
             return;
         }
         // A new (minion, states): one more action, if there is room.
@@ -461,7 +480,7 @@ pub(crate) fn enqueue(master: &Arc<Master>, key: Key, trigger: Trigger) {
             }
             Err(full) => {
                 drop(queue);
-                crate::react::refused(master, &trigger.rule, &trigger.event, "apply", full);
+                crate::react::refused(master, trigger.job, full);
                 return;
             }
         }
@@ -478,6 +497,7 @@ pub(crate) fn enqueue(master: &Arc<Master>, key: Key, trigger: Trigger) {
                 timeout: Duration::from_millis(master.cfg.apply_timeout_ms),
                 rule: trigger.rule.to_string(),
                 trigger: Some(trigger.event),
+                queued: Some(trigger.job),
             };
             admitted.run(run_apply(&master, spec, None)).await;
             let mut queue = master

@@ -48,18 +48,29 @@ pub fn run(
     rules: Arc<Rules>,
 ) {
     let _guard = rt.enter();
-    let Some(mut reactor) = master.upgrade().and_then(|m| load(&m, rules.clone())) else {
-        return;
-    };
-    let mut rules = rules;
     let mut cursor = Cursor::default();
-    if let Some(m) = master.upgrade() {
-        cursor.evaluated = m.store.reactor_cursor().unwrap_or(0);
+    let mut reactor = {
+        let Some(m) = master.upgrade() else {
+            return;
+        };
+        // Where to go on from: never guessed, or history would be
+        // reacted to again.
+        loop {
+            match m.store.reactor_cursor() {
+                Ok(c) => break cursor.evaluated = c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the reactor's cursor; trying again");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
         cursor.stored = cursor.evaluated;
         m.metrics
             .reactor_cursor
             .store(cursor.evaluated, std::sync::atomic::Ordering::Relaxed);
-    }
+        load(&m, rules.clone())
+    };
+    let mut rules = rules;
     loop {
         // Catch up with the store.
         loop {
@@ -81,10 +92,7 @@ pub fn run(
                 Err(()) => {
                     // What was evaluated and not stored is forgotten: the
                     // reactor goes back to what the store holds.
-                    match load(&master, rules.clone()) {
-                        Some(r) => reactor = r,
-                        None => return,
-                    }
+                    reactor = load(&master, rules.clone());
                     cursor.evaluated = cursor.stored;
                     break;
                 }
@@ -123,20 +131,25 @@ impl Default for Cursor {
     }
 }
 
-/// A reactor with the rules and the group states the store holds.
-fn load(master: &Master, rules: Arc<Rules>) -> Option<Reactor> {
+/// A reactor with the rules and the group states the store holds. A store
+/// that cannot be read is tried again: starting with empty windows would
+/// change what fires.
+fn load(master: &Master, rules: Arc<Rules>) -> Reactor {
+    let saved = loop {
+        match master.store.reactor_state() {
+            Ok(saved) => break saved,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the reactor's saved windows and holds; trying again");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    };
     let mut reactor = Reactor::new(rules);
-    match master.store.reactor_state() {
-        Ok(saved) if !saved.is_empty() => {
-            let n = reactor.restore(saved, clock());
-            tracing::info!(groups = n, "reactor windows and holds restored");
-        }
-        Ok(_) => {}
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the reactor's saved windows and holds; they start over");
-        }
+    if !saved.is_empty() {
+        let n = reactor.restore(saved, clock());
+        tracing::info!(groups = n, "reactor windows and holds restored");
     }
-    Some(reactor)
+    reactor
 }
 
 fn clock() -> Clock {
@@ -327,15 +340,37 @@ fn act(master: &Arc<Master>, fire: Fire, made: &mut Made) {
                     states.and_then(|s| Ok((s, minions(master, target, &ctx, &fire.event)?)));
                 match minions {
                     Ok((states, minions)) => {
+                        // One queued job per minion, stored with the step:
+                        // it runs, or is folded into an apply already
+                        // waiting (and removed), or, the master stopping
+                        // first, is marked interrupted at the next start.
+                        let queued: Vec<(String, Job)> = minions
+                            .into_iter()
+                            .map(|minion| {
+                                let mut job = new_job(
+                                    master,
+                                    "apply",
+                                    minion.clone(),
+                                    states.clone(),
+                                    &fire.rule,
+                                    Some(&fire.event),
+                                );
+                                job.test = *test;
+                                job.status = "queued".into();
+                                (minion, job)
+                            })
+                            .collect();
+                        made.jobs.extend(queued.iter().map(|(_, j)| j.clone()));
                         let (master, fire, test) = (master.clone(), fire.clone(), *test);
                         made.later.push(Box::new(move || {
-                            for minion in minions {
+                            for (minion, job) in queued {
                                 enqueue(
                                     &master,
                                     (minion, states.clone(), test),
                                     Trigger {
                                         rule: fire.rule.clone(),
                                         event: fire.event.clone(),
+                                        job,
                                     },
                                 );
                             }
@@ -455,13 +490,12 @@ fn admit(
 }
 
 /// An apply a rule asked for, refused because the action queue was full:
-/// counted, logged and recorded as a failed job.
-pub(crate) fn refused(master: &Arc<Master>, rule: &str, event: &Event, kind: &str, full: Full) {
+/// counted, logged, and its queued job ends failed.
+pub(crate) fn refused(master: &Arc<Master>, mut job: Job, full: Full) {
     add(&master.counters.actions_refused, 1);
-    tracing::warn!(%rule, action = kind, error = %full, "action refused");
-    let mut job = new_job(master, kind, String::new(), Vec::new(), rule, Some(event));
+    tracing::warn!(rule = %job.rule, action = "apply", error = %full, "action refused");
     job.minions.push(MinionResult {
-        minion: event.minion.clone(),
+        minion: job.target.clone(),
         status: "failed".into(),
         error: full.to_string(),
         ..Default::default()

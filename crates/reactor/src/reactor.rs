@@ -213,17 +213,26 @@ impl Reactor {
     }
 
     /// Makes room for one more group of `rule` under its `max_groups`: the
-    /// group touched longest ago is forgotten, and counted.
+    /// groups touched longest ago are forgotten, and counted. A 64th of the
+    /// cap goes at once, so a flood of new groups costs one scan per that
+    /// many, not one per event.
     fn make_room(&mut self, rule: usize) {
         let max = self.rules.get(rule).max_groups;
-        while self.per_rule.get(&rule).copied().unwrap_or(0) >= max {
-            let oldest = self
-                .tracks
-                .iter()
-                .filter(|((r, _), _)| *r == rule)
-                .min_by_key(|(_, t)| t.last_touch)
-                .map(|(k, _)| k.clone());
-            let Some(key) = oldest else { break };
+        if self.per_rule.get(&rule).copied().unwrap_or(0) < max {
+            return;
+        }
+        let mut groups: Vec<(Instant, (usize, String))> = self
+            .tracks
+            .iter()
+            .filter(|((r, _), _)| *r == rule)
+            .map(|(k, t)| (t.last_touch, k.clone()))
+            .collect();
+        let n = (max / 64).clamp(1, groups.len().max(1));
+        if groups.len() > n {
+            groups.select_nth_unstable_by_key(n - 1, |(touched, _)| *touched);
+            groups.truncate(n);
+        }
+        for (_, key) in groups {
             self.forget(&key);
             self.evicted += 1;
         }
@@ -534,6 +543,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn groups_per_rule_are_capped_and_the_oldest_give_way() {
+        // A cap of 3: one group goes at a time.
         let mut r = Reactor::new(rules(
             r#"
             [[rule]]
@@ -564,6 +574,29 @@ mod tests {
         });
         assert!(!cleared);
         assert!(changes.iter().filter(|(_, v)| v.is_none()).count() >= 997);
+
+        // A cap of 640: the oldest 10 (a 64th) go together, never
+        // more groups than the cap, never a new one.
+        let mut r = Reactor::new(rules(
+            r#"
+            [[rule]]
+            name = "per-user"
+            on = "minion/*/beacon/login/*"
+            group_by = ["data.user"]
+            count = 2
+            window = "1h"
+            max_groups = 640
+            [[rule.action]]
+            fire = "twice"
+            "#,
+        ));
+        for i in 0..5000 {
+            r.on_event(&user_login(&format!("u{i}")), Instant::now());
+            advance(Duration::from_millis(10)).await;
+            assert!(r.groups() <= 640);
+        }
+        assert_eq!(r.groups() as u64 + r.evicted, 5000);
+        assert_eq!(r.on_event(&user_login("u4999"), Instant::now()).len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -44,6 +44,8 @@ const RUNNING: TableDefinition<u64, ()> = TableDefinition::new("running");
 /// The id of the last event the reactor has evaluated and whose reactions
 /// are stored.
 const REACTOR_CURSOR: &str = "reactor_cursor";
+/// Set once the `running` index holds every unfinished job.
+const RUNNING_INDEXED: &str = "running_indexed";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -178,7 +180,7 @@ impl Store {
             tx.open_table(ACKED)?;
             tx.open_table(MINIONS)?;
             tx.open_table(REACTOR)?;
-            tx.open_table(RUNNING)?;
+            let mut running = tx.open_table(RUNNING)?;
             let mut meta = tx.open_table(META)?;
             let last_event = events.last()?.map_or(0, |(k, _)| k.value());
             let last_job = jobs.last()?.map_or(0, |(k, _)| k.value());
@@ -186,6 +188,16 @@ impl Store {
             // evaluated when they came (or never will be); go on from here.
             if meta.get(REACTOR_CURSOR)?.is_none() {
                 meta.insert(REACTOR_CURSOR, last_event)?;
+            }
+            // And its unfinished jobs were not indexed: once, look.
+            if meta.get(RUNNING_INDEXED)?.is_none() {
+                for entry in jobs.iter()? {
+                    let (k, v) = entry?;
+                    if decode::<Job>("jobs", k.value(), v.value())?.finished_us == 0 {
+                        running.insert(k.value(), ())?;
+                    }
+                }
+                meta.insert(RUNNING_INDEXED, 1)?;
             }
             (last_event + 1, last_job + 1)
         };
@@ -669,6 +681,16 @@ impl Store {
         Ok(stored)
     }
 
+    /// Removes a job record (a queued reaction folded into another).
+    pub fn delete_job(&self, id: u64) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let tx = db.begin_write()?;
+        tx.open_table(JOBS)?.remove(id)?;
+        tx.open_table(RUNNING)?.remove(id)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
         let db = self.db()?;
         let tx = db.begin_read()?;
@@ -679,14 +701,21 @@ impl Store {
             .transpose()
     }
 
-    /// The newest `limit` jobs, newest first.
-    pub fn list_jobs(&self, limit: usize) -> Result<Vec<Job>, StoreError> {
+    /// The newest `limit` jobs, newest first, and no more than `max_bytes`
+    /// of them (a job holds each minion's output: a long list is cut
+    /// rather than built whole in memory; the newest always comes).
+    pub fn list_jobs(&self, limit: usize, max_bytes: usize) -> Result<Vec<Job>, StoreError> {
         let db = self.db()?;
         let tx = db.begin_read()?;
         let table = tx.open_table(JOBS)?;
         let mut out = Vec::new();
+        let mut bytes = 0;
         for entry in table.iter()?.rev().take(limit) {
             let (k, v) = entry?;
+            bytes += v.value().len();
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
             out.push(decode("jobs", k.value(), v.value())?);
         }
         Ok(out)
@@ -1068,6 +1097,25 @@ mod tests {
         assert_eq!(job.minions[0].status, "interrupted");
         assert_eq!(store.job(2).unwrap().unwrap().status, "ok");
         assert!(store.interrupt_unfinished("again").unwrap().is_empty());
+
+        // A store from before the index: its running jobs are found too.
+        store.put_job(&running).unwrap();
+        {
+            let db = store.db().unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(RUNNING).unwrap().remove(1).unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .remove(RUNNING_INDEXED)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.interrupt_unfinished("old").unwrap().len(), 1);
+        // A list of jobs is cut at its byte budget, the newest first.
+        assert_eq!(store.list_jobs(10, 1).unwrap().len(), 1);
+        assert_eq!(store.list_jobs(10, 1 << 20).unwrap().len(), 2);
     }
 
     #[test]
@@ -1079,5 +1127,21 @@ mod tests {
         store.probe().unwrap();
         let out = store.append(vec![incoming("a", &[1, 2])], vec![]).unwrap();
         assert_eq!((out.stored.len(), out.duplicates), (1, 1));
+    }
+
+    #[test]
+    fn a_seq_at_the_top_of_the_range_does_not_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut top = incoming("a", &[u64::MAX]);
+        top.oldest = u64::MAX;
+        let out = store.append(vec![top], vec![]).unwrap();
+        assert_eq!(out.stored.len(), 1);
+        let mut again = incoming("a", &[u64::MAX]);
+        again.oldest = u64::MAX;
+        again.refused = vec![u64::MAX];
+        let out = store.append(vec![again], vec![]).unwrap();
+        assert_eq!((out.stored.len(), out.duplicates), (0, 1));
+        assert_eq!(store.acked("a").unwrap(), u64::MAX);
     }
 }

@@ -673,3 +673,110 @@ fn real_nobody_gets_a_root_only_file_chowned_through_file_directory() {
     );
     assert_eq!(meta.uid(), 0, "the victim was chowned to uid 65534");
 }
+
+// ---------------------------------------------------------------------
+// The rules the fix settled on (docs/reference.md, "file.managed").
+
+/// A secret's existing owner is kept when they could not have put the
+/// file there themselves (a directory only root writes): an admin who
+/// chowned /etc/app/db.password to the app's user keeps it that way.
+#[test]
+fn a_secret_keeps_an_owner_who_could_not_have_planted_it() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("db.password");
+    std::fs::write(&path, "old\n").unwrap();
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = apply(&states(&managed(&path, "new\n", "mode = \"0600\"")), None);
+    assert_eq!(outcome(&r[0]), Outcome::Changed, "{}", r[0].comment);
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (65534, 65534, 0o600)
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "new\n");
+}
+
+/// A symlink in the directories above the path is followed when root owns
+/// it (an admin's /etc/alternatives), and refused when another user does:
+/// nothing is written where it points.
+#[test]
+fn a_symlink_in_the_parent_path_is_followed_only_when_root_owns_it() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let by_root = dir.path().join("alt");
+    std::os::unix::fs::symlink(&real, &by_root).unwrap();
+    let r = apply(&states(&managed(&by_root.join("a.conf"), "a\n", "")), None);
+    assert_eq!(outcome(&r[0]), Outcome::Changed, "{}", r[0].comment);
+    assert_eq!(std::fs::read_to_string(real.join("a.conf")).unwrap(), "a\n");
+
+    let by_user = dir.path().join("user-alt");
+    std::os::unix::fs::symlink(&real, &by_user).unwrap();
+    std::os::unix::fs::lchown(&by_user, Some(65534), Some(65534)).unwrap();
+    let r = apply(&states(&managed(&by_user.join("b.conf"), "b\n", "")), None);
+    assert_eq!(outcome(&r[0]), Outcome::Failed, "{}", r[0].comment);
+    assert!(
+        r[0].comment.contains("owned by uid 65534"),
+        "{}",
+        r[0].comment
+    );
+    assert!(
+        !real.join("b.conf").exists(),
+        "written through a user's link"
+    );
+}
+
+/// A mode fix on a file with another hard link (a user's link to a root
+/// file, where protected_hardlinks is off) gives the path a new inode:
+/// the other name keeps its mode.
+#[test]
+fn a_mode_fix_on_a_hard_linked_file_leaves_its_other_name_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("shadow");
+    std::fs::write(&other, "same\n").unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = dir.path().join("app.conf");
+    std::fs::hard_link(&other, &path).unwrap();
+    let r = apply(&states(&managed(&path, "same\n", "mode = \"0644\"")), None);
+    assert_eq!(outcome(&r[0]), Outcome::Changed, "{}", r[0].comment);
+    assert_eq!(mode(&path), 0o644);
+    assert_eq!(mode(&other), 0o600, "the other name was chmodded");
+}
+
+/// A backups dir that belongs to another user is refused (they could read
+/// or swap what is kept there), and nothing is written in it.
+#[test]
+fn a_backups_dir_owned_by_another_user_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    std::fs::create_dir(&backups).unwrap();
+    std::os::unix::fs::chown(&backups, Some(65534), Some(65534)).unwrap();
+    let path = dir.path().join("app.secret");
+    std::fs::write(&path, "OLD SECRET\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = apply(
+        &states(&managed(
+            &path,
+            "NEW SECRET\n",
+            "mode = \"0600\"\nbackup = true",
+        )),
+        Some(&backups),
+    );
+    assert_eq!(outcome(&r[0]), Outcome::Failed, "{}", r[0].comment);
+    assert_eq!(std::fs::read_dir(&backups).unwrap().count(), 0);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "OLD SECRET\n");
+}

@@ -12,7 +12,9 @@
 //!   this process's user): only its owner or a writer of its directory can
 //!   change it, and a user who swaps it for a link of their own makes a
 //!   link they own, which is refused. So an admin's `/etc/alternatives/x`
-//!   or `/var/run -> /run` works; a link a user planted does not.
+//!   or `/var/run -> /run` works; a link a user planted does not. (The
+//!   walk, not `openat2(RESOLVE_NO_SYMLINKS)`: that refuses every link,
+//!   the admin's too, and is not on every kernel the minion runs on.)
 //! - The final component is never followed: it is opened with
 //!   `openat(O_NOFOLLOW|O_NONBLOCK)` and everything after (the type and
 //!   owner checks, the read, `fchmod`, `fchown`) uses that descriptor, so
@@ -27,7 +29,11 @@
 //! A directory a user can write may still be replaced by another real
 //! directory of theirs between two steps: then the state acts inside that
 //! user's own directory, on names the user controls anyway, and never
-//! reaches outside it.
+//! reaches outside it. A hard link is the one way to bring another file
+//! into such a directory; `file.managed` changes the mode or owner of a
+//! file with other links by writing a new inode, never in place. Reading
+//! one (for a diff) is left to the kernel's `protected_hardlinks` (on by
+//! default), which stops a user linking a file they cannot read.
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};

@@ -593,3 +593,54 @@ pub(crate) fn open_private_dir(dir: &Path) -> Result<File, String> {
     }
     Ok(d)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn same_dir(a: &File, b: &Path) -> bool {
+        let (x, y) = (a.metadata().unwrap(), std::fs::metadata(b).unwrap());
+        (x.dev(), x.ino()) == (y.dev(), y.ino())
+    }
+
+    #[test]
+    fn the_walk_follows_our_own_relative_links_and_dot_dot_like_the_kernel() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("a/b");
+        std::fs::create_dir_all(&real).unwrap();
+        std::os::unix::fs::symlink("a/b", tmp.path().join("rel")).unwrap();
+        let d = open_dir(&tmp.path().join("rel"), false).unwrap().unwrap();
+        assert!(same_dir(&d, &real));
+        // `..` after a link is the link target's parent, as for the kernel.
+        let d = open_dir(&tmp.path().join("rel/.."), false)
+            .unwrap()
+            .unwrap();
+        assert!(same_dir(&d, &tmp.path().join("a")));
+        assert!(
+            open_dir(&tmp.path().join("nope/x"), false)
+                .unwrap()
+                .is_none()
+        );
+        let made = open_dir(&tmp.path().join("rel/c/d"), true)
+            .unwrap()
+            .unwrap();
+        assert!(same_dir(&made, &real.join("c/d")));
+    }
+
+    #[test]
+    fn a_symlink_loop_in_the_path_is_an_error_not_a_hang() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("l2", tmp.path().join("l1")).unwrap();
+        std::os::unix::fs::symlink("l1", tmp.path().join("l2")).unwrap();
+        let err = open_dir(&tmp.path().join("l1"), false).unwrap_err();
+        assert!(err.contains("too many symlinks"), "{err}");
+    }
+
+    #[test]
+    fn a_file_in_the_path_is_not_a_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), "").unwrap();
+        let err = open_dir(&tmp.path().join("f/x"), false).unwrap_err();
+        assert!(err.contains("is not a directory"), "{err}");
+    }
+}

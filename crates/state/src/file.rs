@@ -1,33 +1,28 @@
 //! The file states: `file.managed`, `file.absent`, `file.directory`,
 //! `file.symlink`, `file.line`. Every write is atomic (a temp file in the
 //! same directory, fsynced, renamed over the target) so a reader never sees
-//! half a file, and announced in the ledger before it happens.
+//! half a file, and announced in the ledger before it happens. Every step
+//! works on an open descriptor, never following a symlink at the path
+//! itself (see `at` for the rule on the directories above it).
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
+use crate::at::{self, Found, Kind, Meta, Parent};
 use crate::engine::{Change, Ctx};
 use crate::ledger::{Fingerprint, sha256_bytes};
 use crate::{FileAbsent, FileDirectory, FileLine, FileManaged, FileSymlink, LineEnsure, owner};
 
-/// Default mode of a file the engine creates without a `mode`.
+/// Mode of a file the engine creates without a `mode` (and when what is
+/// at the path is not a regular file whose mode could be kept).
 const DEFAULT_MODE: u32 = 0o644;
 const DEFAULT_DIR_MODE: u32 = 0o755;
 
 fn mode_str(m: u32) -> String {
     format!("{m:04o}")
-}
-
-fn stat(path: &Path) -> Result<Option<fs::Metadata>, String> {
-    match fs::symlink_metadata(path) {
-        Ok(m) => Ok(Some(m)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot stat {}: {e}", path.display())),
-    }
 }
 
 /// Mode and owner changes on something that exists: what differs, for
@@ -38,12 +33,17 @@ struct Attrs {
 }
 
 impl Attrs {
-    fn diff(meta: &fs::Metadata, mode: Option<u32>, owner: (u32, u32)) -> Self {
-        let cur_mode = meta.mode() & 0o7777;
-        let cur_owner = (meta.uid(), meta.gid());
+    fn diff(meta: &Meta, mode: Option<u32>, owner: (u32, u32)) -> Self {
         Self {
-            mode: mode.filter(|m| *m != cur_mode).map(|m| (cur_mode, m)),
-            owner: (owner != cur_owner).then_some((cur_owner, owner)),
+            mode: mode.filter(|m| *m != meta.mode).map(|m| (meta.mode, m)),
+            owner: (owner != meta.owner()).then_some((meta.owner(), owner)),
+        }
+    }
+
+    fn none() -> Self {
+        Self {
+            mode: None,
+            owner: None,
         }
     }
 
@@ -66,33 +66,79 @@ impl Attrs {
         }
     }
 
-    fn apply(&self, path: &Path) -> Result<(), String> {
-        if let Some((_, (u, g))) = self.owner {
-            std::os::unix::fs::lchown(path, Some(u), Some(g))
-                .map_err(|e| format!("cannot chown {}: {e}", path.display()))?;
-        }
-        if let Some((_, m)) = self.mode {
-            fs::set_permissions(path, fs::Permissions::from_mode(m))
-                .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
-        }
-        Ok(())
+    /// Applies the changes to the open file or directory they were
+    /// computed from (never by path: a symlink swapped in meanwhile is not
+    /// followed).
+    fn apply(&self, f: &fs::File, shown: &str) -> Result<(), String> {
+        at::set_attrs(
+            f,
+            self.owner.map(|(_, o)| o),
+            self.mode.map(|(_, m)| m),
+            &shown,
+        )
     }
 }
 
-fn parent_ok(path: &Path, makedirs: bool, test: bool) -> Result<(), String> {
-    let Some(parent) = path.parent() else {
-        return Err(format!("{} has no parent directory", path.display()));
-    };
-    if parent.is_dir() || test {
-        return Ok(());
+fn no_parent(path: &Path) -> String {
+    format!(
+        "{} does not exist (set makedirs = true to create it)",
+        path.parent().unwrap_or(Path::new("/")).display()
+    )
+}
+
+/// The parent of `path`, opened: `None` in a dry run when it does not
+/// exist yet; created when `makedirs`.
+fn parent_for_write(path: &Path, makedirs: bool, test: bool) -> Result<Option<Parent>, String> {
+    match at::open_parent(path, false)? {
+        Some(p) => Ok(Some(p)),
+        None if test => Ok(None),
+        None if makedirs => at::open_parent(path, true),
+        None => Err(no_parent(path)),
     }
-    if !makedirs {
-        return Err(format!(
-            "{} does not exist (set makedirs = true to create it)",
-            parent.display()
-        ));
-    }
-    fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))
+}
+
+/// Whether an existing regular file keeps its owner and group when the
+/// state names none, given the mode it will have and its directory.
+///
+/// It does, unless the file holds a secret (its mode does not let everyone
+/// read it) and its owner, not root nor this process's user, could have
+/// put it there themselves: the directory is theirs, or anyone but its
+/// owner may write it (group- or world-writable, like a 1777 /tmp).
+/// Otherwise a local user could pre-create the path and be handed the
+/// secret. Then the file goes to this process's user and group; a state
+/// that means to give a secret to a user names them in `user`.
+fn keeps_owner(file: &Meta, dir: &Meta, mode: u32) -> bool {
+    let trusted = file.uid == 0 || file.uid == owner::current().0;
+    let could_plant = file.uid == dir.uid || dir.mode & 0o022 != 0;
+    let secret = mode & 0o004 == 0;
+    trusted || !(could_plant && secret)
+}
+
+/// The owner to give: the state's `user` and `group`, each defaulting to
+/// `base`.
+fn wanted_owner(
+    user: &Option<String>,
+    group: &Option<String>,
+    base: (u32, u32),
+) -> Result<(u32, u32), String> {
+    Ok((
+        user.as_deref()
+            .map(owner::uid)
+            .transpose()?
+            .unwrap_or(base.0),
+        group
+            .as_deref()
+            .map(owner::gid)
+            .transpose()?
+            .unwrap_or(base.1),
+    ))
+}
+
+fn read_all(mut f: &fs::File, shown: &str) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    Ok(buf)
 }
 
 pub(crate) fn managed(f: &FileManaged, ctx: &Ctx) -> Result<Change, String> {
@@ -102,29 +148,33 @@ pub(crate) fn managed(f: &FileManaged, ctx: &Ctx) -> Result<Change, String> {
         .as_deref()
         .ok_or("the master sent no contents")?
         .as_bytes();
-    let current = stat(path)?;
-    if current.as_ref().is_some_and(|m| m.is_dir()) {
-        return Err(format!("{} is a directory", f.path));
-    }
-    let old = match &current {
-        Some(m) if m.is_file() => {
-            Some(fs::read(path).map_err(|e| format!("cannot read {}: {e}", f.path))?)
-        }
-        _ => None,
+    let parent = parent_for_write(path, f.makedirs, ctx.test)?;
+    // What is at the path, opened once: the checks, the read, and a
+    // mode or owner fix all apply to this one file. Only a regular file
+    // counts as current: a symlink, fifo or device is replaced, and lends
+    // the new file neither its mode nor its owner.
+    let (file, current) = match parent.as_ref().map(Parent::open).transpose()? {
+        Some(Found::Dir(..)) => return Err(format!("{} is a directory", f.path)),
+        Some(Found::File(file, meta)) => (Some(file), Some(meta)),
+        Some(Found::Other(_) | Found::Missing) | None => (None, None),
     };
+    let old = file
+        .as_ref()
+        .map(|file| read_all(file, &f.path))
+        .transpose()?;
     let content_differs = old.as_deref() != Some(want);
-    let (uid, gid) = match (&current, &f.user, &f.group) {
-        // Nothing asked of the owner: it stays what it is.
-        (Some(m), None, None) => (m.uid(), m.gid()),
-        _ => owner::wanted(path, &f.user, &f.group)?,
-    };
     let mode = f.mode.map(|m| m.0);
+    let new_mode = mode.or(current.map(|m| m.mode)).unwrap_or(DEFAULT_MODE);
+    let base = match (&current, &parent) {
+        (Some(m), Some(p)) if keeps_owner(m, &Meta::of_file(&p.dir, &f.path)?, new_mode) => {
+            m.owner()
+        }
+        _ => owner::current(),
+    };
+    let (uid, gid) = wanted_owner(&f.user, &f.group, base)?;
     let attrs = match &current {
-        Some(m) if m.is_file() && !content_differs => Attrs::diff(m, mode, (uid, gid)),
-        _ => Attrs {
-            mode: None,
-            owner: None,
-        },
+        Some(m) if !content_differs => Attrs::diff(m, mode, (uid, gid)),
+        _ => Attrs::none(),
     };
     if !content_differs && attrs.is_empty() {
         return Ok(Change::none("file is in the correct state"));
@@ -148,50 +198,49 @@ pub(crate) fn managed(f: &FileManaged, ctx: &Ctx) -> Result<Change, String> {
     if ctx.test {
         return Ok(Change::would(comment, diff, changes));
     }
-    parent_ok(path, f.makedirs, false)?;
-    if content_differs {
-        if f.backup
-            && let (Some(old), Some(dir), Some(meta)) = (&old, ctx.backup_dir, &current)
-        {
-            let kept = backup(dir, path, old, meta)?;
-            changes.insert("backup".into(), json!(kept.display().to_string()));
-        }
-        let new_mode = mode
-            .or(current.as_ref().map(|m| m.mode() & 0o7777))
-            .unwrap_or(DEFAULT_MODE);
-        write_atomic(path, want, new_mode, Some((uid, gid)), |written| {
-            ctx.will_leave(
-                path,
-                Fingerprint::File {
-                    sha256: sha256_bytes(want),
-                    mode: written.mode() & 0o7777,
-                    uid: written.uid(),
-                    gid: written.gid(),
-                },
-            )
-        })?;
-    } else {
-        let meta = current
-            .as_ref()
-            .expect("exists when only attributes differ");
+    let parent = parent.ok_or_else(|| no_parent(path))?;
+    // A file with other hard links gets a new inode rather than a chmod
+    // or chown, which would change every name it has.
+    let in_place = !content_differs && current.is_some_and(|m| m.nlink == 1);
+    if let (true, Some(file), Some(meta)) = (in_place, &file, &current) {
         ctx.will_leave(
             path,
             Fingerprint::File {
                 sha256: sha256_bytes(want),
-                mode: attrs.mode.map_or(meta.mode() & 0o7777, |(_, m)| m),
+                mode: attrs.mode.map_or(meta.mode, |(_, m)| m),
                 uid,
                 gid,
             },
         );
-        attrs.apply(path)?;
+        attrs.apply(file, &f.path)?;
+        return Ok(Change::changed(comment, diff, changes));
     }
+    if content_differs
+        && f.backup
+        && let (Some(old), Some(dir), Some(meta)) = (&old, ctx.backup_dir, &current)
+    {
+        let kept = backup(dir, path, old, meta)?;
+        changes.insert("backup".into(), json!(kept.display().to_string()));
+    }
+    parent.write_atomic(want, new_mode, (uid, gid), |written| {
+        ctx.will_leave(
+            path,
+            Fingerprint::File {
+                sha256: sha256_bytes(want),
+                mode: written.mode,
+                uid: written.uid,
+                gid: written.gid,
+            },
+        )
+    })?;
     Ok(Change::changed(comment, diff, changes))
 }
 
 /// Keeps `old` under `dir`, named after the path and the time, with the
 /// mode and owner it had (`meta`): a backup of a secret is as private as
-/// the secret was. `dir` is created private to this process's user.
-fn backup(dir: &Path, path: &Path, old: &[u8], meta: &fs::Metadata) -> Result<PathBuf, String> {
+/// the secret was. `dir` must be a real directory of this process's user
+/// (a symlink there is refused) and is kept at 0700.
+fn backup(dir: &Path, path: &Path, old: &[u8], meta: &Meta) -> Result<PathBuf, String> {
     let rel = path
         .to_string_lossy()
         .trim_start_matches('/')
@@ -200,29 +249,29 @@ fn backup(dir: &Path, path: &Path, old: &[u8], meta: &fs::Metadata) -> Result<Pa
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros())
         .unwrap_or(0);
-    let kept = dir.join(format!("{rel}.{stamp}"));
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    write_atomic(
-        &kept,
-        old,
-        meta.mode() & 0o7777,
-        Some((meta.uid(), meta.gid())),
-        |_| {},
-    )
+    let name = format!("{rel}.{stamp}");
+    let kept = dir.join(&name);
+    let dir_fd = at::open_private_dir(dir)
+        .map_err(|e| format!("cannot keep a backup of {}: {e}", path.display()))?;
+    Parent {
+        dir: dir_fd,
+        name: name.into(),
+        path: kept.clone(),
+    }
+    .write_atomic(old, meta.mode, meta.owner(), |_| {})
     .map_err(|e| format!("cannot keep a backup of {}: {e}", path.display()))?;
     Ok(kept)
 }
 
 pub(crate) fn absent(f: &FileAbsent, ctx: &Ctx) -> Result<Change, String> {
     let path = Path::new(&f.path);
-    let Some(meta) = stat(path)? else {
+    let Some(parent) = at::open_parent(path, false)? else {
         return Ok(Change::none("already absent"));
     };
-    let what = if meta.is_dir() {
+    let Some(meta) = parent.lstat()? else {
+        return Ok(Change::none("already absent"));
+    };
+    let what = if meta.kind == Kind::Dir {
         "directory tree removed"
     } else {
         "removed"
@@ -233,31 +282,34 @@ pub(crate) fn absent(f: &FileAbsent, ctx: &Ctx) -> Result<Change, String> {
         return Ok(Change::would(what, String::new(), changes));
     }
     ctx.will_leave(path, Fingerprint::Absent);
-    let r = if meta.is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    };
-    r.map_err(|e| format!("cannot remove {}: {e}", f.path))?;
+    parent.remove()?;
     Ok(Change::changed(what, String::new(), changes))
 }
 
 pub(crate) fn directory(f: &FileDirectory, ctx: &Ctx) -> Result<Change, String> {
     let path = Path::new(&f.path);
-    let current = stat(path)?;
-    if current.as_ref().is_some_and(|m| !m.is_dir()) {
+    let parent = parent_for_write(path, f.makedirs, ctx.test)?;
+    let found = match &parent {
+        Some(p) => p.open()?,
+        None => Found::Missing,
+    };
+    if matches!(found, Found::File(..) | Found::Other(_)) {
         return Err(format!("{} exists and is not a directory", f.path));
     }
-    let (uid, gid) = owner::wanted(path, &f.user, &f.group)?;
+    let base = found.meta().map_or(owner::current(), Meta::owner);
+    let (uid, gid) = wanted_owner(&f.user, &f.group, base)?;
     let mut changes = Map::new();
     let mut did = Vec::new();
     let mode = f.mode.map(|m| m.0);
-    match &current {
-        None => {
+    // The directory, open, once it exists: its mode, owner and entries
+    // are all handled through this descriptor.
+    let mut opened = None;
+    match found {
+        Found::Missing => {
             changes.insert("directory".into(), json!("created"));
             did.push("created");
             if !ctx.test {
-                parent_ok(path, f.makedirs, false)?;
+                let parent = parent.as_ref().ok_or_else(|| no_parent(path))?;
                 let m = mode.unwrap_or(DEFAULT_DIR_MODE);
                 ctx.will_leave(
                     path,
@@ -268,17 +320,16 @@ pub(crate) fn directory(f: &FileDirectory, ctx: &Ctx) -> Result<Change, String> 
                         gid,
                     },
                 );
-                fs::create_dir(path).map_err(|e| format!("cannot create {}: {e}", f.path))?;
-                fs::set_permissions(path, fs::Permissions::from_mode(m))
-                    .map_err(|e| format!("cannot chmod {}: {e}", f.path))?;
-                if (uid, gid) != owner::current() {
-                    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                        .map_err(|e| format!("cannot chown {}: {e}", f.path))?;
-                }
+                // Made 0700 and ours; given its owner and mode through
+                // the descriptor once it is checked to be the one made.
+                let (dir, made) = parent.mkdir()?;
+                let new_owner = (made.owner() != (uid, gid)).then_some((uid, gid));
+                at::set_attrs(&dir, new_owner, Some(m), &f.path)?;
+                opened = Some(dir);
             }
         }
-        Some(meta) => {
-            let attrs = Attrs::diff(meta, mode, (uid, gid));
+        Found::Dir(dir, meta) => {
+            let attrs = Attrs::diff(&meta, mode, (uid, gid));
             if !attrs.is_empty() {
                 attrs.report(&mut changes);
                 did.push("mode or owner updated");
@@ -287,21 +338,24 @@ pub(crate) fn directory(f: &FileDirectory, ctx: &Ctx) -> Result<Change, String> 
                         path,
                         Fingerprint::Other {
                             kind: 'd',
-                            mode: attrs.mode.map_or(meta.mode() & 0o7777, |(_, m)| m),
+                            mode: attrs.mode.map_or(meta.mode, |(_, m)| m),
                             uid,
                             gid,
                         },
                     );
-                    attrs.apply(path)?;
+                    attrs.apply(&dir, &f.path)?;
                 }
             }
+            opened = Some(dir);
         }
+        Found::File(..) | Found::Other(_) => unreachable!("refused above"),
     }
-    if f.clean && path.is_dir() {
+    if f.clean
+        && let Some(dir) = &opened
+    {
         let mut removed = Vec::new();
-        let entries = fs::read_dir(path).map_err(|e| format!("cannot list {}: {e}", f.path))?;
-        for entry in entries.flatten() {
-            let p = entry.path();
+        for name in at::list(dir, path)? {
+            let p = path.join(&name);
             let ps = p.to_string_lossy();
             let kept = ctx
                 .managed_paths
@@ -314,12 +368,7 @@ pub(crate) fn directory(f: &FileDirectory, ctx: &Ctx) -> Result<Change, String> 
             removed.push(ps.to_string());
             if !ctx.test {
                 ctx.will_leave(&p, Fingerprint::Absent);
-                let r = if p.is_dir() && !p.is_symlink() {
-                    fs::remove_dir_all(&p)
-                } else {
-                    fs::remove_file(&p)
-                };
-                r.map_err(|e| format!("cannot remove {}: {e}", p.display()))?;
+                at::remove_at(dir, &name, &p)?;
             }
         }
         if !removed.is_empty() {
@@ -341,12 +390,16 @@ pub(crate) fn directory(f: &FileDirectory, ctx: &Ctx) -> Result<Change, String> 
 
 pub(crate) fn symlink(f: &FileSymlink, ctx: &Ctx) -> Result<Change, String> {
     let path = Path::new(&f.path);
-    let current = stat(path)?;
+    let parent = parent_for_write(path, f.makedirs, ctx.test)?;
+    let current = match &parent {
+        Some(p) => p.lstat()?,
+        None => None,
+    };
     let mut changes = Map::new();
-    match &current {
-        Some(m) if m.file_type().is_symlink() => {
-            let now =
-                fs::read_link(path).map_err(|e| format!("cannot read link {}: {e}", f.path))?;
+    let mut clear_dir = false;
+    match (&current, &parent) {
+        (Some(m), Some(p)) if m.kind == Kind::Symlink => {
+            let now = p.readlink()?;
             if now == Path::new(&f.target) {
                 return Ok(Change::none("link points at its target"));
             }
@@ -355,29 +408,37 @@ pub(crate) fn symlink(f: &FileSymlink, ctx: &Ctx) -> Result<Change, String> {
                 json!({"old": now.display().to_string(), "new": f.target}),
             );
         }
-        Some(m) if !f.force => {
+        (Some(m), _) if !f.force => {
             return Err(format!(
                 "{} is a {} in the way of the link (set force = true to replace it)",
                 f.path,
-                if m.is_dir() { "directory" } else { "file" }
+                if m.kind == Kind::Dir {
+                    "directory"
+                } else {
+                    "file"
+                }
             ));
         }
-        Some(m)
-            if m.is_dir()
-                && fs::read_dir(path)
-                    .map(|mut d| d.next().is_some())
-                    .unwrap_or(true) =>
-        {
-            return Err(format!(
-                "{} is a directory that is not empty; force replaces files and empty directories only",
-                f.path
-            ));
-        }
-        Some(_) => {
+        (Some(m), Some(p)) if m.kind == Kind::Dir => {
+            let empty = match p.open()? {
+                Found::Dir(d, _) => at::list(&d, path)?.is_empty(),
+                _ => false,
+            };
+            if !empty {
+                return Err(format!(
+                    "{} is a directory that is not empty; force replaces files and empty directories only",
+                    f.path
+                ));
+            }
+            clear_dir = true;
             changes.insert("replaced".into(), json!(f.path));
             changes.insert("target".into(), json!({"new": f.target}));
         }
-        None => {
+        (Some(_), _) => {
+            changes.insert("replaced".into(), json!(f.path));
+            changes.insert("target".into(), json!({"new": f.target}));
+        }
+        (None, _) => {
             changes.insert("target".into(), json!({"new": f.target}));
         }
     }
@@ -389,35 +450,38 @@ pub(crate) fn symlink(f: &FileSymlink, ctx: &Ctx) -> Result<Change, String> {
     if ctx.test {
         return Ok(Change::would(comment, String::new(), changes));
     }
-    parent_ok(path, f.makedirs, false)?;
+    let parent = parent.ok_or_else(|| no_parent(path))?;
     // A link made under a temp name, then renamed over the path: atomic,
     // and its fingerprint is known before it takes the path's place.
-    let (dir, name) = dir_and_name(path)?;
-    let prefix = temp_prefix(name);
-    let tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .make_in(dir, |p| std::os::unix::fs::symlink(&f.target, p))
-        .map_err(|e| format!("cannot create a link in {}: {e}", dir.display()))?;
-    if let Ok(fp) = Fingerprint::of(tmp.path()) {
-        ctx.will_leave(path, fp);
-    }
-    if current.as_ref().is_some_and(|m| m.is_dir()) {
-        let _ = fs::remove_dir(path);
-    }
-    // On failure the temp link is removed when it drops.
-    tmp.persist(path)
-        .map_err(|e| format!("cannot put the link at {}: {}", f.path, e.error))?;
+    parent.symlink_atomic(&f.target, clear_dir, |m| {
+        ctx.will_leave(
+            path,
+            Fingerprint::Other {
+                kind: 'l',
+                mode: m.mode,
+                uid: m.uid,
+                gid: m.gid,
+            },
+        )
+    })?;
     Ok(Change::changed(comment, String::new(), changes))
 }
 
 pub(crate) fn line(f: &FileLine, ctx: &Ctx) -> Result<Change, String> {
     let path = Path::new(&f.path);
-    let meta = stat(path)?.ok_or_else(|| format!("{} does not exist", f.path))?;
-    if !meta.is_file() {
-        return Err(format!("{} is not a regular file", f.path));
-    }
-    let old =
-        fs::read_to_string(path).map_err(|e| format!("cannot read {} as text: {e}", f.path))?;
+    let parent =
+        at::open_parent(path, false)?.ok_or_else(|| format!("{} does not exist", f.path))?;
+    // Read through the descriptor that was checked to be a regular file,
+    // and written back with the mode and owner that same file had.
+    let (file, meta) = match parent.open()? {
+        Found::File(file, meta) => (file, meta),
+        Found::Missing => return Err(format!("{} does not exist", f.path)),
+        Found::Dir(..) | Found::Other(_) => {
+            return Err(format!("{} is not a regular file", f.path));
+        }
+    };
+    let old = String::from_utf8(read_all(&file, &f.path)?)
+        .map_err(|e| format!("cannot read {} as text: {e}", f.path))?;
     let re = f
         .pattern
         .as_deref()
@@ -466,92 +530,18 @@ pub(crate) fn line(f: &FileLine, ctx: &Ctx) -> Result<Change, String> {
         return Ok(Change::would("line changed", diff, changes));
     }
     let bytes = new.into_bytes();
-    write_atomic(
-        path,
-        &bytes,
-        meta.mode() & 0o7777,
-        Some((meta.uid(), meta.gid())),
-        |written| {
-            ctx.will_leave(
-                path,
-                Fingerprint::File {
-                    sha256: sha256_bytes(&bytes),
-                    mode: written.mode() & 0o7777,
-                    uid: written.uid(),
-                    gid: written.gid(),
-                },
-            )
-        },
-    )?;
+    parent.write_atomic(&bytes, meta.mode, meta.owner(), |written| {
+        ctx.will_leave(
+            path,
+            Fingerprint::File {
+                sha256: sha256_bytes(&bytes),
+                mode: written.mode,
+                uid: written.uid,
+                gid: written.gid,
+            },
+        )
+    })?;
     Ok(Change::changed("line changed", diff, changes))
-}
-
-/// The start of a temp file's name next to `name`: `.name.tend-XXXXXX`, random (a
-/// local user cannot guess it and put something in its way), in the form
-/// the file beacon ignores.
-fn temp_prefix(name: &std::ffi::OsStr) -> String {
-    format!(".{}.tend-", name.to_string_lossy())
-}
-
-fn dir_and_name(path: &Path) -> Result<(&Path, &std::ffi::OsStr), String> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| format!("{} has no parent directory", path.display()))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| format!("{} has no file name", path.display()))?;
-    Ok((dir, name))
-}
-
-/// Writes `bytes` to a temp file next to `path`, fsyncs it, and renames it
-/// over `path`; then fsyncs the directory so the rename survives a crash.
-/// `before_rename` sees the finished temp file's metadata just before it
-/// takes the place of `path`.
-///
-/// The temp file is created (O_EXCL, under a random name) readable by this
-/// process's user alone, and given its final owner and mode while it is
-/// still empty: at no moment can anyone read the contents who could not
-/// read the finished file.
-fn write_atomic(
-    path: &Path,
-    bytes: &[u8],
-    mode: u32,
-    owner: Option<(u32, u32)>,
-    before_rename: impl FnOnce(&fs::Metadata),
-) -> Result<(), String> {
-    let (dir, name) = dir_and_name(path)?;
-    let prefix = temp_prefix(name);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .permissions(fs::Permissions::from_mode(0o600))
-        .tempfile_in(dir)
-        .map_err(|e| format!("cannot create a temp file in {}: {e}", dir.display()))?;
-    let shown = tmp.path().display().to_string();
-    let file = tmp.as_file_mut();
-    if let Some((uid, gid)) = owner
-        && (uid, gid) != owner::current()
-    {
-        std::os::unix::fs::fchown(&*file, Some(uid), Some(gid))
-            .map_err(|e| format!("cannot chown {shown}: {e}"))?;
-    }
-    // After chown, which clears set-id bits.
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot chmod {shown}: {e}"))?;
-    file.write_all(bytes)
-        .map_err(|e| format!("cannot write {shown}: {e}"))?;
-    file.sync_all()
-        .map_err(|e| format!("cannot sync {shown}: {e}"))?;
-    let written = file
-        .metadata()
-        .map_err(|e| format!("cannot stat {shown}: {e}"))?;
-    before_rename(&written);
-    // On failure the temp file is removed when `tmp` drops.
-    tmp.persist(path)
-        .map_err(|e| format!("cannot rename onto {}: {}", path.display(), e.error))?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 fn unified_diff(path: &str, old: Option<&[u8]>, new: &[u8]) -> String {

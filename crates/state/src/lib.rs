@@ -10,6 +10,7 @@
 //! writes are announced in a [`Ledger`] before they happen, so the file
 //! beacon can tell a restore from drift.
 
+mod at;
 mod cmd;
 mod engine;
 mod file;

@@ -1,9 +1,6 @@
 //! Users and groups by name, from /etc/passwd and /etc/group (as the
 //! system's own tools read them; no NSS, so no LDAP users).
 
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-
 fn lookup(file: &str, name: &str) -> Result<u32, String> {
     if let Ok(id) = name.parse::<u32>() {
         return Ok(id);
@@ -40,27 +37,6 @@ pub fn gid(name: &str) -> Result<u32, String> {
 pub fn current() -> (u32, u32) {
     // SAFETY: geteuid and getegid cannot fail and have no preconditions.
     unsafe { (libc::geteuid(), libc::getegid()) }
-}
-
-/// The owner `path` should have: the asked-for user and group, each
-/// defaulting to what the file has now (or what a new file would get).
-pub fn wanted(
-    path: &Path,
-    user: &Option<String>,
-    group: &Option<String>,
-) -> Result<(u32, u32), String> {
-    let (cur_uid, cur_gid) = std::fs::symlink_metadata(path)
-        .map(|m| (m.uid(), m.gid()))
-        .unwrap_or_else(|_| current());
-    let u = match user {
-        Some(n) => uid(n)?,
-        None => cur_uid,
-    };
-    let g = match group {
-        Some(n) => gid(n)?,
-        None => cur_gid,
-    };
-    Ok((u, g))
 }
 
 #[cfg(test)]

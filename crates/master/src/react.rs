@@ -15,7 +15,7 @@ use tend_proto::now_us;
 use tend_proto::v1::{
     Event, Job, MinionResult, Outcome, RunRequest, StateResult, StoredEvent, reply, request,
 };
-use tend_reactor::{Action, Fire, Reactor, Rules};
+use tend_reactor::{Action, Fire, Reactor, Rules, RunCommand};
 
 use crate::jobs::{Trigger, enqueue, finish};
 use crate::master::{Master, add};
@@ -181,8 +181,14 @@ fn act(master: &Arc<Master>, fire: Fire) {
                 command,
                 timeout,
             } => {
-                let argv: Result<Vec<String>, String> =
-                    command.iter().map(|c| render(c, &ctx)).collect();
+                // An argument list is rendered element by element (each
+                // stays one argument); a shell script with every inserted
+                // value quoted for the shell.
+                let argv: Result<Vec<String>, String> = match command {
+                    RunCommand::Argv(a) => a.iter().map(|c| render(c, &ctx)).collect(),
+                    RunCommand::Shell(script) => tend_state::render_shell_template(script, &ctx)
+                        .map(|s| vec!["/bin/sh".into(), "-c".into(), s]),
+                };
                 match argv.and_then(|a| Ok((a, minions(master, target, &ctx, &fire.event)?))) {
                     Ok((argv, minions)) => {
                         let (master, fire, timeout) = (master.clone(), fire.clone(), *timeout);
@@ -274,7 +280,8 @@ fn record_failure(master: &Arc<Master>, fire: &Fire, kind: &str, why: String) {
     finish(master, job, None);
 }
 
-/// `run`: a command on minions; each one's exit status and output.
+/// `run`: a command on minions (an argument list, run as it is: a shell
+/// is `/bin/sh -c` in it); each one's exit status and output.
 pub async fn run_command(
     master: &Arc<Master>,
     minions: Vec<String>,
@@ -284,11 +291,9 @@ pub async fn run_command(
     trigger: Option<&Event>,
     progress: Option<tokio::sync::mpsc::UnboundedSender<MinionResult>>,
 ) -> Job {
-    let shown = argv.join(" ");
-    let argv = if argv.len() == 1 {
-        vec!["/bin/sh".into(), "-c".into(), argv[0].clone()]
-    } else {
-        argv
+    let shown = match argv.as_slice() {
+        [sh, c, script] if sh == "/bin/sh" && c == "-c" => script.clone(),
+        _ => argv.join(" "),
     };
     let mut job = new_job(
         master,

@@ -260,7 +260,7 @@ fn run_and_webhook_actions_are_jobs_with_results() {
             name = "deployed"
             on = "minion/*/event/deploy"
             [[rule.action]]
-            run = "echo deployed {{{{ event.data.version }}}} on $(hostname) > {out}"
+            shell = "echo deployed {{{{ event.data.version }}}} on $(hostname) > {out}"
             [[rule.action]]
             webhook = "http://127.0.0.1:{port}/hook"
             timeout = "2s"

@@ -132,11 +132,18 @@ async fn handle(master: &Arc<Master>, out: &Responder, req: ControlRequest) -> R
             let minions = master.resolve_target(&cmd.target)?;
             targeted(out, &minions);
             let timeout = Duration::from_millis(if cmd.timeout_ms == 0 { 60_000 } else { u64::from(cmd.timeout_ms) });
+            // An operator's one-word command is a shell command line, as
+            // typed (`tend run web1 -- 'df -h | tail -1'`); more words are
+            // an argument list.
+            let argv = match <[String; 1]>::try_from(cmd.argv) {
+                Ok([line]) => vec!["/bin/sh".into(), "-c".into(), line],
+                Err(argv) => argv,
+            };
             let (tx, mut rx) = mpsc::unbounded_channel();
             let run = {
                 let master = master.clone();
                 tokio::spawn(async move {
-                    crate::react::run_command(&master, minions, cmd.argv, timeout, "", None, Some(tx), None).await
+                    crate::react::run_command(&master, minions, argv, timeout, "", None, Some(tx), None).await
                 })
             };
             while let Some(r) = rx.recv().await {

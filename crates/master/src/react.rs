@@ -19,7 +19,7 @@ use tend_proto::now_us;
 use tend_proto::v1::{
     Event, Job, MinionResult, Outcome, RunRequest, StateResult, StoredEvent, reply, request,
 };
-use tend_reactor::{Action, Clock, Fire, Reactor, Rules};
+use tend_reactor::{Action, Clock, Fire, Reactor, Rules, RunCommand};
 use tend_store::Reactions;
 
 use crate::actions::{Admitted, Full};
@@ -384,8 +384,14 @@ fn act(master: &Arc<Master>, fire: Fire, made: &mut Made) {
                 command,
                 timeout,
             } => {
-                let argv: Result<Vec<String>, String> =
-                    command.iter().map(|c| render(c, &ctx)).collect();
+                // An argument list is rendered element by element (each
+                // stays one argument); a shell script with every inserted
+                // value quoted for the shell.
+                let argv: Result<Vec<String>, String> = match command {
+                    RunCommand::Argv(a) => a.iter().map(|c| render(c, &ctx)).collect(),
+                    RunCommand::Shell(script) => tend_state::render_shell_template(script, &ctx)
+                        .map(|s| vec!["/bin/sh".into(), "-c".into(), s]),
+                };
                 match argv.and_then(|a| Ok((a, minions(master, target, &ctx, &fire.event)?))) {
                     Ok((argv, minions)) => {
                         let Some((admitted, job)) = admit(
@@ -393,7 +399,7 @@ fn act(master: &Arc<Master>, fire: Fire, made: &mut Made) {
                             &fire,
                             "run",
                             minions.join(","),
-                            vec![argv.join(" ")],
+                            vec![shown(&argv)],
                             made,
                         ) else {
                             continue;
@@ -548,7 +554,17 @@ fn record_failure(master: &Master, fire: &Fire, kind: &str, why: String, made: &
     made.jobs.push(job);
 }
 
-/// `run`: a command on minions; each one's exit status and output.
+/// How a run's command is shown in its job: a shell script as written,
+/// an argument list joined by spaces.
+fn shown(argv: &[String]) -> String {
+    match argv {
+        [sh, c, script] if sh == "/bin/sh" && c == "-c" => script.clone(),
+        _ => argv.join(" "),
+    }
+}
+
+/// `run`: a command on minions (an argument list, run as it is: a shell
+/// is `/bin/sh -c` in it); each one's exit status and output.
 #[allow(clippy::too_many_arguments)] // each is a part of the job, named
 pub async fn run_command(
     master: &Arc<Master>,
@@ -560,12 +576,7 @@ pub async fn run_command(
     progress: Option<tokio::sync::mpsc::UnboundedSender<MinionResult>>,
     queued: Option<Job>,
 ) -> Job {
-    let shown = argv.join(" ");
-    let argv = if argv.len() == 1 {
-        vec!["/bin/sh".into(), "-c".into(), argv[0].clone()]
-    } else {
-        argv
-    };
+    let shown = shown(&argv);
     let mut job = queued.unwrap_or_else(|| {
         new_job(
             master,

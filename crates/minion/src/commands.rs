@@ -26,9 +26,6 @@ pub struct Commands {
     pub metrics: Arc<crate::metrics::MinionMetrics>,
 }
 
-/// Output kept from a command, per stream.
-const MAX_OUTPUT: usize = 64 * 1024;
-
 impl Commands {
     /// Handles one request; long ones run in their own task.
     pub async fn handle(self: &Arc<Self>, req: Request) {
@@ -139,40 +136,32 @@ fn failure(message: &str) -> reply::Body {
     })
 }
 
+/// Runs an argument list (never a shell: the master wraps a shell command
+/// in `/bin/sh -c` itself, when asked for one) through the state engine's
+/// runner: its own process group killed on timeout, and output read through
+/// a bounded buffer and cut at 64 KiB per stream.
 async fn run_command(req: RunRequest) -> reply::Body {
-    let Some((program, args)) = req.argv.split_first() else {
+    if req.argv.first().is_none_or(|p| p.is_empty()) {
         return failure("empty command");
-    };
+    }
     let timeout = Duration::from_millis(if req.timeout_ms == 0 {
         60_000
     } else {
         u64::from(req.timeout_ms)
     });
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(timeout, child).await {
-        Err(_) => failure(&format!(
-            "{program} did not finish within {} ms; killed",
-            timeout.as_millis()
-        )),
-        Ok(Err(e)) => failure(&format!("cannot run {program}: {e}")),
+    let job = req.job;
+    let command = tend_state::Command::Argv(req.argv);
+    let ran =
+        tokio::task::spawn_blocking(move || tend_state::run_command(&command, None, &[], timeout))
+            .await;
+    match ran {
         Ok(Ok(out)) => reply::Body::Run(RunResult {
-            job: req.job,
-            status: out.status.code().unwrap_or(-1),
-            stdout: truncate(&out.stdout),
-            stderr: truncate(&out.stderr),
+            job,
+            status: out.status,
+            stdout: out.stdout,
+            stderr: out.stderr,
         }),
-    }
-}
-
-fn truncate(bytes: &[u8]) -> String {
-    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_OUTPUT)]).into_owned();
-    if bytes.len() > MAX_OUTPUT {
-        format!("{s}\n[output truncated at {MAX_OUTPUT} bytes]")
-    } else {
-        s
+        Ok(Err(e)) => failure(&e),
+        Err(e) => failure(&format!("the command's task crashed: {e}")),
     }
 }

@@ -4,8 +4,9 @@
 //! condition in CEL (`when`), optional correlation (`count` within
 //! `window`; a condition held `for` a while), throttles (`debounce`,
 //! `once_within`, `max_rate`), grouped per minion or any event field
-//! (`group_by`), and actions (`apply` states, `run` a command, `fire` an
-//! event, call a `webhook`). Every rule's globs are compiled into one
+//! (`group_by`), and actions (`apply` states, `run` a command given as an
+//! argument list, `shell` for a script whose `{{ }}` are quoted for the
+//! shell, `fire` an event, call a `webhook`). Every rule's globs are compiled into one
 //! [`globset::GlobSet`], so an event is matched against all rules in one
 //! pass; only the rules whose globs matched evaluate their condition.
 //!
@@ -32,4 +33,4 @@ mod rules;
 
 pub use policy::{Clock, Policy, SavedTrack, Step, Track};
 pub use reactor::{Fire, Reactor, StateChange};
-pub use rules::{Action, DEFAULT_MAX_GROUPS, Match, Rule, RuleError, Rules, group_key};
+pub use rules::{Action, DEFAULT_MAX_GROUPS, Match, Rule, RuleError, Rules, RunCommand, group_key};

@@ -447,7 +447,7 @@ fn describe(a: &Action) -> String {
         ),
         Action::Run {
             target, command, ..
-        } => format!("run `{}` on {}", command.join(" "), on(target)),
+        } => format!("run `{}` on {}", command.display(), on(target)),
         Action::Fire { tag, .. } => format!("fire an event tagged {tag:?}"),
         Action::Webhook { url, .. } => format!("POST the event to {url}"),
     }

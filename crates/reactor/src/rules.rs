@@ -85,9 +85,14 @@ struct ActionDecl {
     /// States to apply.
     #[serde(default)]
     apply: Option<Vec<String>>,
-    /// A command to run on minions: a string for `sh -c`, or an argv.
+    /// A command to run on minions: an argument list, run without a shell.
+    /// (A string is refused: it used to be run by `sh -c`.)
     #[serde(default)]
     run: Option<OneOrMany>,
+    /// A command to run on minions by `/bin/sh -c`, asked for explicitly;
+    /// every `{{ }}` in it is quoted for the shell when it is rendered.
+    #[serde(default)]
+    shell: Option<String>,
     /// The tag of an event to fire.
     #[serde(default)]
     fire: Option<String>,
@@ -120,8 +125,7 @@ pub enum Action {
     },
     Run {
         target: Option<String>,
-        /// One element: a shell command (`sh -c`); more: an argv.
-        command: Vec<String>,
+        command: RunCommand,
         timeout: Duration,
     },
     Fire {
@@ -133,6 +137,27 @@ pub enum Action {
         timeout: Duration,
         retries: u32,
     },
+}
+
+/// What a `run` or `shell` action runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunCommand {
+    /// `run = [...]`: an argument list, each element a template rendered
+    /// as it is (it is one argument, whatever it holds); no shell.
+    Argv(Vec<String>),
+    /// `shell = "..."`: a script for `/bin/sh -c`, a template whose every
+    /// `{{ }}` is quoted for the shell when rendered.
+    Shell(String),
+}
+
+impl RunCommand {
+    /// The command as a person would write it.
+    pub fn display(&self) -> String {
+        match self {
+            RunCommand::Argv(a) => a.join(" "),
+            RunCommand::Shell(s) => s.clone(),
+        }
+    }
 }
 
 impl Action {
@@ -233,11 +258,14 @@ fn action(a: ActionDecl) -> Result<Action, String> {
     let kinds = [
         a.apply.is_some(),
         a.run.is_some(),
+        a.shell.is_some(),
         a.fire.is_some(),
         a.webhook.is_some(),
     ];
     if kinds.iter().filter(|k| **k).count() != 1 {
-        return Err("an action is exactly one of `apply`, `run`, `fire` or `webhook`".into());
+        return Err(
+            "an action is exactly one of `apply`, `run`, `shell`, `fire` or `webhook`".into(),
+        );
     }
     let timeout = |default: u64| -> Result<Duration, String> {
         match &a.timeout {
@@ -273,13 +301,38 @@ fn action(a: ActionDecl) -> Result<Action, String> {
     }
     if let Some(run) = a.run {
         only(&["target", "timeout"])?;
-        let command = run.into_vec();
+        let command = match run {
+            OneOrMany::Many(argv) => argv,
+            // Once run by `sh -c` with event data pasted in unquoted: a
+            // file name could run commands as root. Refused rather than
+            // reinterpreted, so that no rule changes meaning silently.
+            OneOrMany::One(s) => {
+                return Err(format!(
+                    "action `run` is a string ({s:?}); a string is no longer run by a shell. \
+                     Write an argument list, run = [\"systemctl\", \"restart\", \"nginx\"] \
+                     (each element one argument, event data included), or ask for a shell \
+                     with shell = \"...\" (every {{{{ }}}} in it is quoted for the shell)"
+                ));
+            }
+        };
         if command.is_empty() || command[0].trim().is_empty() {
             return Err("action `run` has an empty command".into());
         }
         return Ok(Action::Run {
             target: a.target,
-            command,
+            command: RunCommand::Argv(command),
+            timeout: timeout(60)?,
+        });
+    }
+    if let Some(script) = a.shell {
+        only(&["target", "timeout"])?;
+        if script.trim().is_empty() {
+            return Err("action `shell` has an empty command".into());
+        }
+        check_shell_template(&script).map_err(|e| format!("action `shell`: {e}"))?;
+        return Ok(Action::Run {
+            target: a.target,
+            command: RunCommand::Shell(script),
             timeout: timeout(60)?,
         });
     }
@@ -309,6 +362,54 @@ fn action(a: ActionDecl) -> Result<Action, String> {
         timeout: timeout(5)?,
         retries: a.retries.unwrap_or(3).min(20),
     })
+}
+
+/// Refuses a `shell` template with a `{{ }}` inside quotes (`'...'`,
+/// `"..."` or backquotes): the value is quoted for the shell when it is
+/// inserted, and quotes around it would close that quoting instead (rules
+/// written for the old, unquoted `run` strings look like this).
+fn check_shell_template(src: &str) -> Result<(), String> {
+    let bytes = src.as_bytes();
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c == b'{' && matches!(bytes.get(i + 1), Some(b'{' | b'%' | b'#')) {
+            let close = match bytes[i + 1] {
+                b'{' => "}}",
+                b'%' => "%}",
+                _ => "#}",
+            };
+            if bytes[i + 1] == b'{'
+                && let Some(q) = quote
+            {
+                return Err(format!(
+                    "`{{{{` at byte {i} is inside {} quotes; the value is quoted for the shell \
+                     already: remove the quotes around it",
+                    match q {
+                        b'\'' => "single",
+                        b'"' => "double",
+                        _ => "back",
+                    }
+                ));
+            }
+            match src[i + 2..].find(close) {
+                Some(end) => i += 2 + end + 2,
+                None => return Err(format!("`{{{{` at byte {i} is never closed")),
+            }
+            continue;
+        }
+        match (quote, c) {
+            (Some(b'\''), b'\'') => quote = None,
+            (Some(b'\''), _) => {}
+            (_, b'\\') => i += 1,
+            (Some(q), c) if c == q => quote = None,
+            (None, b'\'' | b'"' | b'`') => quote = Some(c),
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// A loaded, compiled set of rules.
@@ -803,5 +904,49 @@ mod tests {
             "[[rule]]\nname = \"x\"\non = \"a\"\ngroup_by = [\"user\"]\n{act}"
         ));
         assert!(e.contains("group_by"), "{e}");
+    }
+
+    #[test]
+    fn run_takes_an_argument_list_and_a_shell_is_asked_for() {
+        let rule = |action: &str| {
+            format!("[[rule]]\nname = \"x\"\non = \"a\"\n[[rule.action]]\n{action}\n")
+        };
+        let e = err(&rule("run = \"echo {{ event.data.path }}\""));
+        assert!(
+            e.contains("no longer run by a shell")
+                && e.contains("run = [")
+                && e.contains("shell ="),
+            "{e}"
+        );
+        let command = |action: &str| match &rules(&rule(action)).unwrap().get(0).actions[0] {
+            Action::Run { command, .. } => command.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            command("run = [\"logger\", \"{{ event.data.path }}\"]"),
+            RunCommand::Argv(vec!["logger".into(), "{{ event.data.path }}".into()])
+        );
+        assert_eq!(
+            command("shell = \"echo {{ event.data.path }} | logger\""),
+            RunCommand::Shell("echo {{ event.data.path }} | logger".into())
+        );
+        // Quotes around an inserted value would undo its quoting.
+        for quoted in [
+            "shell = \"echo '{{ event.data.path }}'\"",
+            "shell = 'echo \"new: {{ event.data.path }}\"'",
+            "shell = \"echo `{{ event.data.path }}`\"",
+        ] {
+            let e = err(&rule(quoted));
+            assert!(
+                e.contains("inside") && e.contains("quotes"),
+                "{quoted}: {e}"
+            );
+        }
+        // Quotes elsewhere, and escaped quote characters, are fine.
+        command("shell = \"printf '%s\\\\n' {{ event.data.path }} \\\\' {{ event.minion }}\"");
+        let e = err(&rule("shell = \"  \""));
+        assert!(e.contains("empty"), "{e}");
+        let e = err(&rule("shell = \"echo hi\"\nrun = [\"echo\"]"));
+        assert!(e.contains("exactly one"), "{e}");
     }
 }

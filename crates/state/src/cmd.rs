@@ -1,6 +1,7 @@
 //! `cmd.run`: run a command, unless `unless`, `onlyif` or `creates` say it
 //! is not needed. Exit status 0 is a change; anything else is a failure.
-//! Output is reported (cut at 64 KiB per stream).
+//! Output is reported, cut at 64 KiB per stream: it is read through a
+//! fixed buffer, the rest counted and dropped, never held.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -79,27 +80,8 @@ pub fn exec(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", cmd.display()))?;
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|r| Box::new(r) as Box<dyn Read + Send>),
-    );
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
     let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
@@ -113,27 +95,67 @@ pub fn exec(
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!(
-                    "{} did not finish within {} s; killed",
-                    cmd.display(),
-                    timeout.as_secs()
+                    "{} did not finish within {timeout:?}; killed",
+                    cmd.display()
                 ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => return Err(format!("waiting for {}: {e}", cmd.display())),
         }
     };
-    let text = |b: Vec<u8>| {
-        let s = String::from_utf8_lossy(&b[..b.len().min(MAX_OUTPUT)]).into_owned();
-        if b.len() > MAX_OUTPUT {
-            format!("{s}\n[cut at {MAX_OUTPUT} bytes]")
+    Ok(Output {
+        status: status.code().unwrap_or(-1),
+        stdout: out.join().unwrap_or_default().text(),
+        stderr: err.join().unwrap_or_default().text(),
+    })
+}
+
+/// What was kept of a stream: its first `MAX_OUTPUT` bytes, and how many
+/// it carried in all.
+#[derive(Default)]
+struct Kept {
+    head: Vec<u8>,
+    total: u64,
+}
+
+impl Kept {
+    fn text(self) -> String {
+        let s = String::from_utf8_lossy(&self.head).into_owned();
+        if self.total > self.head.len() as u64 {
+            format!(
+                "{s}\n[output cut: {} of {} bytes kept]",
+                self.head.len(),
+                self.total
+            )
         } else {
             s
         }
-    };
-    Ok(Output {
-        status: status.code().unwrap_or(-1),
-        stdout: text(out.join().unwrap_or_default()),
-        stderr: text(err.join().unwrap_or_default()),
+    }
+}
+
+/// Reads `stream` to its end on a thread of its own, through a fixed
+/// buffer: the first `MAX_OUTPUT` bytes are kept, the rest counted and
+/// dropped, so a command printing gigabytes costs no more memory than one
+/// printing a page (and it is never blocked on a full pipe).
+fn drain(stream: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Kept> {
+    std::thread::spawn(move || {
+        let mut kept = Kept::default();
+        let Some(mut r) = stream else {
+            return kept;
+        };
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            let room = MAX_OUTPUT - kept.head.len();
+            kept.head.extend_from_slice(&buf[..n.min(room)]);
+            kept.total += n as u64;
+        }
+        kept
     })
 }
 
@@ -193,5 +215,36 @@ pub(crate) fn run(c: &CmdRun, ctx: &Ctx) -> Result<Change, String> {
             diff: String::new(),
             changes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_past_the_limit_is_counted_dropped_and_marked() {
+        let argv = |a: &[&str]| Command::Argv(a.iter().map(|s| s.to_string()).collect());
+        let t = Duration::from_secs(30);
+        let out = exec(
+            &argv(&["head", "-c", "10000000", "/dev/zero"]),
+            None,
+            &[],
+            t,
+        )
+        .unwrap();
+        assert_eq!(out.status, 0);
+        assert!(
+            out.stdout
+                .ends_with("\n[output cut: 65536 of 10000000 bytes kept]"),
+            "{:?}",
+            &out.stdout[out.stdout.len() - 60..]
+        );
+        assert_eq!(
+            out.stdout.len(),
+            MAX_OUTPUT + "\n[output cut: 65536 of 10000000 bytes kept]".len()
+        );
+        let out = exec(&argv(&["printf", "short"]), None, &[], t).unwrap();
+        assert_eq!(out.stdout, "short");
     }
 }

@@ -34,7 +34,10 @@ pub use ledger::{Fingerprint, Ledger};
 pub use mode::Mode;
 pub use parse::parse_state_file;
 pub use target::{Target, TargetError};
-pub use template::{Context as TemplateContext, render_with as render_template};
+pub use template::{
+    Context as TemplateContext, render_shell as render_shell_template,
+    render_with as render_template,
+};
 pub use tree::{StateTree, TopFile};
 
 /// One state, ready to run on a minion.

@@ -46,6 +46,35 @@ pub fn render_with(source: &str, ctx: &impl Serialize) -> Result<String, String>
     })
 }
 
+/// Renders `source`, a script for `/bin/sh -c`, in the same sandbox: every
+/// value a `{{ }}` inserts is quoted for the shell (`shlex`), so event data
+/// is always one word to the shell and never a command. A value holding a
+/// NUL byte cannot be quoted and is an error.
+pub fn render_shell(source: &str, ctx: &impl Serialize) -> Result<String, String> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
+    env.set_keep_trailing_newline(true);
+    env.set_formatter(|out, _state, value| {
+        let text = value.to_string();
+        let quoted = shlex::try_quote(&text).map_err(|e| {
+            minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("cannot quote {text:?} for the shell: {e}"),
+            )
+        })?;
+        out.write_str(&quoted)
+            .map_err(|_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write failed"))
+    });
+    env.render_str(source, ctx).map_err(|e| {
+        let mut msg = e.to_string();
+        if let Some(line) = e.line() {
+            msg = format!("line {line}: {msg}");
+        }
+        msg
+    })
+}
+
 /// Checks that `source` is a template that compiles (its syntax), without
 /// rendering it: what it will see depends on the minion.
 pub fn check(source: &str) -> Result<(), String> {
@@ -71,6 +100,38 @@ mod tests {
                 serde_json::json!({"tag": "minion/web1/beacon/x", "data": {"path": "/etc/motd"}}),
             ),
         }
+    }
+
+    #[test]
+    fn a_shell_template_quotes_every_value_it_inserts() {
+        let ctx = serde_json::json!({"event": {"data": {
+            "path": "/up/x'; touch /tmp/P; '",
+            "n": 3,
+            "plain": "web1",
+        }}});
+        let out = render_shell(
+            "echo new {{ event.data.path }} {{ event.data.n }} {{ event.data.plain }} >> /log",
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(
+            shlex::split(&out).unwrap(),
+            [
+                "echo",
+                "new",
+                "/up/x'; touch /tmp/P; '",
+                "3",
+                "web1",
+                ">>",
+                "/log"
+            ]
+        );
+        let nul = serde_json::json!({"v": "a\u{0}b"});
+        assert!(
+            render_shell("echo {{ v }}", &nul)
+                .unwrap_err()
+                .contains("quote")
+        );
     }
 
     #[test]

@@ -347,7 +347,11 @@ fn finding_9_the_control_socket_has_no_window_open_to_others() {
 #[test]
 fn finding_10_event_data_never_reaches_a_shell_unquoted() {
     let tmp = tempfile::tempdir().unwrap();
-    let pwned = format!("/tmp/PWNED_{}", std::process::id());
+    // A file name cannot hold a `/`: the payload goes to the minion's
+    // $HOME with a bare `cd`, and leaves its marker there.
+    let marker = format!("PWNED_{}", std::process::id());
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let pwned = std::path::Path::new(&home).join(&marker);
     let _ = std::fs::remove_file(&pwned);
 
     // The red team's rule: a string, once run by `sh -c` with the file's
@@ -376,10 +380,12 @@ fn finding_10_event_data_never_reaches_a_shell_unquoted() {
         "uploads.toml",
         &format!(
             "[[rule]]\nname = \"uploads-argv\"\non = \"minion/*/beacon/uploads/*\"\n\
-             when = 'event.data.kind == \"created\"'\n[[rule.action]]\n\
+             when = 'event.data.kind == \"created\" && event.data.path.contains(\"/argv-\")'\n\
+             [[rule.action]]\n\
              run = [\"/bin/sh\", \"-c\", 'printf \"%s\\n\" \"$1\" >> {argv}', \"sh\", \"{{{{ event.data.path }}}}\"]\n\n\
              [[rule]]\nname = \"uploads-shell\"\non = \"minion/*/beacon/uploads/*\"\n\
-             when = 'event.data.kind == \"created\"'\n[[rule.action]]\n\
+             when = 'event.data.kind == \"created\" && event.data.path.contains(\"/shell-\")'\n\
+             [[rule.action]]\n\
              shell = '''printf '%s\\n' {{{{ event.data.path }}}} >> {shell}'''\n",
             argv = argv_log.display(),
             shell = shell_log.display(),
@@ -399,36 +405,36 @@ fn finding_10_event_data_never_reaches_a_shell_unquoted() {
     master.wait_connected("web1");
 
     let names = [
-        format!("x'; touch {pwned}; '"),
-        format!("$(touch {pwned})"),
-        format!("`touch {pwned}`"),
-        format!("a\"; touch {pwned}; \"b"),
-        format!("-n; touch {pwned} #"),
+        format!("x'; cd; touch {marker}; '"),
+        format!("$(cd; touch {marker})"),
+        format!("`cd; touch {marker}`"),
+        format!("a\"; cd; touch {marker}; \"b"),
+        format!("-n; cd; touch {marker} #"),
     ];
+    // One upload at a time, each for one rule, each waited for: the
+    // test is about what runs, not about many commands at once.
     for name in &names {
-        let made = as_nobody("/usr/bin/touch")
-            .arg(uploads.join(name))
-            .status()
-            .unwrap();
-        assert!(made.success(), "nobody could not create {name:?}");
-    }
-    let want: Vec<String> = names
-        .iter()
-        .map(|n| uploads.join(n).display().to_string())
-        .collect();
-    for log in [&argv_log, &shell_log] {
-        wait_until(
-            Duration::from_secs(60),
-            &format!("every upload in {}", log.display()),
-            || {
+        for (rule, log) in [("argv-", &argv_log), ("shell-", &shell_log)] {
+            let path = uploads.join(format!("{rule}{name}"));
+            let made = as_nobody("/usr/bin/touch").arg(&path).status().unwrap();
+            assert!(made.success(), "nobody could not create {path:?}");
+            let want = path.display().to_string();
+            let logged = || {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
-                let got: Vec<&str> = text.lines().collect();
-                want.iter().all(|w| got.contains(&w.as_str())).then_some(())
-            },
-        );
+                text.lines().any(|l| l == want)
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !logged() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                logged(),
+                "{want:?} in {}: it has {:?}; jobs: {}",
+                log.display(),
+                std::fs::read_to_string(log).unwrap_or_default(),
+                String::from_utf8_lossy(&master.tend(&["jobs", "--json"]).stdout)
+            );
+        }
     }
-    assert!(
-        !std::path::Path::new(&pwned).exists(),
-        "a file name ran a command as root"
-    );
+    assert!(!pwned.exists(), "a file name ran a command as root");
 }

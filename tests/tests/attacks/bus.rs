@@ -301,3 +301,73 @@ fn finding_13_idle_metrics_connections_do_not_block_a_scrape() {
     );
     drop(idle);
 }
+
+/// A process's peak resident memory (VmHWM), in bytes.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kib * 1024
+}
+
+/// Finding 6: one unauthenticated message of 400 parts of 1 MiB each
+/// (every part under the 1 MiB limit), on the command and the event port.
+#[test]
+fn finding_6_a_message_of_endless_parts_is_cut_off_before_it_is_buffered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut master = Master::new(&tmp.path().join("master"), "");
+    master.start();
+    let mut web1 = Minion::new(&tmp.path().join("web1"), "web1", &master, "");
+    web1.start();
+    master.wait_connected("web1");
+    let pid = master.daemon().child.id();
+    let ctx = zmq::Context::new();
+    let part = vec![7u8; 1 << 20];
+    for (kind, endpoint) in [
+        (zmq::DEALER, master.command_endpoint.clone()),
+        (zmq::XPUB, master.event_endpoint.clone()),
+    ] {
+        let socket = ctx.socket(kind).unwrap();
+        socket.set_linger(0).unwrap();
+        socket.set_sndhwm(0).unwrap();
+        let watch = format!("inproc://finding-6-{kind:?}");
+        socket
+            .monitor(&watch, zmq::SocketEvent::DISCONNECTED as i32)
+            .unwrap();
+        let events = ctx.socket(zmq::PAIR).unwrap();
+        events.connect(&watch).unwrap();
+        socket.connect(&endpoint).unwrap();
+        if kind == zmq::XPUB {
+            // The master's subscription: from now on what is sent arrives.
+            socket.set_rcvtimeo(10_000).unwrap();
+            socket.recv_bytes(0).expect("the master's subscription");
+        }
+        let before = counter(&master, "bus_frames_bad");
+        for _ in 0..399 {
+            socket.send(&part, zmq::SNDMORE).unwrap();
+        }
+        socket.send(&part, 0).unwrap();
+        // Either the master cuts the connection, or it takes the whole
+        // message in (and then refuses it for its shape).
+        wait_until(
+            Duration::from_secs(120),
+            "the master to cut the connection or take the whole message in",
+            || {
+                let cut = events.recv_multipart(zmq::DONTWAIT).is_ok();
+                (cut || counter(&master, "bus_frames_bad") > before).then_some(())
+            },
+        );
+    }
+    let peak = peak_memory(pid);
+    assert!(
+        peak < 300 << 20,
+        "the master's memory peaked at {} MiB: the parts were buffered",
+        peak >> 20
+    );
+    assert!(master.daemon().is_running());
+    let pong = &master.tend_json(&["ping", "web1"])[0];
+    assert_eq!(pong["minion"], "web1", "{pong}");
+}

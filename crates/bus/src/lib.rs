@@ -11,6 +11,7 @@
 mod actor;
 mod control;
 pub mod frame;
+mod guard;
 pub mod handshake;
 pub mod identity;
 pub mod keys;

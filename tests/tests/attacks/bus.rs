@@ -371,3 +371,99 @@ fn finding_6_a_message_of_endless_parts_is_cut_off_before_it_is_buffered() {
     let pong = &master.tend_json(&["ping", "web1"])[0];
     assert_eq!(pong["minion"], "web1", "{pong}");
 }
+
+/// CPU time (user + system) a process used so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name may hold spaces: fields count from after its ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Finding 7: a master with 256 descriptors (`ulimit -n 256`) faces more
+/// half-open TCP connections than it has descriptors.
+#[test]
+fn finding_7_running_out_of_descriptors_neither_spins_nor_aborts_the_master() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut master = Master::new(&tmp.path().join("master"), "");
+    let log = master.dir.join("master.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = std::process::Command::new("prlimit")
+        .arg("--nofile=256:256")
+        .arg("--")
+        .arg(tend_e2e::bin("tend-master"))
+        .arg("--config")
+        .arg(master.config())
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    master.daemon = Some(tend_e2e::Daemon { child, log });
+    wait_until(Duration::from_secs(20), "the master to answer", || {
+        master.tend(&["status"]).status.success().then_some(())
+    });
+    let mut web1 = Minion::new(&tmp.path().join("web1"), "web1", &master, "");
+    web1.start();
+    master.wait_connected("web1");
+
+    // Connections that never say a word: past the point where the master
+    // holds every descriptor it may (or 1,000 of them).
+    let addr: std::net::SocketAddr = master
+        .command_endpoint
+        .trim_start_matches("tcp://")
+        .parse()
+        .unwrap();
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let (mut held, mut past_the_limit) = (Vec::new(), 0);
+    for _ in 0..1000 {
+        if descriptors() >= 256 {
+            past_the_limit += 1;
+        }
+        if past_the_limit > 50 {
+            break;
+        }
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            held.push(s);
+        }
+    }
+
+    // Still serving: the control socket, and the accepted minion.
+    let out = master.tend(&["run", "web1", "--", "echo served"]);
+    assert!(
+        master.daemon().is_running(),
+        "the master died: {}",
+        master.daemon().log_text()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("served"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not spinning: under a tenth of a core over three seconds (spinning,
+    // it took a whole core, or what a busy machine let it have).
+    assert!(master.daemon().is_running(), "the master died");
+    let (before, started) = (cpu_ticks(pid), std::time::Instant::now());
+    wait_until(Duration::from_secs(10), "three seconds to pass", || {
+        (started.elapsed() >= Duration::from_secs(3)).then_some(())
+    });
+    let used = (cpu_ticks(pid) - before) as f64 / 100.0 / started.elapsed().as_secs_f64();
+    assert!(
+        used < 0.10,
+        "the master used {:.0} % of a core while {} connections were held",
+        used * 100.0,
+        held.len()
+    );
+    assert!(
+        counter(&master, "bus_connections_refused") > 0,
+        "the refused connections were not counted"
+    );
+    drop(held);
+}

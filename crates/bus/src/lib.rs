@@ -12,6 +12,7 @@ mod actor;
 mod control;
 mod durable;
 pub mod frame;
+mod guard;
 pub mod handshake;
 pub mod identity;
 pub mod keys;

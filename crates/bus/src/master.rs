@@ -194,6 +194,8 @@ impl MasterBus {
             commands: OnceLock::new(),
         });
 
+        // Limits on connections (and descriptors) for both TCP ports.
+        let guard = crate::guard::Guard::new(shared.stats.clone());
         let sub = ctx.socket(zmq::SUB)?;
         sub.set_maxmsgsize(cfg.max_message_size as i64 + 1024)?;
         // Events are numbered and replayed on a gap, so a full queue costs
@@ -201,6 +203,7 @@ impl MasterBus {
         sub.set_rcvhwm(2_000)?;
         sub.set_linger(0)?;
         sub.set_subscribe(b"")?;
+        guard.watch(&ctx, &sub, PORT_EVENTS)?;
         crate::bind(&sub, &cfg.event_endpoint)?;
         let s = shared.clone();
         let events = SocketThread::spawn(
@@ -218,6 +221,7 @@ impl MasterBus {
         router.set_sndhwm(100_000)?;
         router.set_rcvhwm(100_000)?;
         router.set_linger(0)?;
+        guard.watch(&ctx, &router, PORT_COMMANDS)?;
         crate::bind(&router, &cfg.command_endpoint)?;
         let s = shared.clone();
         let commands = Arc::new(SocketThread::spawn(

@@ -129,6 +129,8 @@ impl MinionBus {
         // once instead of waiting for an acknowledgement to time out.
         let publisher = ctx.socket(zmq::XPUB)?;
         publisher.set_xpub_verbose(true)?;
+        // It receives only subscriptions: a few bytes each.
+        publisher.set_maxmsgsize(1024)?;
         publisher.set_sndhwm(100_000)?;
         publisher.set_linger(0)?;
         set_reconnect(&publisher)?;

@@ -58,6 +58,10 @@ counters! {
         replies_refused,
         /// Outbound messages refused because a queue was full.
         queue_full,
+        /// TCP connections shut down on arrival: over the master's total,
+        /// or too many from one address still in the ZeroMQ greeting; and
+        /// connections the listener could not accept (out of descriptors).
+        connections_refused,
     }
 }
 

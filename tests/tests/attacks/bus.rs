@@ -301,3 +301,169 @@ fn finding_13_idle_metrics_connections_do_not_block_a_scrape() {
     );
     drop(idle);
 }
+
+/// A process's peak resident memory (VmHWM), in bytes.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    kib * 1024
+}
+
+/// Finding 6: one unauthenticated message of 400 parts of 1 MiB each
+/// (every part under the 1 MiB limit), on the command and the event port.
+#[test]
+fn finding_6_a_message_of_endless_parts_is_cut_off_before_it_is_buffered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut master = Master::new(&tmp.path().join("master"), "");
+    master.start();
+    let mut web1 = Minion::new(&tmp.path().join("web1"), "web1", &master, "");
+    web1.start();
+    master.wait_connected("web1");
+    let pid = master.daemon().child.id();
+    let ctx = zmq::Context::new();
+    let part = vec![7u8; 1 << 20];
+    for (kind, endpoint) in [
+        (zmq::DEALER, master.command_endpoint.clone()),
+        (zmq::XPUB, master.event_endpoint.clone()),
+    ] {
+        let socket = ctx.socket(kind).unwrap();
+        socket.set_linger(0).unwrap();
+        socket.set_sndhwm(0).unwrap();
+        let watch = format!("inproc://finding-6-{kind:?}");
+        socket
+            .monitor(&watch, zmq::SocketEvent::DISCONNECTED as i32)
+            .unwrap();
+        let events = ctx.socket(zmq::PAIR).unwrap();
+        events.connect(&watch).unwrap();
+        socket.connect(&endpoint).unwrap();
+        if kind == zmq::XPUB {
+            // The master's subscription: from now on what is sent arrives.
+            socket.set_rcvtimeo(10_000).unwrap();
+            socket.recv_bytes(0).expect("the master's subscription");
+        }
+        let before = counter(&master, "bus_frames_bad");
+        for _ in 0..399 {
+            socket.send(&part, zmq::SNDMORE).unwrap();
+        }
+        socket.send(&part, 0).unwrap();
+        // Either the master cuts the connection, or it takes the whole
+        // message in (and then refuses it for its shape).
+        wait_until(
+            Duration::from_secs(120),
+            "the master to cut the connection or take the whole message in",
+            || {
+                let cut = events.recv_multipart(zmq::DONTWAIT).is_ok();
+                (cut || counter(&master, "bus_frames_bad") > before).then_some(())
+            },
+        );
+    }
+    let peak = peak_memory(pid);
+    assert!(
+        peak < 300 << 20,
+        "the master's memory peaked at {} MiB: the parts were buffered",
+        peak >> 20
+    );
+    assert!(master.daemon().is_running());
+    let pong = &master.tend_json(&["ping", "web1"])[0];
+    assert_eq!(pong["minion"], "web1", "{pong}");
+}
+
+/// CPU time (user + system) a process used so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name may hold spaces: fields count from after its ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Finding 7: a master with 256 descriptors (`ulimit -n 256`) faces more
+/// half-open TCP connections than it has descriptors.
+#[test]
+fn finding_7_running_out_of_descriptors_neither_spins_nor_aborts_the_master() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut master = Master::new(&tmp.path().join("master"), "");
+    let log = master.dir.join("master.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = std::process::Command::new("prlimit")
+        .arg("--nofile=256:256")
+        .arg("--")
+        .arg(tend_e2e::bin("tend-master"))
+        .arg("--config")
+        .arg(master.config())
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    master.daemon = Some(tend_e2e::Daemon { child, log });
+    wait_until(Duration::from_secs(20), "the master to answer", || {
+        master.tend(&["status"]).status.success().then_some(())
+    });
+    let mut web1 = Minion::new(&tmp.path().join("web1"), "web1", &master, "");
+    web1.start();
+    master.wait_connected("web1");
+
+    // Connections that never say a word: past the point where the master
+    // holds every descriptor it may (or 1,000 of them).
+    let addr: std::net::SocketAddr = master
+        .command_endpoint
+        .trim_start_matches("tcp://")
+        .parse()
+        .unwrap();
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let (mut held, mut past_the_limit) = (Vec::new(), 0);
+    for _ in 0..1000 {
+        if descriptors() >= 256 {
+            past_the_limit += 1;
+        }
+        if past_the_limit > 50 {
+            break;
+        }
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            held.push(s);
+        }
+    }
+
+    // Still serving: the control socket, and the accepted minion.
+    let out = master.tend(&["run", "web1", "--", "echo served"]);
+    assert!(
+        master.daemon().is_running(),
+        "the master died: {}",
+        master.daemon().log_text()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("served"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not spinning: under a tenth of a core over three seconds (spinning,
+    // it took a whole core, or what a busy machine let it have).
+    assert!(master.daemon().is_running(), "the master died");
+    let (before, started) = (cpu_ticks(pid), std::time::Instant::now());
+    wait_until(Duration::from_secs(10), "three seconds to pass", || {
+        (started.elapsed() >= Duration::from_secs(3)).then_some(())
+    });
+    let used = (cpu_ticks(pid) - before) as f64 / 100.0 / started.elapsed().as_secs_f64();
+    assert!(
+        used < 0.10,
+        "the master used {:.0} % of a core while {} connections were held",
+        used * 100.0,
+        held.len()
+    );
+    assert!(
+        counter(&master, "bus_connections_refused") > 0,
+        "the refused connections were not counted"
+    );
+    drop(held);
+}

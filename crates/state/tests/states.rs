@@ -66,6 +66,12 @@ fn cycle(text: &str, unchanged: impl Fn() -> bool) -> (StateResult, StateResult)
     )
 }
 
+/// "The file still holds what it holds now": for `cycle`'s dry-run check.
+fn unchanged_from(p: &Path) -> impl Fn() -> bool + '_ {
+    let before = std::fs::read(p).ok();
+    move || std::fs::read(p).ok() == before
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
 }
@@ -236,7 +242,7 @@ fn file_line_present_absent_replace() {
             "[l]\ntype = \"file.line\"\npath = {:?}\nline = \"UseDNS no\"\n",
             p.display()
         ),
-        || true,
+        unchanged_from(&p),
     );
     assert!(
         std::fs::read_to_string(&p)
@@ -249,7 +255,7 @@ fn file_line_present_absent_replace() {
             "[l]\ntype = \"file.line\"\npath = {:?}\nmatch = \"^Port \"\nensure = \"absent\"\n",
             p.display()
         ),
-        || true,
+        unchanged_from(&p),
     );
     assert!(!std::fs::read_to_string(&p).unwrap().contains("Port 22"));
     // Replace every match, add nothing.
@@ -259,7 +265,7 @@ fn file_line_present_absent_replace() {
             "[l]\ntype = \"file.line\"\npath = {:?}\nmatch = \"^a=\"\nline = \"a=0\"\nensure = \"replace\"\n",
             p.display()
         ),
-        || true,
+        unchanged_from(&p),
     );
     assert_eq!(std::fs::read_to_string(&p).unwrap(), "a=0\nb=1\na=0\n");
 }
@@ -374,8 +380,14 @@ fn a_cycle_is_refused_with_its_states() {
          [c]\ntype = \"cmd.run\"\ncommand = \"true\"\nwatch = \"b\"\n",
     );
     let e = tend_state::order(&s).unwrap_err().to_string();
+    // The cycle, as the path it takes (from any of its states): a needs
+    // c, c watches b, b needs a. Single letters would be met by the words
+    // "a cycle" themselves.
+    let named = e
+        .strip_prefix("requisites form a cycle: ")
+        .unwrap_or_else(|| panic!("not a cycle error: {e}"));
     assert!(
-        e.contains("cycle") && e.contains('a') && e.contains('b') && e.contains('c'),
+        ["a -> c -> b -> a", "c -> b -> a -> c", "b -> a -> c -> b"].contains(&named),
         "{e}"
     );
 }

@@ -580,6 +580,18 @@ pub fn footprint(seconds: u64) -> anyhow::Result<Report> {
         all_cpu,
         "% of a core",
     );
+    // Without systemd the service beacon says so once and goes idle: the
+    // figures above then leave out its `systemctl show` every 10 s.
+    let systemd = std::path::Path::new("/run/systemd/system").is_dir();
+    r.figure(
+        "  of which the service beacon runs systemctl",
+        if systemd {
+            "yes"
+        } else {
+            "no: no systemd here, it is idle"
+        },
+        "",
+    );
     r.figure("master RSS", rss_mib(mpid), "MiB");
     r.figure("master CPU", master_cpu, "% of a core");
     let size = |b: &str| {

@@ -178,7 +178,8 @@ fn bad_state_files_are_refused_on_the_master_before_anything_is_sent() {
         ("mode", "mode"),
         ("missing", "command"),
         ("req", "`require`: no state \"nowhere\""),
-        ("cycle", "cycle"),
+        // Not just "cycle": the file's name has that word.
+        ("cycle", "requisites form a cycle: a -> b -> a"),
         ("include", "template"),
     ] {
         let out = f.master.tend(&["apply", "web1", name, "--json"]);

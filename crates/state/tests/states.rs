@@ -66,6 +66,12 @@ fn cycle(text: &str, unchanged: impl Fn() -> bool) -> (StateResult, StateResult)
     )
 }
 
+/// "The file still holds what it holds now": for `cycle`'s dry-run check.
+fn unchanged_from(p: &Path) -> impl Fn() -> bool + '_ {
+    let before = std::fs::read(p).ok();
+    move || std::fs::read(p).ok() == before
+}
+
 fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
 }
@@ -236,7 +242,7 @@ fn file_line_present_absent_replace() {
             "[l]\ntype = \"file.line\"\npath = {:?}\nline = \"UseDNS no\"\n",
             p.display()
         ),
-        || true,
+        unchanged_from(&p),
     );
     assert!(
         std::fs::read_to_string(&p)
@@ -249,7 +255,7 @@ fn file_line_present_absent_replace() {
             "[l]\ntype = \"file.line\"\npath = {:?}\nmatch = \"^Port \"\nensure = \"absent\"\n",
             p.display()
         ),
-        || true,
+        unchanged_from(&p),
     );
     assert!(!std::fs::read_to_string(&p).unwrap().contains("Port 22"));
     // Replace every match, add nothing.
@@ -259,7 +265,7 @@ fn file_line_present_absent_replace() {
             "[l]\ntype = \"file.line\"\npath = {:?}\nmatch = \"^a=\"\nline = \"a=0\"\nensure = \"replace\"\n",
             p.display()
         ),
-        || true,
+        unchanged_from(&p),
     );
     assert_eq!(std::fs::read_to_string(&p).unwrap(), "a=0\nb=1\na=0\n");
 }
@@ -374,52 +380,58 @@ fn a_cycle_is_refused_with_its_states() {
          [c]\ntype = \"cmd.run\"\ncommand = \"true\"\nwatch = \"b\"\n",
     );
     let e = tend_state::order(&s).unwrap_err().to_string();
+    // The cycle, as the path it takes (from any of its states): a needs
+    // c, c watches b, b needs a. Single letters would be met by the words
+    // "a cycle" themselves.
+    let named = e
+        .strip_prefix("requisites form a cycle: ")
+        .unwrap_or_else(|| panic!("not a cycle error: {e}"));
     assert!(
-        e.contains("cycle") && e.contains('a') && e.contains('b') && e.contains('c'),
+        ["a -> c -> b -> a", "c -> b -> a -> c", "b -> a -> c -> b"].contains(&named),
         "{e}"
     );
 }
 
+// Each half runs where it can, and is reported ignored, with the reason,
+// where it cannot (build.rs looks for systemd): before, one test took
+// whichever branch the machine allowed and passed without running the
+// other.
 #[test]
-fn services_fail_clearly_without_systemd_and_work_with_it() {
+#[cfg_attr(
+    systemd,
+    ignore = "skipped: systemd is running here; this checks a machine without it"
+)]
+fn services_fail_clearly_without_systemd() {
+    assert!(
+        !Path::new("/run/systemd/system").is_dir(),
+        "built for a machine without systemd"
+    );
     let s = states("[ssh]\ntype = \"service.running\"\nname = \"ssh\"\nenable = true\n");
     let r = run(&s, false);
-    if Path::new("/run/systemd/system").is_dir() {
-        assert_ne!(outcome(&r[0]), Outcome::Failed, "{}", r[0].comment);
-    } else {
-        assert_eq!(outcome(&r[0]), Outcome::Failed);
-        assert!(
-            r[0].comment.contains("systemd is not running"),
-            "{}",
-            r[0].comment
-        );
-        let r = run(
-            &states("[x]\ntype = \"service.dead\"\nname = \"cron\"\n"),
-            true,
-        );
-        assert!(r[0].comment.contains("systemd is not running"));
-    }
+    assert_eq!(outcome(&r[0]), Outcome::Failed);
+    assert!(
+        r[0].comment.contains("systemd is not running"),
+        "{}",
+        r[0].comment
+    );
+    let r = run(
+        &states("[x]\ntype = \"service.dead\"\nname = \"cron\"\n"),
+        true,
+    );
+    assert!(
+        r[0].comment.contains("systemd is not running"),
+        "{}",
+        r[0].comment
+    );
 }
 
 #[test]
-fn packages_install_and_remove_for_real() {
-    // SAFETY: geteuid has no preconditions.
-    if !Path::new("/usr/bin/dpkg-query").exists() || unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs dpkg and root");
-        return;
-    }
-    // `hello` is small and nothing depends on it.
-    let installed = "[hello]\ntype = \"pkg.installed\"\nname = \"hello\"\n";
-    let removed = "[hello]\ntype = \"pkg.removed\"\nname = \"hello\"\n";
-    let _ = run(&states(removed), false);
-    let (_, first) = cycle(installed, || !Path::new("/usr/bin/hello").exists());
-    assert!(first.comment.contains("installed"), "{}", first.comment);
-    assert!(Path::new("/usr/bin/hello").exists());
-    cycle(removed, || Path::new("/usr/bin/hello").exists());
-    assert!(!Path::new("/usr/bin/hello").exists());
-    let r = run(
-        &states("[x]\ntype = \"pkg.installed\"\nname = \"no-such-package-tend\"\n"),
-        false,
-    );
-    assert_eq!(outcome(&r[0]), Outcome::Failed);
+#[cfg_attr(
+    not(systemd),
+    ignore = "skipped: systemd is not running here (no /run/systemd/system)"
+)]
+fn services_work_with_systemd() {
+    let s = states("[ssh]\ntype = \"service.running\"\nname = \"ssh\"\nenable = true\n");
+    let r = run(&s, false);
+    assert_ne!(outcome(&r[0]), Outcome::Failed, "{}", r[0].comment);
 }

@@ -13,6 +13,7 @@ mod control;
 pub mod frame;
 mod guard;
 pub mod handshake;
+mod hellos;
 pub mod identity;
 pub mod keys;
 mod master;

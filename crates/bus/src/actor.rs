@@ -8,6 +8,7 @@
 //! has a high-water mark, so the outbound queue is bounded and a full queue
 //! is an error the caller sees, not a hidden backlog.
 
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -27,9 +28,11 @@ const RECV_BURST: usize = 256;
 
 static NEXT_PIPE: AtomicU64 = AtomicU64::new(1);
 
-/// What the thread does with an inbound multipart message: it may answer
-/// at once with a message sent straight back on the same socket.
-pub(crate) type OnRecv = Box<dyn FnMut(Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> + Send>;
+/// What the thread does with an inbound multipart message and the address
+/// of the peer it came from (TCP only): it may answer at once with a
+/// message sent straight back on the same socket.
+pub(crate) type OnRecv =
+    Box<dyn FnMut(Vec<Vec<u8>>, Option<IpAddr>) -> Option<Vec<Vec<u8>>> + Send>;
 
 pub(crate) struct SocketThread {
     name: String,
@@ -145,9 +148,9 @@ fn run(name: &str, socket: zmq::Socket, pull: zmq::Socket, on_recv: &mut OnRecv)
         }
         if sock_ready {
             for _ in 0..RECV_BURST {
-                match socket.recv_multipart(zmq::DONTWAIT) {
-                    Ok(parts) => {
-                        if let Some(answer) = on_recv(parts)
+                match recv(&socket) {
+                    Ok((parts, peer)) => {
+                        if let Some(answer) = on_recv(parts, peer)
                             && let Err(e) = socket.send_multipart(answer, zmq::DONTWAIT)
                         {
                             tracing::debug!(socket = name, error = %e, "answer dropped");
@@ -162,5 +165,28 @@ fn run(name: &str, socket: zmq::Socket, pull: zmq::Socket, on_recv: &mut OnRecv)
                 }
             }
         }
+    }
+}
+
+/// One whole message, without waiting, and the peer address libzmq
+/// attached to it ("Peer-Address", TCP connections only).
+fn recv(socket: &zmq::Socket) -> Result<(Vec<Vec<u8>>, Option<IpAddr>), zmq::Error> {
+    let mut parts = Vec::new();
+    let mut peer = None;
+    let mut flags = zmq::DONTWAIT;
+    loop {
+        let mut msg = zmq::Message::new();
+        socket.recv(&mut msg, flags)?;
+        if peer.is_none() {
+            peer = msg.gets("Peer-Address").and_then(|a| a.parse().ok());
+        }
+        let more = msg.get_more();
+        parts.push(msg.to_vec());
+        if !more {
+            return Ok((parts, peer));
+        }
+        // The rest of a message is already here: libzmq hands over whole
+        // messages only.
+        flags = 0;
     }
 }

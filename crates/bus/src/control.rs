@@ -115,7 +115,7 @@ impl ControlServer {
             &ctx,
             "control",
             router,
-            Box::new(move |parts| {
+            Box::new(move |parts, _peer| {
                 BusStats::inc(&stats.frames_in);
                 let [route, body] = parts.as_slice() else {
                     let reason = format!(

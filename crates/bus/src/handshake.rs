@@ -271,6 +271,15 @@ impl Responder {
         Ok(challenge)
     }
 
+    /// Whether a handshake is under way for `session` (its Hello was
+    /// answered and its Auth has not come yet).
+    pub fn is_pending(&self, session: u64) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&session)
+    }
+
     /// Checks the peer's signature over the transcript of its handshake.
     /// The Auth must come on the connection its Hello came on; one from
     /// anywhere else is refused and leaves the handshake open for the

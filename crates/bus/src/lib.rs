@@ -14,6 +14,7 @@ mod durable;
 pub mod frame;
 mod guard;
 pub mod handshake;
+mod hellos;
 pub mod identity;
 pub mod keys;
 mod master;

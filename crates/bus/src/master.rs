@@ -14,9 +14,8 @@
 //! Handshakes (a signature and a key agreement each) run on their own
 //! threads, so a flood of hellos cannot hold up the sessions already open.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
@@ -32,6 +31,7 @@ use crate::actor::SocketThread;
 use crate::control::Responder;
 use crate::frame::{self, Header, Kind};
 use crate::handshake;
+use crate::hellos::{Admit, Hellos};
 use crate::identity::Identity;
 use crate::keys::{KeyState, KeyStore, kind_name};
 use crate::session::{Channel, Session};
@@ -88,8 +88,6 @@ struct Sessions {
     minions: HashMap<String, u64>,
 }
 
-type Handshake = (Vec<u8>, MinionMessage);
-
 /// A request waiting for its reply, and who may give it: the minion it
 /// was sent to, under the key it was accepted with. (A reply is sealed
 /// under the sender's session, so its name and key are proven; an id is
@@ -135,7 +133,9 @@ struct Shared {
     presence: mpsc::UnboundedSender<MasterInbound>,
     control: mpsc::Sender<(Responder, ControlRequest)>,
     keys: Arc<KeyStore>,
-    handshakes: SyncSender<Handshake>,
+    handshakes: Arc<Hellos>,
+    /// Keys that have opened a session: their hellos are served first.
+    known_keys: RwLock<HashSet<[u8; 32]>>,
     responder: handshake::Responder,
     commands: OnceLock<Weak<SocketThread>>,
 }
@@ -153,9 +153,6 @@ const PORT_COMMANDS: &str = "commands";
 
 /// Inbound messages waiting for the master daemon, at most.
 const INBOUND_QUEUE: usize = 512;
-/// Handshake messages waiting for a worker, at most; past that they are
-/// refused and counted (the peer retries).
-const HANDSHAKE_QUEUE: usize = 8192;
 
 impl MasterBus {
     /// Binds both sockets and starts the handshake workers. Must be called
@@ -170,7 +167,7 @@ impl MasterBus {
     ) -> Result<(Self, mpsc::Receiver<MasterInbound>), BusError> {
         let ctx = crate::context();
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-        let (hs_tx, hs_rx) = sync_channel(HANDSHAKE_QUEUE);
+        let handshakes = Arc::new(Hellos::default());
         let (presence, mut presence_rx) = mpsc::unbounded_channel();
         let inbound = tx.clone();
         let forwarder = tokio::spawn(async move {
@@ -189,7 +186,8 @@ impl MasterBus {
             presence,
             control,
             keys,
-            handshakes: hs_tx,
+            handshakes: handshakes.clone(),
+            known_keys: RwLock::default(),
             responder: handshake::Responder::new(identity),
             commands: OnceLock::new(),
         });
@@ -210,7 +208,7 @@ impl MasterBus {
             &ctx,
             "master-events",
             sub,
-            Box::new(move |parts| {
+            Box::new(move |parts, _peer| {
                 s.on_event_message(parts);
                 None
             }),
@@ -228,14 +226,13 @@ impl MasterBus {
             &ctx,
             "master-commands",
             router,
-            Box::new(move |parts| s.on_command_message(parts)),
+            Box::new(move |parts, peer| s.on_command_message(parts, peer)),
         )?);
         let _ = shared.commands.set(Arc::downgrade(&commands));
 
-        let hs_rx = Arc::new(Mutex::new(hs_rx));
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 4));
         for i in 0..workers {
-            let (s, rx) = (Arc::downgrade(&shared), hs_rx.clone());
+            let (s, rx) = (Arc::downgrade(&shared), handshakes.clone());
             std::thread::Builder::new()
                 .name(format!("handshake-{i}"))
                 .spawn(move || handshake_worker(s, rx))
@@ -284,6 +281,11 @@ impl MasterBus {
             .collect();
         for id in ids {
             if let Some(p) = sessions.by_id.remove(&id) {
+                self.shared
+                    .known_keys
+                    .write()
+                    .expect("keys lock")
+                    .remove(&p.key);
                 if kind == PeerKind::Minion && sessions.minions.get(&p.name) == Some(&id) {
                     sessions.minions.remove(&p.name);
                 }
@@ -386,13 +388,11 @@ impl Drop for MasterBus {
     }
 }
 
-fn handshake_worker(shared: Weak<Shared>, rx: Arc<Mutex<Receiver<Handshake>>>) {
+fn handshake_worker(shared: Weak<Shared>, queue: Arc<Hellos>) {
     loop {
-        let next = rx
-            .lock()
-            .map_err(|_| ())
-            .and_then(|r| r.recv().map_err(|_| ()));
-        let Ok((route, msg)) = next else { return };
+        let Some((route, msg)) = queue.pop() else {
+            return;
+        };
         let Some(shared) = shared.upgrade() else {
             return;
         };
@@ -404,6 +404,12 @@ fn handshake_worker(shared: Weak<Shared>, rx: Arc<Mutex<Receiver<Handshake>>>) {
 
 fn clear(body: master_message::Body) -> Vec<u8> {
     crate::frame::handshake_frame(&MasterMessage { body: Some(body) }.encode_to_vec())
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.handshakes.close();
+    }
 }
 
 impl Shared {
@@ -513,7 +519,11 @@ impl Shared {
     }
 
     /// Runs on the ROUTER thread: `[routing id, frame]`.
-    fn on_command_message(&self, parts: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
+    fn on_command_message(
+        &self,
+        parts: Vec<Vec<u8>>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Option<Vec<Vec<u8>>> {
         BusStats::inc(&self.stats.frames_in);
         let [route, frame] = parts.as_slice() else {
             let reason = format!(
@@ -540,16 +550,32 @@ impl Shared {
                         return None;
                     }
                 };
-                match self.handshakes.try_send((route.clone(), msg)) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(_)) => {
-                        BusStats::refuse(
-                            &self.stats.queue_full,
-                            PORT_COMMANDS,
-                            &"too many handshakes at once; one dropped (the peer retries)",
-                        );
+                // Served first: hellos from keys that opened a session
+                // before, and Auths for handshakes under way (their
+                // hellos got through already).
+                let known = match &msg.body {
+                    Some(minion_message::Body::Hello(h)) => {
+                        <[u8; 32]>::try_from(h.identity_key.as_slice())
+                            .is_ok_and(|k| self.known_keys.read().expect("keys lock").contains(&k))
                     }
-                    Err(TrySendError::Disconnected(_)) => {}
+                    Some(minion_message::Body::Auth(a)) => self.responder.is_pending(a.session),
+                    _ => false,
+                };
+                match self.handshakes.push((route.clone(), msg), known, peer) {
+                    Admit::Queued => {}
+                    Admit::Full => BusStats::refuse(
+                        &self.stats.queue_full,
+                        PORT_COMMANDS,
+                        &"too many handshakes at once; one dropped (the peer retries)",
+                    ),
+                    Admit::Throttled => {
+                        let reason = format!(
+                            "hellos from {} over {} a second; one dropped (the peer retries)",
+                            peer.map_or_else(|| "?".to_string(), |p| p.to_string()),
+                            crate::hellos::RATE
+                        );
+                        BusStats::refuse(&self.stats.hellos_throttled, PORT_COMMANDS, &reason);
+                    }
                 }
                 None
             }
@@ -649,6 +675,10 @@ impl Shared {
                     sessions.by_id.insert(id, ps);
                 }
                 BusStats::inc(&self.stats.sessions_opened);
+                self.known_keys
+                    .write()
+                    .expect("keys lock")
+                    .insert(authed.key);
                 tracing::info!(kind, name = %authed.name, session = id, fingerprint = %fp, "session opened");
                 Some(frame)
             }

@@ -140,7 +140,7 @@ impl MinionBus {
             &ctx,
             "minion-events",
             publisher,
-            Box::new(move |parts| {
+            Box::new(move |parts, _peer| {
                 if parts.first().and_then(|p| p.first()) == Some(&1) {
                     let _ = s.inbound.try_send(MinionInbound::Subscribed);
                 }
@@ -163,7 +163,7 @@ impl MinionBus {
             &ctx,
             "minion-commands",
             dealer,
-            Box::new(move |parts| {
+            Box::new(move |parts, _peer| {
                 s.on_command_message(parts);
                 None
             }),

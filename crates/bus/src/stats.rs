@@ -62,6 +62,9 @@ counters! {
         /// or too many from one address still in the ZeroMQ greeting; and
         /// connections the listener could not accept (out of descriptors).
         connections_refused,
+        /// Hellos from keys not seen before, dropped because their source
+        /// address sent more than its rate (the peer retries).
+        hellos_throttled,
     }
 }
 

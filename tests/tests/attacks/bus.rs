@@ -467,3 +467,79 @@ fn finding_7_running_out_of_descriptors_neither_spins_nor_aborts_the_master() {
     );
     drop(held);
 }
+
+/// Finding 11: a flood of hellos (as fast as two clients can send them)
+/// while a minion the master knows restarts.
+#[test]
+fn finding_11_a_hello_flood_does_not_shut_a_known_minion_out() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut master = Master::new(&tmp.path().join("master"), "");
+    master.start();
+    let mut web1 = Minion::new(&tmp.path().join("web1"), "web1", &master, "");
+    web1.start();
+    master.wait_connected("web1");
+    web1.daemon().stop();
+    wait_until(Duration::from_secs(20), "web1 to be down", || {
+        master
+            .tend_json(&["minions"])
+            .iter()
+            .any(|m| m["id"] == "web1" && m["connected"] == false)
+            .then_some(())
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooders: Vec<_> = (0..2)
+        .map(|i| {
+            let (stop, endpoint) = (stop.clone(), master.command_endpoint.clone());
+            std::thread::spawn(move || {
+                let ctx = zmq::Context::new();
+                let socket = ctx.socket(zmq::DEALER).unwrap();
+                socket.set_linger(0).unwrap();
+                socket.connect(&endpoint).unwrap();
+                let (_, hello) = Initiator::start(
+                    Arc::new(Identity::ephemeral().unwrap()),
+                    &format!("flood{i}"),
+                    PeerKind::Minion,
+                    "attack",
+                )
+                .unwrap();
+                let frame = handshake_frame(
+                    &MinionMessage {
+                        body: Some(minion_message::Body::Hello(hello)),
+                    }
+                    .encode_to_vec(),
+                );
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if socket.send(&frame, zmq::DONTWAIT).is_ok() {
+                        sent += 1;
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+                sent
+            })
+        })
+        .collect();
+    let before = counter(&master, "bus_frames_in");
+    wait_until(Duration::from_secs(20), "the flood to be on", || {
+        (counter(&master, "bus_frames_in") > before + 20_000).then_some(())
+    });
+
+    let started = std::time::Instant::now();
+    web1.start();
+    let back = std::panic::catch_unwind(|| master.wait_connected("web1"));
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let sent: u64 = flooders.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(
+        back.is_ok(),
+        "web1 got no session within {took:?} while {sent} hellos flooded the master"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "web1 took {took:?} to get a session back during the flood"
+    );
+    assert!(counter(&master, "bus_hellos_throttled") > 0);
+}

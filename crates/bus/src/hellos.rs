@@ -1,0 +1,168 @@
+//! Handshake messages waiting for the master's handshake workers, and who
+//! is served first.
+//!
+//! A handshake costs the master a signature and a key agreement, and
+//! anyone can ask for one, so a flood of hellos used to fill the one queue
+//! and shut out a minion that merely restarted. Now:
+//! - hellos from keys that have opened a session before, and Auths for
+//!   handshakes under way, go to a queue of their own that the workers
+//!   always empty first;
+//! - other hellos are limited per source address (a token bucket of
+//!   [`RATE`] a second, bursts of [`BURST`]); past it they are dropped and
+//!   counted (`hellos_throttled`), and the peer retries.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
+
+use tend_proto::v1::MinionMessage;
+
+/// A handshake message and the route it came on.
+pub(crate) type Handshake = (Vec<u8>, MinionMessage);
+
+/// Hellos from unknown keys, per source address and second.
+pub(crate) const RATE: f64 = 50.0;
+pub(crate) const BURST: f64 = 100.0;
+/// Source addresses tracked at once, at most.
+const SOURCES: usize = 4096;
+/// Messages waiting, at most, in each queue.
+const KNOWN_QUEUE: usize = 1024;
+const UNKNOWN_QUEUE: usize = 8192;
+
+pub(crate) enum Admit {
+    Queued,
+    /// The queue is full.
+    Full,
+    /// The source is over its rate.
+    Throttled,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Queues {
+    known: VecDeque<Handshake>,
+    unknown: VecDeque<Handshake>,
+    sources: HashMap<IpAddr, Bucket>,
+    closed: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Hellos {
+    queues: Mutex<Queues>,
+    ready: Condvar,
+}
+
+impl Hellos {
+    /// Queues `h`: ahead of the rest when `known`, else within the rate of
+    /// `source`.
+    pub(crate) fn push(&self, h: Handshake, known: bool, source: Option<IpAddr>) -> Admit {
+        let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if known {
+            if q.known.len() >= KNOWN_QUEUE {
+                return Admit::Full;
+            }
+            q.known.push_back(h);
+        } else {
+            if let Some(source) = source
+                && !take_token(&mut q.sources, source, Instant::now())
+            {
+                return Admit::Throttled;
+            }
+            if q.unknown.len() >= UNKNOWN_QUEUE {
+                return Admit::Full;
+            }
+            q.unknown.push_back(h);
+        }
+        drop(q);
+        self.ready.notify_one();
+        Admit::Queued
+    }
+
+    /// The next message, known ones first; waits for one. None once
+    /// closed.
+    pub(crate) fn pop(&self) -> Option<Handshake> {
+        let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if q.closed {
+                return None;
+            }
+            if let Some(h) = q.known.pop_front().or_else(|| q.unknown.pop_front()) {
+                return Some(h);
+            }
+            q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Wakes every worker to stop.
+    pub(crate) fn close(&self) {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        self.ready.notify_all();
+    }
+}
+
+fn take_token(sources: &mut HashMap<IpAddr, Bucket>, source: IpAddr, now: Instant) -> bool {
+    if !sources.contains_key(&source) && sources.len() >= SOURCES {
+        // Forget sources whose bucket has filled up again: they have been
+        // quiet, and a new bucket starts full anyway.
+        sources.retain(|_, b| now.duration_since(b.at).as_secs_f64() * RATE + b.tokens < BURST);
+        if sources.len() >= SOURCES {
+            return false;
+        }
+    }
+    let b = sources.entry(source).or_insert(Bucket {
+        tokens: BURST,
+        at: now,
+    });
+    b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * RATE).min(BURST);
+    b.at = now;
+    if b.tokens >= 1.0 {
+        b.tokens -= 1.0;
+        true
+    } else {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_source_gets_its_burst_then_its_rate() {
+        let mut sources = HashMap::new();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let t0 = Instant::now();
+        let allowed = (0..1000)
+            .filter(|_| take_token(&mut sources, a, t0))
+            .count();
+        assert_eq!(allowed, BURST as usize);
+        assert!(
+            take_token(&mut sources, b, t0),
+            "another source has its own bucket"
+        );
+        let later = t0 + Duration::from_secs(1);
+        let allowed = (0..1000)
+            .filter(|_| take_token(&mut sources, a, later))
+            .count();
+        assert_eq!(allowed, RATE as usize);
+    }
+
+    #[test]
+    fn known_keys_are_served_first() {
+        let q = Hellos::default();
+        let msg = |n: u8| (vec![n], MinionMessage::default());
+        assert!(matches!(q.push(msg(1), false, None), Admit::Queued));
+        assert!(matches!(q.push(msg(2), true, None), Admit::Queued));
+        assert_eq!(q.pop().unwrap().0, vec![2]);
+        assert_eq!(q.pop().unwrap().0, vec![1]);
+        q.close();
+        assert!(q.pop().is_none());
+    }
+}

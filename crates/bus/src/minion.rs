@@ -9,7 +9,7 @@
 //! task starts over.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -92,11 +92,16 @@ struct Shared {
     control: mpsc::Sender<Control>,
     next_seq: AtomicU64,
     oldest_seq: AtomicU64,
+    /// A session opened after one was lost: the event connection may be
+    /// stalled in TCP backoff from the same outage, so the next publish
+    /// dials a fresh one instead of waiting for it.
+    reopen_events: AtomicBool,
 }
 
 pub struct MinionBus {
     shared: Arc<Shared>,
-    publisher: SocketThread,
+    ctx: zmq::Context,
+    publisher: RwLock<SocketThread>,
     dealer: Arc<SocketThread>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -120,33 +125,10 @@ impl MinionBus {
             control: control_tx,
             next_seq: AtomicU64::new(1),
             oldest_seq: AtomicU64::new(1),
+            reopen_events: AtomicBool::new(false),
         });
 
-        // XPUB, not PUB: it sends the same way, but also tells us when the
-        // master subscribes. PUB drops whatever is sent before the
-        // subscription arrives (and after a master restart, until it
-        // arrives again); knowing when it does lets the minion resend at
-        // once instead of waiting for an acknowledgement to time out.
-        let publisher = ctx.socket(zmq::XPUB)?;
-        publisher.set_xpub_verbose(true)?;
-        // It receives only subscriptions: a few bytes each.
-        publisher.set_maxmsgsize(1024)?;
-        publisher.set_sndhwm(100_000)?;
-        publisher.set_linger(0)?;
-        set_reconnect(&publisher)?;
-        crate::connect(&publisher, &cfg.event_endpoint)?;
-        let s = shared.clone();
-        let publisher = SocketThread::spawn(
-            &ctx,
-            "minion-events",
-            publisher,
-            Box::new(move |parts, _peer| {
-                if parts.first().and_then(|p| p.first()) == Some(&1) {
-                    let _ = s.inbound.try_send(MinionInbound::Subscribed);
-                }
-                None
-            }),
-        )?;
+        let publisher = open_events(&ctx, &shared)?;
 
         let dealer = ctx.socket(zmq::DEALER)?;
         dealer.set_maxmsgsize(cfg.max_message_size as i64 + 1024)?;
@@ -173,7 +155,8 @@ impl MinionBus {
         Ok((
             Self {
                 shared,
-                publisher,
+                ctx,
+                publisher: RwLock::new(publisher),
                 dealer,
                 task,
             },
@@ -201,7 +184,17 @@ impl MinionBus {
     pub fn publish(&self, batch: &EventBatch) -> Result<(), BusError> {
         let session = self.current()?;
         let frame = session.seal(Channel::Events, &batch.encode_to_vec());
-        self.publisher.send(vec![EVENT_TOPIC.to_vec(), frame])?;
+        if self.shared.reopen_events.swap(false, Ordering::Relaxed) {
+            let fresh = open_events(&self.ctx, &self.shared)?;
+            let old =
+                std::mem::replace(&mut *self.publisher.write().expect("publisher lock"), fresh);
+            tracing::info!("event connection reopened after the session came back");
+            drop(old); // closes the old connection
+        }
+        self.publisher
+            .read()
+            .expect("publisher lock")
+            .send(vec![EVENT_TOPIC.to_vec(), frame])?;
         BusStats::inc(&self.shared.stats.frames_out);
         Ok(())
     }
@@ -236,13 +229,64 @@ impl Drop for MinionBus {
     }
 }
 
-/// libzmq reconnects by itself: from 100 ms, doubling to 5 s, each interval
+/// The XPUB socket for events, connected, on its own thread.
+fn open_events(ctx: &zmq::Context, shared: &Arc<Shared>) -> Result<SocketThread, BusError> {
+    // XPUB, not PUB: it sends the same way, but also tells us when the
+    // master subscribes. PUB drops whatever is sent before the
+    // subscription arrives (and after a master restart, until it
+    // arrives again); knowing when it does lets the minion resend at
+    // once instead of waiting for an acknowledgement to time out.
+    let publisher = ctx.socket(zmq::XPUB)?;
+    publisher.set_xpub_verbose(true)?;
+    // It receives only subscriptions: a few bytes each.
+    publisher.set_maxmsgsize(1024)?;
+    // Batches queued for the connection, at most: a few windows of the
+    // publisher's (50,000 events, at most 1,000 a batch). Past it ZeroMQ drops (the outbox sends them again), so
+    // a stalled link cannot pile resends up in memory.
+    publisher.set_sndhwm(EVENT_QUEUE)?;
+    publisher.set_linger(0)?;
+    set_reconnect(&publisher)?;
+    crate::connect(&publisher, &shared.cfg.event_endpoint)?;
+    let s = Arc::downgrade(shared);
+    SocketThread::spawn(
+        ctx,
+        "minion-events",
+        publisher,
+        Box::new(move |parts, _peer| {
+            if parts.first().and_then(|p| p.first()) == Some(&1)
+                && let Some(s) = s.upgrade()
+            {
+                let _ = s.inbound.try_send(MinionInbound::Subscribed);
+            }
+            None
+        }),
+    )
+}
+
+/// libzmq reconnects by itself: from 100 ms, doubling to 1 s, each interval
 /// plus a random part of the base (libzmq's own jitter).
+///
+/// A cut link does not end a TCP connection: the kernel retransmits with a
+/// backoff that reaches tens of seconds, so after the heal nothing moves
+/// until its next retry. ZMTP heartbeats end such a connection when the
+/// peer has been silent for `HEARTBEAT_TIMEOUT_MS`, and a dial that gets no
+/// answer is abandoned after `CONNECT_TIMEOUT_MS` instead of waiting out
+/// the SYN retries: after a heal a fresh connection is up within about
+/// `reconnect_ivl_max` plus a round trip.
 pub(crate) fn set_reconnect(socket: &zmq::Socket) -> Result<(), BusError> {
     socket.set_reconnect_ivl(100)?;
-    socket.set_reconnect_ivl_max(5000)?;
+    socket.set_reconnect_ivl_max(1000)?;
+    socket.set_connect_timeout(CONNECT_TIMEOUT_MS)?;
+    socket.set_heartbeat_ivl(HEARTBEAT_IVL_MS)?;
+    socket.set_heartbeat_timeout(HEARTBEAT_TIMEOUT_MS)?;
     Ok(())
 }
+
+/// Event batches queued on the event socket, at most.
+const EVENT_QUEUE: i32 = 256;
+const HEARTBEAT_IVL_MS: i32 = 1000;
+const HEARTBEAT_TIMEOUT_MS: i32 = 3000;
+const CONNECT_TIMEOUT_MS: i32 = 1000;
 
 impl Shared {
     /// Runs on the DEALER thread.
@@ -352,6 +396,8 @@ async fn run_session(
     mut control: mpsc::Receiver<Control>,
 ) {
     let mut retry = FIRST_RETRY;
+    // Whether a session was open before and was lost.
+    let mut lost_one = false;
     loop {
         let (session, every) = match handshake(&shared, &dealer, &mut control, retry).await {
             Attempt::Open(s, every) => (s, every),
@@ -363,6 +409,9 @@ async fn run_session(
             Attempt::Stop => return,
         };
         retry = FIRST_RETRY;
+        if lost_one {
+            shared.reopen_events.store(true, Ordering::Relaxed);
+        }
         *shared.session.write().expect("session lock") = Some(session.clone());
         // First sealed message: what this minion is.
         let _ = dealer.send(vec![
@@ -383,6 +432,7 @@ async fn run_session(
         let reason = heartbeat(&shared, &dealer, &session, every, &mut control).await;
         *shared.session.write().expect("session lock") = None;
         let Some(reason) = reason else { return };
+        lost_one = true;
         tracing::warn!(%reason, "session with the master ended; reconnecting");
         if shared
             .inbound

@@ -32,8 +32,11 @@ const BATCH_BYTES: usize = 256 * 1024;
 /// Events taken from the beacons per outbox write (one fsync each).
 const APPEND_EVENTS: usize = 4_096;
 /// With events in flight and no acknowledgement for this long, send again
-/// from the last acknowledged one.
+/// from the last acknowledged one; each resend that brings no
+/// acknowledgement doubles the wait, up to RESEND_MAX, so a link that is
+/// down does not pile copies of the window into the socket's queues.
 const RESEND_AFTER: Duration = Duration::from_secs(2);
+const RESEND_MAX: Duration = Duration::from_secs(30);
 
 /// What the rest of the minion tells the publisher.
 #[derive(Debug)]
@@ -65,6 +68,8 @@ pub struct Publisher {
     next_send: u64,
     acked: u64,
     last_progress: Instant,
+    /// How long without an acknowledgement before the next resend.
+    resend_after: Duration,
     metrics: Arc<MinionMetrics>,
 }
 
@@ -87,6 +92,7 @@ impl Publisher {
             next_send,
             acked,
             last_progress: Instant::now(),
+            resend_after: RESEND_AFTER,
             metrics,
         }
     }
@@ -131,10 +137,11 @@ impl Publisher {
                     self.catch_up().await;
                 }
                 _ = resend.tick(), if self.next_send > self.acked + 1 => {
-                    if self.connected && self.last_progress.elapsed() >= RESEND_AFTER {
-                        tracing::debug!(from = self.acked + 1, "no acknowledgement; sending again");
+                    if self.connected && self.last_progress.elapsed() >= self.resend_after {
+                        tracing::debug!(from = self.acked + 1, after = ?self.resend_after, "no acknowledgement; sending again");
                         self.next_send = self.acked + 1;
                         self.last_progress = Instant::now();
+                        self.resend_after = (self.resend_after * 2).min(RESEND_MAX);
                         self.catch_up().await;
                     }
                 }
@@ -172,12 +179,18 @@ impl Publisher {
                 self.connected = true;
                 self.metrics.connected.store(true, Ordering::Relaxed);
                 self.next_send = self.acked + 1;
+                self.resend_after = RESEND_AFTER;
             }
             Signal::Disconnected => {
                 self.connected = false;
                 self.metrics.connected.store(false, Ordering::Relaxed);
             }
-            Signal::Subscribed => self.next_send = self.acked + 1,
+            Signal::Subscribed => {
+                // A fresh connection: what was in flight on the old one is
+                // gone, send it again now.
+                self.next_send = self.acked + 1;
+                self.resend_after = RESEND_AFTER;
+            }
             Signal::Send { events, done } => {
                 let n = events.len() as u64;
                 let result = match self.append(events).await {
@@ -190,6 +203,7 @@ impl Publisher {
                 if seq > self.acked {
                     self.acked = seq;
                     self.last_progress = Instant::now();
+                    self.resend_after = RESEND_AFTER;
                     let (outbox, metrics) = (self.outbox.clone(), self.metrics.clone());
                     let result = blocking(move || {
                         let mut ob = outbox.lock().expect("outbox lock");

@@ -310,3 +310,42 @@ fn review_a_garbage_meta_file_restarts_numbering() {
         ob.next_seq()
     );
 }
+
+/// A failed write (a full disk) that the outbox survives, then more
+/// appends, then a power cut. The cut-back (`truncate`) of a failed batch
+/// is never synced, so a part of the failed batch that had already been
+/// synced (its first chunk, in the segment before a new one failed to
+/// open; or a write whose fsync failed) comes back after the power cut,
+/// while the same seqs were handed out again to later, published events
+/// in a new segment: two different events with one seq, and the stale
+/// one comes first.
+#[test]
+#[ignore = "review3: BROKEN (under the tests' own power-cut model) - the cut-back of a failed write is not synced"]
+fn review_a_failed_write_then_a_power_cut_keeps_nothing_of_its_batch() {
+    every_step(Mode::Fail, true, true);
+}
+
+/// The concrete case of the test above: a failed fsync of the first chunk
+/// of round 7 (operation 49 of the workload), then a power cut: two
+/// segments overlap, (126..=170) and (151..=175), and seqs 151..=170 are
+/// held twice, the failed batch's copy first (read() serves it first, the
+/// master keeps the first it gets and drops the real events as
+/// duplicates).
+#[test]
+#[ignore = "review3: BROKEN - see review_a_failed_write_then_a_power_cut_keeps_nothing_of_its_batch"]
+fn review_failed_sync_then_power_cut_overlapping_segments() {
+    let (_t, dir) = review_dir();
+    let mut seen = Seen::default();
+    faults::arm(&dir, 49, Mode::Fail);
+    workload(&dir, true, &mut seen);
+    eprintln!("handed {} acked {} kept {:?}..{:?}", seen.handed, seen.acked, seen.kept.keys().next(), seen.kept.keys().last());
+    faults::power_cut(&dir);
+    let mut ob = Outbox::open(&dir, MIN_BYTES, true).unwrap();
+    let held = ob.read(1, usize::MAX, usize::MAX).unwrap();
+    let seqs: Vec<u64> = held.iter().map(|e| e.seq).collect();
+    let stale: Vec<u64> = held.iter().filter(|e| seen.failed.contains(&e.data)).map(|e| e.seq).collect();
+    let wrong: Vec<u64> = held.iter().filter(|e| seen.kept.get(&e.seq).is_some_and(|d| *d != e.data)).map(|e| e.seq).collect();
+    eprintln!("after power cut: segs {:?} next {} held {:?}..{:?} stale(from failed batch) {:?} kept-seq-with-other-content {:?}", ob.segments.iter().map(|s| (s.first, s.last)).collect::<Vec<_>>(), ob.next_seq(), seqs.first(), seqs.last(), stale, wrong);
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "a seq held twice: {seqs:?}");
+    assert!(stale.is_empty() && wrong.is_empty());
+}

@@ -401,3 +401,31 @@ fn review_real_full_tmpfs_drop_all_then_enospc_reuses_seqs_after_restart() {
         r.err().map(|e| e.to_string())
     );
 }
+
+/// A meta slot with a valid checksum but absurd values (acked near
+/// u64::MAX: a bug, a hand edit, a restore from another host): what does
+/// open do? Documents the behaviour (no assertion on the value).
+#[test]
+#[ignore = "review3: probe only"]
+fn review_probe_acked_near_u64_max() {
+    let (_t, dir) = review_dir();
+    let (mut mf, _) = meta::MetaFile::open(&dir).unwrap();
+    mf.store(
+        &Meta {
+            acked: u64::MAX - 1,
+            reserved: 0,
+            dropped: None,
+            boot: 0,
+        },
+        true,
+    )
+    .unwrap();
+    drop(mf);
+    let r = std::panic::catch_unwind(|| {
+        let mut ob = Outbox::open(&dir, MIN_BYTES, true).unwrap();
+        let n = ob.next_seq();
+        let a = ob.append(&mut batch(0, 1)).map_err(|e| e.to_string());
+        (n, a)
+    });
+    eprintln!("acked u64::MAX-1: {r:?}");
+}

@@ -1021,6 +1021,36 @@ mod tests {
         assert_eq!(seen, (1..=25).rev().collect::<Vec<u64>>());
     }
 
+    /// Review 3 (adversarial): retention prunes by age and `max_events`
+    /// only; it never looks at the reactor's cursor, so events stored but
+    /// not yet evaluated (the reactor reads PAGE=2,000 at a time while
+    /// ingest stores 20,000 per batch; or the reactor is held back by a
+    /// failing store) are deleted and silently never reacted to.
+    #[test]
+    #[ignore = "review3: BROKEN - prune_events deletes events past the reactor cursor (never evaluated)"]
+    fn review_retention_never_removes_events_the_reactor_has_not_evaluated() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let seqs: Vec<u64> = (1..=100).collect();
+        store.append(vec![incoming("a", &seqs)], vec![]).unwrap();
+        // The reactor got through the first 10.
+        store
+            .commit_reactions(Reactions {
+                cursor: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        // max_events = 20.
+        store.prune_events(0, Some(20), 5_000).unwrap();
+        let next = store.events_after(store.reactor_cursor().unwrap(), 1_000).unwrap();
+        assert_eq!(
+            next.first().map(|r| r.id),
+            Some(11),
+            "events 11..=80 were stored, never evaluated, and are gone (the reactor goes on from {:?})",
+            next.first().map(|r| r.id)
+        );
+    }
+
     #[test]
     fn reactions_are_stored_with_the_cursor_in_one_transaction() {
         let dir = tempfile::tempdir().unwrap();

@@ -301,3 +301,51 @@ fn finding_13_idle_metrics_connections_do_not_block_a_scrape() {
     );
     drop(idle);
 }
+
+/// Review (review2), the reason Rehello exists: a master that restarts
+/// (its sessions gone) must get its minions back promptly. Since a clear
+/// Rehello no longer ends a session, the minion waits for a grace of two
+/// heartbeats, checked only on heartbeat ticks: it comes back about three
+/// heartbeats after the master (15 s with the default 5 s), where it used
+/// to come back on the first heartbeat. Measured here with a 1 s heartbeat.
+#[test]
+#[ignore = "review2: weakness: after a master restart a minion reconnects only ~3 heartbeats later (grace on ticks); was ~1"]
+fn review_a_restarted_master_gets_its_minion_back_within_a_heartbeat_and_a_half() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut master = Master::new(&tmp.path().join("master"), "");
+    let cfg = std::fs::read_to_string(master.config()).unwrap();
+    std::fs::write(
+        master.config(),
+        cfg.replace("heartbeat_ms = 200", "heartbeat_ms = 1000")
+            .replace("presence_timeout_ms = 1000", "presence_timeout_ms = 3000"),
+    )
+    .unwrap();
+    master.start();
+    let mut web1 = Minion::new(
+        &tmp.path().join("web1"),
+        "web1",
+        &master,
+        "",
+    );
+    web1.start();
+    master.wait_connected("web1");
+    let mut took = Vec::new();
+    for _ in 0..2 {
+        master.daemon().kill9();
+        master.start();
+        let t0 = std::time::Instant::now();
+        wait_until(Duration::from_secs(30), "web1 back", || {
+            master
+                .tend_json(&["minions"])
+                .iter()
+                .any(|m| m["id"] == "web1" && m["connected"] == true)
+                .then_some(())
+        });
+        took.push(t0.elapsed());
+    }
+    eprintln!("reconnect after a master restart took {took:?}");
+    assert!(
+        took.iter().all(|t| *t < Duration::from_millis(1500)),
+        "the minion came back {took:?} after the master (heartbeat 1 s)"
+    );
+}

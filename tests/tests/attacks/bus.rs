@@ -269,6 +269,129 @@ fn finding_13_a_clear_rehello_never_ends_an_established_session() {
     assert!(minion.daemon().is_running());
 }
 
+/// Review (review2): a flood of clear Rehellos (ten per heartbeat, for
+/// 4 s) from the path never makes the minion drop its session: each one
+/// costs one extra heartbeat at most while the master answers.
+#[test]
+fn review_a_clear_rehello_flood_never_ends_an_established_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = zmq::Context::new();
+    // A stand-in master: the real handshake and sealed heartbeats.
+    let router = ctx.socket(zmq::ROUTER).unwrap();
+    router.set_linger(0).unwrap();
+    router.set_rcvtimeo(100).unwrap();
+    let port = tend_e2e::free_port();
+    router.bind(&format!("tcp://127.0.0.1:{port}")).unwrap();
+    let responder = tend_bus::handshake::Responder::new(Arc::new(Identity::ephemeral().unwrap()));
+    let mut minion = Minion::with_endpoints(
+        &tmp.path().join("m"),
+        "web1",
+        &format!("tcp://127.0.0.1:{}", tend_e2e::free_port()),
+        &format!("tcp://127.0.0.1:{port}"),
+        "",
+    );
+    minion.start();
+
+    let mut session: Option<(Vec<u8>, Session)> = None;
+    let mut hellos = 0;
+    let mut beats_answered = 0;
+    let mut rehello_sent_at: Option<std::time::Instant> = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stand-in master never got to send its Rehello"
+        );
+        if let Some(at) = rehello_sent_at
+            && at.elapsed() > Duration::from_secs(4)
+        {
+            break;
+        }
+        let Ok(parts) = router.recv_multipart(0) else {
+            continue;
+        };
+        let [route, bytes] = parts.as_slice() else {
+            continue;
+        };
+        let Ok((h, b)) = frame::decode(bytes, 1 << 20) else {
+            continue;
+        };
+        let reply = |body: master_message::Body, seal: Option<&Session>| {
+            let msg = MasterMessage { body: Some(body) }.encode_to_vec();
+            let frame = match seal {
+                Some(s) => s.seal(Channel::Down, &msg),
+                None => handshake_frame(&msg),
+            };
+            router.send_multipart([route.clone(), frame], 0).unwrap();
+        };
+        match h.kind {
+            frame::Kind::Handshake => match MinionMessage::decode(b).ok().and_then(|m| m.body) {
+                Some(minion_message::Body::Hello(hello)) => {
+                    hellos += 1;
+                    let ch = responder.on_hello(&hello, route).unwrap();
+                    reply(master_message::Body::Challenge(ch), None);
+                }
+                Some(minion_message::Body::Auth(auth)) => {
+                    let authed = responder.on_auth(&auth, route).unwrap();
+                    reply(
+                        master_message::Body::Welcome(tend_proto::v1::Welcome {
+                            heartbeat_ms: 200,
+                        }),
+                        Some(&authed.session),
+                    );
+                    session = Some((route.clone(), authed.session));
+                }
+                _ => {}
+            },
+            frame::Kind::Sealed => {
+                let Some((_, s)) = session.as_ref().filter(|(_, s)| s.id == h.session) else {
+                    continue;
+                };
+                let Ok(plain) = s.open(Channel::Up, &h, b) else {
+                    continue;
+                };
+                if let Ok(MinionMessage {
+                    body: Some(minion_message::Body::Heartbeat(_)),
+                }) = MinionMessage::decode(plain.as_slice())
+                {
+                    reply(
+                        master_message::Body::Heartbeat(tend_proto::v1::Heartbeat { time_us: 1 }),
+                        Some(s),
+                    );
+                    beats_answered += 1;
+                    if beats_answered >= 3 {
+                        // On the path: a flood of clear Rehellos, ten for
+                        // every heartbeat, for 4 s.
+                        for _ in 0..10 {
+                            reply(
+                                master_message::Body::Rehello(tend_proto::v1::Rehello {
+                                    reason: "forged".into(),
+                                    session: s.id,
+                                }),
+                                None,
+                            );
+                        }
+                        // On the path: a clear Rehello naming the session.
+                        reply(
+                            master_message::Body::Rehello(tend_proto::v1::Rehello {
+                                reason: "forged".into(),
+                                session: s.id,
+                            }),
+                            None,
+                        );
+                        rehello_sent_at.get_or_insert_with(std::time::Instant::now);
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(
+        hellos, 1,
+        "the minion dropped its session on a clear Rehello and said hello again"
+    );
+    assert!(minion.daemon().is_running());
+}
+
 /// Finding 13: idle connections held open on the metrics port do not keep
 /// a scrape from being answered.
 #[test]
@@ -542,4 +665,51 @@ fn finding_11_a_hello_flood_does_not_shut_a_known_minion_out() {
         "web1 took {took:?} to get a session back during the flood"
     );
     assert!(counter(&master, "bus_hellos_throttled") > 0);
+
+/// Review (review2), the reason Rehello exists: a master that restarts
+/// (its sessions gone) must get its minions back promptly. Since a clear
+/// Rehello no longer ends a session, the minion waits for a grace of two
+/// heartbeats, checked only on heartbeat ticks: it comes back about three
+/// heartbeats after the master (15 s with the default 5 s), where it used
+/// to come back on the first heartbeat. Measured here with a 1 s heartbeat.
+#[test]
+#[ignore = "review2: weakness: after a master restart a minion reconnects only ~3 heartbeats later (grace on ticks); was ~1"]
+fn review_a_restarted_master_gets_its_minion_back_within_a_heartbeat_and_a_half() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut master = Master::new(&tmp.path().join("master"), "");
+    let cfg = std::fs::read_to_string(master.config()).unwrap();
+    std::fs::write(
+        master.config(),
+        cfg.replace("heartbeat_ms = 200", "heartbeat_ms = 1000")
+            .replace("presence_timeout_ms = 1000", "presence_timeout_ms = 3000"),
+    )
+    .unwrap();
+    master.start();
+    let mut web1 = Minion::new(
+        &tmp.path().join("web1"),
+        "web1",
+        &master,
+        "",
+    );
+    web1.start();
+    master.wait_connected("web1");
+    let mut took = Vec::new();
+    for _ in 0..2 {
+        master.daemon().kill9();
+        master.start();
+        let t0 = std::time::Instant::now();
+        wait_until(Duration::from_secs(30), "web1 back", || {
+            master
+                .tend_json(&["minions"])
+                .iter()
+                .any(|m| m["id"] == "web1" && m["connected"] == true)
+                .then_some(())
+        });
+        took.push(t0.elapsed());
+    }
+    eprintln!("reconnect after a master restart took {took:?}");
+    assert!(
+        took.iter().all(|t| *t < Duration::from_millis(1500)),
+        "the minion came back {took:?} after the master (heartbeat 1 s)"
+    );
 }

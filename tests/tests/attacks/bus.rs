@@ -665,6 +665,7 @@ fn finding_11_a_hello_flood_does_not_shut_a_known_minion_out() {
         "web1 took {took:?} to get a session back during the flood"
     );
     assert!(counter(&master, "bus_hellos_throttled") > 0);
+}
 
 /// Review (review2), the reason Rehello exists: a master that restarts
 /// (its sessions gone) must get its minions back promptly. Since a clear

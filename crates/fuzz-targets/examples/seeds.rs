@@ -322,7 +322,6 @@ fn main() {
                 tag: "minion/*/beacon/{motd,disk}/**".into(),
                 since_us: 5,
                 limit: 10,
-                ..Default::default()
             })),
         ),
         (

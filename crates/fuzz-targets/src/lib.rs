@@ -40,9 +40,12 @@ mod minion_config;
 #[path = "../../minion/src/outbox/mod.rs"]
 mod outbox;
 
+/// What a fuzz target runs on one input.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its fuzzer and corpus directory
 /// (`fuzz/fuzz_targets/<name>.rs`, `fuzz/corpus/<name>/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("frame", frame),
     ("handshake", handshake),
     ("events", events),
@@ -117,10 +120,10 @@ pub fn handshake(data: &[u8]) {
     let pair = pair();
     if let Ok(msg) = MinionMessage::decode(data) {
         match msg.body {
-            Some(minion_message::Body::Hello(hello)) => {
-                if tend_proto::validate_minion_id(&hello.minion).is_ok() {
-                    let _ = pair.master.on_hello(&hello, ROUTE);
-                }
+            Some(minion_message::Body::Hello(hello))
+                if tend_proto::validate_minion_id(&hello.minion).is_ok() =>
+            {
+                let _ = pair.master.on_hello(&hello, ROUTE);
             }
             Some(minion_message::Body::Auth(auth)) => {
                 let _ = pair.master.on_auth(&auth, ROUTE);

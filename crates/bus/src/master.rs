@@ -120,6 +120,22 @@ impl Pending {
     }
 }
 
+/// Gives a request up when dropped, unless its reply came: a caller that
+/// stops waiting (its task aborted, a timeout around it) must not leave
+/// its waiter behind for good.
+struct Abandon<'a> {
+    pending: &'a Mutex<Pending>,
+    id: u64,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.abandon(self.id);
+        }
+    }
+}
+
 struct Shared {
     cfg: MasterBusConfig,
     sessions: RwLock<Sessions>,
@@ -322,29 +338,20 @@ impl MasterBus {
                     reply: tx,
                 },
             );
-        if let Err(e) = self.send_request(&ps, id, body, timeout) {
-            self.shared
-                .pending
-                .lock()
-                .expect("pending lock")
-                .waiting
-                .remove(&id);
-            return Err(e);
-        }
+        // Whichever way this ends (a reply, an error, a timeout, or the
+        // caller dropping this future), the waiter goes with it.
+        let _waiting = Abandon {
+            pending: &self.shared.pending,
+            id,
+        };
+        self.send_request(&ps, id, body, timeout)?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(BusError::Closed),
-            Err(_) => {
-                self.shared
-                    .pending
-                    .lock()
-                    .expect("pending lock")
-                    .abandon(id);
-                Err(BusError::Timeout {
-                    minion: minion.to_string(),
-                    timeout_ms: timeout.as_millis() as u64,
-                })
-            }
+            Err(_) => Err(BusError::Timeout {
+                minion: minion.to_string(),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
         }
     }
 
@@ -1044,3 +1051,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "master_review_attacks.rs"]
+mod review_attacks;

@@ -192,6 +192,10 @@ impl Session {
 }
 
 #[cfg(test)]
+#[path = "session_review_attacks.rs"]
+mod review_attacks;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::frame::decode;

@@ -686,12 +686,7 @@ fn review_a_restarted_master_gets_its_minion_back_within_a_heartbeat_and_a_half(
     )
     .unwrap();
     master.start();
-    let mut web1 = Minion::new(
-        &tmp.path().join("web1"),
-        "web1",
-        &master,
-        "",
-    );
+    let mut web1 = Minion::new(&tmp.path().join("web1"), "web1", &master, "");
     web1.start();
     master.wait_connected("web1");
     let mut took = Vec::new();

@@ -247,7 +247,7 @@ fn main() {
     let master = Responder::new(Arc::new(Identity::ephemeral().unwrap()));
     let peer = Arc::new(Identity::ephemeral().unwrap());
     let (init, hello) = Initiator::start(peer, "web1", PeerKind::Minion, "0.1.0").unwrap();
-    let challenge = master.on_hello(&hello).unwrap();
+    let challenge = master.on_hello(&hello, b"seed").unwrap();
     let opened = init.finish(&challenge).unwrap();
     let hello_msg = minion_msg(minion_message::Body::Hello(hello.clone()));
     let auth_msg = minion_msg(minion_message::Body::Auth(opened.auth.clone()));
@@ -322,6 +322,7 @@ fn main() {
                 tag: "minion/*/beacon/{motd,disk}/**".into(),
                 since_us: 5,
                 limit: 10,
+                ..Default::default()
             })),
         ),
         (
@@ -368,6 +369,7 @@ fn main() {
                 action: "accept".into(),
                 kind: "minion".into(),
                 pattern: "web*".into(),
+                ..Default::default()
             })),
         ),
     ];

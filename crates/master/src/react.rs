@@ -53,22 +53,7 @@ pub fn run(
         let Some(m) = master.upgrade() else {
             return;
         };
-        // Where to go on from: never guessed, or history would be
-        // reacted to again.
-        loop {
-            match m.store.reactor_cursor() {
-                Ok(c) => break cursor.evaluated = c,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the reactor's cursor; trying again");
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-        }
-        cursor.stored = cursor.evaluated;
-        m.metrics
-            .reactor_cursor
-            .store(cursor.evaluated, std::sync::atomic::Ordering::Relaxed);
-        load(&m, rules.clone())
+        resume(&m, rules.clone(), &mut cursor)
     };
     let mut rules = rules;
     loop {
@@ -91,9 +76,12 @@ pub fn run(
                 Ok(_) => break,
                 Err(()) => {
                     // What was evaluated and not stored is forgotten: the
-                    // reactor goes back to what the store holds.
-                    reactor = load(&master, rules.clone());
-                    cursor.evaluated = cursor.stored;
+                    // reactor goes back to what the store holds. A commit
+                    // reported failed may have been written all the same,
+                    // so the cursor is read back with the group states,
+                    // not taken from memory: the two agree, and no event
+                    // is evaluated twice.
+                    reactor = resume(&master, rules.clone(), &mut cursor);
                     break;
                 }
             }
@@ -131,19 +119,29 @@ impl Default for Cursor {
     }
 }
 
-/// A reactor with the rules and the group states the store holds. A store
-/// that cannot be read is tried again: starting with empty windows would
-/// change what fires.
-fn load(master: &Master, rules: Arc<Rules>) -> Reactor {
-    let saved = loop {
-        match master.store.reactor_state() {
-            Ok(saved) => break saved,
+/// A reactor with the rules, and the cursor and group states the store
+/// holds, read together. A store that cannot be read is tried again: the
+/// cursor is never guessed (history would be reacted to again), and
+/// starting with empty windows would change what fires.
+fn resume(master: &Master, rules: Arc<Rules>, cursor: &mut Cursor) -> Reactor {
+    let (stored, saved) = loop {
+        match master.store.reactor_resume() {
+            Ok(resumed) => break resumed,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the reactor's saved windows and holds; trying again");
+                tracing::error!(error = %e, "cannot read the reactor's cursor, windows and holds; trying again");
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
     };
+    *cursor = Cursor {
+        evaluated: stored,
+        stored,
+        stored_at: StdInstant::now(),
+    };
+    master
+        .metrics
+        .reactor_cursor
+        .store(stored, std::sync::atomic::Ordering::Relaxed);
     let mut reactor = Reactor::new(rules);
     if !saved.is_empty() {
         let n = reactor.restore(saved, clock());

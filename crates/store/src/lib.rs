@@ -154,6 +154,9 @@ pub struct Reactions {
     pub jobs: Vec<Job>,
 }
 
+/// The reactor's saved group states: (rule and group key, state bytes).
+pub type GroupStates = Vec<(String, Vec<u8>)>;
+
 /// What one pruning step did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
@@ -253,7 +256,18 @@ impl Store {
                 }
             }
         }
-        *slot = Some(Arc::new(open_db(&self.path)?));
+        let db = open_db(&self.path)?;
+        // A commit reported failed may still have been written (redb
+        // writes its header before the fsync that failed): ids go on after
+        // whatever the store holds, or the next write would reuse them.
+        {
+            let tx = db.begin_read()?;
+            let last_event = tx.open_table(EVENTS)?.last()?.map_or(0, |(k, _)| k.value());
+            let last_job = tx.open_table(JOBS)?.last()?.map_or(0, |(k, _)| k.value());
+            self.next_event.fetch_max(last_event + 1, Ordering::Relaxed);
+            self.next_job.fetch_max(last_job + 1, Ordering::Relaxed);
+        }
+        *slot = Some(Arc::new(db));
         Ok(())
     }
 
@@ -642,8 +656,27 @@ impl Store {
         Ok(meta.get(REACTOR_CURSOR)?.map_or(0, |v| v.value()))
     }
 
+    /// Where the reactor goes on from: its cursor and the group states
+    /// stored with it, read in one transaction so they agree (after a
+    /// commit reported failed, which may have been written or not).
+    pub fn reactor_resume(&self) -> Result<(u64, GroupStates), StoreError> {
+        let db = self.db()?;
+        let tx = db.begin_read()?;
+        let cursor = tx
+            .open_table(META)?
+            .get(REACTOR_CURSOR)?
+            .map_or(0, |v| v.value());
+        let table = tx.open_table(REACTOR)?;
+        let mut state = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            state.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok((cursor, state))
+    }
+
     /// The reactor's saved group states, by key.
-    pub fn reactor_state(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    pub fn reactor_state(&self) -> Result<GroupStates, StoreError> {
         let db = self.db()?;
         let tx = db.begin_read()?;
         let table = tx.open_table(REACTOR)?;
@@ -696,8 +729,10 @@ impl Store {
         for job in &r.jobs {
             write_job(&tx, job)?;
         }
-        tx.commit()?;
+        // Before the commit, as in `append`: a commit reported failed may
+        // have been written, and its ids must not be given out again.
         self.next_event.store(next_id, Ordering::Relaxed);
+        tx.commit()?;
         Ok(stored)
     }
 
@@ -1089,6 +1124,82 @@ mod tests {
             Some(11),
             "events 11..=80 were stored, never evaluated, and are gone (the reactor goes on from {:?})",
             next.first().map(|r| r.id)
+        );
+    }
+
+    /// Review 3 (B2): redb can report a commit as failed after its header
+    /// was written (the fsync or a resize after it failing): the events
+    /// and jobs are in the store, but `commit_reactions` had not advanced
+    /// its next id, and `reopen` did not look, so the next append reused
+    /// (overwrote) the fired events' ids. A commit "that failed" is made
+    /// here through a second path, then the store is reopened as the
+    /// master does after a failure.
+    #[test]
+    fn review_ids_written_by_a_commit_reported_failed_are_not_reused_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.append(vec![incoming("a", &[1, 2])], vec![]).unwrap();
+        let (event_id, job_id) = (
+            store.next_event.load(Ordering::Relaxed),
+            store.next_job.load(Ordering::Relaxed),
+        );
+        {
+            let db = store.db().unwrap();
+            let tx = db.begin_write().unwrap();
+            let fired = StoredEvent {
+                id: event_id,
+                stored_us: 1,
+                event: Some(Event {
+                    tag: "fired".into(),
+                    ..ev("", 0)
+                }),
+            };
+            tx.open_table(EVENTS)
+                .unwrap()
+                .insert(event_id, fired.encode_to_vec().as_slice())
+                .unwrap();
+            write_job(
+                &tx,
+                &Job {
+                    id: job_id,
+                    created_us: 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        store.reopen().unwrap();
+        let out = store.append(vec![incoming("a", &[3])], vec![]).unwrap();
+        assert_eq!(
+            out.stored[0].id,
+            event_id + 1,
+            "a new event reused a stored id"
+        );
+        let kept = store.events_after(event_id - 1, 1).unwrap();
+        assert_eq!(kept[0].event.as_ref().unwrap().tag, "fired");
+        assert!(store.next_job_id() > job_id, "a new job reused a stored id");
+    }
+
+    /// After a commit reported failed, the reactor goes on from what the
+    /// store holds: its cursor and its group states, read together.
+    #[test]
+    fn the_reactor_resumes_from_a_cursor_and_states_that_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.append(vec![incoming("a", &[1, 2])], vec![]).unwrap();
+        // The caller believes this failed; it is stored.
+        store
+            .commit_reactions(Reactions {
+                cursor: 2,
+                state: vec![("r\0a".into(), Some(vec![7]))],
+                ..Default::default()
+            })
+            .unwrap();
+        store.reopen().unwrap();
+        assert_eq!(
+            store.reactor_resume().unwrap(),
+            (2, vec![("r\0a".to_string(), vec![7])])
         );
     }
 

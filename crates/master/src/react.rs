@@ -5,9 +5,10 @@
 //! included); it wakes on its own for holds and debounces. What a run of
 //! events made (the cursor past them, the groups' states, the events the
 //! rules fired, the jobs) is stored in one transaction before any action
-//! starts: after a crash each stored event has been reacted to exactly
-//! once, or is evaluated again from the cursor, with the windows as they
-//! were. A rule's actions become jobs: every reaction is recorded (which
+//! starts: after a crash each stored event has been evaluated exactly
+//! once (and what it fired stored once), or is evaluated again from the
+//! cursor, with the windows as they were. Actions are carried out at most
+//! once: one queued or running at a crash is marked interrupted. A rule's actions become jobs: every reaction is recorded (which
 //! rule, which event, what it did, the result) and listed by `tend jobs`.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};

@@ -11,7 +11,10 @@
 //! got (its cursor), its windows and holds, the events its rules fired and
 //! the jobs they started are written in one transaction
 //! ([`Store::commit_reactions`]), so after a crash every stored event has
-//! been reacted to exactly once, or is evaluated again from the cursor.
+//! been evaluated once, its fired events stored once, or it is evaluated
+//! again from the cursor (the actions the jobs stand for are carried out
+//! at most once: a job left unfinished is marked interrupted). Retention
+//! never removes an event past the cursor.
 //! The shape is the one a shared SQL store needs for several masters: a
 //! cursor row per reactor, state rows per group, and running jobs found
 //! by an index rather than a scan.

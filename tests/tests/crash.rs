@@ -273,7 +273,7 @@ fn reactions_waiting_their_turn_at_a_crash_are_recorded_and_interrupted() {
         name = "slow"
         on = "minion/*/event/go"
         [[rule.action]]
-        run = "sleep 30"
+        run = ["sleep", "30"]
         "#,
     );
     master.start();

@@ -146,11 +146,27 @@ pub async fn run(
             .metrics
             .ingest_queue
             .store(inbound.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        if let Some(mut local) = ingest(&master, batch).await {
-            local.truncate(LOCAL_KEPT);
-            kept = local;
+        if let Some(local) = ingest(&master, batch).await {
+            let dropped;
+            (kept, dropped) = keep(local);
+            if dropped > 0 {
+                add(&master.counters.local_events_dropped, dropped);
+                tracing::warn!(
+                    dropped,
+                    kept = LOCAL_KEPT,
+                    "the store refuses writes: the master's own events past those kept are dropped"
+                );
+            }
         }
     }
+}
+
+/// The master's own events from a refused batch to try again: the oldest
+/// `LOCAL_KEPT`, and how many were cut (to be counted, not lost unsaid).
+fn keep(mut local: Vec<Event>) -> (Vec<Event>, u64) {
+    let dropped = local.len().saturating_sub(LOCAL_KEPT) as u64;
+    local.truncate(LOCAL_KEPT);
+    (local, dropped)
 }
 
 /// Stores a batch, acknowledges it and wakes the reactor. When the store
@@ -289,3 +305,26 @@ fn acknowledge(master: &Master, appended: &Appended) {
 
 /// A gap still open this long after its replay was asked for is asked again.
 const REPLAY_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review 3 (B5): while the store refused writes, the master's own
+    /// events past the `LOCAL_KEPT` kept for the next try were cut without
+    /// a count (`local.truncate`); now the cut is returned, and counted in
+    /// `local_events_dropped` by the caller.
+    #[test]
+    fn review_local_events_cut_after_a_refused_batch_are_counted() {
+        let events = |n: usize| {
+            (0..n)
+                .map(|i| local_event("m", format!("master/test/{i}"), json!({})))
+                .collect::<Vec<_>>()
+        };
+        let (kept, dropped) = keep(events(LOCAL_KEPT + 10));
+        assert_eq!((kept.len(), dropped), (LOCAL_KEPT, 10));
+        assert_eq!(kept[0].tag, "master/test/0", "the oldest are kept");
+        let (kept, dropped) = keep(events(3));
+        assert_eq!((kept.len(), dropped), (3, 0));
+    }
+}

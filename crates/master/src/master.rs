@@ -47,7 +47,8 @@ counters! {
         jobs_started,
         /// Jobs in which some minion failed or did not answer.
         jobs_failed,
-        /// Local events dropped because the ingest queue was full.
+        /// Local events dropped: the ingest queue was full, or the store
+        /// refused writes and more waited than are kept.
         local_events_dropped,
         /// Stored events the reactor evaluated against the rules.
         events_evaluated,

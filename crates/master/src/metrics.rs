@@ -43,7 +43,9 @@ fn help(name: &str) -> &'static str {
         "reactions_coalesced" => "Reactions folded into an apply already running or pending.",
         "jobs_started" => "Jobs started (applies and runs, by hand or by rules).",
         "jobs_failed" => "Jobs in which some minion failed or did not answer.",
-        "local_events_dropped" => "Master events dropped because the ingest queue was full.",
+        "local_events_dropped" => {
+            "Master events dropped: the ingest queue was full, or the store refused writes."
+        }
         "reactor_groups_evicted" => {
             "Reactor groups forgotten to stay under a rule's max_groups (oldest first)."
         }

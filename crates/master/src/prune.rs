@@ -1,10 +1,12 @@
 //! Retention: events and finished jobs older than `retention`, and events
 //! beyond `max_events`, are removed from the store, a few thousand per
-//! transaction so ingestion never waits long behind it.
+//! transaction so ingestion never waits long behind it. Events the reactor
+//! has not evaluated yet are never removed: they wait for it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tend_store::{Pruned, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 use crate::master::{Master, add};
@@ -46,47 +48,63 @@ async fn prune_once(master: &Master, retention: Option<Duration>, max_events: Op
     .await;
     let jobs = if retention.is_some() {
         in_batches(master, "jobs", move |store| {
-            store.prune_jobs(before_us, BATCH)
+            store.prune_jobs(before_us, BATCH).map(|removed| Pruned {
+                removed,
+                held_for_reactor: false,
+            })
         })
         .await
     } else {
-        0
+        Pruned::default()
     };
-    add(&master.counters.events_pruned, events as u64);
-    add(&master.counters.jobs_pruned, jobs as u64);
-    if events > 0 || jobs > 0 {
+    add(&master.counters.events_pruned, events.removed as u64);
+    add(&master.counters.jobs_pruned, jobs.removed as u64);
+    if events.removed > 0 || jobs.removed > 0 {
         tracing::info!(
-            events,
-            jobs,
+            events = events.removed,
+            jobs = jobs.removed,
             retention = %master.cfg.retention,
             max_events = ?max_events,
             "removed what is past retention"
         );
     }
+    // Events are removed only once reacted to: a reactor behind (or held
+    // back by a failing store) keeps them, and the store grows past its
+    // limits until it catches up.
+    if events.held_for_reactor {
+        tracing::warn!(
+            reactor_queue = master.reactor_backlog(),
+            retention = %master.cfg.retention,
+            max_events = ?max_events,
+            "events past retention are kept until the reactor has evaluated them"
+        );
+    }
 }
 
 /// Runs one pruning step on the blocking pool until it removes less than a
-/// whole batch (or fails, which is logged); returns how many went.
+/// whole batch (or fails, which is logged); returns how many went, and
+/// whether some were kept for the reactor.
 async fn in_batches(
     master: &Master,
     what: &str,
-    step: impl Fn(&tend_store::Store) -> Result<usize, tend_store::StoreError> + Clone + Send + 'static,
-) -> usize {
-    let mut removed = 0;
+    step: impl Fn(&Store) -> Result<Pruned, StoreError> + Clone + Send + 'static,
+) -> Pruned {
+    let mut out = Pruned::default();
     loop {
         let (store, step) = (master.store.clone(), step.clone());
         match tokio::task::spawn_blocking(move || step(&store)).await {
             Ok(Ok(n)) => {
-                removed += n;
-                if n < BATCH {
-                    return removed;
+                out.removed += n.removed;
+                out.held_for_reactor |= n.held_for_reactor;
+                if n.removed < BATCH {
+                    return out;
                 }
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot remove old {what}");
-                return removed;
+                return out;
             }
-            Err(_) => return removed,
+            Err(_) => return out,
         }
     }
 }

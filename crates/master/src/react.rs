@@ -5,9 +5,10 @@
 //! included); it wakes on its own for holds and debounces. What a run of
 //! events made (the cursor past them, the groups' states, the events the
 //! rules fired, the jobs) is stored in one transaction before any action
-//! starts: after a crash each stored event has been reacted to exactly
-//! once, or is evaluated again from the cursor, with the windows as they
-//! were. A rule's actions become jobs: every reaction is recorded (which
+//! starts: after a crash each stored event has been evaluated exactly
+//! once (and what it fired stored once), or is evaluated again from the
+//! cursor, with the windows as they were. Actions are carried out at most
+//! once: one queued or running at a crash is marked interrupted. A rule's actions become jobs: every reaction is recorded (which
 //! rule, which event, what it did, the result) and listed by `tend jobs`.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -53,22 +54,7 @@ pub fn run(
         let Some(m) = master.upgrade() else {
             return;
         };
-        // Where to go on from: never guessed, or history would be
-        // reacted to again.
-        loop {
-            match m.store.reactor_cursor() {
-                Ok(c) => break cursor.evaluated = c,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the reactor's cursor; trying again");
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-        }
-        cursor.stored = cursor.evaluated;
-        m.metrics
-            .reactor_cursor
-            .store(cursor.evaluated, std::sync::atomic::Ordering::Relaxed);
-        load(&m, rules.clone())
+        resume(&m, rules.clone(), &mut cursor)
     };
     let mut rules = rules;
     loop {
@@ -91,9 +77,12 @@ pub fn run(
                 Ok(_) => break,
                 Err(()) => {
                     // What was evaluated and not stored is forgotten: the
-                    // reactor goes back to what the store holds.
-                    reactor = load(&master, rules.clone());
-                    cursor.evaluated = cursor.stored;
+                    // reactor goes back to what the store holds. A commit
+                    // reported failed may have been written all the same,
+                    // so the cursor is read back with the group states,
+                    // not taken from memory: the two agree, and no event
+                    // is evaluated twice.
+                    reactor = resume(&master, rules.clone(), &mut cursor);
                     break;
                 }
             }
@@ -131,19 +120,29 @@ impl Default for Cursor {
     }
 }
 
-/// A reactor with the rules and the group states the store holds. A store
-/// that cannot be read is tried again: starting with empty windows would
-/// change what fires.
-fn load(master: &Master, rules: Arc<Rules>) -> Reactor {
-    let saved = loop {
-        match master.store.reactor_state() {
-            Ok(saved) => break saved,
+/// A reactor with the rules, and the cursor and group states the store
+/// holds, read together. A store that cannot be read is tried again: the
+/// cursor is never guessed (history would be reacted to again), and
+/// starting with empty windows would change what fires.
+fn resume(master: &Master, rules: Arc<Rules>, cursor: &mut Cursor) -> Reactor {
+    let (stored, saved) = loop {
+        match master.store.reactor_resume() {
+            Ok(resumed) => break resumed,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the reactor's saved windows and holds; trying again");
+                tracing::error!(error = %e, "cannot read the reactor's cursor, windows and holds; trying again");
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
     };
+    *cursor = Cursor {
+        evaluated: stored,
+        stored,
+        stored_at: StdInstant::now(),
+    };
+    master
+        .metrics
+        .reactor_cursor
+        .store(stored, std::sync::atomic::Ordering::Relaxed);
     let mut reactor = Reactor::new(rules);
     if !saved.is_empty() {
         let n = reactor.restore(saved, clock());

@@ -11,7 +11,10 @@
 //! got (its cursor), its windows and holds, the events its rules fired and
 //! the jobs they started are written in one transaction
 //! ([`Store::commit_reactions`]), so after a crash every stored event has
-//! been reacted to exactly once, or is evaluated again from the cursor.
+//! been evaluated once, its fired events stored once, or it is evaluated
+//! again from the cursor (the actions the jobs stand for are carried out
+//! at most once: a job left unfinished is marked interrupted). Retention
+//! never removes an event past the cursor.
 //! The shape is the one a shared SQL store needs for several masters: a
 //! cursor row per reactor, state rows per group, and running jobs found
 //! by an index rather than a scan.
@@ -154,6 +157,19 @@ pub struct Reactions {
     pub jobs: Vec<Job>,
 }
 
+/// The reactor's saved group states: (rule and group key, state bytes).
+pub type GroupStates = Vec<(String, Vec<u8>)>;
+
+/// What one pruning step did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Events removed.
+    pub removed: usize,
+    /// Events past retention or `max_events` were kept because the reactor
+    /// has not evaluated them yet.
+    pub held_for_reactor: bool,
+}
+
 pub struct Store {
     /// None while the store is being reopened after a failure.
     db: RwLock<Option<Arc<Database>>>,
@@ -243,7 +259,18 @@ impl Store {
                 }
             }
         }
-        *slot = Some(Arc::new(open_db(&self.path)?));
+        let db = open_db(&self.path)?;
+        // A commit reported failed may still have been written (redb
+        // writes its header before the fsync that failed): ids go on after
+        // whatever the store holds, or the next write would reuse them.
+        {
+            let tx = db.begin_read()?;
+            let last_event = tx.open_table(EVENTS)?.last()?.map_or(0, |(k, _)| k.value());
+            let last_job = tx.open_table(JOBS)?.last()?.map_or(0, |(k, _)| k.value());
+            self.next_event.fetch_max(last_event + 1, Ordering::Relaxed);
+            self.next_job.fetch_max(last_job + 1, Ordering::Relaxed);
+        }
+        *slot = Some(Arc::new(db));
         Ok(())
     }
 
@@ -479,30 +506,36 @@ impl Store {
     }
 
     /// Removes the oldest events: those stored before `before_us`, and
-    /// beyond the newest `max_events` (when given). At most `batch` go in
-    /// one transaction, so appends never wait long; returns how many went
-    /// (call again while it returns `batch`). The newest event always
-    /// stays: its id is where ids go on from after a restart. Freed pages
-    /// are reused by later events: the file stops growing, it does not
-    /// shrink.
+    /// beyond the newest `max_events` (when given), but only those the
+    /// reactor has evaluated (at or below its stored cursor): an event
+    /// past the cursor stays, however old, until it is reacted to. At most
+    /// `batch` go in one transaction, so appends never wait long; returns
+    /// how many went (call again while it is `batch`) and whether events
+    /// due to go were kept for the reactor. The newest event always stays:
+    /// its id is where ids go on from after a restart. Freed pages are
+    /// reused by later events: the file stops growing, it does not shrink.
     pub fn prune_events(
         &self,
         before_us: i64,
         max_events: Option<u64>,
         batch: usize,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Pruned, StoreError> {
         use redb::ReadableTableMetadata;
         let db = self.db()?;
         let tx = db.begin_write()?;
-        let mut removed = 0;
+        let mut out = Pruned::default();
         {
+            let cursor = tx
+                .open_table(META)?
+                .get(REACTOR_CURSOR)?
+                .map_or(0, |v| v.value());
             let mut events = tx.open_table(EVENTS)?;
             let newest = events.last()?.map_or(0, |(k, _)| k.value());
             let mut over = match max_events {
                 Some(max) => events.len()?.saturating_sub(max),
                 None => 0,
             };
-            while removed < batch {
+            while out.removed < batch {
                 let (id, old) = match events.first()? {
                     None => break,
                     Some((k, v)) => {
@@ -513,13 +546,17 @@ impl Store {
                 if (!old && over == 0) || id == newest {
                     break;
                 }
+                if id > cursor {
+                    out.held_for_reactor = true;
+                    break;
+                }
                 events.remove(id)?;
                 over = over.saturating_sub(1);
-                removed += 1;
+                out.removed += 1;
             }
         }
         tx.commit()?;
-        Ok(removed)
+        Ok(out)
     }
 
     /// Removes finished jobs created before `before_us`, oldest first, at
@@ -622,8 +659,27 @@ impl Store {
         Ok(meta.get(REACTOR_CURSOR)?.map_or(0, |v| v.value()))
     }
 
+    /// Where the reactor goes on from: its cursor and the group states
+    /// stored with it, read in one transaction so they agree (after a
+    /// commit reported failed, which may have been written or not).
+    pub fn reactor_resume(&self) -> Result<(u64, GroupStates), StoreError> {
+        let db = self.db()?;
+        let tx = db.begin_read()?;
+        let cursor = tx
+            .open_table(META)?
+            .get(REACTOR_CURSOR)?
+            .map_or(0, |v| v.value());
+        let table = tx.open_table(REACTOR)?;
+        let mut state = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            state.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok((cursor, state))
+    }
+
     /// The reactor's saved group states, by key.
-    pub fn reactor_state(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+    pub fn reactor_state(&self) -> Result<GroupStates, StoreError> {
         let db = self.db()?;
         let tx = db.begin_read()?;
         let table = tx.open_table(REACTOR)?;
@@ -676,8 +732,10 @@ impl Store {
         for job in &r.jobs {
             write_job(&tx, job)?;
         }
-        tx.commit()?;
+        // Before the commit, as in `append`: a commit reported failed may
+        // have been written, and its ids must not be given out again.
         self.next_event.store(next_id, Ordering::Relaxed);
+        tx.commit()?;
         Ok(stored)
     }
 
@@ -798,10 +856,17 @@ mod tests {
             }]
         };
         store.append(batch(1, 100), vec![]).unwrap();
+        // The reactor has evaluated them all.
+        store
+            .commit_reactions(Reactions {
+                cursor: 100,
+                ..Default::default()
+            })
+            .unwrap();
         // Beyond the newest 30: 70 go, in batches of 25.
         let mut gone = 0;
         loop {
-            let n = store.prune_events(0, Some(30), 25).unwrap();
+            let n = store.prune_events(0, Some(30), 25).unwrap().removed;
             gone += n;
             if n < 25 {
                 break;
@@ -817,7 +882,13 @@ mod tests {
         // Older than now: all the rest but the newest (ids go on from it
         // after a restart); and the seqs stay known, so a replay of old
         // events is still refused as a duplicate.
-        assert_eq!(store.prune_events(now_us() + 1, None, 1000).unwrap(), 29);
+        assert_eq!(
+            store.prune_events(now_us() + 1, None, 1000).unwrap(),
+            Pruned {
+                removed: 29,
+                held_for_reactor: false
+            }
+        );
         assert_eq!(store.event_count().unwrap(), 1);
         drop(store);
         let store = Store::open(dir.path()).unwrap();
@@ -1027,7 +1098,6 @@ mod tests {
     /// ingest stores 20,000 per batch; or the reactor is held back by a
     /// failing store) are deleted and silently never reacted to.
     #[test]
-    #[ignore = "review3: BROKEN - prune_events deletes events past the reactor cursor (never evaluated)"]
     fn review_retention_never_removes_events_the_reactor_has_not_evaluated() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -1040,8 +1110,15 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-        // max_events = 20.
-        store.prune_events(0, Some(20), 5_000).unwrap();
+        // max_events = 20: only what the reactor evaluated goes, and the
+        // rest is said to be held back.
+        assert_eq!(
+            store.prune_events(now_us() + 1, Some(20), 5_000).unwrap(),
+            Pruned {
+                removed: 10,
+                held_for_reactor: true
+            }
+        );
         let next = store
             .events_after(store.reactor_cursor().unwrap(), 1_000)
             .unwrap();
@@ -1050,6 +1127,82 @@ mod tests {
             Some(11),
             "events 11..=80 were stored, never evaluated, and are gone (the reactor goes on from {:?})",
             next.first().map(|r| r.id)
+        );
+    }
+
+    /// Review 3 (B2): redb can report a commit as failed after its header
+    /// was written (the fsync or a resize after it failing): the events
+    /// and jobs are in the store, but `commit_reactions` had not advanced
+    /// its next id, and `reopen` did not look, so the next append reused
+    /// (overwrote) the fired events' ids. A commit "that failed" is made
+    /// here through a second path, then the store is reopened as the
+    /// master does after a failure.
+    #[test]
+    fn review_ids_written_by_a_commit_reported_failed_are_not_reused_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.append(vec![incoming("a", &[1, 2])], vec![]).unwrap();
+        let (event_id, job_id) = (
+            store.next_event.load(Ordering::Relaxed),
+            store.next_job.load(Ordering::Relaxed),
+        );
+        {
+            let db = store.db().unwrap();
+            let tx = db.begin_write().unwrap();
+            let fired = StoredEvent {
+                id: event_id,
+                stored_us: 1,
+                event: Some(Event {
+                    tag: "fired".into(),
+                    ..ev("", 0)
+                }),
+            };
+            tx.open_table(EVENTS)
+                .unwrap()
+                .insert(event_id, fired.encode_to_vec().as_slice())
+                .unwrap();
+            write_job(
+                &tx,
+                &Job {
+                    id: job_id,
+                    created_us: 1,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        store.reopen().unwrap();
+        let out = store.append(vec![incoming("a", &[3])], vec![]).unwrap();
+        assert_eq!(
+            out.stored[0].id,
+            event_id + 1,
+            "a new event reused a stored id"
+        );
+        let kept = store.events_after(event_id - 1, 1).unwrap();
+        assert_eq!(kept[0].event.as_ref().unwrap().tag, "fired");
+        assert!(store.next_job_id() > job_id, "a new job reused a stored id");
+    }
+
+    /// After a commit reported failed, the reactor goes on from what the
+    /// store holds: its cursor and its group states, read together.
+    #[test]
+    fn the_reactor_resumes_from_a_cursor_and_states_that_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.append(vec![incoming("a", &[1, 2])], vec![]).unwrap();
+        // The caller believes this failed; it is stored.
+        store
+            .commit_reactions(Reactions {
+                cursor: 2,
+                state: vec![("r\0a".into(), Some(vec![7]))],
+                ..Default::default()
+            })
+            .unwrap();
+        store.reopen().unwrap();
+        assert_eq!(
+            store.reactor_resume().unwrap(),
+            (2, vec![("r\0a".to_string(), vec![7])])
         );
     }
 

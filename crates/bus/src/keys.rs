@@ -146,6 +146,10 @@ pub enum KeyError {
     Label { label: String, reason: String },
     #[error("minion {name:?} has no accepted key: only accepted minions take labels")]
     NotAccepted { name: String },
+    /// An operator-supplied name that is not a name (it would become a
+    /// path under the store: `../../operators/accepted/alice`).
+    #[error("bad name: {0}")]
+    Name(#[from] tend_proto::MinionIdError),
 }
 
 /// Who an accepted key is.
@@ -220,6 +224,13 @@ fn glob(pattern: &str) -> Result<GlobMatcher, KeyError> {
 /// Whether a pattern is a glob rather than one name.
 fn is_glob(pattern: &str) -> bool {
     pattern.contains(['*', '?', '[', ']', '{', '}', '\\'])
+}
+
+/// Checks a name an operator gave before any path is built from it: the
+/// store's files are named after names, so a name is never a path.
+fn check_name(name: &str) -> Result<(), KeyError> {
+    tend_proto::validate_minion_id(name)?;
+    Ok(())
 }
 
 /// A label name: what `key.<name>` targets.
@@ -653,6 +664,7 @@ impl KeyStore {
             return Ok((take, passed));
         }
         let name = pattern;
+        check_name(name)?;
         let keys = self.keys_of(kind, name);
         let chosen = match fp {
             Some(fp) => {
@@ -856,6 +868,7 @@ impl KeyStore {
         name: &str,
         changes: &[(String, Option<String>)],
     ) -> Result<BTreeMap<String, String>, KeyError> {
+        check_name(name)?;
         let mut index = self.lock();
         if self
             .read(PeerKind::Minion, KeyState::Accepted, name)
@@ -1112,7 +1125,10 @@ mod tests {
         assert!(s.accept(m, "web4", Some(&fingerprint(&[5; 32]))).is_err());
         // And as an operator.
         s.check(PeerKind::Operator, "root", &[5; 32]);
-        assert!(s.accept(PeerKind::Operator, "root", Some(&fingerprint(&[5; 32]))).is_err());
+        assert!(
+            s.accept(PeerKind::Operator, "root", Some(&fingerprint(&[5; 32])))
+                .is_err()
+        );
     }
 
     /// `delete` says it forgets a name's keys "and their labels"; after a
@@ -1127,7 +1143,8 @@ mod tests {
         let m = PeerKind::Minion;
         s.check(m, "db1", &[1; 32]);
         s.accept(m, "db1", None).unwrap();
-        s.label("db1", &[("role".into(), Some("db".into()))]).unwrap();
+        s.label("db1", &[("role".into(), Some("db".into()))])
+            .unwrap();
         s.reject(m, "db1").unwrap();
         s.delete(m, "db1", None).unwrap();
         // Someone else claims db1; the operator admits new db machines.
@@ -1147,7 +1164,6 @@ mod tests {
     /// alice's operator key file with `x=y` (operator-only, but a path out
     /// of the labels directory; Salt's CVE-2020-11652 class).
     #[test]
-    #[ignore = "review2: weakness: label names are not validated, a label write escapes minions/labels"]
     fn review_label_names_are_not_paths() {
         let (d, s) = store(false, vec![]);
         s.check(PeerKind::Operator, "alice", &[3; 32]);
@@ -1199,7 +1215,10 @@ mod tests {
         s.check(m, "web6", &attacker);
         s.check(m, "web6", &real);
         let e = s.accept(m, "web6", None).unwrap_err().to_string();
-        assert!(e.contains(&fingerprint(&real)) && e.contains(&fingerprint(&attacker)), "{e}");
+        assert!(
+            e.contains(&fingerprint(&real)) && e.contains(&fingerprint(&attacker)),
+            "{e}"
+        );
         // Accepting the attacker's by mistake, then the real one by fp.
         s.accept(m, "web6", Some(&fingerprint(&attacker))).unwrap();
         s.accept(m, "web6", Some(&fingerprint(&real))).unwrap();
@@ -1223,23 +1242,38 @@ mod tests {
         let m = PeerKind::Minion;
         s.check(m, "web1", &[1; 32]);
         s.accept(m, "web1", None).unwrap();
-        for (i, n) in ["WEB1", "Web1", "web1.tmp", "web1.", "web1-", "web1_", "web1..x"]
-            .into_iter()
-            .enumerate()
+        for (i, n) in [
+            "WEB1", "Web1", "web1.tmp", "web1.", "web1-", "web1_", "web1..x",
+        ]
+        .into_iter()
+        .enumerate()
         {
             assert_eq!(s.check(m, n, &[10 + i as u8; 32]), KeyState::Pending, "{n}");
         }
-        for n in ["..", ".web1", ".web1.tmp", "web1/x", "web1\n", "wéb1", &"x".repeat(129)] {
+        for n in [
+            "..",
+            ".web1",
+            ".web1.tmp",
+            "web1/x",
+            "web1\n",
+            "wéb1",
+            &"x".repeat(129),
+        ] {
             assert_eq!(s.check(m, n, &[99; 32]), KeyState::Rejected, "{n:?}");
         }
         assert!(s.is_accepted(m, "web1", &[1; 32]));
         let listed: Vec<String> = s.list().into_iter().map(|e| e.name).collect();
         assert!(listed.contains(&"web1.tmp".to_string()), "{listed:?}");
         // A glob for web1 does not take WEB1 (case-sensitive).
-        assert!(s.plan_accept(m, "web1*", None).unwrap().0.iter().all(|e| e.name.starts_with("web1")));
+        assert!(
+            s.plan_accept(m, "web1*", None)
+                .unwrap()
+                .0
+                .iter()
+                .all(|e| e.name.starts_with("web1"))
+        );
         drop(d);
     }
-
 
     /// The CLI's help says a rejected key is accepted "by its name and
     /// --fingerprint", but a plain `tend keys accept NAME` takes the one
@@ -1264,5 +1298,4 @@ mod tests {
             r.map(|v| v.into_iter().map(|e| e.fingerprint).collect::<Vec<_>>())
         );
     }
-
 }

@@ -142,6 +142,15 @@ pub enum KeyError {
         flag: &'static str,
         name: String,
     },
+    #[error(
+        "{kind} {name:?} was rejected; its keys: {keys}. Accept one by its fingerprint: tend keys accept {flag}{name} --fingerprint sha256:..."
+    )]
+    RejectedNeedsFingerprint {
+        kind: &'static str,
+        flag: &'static str,
+        name: String,
+        keys: String,
+    },
     #[error("--fingerprint picks one key of one name: give the name, not the glob {pattern:?}")]
     GlobWithFingerprint { pattern: String },
     #[error("bad label {label:?}: {reason}")]
@@ -723,14 +732,24 @@ impl KeyStore {
                 (state, key.clone())
             }
             None => {
-                let candidates: Vec<(KeyState, Vec<u8>)> = [
-                    (KeyState::Pending, &keys.pending),
-                    (KeyState::Rejected, &keys.rejected),
-                ]
-                .into_iter()
-                .filter_map(|(s, k)| k.clone().map(|k| (s, k)))
-                .collect();
-                if candidates.len() > 1 || !keys.denied.is_empty() {
+                // A rejected key is one the operator threw out (maybe the
+                // attacker's, which came first): taking it back needs its
+                // fingerprint, never the name alone.
+                if keys.rejected.is_some() {
+                    return Err(KeyError::RejectedNeedsFingerprint {
+                        kind: kind_name(kind),
+                        flag: flag(kind),
+                        name: name.to_string(),
+                        keys: keys.describe(),
+                    });
+                }
+                let candidates: Vec<(KeyState, Vec<u8>)> = keys
+                    .pending
+                    .clone()
+                    .map(|k| (KeyState::Pending, k))
+                    .into_iter()
+                    .collect();
+                if !keys.denied.is_empty() {
                     return Err(KeyError::Conflict {
                         kind: kind_name(kind),
                         flag: flag(kind),
@@ -747,7 +766,7 @@ impl KeyStore {
                         return Err(KeyError::NoMatch {
                             kind: kind_name(kind),
                             pattern: pattern.to_string(),
-                            states: "pending or rejected".into(),
+                            states: "pending".into(),
                             note: String::new(),
                         });
                     }
@@ -822,7 +841,7 @@ impl KeyStore {
 
     /// Rejects every name matching `pattern` that has a pending, accepted
     /// or denied key: no key is accepted for it until an operator accepts
-    /// one by name.
+    /// one by name and fingerprint. Its other keys stay listed as denied.
     pub fn reject(&self, kind: PeerKind, pattern: &str) -> Result<Vec<KeyEntry>, KeyError> {
         let mut index = self.lock();
         let mut done = Vec::new();
@@ -832,15 +851,23 @@ impl KeyStore {
                 .accepted
                 .as_ref()
                 .or(keys.pending.as_ref())
+                .or(keys.rejected.as_ref())
                 .or(keys.denied.last())
                 .cloned()
             else {
                 continue;
             };
+            // The other keys stay listed as denied: one of them may be
+            // the real one, which the operator then picks by fingerprint.
+            let mut denied: Vec<Vec<u8>> =
+                keys.denied.iter().filter(|k| **k != key).cloned().collect();
+            if let Some(p) = keys.pending.as_ref().filter(|p| **p != key) {
+                denied.push(p.clone());
+            }
             self.write_one(kind, KeyState::Rejected, &name, Some(&key))?;
+            self.write(kind, KeyState::Denied, &name, &denied)?;
             self.write_one(kind, KeyState::Accepted, &name, None)?;
             self.write_one(kind, KeyState::Pending, &name, None)?;
-            self.write(kind, KeyState::Denied, &name, &[])?;
             if let Some(a) = &keys.accepted {
                 index.accepted.remove(a);
                 if kind == PeerKind::Minion {
@@ -1368,7 +1395,6 @@ mod tests {
     /// accepts it by name has admitted exactly the key it rejected, with
     /// no conflict shown.
     #[test]
-    #[ignore = "review2: weakness: reject keeps the first (maybe the attacker's) key and drops the denied real one; accept NAME then takes it with no fingerprint"]
     fn review_a_rejected_key_needs_its_fingerprint() {
         let (_d, s) = store(false, vec![]);
         let m = PeerKind::Minion;

@@ -27,6 +27,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use globset::GlobMatcher;
 use tend_proto::v1::PeerKind;
@@ -39,6 +40,11 @@ use crate::identity::fingerprint;
 /// out of the list the operator picks from by fingerprint. Keys past the
 /// cap are refused, logged, and not recorded.
 const MAX_DENIED_PER_NAME: usize = 8;
+/// Pending keys kept per kind (minions, operators): a flood of
+/// handshakes under new names cannot fill the disk. Past it the oldest
+/// pending key is dropped and counted ([`KeyStore::pending_dropped`]);
+/// a dropped minion that is real shows up again at its next hello.
+pub const MAX_PENDING: usize = 10_000;
 /// Labels the master may assign to one minion.
 const MAX_LABELS: usize = 64;
 
@@ -195,6 +201,8 @@ pub struct KeyStore {
     auto_accept: bool,
     preseeds: Vec<Preseed>,
     index: Mutex<Index>,
+    max_pending: usize,
+    pending_dropped: AtomicU64,
 }
 
 fn kind_dir(kind: PeerKind) -> &'static str {
@@ -349,6 +357,8 @@ impl KeyStore {
             auto_accept,
             preseeds: preseeds.into_iter().collect(),
             index: Mutex::new(Index::default()),
+            max_pending: MAX_PENDING,
+            pending_dropped: AtomicU64::new(0),
         };
         let mut index = Index::default();
         for kind in [PeerKind::Minion, PeerKind::Operator] {
@@ -404,6 +414,55 @@ impl KeyStore {
         }
         *store.lock() = index;
         Ok(store)
+    }
+
+    /// Keeps at most `max` pending keys per kind instead of [`MAX_PENDING`].
+    pub fn with_max_pending(mut self, max: usize) -> Self {
+        self.max_pending = max.max(1);
+        self
+    }
+
+    /// Pending keys dropped (oldest first) to stay under the cap since the
+    /// store was opened.
+    pub fn pending_dropped(&self) -> u64 {
+        self.pending_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Makes room for one more pending key of `kind`: drops the oldest
+    /// (by file time, then name) past the cap, and counts them.
+    fn make_room_for_pending(&self, kind: PeerKind) {
+        let dir = self
+            .dir
+            .join(kind_dir(kind))
+            .join(KeyState::Pending.as_str());
+        let names = self.names_in(&dir);
+        if names.len() < self.max_pending {
+            return;
+        }
+        let mut aged: Vec<(std::time::SystemTime, String)> = names
+            .into_iter()
+            .map(|n| {
+                let t = std::fs::metadata(dir.join(&n))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                (t, n)
+            })
+            .collect();
+        aged.sort();
+        let over = aged.len() + 1 - self.max_pending;
+        for (_, name) in aged.into_iter().take(over) {
+            let path = dir.join(&name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    let n = self.pending_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(kind = kind_name(kind), %name, dropped_total = n, max = self.max_pending,
+                        "too many pending keys: the oldest was dropped");
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot drop a pending key")
+                }
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -573,6 +632,7 @@ impl KeyStore {
             }
             _ => {
                 tracing::info!(kind = kind_name(kind), %name, fingerprint = %fp, "new key pending");
+                self.make_room_for_pending(kind);
                 if let Err(e) = self.write_one(kind, KeyState::Pending, name, Some(&key.to_vec())) {
                     tracing::error!(error = %e, "cannot record a new key");
                 }
@@ -1214,6 +1274,42 @@ mod tests {
         assert_eq!(a["db1"]["fingerprint"], fingerprint(&[1; 32]));
         s.label("db1", &[("role".into(), None)]).unwrap();
         assert!(!s.assigned()["db1"].contains_key("role"));
+    }
+
+    /// Finding 11: a flood of handshakes under new names leaves a bounded
+    /// number of pending key files; the oldest go first, and are counted.
+    #[test]
+    fn pending_keys_are_capped_oldest_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = KeyStore::open(dir.path(), false, vec![])
+            .unwrap()
+            .with_max_pending(3);
+        let m = PeerKind::Minion;
+        for i in 0..5u8 {
+            assert_eq!(
+                s.check(m, &format!("flood{i}"), &[i + 1; 32]),
+                KeyState::Pending
+            );
+            // Distinct file times, so "oldest" is not decided by the name.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let files: Vec<String> = std::fs::read_dir(dir.path().join("minions/pending"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        let mut files = files;
+        files.sort();
+        assert_eq!(files, ["flood2", "flood3", "flood4"]);
+        assert_eq!(s.pending_dropped(), 2);
+        // Operators have their own cap; accepted keys are never dropped.
+        s.accept(m, "flood4", None).unwrap();
+        for i in 5..8u8 {
+            s.check(m, &format!("flood{i}"), &[i + 1; 32]);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(s.is_accepted(m, "flood4", &[5; 32]));
+        assert_eq!(s.pending_dropped(), 4);
     }
 
     // --- Adversarial review (review2). Each test states the behaviour the

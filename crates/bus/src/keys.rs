@@ -6,7 +6,9 @@
 //! <dir>/minions/pending/web2      the first key that claimed web2
 //! <dir>/minions/rejected/...
 //! <dir>/minions/denied/web1       other keys that claimed web1 (one a line)
-//! <dir>/minions/labels/web1       labels the master assigns (key=value lines)
+//! <dir>/minions/labels/web1       labels the master assigns (key=value lines),
+//!                                 with the fingerprint of the key they were
+//!                                 set for (`fingerprint=sha256:...`)
 //! <dir>/operators/...             the same, for `tend` over TCP
 //! ```
 //!
@@ -25,6 +27,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use globset::GlobMatcher;
 use tend_proto::v1::PeerKind;
@@ -32,9 +35,16 @@ use tend_proto::v1::PeerKind;
 use crate::durable::write_atomic;
 use crate::identity::fingerprint;
 
-/// Denied keys kept per name: the newest, so an attacker spinning keys
-/// cannot grow the store, and the latest claimant is always shown.
+/// Denied keys kept per name: the first ones, so an attacker spinning keys
+/// can neither grow the store nor push the real key (which tried early)
+/// out of the list the operator picks from by fingerprint. Keys past the
+/// cap are refused, logged, and not recorded.
 const MAX_DENIED_PER_NAME: usize = 8;
+/// Pending keys kept per kind (minions, operators): a flood of
+/// handshakes under new names cannot fill the disk. Past it the oldest
+/// pending key is dropped and counted ([`KeyStore::pending_dropped`]);
+/// a dropped minion that is real shows up again at its next hello.
+pub const MAX_PENDING: usize = 10_000;
 /// Labels the master may assign to one minion.
 const MAX_LABELS: usize = 64;
 
@@ -140,12 +150,25 @@ pub enum KeyError {
         flag: &'static str,
         name: String,
     },
+    #[error(
+        "{kind} {name:?} was rejected; its keys: {keys}. Accept one by its fingerprint: tend keys accept {flag}{name} --fingerprint sha256:..."
+    )]
+    RejectedNeedsFingerprint {
+        kind: &'static str,
+        flag: &'static str,
+        name: String,
+        keys: String,
+    },
     #[error("--fingerprint picks one key of one name: give the name, not the glob {pattern:?}")]
     GlobWithFingerprint { pattern: String },
     #[error("bad label {label:?}: {reason}")]
     Label { label: String, reason: String },
     #[error("minion {name:?} has no accepted key: only accepted minions take labels")]
     NotAccepted { name: String },
+    /// An operator-supplied name that is not a name (it would become a
+    /// path under the store: `../../operators/accepted/alice`).
+    #[error("bad name: {0}")]
+    Name(#[from] tend_proto::MinionIdError),
 }
 
 /// Who an accepted key is.
@@ -161,7 +184,16 @@ struct Holder {
 #[derive(Default)]
 struct Index {
     accepted: HashMap<Vec<u8>, Holder>,
-    labels: HashMap<String, BTreeMap<String, String>>,
+    labels: HashMap<String, Labels>,
+}
+
+/// The labels of one minion, bound to the key they were set for: a label
+/// says what the operator knows of that machine, so it never passes to
+/// another key that later takes the name.
+#[derive(Debug, Clone)]
+struct Labels {
+    fingerprint: String,
+    map: BTreeMap<String, String>,
 }
 
 pub struct KeyStore {
@@ -169,6 +201,8 @@ pub struct KeyStore {
     auto_accept: bool,
     preseeds: Vec<Preseed>,
     index: Mutex<Index>,
+    max_pending: usize,
+    pending_dropped: AtomicU64,
 }
 
 fn kind_dir(kind: PeerKind) -> &'static str {
@@ -220,6 +254,13 @@ fn glob(pattern: &str) -> Result<GlobMatcher, KeyError> {
 /// Whether a pattern is a glob rather than one name.
 fn is_glob(pattern: &str) -> bool {
     pattern.contains(['*', '?', '[', ']', '{', '}', '\\'])
+}
+
+/// Checks a name an operator gave before any path is built from it: the
+/// store's files are named after names, so a name is never a path.
+fn check_name(name: &str) -> Result<(), KeyError> {
+    tend_proto::validate_minion_id(name)?;
+    Ok(())
 }
 
 /// A label name: what `key.<name>` targets.
@@ -316,6 +357,8 @@ impl KeyStore {
             auto_accept,
             preseeds: preseeds.into_iter().collect(),
             index: Mutex::new(Index::default()),
+            max_pending: MAX_PENDING,
+            pending_dropped: AtomicU64::new(0),
         };
         let mut index = Index::default();
         for kind in [PeerKind::Minion, PeerKind::Operator] {
@@ -340,15 +383,86 @@ impl KeyStore {
         for name in store.names_in(&labels_dir) {
             let path = labels_dir.join(&name);
             let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-            let labels: BTreeMap<String, String> = text
+            let mut map: BTreeMap<String, String> = text
                 .lines()
                 .filter_map(|l| l.split_once('='))
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
-            index.labels.insert(name, labels);
+            let accepted = index
+                .accepted
+                .values()
+                .find(|h| h.kind == PeerKind::Minion && h.name == name)
+                .map(|h| h.fingerprint.clone());
+            // A file from before labels were bound to a key has no
+            // fingerprint: it belongs to the key accepted now.
+            let bound = map.remove("fingerprint").or_else(|| accepted.clone());
+            match (bound, accepted) {
+                (Some(fp), Some(acc)) if fp == acc => {
+                    index.labels.insert(
+                        name,
+                        Labels {
+                            fingerprint: fp,
+                            map,
+                        },
+                    );
+                }
+                _ => {
+                    tracing::warn!(minion = %name, "labels of a key no longer accepted: dropped");
+                    std::fs::remove_file(&path).map_err(io(&path))?;
+                }
+            }
         }
         *store.lock() = index;
         Ok(store)
+    }
+
+    /// Keeps at most `max` pending keys per kind instead of [`MAX_PENDING`].
+    pub fn with_max_pending(mut self, max: usize) -> Self {
+        self.max_pending = max.max(1);
+        self
+    }
+
+    /// Pending keys dropped (oldest first) to stay under the cap since the
+    /// store was opened.
+    pub fn pending_dropped(&self) -> u64 {
+        self.pending_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Makes room for one more pending key of `kind`: drops the oldest
+    /// (by file time, then name) past the cap, and counts them.
+    fn make_room_for_pending(&self, kind: PeerKind) {
+        let dir = self
+            .dir
+            .join(kind_dir(kind))
+            .join(KeyState::Pending.as_str());
+        let names = self.names_in(&dir);
+        if names.len() < self.max_pending {
+            return;
+        }
+        let mut aged: Vec<(std::time::SystemTime, String)> = names
+            .into_iter()
+            .map(|n| {
+                let t = std::fs::metadata(dir.join(&n))
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                (t, n)
+            })
+            .collect();
+        aged.sort();
+        let over = aged.len() + 1 - self.max_pending;
+        for (_, name) in aged.into_iter().take(over) {
+            let path = dir.join(&name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    let n = self.pending_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(kind = kind_name(kind), %name, dropped_total = n, max = self.max_pending,
+                        "too many pending keys: the oldest was dropped");
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot drop a pending key")
+                }
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -412,14 +526,15 @@ impl KeyStore {
         )
     }
 
-    /// Adds `key` to `name`'s denied keys (newest kept).
+    /// Adds `key` to `name`'s denied keys (the first ones kept).
     fn deny(&self, kind: PeerKind, name: &str, key: &[u8], why: &str) -> KeyState {
         let mut denied = self.read(kind, KeyState::Denied, name);
-        if !denied.iter().any(|k| k == key) {
+        if denied.len() >= MAX_DENIED_PER_NAME && !denied.iter().any(|k| k == key) {
+            tracing::warn!(kind = kind_name(kind), %name, fingerprint = %fingerprint(key),
+                "{why}: denied, and not recorded: this name already has {MAX_DENIED_PER_NAME} denied keys (delete some to see newer ones)");
+        } else if !denied.iter().any(|k| k == key) {
             tracing::warn!(kind = kind_name(kind), %name, fingerprint = %fingerprint(key), "{why}: denied");
             denied.push(key.to_vec());
-            let over = denied.len().saturating_sub(MAX_DENIED_PER_NAME);
-            denied.drain(..over);
             if let Err(e) = self.write(kind, KeyState::Denied, name, &denied) {
                 tracing::error!(error = %e, "cannot record a denied key");
             }
@@ -500,6 +615,11 @@ impl KeyStore {
                     tracing::error!(error = %e, "cannot record an accepted key");
                     return KeyState::Pending;
                 }
+                if kind == PeerKind::Minion
+                    && let Err(e) = self.forget_labels_unless(&mut index, name, Some(&fp))
+                {
+                    tracing::error!(error = %e, "cannot drop labels of an older key");
+                }
                 index.accepted.insert(
                     key.to_vec(),
                     Holder {
@@ -512,6 +632,7 @@ impl KeyStore {
             }
             _ => {
                 tracing::info!(kind = kind_name(kind), %name, fingerprint = %fp, "new key pending");
+                self.make_room_for_pending(kind);
                 if let Err(e) = self.write_one(kind, KeyState::Pending, name, Some(&key.to_vec())) {
                     tracing::error!(error = %e, "cannot record a new key");
                 }
@@ -529,9 +650,11 @@ impl KeyStore {
                 for name in self.names(kind, state) {
                     for key in self.read(kind, state, &name) {
                         let labels = match (kind, state) {
-                            (PeerKind::Minion, KeyState::Accepted) => {
-                                labels.get(&name).cloned().unwrap_or_default()
-                            }
+                            (PeerKind::Minion, KeyState::Accepted) => labels
+                                .get(&name)
+                                .filter(|l| l.fingerprint == fingerprint(&key))
+                                .map(|l| l.map.clone())
+                                .unwrap_or_default(),
                             _ => BTreeMap::new(),
                         };
                         out.push(KeyEntry {
@@ -653,6 +776,7 @@ impl KeyStore {
             return Ok((take, passed));
         }
         let name = pattern;
+        check_name(name)?;
         let keys = self.keys_of(kind, name);
         let chosen = match fp {
             Some(fp) => {
@@ -671,14 +795,24 @@ impl KeyStore {
                 (state, key.clone())
             }
             None => {
-                let candidates: Vec<(KeyState, Vec<u8>)> = [
-                    (KeyState::Pending, &keys.pending),
-                    (KeyState::Rejected, &keys.rejected),
-                ]
-                .into_iter()
-                .filter_map(|(s, k)| k.clone().map(|k| (s, k)))
-                .collect();
-                if candidates.len() > 1 || !keys.denied.is_empty() {
+                // A rejected key is one the operator threw out (maybe the
+                // attacker's, which came first): taking it back needs its
+                // fingerprint, never the name alone.
+                if keys.rejected.is_some() {
+                    return Err(KeyError::RejectedNeedsFingerprint {
+                        kind: kind_name(kind),
+                        flag: flag(kind),
+                        name: name.to_string(),
+                        keys: keys.describe(),
+                    });
+                }
+                let candidates: Vec<(KeyState, Vec<u8>)> = keys
+                    .pending
+                    .clone()
+                    .map(|k| (KeyState::Pending, k))
+                    .into_iter()
+                    .collect();
+                if !keys.denied.is_empty() {
                     return Err(KeyError::Conflict {
                         kind: kind_name(kind),
                         flag: flag(kind),
@@ -695,7 +829,7 @@ impl KeyStore {
                         return Err(KeyError::NoMatch {
                             kind: kind_name(kind),
                             pattern: pattern.to_string(),
-                            states: "pending or rejected".into(),
+                            states: "pending".into(),
                             note: String::new(),
                         });
                     }
@@ -734,6 +868,18 @@ impl KeyStore {
             else {
                 continue;
             };
+            // The plan checked one identity against the keys accepted
+            // before this call; a glob can hold one key under two names,
+            // so check again against what this loop accepted.
+            if let Some(h) = index
+                .accepted
+                .get(&key)
+                .filter(|h| !(h.kind == kind && h.name == *name))
+            {
+                tracing::warn!(kind = kind_name(kind), %name, fingerprint = %entry.fingerprint, other = %h.name,
+                    "not accepted: this key was just accepted under another name (a key is one identity)");
+                continue;
+            }
             let mut denied: Vec<Vec<u8>> =
                 keys.denied.iter().filter(|k| **k != key).cloned().collect();
             if let Some(p) = keys.pending.as_ref().filter(|p| **p != key) {
@@ -743,6 +889,9 @@ impl KeyStore {
             self.write(kind, KeyState::Denied, name, &denied)?;
             self.write_one(kind, KeyState::Pending, name, None)?;
             self.write_one(kind, KeyState::Rejected, name, None)?;
+            if kind == PeerKind::Minion {
+                self.forget_labels_unless(&mut index, name, Some(&entry.fingerprint))?;
+            }
             if let Some(old) = keys.accepted.as_ref().filter(|a| **a != key) {
                 tracing::warn!(kind = kind_name(kind), %name, old = %fingerprint(old), new = %entry.fingerprint,
                     "the operator accepted another key for this name: it replaces the old one");
@@ -767,7 +916,7 @@ impl KeyStore {
 
     /// Rejects every name matching `pattern` that has a pending, accepted
     /// or denied key: no key is accepted for it until an operator accepts
-    /// one by name.
+    /// one by name and fingerprint. Its other keys stay listed as denied.
     pub fn reject(&self, kind: PeerKind, pattern: &str) -> Result<Vec<KeyEntry>, KeyError> {
         let mut index = self.lock();
         let mut done = Vec::new();
@@ -777,17 +926,28 @@ impl KeyStore {
                 .accepted
                 .as_ref()
                 .or(keys.pending.as_ref())
+                .or(keys.rejected.as_ref())
                 .or(keys.denied.last())
                 .cloned()
             else {
                 continue;
             };
+            // The other keys stay listed as denied: one of them may be
+            // the real one, which the operator then picks by fingerprint.
+            let mut denied: Vec<Vec<u8>> =
+                keys.denied.iter().filter(|k| **k != key).cloned().collect();
+            if let Some(p) = keys.pending.as_ref().filter(|p| **p != key) {
+                denied.push(p.clone());
+            }
             self.write_one(kind, KeyState::Rejected, &name, Some(&key))?;
+            self.write(kind, KeyState::Denied, &name, &denied)?;
             self.write_one(kind, KeyState::Accepted, &name, None)?;
             self.write_one(kind, KeyState::Pending, &name, None)?;
-            self.write(kind, KeyState::Denied, &name, &[])?;
             if let Some(a) = &keys.accepted {
                 index.accepted.remove(a);
+                if kind == PeerKind::Minion {
+                    self.forget_labels_unless(&mut index, &name, None)?;
+                }
             }
             tracing::info!(kind = kind_name(kind), %name, "rejected");
             done.push(Self::entry(kind, &name, KeyState::Rejected, &key));
@@ -826,10 +986,8 @@ impl KeyStore {
                 self.write(kind, state, &name, &left)?;
                 if state == KeyState::Accepted {
                     index.accepted.remove(key);
-                    if kind == PeerKind::Minion && index.labels.remove(&name).is_some() {
-                        let path = self.dir.join("minions/labels").join(&name);
-                        std::fs::remove_file(&path)
-                            .map_err(|error| KeyError::Io { path, error })?;
+                    if kind == PeerKind::Minion {
+                        self.forget_labels_unless(&mut index, &name, None)?;
                     }
                 }
                 tracing::info!(kind = kind_name(kind), %name, fingerprint = %fingerprint(key), from = state.as_str(), "key deleted");
@@ -849,6 +1007,30 @@ impl KeyStore {
         Ok(done)
     }
 
+    /// Drops `name`'s labels unless they were set for the key `keep`:
+    /// labels never pass from one key of a name to another.
+    fn forget_labels_unless(
+        &self,
+        index: &mut Index,
+        name: &str,
+        keep: Option<&str>,
+    ) -> Result<(), KeyError> {
+        let Some(labels) = index.labels.get(name) else {
+            return Ok(());
+        };
+        if keep == Some(labels.fingerprint.as_str()) {
+            return Ok(());
+        }
+        index.labels.remove(name);
+        tracing::info!(minion = %name, "labels dropped: they were set for a key no longer accepted");
+        let path = self.dir.join("minions/labels").join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(KeyError::Io { path, error }),
+        }
+    }
+
     /// Sets (`Some`) or removes (`None`) labels of an accepted minion;
     /// returns its labels after the change.
     pub fn label(
@@ -856,16 +1038,23 @@ impl KeyStore {
         name: &str,
         changes: &[(String, Option<String>)],
     ) -> Result<BTreeMap<String, String>, KeyError> {
+        check_name(name)?;
         let mut index = self.lock();
-        if self
+        let Some(fp) = self
             .read(PeerKind::Minion, KeyState::Accepted, name)
-            .is_empty()
-        {
+            .pop()
+            .map(|k| fingerprint(&k))
+        else {
             return Err(KeyError::NotAccepted {
                 name: name.to_string(),
             });
-        }
-        let mut labels = index.labels.get(name).cloned().unwrap_or_default();
+        };
+        let mut labels = index
+            .labels
+            .get(name)
+            .filter(|l| l.fingerprint == fp)
+            .map(|l| l.map.clone())
+            .unwrap_or_default();
         for (label, value) in changes {
             check_label(label, value.as_deref().unwrap_or(""))?;
             match value {
@@ -880,10 +1069,18 @@ impl KeyStore {
             });
         }
         let path = self.dir.join("minions/labels").join(name);
-        let text: String = labels.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        let text: String = std::iter::once(format!("fingerprint={fp}\n"))
+            .chain(labels.iter().map(|(k, v)| format!("{k}={v}\n")))
+            .collect();
         write_atomic(&path, text.as_bytes()).map_err(|error| KeyError::Io { path, error })?;
         tracing::info!(minion = %name, ?labels, "labels set");
-        index.labels.insert(name.to_string(), labels.clone());
+        index.labels.insert(
+            name.to_string(),
+            Labels {
+                fingerprint: fp,
+                map: labels.clone(),
+            },
+        );
         Ok(labels)
     }
 
@@ -901,8 +1098,12 @@ impl KeyStore {
             }
         }
         for (name, labels) in &index.labels {
-            if let Some(m) = out.get_mut(name) {
-                m.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+            // Only the key the labels were set for carries them.
+            if let Some(m) = out
+                .get_mut(name)
+                .filter(|m| m.get("fingerprint") == Some(&labels.fingerprint))
+            {
+                m.extend(labels.map.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
         }
         out
@@ -999,7 +1200,7 @@ mod tests {
             MAX_DENIED_PER_NAME
         );
         // Delete by fingerprint takes that key only.
-        s.delete(m, "web2", Some(&fingerprint(&[39; 32]))).unwrap();
+        s.delete(m, "web2", Some(&fingerprint(&[10; 32]))).unwrap();
         assert_eq!(s.check(m, "web2", &[1; 32]), KeyState::Accepted);
     }
 
@@ -1075,6 +1276,42 @@ mod tests {
         assert!(!s.assigned()["db1"].contains_key("role"));
     }
 
+    /// Finding 11: a flood of handshakes under new names leaves a bounded
+    /// number of pending key files; the oldest go first, and are counted.
+    #[test]
+    fn pending_keys_are_capped_oldest_dropped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = KeyStore::open(dir.path(), false, vec![])
+            .unwrap()
+            .with_max_pending(3);
+        let m = PeerKind::Minion;
+        for i in 0..5u8 {
+            assert_eq!(
+                s.check(m, &format!("flood{i}"), &[i + 1; 32]),
+                KeyState::Pending
+            );
+            // Distinct file times, so "oldest" is not decided by the name.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let files: Vec<String> = std::fs::read_dir(dir.path().join("minions/pending"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        let mut files = files;
+        files.sort();
+        assert_eq!(files, ["flood2", "flood3", "flood4"]);
+        assert_eq!(s.pending_dropped(), 2);
+        // Operators have their own cap; accepted keys are never dropped.
+        s.accept(m, "flood4", None).unwrap();
+        for i in 5..8u8 {
+            s.check(m, &format!("flood{i}"), &[i + 1; 32]);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(s.is_accepted(m, "flood4", &[5; 32]));
+        assert_eq!(s.pending_dropped(), 4);
+    }
+
     // --- Adversarial review (review2). Each test states the behaviour the
     // trust rules promise; the ignored ones fail on the code as it is.
 
@@ -1085,7 +1322,6 @@ mod tests {
     /// second, but a raw control request with a glob and no dry run, as
     /// any script or older CLI sends, takes both.)
     #[test]
-    #[ignore = "review2: weakness: a glob accept takes one key under two names (one identity not rechecked inside one accept)"]
     fn review_a_glob_accept_never_makes_one_key_two_identities() {
         let (_d, s) = store(false, vec![]);
         let m = PeerKind::Minion;
@@ -1124,7 +1360,6 @@ mod tests {
     /// claimed it after the operator threw the old one out) inherits
     /// `role=db` and with it whatever secrets target `key.role:db`.
     #[test]
-    #[ignore = "review2: weakness: labels outlive a rejected-then-deleted key and pass to the next key of the name"]
     fn review_labels_do_not_pass_to_the_next_key_of_a_name() {
         let (_d, s) = store(false, vec![]);
         let m = PeerKind::Minion;
@@ -1151,7 +1386,6 @@ mod tests {
     /// alice's operator key file with `x=y` (operator-only, but a path out
     /// of the labels directory; Salt's CVE-2020-11652 class).
     #[test]
-    #[ignore = "review2: weakness: label names are not validated, a label write escapes minions/labels"]
     fn review_label_names_are_not_paths() {
         let (d, s) = store(false, vec![]);
         s.check(PeerKind::Operator, "alice", &[3; 32]);
@@ -1178,7 +1412,6 @@ mod tests {
     /// the real one out, so `accept --fingerprint <real>` says "no such
     /// key" until the real minion's next hello (and again right after).
     #[test]
-    #[ignore = "review2: weakness: spinning keys evicts the real key from the denied list; it cannot be accepted by fingerprint"]
     fn review_the_real_key_stays_acceptable_by_fingerprint() {
         let (_d, s) = store(false, vec![]);
         let m = PeerKind::Minion;
@@ -1271,7 +1504,6 @@ mod tests {
     /// accepts it by name has admitted exactly the key it rejected, with
     /// no conflict shown.
     #[test]
-    #[ignore = "review2: weakness: reject keeps the first (maybe the attacker's) key and drops the denied real one; accept NAME then takes it with no fingerprint"]
     fn review_a_rejected_key_needs_its_fingerprint() {
         let (_d, s) = store(false, vec![]);
         let m = PeerKind::Minion;

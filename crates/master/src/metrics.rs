@@ -68,6 +68,11 @@ pub fn render(master: Weak<Master>) -> Render {
             t.counter(&format!("tend_master_{name}_total"), help(name), value);
         }
         t.counter_set("tend_master_bus", "Bus", m.bus_stats.snapshot());
+        t.counter(
+            "tend_master_pending_keys_dropped_total",
+            "Pending keys dropped, oldest first, to stay under the cap (tend_bus::keys::MAX_PENDING per kind).",
+            m.keys.pending_dropped(),
+        );
         t.gauge(
             "tend_master_minions_connected",
             "Minions with a live session.",

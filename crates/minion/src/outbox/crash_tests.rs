@@ -171,7 +171,6 @@ fn review_dir() -> (tempfile::TempDir, PathBuf) {
 /// were handed out except `meta.dropped`, and `open` ignores it: the
 /// dropped (already published, possibly stored) seqs are handed out again.
 #[test]
-#[ignore = "review3: BROKEN - seqs reused after make_room drops every segment and the next write fails"]
 fn review_dropping_every_segment_then_a_failed_write_reuses_seqs() {
     let (_tmp, dir) = review_dir();
     let mut ob = Outbox::open(&dir, MIN_BYTES, true).unwrap();
@@ -204,14 +203,15 @@ fn review_dropping_every_segment_then_a_failed_write_reuses_seqs() {
     };
     drop(ob);
     if let Some((at, next, _t)) = reused {
-        panic!("a failed write at operation {at} after every segment was dropped: on reopen next_seq is {next}, but seqs 1..=20 were handed out (and published)");
+        panic!(
+            "a failed write at operation {at} after every segment was dropped: on reopen next_seq is {next}, but seqs 1..=20 were handed out (and published)"
+        );
     }
 }
 
 /// The same, with a crash (kill -9) instead of a failed write, at every
 /// step of the append that drops every segment.
 #[test]
-#[ignore = "review3: BROKEN - a crash after make_room dropped every segment reuses seqs"]
 fn review_a_crash_while_dropping_every_segment_reuses_seqs() {
     let mut at = 1;
     loop {
@@ -241,7 +241,6 @@ fn review_a_crash_while_dropping_every_segment_reuses_seqs() {
 /// events it lacked are written off), nothing durable keeps next_seq above
 /// the dropped range when no segment is left.
 #[test]
-#[ignore = "review3: BROKEN - after settle_replay, a restart with no segment left hands out the dropped seqs again"]
 fn review_settled_drops_then_restart_reuses_seqs() {
     let (_tmp, dir) = review_dir();
     let mut ob = Outbox::open(&dir, MIN_BYTES, true).unwrap();
@@ -258,7 +257,8 @@ fn review_settled_drops_then_restart_reuses_seqs() {
         let r = probe.append(&mut batch(1, 20));
         faults::disarm();
         // The new segment's write failed (not the removal of the old one).
-        if r.is_err() && probe.segments.is_empty() && !d.join(format!("seg-{:020}.log", 1)).exists() {
+        if r.is_err() && probe.segments.is_empty() && !d.join(format!("seg-{:020}.log", 1)).exists()
+        {
             faults::arm(&dir, at, Mode::Fail);
             assert!(ob.append(&mut batch(1, 20)).is_err());
             faults::disarm();
@@ -320,7 +320,6 @@ fn review_a_garbage_meta_file_restarts_numbering() {
 /// in a new segment: two different events with one seq, and the stale
 /// one comes first.
 #[test]
-#[ignore = "review3: BROKEN (under the tests' own power-cut model) - the cut-back of a failed write is not synced"]
 fn review_a_failed_write_then_a_power_cut_keeps_nothing_of_its_batch() {
     every_step(Mode::Fail, true, true);
 }
@@ -332,21 +331,48 @@ fn review_a_failed_write_then_a_power_cut_keeps_nothing_of_its_batch() {
 /// master keeps the first it gets and drops the real events as
 /// duplicates).
 #[test]
-#[ignore = "review3: BROKEN - see review_a_failed_write_then_a_power_cut_keeps_nothing_of_its_batch"]
 fn review_failed_sync_then_power_cut_overlapping_segments() {
     let (_t, dir) = review_dir();
     let mut seen = Seen::default();
     faults::arm(&dir, 49, Mode::Fail);
     workload(&dir, true, &mut seen);
-    eprintln!("handed {} acked {} kept {:?}..{:?}", seen.handed, seen.acked, seen.kept.keys().next(), seen.kept.keys().last());
+    eprintln!(
+        "handed {} acked {} kept {:?}..{:?}",
+        seen.handed,
+        seen.acked,
+        seen.kept.keys().next(),
+        seen.kept.keys().last()
+    );
     faults::power_cut(&dir);
     let mut ob = Outbox::open(&dir, MIN_BYTES, true).unwrap();
     let held = ob.read(1, usize::MAX, usize::MAX).unwrap();
     let seqs: Vec<u64> = held.iter().map(|e| e.seq).collect();
-    let stale: Vec<u64> = held.iter().filter(|e| seen.failed.contains(&e.data)).map(|e| e.seq).collect();
-    let wrong: Vec<u64> = held.iter().filter(|e| seen.kept.get(&e.seq).is_some_and(|d| *d != e.data)).map(|e| e.seq).collect();
-    eprintln!("after power cut: segs {:?} next {} held {:?}..{:?} stale(from failed batch) {:?} kept-seq-with-other-content {:?}", ob.segments.iter().map(|s| (s.first, s.last)).collect::<Vec<_>>(), ob.next_seq(), seqs.first(), seqs.last(), stale, wrong);
-    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "a seq held twice: {seqs:?}");
+    let stale: Vec<u64> = held
+        .iter()
+        .filter(|e| seen.failed.contains(&e.data))
+        .map(|e| e.seq)
+        .collect();
+    let wrong: Vec<u64> = held
+        .iter()
+        .filter(|e| seen.kept.get(&e.seq).is_some_and(|d| *d != e.data))
+        .map(|e| e.seq)
+        .collect();
+    eprintln!(
+        "after power cut: segs {:?} next {} held {:?}..{:?} stale(from failed batch) {:?} kept-seq-with-other-content {:?}",
+        ob.segments
+            .iter()
+            .map(|s| (s.first, s.last))
+            .collect::<Vec<_>>(),
+        ob.next_seq(),
+        seqs.first(),
+        seqs.last(),
+        stale,
+        wrong
+    );
+    assert!(
+        seqs.windows(2).all(|w| w[1] > w[0]),
+        "a seq held twice: {seqs:?}"
+    );
     assert!(stale.is_empty() && wrong.is_empty());
 }
 
@@ -360,7 +386,6 @@ fn review_failed_sync_then_power_cut_overlapping_segments() {
 /// to new events and the master drops those as duplicates (issue 14 item
 /// 8 again).
 #[test]
-#[ignore = "review3: BROKEN - on a real full tmpfs, seqs are reused after a restart (needs root for mount)"]
 fn review_real_full_tmpfs_drop_all_then_enospc_reuses_seqs_after_restart() {
     let base = tempfile::tempdir().unwrap();
     let mnt = base.path().join("mnt");
@@ -391,7 +416,12 @@ fn review_real_full_tmpfs_drop_all_then_enospc_reuses_seqs_after_restart() {
     let _ = filler.sync_all();
     // A batch bigger than what is held (e.g. `tend-minion send --count 40`).
     let r = ob.append(&mut batch(1, 40));
-    eprintln!("append on the full disk: {:?}; meta {:?}; segments {}", r.as_ref().err().map(|e| e.to_string()), ob.meta, ob.segments.len());
+    eprintln!(
+        "append on the full disk: {:?}; meta {:?}; segments {}",
+        r.as_ref().err().map(|e| e.to_string()),
+        ob.meta,
+        ob.segments.len()
+    );
     drop(ob);
     let ob = Outbox::open(&dir, 64 << 20, true).unwrap();
     assert!(
@@ -416,6 +446,7 @@ fn review_probe_acked_near_u64_max() {
             reserved: 0,
             dropped: None,
             boot: 0,
+            handed: 0,
         },
         true,
     )

@@ -74,6 +74,8 @@ pub struct Outbox {
     fsync: bool,
     meta: Meta,
     meta_file: MetaFile,
+    /// Whether `meta` as held is synced.
+    meta_synced: bool,
     boot: u64,
     cache: VecDeque<(u64, Vec<u8>)>,
     cache_bytes: usize,
@@ -137,12 +139,34 @@ impl Outbox {
         names.sort();
         let mut segments = VecDeque::new();
         let mut total_bytes = 0;
-        let mut last_seq = meta.acked;
+        // Every seq handed out is in a segment, acknowledged, in the
+        // dropped range, or at most `handed` (written before the others
+        // could forget it).
+        let mut last_seq = meta
+            .acked
+            .max(meta.handed)
+            .max(meta.dropped.map_or(0, |(_, hi)| hi));
+        let mut scanned = Vec::new();
         for (first, path) in names {
-            let (last, good_len) = scan(&path, first)?;
+            let (last, good_len) = scan(&path, first, u64::MAX)?;
+            scanned.push((first, path, last, good_len));
+        }
+        // A segment running into the next (non-empty) one holds a failed
+        // write that was not cut back before a power cut: the next segment
+        // holds what was kept under those seqs.
+        let mut next_first = u64::MAX;
+        for (first, path, last, good_len) in scanned.iter_mut().rev() {
+            if *last >= next_first {
+                (*last, *good_len) = scan(path, *first, next_first - 1)?;
+            }
+            if *last >= *first {
+                next_first = *first;
+            }
+        }
+        for (first, path, last, good_len) in scanned {
             let len = fs::metadata(&path)?.len();
             if good_len < len {
-                tracing::warn!(segment = %path.display(), kept = good_len, len, "outbox segment has a torn or corrupt tail; cutting it");
+                tracing::warn!(segment = %path.display(), kept = good_len, len, "outbox segment has a torn or corrupt tail, or runs into the next segment; cutting it");
                 disk::truncate(&path, good_len)?;
             }
             if last < first {
@@ -174,6 +198,7 @@ impl Outbox {
             next_seq = meta.reserved;
         }
         meta.reserved = meta.reserved.max(next_seq);
+        meta.handed = meta.handed.max(next_seq - 1);
         meta.boot = boot;
         let max_bytes = max_bytes.max(MIN_BYTES);
         let mut outbox = Self {
@@ -187,11 +212,12 @@ impl Outbox {
             fsync,
             meta,
             meta_file,
+            meta_synced: false,
             boot,
             cache: VecDeque::new(),
             cache_bytes: 0,
         };
-        outbox.meta_file.store(&outbox.meta, true)?;
+        outbox.store_meta(outbox.meta, true)?;
         for legacy in ["acked", "dropped", "acked.tmp", "dropped.tmp", "meta.tmp"] {
             if dir.join(legacy).exists() {
                 disk::remove(&dir.join(legacy))?;
@@ -268,8 +294,7 @@ impl Outbox {
             let mut meta = self.meta;
             meta.reserved = end + RESERVE;
             meta.boot = self.boot;
-            self.meta_file.store(&meta, true)?;
-            self.meta = meta;
+            self.store_meta(meta, true)?;
         }
         let snapshot = (self.segments.clone(), self.total_bytes);
         let mut touched = Vec::new();
@@ -335,7 +360,11 @@ impl Outbox {
                 chunk.extend_from_slice(r);
                 n += 1;
             }
-            touched.push((seg.path.clone(), seg.bytes));
+            // Its length before the batch: a second chunk into the same
+            // file must not move the cut-back point past the first.
+            if !touched.iter().any(|(p, _)| *p == seg.path) {
+                touched.push((seg.path.clone(), seg.bytes));
+            }
             disk::append(file, &seg.path, &chunk)?;
             if self.fsync {
                 disk::sync(file, &seg.path)?;
@@ -408,31 +437,53 @@ impl Outbox {
     /// acknowledged are recorded (durably, before the file goes) as dropped
     /// until the master settles whether it has them.
     fn drop_front(&mut self) -> io::Result<()> {
-        let Some(seg) = self.segments.front() else {
+        let Some((first, last)) = self.segments.front().map(|s| (s.first, s.last)) else {
             return Ok(());
         };
-        let from = seg.first.max(self.meta.acked + 1);
-        if seg.last >= from {
+        let from = first.max(self.meta.acked + 1);
+        if last >= from {
             let mut meta = self.meta;
             meta.dropped = Some(match meta.dropped {
-                Some((lo, hi)) => (lo.min(from), hi.max(seg.last)),
-                None => (from, seg.last),
+                Some((lo, hi)) => (lo.min(from), hi.max(last)),
+                None => (from, last),
             });
-            self.meta_file.store(&meta, true)?;
-            self.meta = meta;
+            meta.handed = meta.handed.max(self.next_seq - 1);
+            self.store_meta(meta, true)?;
             tracing::warn!(
                 first = from,
-                last = seg.last,
+                last,
                 bound = self.bound,
                 "outbox full (max_bytes or the disk): dropped its oldest segment before the master acknowledged it; the master's next answer settles how many it lacked"
             );
         }
+        self.secure_handed()?;
         let seg = self.segments.pop_front().expect("checked");
         if self.segments.is_empty() {
             self.writer = None;
         }
         self.total_bytes -= seg.bytes;
         disk::remove(&seg.path)
+    }
+
+    /// Before a segment goes: the meta file must say, durably, how far
+    /// seqs were handed out, since the segment may have been the last
+    /// record of it.
+    fn secure_handed(&mut self) -> io::Result<()> {
+        let handed = self.next_seq - 1;
+        if self.meta_synced && self.meta.handed >= handed {
+            return Ok(());
+        }
+        let mut meta = self.meta;
+        meta.handed = meta.handed.max(handed);
+        self.store_meta(meta, true)
+    }
+
+    /// Writes `meta` to the meta file and holds it as current.
+    fn store_meta(&mut self, meta: Meta, durable: bool) -> io::Result<()> {
+        self.meta_file.store(&meta, durable)?;
+        self.meta = meta;
+        self.meta_synced = durable;
+        Ok(())
     }
 
     /// The master stored everything up to `seq`.
@@ -452,8 +503,7 @@ impl Outbox {
         // Synced only when segments are about to be deleted: then the
         // acknowledgement must not go back behind them.
         let deleting = self.deletable() > 0 || meta.dropped != self.meta.dropped;
-        self.meta_file.store(&meta, deleting)?;
-        self.meta = meta;
+        self.store_meta(meta, deleting)?;
         while self.cache.front().is_some_and(|(s, _)| *s <= seq) {
             let (_, p) = self.cache.pop_front().expect("front exists");
             self.cache_bytes -= p.len();
@@ -471,8 +521,9 @@ impl Outbox {
         let lost = hi.saturating_sub(seq.max(lo - 1));
         let mut meta = self.meta;
         meta.dropped = None;
-        self.meta_file.store(&meta, true)?;
-        self.meta = meta;
+        // The dropped range may have been the last record of its seqs.
+        meta.handed = meta.handed.max(self.next_seq - 1);
+        self.store_meta(meta, true)?;
         Ok(lost)
     }
 
@@ -494,7 +545,11 @@ impl Outbox {
 
     /// Deletes segments that hold only acknowledged events.
     fn trim(&mut self) -> io::Result<()> {
-        for _ in 0..self.deletable() {
+        let n = self.deletable();
+        if n > 0 {
+            self.secure_handed()?;
+        }
+        for _ in 0..n {
             let seg = self.segments.pop_front().expect("counted");
             if self.segments.is_empty() {
                 self.writer = None;
@@ -561,15 +616,15 @@ impl Outbox {
     }
 }
 
-/// Reads a segment, returning its last valid seq and the length of its
-/// valid prefix.
-fn scan(path: &Path, first: u64) -> io::Result<(u64, u64)> {
+/// Reads a segment, returning its last valid seq (at most `limit`) and
+/// the length of its valid prefix up to there.
+fn scan(path: &Path, first: u64, limit: u64) -> io::Result<(u64, u64)> {
     let mut reader = BufReader::new(File::open(path)?);
     let mut last = first - 1;
     let mut good = 0u64;
     while let Ok(Some(payload)) = read_record(&mut reader) {
         match Event::decode(payload.as_slice()) {
-            Ok(e) if e.seq == last + 1 => {
+            Ok(e) if e.seq == last + 1 && e.seq <= limit => {
                 last = e.seq;
                 good += 8 + payload.len() as u64;
             }

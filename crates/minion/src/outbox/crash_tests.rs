@@ -433,11 +433,11 @@ fn review_real_full_tmpfs_drop_all_then_enospc_reuses_seqs_after_restart() {
 }
 
 /// A meta slot with a valid checksum but absurd values (acked near
-/// u64::MAX: a bug, a hand edit, a restore from another host): what does
-/// open do? Documents the behaviour (no assertion on the value).
+/// u64::MAX: a bug, a hand edit, a restore from another host): open used
+/// to accept it and the next append panicked on `first + len`. It is
+/// refused, with an error naming the file.
 #[test]
-#[ignore = "review3: probe only"]
-fn review_probe_acked_near_u64_max() {
+fn review_a_checksummed_meta_with_acked_near_u64_max_is_refused() {
     let (_t, dir) = review_dir();
     let (mut mf, _) = meta::MetaFile::open(&dir).unwrap();
     mf.store(
@@ -453,10 +453,34 @@ fn review_probe_acked_near_u64_max() {
     .unwrap();
     drop(mf);
     let r = std::panic::catch_unwind(|| {
-        let mut ob = Outbox::open(&dir, MIN_BYTES, true).unwrap();
-        let n = ob.next_seq();
-        let a = ob.append(&mut batch(0, 1)).map_err(|e| e.to_string());
-        (n, a)
+        Outbox::open(&dir, MIN_BYTES, true).map(|mut ob| {
+            let a = ob.append(&mut batch(0, 1)).map_err(|e| e.to_string());
+            (ob.next_seq(), a)
+        })
     });
-    eprintln!("acked u64::MAX-1: {r:?}");
+    let err = match r {
+        Err(_) => panic!("the outbox panicked on a meta file with acked u64::MAX - 1"),
+        Ok(Ok(got)) => panic!("the outbox accepted acked u64::MAX - 1: {got:?}"),
+        Ok(Err(e)) => e.to_string(),
+    };
+    let path = dir.join("meta");
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("acknowledged"),
+        "the error names the file and the value: {err}"
+    );
+}
+
+/// A segment file named beyond any real seq is refused too (it would
+/// overflow the numbering).
+#[test]
+fn a_segment_named_near_u64_max_is_refused() {
+    let (_t, dir) = review_dir();
+    drop(Outbox::open(&dir, MIN_BYTES, true).unwrap());
+    let path = dir.join(format!("seg-{:020}.log", u64::MAX));
+    fs::write(&path, b"").unwrap();
+    let err = Outbox::open(&dir, MIN_BYTES, true).err().expect("refused");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
 }

@@ -51,6 +51,10 @@ const MAX_RECORD: u32 = 1 << 20;
 const RESERVE: u64 = 1 << 16;
 /// Space the outbox leaves free on its disk for everything else.
 const FREE_MARGIN: u64 = 64 << 10;
+/// Seqs at or above this are refused (in the meta file, a segment name, or
+/// an append): far beyond any real count, and far enough below u64::MAX
+/// that no sum of a seq and a batch or a reservation overflows.
+const MAX_SEQ: u64 = 1 << 62;
 
 #[derive(Clone)]
 struct Segment {
@@ -123,6 +127,7 @@ impl Outbox {
             // An outbox from before the meta file: its acknowledgement.
             meta.acked = read_u64(&dir.join("acked"))?.unwrap_or(0);
         }
+        check_meta(&meta, &dir.join("meta"))?;
         let mut names: Vec<(u64, PathBuf)> = fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -137,6 +142,17 @@ impl Outbox {
             .filter(|(first, _)| *first > 0)
             .collect();
         names.sort();
+        if let Some((first, path)) = names.last()
+            && *first >= MAX_SEQ
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: an outbox segment numbered {first}, beyond any real seq (at most {MAX_SEQ}); move it away",
+                    path.display()
+                ),
+            ));
+        }
         let mut segments = VecDeque::new();
         let mut total_bytes = 0;
         // Every seq handed out is in a segment, acknowledged, in the
@@ -274,7 +290,15 @@ impl Outbox {
             return Ok(());
         }
         let first = self.next_seq;
-        let end = first + events.len() as u64;
+        let end = first
+            .checked_add(events.len() as u64)
+            .filter(|end| *end < MAX_SEQ)
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "the outbox has numbered events up to {}: no seqs are left below {MAX_SEQ}",
+                    first - 1
+                ))
+            })?;
         let records: Vec<Vec<u8>> = events
             .iter_mut()
             .zip(first..)
@@ -658,6 +682,28 @@ fn read_record(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "bad checksum"));
     }
     Ok(Some(payload))
+}
+
+/// Refuses a meta file whose values no outbox could have written.
+fn check_meta(meta: &Meta, path: &Path) -> io::Result<()> {
+    let (lo, hi) = meta.dropped.unwrap_or((0, 0));
+    for (name, v) in [
+        ("acknowledged seq", meta.acked),
+        ("reserved seq", meta.reserved),
+        ("highest seq handed out", meta.handed),
+        ("dropped range", lo.max(hi)),
+    ] {
+        if v >= MAX_SEQ {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: the outbox meta file says its {name} is {v}, beyond any real seq (at most {MAX_SEQ}): it is damaged or not this outbox's; restore it, or move the outbox directory away to start a new outbox",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn read_u64(path: &Path) -> io::Result<Option<u64>> {

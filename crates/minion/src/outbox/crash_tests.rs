@@ -282,11 +282,12 @@ fn review_settled_drops_then_restart_reuses_seqs() {
 
 /// The meta file (the only record of acked/reserved once acknowledged
 /// segments are deleted) comes back garbage or empty (media error, a
-/// restore, an fs that lost the in-place writes): the outbox silently
-/// starts numbering from 1 again.
+/// restore, an fs that lost the in-place writes): the outbox used to
+/// start numbering from 1 again, silently. It now refuses to open, naming
+/// the file; a meta file never written (all zeros, left by a crash right
+/// after it was created) still opens.
 #[test]
-#[ignore = "review3: WEAKNESS - an unreadable meta file silently restarts numbering at 1"]
-fn review_a_garbage_meta_file_restarts_numbering() {
+fn review_a_garbage_meta_file_is_refused_not_renumbered() {
     let (_tmp, dir) = review_dir();
     let mut ob = Outbox::open(&dir, MIN_BYTES, true).unwrap();
     for _ in 0..10 {
@@ -302,13 +303,28 @@ fn review_a_garbage_meta_file_restarts_numbering() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("seg-"))
         .count();
     assert_eq!(segs, 0, "everything acknowledged is deleted");
-    fs::write(dir.join("meta"), b"").unwrap();
-    let ob = Outbox::open(&dir, MIN_BYTES, true).unwrap();
-    assert!(
-        ob.next_seq() > 250,
-        "an empty meta file: next_seq {} (seqs 1..=250 are held by the master)",
-        ob.next_seq()
-    );
+    let path = dir.join("meta");
+    for garbage in [
+        Vec::new(),
+        vec![0xa5; 8192],
+        b"tendobx2 not a slot".to_vec(),
+    ] {
+        fs::write(&path, &garbage).unwrap();
+        match Outbox::open(&dir, MIN_BYTES, true) {
+            Ok(ob) => panic!(
+                "a meta file of {} garbage bytes: opened with next_seq {} (seqs 1..=250 are held by the master)",
+                garbage.len(),
+                ob.next_seq()
+            ),
+            Err(e) => assert!(
+                e.to_string().contains(&path.display().to_string()),
+                "the error names the file: {e}"
+            ),
+        }
+    }
+    fs::write(&path, vec![0u8; 8192]).unwrap();
+    let ob = Outbox::open(&dir, MIN_BYTES, true).expect("a blank meta file is a new one");
+    assert_eq!(ob.next_seq(), 1);
 }
 
 /// A failed write (a full disk) that the outbox survives, then more

@@ -71,6 +71,21 @@ impl MetaFile {
             .into_iter()
             .filter_map(|at| decode(raw.get(at..)?))
             .max_by_key(|(generation, _)| *generation);
+        // Slot 0 is first written by the second store, after the first
+        // open's; no seq is handed out before it. So no valid slot and a
+        // blank slot 0 is a meta file never (or only partly) written for
+        // the first time; anything else lost what it held, and numbering
+        // from 1 again would hand out seqs the master already has.
+        let blank = raw.len() >= SLOT_LEN && raw[..SLOT_LEN].iter().all(|b| *b == 0);
+        if best.is_none() && !blank {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: the outbox meta file holds no valid record of how far events were numbered and acknowledged (damaged or truncated); the minion does not start, since numbering again from 1 would reuse seqs the master already has. Restore the file, or move the outbox directory away to start a new outbox (the master then counts what it never got as lost)",
+                    path.display()
+                ),
+            ));
+        }
         let generation = best.map_or(0, |(g, _)| g);
         Ok((
             Self {

@@ -21,6 +21,8 @@ struct Seen {
     failed: HashSet<Vec<u8>>,
     /// The highest seq the "master" acknowledged.
     acked: u64,
+    /// Seqs below this were dropped by a full outbox (or acknowledged).
+    dropped_below: u64,
 }
 
 fn batch(round: usize, n: usize) -> Vec<Event> {
@@ -39,12 +41,19 @@ fn batch(round: usize, n: usize) -> Vec<Event> {
 }
 
 /// Appends, acknowledges and restarts, as a minion does, recording what
-/// the outbox promised. Stops at the first open that fails.
+/// the outbox promised. Stops at the first open that fails. Round 8 is on
+/// a full disk: its batch is larger than everything held, so every segment
+/// is dropped (the open one too) before it is written, and the master then
+/// asks for a replay (settling the drop) before a restart.
 fn workload(dir: &Path, fsync: bool, seen: &mut Seen) {
     let Ok(mut ob) = Outbox::open(dir, MIN_BYTES, fsync) else {
         return;
     };
-    for round in 0..8 {
+    for round in 0..10 {
+        if round == 8 {
+            // The bound falls to its floor (a full disk), under one batch.
+            ob.max_bytes = 0;
+        }
         let mut events = batch(round, 25);
         match ob.append(&mut events) {
             Ok(()) => {
@@ -56,12 +65,17 @@ fn workload(dir: &Path, fsync: bool, seen: &mut Seen) {
             Err(e) if !e.partly_kept => seen.failed.extend(events.into_iter().map(|e| e.data)),
             Err(_) => {}
         }
+        seen.dropped_below = seen.dropped_below.max(ob.oldest());
+        ob.max_bytes = MIN_BYTES;
+        if round == 8 {
+            let _ = ob.settle_replay(seen.acked);
+        }
         if round % 2 == 1 {
             let upto = seen.handed.saturating_sub(10);
             seen.acked = seen.acked.max(upto);
             let _ = ob.ack(upto);
         }
-        if round == 4 {
+        if round == 4 || round == 8 {
             drop(ob);
             ob = match Outbox::open(dir, MIN_BYTES, fsync) {
                 Ok(ob) => ob,
@@ -109,7 +123,8 @@ fn cut_at(at: u64, mode: Mode, power_cut: bool, fsync: bool) -> bool {
     }
     // Without fsync a power cut may take what was kept; never its seqs.
     if fsync || !power_cut {
-        for (seq, data) in seen.kept.range(seen.acked + 1..) {
+        let from = (seen.acked + 1).max(seen.dropped_below);
+        for (seq, data) in seen.kept.range(from..) {
             let got = held.iter().find(|e| e.seq == *seq);
             assert_eq!(
                 got.map(|e| &e.data),

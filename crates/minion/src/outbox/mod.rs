@@ -353,8 +353,14 @@ impl Outbox {
             }
         }
         // A batch larger than the bound pushes out its own oldest events.
+        // The batch is kept whatever happens here: an error must not tell
+        // the caller otherwise (it would be dropped there, yet sent after a
+        // restart); the bound is met on the next append.
         while self.total_bytes > self.bound && self.segments.len() > 1 {
-            self.drop_front()?;
+            if let Err(e) = self.drop_front() {
+                tracing::error!(error = %e, "cannot drop the oldest outbox segment to stay within its bound");
+                break;
+            }
         }
         Ok(())
     }

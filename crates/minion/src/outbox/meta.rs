@@ -1,7 +1,7 @@
 //! The outbox's few facts that are not events: how far the master
-//! acknowledged, the seq reserved so far (so no seq is ever handed out
-//! twice), and the range of events dropped before the master acknowledged
-//! them, not yet settled.
+//! acknowledged, the seq reserved so far and the highest handed out (so no
+//! seq is ever handed out twice), and the range of events dropped before
+//! the master acknowledged them, not yet settled.
 //!
 //! They live in two fixed slots of one file, written in place in turn,
 //! each with a generation and a checksum; on open the valid slot with the

@@ -8,10 +8,14 @@
 //!
 //! Durability (the rules are in `disk.rs`): a batch is published only once
 //! it is written (and synced, with `fsync` on); a write that fails is cut
-//! back off, so nothing that was not kept is ever sent. A seq is never
-//! handed out twice: seqs are reserved in blocks in the `meta` file, synced
-//! before any of them is used, and after a reboot (a power cut may have
-//! taken unsynced writes with it) numbering resumes above the reservation.
+//! back off (durably), so nothing that was not kept is ever sent. A seq is
+//! never handed out twice: before a segment is deleted or a dropped range
+//! forgotten, the `meta` file records (synced) the highest seq handed out,
+//! and numbering resumes above it, the acknowledgement, the dropped range
+//! and the segments. Seqs are also reserved in blocks in the `meta` file,
+//! synced before any of them is used: without fsync, after a reboot (a
+//! power cut may have taken unsynced writes with it) numbering resumes
+//! above the reservation.
 //!
 //! The outbox is bounded by `max_bytes` and by the free space actually on
 //! its disk: past either the oldest segment goes even if unacknowledged.

@@ -764,6 +764,26 @@ mod tests {
         assert_eq!(more[0].seq, 11);
     }
 
+    /// The handed mark only keeps numbering above what was handed out:
+    /// a restart leaves no gap (the master would count one as lost), even
+    /// after every segment was acknowledged and deleted.
+    #[test]
+    fn a_restart_resumes_right_after_the_last_seq_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path(), MIN_BYTES, true).unwrap();
+        for _ in 0..20 {
+            ob.append(&mut events(25)).unwrap();
+        }
+        drop(ob);
+        let mut ob = Outbox::open(dir.path(), MIN_BYTES, true).unwrap();
+        assert_eq!(ob.next_seq(), 501);
+        ob.ack(500).unwrap();
+        drop(ob);
+        let ob = Outbox::open(dir.path(), MIN_BYTES, true).unwrap();
+        assert!(ob.segments.is_empty(), "everything acknowledged is deleted");
+        assert_eq!(ob.next_seq(), 501);
+    }
+
     #[test]
     fn a_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();

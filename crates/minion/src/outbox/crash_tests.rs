@@ -21,6 +21,8 @@ struct Seen {
     failed: HashSet<Vec<u8>>,
     /// The highest seq the "master" acknowledged.
     acked: u64,
+    /// Seqs below this were dropped by a full outbox (or acknowledged).
+    dropped_below: u64,
 }
 
 fn batch(round: usize, n: usize) -> Vec<Event> {
@@ -39,12 +41,19 @@ fn batch(round: usize, n: usize) -> Vec<Event> {
 }
 
 /// Appends, acknowledges and restarts, as a minion does, recording what
-/// the outbox promised. Stops at the first open that fails.
+/// the outbox promised. Stops at the first open that fails. Round 8 is on
+/// a full disk: its batch is larger than everything held, so every segment
+/// is dropped (the open one too) before it is written, and the master then
+/// asks for a replay (settling the drop) before a restart.
 fn workload(dir: &Path, fsync: bool, seen: &mut Seen) {
     let Ok(mut ob) = Outbox::open(dir, MIN_BYTES, fsync) else {
         return;
     };
-    for round in 0..8 {
+    for round in 0..10 {
+        if round == 8 {
+            // The bound falls to its floor (a full disk), under one batch.
+            ob.max_bytes = 0;
+        }
         let mut events = batch(round, 25);
         match ob.append(&mut events) {
             Ok(()) => {
@@ -56,12 +65,17 @@ fn workload(dir: &Path, fsync: bool, seen: &mut Seen) {
             Err(e) if !e.partly_kept => seen.failed.extend(events.into_iter().map(|e| e.data)),
             Err(_) => {}
         }
+        seen.dropped_below = seen.dropped_below.max(ob.oldest());
+        ob.max_bytes = MIN_BYTES;
+        if round == 8 {
+            let _ = ob.settle_replay(seen.acked);
+        }
         if round % 2 == 1 {
             let upto = seen.handed.saturating_sub(10);
             seen.acked = seen.acked.max(upto);
             let _ = ob.ack(upto);
         }
-        if round == 4 {
+        if round == 4 || round == 8 {
             drop(ob);
             ob = match Outbox::open(dir, MIN_BYTES, fsync) {
                 Ok(ob) => ob,
@@ -109,7 +123,8 @@ fn cut_at(at: u64, mode: Mode, power_cut: bool, fsync: bool) -> bool {
     }
     // Without fsync a power cut may take what was kept; never its seqs.
     if fsync || !power_cut {
-        for (seq, data) in seen.kept.range(seen.acked + 1..) {
+        let from = (seen.acked + 1).max(seen.dropped_below);
+        for (seq, data) in seen.kept.range(from..) {
             let got = held.iter().find(|e| e.seq == *seq);
             assert_eq!(
                 got.map(|e| &e.data),
@@ -171,7 +186,6 @@ fn review_dir() -> (tempfile::TempDir, PathBuf) {
 /// were handed out except `meta.dropped`, and `open` ignores it: the
 /// dropped (already published, possibly stored) seqs are handed out again.
 #[test]
-#[ignore = "review3: BROKEN - seqs reused after make_room drops every segment and the next write fails"]
 fn review_dropping_every_segment_then_a_failed_write_reuses_seqs() {
     let (_tmp, dir) = review_dir();
     let mut ob = Outbox::open(&dir, MIN_BYTES, true).unwrap();
@@ -213,7 +227,6 @@ fn review_dropping_every_segment_then_a_failed_write_reuses_seqs() {
 /// The same, with a crash (kill -9) instead of a failed write, at every
 /// step of the append that drops every segment.
 #[test]
-#[ignore = "review3: BROKEN - a crash after make_room dropped every segment reuses seqs"]
 fn review_a_crash_while_dropping_every_segment_reuses_seqs() {
     let mut at = 1;
     loop {
@@ -243,7 +256,6 @@ fn review_a_crash_while_dropping_every_segment_reuses_seqs() {
 /// events it lacked are written off), nothing durable keeps next_seq above
 /// the dropped range when no segment is left.
 #[test]
-#[ignore = "review3: BROKEN - after settle_replay, a restart with no segment left hands out the dropped seqs again"]
 fn review_settled_drops_then_restart_reuses_seqs() {
     let (_tmp, dir) = review_dir();
     let mut ob = Outbox::open(&dir, MIN_BYTES, true).unwrap();
@@ -285,11 +297,12 @@ fn review_settled_drops_then_restart_reuses_seqs() {
 
 /// The meta file (the only record of acked/reserved once acknowledged
 /// segments are deleted) comes back garbage or empty (media error, a
-/// restore, an fs that lost the in-place writes): the outbox silently
-/// starts numbering from 1 again.
+/// restore, an fs that lost the in-place writes): the outbox used to
+/// start numbering from 1 again, silently. It now refuses to open, naming
+/// the file; a meta file never written (all zeros, left by a crash right
+/// after it was created) still opens.
 #[test]
-#[ignore = "review3: WEAKNESS - an unreadable meta file silently restarts numbering at 1"]
-fn review_a_garbage_meta_file_restarts_numbering() {
+fn review_a_garbage_meta_file_is_refused_not_renumbered() {
     let (_tmp, dir) = review_dir();
     let mut ob = Outbox::open(&dir, MIN_BYTES, true).unwrap();
     for _ in 0..10 {
@@ -305,13 +318,28 @@ fn review_a_garbage_meta_file_restarts_numbering() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("seg-"))
         .count();
     assert_eq!(segs, 0, "everything acknowledged is deleted");
-    fs::write(dir.join("meta"), b"").unwrap();
-    let ob = Outbox::open(&dir, MIN_BYTES, true).unwrap();
-    assert!(
-        ob.next_seq() > 250,
-        "an empty meta file: next_seq {} (seqs 1..=250 are held by the master)",
-        ob.next_seq()
-    );
+    let path = dir.join("meta");
+    for garbage in [
+        Vec::new(),
+        vec![0xa5; 8192],
+        b"tendobx2 not a slot".to_vec(),
+    ] {
+        fs::write(&path, &garbage).unwrap();
+        match Outbox::open(&dir, MIN_BYTES, true) {
+            Ok(ob) => panic!(
+                "a meta file of {} garbage bytes: opened with next_seq {} (seqs 1..=250 are held by the master)",
+                garbage.len(),
+                ob.next_seq()
+            ),
+            Err(e) => assert!(
+                e.to_string().contains(&path.display().to_string()),
+                "the error names the file: {e}"
+            ),
+        }
+    }
+    fs::write(&path, vec![0u8; 8192]).unwrap();
+    let ob = Outbox::open(&dir, MIN_BYTES, true).expect("a blank meta file is a new one");
+    assert_eq!(ob.next_seq(), 1);
 }
 
 /// A failed write (a full disk) that the outbox survives, then more
@@ -323,7 +351,6 @@ fn review_a_garbage_meta_file_restarts_numbering() {
 /// in a new segment: two different events with one seq, and the stale
 /// one comes first.
 #[test]
-#[ignore = "review3: BROKEN (under the tests' own power-cut model) - the cut-back of a failed write is not synced"]
 fn review_a_failed_write_then_a_power_cut_keeps_nothing_of_its_batch() {
     every_step(Mode::Fail, true, true);
 }
@@ -335,7 +362,6 @@ fn review_a_failed_write_then_a_power_cut_keeps_nothing_of_its_batch() {
 /// master keeps the first it gets and drops the real events as
 /// duplicates).
 #[test]
-#[ignore = "review3: BROKEN - see review_a_failed_write_then_a_power_cut_keeps_nothing_of_its_batch"]
 fn review_failed_sync_then_power_cut_overlapping_segments() {
     let (_t, dir) = review_dir();
     let mut seen = Seen::default();
@@ -391,7 +417,6 @@ fn review_failed_sync_then_power_cut_overlapping_segments() {
 /// to new events and the master drops those as duplicates (issue 14 item
 /// 8 again).
 #[test]
-#[ignore = "review3: BROKEN - on a real full tmpfs, seqs are reused after a restart (needs root for mount)"]
 fn review_real_full_tmpfs_drop_all_then_enospc_reuses_seqs_after_restart() {
     let base = tempfile::tempdir().unwrap();
     let mnt = base.path().join("mnt");
@@ -439,11 +464,11 @@ fn review_real_full_tmpfs_drop_all_then_enospc_reuses_seqs_after_restart() {
 }
 
 /// A meta slot with a valid checksum but absurd values (acked near
-/// u64::MAX: a bug, a hand edit, a restore from another host): what does
-/// open do? Documents the behaviour (no assertion on the value).
+/// u64::MAX: a bug, a hand edit, a restore from another host): open used
+/// to accept it and the next append panicked on `first + len`. It is
+/// refused, with an error naming the file.
 #[test]
-#[ignore = "review3: probe only"]
-fn review_probe_acked_near_u64_max() {
+fn review_a_checksummed_meta_with_acked_near_u64_max_is_refused() {
     let (_t, dir) = review_dir();
     let (mut mf, _) = meta::MetaFile::open(&dir).unwrap();
     mf.store(
@@ -452,16 +477,41 @@ fn review_probe_acked_near_u64_max() {
             reserved: 0,
             dropped: None,
             boot: 0,
+            handed: 0,
         },
         true,
     )
     .unwrap();
     drop(mf);
     let r = std::panic::catch_unwind(|| {
-        let mut ob = Outbox::open(&dir, MIN_BYTES, true).unwrap();
-        let n = ob.next_seq();
-        let a = ob.append(&mut batch(0, 1)).map_err(|e| e.to_string());
-        (n, a)
+        Outbox::open(&dir, MIN_BYTES, true).map(|mut ob| {
+            let a = ob.append(&mut batch(0, 1)).map_err(|e| e.to_string());
+            (ob.next_seq(), a)
+        })
     });
-    eprintln!("acked u64::MAX-1: {r:?}");
+    let err = match r {
+        Err(_) => panic!("the outbox panicked on a meta file with acked u64::MAX - 1"),
+        Ok(Ok(got)) => panic!("the outbox accepted acked u64::MAX - 1: {got:?}"),
+        Ok(Err(e)) => e.to_string(),
+    };
+    let path = dir.join("meta");
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("acknowledged"),
+        "the error names the file and the value: {err}"
+    );
+}
+
+/// A segment file named beyond any real seq is refused too (it would
+/// overflow the numbering).
+#[test]
+fn a_segment_named_near_u64_max_is_refused() {
+    let (_t, dir) = review_dir();
+    drop(Outbox::open(&dir, MIN_BYTES, true).unwrap());
+    let path = dir.join(format!("seg-{:020}.log", u64::MAX));
+    fs::write(&path, b"").unwrap();
+    let err = Outbox::open(&dir, MIN_BYTES, true).err().expect("refused");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
 }

@@ -4,7 +4,8 @@
 //! The outbox's rules: a record is published only after it is written (and
 //! synced, with `fsync` on); a new file is synced into its directory
 //! before anything in it counts; a file replaced by rename is synced before
-//! the rename and its directory after. Under `cfg(test)` each operation
+//! the rename and its directory after; a cut (truncate) is synced before it
+//! counts. Under `cfg(test)` each operation
 //! first asks [`faults`] whether to fail (as a full disk does) or to stop
 //! for good (as a crash does), and a model of what a power cut would keep
 //! follows every step.
@@ -92,10 +93,14 @@ pub(crate) fn remove(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Cuts the file at `path` to `len` bytes.
+/// Cuts the file at `path` to `len` bytes, durably: a cut that a power
+/// cut could undo would bring back records the outbox said it did not
+/// keep (whose seqs it hands out again).
 pub(crate) fn truncate(path: &Path, len: u64) -> io::Result<()> {
     hook(Op::Truncate, path)?;
-    OpenOptions::new().write(true).open(path)?.set_len(len)
+    let file = OpenOptions::new().write(true).open(path)?;
+    file.set_len(len)?;
+    sync(&file, path)
 }
 
 /// Bytes an unprivileged writer can still use on the file system holding

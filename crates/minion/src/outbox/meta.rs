@@ -1,7 +1,7 @@
 //! The outbox's few facts that are not events: how far the master
-//! acknowledged, the seq reserved so far (so no seq is ever handed out
-//! twice), and the range of events dropped before the master acknowledged
-//! them, not yet settled.
+//! acknowledged, the seq reserved so far and the highest handed out (so no
+//! seq is ever handed out twice), and the range of events dropped before
+//! the master acknowledged them, not yet settled.
 //!
 //! They live in two fixed slots of one file, written in place in turn,
 //! each with a generation and a checksum; on open the valid slot with the
@@ -17,10 +17,14 @@ use std::path::{Path, PathBuf};
 
 use super::disk;
 
-const MAGIC: &[u8; 8] = b"tendobx1";
+const MAGIC: &[u8; 8] = b"tendobx2";
+/// Slots written before `handed` existed (read, never written).
+const MAGIC_V1: &[u8; 8] = b"tendobx1";
 /// Slot 1 starts a page after slot 0.
 const SLOT_STRIDE: u64 = 4096;
-const SLOT_LEN: usize = 8 + 8 * 6 + 4;
+const FIELDS: usize = 7;
+const FIELDS_V1: usize = 6;
+const SLOT_LEN: usize = 8 + 8 * FIELDS + 4;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Meta {
@@ -34,6 +38,10 @@ pub(crate) struct Meta {
     pub dropped: Option<(u64, u64)>,
     /// The boot `reserved` was written in.
     pub boot: u64,
+    /// The highest seq ever handed out, as far as the segments and the
+    /// other fields may no longer show it: written (and synced) before a
+    /// segment is deleted or a dropped range is forgotten. Never lowered.
+    pub handed: u64,
 }
 
 pub(crate) struct MetaFile {
@@ -61,8 +69,23 @@ impl MetaFile {
         file.read_to_end(&mut raw)?;
         let best = [0, SLOT_STRIDE as usize]
             .into_iter()
-            .filter_map(|at| decode(raw.get(at..at + SLOT_LEN)?))
+            .filter_map(|at| decode(raw.get(at..)?))
             .max_by_key(|(generation, _)| *generation);
+        // Slot 0 is first written by the second store, after the first
+        // open's; no seq is handed out before it. So no valid slot and a
+        // blank slot 0 is a meta file never (or only partly) written for
+        // the first time; anything else lost what it held, and numbering
+        // from 1 again would hand out seqs the master already has.
+        let blank = raw.len() >= SLOT_LEN && raw[..SLOT_LEN].iter().all(|b| *b == 0);
+        if best.is_none() && !blank {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: the outbox meta file holds no valid record of how far events were numbered and acknowledged (damaged or truncated); the minion does not start, since numbering again from 1 would reuse seqs the master already has. Restore the file, or move the outbox directory away to start a new outbox (the master then counts what it never got as lost)",
+                    path.display()
+                ),
+            ));
+        }
         let generation = best.map_or(0, |(g, _)| g);
         Ok((
             Self {
@@ -97,7 +120,7 @@ fn encode(generation: u64, m: &Meta) -> [u8; SLOT_LEN] {
     let mut b = [0u8; SLOT_LEN];
     b[..8].copy_from_slice(MAGIC);
     let (lo, hi) = m.dropped.unwrap_or((0, 0));
-    for (i, v) in [generation, m.acked, m.reserved, lo, hi, m.boot]
+    for (i, v) in [generation, m.acked, m.reserved, lo, hi, m.boot, m.handed]
         .into_iter()
         .enumerate()
     {
@@ -108,9 +131,17 @@ fn encode(generation: u64, m: &Meta) -> [u8; SLOT_LEN] {
     b
 }
 
+/// A slot at the start of `b`, in either layout.
 fn decode(b: &[u8]) -> Option<(u64, Meta)> {
-    let crc = u32::from_le_bytes(b[SLOT_LEN - 4..].try_into().ok()?);
-    if &b[..8] != MAGIC || crc32fast::hash(&b[..SLOT_LEN - 4]) != crc {
+    let fields = match b.get(..8)? {
+        m if m == MAGIC => FIELDS,
+        m if m == MAGIC_V1 => FIELDS_V1,
+        _ => return None,
+    };
+    let len = 8 + 8 * fields + 4;
+    let b = b.get(..len)?;
+    let crc = u32::from_le_bytes(b[len - 4..].try_into().ok()?);
+    if crc32fast::hash(&b[..len - 4]) != crc {
         return None;
     }
     let v = |i: usize| -> Option<u64> {
@@ -126,6 +157,9 @@ fn decode(b: &[u8]) -> Option<(u64, Meta)> {
             reserved: v(2)?,
             dropped: (lo > 0 && hi >= lo).then_some((lo, hi)),
             boot: v(5)?,
+            // A v1 slot: its segments, acknowledgement and dropped range
+            // are all it knew.
+            handed: if fields == FIELDS { v(6)? } else { 0 },
         },
     ))
 }
@@ -144,6 +178,7 @@ mod tests {
             reserved: 100,
             dropped: Some((6, 9)),
             boot: 7,
+            handed: 12,
         };
         f.store(&a, true).unwrap();
         let b = Meta { acked: 6, ..a };
@@ -156,5 +191,28 @@ mod tests {
         raw[20] ^= 0xff;
         std::fs::write(&path, raw).unwrap();
         assert_eq!(MetaFile::open(dir.path()).unwrap().1, Some(a));
+    }
+
+    #[test]
+    fn a_slot_from_before_handed_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(MetaFile::open(dir.path()).unwrap());
+        let mut b = [0u8; 8 + 8 * FIELDS_V1 + 4];
+        b[..8].copy_from_slice(MAGIC_V1);
+        for (i, v) in [1u64, 40, 100, 0, 0, 3].into_iter().enumerate() {
+            b[8 + i * 8..16 + i * 8].copy_from_slice(&v.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&b[..b.len() - 4]);
+        let n = b.len();
+        b[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        let path = dir.path().join("meta");
+        let mut raw = std::fs::read(&path).unwrap();
+        raw[SLOT_STRIDE as usize..SLOT_STRIDE as usize + n].copy_from_slice(&b);
+        std::fs::write(&path, raw).unwrap();
+        let meta = MetaFile::open(dir.path()).unwrap().1.unwrap();
+        assert_eq!(
+            (meta.acked, meta.reserved, meta.boot, meta.handed),
+            (40, 100, 3, 0)
+        );
     }
 }

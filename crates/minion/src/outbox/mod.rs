@@ -8,10 +8,14 @@
 //!
 //! Durability (the rules are in `disk.rs`): a batch is published only once
 //! it is written (and synced, with `fsync` on); a write that fails is cut
-//! back off, so nothing that was not kept is ever sent. A seq is never
-//! handed out twice: seqs are reserved in blocks in the `meta` file, synced
-//! before any of them is used, and after a reboot (a power cut may have
-//! taken unsynced writes with it) numbering resumes above the reservation.
+//! back off (durably), so nothing that was not kept is ever sent. A seq is
+//! never handed out twice: before a segment is deleted or a dropped range
+//! forgotten, the `meta` file records (synced) the highest seq handed out,
+//! and numbering resumes above it, the acknowledgement, the dropped range
+//! and the segments. Seqs are also reserved in blocks in the `meta` file,
+//! synced before any of them is used: without fsync, after a reboot (a
+//! power cut may have taken unsynced writes with it) numbering resumes
+//! above the reservation.
 //!
 //! The outbox is bounded by `max_bytes` and by the free space actually on
 //! its disk: past either the oldest segment goes even if unacknowledged.
@@ -51,6 +55,10 @@ const MAX_RECORD: u32 = 1 << 20;
 const RESERVE: u64 = 1 << 16;
 /// Space the outbox leaves free on its disk for everything else.
 const FREE_MARGIN: u64 = 64 << 10;
+/// Seqs at or above this are refused (in the meta file, a segment name, or
+/// an append): far beyond any real count, and far enough below u64::MAX
+/// that no sum of a seq and a batch or a reservation overflows.
+const MAX_SEQ: u64 = 1 << 62;
 
 #[derive(Clone)]
 struct Segment {
@@ -74,6 +82,8 @@ pub struct Outbox {
     fsync: bool,
     meta: Meta,
     meta_file: MetaFile,
+    /// Whether `meta` as held is synced.
+    meta_synced: bool,
     boot: u64,
     cache: VecDeque<(u64, Vec<u8>)>,
     cache_bytes: usize,
@@ -121,6 +131,7 @@ impl Outbox {
             // An outbox from before the meta file: its acknowledgement.
             meta.acked = read_u64(&dir.join("acked"))?.unwrap_or(0);
         }
+        check_meta(&meta, &dir.join("meta"))?;
         let mut names: Vec<(u64, PathBuf)> = fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -135,14 +146,47 @@ impl Outbox {
             .filter(|(first, _)| *first > 0)
             .collect();
         names.sort();
+        if let Some((first, path)) = names.last()
+            && *first >= MAX_SEQ
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: an outbox segment numbered {first}, beyond any real seq (at most {MAX_SEQ}); move it away",
+                    path.display()
+                ),
+            ));
+        }
         let mut segments = VecDeque::new();
         let mut total_bytes = 0;
-        let mut last_seq = meta.acked;
+        // Every seq handed out is in a segment, acknowledged, in the
+        // dropped range, or at most `handed` (written before the others
+        // could forget it).
+        let mut last_seq = meta
+            .acked
+            .max(meta.handed)
+            .max(meta.dropped.map_or(0, |(_, hi)| hi));
+        let mut scanned = Vec::new();
         for (first, path) in names {
-            let (last, good_len) = scan(&path, first)?;
+            let (last, good_len) = scan(&path, first, u64::MAX)?;
+            scanned.push((first, path, last, good_len));
+        }
+        // A segment running into the next (non-empty) one holds a failed
+        // write that was not cut back before a power cut: the next segment
+        // holds what was kept under those seqs.
+        let mut next_first = u64::MAX;
+        for (first, path, last, good_len) in scanned.iter_mut().rev() {
+            if *last >= next_first {
+                (*last, *good_len) = scan(path, *first, next_first - 1)?;
+            }
+            if *last >= *first {
+                next_first = *first;
+            }
+        }
+        for (first, path, last, good_len) in scanned {
             let len = fs::metadata(&path)?.len();
             if good_len < len {
-                tracing::warn!(segment = %path.display(), kept = good_len, len, "outbox segment has a torn or corrupt tail; cutting it");
+                tracing::warn!(segment = %path.display(), kept = good_len, len, "outbox segment has a torn or corrupt tail, or runs into the next segment; cutting it");
                 disk::truncate(&path, good_len)?;
             }
             if last < first {
@@ -174,6 +218,7 @@ impl Outbox {
             next_seq = meta.reserved;
         }
         meta.reserved = meta.reserved.max(next_seq);
+        meta.handed = meta.handed.max(next_seq - 1);
         meta.boot = boot;
         let max_bytes = max_bytes.max(MIN_BYTES);
         let mut outbox = Self {
@@ -187,11 +232,12 @@ impl Outbox {
             fsync,
             meta,
             meta_file,
+            meta_synced: false,
             boot,
             cache: VecDeque::new(),
             cache_bytes: 0,
         };
-        outbox.meta_file.store(&outbox.meta, true)?;
+        outbox.store_meta(outbox.meta, true)?;
         for legacy in ["acked", "dropped", "acked.tmp", "dropped.tmp", "meta.tmp"] {
             if dir.join(legacy).exists() {
                 disk::remove(&dir.join(legacy))?;
@@ -248,7 +294,15 @@ impl Outbox {
             return Ok(());
         }
         let first = self.next_seq;
-        let end = first + events.len() as u64;
+        let end = first
+            .checked_add(events.len() as u64)
+            .filter(|end| *end < MAX_SEQ)
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "the outbox has numbered events up to {}: no seqs are left below {MAX_SEQ}",
+                    first - 1
+                ))
+            })?;
         let records: Vec<Vec<u8>> = events
             .iter_mut()
             .zip(first..)
@@ -268,8 +322,7 @@ impl Outbox {
             let mut meta = self.meta;
             meta.reserved = end + RESERVE;
             meta.boot = self.boot;
-            self.meta_file.store(&meta, true)?;
-            self.meta = meta;
+            self.store_meta(meta, true)?;
         }
         let snapshot = (self.segments.clone(), self.total_bytes);
         let mut touched = Vec::new();
@@ -304,8 +357,14 @@ impl Outbox {
             }
         }
         // A batch larger than the bound pushes out its own oldest events.
+        // The batch is kept whatever happens here: an error must not tell
+        // the caller otherwise (it would be dropped there, yet sent after a
+        // restart); the bound is met on the next append.
         while self.total_bytes > self.bound && self.segments.len() > 1 {
-            self.drop_front()?;
+            if let Err(e) = self.drop_front() {
+                tracing::error!(error = %e, "cannot drop the oldest outbox segment to stay within its bound");
+                break;
+            }
         }
         Ok(())
     }
@@ -335,7 +394,11 @@ impl Outbox {
                 chunk.extend_from_slice(r);
                 n += 1;
             }
-            touched.push((seg.path.clone(), seg.bytes));
+            // Its length before the batch: a second chunk into the same
+            // file must not move the cut-back point past the first.
+            if !touched.iter().any(|(p, _)| *p == seg.path) {
+                touched.push((seg.path.clone(), seg.bytes));
+            }
             disk::append(file, &seg.path, &chunk)?;
             if self.fsync {
                 disk::sync(file, &seg.path)?;
@@ -408,31 +471,53 @@ impl Outbox {
     /// acknowledged are recorded (durably, before the file goes) as dropped
     /// until the master settles whether it has them.
     fn drop_front(&mut self) -> io::Result<()> {
-        let Some(seg) = self.segments.front() else {
+        let Some((first, last)) = self.segments.front().map(|s| (s.first, s.last)) else {
             return Ok(());
         };
-        let from = seg.first.max(self.meta.acked + 1);
-        if seg.last >= from {
+        let from = first.max(self.meta.acked + 1);
+        if last >= from {
             let mut meta = self.meta;
             meta.dropped = Some(match meta.dropped {
-                Some((lo, hi)) => (lo.min(from), hi.max(seg.last)),
-                None => (from, seg.last),
+                Some((lo, hi)) => (lo.min(from), hi.max(last)),
+                None => (from, last),
             });
-            self.meta_file.store(&meta, true)?;
-            self.meta = meta;
+            meta.handed = meta.handed.max(self.next_seq - 1);
+            self.store_meta(meta, true)?;
             tracing::warn!(
                 first = from,
-                last = seg.last,
+                last,
                 bound = self.bound,
                 "outbox full (max_bytes or the disk): dropped its oldest segment before the master acknowledged it; the master's next answer settles how many it lacked"
             );
         }
+        self.secure_handed()?;
         let seg = self.segments.pop_front().expect("checked");
         if self.segments.is_empty() {
             self.writer = None;
         }
         self.total_bytes -= seg.bytes;
         disk::remove(&seg.path)
+    }
+
+    /// Before a segment goes: the meta file must say, durably, how far
+    /// seqs were handed out, since the segment may have been the last
+    /// record of it.
+    fn secure_handed(&mut self) -> io::Result<()> {
+        let handed = self.next_seq - 1;
+        if self.meta_synced && self.meta.handed >= handed {
+            return Ok(());
+        }
+        let mut meta = self.meta;
+        meta.handed = meta.handed.max(handed);
+        self.store_meta(meta, true)
+    }
+
+    /// Writes `meta` to the meta file and holds it as current.
+    fn store_meta(&mut self, meta: Meta, durable: bool) -> io::Result<()> {
+        self.meta_file.store(&meta, durable)?;
+        self.meta = meta;
+        self.meta_synced = durable;
+        Ok(())
     }
 
     /// The master stored everything up to `seq`.
@@ -452,8 +537,7 @@ impl Outbox {
         // Synced only when segments are about to be deleted: then the
         // acknowledgement must not go back behind them.
         let deleting = self.deletable() > 0 || meta.dropped != self.meta.dropped;
-        self.meta_file.store(&meta, deleting)?;
-        self.meta = meta;
+        self.store_meta(meta, deleting)?;
         while self.cache.front().is_some_and(|(s, _)| *s <= seq) {
             let (_, p) = self.cache.pop_front().expect("front exists");
             self.cache_bytes -= p.len();
@@ -471,8 +555,9 @@ impl Outbox {
         let lost = hi.saturating_sub(seq.max(lo - 1));
         let mut meta = self.meta;
         meta.dropped = None;
-        self.meta_file.store(&meta, true)?;
-        self.meta = meta;
+        // The dropped range may have been the last record of its seqs.
+        meta.handed = meta.handed.max(self.next_seq - 1);
+        self.store_meta(meta, true)?;
         Ok(lost)
     }
 
@@ -494,7 +579,11 @@ impl Outbox {
 
     /// Deletes segments that hold only acknowledged events.
     fn trim(&mut self) -> io::Result<()> {
-        for _ in 0..self.deletable() {
+        let n = self.deletable();
+        if n > 0 {
+            self.secure_handed()?;
+        }
+        for _ in 0..n {
             let seg = self.segments.pop_front().expect("counted");
             if self.segments.is_empty() {
                 self.writer = None;
@@ -561,15 +650,15 @@ impl Outbox {
     }
 }
 
-/// Reads a segment, returning its last valid seq and the length of its
-/// valid prefix.
-fn scan(path: &Path, first: u64) -> io::Result<(u64, u64)> {
+/// Reads a segment, returning its last valid seq (at most `limit`) and
+/// the length of its valid prefix up to there.
+fn scan(path: &Path, first: u64, limit: u64) -> io::Result<(u64, u64)> {
     let mut reader = BufReader::new(File::open(path)?);
     let mut last = first - 1;
     let mut good = 0u64;
     while let Ok(Some(payload)) = read_record(&mut reader) {
         match Event::decode(payload.as_slice()) {
-            Ok(e) if e.seq == last + 1 => {
+            Ok(e) if e.seq == last + 1 && e.seq <= limit => {
                 last = e.seq;
                 good += 8 + payload.len() as u64;
             }
@@ -603,6 +692,28 @@ fn read_record(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "bad checksum"));
     }
     Ok(Some(payload))
+}
+
+/// Refuses a meta file whose values no outbox could have written.
+fn check_meta(meta: &Meta, path: &Path) -> io::Result<()> {
+    let (lo, hi) = meta.dropped.unwrap_or((0, 0));
+    for (name, v) in [
+        ("acknowledged seq", meta.acked),
+        ("reserved seq", meta.reserved),
+        ("highest seq handed out", meta.handed),
+        ("dropped range", lo.max(hi)),
+    ] {
+        if v >= MAX_SEQ {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: the outbox meta file says its {name} is {v}, beyond any real seq (at most {MAX_SEQ}): it is damaged or not this outbox's; restore it, or move the outbox directory away to start a new outbox",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn read_u64(path: &Path) -> io::Result<Option<u64>> {
@@ -651,6 +762,26 @@ mod tests {
         let mut more = events(1);
         ob.append(&mut more).unwrap();
         assert_eq!(more[0].seq, 11);
+    }
+
+    /// The handed mark only keeps numbering above what was handed out:
+    /// a restart leaves no gap (the master would count one as lost), even
+    /// after every segment was acknowledged and deleted.
+    #[test]
+    fn a_restart_resumes_right_after_the_last_seq_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path(), MIN_BYTES, true).unwrap();
+        for _ in 0..20 {
+            ob.append(&mut events(25)).unwrap();
+        }
+        drop(ob);
+        let mut ob = Outbox::open(dir.path(), MIN_BYTES, true).unwrap();
+        assert_eq!(ob.next_seq(), 501);
+        ob.ack(500).unwrap();
+        drop(ob);
+        let ob = Outbox::open(dir.path(), MIN_BYTES, true).unwrap();
+        assert!(ob.segments.is_empty(), "everything acknowledged is deleted");
+        assert_eq!(ob.next_seq(), 501);
     }
 
     #[test]

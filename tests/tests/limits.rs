@@ -28,7 +28,7 @@ fn rule_actions_past_max_actions_and_the_queue_are_refused_and_counted() {
         name = "slow"
         on = "minion/*/event/slow"
         [[rule.action]]
-        run = "sleep 3"
+        run = ["sleep", "3"]
         "#,
     );
     let out = minion.send("slow", 10);

@@ -1112,7 +1112,10 @@ mod tests {
         assert!(s.accept(m, "web4", Some(&fingerprint(&[5; 32]))).is_err());
         // And as an operator.
         s.check(PeerKind::Operator, "root", &[5; 32]);
-        assert!(s.accept(PeerKind::Operator, "root", Some(&fingerprint(&[5; 32]))).is_err());
+        assert!(
+            s.accept(PeerKind::Operator, "root", Some(&fingerprint(&[5; 32])))
+                .is_err()
+        );
     }
 
     /// `delete` says it forgets a name's keys "and their labels"; after a
@@ -1127,7 +1130,8 @@ mod tests {
         let m = PeerKind::Minion;
         s.check(m, "db1", &[1; 32]);
         s.accept(m, "db1", None).unwrap();
-        s.label("db1", &[("role".into(), Some("db".into()))]).unwrap();
+        s.label("db1", &[("role".into(), Some("db".into()))])
+            .unwrap();
         s.reject(m, "db1").unwrap();
         s.delete(m, "db1", None).unwrap();
         // Someone else claims db1; the operator admits new db machines.
@@ -1199,7 +1203,10 @@ mod tests {
         s.check(m, "web6", &attacker);
         s.check(m, "web6", &real);
         let e = s.accept(m, "web6", None).unwrap_err().to_string();
-        assert!(e.contains(&fingerprint(&real)) && e.contains(&fingerprint(&attacker)), "{e}");
+        assert!(
+            e.contains(&fingerprint(&real)) && e.contains(&fingerprint(&attacker)),
+            "{e}"
+        );
         // Accepting the attacker's by mistake, then the real one by fp.
         s.accept(m, "web6", Some(&fingerprint(&attacker))).unwrap();
         s.accept(m, "web6", Some(&fingerprint(&real))).unwrap();
@@ -1223,23 +1230,38 @@ mod tests {
         let m = PeerKind::Minion;
         s.check(m, "web1", &[1; 32]);
         s.accept(m, "web1", None).unwrap();
-        for (i, n) in ["WEB1", "Web1", "web1.tmp", "web1.", "web1-", "web1_", "web1..x"]
-            .into_iter()
-            .enumerate()
+        for (i, n) in [
+            "WEB1", "Web1", "web1.tmp", "web1.", "web1-", "web1_", "web1..x",
+        ]
+        .into_iter()
+        .enumerate()
         {
             assert_eq!(s.check(m, n, &[10 + i as u8; 32]), KeyState::Pending, "{n}");
         }
-        for n in ["..", ".web1", ".web1.tmp", "web1/x", "web1\n", "wéb1", &"x".repeat(129)] {
+        for n in [
+            "..",
+            ".web1",
+            ".web1.tmp",
+            "web1/x",
+            "web1\n",
+            "wéb1",
+            &"x".repeat(129),
+        ] {
             assert_eq!(s.check(m, n, &[99; 32]), KeyState::Rejected, "{n:?}");
         }
         assert!(s.is_accepted(m, "web1", &[1; 32]));
         let listed: Vec<String> = s.list().into_iter().map(|e| e.name).collect();
         assert!(listed.contains(&"web1.tmp".to_string()), "{listed:?}");
         // A glob for web1 does not take WEB1 (case-sensitive).
-        assert!(s.plan_accept(m, "web1*", None).unwrap().0.iter().all(|e| e.name.starts_with("web1")));
+        assert!(
+            s.plan_accept(m, "web1*", None)
+                .unwrap()
+                .0
+                .iter()
+                .all(|e| e.name.starts_with("web1"))
+        );
         drop(d);
     }
-
 
     /// The CLI's help says a rejected key is accepted "by its name and
     /// --fingerprint", but a plain `tend keys accept NAME` takes the one
@@ -1264,5 +1286,4 @@ mod tests {
             r.map(|v| v.into_iter().map(|e| e.fingerprint).collect::<Vec<_>>())
         );
     }
-
 }

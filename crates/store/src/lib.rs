@@ -1042,7 +1042,9 @@ mod tests {
             .unwrap();
         // max_events = 20.
         store.prune_events(0, Some(20), 5_000).unwrap();
-        let next = store.events_after(store.reactor_cursor().unwrap(), 1_000).unwrap();
+        let next = store
+            .events_after(store.reactor_cursor().unwrap(), 1_000)
+            .unwrap();
         assert_eq!(
             next.first().map(|r| r.id),
             Some(11),

@@ -372,22 +372,44 @@ fn review_accepting_the_real_key_ends_the_impostors_live_session() {
     assert_eq!(status(&ep, &attacker, "web8", PeerKind::Minion), "pending");
     assert_eq!(status(&ep, &real, "web8", PeerKind::Minion), "denied");
     let listed = keys(&master);
-    assert!(listed.iter().any(|k| k.0 == "web8" && k.2 == "denied" && k.3 == fp(&real)), "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .any(|k| k.0 == "web8" && k.2 == "denied" && k.3 == fp(&real)),
+        "{listed:?}"
+    );
     let out = master.tend(&["keys", "accept", "web8", "--fingerprint", &fp(&attacker)]);
     assert!(out.status.success(), "{}", text(&out));
-    let imp = handshake(&ep, attacker.clone(), "web8", PeerKind::Minion).expect("the impostor is in");
-    let beat = || imp.seal(minion_message::Body::Heartbeat(tend_proto::v1::Heartbeat { time_us: 1 }));
+    let imp =
+        handshake(&ep, attacker.clone(), "web8", PeerKind::Minion).expect("the impostor is in");
+    let beat = || {
+        imp.seal(minion_message::Body::Heartbeat(tend_proto::v1::Heartbeat {
+            time_us: 1,
+        }))
+    };
     let answered = |p: &Peer| -> bool {
-        let Ok(bytes) = p.socket.recv_bytes(0) else { return false };
-        let Ok((h, b)) = frame::decode(&bytes, 1 << 20) else { return false };
-        h.kind == frame::Kind::Sealed && p.session.as_ref().unwrap().open(Channel::Down, &h, b).is_ok()
+        let Ok(bytes) = p.socket.recv_bytes(0) else {
+            return false;
+        };
+        let Ok((h, b)) = frame::decode(&bytes, 1 << 20) else {
+            return false;
+        };
+        h.kind == frame::Kind::Sealed
+            && p.session
+                .as_ref()
+                .unwrap()
+                .open(Channel::Down, &h, b)
+                .is_ok()
     };
     imp.socket.send(beat(), 0).unwrap();
     assert!(answered(&imp), "the impostor's session works before");
     let out = master.tend(&["keys", "accept", "web8", "--fingerprint", &fp(&real)]);
     assert!(out.status.success(), "{}", text(&out));
     imp.socket.send(beat(), 0).unwrap();
-    assert!(!answered(&imp), "the impostor's session outlived the accept of the real key");
+    assert!(
+        !answered(&imp),
+        "the impostor's session outlived the accept of the real key"
+    );
     assert_eq!(status(&ep, &attacker, "web8", PeerKind::Minion), "denied");
     assert_eq!(status(&ep, &real, "web8", PeerKind::Minion), "welcome");
 }

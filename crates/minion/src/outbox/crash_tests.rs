@@ -204,7 +204,9 @@ fn review_dropping_every_segment_then_a_failed_write_reuses_seqs() {
     };
     drop(ob);
     if let Some((at, next, _t)) = reused {
-        panic!("a failed write at operation {at} after every segment was dropped: on reopen next_seq is {next}, but seqs 1..=20 were handed out (and published)");
+        panic!(
+            "a failed write at operation {at} after every segment was dropped: on reopen next_seq is {next}, but seqs 1..=20 were handed out (and published)"
+        );
     }
 }
 
@@ -258,7 +260,8 @@ fn review_settled_drops_then_restart_reuses_seqs() {
         let r = probe.append(&mut batch(1, 20));
         faults::disarm();
         // The new segment's write failed (not the removal of the old one).
-        if r.is_err() && probe.segments.is_empty() && !d.join(format!("seg-{:020}.log", 1)).exists() {
+        if r.is_err() && probe.segments.is_empty() && !d.join(format!("seg-{:020}.log", 1)).exists()
+        {
             faults::arm(&dir, at, Mode::Fail);
             assert!(ob.append(&mut batch(1, 20)).is_err());
             faults::disarm();
@@ -338,15 +341,43 @@ fn review_failed_sync_then_power_cut_overlapping_segments() {
     let mut seen = Seen::default();
     faults::arm(&dir, 49, Mode::Fail);
     workload(&dir, true, &mut seen);
-    eprintln!("handed {} acked {} kept {:?}..{:?}", seen.handed, seen.acked, seen.kept.keys().next(), seen.kept.keys().last());
+    eprintln!(
+        "handed {} acked {} kept {:?}..{:?}",
+        seen.handed,
+        seen.acked,
+        seen.kept.keys().next(),
+        seen.kept.keys().last()
+    );
     faults::power_cut(&dir);
     let mut ob = Outbox::open(&dir, MIN_BYTES, true).unwrap();
     let held = ob.read(1, usize::MAX, usize::MAX).unwrap();
     let seqs: Vec<u64> = held.iter().map(|e| e.seq).collect();
-    let stale: Vec<u64> = held.iter().filter(|e| seen.failed.contains(&e.data)).map(|e| e.seq).collect();
-    let wrong: Vec<u64> = held.iter().filter(|e| seen.kept.get(&e.seq).is_some_and(|d| *d != e.data)).map(|e| e.seq).collect();
-    eprintln!("after power cut: segs {:?} next {} held {:?}..{:?} stale(from failed batch) {:?} kept-seq-with-other-content {:?}", ob.segments.iter().map(|s| (s.first, s.last)).collect::<Vec<_>>(), ob.next_seq(), seqs.first(), seqs.last(), stale, wrong);
-    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "a seq held twice: {seqs:?}");
+    let stale: Vec<u64> = held
+        .iter()
+        .filter(|e| seen.failed.contains(&e.data))
+        .map(|e| e.seq)
+        .collect();
+    let wrong: Vec<u64> = held
+        .iter()
+        .filter(|e| seen.kept.get(&e.seq).is_some_and(|d| *d != e.data))
+        .map(|e| e.seq)
+        .collect();
+    eprintln!(
+        "after power cut: segs {:?} next {} held {:?}..{:?} stale(from failed batch) {:?} kept-seq-with-other-content {:?}",
+        ob.segments
+            .iter()
+            .map(|s| (s.first, s.last))
+            .collect::<Vec<_>>(),
+        ob.next_seq(),
+        seqs.first(),
+        seqs.last(),
+        stale,
+        wrong
+    );
+    assert!(
+        seqs.windows(2).all(|w| w[1] > w[0]),
+        "a seq held twice: {seqs:?}"
+    );
     assert!(stale.is_empty() && wrong.is_empty());
 }
 
@@ -391,7 +422,12 @@ fn review_real_full_tmpfs_drop_all_then_enospc_reuses_seqs_after_restart() {
     let _ = filler.sync_all();
     // A batch bigger than what is held (e.g. `tend-minion send --count 40`).
     let r = ob.append(&mut batch(1, 40));
-    eprintln!("append on the full disk: {:?}; meta {:?}; segments {}", r.as_ref().err().map(|e| e.to_string()), ob.meta, ob.segments.len());
+    eprintln!(
+        "append on the full disk: {:?}; meta {:?}; segments {}",
+        r.as_ref().err().map(|e| e.to_string()),
+        ob.meta,
+        ob.segments.len()
+    );
     drop(ob);
     let ob = Outbox::open(&dir, 64 << 20, true).unwrap();
     assert!(

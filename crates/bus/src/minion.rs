@@ -505,8 +505,7 @@ async fn handshake(
     let challenge = match expect(control, wait, |c| match c {
         Control::Challenge(ch) if ch.hello_ephemeral == mine => Some(Ok(ch)),
         // Before the challenge the master has no key to seal with (a
-        // refused name); a forged one costs this attempt, as a dropped
-        // hello would.
+        // refused name).
         Control::Refused {
             status,
             reason,
@@ -518,7 +517,17 @@ async fn handshake(
     .await
     {
         Ok(Ok(ch)) => ch,
-        Ok(Err((status, reason))) => return refused(&status, &reason),
+        // The master refuses before the Challenge only a name that is not a
+        // valid minion id, which this minion can check itself: a refusal
+        // for anything else is forged, and costs no more than a dropped
+        // hello (not the long REFUSED_RETRY).
+        Ok(Err((status, reason))) => match tend_proto::validate_minion_id(&cfg.minion) {
+            Err(_) if status == "invalid" => return refused(&status, &reason),
+            _ => {
+                tracing::warn!(%status, "ignored a clear refusal of a valid name (forged on the path?): {reason}");
+                return Attempt::Retry(retry);
+            }
+        },
         Err(true) => return Attempt::Stop,
         Err(false) => return Attempt::Retry(Duration::ZERO),
     };

@@ -382,6 +382,10 @@ const PENDING_RETRY: Duration = Duration::from_secs(2);
 /// A rejected minion, or one facing the wrong master, asks again this often.
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
 
+/// The least time a sealed answer has after a clear Rehello (see
+/// `heartbeat`): room for a busy master on a loaded machine.
+const DOUBT_MIN: Duration = Duration::from_millis(250);
+
 /// How a handshake attempt ended.
 enum Attempt {
     Open(Arc<Session>, Duration),
@@ -501,8 +505,7 @@ async fn handshake(
     let challenge = match expect(control, wait, |c| match c {
         Control::Challenge(ch) if ch.hello_ephemeral == mine => Some(Ok(ch)),
         // Before the challenge the master has no key to seal with (a
-        // refused name); a forged one costs this attempt, as a dropped
-        // hello would.
+        // refused name).
         Control::Refused {
             status,
             reason,
@@ -514,7 +517,17 @@ async fn handshake(
     .await
     {
         Ok(Ok(ch)) => ch,
-        Ok(Err((status, reason))) => return refused(&status, &reason),
+        // The master refuses before the Challenge only a name that is not a
+        // valid minion id, which this minion can check itself: a refusal
+        // for anything else is forged, and costs no more than a dropped
+        // hello (not the long REFUSED_RETRY).
+        Ok(Err((status, reason))) => match tend_proto::validate_minion_id(&cfg.minion) {
+            Err(_) if status == "invalid" => return refused(&status, &reason),
+            _ => {
+                tracing::warn!(%status, "ignored a clear refusal of a valid name (forged on the path?): {reason}");
+                return Attempt::Retry(retry);
+            }
+        },
         Err(true) => return Attempt::Stop,
         Err(false) => return Attempt::Retry(Duration::ZERO),
     };
@@ -604,21 +617,31 @@ async fn heartbeat(
     // Never give up on the master before it had three chances to answer.
     let timeout = shared.cfg.master_timeout.max(every * 3);
     // After a Rehello, how long a sealed word from the master has to come
-    // for the session to stand.
+    // for the session to stand: a few round trips (measured on heartbeats),
+    // at least DOUBT_MIN, at most two heartbeats. Checked by its own timer,
+    // so a master that really restarted gets its minion back within a
+    // heartbeat or so, not only on a later heartbeat tick.
     let grace = (every * 2).max(Duration::from_millis(200));
     let mut beat = tokio::time::interval(every);
     let mut heard = Instant::now();
-    // A Rehello (clear, so maybe forged) being checked: since when, and why.
-    let mut doubt: Option<(Instant, String)> = None;
-    let send_beat = || {
+    // The slowest recent heartbeat round trip (decays by 1/8 per answer).
+    let mut rtt = Duration::ZERO;
+    // When the heartbeat awaiting an answer was sent.
+    let mut beat_sent: Option<Instant> = None;
+    // A Rehello (clear, so maybe forged) being checked: since when, until
+    // when, and why.
+    let mut doubt: Option<(Instant, Instant, String)> = None;
+    let send_beat = |beat_sent: &mut Option<Instant>| {
         let msg = MinionMessage {
             body: Some(minion_message::Body::Heartbeat(Heartbeat {
                 time_us: now_us(),
             })),
         };
         let _ = dealer.send(vec![session.seal(Channel::Up, &msg.encode_to_vec())]);
+        *beat_sent = Some(Instant::now());
     };
     loop {
+        let doubt_until = doubt.as_ref().map(|(_, until, _)| *until);
         tokio::select! {
             _ = beat.tick() => {
                 if heard.elapsed() > timeout {
@@ -627,28 +650,35 @@ async fn heartbeat(
                         timeout.as_millis()
                     ));
                 }
-                if let Some((since, reason)) = &doubt
-                    && since.elapsed() > grace
-                {
-                    return Some(format!("the master asked for a new session: {reason}"));
-                }
-                send_beat();
+                send_beat(&mut beat_sent);
+            }
+            _ = tokio::time::sleep_until(doubt_until.unwrap_or_else(Instant::now)),
+                if doubt_until.is_some() =>
+            {
+                let reason = doubt.take().map(|(_, _, r)| r).unwrap_or_default();
+                return Some(format!("the master asked for a new session: {reason}"));
             }
             c = control.recv() => match c {
                 Some(Control::Heard) => {
                     heard = Instant::now();
+                    if let Some(sent) = beat_sent.take() {
+                        let took = heard.saturating_duration_since(sent);
+                        rtt = took.max(rtt - rtt / 8);
+                    }
                     // The master answered under the session after the
                     // Rehello: it knows the session, the Rehello was not
                     // its own.
-                    if doubt.as_ref().is_some_and(|(since, _)| heard > *since) {
+                    if doubt.as_ref().is_some_and(|(since, _, _)| heard > *since) {
                         tracing::warn!("ignored a Rehello the master did not send (forged on the path?)");
                         doubt = None;
                     }
                 }
                 Some(Control::Rehello { reason, session: s }) if s == session.id => {
                     if doubt.is_none() {
-                        doubt = Some((Instant::now(), reason));
-                        send_beat();
+                        let now = Instant::now();
+                        let wait = (rtt * 4).max(DOUBT_MIN).min(grace);
+                        doubt = Some((now, now + wait, reason));
+                        send_beat(&mut beat_sent);
                     }
                 }
                 // Late answers to an earlier handshake.

@@ -519,3 +519,61 @@ fn pump(
     let _ = from.shutdown(std::net::Shutdown::Both);
     let _ = to.shutdown(std::net::Shutdown::Both);
 }
+
+/// A real tmpfs of a given size mounted for a test (the disk-full tests),
+/// unmounted (lazily) when dropped. Mounting needs root: where it is not
+/// possible, [`Tmpfs::mount`] says why, and the test prints "skipped".
+pub struct Tmpfs {
+    pub dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. `"2m"`) on `dir`, created 0700.
+    pub fn mount(dir: &Path, size: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("tmpfs")
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs on {} failed (root needed): {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Writes zeros into `filler` (a file on this tmpfs) until the disk is
+    /// full, down to the last byte, and returns its path.
+    pub fn fill(&self, filler: &Path) -> PathBuf {
+        use std::io::Write;
+        let mut f = std::fs::File::create(filler)
+            .unwrap_or_else(|e| panic!("create {}: {e}", filler.display()));
+        let block = vec![0u8; 64 * 1024];
+        while f.write(&block).is_ok_and(|n| n > 0) {}
+        // The last partial block, byte by byte.
+        while f.write(&[0]).is_ok_and(|n| n == 1) {}
+        let _ = f.sync_all();
+        filler.to_path_buf()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// Mounts a [`Tmpfs`] or, where that is not possible, prints "skipped" with
+/// the reason: `let Some(disk) = tmpfs_or_skip(..) else { return };`.
+pub fn tmpfs_or_skip(dir: &Path, size: &str) -> Option<Tmpfs> {
+    Tmpfs::mount(dir, size)
+        .inspect_err(|reason| println!("skipped: {reason}"))
+        .ok()
+}

@@ -5,52 +5,10 @@
 //! publish what it could not keep, and must never number two events
 //! alike, whatever a crash left on the full disk.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tend_e2e::{Master, Minion, wait_until};
-
-/// A tmpfs of `size` mounted on `dir`, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// None (and the reason) where mounting is not possible.
-    fn mount(dir: &Path, size: &str) -> Result<Self, String> {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-            .arg("tmpfs")
-            .arg(dir)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "mount -t tmpfs failed (root needed): {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Self(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Fills the file system holding `dir` with a file, until it is full.
-fn fill(dir: &Path) -> PathBuf {
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).unwrap();
-    let chunk = vec![0u8; 4096];
-    while f.write_all(&chunk).is_ok() {}
-    let _ = f.sync_all();
-    path
-}
+use tend_e2e::{Master, Minion, tmpfs_or_skip, wait_until};
 
 /// Stored events tagged `minion/<id>/event/<tag>`.
 fn stored(master: &Master, id: &str, tag: &str) -> Vec<Value> {
@@ -81,12 +39,8 @@ fn a_minion_whose_outbox_fills_its_disk_drops_the_oldest_with_a_report_and_never
     let mut master = Master::new(&tmp.path().join("master"), "");
     // The default max_bytes (64 MiB) on a 2 MiB disk, the master down.
     let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &master, "");
-    let _disk = match Tmpfs::mount(&minion.dir.join("data"), "2m") {
-        Ok(d) => d,
-        Err(reason) => {
-            println!("skipped: {reason}");
-            return;
-        }
+    let Some(_disk) = tmpfs_or_skip(&minion.dir.join("data"), "2m") else {
+        return;
     };
     minion.start();
     // About 5 MB of events: more than twice the disk.
@@ -157,12 +111,8 @@ fn sends_that_fail_on_a_full_disk_are_not_delivered_and_a_crash_reuses_no_seq() 
     let mut master = Master::new(&tmp.path().join("master"), "");
     master.start();
     let mut minion = Minion::new(&tmp.path().join("m2"), "m2", &master, "");
-    let disk = match Tmpfs::mount(&minion.dir.join("data"), "2m") {
-        Ok(d) => d,
-        Err(reason) => {
-            println!("skipped: {reason}");
-            return;
-        }
+    let Some(disk) = tmpfs_or_skip(&minion.dir.join("data"), "2m") else {
+        return;
     };
     minion.start();
     master.wait_connected("m2");
@@ -172,7 +122,7 @@ fn sends_that_fail_on_a_full_disk_are_not_delivered_and_a_crash_reuses_no_seq() 
     });
 
     // The disk fills up under the minion.
-    let filler = fill(&disk.0);
+    let filler = disk.fill(&disk.dir.join("filler"));
     let mut succeeded = 0;
     for _ in 0..20 {
         if ok(&minion.send("during", 50)) {

@@ -5,63 +5,19 @@
 //! Runs on a real, small tmpfs mounted over the minion's data dir (the
 //! tests run as root); the mount is undone when the test ends, pass or fail.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use tend_e2e::{Master, Minion, wait_until};
-
-/// A tmpfs mounted at a path, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Self {
-        std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-            .arg("tmpfs")
-            .arg(at)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "mount a tmpfs (needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self(at.to_path_buf())
-    }
-
-    /// Writes zeros into `filler` until the disk is full.
-    fn fill(&self, filler: &Path) {
-        use std::io::Write;
-        let mut f = std::fs::File::create(filler).unwrap();
-        let block = vec![0u8; 64 * 1024];
-        loop {
-            match f.write(&block) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
-                Err(e) => panic!("fill {}: {e}", filler.display()),
-            }
-        }
-        // The last partial block, byte by byte.
-        while f.write(&[0]).is_ok_and(|n| n == 1) {}
-        let _ = f.sync_all();
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
+use tend_e2e::{Master, Minion, tmpfs_or_skip, wait_until};
 
 #[test]
 fn issue_14_item_10_a_full_disk_at_first_contact_does_not_poison_the_master_pin() {
     let tmp = tempfile::tempdir().unwrap();
     let mut master = Master::new(&tmp.path().join("master"), "");
     let dir = tmp.path().join("m");
-    let disk = Tmpfs::mount(&dir.join("data"), "2m");
+    let Some(disk) = tmpfs_or_skip(&dir.join("data"), "2m") else {
+        return;
+    };
     // The minion starts with no master to talk to: it makes its key and
     // its outbox, but has pinned nothing yet.
     let mut minion = Minion::new(&dir, "web1", &master, "");

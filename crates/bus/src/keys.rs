@@ -641,6 +641,22 @@ impl KeyStore {
         }
     }
 
+    /// The accepted keys of both kinds: the handshakes a master serves
+    /// first, from its start (not only once each key has opened a session).
+    pub fn accepted_keys(&self) -> Vec<[u8; 32]> {
+        let mut out = Vec::new();
+        for kind in [PeerKind::Minion, PeerKind::Operator] {
+            for name in self.names(kind, KeyState::Accepted) {
+                out.extend(
+                    self.read(kind, KeyState::Accepted, &name)
+                        .into_iter()
+                        .filter_map(|k| <[u8; 32]>::try_from(k.as_slice()).ok()),
+                );
+            }
+        }
+        out
+    }
+
     /// Every key, of both kinds, in every state.
     pub fn list(&self) -> Vec<KeyEntry> {
         let labels = self.lock().labels.clone();
@@ -1130,6 +1146,23 @@ mod tests {
 
     fn names(entries: Vec<KeyEntry>) -> Vec<String> {
         entries.into_iter().map(|e| e.name).collect()
+    }
+
+    #[test]
+    fn accepted_keys_of_both_kinds_are_known_from_the_files() {
+        let (dir, s) = store(false, vec![]);
+        let (m, o) = (PeerKind::Minion, PeerKind::Operator);
+        s.check(m, "web1", &[1; 32]);
+        s.check(m, "web2", &[2; 32]);
+        s.check(o, "ops", &[3; 32]);
+        s.accept(m, "web1", None).unwrap();
+        s.accept(o, "ops", None).unwrap();
+        drop(s);
+        // A master started again reads them back; pending ones are not known.
+        let s = KeyStore::open(dir.path(), false, vec![]).unwrap();
+        let mut known = s.accepted_keys();
+        known.sort();
+        assert_eq!(known, vec![[1; 32], [3; 32]]);
     }
 
     #[test]

@@ -150,7 +150,8 @@ struct Shared {
     control: mpsc::Sender<(Responder, ControlRequest)>,
     keys: Arc<KeyStore>,
     handshakes: Arc<Hellos>,
-    /// Keys that have opened a session: their hellos are served first.
+    /// Keys accepted at start or that have opened a session since: their
+    /// hellos are served first.
     known_keys: RwLock<HashSet<[u8; 32]>>,
     responder: handshake::Responder,
     commands: OnceLock<Weak<SocketThread>>,
@@ -201,9 +202,11 @@ impl MasterBus {
             inbound: tx,
             presence,
             control,
+            // Accepted keys are known from the start: after a master
+            // restart, its minions' hellos are served ahead of a flood.
+            known_keys: RwLock::new(keys.accepted_keys().into_iter().collect()),
             keys,
             handshakes: handshakes.clone(),
-            known_keys: RwLock::default(),
             responder: handshake::Responder::new(identity),
             commands: OnceLock::new(),
         });

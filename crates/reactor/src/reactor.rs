@@ -541,10 +541,10 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn groups_per_rule_are_capped_and_the_oldest_give_way() {
-        // A cap of 3: one group goes at a time.
-        let mut r = Reactor::new(rules(
+    /// A count rule grouped by a user from event data, keeping at most
+    /// `max_groups` groups.
+    fn per_user(max_groups: usize) -> Reactor {
+        Reactor::new(rules(&format!(
             r#"
             [[rule]]
             name = "per-user"
@@ -552,11 +552,17 @@ mod tests {
             group_by = ["data.user"]
             count = 2
             window = "1h"
-            max_groups = 3
+            max_groups = {max_groups}
             [[rule.action]]
             fire = "twice"
-            "#,
-        ));
+            "#
+        )))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn groups_per_rule_are_capped_and_the_oldest_give_way() {
+        // A cap of 3: one group goes at a time.
+        let mut r = per_user(3);
         // A thousand users from event data: no more than 3 groups kept.
         for i in 0..1000 {
             r.on_event(&user_login(&format!("u{i}")), Instant::now());
@@ -577,19 +583,7 @@ mod tests {
 
         // A cap of 640: the oldest 10 (a 64th) go together, never
         // more groups than the cap, never a new one.
-        let mut r = Reactor::new(rules(
-            r#"
-            [[rule]]
-            name = "per-user"
-            on = "minion/*/beacon/login/*"
-            group_by = ["data.user"]
-            count = 2
-            window = "1h"
-            max_groups = 640
-            [[rule.action]]
-            fire = "twice"
-            "#,
-        ));
+        let mut r = per_user(640);
         for i in 0..5000 {
             r.on_event(&user_login(&format!("u{i}")), Instant::now());
             advance(Duration::from_millis(10)).await;

@@ -8,13 +8,19 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use tend_bus::ControlClient;
-use tend_proto::v1::{FollowEvents, control_reply, control_request};
+use tend_proto::v1::{FollowEvents, StoredEvent, control_reply, control_request};
 
-use crate::{json, show};
+use crate::errors::{ConnectError, RequestError};
+use crate::output::{self, json};
+use crate::request;
 
+/// Which events to follow.
 pub struct Filter {
+    /// Only this minion's; empty: every minion's.
     pub minion: String,
+    /// Only those whose tag matches this glob; empty: every tag.
     pub tag: String,
+    /// First the events stored since then (microseconds); 0: only new ones.
     pub since_us: i64,
 }
 
@@ -27,8 +33,10 @@ const GRACE: Duration = Duration::from_secs(2);
 const RETRY: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// Prints the events that match `filter` as they are stored, until
+/// interrupted; ends only on an error that asking again would not mend.
 pub fn run(
-    connect: impl Fn() -> anyhow::Result<ControlClient>,
+    connect: impl Fn() -> Result<ControlClient, ConnectError>,
     filter: Filter,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -59,13 +67,13 @@ pub fn run(
                     if json {
                         println!("{}", json::event(e));
                     } else {
-                        show::event_line(e);
+                        output::events::line(e);
                     }
                 }
                 after = last;
             }
             // A refusal (a bad glob, say) will not change by asking again.
-            Err(e) if e.downcast_ref::<crate::MasterSaid>().is_some() => return Err(e),
+            Err(e @ RequestError::MasterSaid(_)) => return Err(e.into()),
             Err(e) => {
                 if lost_since.is_none() {
                     eprintln!("tend: {e}; reconnecting (the tail goes on where it stopped)");
@@ -82,10 +90,10 @@ fn poll(
     client: &mut ControlClient,
     filter: &Filter,
     after: u64,
-) -> anyhow::Result<(Vec<tend_proto::v1::StoredEvent>, u64)> {
+) -> Result<(Vec<StoredEvent>, u64), RequestError> {
     let mut events = Vec::new();
     let mut last = after;
-    crate::call(
+    request::call(
         client,
         control_request::Body::FollowEvents(FollowEvents {
             minion: filter.minion.clone(),

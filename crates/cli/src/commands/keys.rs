@@ -16,10 +16,22 @@ use clap::Subcommand;
 use tend_bus::ControlClient;
 use tend_proto::v1::{ChangeKeys, KeyInfo, KeysChanged, ListKeys, control_reply, control_request};
 
-use crate::{QUERY_TIMEOUT, call, json, show};
+use crate::context::Ctx;
+use crate::output::{self, json};
+use crate::{connection, request};
+
+/// Manage minion and operator keys (like salt-key).
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  tend keys list\n  tend keys accept 'web*'\n  tend keys accept web2 --fingerprint sha256:0f3c...\n  tend keys reject db3\n  tend keys accept --operator alice\n  tend keys label db1 role=db"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    what: KeysCommand,
+}
 
 #[derive(Subcommand)]
-pub enum KeysCommand {
+enum KeysCommand {
     /// Every key the master knows, by state, with fingerprints and labels,
     /// and the master's own.
     List,
@@ -76,18 +88,15 @@ fn kind(operator: bool) -> String {
 }
 
 fn change(client: &mut ControlClient, req: ChangeKeys) -> anyhow::Result<KeysChanged> {
-    let mut changed = None;
-    call(
+    request::ask(
         client,
         control_request::Body::ChangeKeys(req),
-        QUERY_TIMEOUT,
-        |body| {
-            if let control_reply::Body::KeysChanged(k) = body {
-                changed = Some(k);
-            }
+        |body| match body {
+            control_reply::Body::KeysChanged(k) => Some(k),
+            _ => None,
         },
-    )?;
-    changed.ok_or_else(|| anyhow!("the master sent no answer to the key change"))
+    )?
+    .ok_or_else(|| anyhow!("the master sent no answer to the key change"))
 }
 
 fn is_glob(pattern: &str) -> bool {
@@ -110,25 +119,24 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }
 
-pub fn exec(client: &mut ControlClient, what: KeysCommand, json: bool) -> anyhow::Result<ExitCode> {
-    let (action, changed) = match what {
+pub fn exec(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
+    let json = ctx.json();
+    let client = &mut connection::connect(&ctx.global)?;
+    let (action, changed) = match args.what {
         KeysCommand::List => {
-            let mut keys = None;
-            call(
+            let keys = request::ask(
                 client,
                 control_request::Body::ListKeys(ListKeys {}),
-                QUERY_TIMEOUT,
-                |body| {
-                    if let control_reply::Body::Keys(k) = body {
-                        keys = Some(k);
-                    }
+                |body| match body {
+                    control_reply::Body::Keys(k) => Some(k),
+                    _ => None,
                 },
-            )?;
-            let keys = keys.ok_or_else(|| anyhow!("the master sent no keys"))?;
+            )?
+            .ok_or_else(|| anyhow!("the master sent no keys"))?;
             if json {
                 println!("{}", json::keys(&keys));
             } else {
-                show::keys(&keys);
+                output::keys::list(&keys);
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -247,40 +255,9 @@ pub fn exec(client: &mut ControlClient, what: KeysCommand, json: bool) -> anyhow
         ),
     };
     if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "action": action,
-                "names": changed.names,
-                "keys": changed.keys.iter().map(json::key).collect::<Vec<_>>(),
-                "notes": changed.notes,
-            })
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let done = match action {
-        "accept" => "accepted",
-        "reject" => "rejected",
-        "label" => "labelled",
-        _ => "deleted",
-    };
-    if changed.keys.is_empty() {
-        println!("nothing to change");
-    }
-    for k in &changed.keys {
-        if action == "label" {
-            let labels: Vec<String> = {
-                let mut l: Vec<_> = k.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                l.sort();
-                l
-            };
-            println!("{done}: {} ({})", k.name, labels.join(" "));
-        } else {
-            println!("{done}: {} ({})", k.name, k.fingerprint);
-        }
-    }
-    for n in &changed.notes {
-        println!("note: {n}");
+        println!("{}", json::keys_changed(action, &changed));
+    } else {
+        output::keys::changed(action, &changed);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,9 +4,11 @@
 
 use serde_json::{Value, json};
 use tend_proto::v1::{
-    Job, KeyList, MinionInfo, MinionResult, Outcome, StateResult, Status, StoredEvent,
+    Event, Job, KeyInfo, KeyList, KeysChanged, MinionInfo, MinionResult, Outcome, PingResult,
+    StateResult, Status, StoredEvent,
 };
 
+/// A time as RFC 3339 to the microsecond; null for none.
 pub fn time(us: i64) -> Value {
     if us <= 0 {
         return Value::Null;
@@ -22,6 +24,7 @@ fn data(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).unwrap_or_else(|_| json!(String::from_utf8_lossy(bytes)))
 }
 
+/// A stored event.
 pub fn event(e: &StoredEvent) -> Value {
     let ev = e.event.clone().unwrap_or_default();
     json!({
@@ -36,6 +39,7 @@ pub fn event(e: &StoredEvent) -> Value {
     })
 }
 
+/// A state result's outcome as a word.
 pub fn outcome(o: i32) -> &'static str {
     match Outcome::try_from(o).unwrap_or(Outcome::Unspecified) {
         Outcome::Ok => "ok",
@@ -60,6 +64,7 @@ fn state(s: &StateResult) -> Value {
     })
 }
 
+/// One minion's part of a job, with every state result.
 pub fn minion_result(r: &MinionResult) -> Value {
     json!({
         "minion": r.minion,
@@ -70,6 +75,7 @@ pub fn minion_result(r: &MinionResult) -> Value {
     })
 }
 
+/// A job with every minion's result.
 pub fn job(j: &Job) -> Value {
     json!({
         "id": j.id,
@@ -88,6 +94,7 @@ pub fn job(j: &Job) -> Value {
     })
 }
 
+/// A minion as `tend minions` lists it.
 pub fn minion(m: &MinionInfo) -> Value {
     json!({
         "id": m.id,
@@ -100,6 +107,7 @@ pub fn minion(m: &MinionInfo) -> Value {
     })
 }
 
+/// The master's status and counters.
 pub fn status(s: &Status) -> Value {
     let counters: std::collections::BTreeMap<_, _> = s.counters.iter().collect();
     json!({
@@ -111,6 +119,7 @@ pub fn status(s: &Status) -> Value {
     })
 }
 
+/// Every key the master knows, and its own fingerprint.
 pub fn keys(k: &KeyList) -> Value {
     json!({
         "master_fingerprint": k.master_fingerprint,
@@ -118,7 +127,8 @@ pub fn keys(k: &KeyList) -> Value {
     })
 }
 
-pub fn key(k: &tend_proto::v1::KeyInfo) -> Value {
+/// One key.
+pub fn key(k: &KeyInfo) -> Value {
     let labels: std::collections::BTreeMap<_, _> = k.labels.iter().collect();
     json!({
         "name": k.name, "kind": k.kind, "state": k.state, "fingerprint": k.fingerprint,
@@ -126,7 +136,8 @@ pub fn key(k: &tend_proto::v1::KeyInfo) -> Value {
     })
 }
 
-pub fn pong(p: &tend_proto::v1::PingResult) -> Value {
+/// One minion's answer to a ping.
+pub fn pong(p: &PingResult) -> Value {
     json!({
         "minion": p.minion,
         "ok": p.ok,
@@ -134,4 +145,55 @@ pub fn pong(p: &tend_proto::v1::PingResult) -> Value {
         "rtt_ms": p.rtt_us as f64 / 1000.0,
         "error": if p.error.is_empty() { Value::Null } else { json!(p.error) },
     })
+}
+
+/// `tend minion show`: the minion as listed, with its key's fingerprint,
+/// its recent events and its last jobs.
+pub fn minion_detail(
+    m: &MinionInfo,
+    fingerprint: &str,
+    events: &[StoredEvent],
+    jobs: &[Job],
+) -> Value {
+    let mut v = minion(m);
+    v["fingerprint"] = json!(fingerprint);
+    v["events"] = events.iter().map(event).collect();
+    v["jobs"] = jobs.iter().map(job).collect();
+    v
+}
+
+/// What `tend keys accept|reject|delete|label` changed.
+pub fn keys_changed(action: &str, changed: &KeysChanged) -> Value {
+    json!({
+        "action": action,
+        "names": changed.names,
+        "keys": changed.keys.iter().map(key).collect::<Vec<_>>(),
+        "notes": changed.notes,
+    })
+}
+
+/// `tend reactor reload`: how many rules are in force.
+pub fn reloaded(rules: u32) -> Value {
+    json!({"rules": rules})
+}
+
+/// `tend reactor test`: the rules the event's tag matched, whether each
+/// condition holds, their actions, and the explanation in words.
+pub fn reactor_test(rules: &tend_reactor::Rules, event: &Event, explanation: &[String]) -> Value {
+    let matched: Vec<Value> = rules
+        .matches(event)
+        .iter()
+        .map(|m| {
+            let r = rules.get(m.rule);
+            json!({
+                "rule": &*r.name,
+                "file": r.file,
+                "condition": r.when,
+                "holds": m.holds,
+                "error": m.error,
+                "actions": r.actions.iter().map(|a| a.kind()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({"tag": event.tag, "matched": matched, "explanation": explanation})
 }

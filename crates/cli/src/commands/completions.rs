@@ -1,0 +1,25 @@
+//! `tend completions SHELL`: a shell completion script, from the same
+//! definitions as `--help`.
+
+use std::process::ExitCode;
+
+use crate::context::Ctx;
+
+/// Print a shell completion script.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  tend completions bash > /etc/bash_completion.d/tend\n  tend completions zsh > \"${fpath[1]}/_tend\"\n  tend completions fish > ~/.config/fish/completions/tend.fish"
+)]
+pub struct Args {
+    shell: clap_complete::Shell,
+}
+
+pub fn exec(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
+    clap_complete::generate(
+        args.shell,
+        &mut (ctx.definition)(),
+        "tend",
+        &mut std::io::stdout(),
+    );
+    Ok(ExitCode::SUCCESS)
+}

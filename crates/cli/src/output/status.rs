@@ -1,0 +1,32 @@
+//! The master's status for people (`tend status`): version, uptime, a
+//! failing store, and every counter.
+
+use tend_proto::v1::Status;
+
+use super::table;
+
+/// The master's version and start, a failing store loudly, then the
+/// counters as a table.
+pub fn show(s: &Status) {
+    println!(
+        "tend-master {} (up since {})",
+        s.version,
+        table::time(s.started_us)
+    );
+    if !s.store_error.is_empty() {
+        println!(
+            "STORE FAILING since {}: {} (events are not acknowledged; minions keep them)",
+            table::time(s.store_failing_since_us),
+            s.store_error
+        );
+    }
+    let mut counters: Vec<_> = s.counters.iter().collect();
+    counters.sort();
+    table::print(
+        &["COUNTER", "VALUE"],
+        counters
+            .into_iter()
+            .map(|(k, v)| vec![k.clone(), v.to_string()])
+            .collect(),
+    );
+}

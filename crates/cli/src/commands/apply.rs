@@ -30,6 +30,7 @@ pub struct Args {
     timeout: u64,
 }
 
+/// Runs `tend apply`; its exit status.
 pub fn exec(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     let json = ctx.json();
     let mut client = connection::connect(&ctx.global)?;

@@ -14,6 +14,7 @@ pub struct Args {
     shell: clap_complete::Shell,
 }
 
+/// Runs `tend completions`; its exit status.
 pub fn exec(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     clap_complete::generate(
         args.shell,

@@ -37,6 +37,7 @@ pub struct Args {
     limit: u32,
 }
 
+/// Runs `tend events`; its exit status.
 pub fn exec(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     let json = ctx.json();
     if args.follow {

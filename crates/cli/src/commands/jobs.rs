@@ -27,6 +27,7 @@ enum JobsCommand {
     Show { id: u64 },
 }
 
+/// Runs `tend jobs`; its exit status.
 pub fn exec(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     let json = ctx.json();
     let mut client = connection::connect(&ctx.global)?;

@@ -17,6 +17,7 @@ pub struct Args {
     dir: Option<PathBuf>,
 }
 
+/// Runs `tend man`; its exit status.
 pub fn exec(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     let Some(dir) = args.dir else {
         clap_mangen::Man::new((ctx.definition)()).render(&mut std::io::stdout())?;

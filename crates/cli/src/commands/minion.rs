@@ -31,6 +31,7 @@ enum MinionCommand {
     },
 }
 
+/// Runs `tend minion`; its exit status.
 pub fn exec(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     let mut client = connection::connect(&ctx.global)?;
     match args.what {

@@ -13,6 +13,7 @@ use crate::{connection, request};
 )]
 pub struct Args {}
 
+/// Runs `tend minions`; its exit status.
 pub fn exec(ctx: &Ctx, _args: Args) -> anyhow::Result<ExitCode> {
     let mut client = connection::connect(&ctx.global)?;
     let minions = request::list_minions(&mut client)?;

@@ -39,6 +39,7 @@ enum ReactorCommand {
     },
 }
 
+/// Runs `tend reactor`; its exit status.
 pub fn exec(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     match args.what {
         ReactorCommand::Reload => reload(ctx),

@@ -14,6 +14,7 @@ use crate::{connection, request};
 #[command(after_help = "Example:\n  tend status --json | jq .counters.events_stored")]
 pub struct Args {}
 
+/// Runs `tend status`; its exit status.
 pub fn exec(ctx: &Ctx, _args: Args) -> anyhow::Result<ExitCode> {
     let mut client = connection::connect(&ctx.global)?;
     let status = request::ask(

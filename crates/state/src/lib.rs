@@ -30,9 +30,9 @@ pub use engine::{ApplyOptions, apply, order};
 pub use ledger::{Fingerprint, Ledger};
 pub use mode::{Mode, ModeError};
 pub use parse::parse_state_file;
-pub use target::{Target, TargetError};
+pub use target::{Target, TargetError, TargetProblem};
 pub use template::{
-    Context as TemplateContext, render_shell as render_shell_template,
+    Context as TemplateContext, TemplateError, render_shell as render_shell_template,
     render_with as render_template,
 };
 pub use tree::{StateTree, TopFile};

@@ -46,6 +46,7 @@ pub struct State {
     pub id: String,
     /// The state file it came from, by name (`motd`, `web.nginx`).
     pub sls: String,
+    /// Its type and that type's keys.
     pub spec: Spec,
     #[serde(default, skip_serializing_if = "Requisites::is_empty")]
     pub requisites: Requisites,
@@ -84,6 +85,7 @@ pub struct Requisites {
 }
 
 impl Requisites {
+    /// No requisite at all.
     pub fn is_empty(&self) -> bool {
         self.require.is_empty()
             && self.watch.is_empty()
@@ -133,10 +135,14 @@ fn is_default<T: Default + PartialEq>(t: &T) -> bool {
     *t == T::default()
 }
 
+/// A state file, a state in it, or a set of states that cannot be used;
+/// the message names the file, the state and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    /// The file as a whole: unreadable, not TOML, a cycle through it.
     #[error("{file}: {message}")]
     File { file: String, message: String },
+    /// One state of the file: a key missing, unknown or unusable.
     #[error("{file}: state {state:?}: {message}")]
     Invalid {
         file: String,
@@ -145,8 +151,10 @@ pub enum StateError {
     },
     #[error("state {name:?} not found: no {path} in the state tree")]
     NotFound { name: String, path: String },
+    /// A path from a state file or a name that could leave the state root.
     #[error("refused path {path:?}: {reason}")]
     UnsafePath { path: String, reason: String },
+    /// Requisites that wait on each other (`a -> b -> a`).
     #[error("requisites form a cycle: {0}")]
     Cycle(String),
 }

@@ -1,7 +1,7 @@
-//! `cmd.run`: run a command, unless `unless`, `onlyif` or `creates` say it
-//! is not needed. Exit status 0 is a change; anything else is a failure.
-//! Output is reported, cut at 64 KiB per stream: it is read through a
-//! fixed buffer, the rest counted and dropped, never held.
+//! Running a command (for `cmd.run`, the package and service states, the
+//! command beacon and `tend run`) to completion or a timeout. Output is
+//! reported, cut at 64 KiB per stream: it is read through a fixed buffer,
+//! the rest counted and dropped, never held.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;

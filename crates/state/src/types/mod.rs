@@ -2,8 +2,8 @@
 //!
 //! A state type is one module: its config (the keys a state file gives
 //! it, `serde(deny_unknown_fields)`), what serde cannot check about them
-//! ([`StateType::validate`]), and how it makes them so
-//! ([`StateType::run`]: idempotent, a dry run when `ctx.test`, a diff
+//! (`StateType::validate`), and how it makes them so
+//! (`StateType::run`: idempotent, a dry run when `ctx.test`, a diff
 //! where there is one). Each is documented in docs/reference.md under
 //! `### state: <type>`; a test here fails when one is not.
 //!

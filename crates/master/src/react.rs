@@ -278,7 +278,7 @@ fn render(s: &str, ctx: &Value) -> Result<String, String> {
     if !s.contains("{{") && !s.contains("{%") {
         return Ok(s.to_string());
     }
-    tend_state::render_template(s, ctx)
+    tend_state::render_template(s, ctx).map_err(|e| e.to_string())
 }
 
 fn render_json(v: &Value, ctx: &Value) -> Result<Value, String> {
@@ -389,7 +389,8 @@ fn act(master: &Arc<Master>, fire: Fire, made: &mut Made) {
                 let argv: Result<Vec<String>, String> = match command {
                     RunCommand::Argv(a) => a.iter().map(|c| render(c, &ctx)).collect(),
                     RunCommand::Shell(script) => tend_state::render_shell_template(script, &ctx)
-                        .map(|s| vec!["/bin/sh".into(), "-c".into(), s]),
+                        .map(|s| vec!["/bin/sh".into(), "-c".into(), s])
+                        .map_err(|e| e.to_string()),
                 };
                 match argv.and_then(|a| Ok((a, minions(master, target, &ctx, &fire.event)?))) {
                     Ok((argv, minions)) => {

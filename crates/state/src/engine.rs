@@ -13,9 +13,11 @@ use std::time::Instant;
 
 use tend_proto::v1::{Outcome, StateResult};
 
-use crate::ledger::{Fingerprint, Ledger};
-use crate::{Spec, State, StateError};
+use crate::ctx::{Change, Ctx};
+use crate::ledger::Ledger;
+use crate::{State, StateError};
 
+/// How [`apply`] runs a set of states.
 pub struct ApplyOptions<'a> {
     /// Dry run: change nothing, report what would change.
     pub test: bool,
@@ -25,95 +27,6 @@ pub struct ApplyOptions<'a> {
     pub ledger: Option<&'a Ledger>,
     /// Where `backup = true` keeps replaced files.
     pub backup_dir: Option<&'a Path>,
-}
-
-pub(crate) struct Ctx<'a> {
-    pub test: bool,
-    pub job: u64,
-    pub ledger: Option<&'a Ledger>,
-    pub backup_dir: Option<&'a Path>,
-    /// States this one watches that changed (empty: no watch fired).
-    pub watch_fired: Vec<String>,
-    /// Paths the file states of the run manage (for `clean`).
-    pub managed_paths: &'a [String],
-}
-
-impl Ctx<'_> {
-    /// The state is about to leave `path` as `fingerprint`.
-    pub fn will_leave(&self, path: &Path, fingerprint: Fingerprint) {
-        if let Some(ledger) = self.ledger {
-            ledger.record(path, fingerprint, self.job);
-        }
-    }
-}
-
-/// What one state did, or would do.
-pub(crate) struct Change {
-    pub outcome: Outcome,
-    pub comment: String,
-    pub diff: String,
-    pub changes: serde_json::Map<String, serde_json::Value>,
-}
-
-impl Change {
-    pub fn none(comment: impl Into<String>) -> Self {
-        Self {
-            outcome: Outcome::Ok,
-            comment: comment.into(),
-            diff: String::new(),
-            changes: Default::default(),
-        }
-    }
-
-    pub fn changed(
-        comment: impl Into<String>,
-        diff: String,
-        changes: serde_json::Map<String, serde_json::Value>,
-    ) -> Self {
-        Self {
-            outcome: Outcome::Changed,
-            comment: comment.into(),
-            diff,
-            changes,
-        }
-    }
-
-    /// In a dry run: what would happen.
-    pub fn would(
-        comment: impl Into<String>,
-        diff: String,
-        changes: serde_json::Map<String, serde_json::Value>,
-    ) -> Self {
-        Self {
-            outcome: Outcome::WouldChange,
-            comment: format!("would be {}", comment.into()),
-            diff,
-            changes,
-        }
-    }
-
-    /// Changed, or would change in a dry run.
-    pub fn did(
-        test: bool,
-        comment: impl Into<String>,
-        diff: String,
-        changes: serde_json::Map<String, serde_json::Value>,
-    ) -> Self {
-        if test {
-            Self::would(comment, diff, changes)
-        } else {
-            Self::changed(comment, diff, changes)
-        }
-    }
-
-    fn skipped(comment: String) -> Self {
-        Self {
-            outcome: Outcome::Skipped,
-            comment,
-            diff: String::new(),
-            changes: Default::default(),
-        }
-    }
 }
 
 /// The order to run `states` in: requisites first, otherwise as declared.
@@ -189,18 +102,7 @@ pub fn apply(states: &[State], opts: &ApplyOptions) -> Vec<StateResult> {
         Err(e) => {
             return states
                 .iter()
-                .map(|s| {
-                    result(
-                        s,
-                        Change {
-                            outcome: Outcome::Failed,
-                            comment: e.to_string(),
-                            diff: String::new(),
-                            changes: Default::default(),
-                        },
-                        0,
-                    )
-                })
+                .map(|s| result(s, Change::failed(e.to_string()), 0))
                 .collect();
         }
     };
@@ -262,32 +164,12 @@ pub fn apply(states: &[State], opts: &ApplyOptions) -> Vec<StateResult> {
                     .collect(),
                 managed_paths: &managed_paths,
             };
-            run(&state.spec, &ctx).unwrap_or_else(|e| Change {
-                outcome: Outcome::Failed,
-                comment: e,
-                diff: String::new(),
-                changes: Default::default(),
-            })
+            state.spec.run(&ctx)
         };
         outcomes.insert(state.id.as_str(), change.outcome);
         out.push(result(state, change, start.elapsed().as_micros() as u64));
     }
     out
-}
-
-fn run(spec: &Spec, ctx: &Ctx) -> Result<Change, String> {
-    match spec {
-        Spec::FileManaged(f) => crate::file::managed(f, ctx),
-        Spec::FileAbsent(f) => crate::file::absent(f, ctx),
-        Spec::FileDirectory(f) => crate::file::directory(f, ctx),
-        Spec::FileSymlink(f) => crate::file::symlink(f, ctx),
-        Spec::FileLine(f) => crate::file::line(f, ctx),
-        Spec::CmdRun(c) => crate::cmd::run(c, ctx),
-        Spec::ServiceRunning(s) => crate::service::running(s, ctx),
-        Spec::ServiceDead(s) => crate::service::dead(s, ctx),
-        Spec::PkgInstalled(p) => crate::pkg::installed(p, ctx),
-        Spec::PkgRemoved(p) => crate::pkg::removed(p, ctx),
-    }
 }
 
 fn result(state: &State, change: Change, duration_us: u64) -> StateResult {

@@ -12,33 +12,31 @@
 
 mod at;
 mod cmd;
+mod ctx;
 mod engine;
-mod file;
 mod ledger;
 mod mode;
 mod owner;
 mod parse;
-mod pkg;
-mod service;
 mod target;
 mod template;
 mod tree;
-
-use std::collections::BTreeMap;
+pub mod types;
 
 use serde::{Deserialize, Serialize};
 
 pub use cmd::{Output as CommandOutput, exec as run_command, set_command_umask};
 pub use engine::{ApplyOptions, apply, order};
 pub use ledger::{Fingerprint, Ledger};
-pub use mode::Mode;
+pub use mode::{Mode, ModeError};
 pub use parse::parse_state_file;
-pub use target::{Target, TargetError};
+pub use target::{Target, TargetError, TargetProblem};
 pub use template::{
-    Context as TemplateContext, render_shell as render_shell_template,
+    Context as TemplateContext, TemplateError, render_shell as render_shell_template,
     render_with as render_template,
 };
 pub use tree::{StateTree, TopFile};
+pub use types::Spec;
 
 /// One state, ready to run on a minion.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +46,7 @@ pub struct State {
     pub id: String,
     /// The state file it came from, by name (`motd`, `web.nginx`).
     pub sls: String,
+    /// Its type and that type's keys.
     pub spec: Spec,
     #[serde(default, skip_serializing_if = "Requisites::is_empty")]
     pub requisites: Requisites,
@@ -62,8 +61,7 @@ impl State {
     /// `file.managed` whose mode lets others no read (`0600`, `0640`):
     /// its author already said not everyone may read it.
     pub fn holds_secret(&self) -> bool {
-        self.secret
-            || matches!(&self.spec, Spec::FileManaged(f) if f.mode.is_some_and(|m| m.0 & 0o004 == 0))
+        self.secret || self.spec.implies_secret()
     }
 }
 
@@ -87,6 +85,7 @@ pub struct Requisites {
 }
 
 impl Requisites {
+    /// No requisite at all.
     pub fn is_empty(&self) -> bool {
         self.require.is_empty()
             && self.watch.is_empty()
@@ -104,189 +103,6 @@ impl Requisites {
     }
 }
 
-/// What a state does: one variant per state type.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", deny_unknown_fields)]
-pub enum Spec {
-    #[serde(rename = "file.managed")]
-    FileManaged(FileManaged),
-    #[serde(rename = "file.absent")]
-    FileAbsent(FileAbsent),
-    #[serde(rename = "file.directory")]
-    FileDirectory(FileDirectory),
-    #[serde(rename = "file.symlink")]
-    FileSymlink(FileSymlink),
-    #[serde(rename = "file.line")]
-    FileLine(FileLine),
-    #[serde(rename = "cmd.run")]
-    CmdRun(CmdRun),
-    #[serde(rename = "service.running")]
-    ServiceRunning(Service),
-    #[serde(rename = "service.dead")]
-    ServiceDead(Service),
-    #[serde(rename = "pkg.installed")]
-    PkgInstalled(Pkg),
-    #[serde(rename = "pkg.removed")]
-    PkgRemoved(Pkg),
-}
-
-/// Every state type, as written in state files.
-pub const TYPES: &[&str] = &[
-    "file.managed",
-    "file.absent",
-    "file.directory",
-    "file.symlink",
-    "file.line",
-    "cmd.run",
-    "service.running",
-    "service.dead",
-    "pkg.installed",
-    "pkg.removed",
-];
-
-impl Spec {
-    /// The state type as written in state files.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Spec::FileManaged(_) => "file.managed",
-            Spec::FileAbsent(_) => "file.absent",
-            Spec::FileDirectory(_) => "file.directory",
-            Spec::FileSymlink(_) => "file.symlink",
-            Spec::FileLine(_) => "file.line",
-            Spec::CmdRun(_) => "cmd.run",
-            Spec::ServiceRunning(_) => "service.running",
-            Spec::ServiceDead(_) => "service.dead",
-            Spec::PkgInstalled(_) => "pkg.installed",
-            Spec::PkgRemoved(_) => "pkg.removed",
-        }
-    }
-
-    /// What the state is about, for results (a path, a command, a name).
-    pub fn name(&self) -> String {
-        match self {
-            Spec::FileManaged(f) => f.path.clone(),
-            Spec::FileAbsent(f) => f.path.clone(),
-            Spec::FileDirectory(f) => f.path.clone(),
-            Spec::FileSymlink(f) => f.path.clone(),
-            Spec::FileLine(f) => f.path.clone(),
-            Spec::CmdRun(c) => c.command.display(),
-            Spec::ServiceRunning(s) | Spec::ServiceDead(s) => s.name.clone(),
-            Spec::PkgInstalled(p) | Spec::PkgRemoved(p) => p.name.clone(),
-        }
-    }
-
-    /// The path a file state manages (for `file.directory`'s `clean`).
-    pub fn path(&self) -> Option<&str> {
-        match self {
-            Spec::FileManaged(f) => Some(&f.path),
-            Spec::FileAbsent(f) => Some(&f.path),
-            Spec::FileDirectory(f) => Some(&f.path),
-            Spec::FileSymlink(f) => Some(&f.path),
-            Spec::FileLine(f) => Some(&f.path),
-            _ => None,
-        }
-    }
-}
-
-/// `file.managed`: a file with exactly these contents, mode and owner.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileManaged {
-    /// Absolute path on the minion.
-    pub path: String,
-    /// The contents. In a state file either `contents` or `source`; the
-    /// master reads a source (and renders a template) into `contents`
-    /// before sending.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub contents: Option<String>,
-    /// A file in the state tree, relative to its root.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// The contents are a template (minijinja): `{{ facts.hostname }}`,
-    /// `{{ minion }}`, `{{ event.data.path }}`.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub template: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<Mode>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// Create missing parent directories.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub makedirs: bool,
-    /// Keep the file being replaced, under the minion's data dir.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub backup: bool,
-}
-
-/// `file.absent`: nothing at this path (a file, a link, or a whole tree).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileAbsent {
-    pub path: String,
-}
-
-/// `file.directory`: a directory with this mode and owner.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileDirectory {
-    pub path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<Mode>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// Create missing parents.
-    #[serde(default = "yes", skip_serializing_if = "is_true")]
-    pub makedirs: bool,
-    /// Remove entries no other state in the same run manages.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub clean: bool,
-}
-
-/// `file.symlink`: a symbolic link to `target`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSymlink {
-    pub path: String,
-    pub target: String,
-    /// Replace a file (or empty directory) that is in the way.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub force: bool,
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub makedirs: bool,
-}
-
-/// What `file.line` makes true.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LineEnsure {
-    /// `line` is in the file: the first line matching `match` becomes
-    /// `line`, or `line` is appended.
-    #[default]
-    Present,
-    /// No line matches `match` (or equals `line`).
-    Absent,
-    /// Every line matching `match` becomes `line`; nothing is added.
-    Replace,
-}
-
-/// `file.line`: one line of a file, present, absent or replaced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileLine {
-    pub path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub line: Option<String>,
-    /// A regular expression the line to act on matches.
-    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
-    pub pattern: Option<String>,
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub ensure: LineEnsure,
-}
-
 /// A command: a string run by `sh -c`, or an argument list run directly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -296,6 +112,7 @@ pub enum Command {
 }
 
 impl Command {
+    /// The command as one line, for results and messages.
     pub fn display(&self) -> String {
         match self {
             Command::Shell(s) => s.clone(),
@@ -304,46 +121,7 @@ impl Command {
     }
 }
 
-/// `cmd.run`: run a command (unless it is not needed).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CmdRun {
-    pub command: Command,
-    /// Skip when this command succeeds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unless: Option<Command>,
-    /// Run only when this command succeeds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub onlyif: Option<Command>,
-    /// Skip when this path exists.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub creates: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cwd: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
-    /// Seconds before the command is killed (default 600).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<u64>,
-}
-
-/// `service.running` / `service.dead`: a systemd unit's state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Service {
-    pub name: String,
-    /// Also enabled (or disabled) at boot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enable: Option<bool>,
-}
-
-/// `pkg.installed` / `pkg.removed`: a Debian package.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pkg {
-    pub name: String,
-}
-
+// For serde's `default` and `skip_serializing_if` in the state types.
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -357,10 +135,14 @@ fn is_default<T: Default + PartialEq>(t: &T) -> bool {
     *t == T::default()
 }
 
+/// A state file, a state in it, or a set of states that cannot be used;
+/// the message names the file, the state and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    /// The file as a whole: unreadable, not TOML, a cycle through it.
     #[error("{file}: {message}")]
     File { file: String, message: String },
+    /// One state of the file: a key missing, unknown or unusable.
     #[error("{file}: state {state:?}: {message}")]
     Invalid {
         file: String,
@@ -369,8 +151,10 @@ pub enum StateError {
     },
     #[error("state {name:?} not found: no {path} in the state tree")]
     NotFound { name: String, path: String },
+    /// A path from a state file or a name that could leave the state root.
     #[error("refused path {path:?}: {reason}")]
     UnsafePath { path: String, reason: String },
+    /// Requisites that wait on each other (`a -> b -> a`).
     #[error("requisites form a cycle: {0}")]
     Cycle(String),
 }
@@ -378,6 +162,7 @@ pub enum StateError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::file::managed::FileManaged;
 
     #[test]
     fn states_round_trip_as_json_and_refuse_unknown_fields() {

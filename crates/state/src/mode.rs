@@ -7,23 +7,29 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// A file mode: permission bits and set-id/sticky bits (`0o7777` at most).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mode(pub u32);
 
+/// A mode string that is not an octal mode.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("mode {0:?} is not an octal mode of 3 or 4 digits, like \"0644\"")]
+pub struct ModeError(String);
+
 impl Mode {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    /// Parses `"0644"`, `"644"` or `"0o644"`.
+    pub fn parse(s: &str) -> Result<Self, ModeError> {
         let digits = s.strip_prefix("0o").unwrap_or(s);
         if digits.is_empty()
             || digits.len() > 4
             || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
         {
-            return Err(format!(
-                "mode {s:?} is not an octal mode of 3 or 4 digits, like \"0644\""
-            ));
+            return Err(ModeError(s.to_string()));
         }
+        // At most four octal digits: always fits.
         u32::from_str_radix(digits, 8)
             .map(Mode)
-            .map_err(|e| format!("mode {s:?}: {e}"))
+            .map_err(|_| ModeError(s.to_string()))
     }
 }
 

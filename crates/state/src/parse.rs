@@ -16,7 +16,8 @@
 //!
 //! Every mistake is reported with the file, the state id and the field.
 
-use crate::{Command, LineEnsure, Requisites, Spec, State, StateError, TYPES};
+use crate::types::{Spec, TYPES};
+use crate::{Requisites, State, StateError};
 
 const REQUISITES: [&str; 4] = ["require", "watch", "onchanges", "onfail"];
 
@@ -35,7 +36,11 @@ pub fn parse_state_file(file: &str, sls: &str, text: &str) -> Result<Vec<State>,
             state: id.clone(),
             message,
         };
-        check_id(&id).map_err(invalid)?;
+        if !is_id(&id) {
+            return Err(invalid(
+                "a state id must be 1 to 256 printable characters".into(),
+            ));
+        }
         let toml::Value::Table(mut fields) = value else {
             return Err(invalid(
                 "must be a table (`[id]` followed by its fields)".into(),
@@ -103,7 +108,7 @@ pub fn parse_state_file(file: &str, sls: &str, text: &str) -> Result<Vec<State>,
                     invalid(message)
                 }
             })?;
-        validate(&spec).map_err(invalid)?;
+        spec.validate(file, &id)?;
         out.push(State {
             id,
             sls: sls.to_string(),
@@ -115,160 +120,8 @@ pub fn parse_state_file(file: &str, sls: &str, text: &str) -> Result<Vec<State>,
     Ok(out)
 }
 
-fn check_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
-        return Err("a state id must be 1 to 256 printable characters".into());
-    }
-    Ok(())
-}
-
-fn absolute(field: &str, path: &str) -> Result<(), String> {
-    if path.contains('\0') {
-        return Err(format!("field `{field}` contains a NUL byte"));
-    }
-    if !path.starts_with('/') {
-        return Err(format!(
-            "field `{field}` must be an absolute path, got {path:?}"
-        ));
-    }
-    Ok(())
-}
-
-fn owner(field: &str, name: &Option<String>) -> Result<(), String> {
-    let Some(name) = name else { return Ok(()) };
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && (name.bytes().all(|b| b.is_ascii_digit())
-            || name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "field `{field}`: {name:?} is not a user or group name"
-        ))
-    }
-}
-
-fn command(field: &str, c: &Command) -> Result<(), String> {
-    let empty = match c {
-        Command::Shell(s) => s.trim().is_empty(),
-        Command::Argv(a) => a.is_empty() || a[0].is_empty(),
-    };
-    if empty {
-        return Err(format!("field `{field}` is an empty command"));
-    }
-    let nul = match c {
-        Command::Shell(s) => s.contains('\0'),
-        Command::Argv(a) => a.iter().any(|s| s.contains('\0')),
-    };
-    if nul {
-        return Err(format!("field `{field}` contains a NUL byte"));
-    }
-    Ok(())
-}
-
-/// What serde cannot check: paths, names, combinations of fields.
-pub(crate) fn validate(spec: &Spec) -> Result<(), String> {
-    match spec {
-        Spec::FileManaged(f) => {
-            absolute("path", &f.path)?;
-            owner("user", &f.user)?;
-            owner("group", &f.group)?;
-            match (&f.contents, &f.source) {
-                (Some(_), Some(_)) => {
-                    return Err("give either `contents` or `source`, not both".into());
-                }
-                (None, None) => return Err("missing field `contents` or `source`".into()),
-                _ => {}
-            }
-        }
-        Spec::FileAbsent(f) => {
-            absolute("path", &f.path)?;
-            if f.path.trim_end_matches('/').is_empty() {
-                return Err("field `path`: refusing to remove /".into());
-            }
-        }
-        Spec::FileDirectory(f) => {
-            absolute("path", &f.path)?;
-            owner("user", &f.user)?;
-            owner("group", &f.group)?;
-        }
-        Spec::FileSymlink(f) => {
-            absolute("path", &f.path)?;
-            if f.target.is_empty() || f.target.contains('\0') {
-                return Err("field `target` must be a non-empty path".into());
-            }
-        }
-        Spec::FileLine(f) => {
-            absolute("path", &f.path)?;
-            if let Some(p) = &f.pattern {
-                regex::Regex::new(p).map_err(|e| format!("field `match`: {e}"))?;
-            }
-            match f.ensure {
-                LineEnsure::Present | LineEnsure::Replace if f.line.is_none() => {
-                    return Err("missing field `line` (the line to have in the file)".into());
-                }
-                LineEnsure::Replace if f.pattern.is_none() => {
-                    return Err("missing field `match` (which lines to replace)".into());
-                }
-                LineEnsure::Absent if f.line.is_none() && f.pattern.is_none() => {
-                    return Err("give `line` or `match`: which lines must be absent".into());
-                }
-                _ => {}
-            }
-            if f.line.as_deref().is_some_and(|l| l.contains('\n')) {
-                return Err("field `line` must be one line".into());
-            }
-        }
-        Spec::CmdRun(c) => {
-            command("command", &c.command)?;
-            if let Some(u) = &c.unless {
-                command("unless", u)?;
-            }
-            if let Some(o) = &c.onlyif {
-                command("onlyif", o)?;
-            }
-            if let Some(p) = &c.creates {
-                absolute("creates", p)?;
-            }
-            if let Some(p) = &c.cwd {
-                absolute("cwd", p)?;
-            }
-            if c.timeout.is_some_and(|t| t == 0 || t > 86_400) {
-                return Err("field `timeout` must be 1 to 86400 seconds".into());
-            }
-        }
-        Spec::ServiceRunning(s) | Spec::ServiceDead(s) => {
-            let ok = !s.name.is_empty()
-                && s.name.len() <= 256
-                && s.name.bytes().all(|b| {
-                    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@' | b':')
-                });
-            if !ok {
-                return Err(format!(
-                    "field `name`: {:?} is not a systemd unit name",
-                    s.name
-                ));
-            }
-        }
-        Spec::PkgInstalled(p) | Spec::PkgRemoved(p) => {
-            let ok = p.name.len() >= 2
-                && p.name.len() <= 128
-                && p.name.as_bytes()[0].is_ascii_alphanumeric()
-                && p.name.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.')
-                });
-            if !ok {
-                return Err(format!(
-                    "field `name`: {:?} is not a Debian package name",
-                    p.name
-                ));
-            }
-        }
-    }
-    Ok(())
+fn is_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 256 && !id.chars().any(char::is_control)
 }
 
 #[cfg(test)]

@@ -19,11 +19,33 @@ use std::collections::HashMap;
 
 use globset::{Glob, GlobMatcher};
 
+/// A target that does not parse: the text, and what is wrong with it.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("bad target {target:?}: {message}")]
+#[error("bad target {target:?}: {problem}")]
 pub struct TargetError {
     pub target: String,
-    pub message: String,
+    pub problem: TargetProblem,
+}
+
+/// What is wrong with a target.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TargetProblem {
+    #[error("it is empty")]
+    Empty,
+    #[error("it has {0} words; at most {MAX_WORDS} are allowed")]
+    TooLong(usize),
+    #[error("unexpected {0:?}")]
+    Unexpected(String),
+    #[error("it ends where a minion or fact was expected")]
+    EndsEarly,
+    #[error("a `(` is not closed")]
+    Unclosed,
+    #[error("{0:?}: a fact match is name:value")]
+    BadFact(String),
+    #[error("{0:?}: a key match is key.<label>:value")]
+    BadKey(String),
+    #[error("bad glob {glob:?}: {error}")]
+    BadGlob { glob: String, error: globset::Error },
 }
 
 /// Words (ids, facts, operators, parentheses) in one target, at most.
@@ -51,29 +73,26 @@ pub enum Target {
 
 impl Target {
     pub fn parse(text: &str) -> Result<Self, TargetError> {
-        let err = |message: String| TargetError {
+        let err = |problem: TargetProblem| TargetError {
             target: text.to_string(),
-            message,
+            problem,
         };
         let spaced = text.replace('(', " ( ").replace(')', " ) ");
         let tokens: Vec<&str> = spaced.split_whitespace().collect();
         if tokens.is_empty() {
-            return Err(err("it is empty".into()));
+            return Err(err(TargetProblem::Empty));
         }
         // Parsing, matching and dropping a target recurse once per `not`,
         // `(` and `and`/`or`: a bound on its words bounds that depth, so a
         // long `not not not ...` from a control request cannot overflow
         // the master's stack.
         if tokens.len() > MAX_WORDS {
-            return Err(err(format!(
-                "it has {} words; at most {MAX_WORDS} are allowed",
-                tokens.len()
-            )));
+            return Err(err(TargetProblem::TooLong(tokens.len())));
         }
         let mut pos = 0;
         let t = parse_or(&tokens, &mut pos).map_err(err)?;
         if pos != tokens.len() {
-            return Err(err(format!("unexpected {:?}", tokens[pos])));
+            return Err(err(TargetProblem::Unexpected(tokens[pos].to_string())));
         }
         Ok(t)
     }
@@ -130,7 +149,7 @@ impl Target {
     }
 }
 
-fn parse_or(t: &[&str], pos: &mut usize) -> Result<Target, String> {
+fn parse_or(t: &[&str], pos: &mut usize) -> Result<Target, TargetProblem> {
     let mut left = parse_and(t, pos)?;
     while t.get(*pos) == Some(&"or") {
         *pos += 1;
@@ -139,7 +158,7 @@ fn parse_or(t: &[&str], pos: &mut usize) -> Result<Target, String> {
     Ok(left)
 }
 
-fn parse_and(t: &[&str], pos: &mut usize) -> Result<Target, String> {
+fn parse_and(t: &[&str], pos: &mut usize) -> Result<Target, TargetProblem> {
     let mut left = parse_not(t, pos)?;
     while t.get(*pos) == Some(&"and") {
         *pos += 1;
@@ -148,7 +167,7 @@ fn parse_and(t: &[&str], pos: &mut usize) -> Result<Target, String> {
     Ok(left)
 }
 
-fn parse_not(t: &[&str], pos: &mut usize) -> Result<Target, String> {
+fn parse_not(t: &[&str], pos: &mut usize) -> Result<Target, TargetProblem> {
     if t.get(*pos) == Some(&"not") {
         *pos += 1;
         return Ok(Target::Not(Box::new(parse_not(t, pos)?)));
@@ -156,34 +175,37 @@ fn parse_not(t: &[&str], pos: &mut usize) -> Result<Target, String> {
     parse_atom(t, pos)
 }
 
-fn glob(s: &str) -> Result<GlobMatcher, String> {
+fn glob(s: &str) -> Result<GlobMatcher, TargetProblem> {
     Glob::new(s)
         .map(|g| g.compile_matcher())
-        .map_err(|e| format!("bad glob {s:?}: {e}"))
+        .map_err(|error| TargetProblem::BadGlob {
+            glob: s.to_string(),
+            error,
+        })
 }
 
-fn parse_atom(t: &[&str], pos: &mut usize) -> Result<Target, String> {
+fn parse_atom(t: &[&str], pos: &mut usize) -> Result<Target, TargetProblem> {
     let Some(tok) = t.get(*pos) else {
-        return Err("it ends where a minion or fact was expected".into());
+        return Err(TargetProblem::EndsEarly);
     };
     *pos += 1;
     match *tok {
         "(" => {
             let inner = parse_or(t, pos)?;
             if t.get(*pos) != Some(&")") {
-                return Err("a `(` is not closed".into());
+                return Err(TargetProblem::Unclosed);
             }
             *pos += 1;
             Ok(inner)
         }
-        ")" | "and" | "or" => Err(format!("unexpected {tok:?}")),
+        ")" | "and" | "or" => Err(TargetProblem::Unexpected(tok.to_string())),
         term => match term.split_once(':') {
             Some((name, value)) => {
                 if name.is_empty() || value.is_empty() {
-                    return Err(format!("{term:?}: a fact match is name:value"));
+                    return Err(TargetProblem::BadFact(term.to_string()));
                 }
                 match name.strip_prefix("key.") {
-                    Some("") => Err(format!("{term:?}: a key match is key.<label>:value")),
+                    Some("") => Err(TargetProblem::BadKey(term.to_string())),
                     Some(label) => Ok(Target::Assigned {
                         name: label.to_string(),
                         value: glob(value)?,
@@ -268,7 +290,7 @@ mod tests {
             format!("web1{}", " or w".repeat(20_000)),
         ] {
             let e = Target::parse(&deep).expect_err("too deep");
-            assert!(e.message.contains("at most 512"), "{e}");
+            assert!(e.problem.to_string().contains("at most 512"), "{e}");
         }
         let wide = format!("web1{}", " or w".repeat(255));
         assert!(Target::parse(&wide).is_ok());

@@ -25,32 +25,42 @@ pub struct Context {
     pub event: Option<serde_json::Value>,
 }
 
+/// A template that does not compile or render: what went wrong, and on
+/// which line of it when known.
+#[derive(Debug)]
+pub struct TemplateError(minijinja::Error);
+
+impl std::fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.line() {
+            Some(line) => write!(f, "line {line}: {}", self.0),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl std::error::Error for TemplateError {}
+
 /// Renders `source`; errors say what went wrong and where in it.
-pub fn render(source: &str, ctx: &Context) -> Result<String, String> {
+pub fn render(source: &str, ctx: &Context) -> Result<String, TemplateError> {
     render_with(source, ctx)
 }
 
 /// Renders `source` in the same sandbox with any context (the reactor's
 /// action templates see the event and the rule).
-pub fn render_with(source: &str, ctx: &impl Serialize) -> Result<String, String> {
+pub fn render_with(source: &str, ctx: &impl Serialize) -> Result<String, TemplateError> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_fuel(Some(FUEL));
     env.set_keep_trailing_newline(true);
-    env.render_str(source, ctx).map_err(|e| {
-        let mut msg = e.to_string();
-        if let Some(line) = e.line() {
-            msg = format!("line {line}: {msg}");
-        }
-        msg
-    })
+    env.render_str(source, ctx).map_err(TemplateError)
 }
 
 /// Renders `source`, a script for `/bin/sh -c`, in the same sandbox: every
 /// value a `{{ }}` inserts is quoted for the shell (`shlex`), so event data
 /// is always one word to the shell and never a command. A value holding a
 /// NUL byte cannot be quoted and is an error.
-pub fn render_shell(source: &str, ctx: &impl Serialize) -> Result<String, String> {
+pub fn render_shell(source: &str, ctx: &impl Serialize) -> Result<String, TemplateError> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_fuel(Some(FUEL));
@@ -66,26 +76,16 @@ pub fn render_shell(source: &str, ctx: &impl Serialize) -> Result<String, String
         out.write_str(&quoted)
             .map_err(|_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write failed"))
     });
-    env.render_str(source, ctx).map_err(|e| {
-        let mut msg = e.to_string();
-        if let Some(line) = e.line() {
-            msg = format!("line {line}: {msg}");
-        }
-        msg
-    })
+    env.render_str(source, ctx).map_err(TemplateError)
 }
 
 /// Checks that `source` is a template that compiles (its syntax), without
 /// rendering it: what it will see depends on the minion.
-pub fn check(source: &str) -> Result<(), String> {
+pub fn check(source: &str) -> Result<(), TemplateError> {
     let env = Environment::new();
-    env.template_from_str(source).map(|_| ()).map_err(|e| {
-        let mut msg = e.to_string();
-        if let Some(line) = e.line() {
-            msg = format!("line {line}: {msg}");
-        }
-        msg
-    })
+    env.template_from_str(source)
+        .map(|_| ())
+        .map_err(TemplateError)
 }
 
 #[cfg(test)]
@@ -130,6 +130,7 @@ mod tests {
         assert!(
             render_shell("echo {{ v }}", &nul)
                 .unwrap_err()
+                .to_string()
                 .contains("quote")
         );
     }

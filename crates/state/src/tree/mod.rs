@@ -7,248 +7,34 @@
 //! out of the root are refused before anything is read (Salt's
 //! CVE-2020-11652 and CVE-2021-25282 were path traversals of this kind).
 
+mod check;
+mod top;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
-use serde::Deserialize;
-
 use crate::parse::parse_state_file;
-use crate::target::Target;
 use crate::template::{Context, render};
-use crate::{Spec, State, StateError};
+use crate::types::Spec;
+use crate::{State, StateError};
 
+pub use top::TopFile;
+
+/// The master's state tree, by its root directory.
 #[derive(Debug, Clone)]
 pub struct StateTree {
     root: PathBuf,
 }
 
-/// `top.toml`: which states each minion should be in.
-///
-/// ```toml
-/// [[target]]
-/// match = "web* and os:debian"
-/// states = ["motd", "web.nginx"]
-/// ```
-#[derive(Debug, Clone, Default)]
-pub struct TopFile {
-    /// Each entry's target, as parsed and as written, and its states.
-    entries: Vec<(Target, String, Vec<String>)>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TopDecl {
-    #[serde(default)]
-    target: Vec<TopEntry>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TopEntry {
-    #[serde(rename = "match")]
-    target: String,
-    states: Vec<String>,
-}
-
-impl TopFile {
-    /// The states a minion gets, in top-file order, each once, given the
-    /// facts it reported and what the master assigned to its key.
-    pub fn states_for(
-        &self,
-        id: &str,
-        facts: &HashMap<String, String>,
-        assigned: &HashMap<String, String>,
-    ) -> Vec<String> {
-        let mut seen = HashSet::new();
-        self.entries
-            .iter()
-            .filter(|(t, _, _)| t.matches(id, facts, assigned))
-            .flat_map(|(_, _, states)| states.iter())
-            .filter(|s| seen.insert(s.as_str()))
-            .cloned()
-            .collect()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-}
-
 impl StateTree {
+    /// The tree under `root` (nothing is read until asked).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
     }
 
+    /// Its root directory.
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    /// Reads `top.toml` (none is an empty top file).
-    pub fn top(&self) -> Result<TopFile, StateError> {
-        let path = self.root.join("top.toml");
-        let file = path.display().to_string();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TopFile::default()),
-            Err(e) => {
-                return Err(StateError::File {
-                    file,
-                    message: e.to_string(),
-                });
-            }
-        };
-        let decl: TopDecl = toml::from_str(&text).map_err(|e| StateError::File {
-            file: file.clone(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
-        let mut entries = Vec::new();
-        for (i, e) in decl.target.into_iter().enumerate() {
-            let target = Target::parse(&e.target).map_err(|err| StateError::File {
-                file: file.clone(),
-                message: format!("target #{}: {err}", i + 1),
-            })?;
-            for s in &e.states {
-                state_file_path(s).map_err(|err| StateError::File {
-                    file: file.clone(),
-                    message: format!("target #{}: {err}", i + 1),
-                })?;
-            }
-            entries.push((target, e.target, e.states));
-        }
-        Ok(TopFile { entries })
-    }
-
-    /// Warnings, for `--check-config` and the master's log, where states
-    /// holding secrets ([`State::holds_secret`]) go to minions chosen by
-    /// facts the minions report themselves (Salt's grains trap): the top
-    /// file's entries, and `also`: (where, target, states) of each rule
-    /// that applies states to a target.
-    pub fn secret_warnings(&self, also: &[(String, String, Vec<String>)]) -> Vec<String> {
-        let mut uses: Vec<(String, String, Vec<String>)> = Vec::new();
-        if let Ok(top) = self.top() {
-            let file = self.root.join("top.toml").display().to_string();
-            for (i, (_, text, states)) in top.entries.into_iter().enumerate() {
-                uses.push((format!("{file}: target #{}", i + 1), text, states));
-            }
-        }
-        uses.extend(also.iter().cloned());
-        let mut out = Vec::new();
-        for (place, text, states) in uses {
-            let Ok(target) = Target::parse(&text) else {
-                continue; // reported by the check itself
-            };
-            let facts = target.reported_facts();
-            let Some((fact, value)) = facts.first() else {
-                continue;
-            };
-            let secrets: Vec<String> = states
-                .iter()
-                .filter_map(|name| {
-                    let held: Vec<String> = self
-                        .load(name)
-                        .ok()?
-                        .into_iter()
-                        .filter(State::holds_secret)
-                        .map(|s| s.id)
-                        .collect();
-                    (!held.is_empty()).then(|| format!("`{name}` (secret: {})", held.join(", ")))
-                })
-                .collect();
-            if secrets.is_empty() {
-                continue;
-            }
-            let label = fact.strip_prefix("label.").unwrap_or(fact);
-            out.push(format!(
-                "warning: {place} gives states holding secrets, {}, to minions matching `{text}`, \
-                 which depends on what a minion reports about itself ({}): any minion can claim \
-                 that and receive them. Target them by id, or by a label the master assigns \
-                 (`tend keys label MINION {label}={value}`, then match `key.{label}:{value}`).",
-                secrets.join(", "),
-                facts
-                    .iter()
-                    .map(|(n, v)| format!("{n}:{v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        out
-    }
-
-    /// Checks everything an apply could use, for `--check-config`: the
-    /// top file; every state file under the root (any `*.toml` but the top
-    /// file, outside `files/` directories, which hold sources); each top
-    /// entry's states and each of `also` (states rules name) as they would
-    /// be applied together; and every source: there, UTF-8, and a template
-    /// that compiles. Returns how many state files were checked, or every
-    /// problem found (not only the first).
-    pub fn check_all(&self, also: &[Vec<String>]) -> Result<usize, Vec<StateError>> {
-        let mut problems = Vec::new();
-        let mut sets: Vec<Vec<String>> = also.to_vec();
-        match self.top() {
-            Ok(top) => sets.extend(top.entries.into_iter().map(|(_, _, states)| states)),
-            Err(e) => problems.push(e),
-        }
-        let mut names = Vec::new();
-        if self.root.is_dir() {
-            collect_state_files(&self.root, &self.root, &mut names, &mut problems);
-        }
-        names.sort();
-        let mut reported: HashSet<String> = HashSet::new();
-        for name in &names {
-            match self.load(name) {
-                Ok(states) => {
-                    for s in &states {
-                        if let Err(e) = self.check_source(s) {
-                            problems.push(e);
-                        }
-                    }
-                }
-                Err(e) => {
-                    reported.insert(name.clone());
-                    problems.push(e);
-                }
-            }
-        }
-        for set in &sets {
-            // A file already reported broken is not reported again for
-            // every set it is in.
-            if set.iter().any(|n| reported.contains(n)) {
-                continue;
-            }
-            if let Err(e) = self.load_set(set) {
-                let text = e.to_string();
-                if reported.insert(text) {
-                    problems.push(e);
-                }
-            }
-        }
-        if problems.is_empty() {
-            Ok(names.len())
-        } else {
-            Err(problems)
-        }
-    }
-
-    fn check_source(&self, s: &State) -> Result<(), StateError> {
-        let Spec::FileManaged(f) = &s.spec else {
-            return Ok(());
-        };
-        let invalid = |message: String| StateError::Invalid {
-            file: self.file_of(s),
-            state: s.id.clone(),
-            message,
-        };
-        let text = match (&f.contents, &f.source) {
-            (Some(c), _) => c.clone(),
-            (None, Some(source)) => self
-                .read_source(source)
-                .map_err(|e| invalid(format!("field `source`: {e}")))?,
-            (None, None) => return Err(invalid("missing field `contents` or `source`".into())),
-        };
-        if f.template {
-            crate::template::check(&text).map_err(|e| invalid(format!("template: {e}")))?;
-        }
-        Ok(())
     }
 
     /// Reads and checks state file `name` (`motd` is `motd.toml`,
@@ -470,48 +256,6 @@ fn state_file_path(name: &str) -> Result<String, StateError> {
     Ok(format!("{}.toml", name.replace('.', "/")))
 }
 
-/// State names of the `*.toml` files under `dir` (not the top file, not
-/// under a `files` directory).
-fn collect_state_files(
-    root: &Path,
-    dir: &Path,
-    names: &mut Vec<String>,
-    problems: &mut Vec<StateError>,
-) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            problems.push(StateError::File {
-                file: dir.display().to_string(),
-                message: e.to_string(),
-            });
-            return;
-        }
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        if kind.is_dir() {
-            if entry.file_name() != "files" {
-                collect_state_files(root, &path, names, problems);
-            }
-            continue;
-        }
-        let Ok(rel) = path.strip_prefix(root) else {
-            continue;
-        };
-        let Some(rel) = rel.to_str() else { continue };
-        if rel == "top.toml" {
-            continue;
-        }
-        if let Some(stem) = rel.strip_suffix(".toml") {
-            names.push(stem.replace('/', "."));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,29 +356,6 @@ mod tests {
         let e = t.resolve(&["e".into()], &ctx()).unwrap_err().to_string();
         assert!(e.contains("template") && e.contains("\"x\""), "{e}");
     }
-
-    #[test]
-    fn the_top_file_picks_states_by_target() {
-        let (dir, t) = tree();
-        std::fs::write(
-            dir.path().join("states/top.toml"),
-            "[[target]]\nmatch = \"*\"\nstates = [\"base\"]\n\
-             [[target]]\nmatch = \"web* and os:debian\"\nstates = [\"web\", \"base\"]\n",
-        )
-        .unwrap();
-        let top = t.top().unwrap();
-        let debian: HashMap<String, String> = [("os".to_string(), "debian".to_string())].into();
-        let none = HashMap::new();
-        assert_eq!(top.states_for("web1", &debian, &none), vec!["base", "web"]);
-        assert_eq!(top.states_for("db1", &debian, &none), vec!["base"]);
-        std::fs::write(
-            dir.path().join("states/top.toml"),
-            "[[target]]\nmatch = \"(web\"\nstates = [\"x\"]\n",
-        )
-        .unwrap();
-        assert!(t.top().unwrap_err().to_string().contains("target #1"));
-    }
-
     #[test]
     fn refuses_paths_out_of_the_root() {
         let (dir, t) = tree();

@@ -35,7 +35,7 @@ use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, R
 use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tend_state::Fingerprint;
+use tend_host::ledger::Fingerprint;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -673,7 +673,7 @@ mod tests {
     use super::*;
     use crate::{Emitted, Emitter};
     use std::os::unix::fs::PermissionsExt;
-    use tend_state::Ledger;
+    use tend_host::ledger::Ledger;
     use tokio_util::sync::CancellationToken;
 
     struct Running {

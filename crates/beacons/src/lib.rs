@@ -17,7 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use tend_state::Ledger;
+use tend_host::ledger::Ledger;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tend_beacons::system::login::Record;
 use tend_beacons::{BeaconCtx, Emitted, Emitter, build_all};
-use tend_state::Ledger;
+use tend_host::ledger::Ledger;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

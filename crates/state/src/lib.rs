@@ -14,7 +14,6 @@ mod at;
 mod cmd;
 mod engine;
 mod file;
-mod ledger;
 mod mode;
 mod owner;
 mod parse;
@@ -28,9 +27,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use cmd::{Output as CommandOutput, exec as run_command, set_command_umask};
 pub use engine::{ApplyOptions, apply, order};
-pub use ledger::{Fingerprint, Ledger};
 pub use mode::Mode;
 pub use parse::parse_state_file;
 pub use target::{Target, TargetError};
@@ -38,6 +35,11 @@ pub use template::{
     Context as TemplateContext, render_shell as render_shell_template,
     render_with as render_template,
 };
+pub use tend_host::cmd::{
+    Command, Output as CommandOutput, exec as run_command, set_command_umask,
+};
+use tend_host::ledger;
+pub use tend_host::ledger::{Fingerprint, Ledger};
 pub use tree::{StateTree, TopFile};
 
 /// One state, ready to run on a minion.
@@ -285,23 +287,6 @@ pub struct FileLine {
     pub pattern: Option<String>,
     #[serde(default, skip_serializing_if = "is_default")]
     pub ensure: LineEnsure,
-}
-
-/// A command: a string run by `sh -c`, or an argument list run directly.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Command {
-    Shell(String),
-    Argv(Vec<String>),
-}
-
-impl Command {
-    pub fn display(&self) -> String {
-        match self {
-            Command::Shell(s) => s.clone(),
-            Command::Argv(a) => a.join(" "),
-        }
-    }
 }
 
 /// `cmd.run`: run a command (unless it is not needed).

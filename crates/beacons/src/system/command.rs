@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Map, json};
-use tend_state::Command;
+use tend_host::cmd::Command;
 use tokio::time::Instant;
 
 use crate::common::{Common, Cost, Observation, Poll, Polled, config, duration};
@@ -74,7 +74,8 @@ impl Poll for Run {
     }
 
     fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {
-        let out = tend_state::run_command(&self.command, None, &[], self.timeout)?;
+        let out = tend_host::cmd::exec(&self.command, None, &[], self.timeout)
+            .map_err(|e| e.to_string())?;
         let mut stdout = out.stdout.trim_end().to_string();
         if stdout.len() > MAX_OUTPUT {
             let mut cut = MAX_OUTPUT;

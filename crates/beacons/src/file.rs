@@ -90,8 +90,8 @@ pub(crate) fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
                 .into(),
         );
     }
-    let common = crate::common::Common::take(&mut table, Duration::ZERO, true, false)?;
-    let cfg: Config = crate::common::config(table)?;
+    let common = crate::config::Common::take(&mut table, Duration::ZERO, true, false)?;
+    let cfg: Config = crate::config::config(table)?;
     if cfg.paths.is_empty() {
         return Err("key `paths` must list at least one path".into());
     }

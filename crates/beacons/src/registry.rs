@@ -100,7 +100,7 @@ pub fn build_all(file: &str, tables: Vec<toml::Table>) -> Result<Vec<BeaconSpec>
             )));
         };
         let rate_limit = match table.remove("rate_limit") {
-            Some(v) => Some(crate::common::rate_limit(&v).map_err(err)?),
+            Some(v) => Some(crate::config::rate_limit(&v).map_err(err)?),
             None => None,
         };
         let beacon = builder(table).map_err(err)?;

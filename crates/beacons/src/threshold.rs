@@ -79,7 +79,7 @@ pub fn from_config(
         ));
     }
     let sustain = match sustain {
-        Some(s) => crate::common::duration("for", &toml::Value::String(s.to_string()))?,
+        Some(s) => crate::config::duration("for", &toml::Value::String(s.to_string()))?,
         None => Duration::ZERO,
     };
     Threshold::new(above, below, sustain)

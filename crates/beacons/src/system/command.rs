@@ -20,7 +20,9 @@ use serde_json::{Map, json};
 use tend_host::cmd::Command;
 use tokio::time::Instant;
 
-use crate::common::{Common, Cost, Observation, Poll, Polled, config, duration};
+use crate::config::{Common, config, duration};
+use crate::looker::Cost;
+use crate::poll::{Observation, Poll, Polled};
 use crate::{Beacon, system};
 
 #[derive(Deserialize)]

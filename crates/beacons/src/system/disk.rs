@@ -17,7 +17,8 @@ use serde::Deserialize;
 use serde_json::{Map, json};
 use tokio::time::Instant;
 
-use crate::common::{Common, Observation, Poll, Polled, config};
+use crate::config::{Common, config};
+use crate::poll::{Observation, Poll, Polled};
 use crate::threshold::{Threshold, from_config};
 use crate::{Beacon, system};
 

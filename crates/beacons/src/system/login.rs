@@ -25,7 +25,8 @@ use serde::Deserialize;
 use serde_json::{Map, json};
 use tokio::time::Instant;
 
-use crate::common::{Common, Observation, Poll, Polled, config};
+use crate::config::{Common, config};
+use crate::poll::{Observation, Poll, Polled};
 use crate::{Beacon, system};
 
 #[derive(Deserialize)]

@@ -21,7 +21,7 @@ pub mod service;
 
 use serde_json::{Map, Value};
 
-use crate::common::Observation;
+use crate::poll::Observation;
 
 /// An observation of a state, with `data` as the event's data.
 pub(crate) fn state(

@@ -16,7 +16,9 @@ use serde::Deserialize;
 use serde_json::{Map, json};
 use tokio::time::Instant;
 
-use crate::common::{Common, Cost, Observation, Poll, Polled, config};
+use crate::config::{Common, config};
+use crate::looker::Cost;
+use crate::poll::{Observation, Poll, Polled};
 use crate::{Beacon, system};
 
 #[derive(Deserialize)]

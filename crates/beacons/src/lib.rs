@@ -11,7 +11,6 @@
 //! [`BeaconSpec`]s, each [`Beacon`] runs with a [`BeaconCtx`], and its
 //! events arrive as [`Emitted`] through an [`Emitter`].
 
-mod coalesce;
 mod config;
 mod emit;
 mod file;

@@ -14,25 +14,76 @@
 
 use std::time::Duration;
 
+/// What is wrong with a `[[beacon]]` table. [`crate::BeaconError`] adds
+/// the file and the beacon's name.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// A key every beacon needs is not there.
+    #[error("missing key `{0}`")]
+    Missing(&'static str),
+    /// A key holds what it cannot; `rule` says what it must be.
+    #[error("key `{key}` {rule}")]
+    Rule { key: String, rule: String },
+    /// A key's value is wrong; `problem` says how.
+    #[error("key `{key}`: {problem}")]
+    Value { key: String, problem: String },
+    /// The table as a whole: serde's words (an unknown field, a wrong
+    /// type), or keys that do not go together.
+    #[error("{0}")]
+    Table(String),
+    /// Another beacon in the file already has this name.
+    #[error("another beacon has the same name")]
+    DuplicateName,
+    /// No beacon type has this name.
+    #[error("unknown beacon type {kind:?} (known: {known})")]
+    UnknownType { kind: String, known: String },
+}
+
+impl ConfigError {
+    /// `key` holds what it cannot: "key `key` <rule>".
+    pub fn rule(key: &str, rule: impl Into<String>) -> Self {
+        Self::Rule {
+            key: key.into(),
+            rule: rule.into(),
+        }
+    }
+
+    /// `key`'s value is wrong: "key `key`: <problem>".
+    pub fn value(key: &str, problem: impl Into<String>) -> Self {
+        Self::Value {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
 /// The options every beacon takes.
 #[derive(Debug, Clone)]
 pub struct Common {
+    /// Polled beacons: how often to look.
     pub interval: Duration,
+    /// Emit only when what is observed changes.
     pub onchange_only: bool,
+    /// Emit the first observation, even when it is normal.
     pub emit_at_startup: bool,
 }
 
-pub fn duration(key: &str, v: &toml::Value) -> Result<Duration, String> {
+/// Reads key `key` as a duration between 10ms and 24h: `"10s"`, or a
+/// number of seconds.
+pub fn duration(key: &str, v: &toml::Value) -> Result<Duration, ConfigError> {
     let d = match v {
         toml::Value::String(s) => humantime::parse_duration(s).map_err(|e| {
-            format!("key `{key}`: {s:?} is not a duration like 500ms, 10s or 5m ({e})")
+            ConfigError::value(
+                key,
+                format!("{s:?} is not a duration like 500ms, 10s or 5m ({e})"),
+            )
         })?,
         toml::Value::Integer(n) if *n > 0 => Duration::from_secs(*n as u64),
         toml::Value::Float(f) if *f > 0.0 => Duration::from_secs_f64(*f),
-        _ => return Err(format!("key `{key}` must be a duration like \"10s\"")),
+        _ => return Err(ConfigError::rule(key, "must be a duration like \"10s\"")),
     };
     if d < Duration::from_millis(10) || d > Duration::from_secs(86_400) {
-        return Err(format!("key `{key}`: must be between 10ms and 24h"));
+        return Err(ConfigError::value(key, "must be between 10ms and 24h"));
     }
     Ok(d)
 }
@@ -45,11 +96,11 @@ impl Common {
         interval: Duration,
         onchange_only: bool,
         emit_at_startup: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ConfigError> {
         let flag = |table: &mut toml::Table, key: &str, default: bool| match table.remove(key) {
             None => Ok(default),
             Some(toml::Value::Boolean(b)) => Ok(b),
-            Some(_) => Err(format!("key `{key}` must be true or false")),
+            Some(_) => Err(ConfigError::rule(key, "must be true or false")),
         };
         let interval = match table.remove("interval") {
             None => interval,
@@ -64,19 +115,19 @@ impl Common {
 }
 
 /// `rate_limit = "N/period"`: at most N events a period.
-pub fn rate_limit(v: &toml::Value) -> Result<(u64, Duration), String> {
+pub fn rate_limit(v: &toml::Value) -> Result<(u64, Duration), ConfigError> {
     let toml::Value::String(s) = v else {
-        return Err("key `rate_limit` must be a string like \"100/1s\"".into());
+        return Err(ConfigError::rule(
+            "rate_limit",
+            "must be a string like \"100/1s\"",
+        ));
     };
-    let (n, per) = s
-        .split_once('/')
-        .ok_or_else(|| format!("key `rate_limit`: {s:?} is not N/period, like 100/1s"))?;
-    let n: u64 = n
-        .trim()
-        .parse()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("key `rate_limit`: {n:?} is not a positive number"))?;
+    let (n, per) = s.split_once('/').ok_or_else(|| {
+        ConfigError::value("rate_limit", format!("{s:?} is not N/period, like 100/1s"))
+    })?;
+    let n: u64 = n.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+        ConfigError::value("rate_limit", format!("{n:?} is not a positive number"))
+    })?;
     Ok((
         n,
         duration("rate_limit", &toml::Value::String(per.trim().to_string()))?,
@@ -85,19 +136,19 @@ pub fn rate_limit(v: &toml::Value) -> Result<(u64, Duration), String> {
 
 /// Deserializes the rest of a beacon's table into its own config type,
 /// turning serde's message into the beacon error's.
-pub fn config<T: serde::de::DeserializeOwned>(table: toml::Table) -> Result<T, String> {
+pub fn config<T: serde::de::DeserializeOwned>(table: toml::Table) -> Result<T, ConfigError> {
     toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| {
             let message = e.message().to_string();
-            if message.starts_with("unknown field") {
+            ConfigError::Table(if message.starts_with("unknown field") {
                 format!(
                     "{message}; or one every beacon takes: `{}`",
                     COMMON_KEYS.join("`, `")
                 )
             } else {
                 message
-            }
+            })
         })
 }
 

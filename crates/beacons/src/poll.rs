@@ -22,10 +22,67 @@ pub struct Observation {
     pub data: Map<String, Value>,
 }
 
+/// Why a look failed. It is said as the beacon's error event, and the
+/// beacon looks again next time.
+#[derive(Debug, thiserror::Error)]
+pub enum LookError {
+    /// Reading, listing, statting a file (or running a program) failed.
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    /// statvfs(2) on a mount point failed.
+    #[error("statvfs {path}: {source}")]
+    Statvfs {
+        path: String,
+        source: std::io::Error,
+    },
+    /// A path that cannot be handed to the kernel.
+    #[error("{0:?} has a NUL byte")]
+    Nul(String),
+    /// A file the beacon reads is not there (yet).
+    #[error("{0} does not exist; watching for it")]
+    Missing(String),
+    /// A kernel file is not in the format the beacon knows: `what` (is
+    /// missing or short) in `file`.
+    #[error("{what} in {file}")]
+    Format {
+        what: &'static str,
+        file: &'static str,
+    },
+    /// A kernel file that could not be parsed at all.
+    #[error("cannot parse {0}")]
+    Unparsable(&'static str),
+    /// systemd is not running, so there are no services to look at.
+    #[error(
+        "systemd is not running on this machine (no /run/systemd/system): the service beacon stays idle"
+    )]
+    NoSystemd,
+    /// The `command` beacon's command did not run to its end.
+    #[error(transparent)]
+    Command(#[from] tend_host::cmd::CommandError),
+    /// Several looks in one (the login beacon's files) failed.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Several(Vec<LookError>),
+}
+
+impl LookError {
+    /// `op` (read, list, stat, seek, run) on `path` failed.
+    pub fn io(op: &'static str, path: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
 /// A beacon that looks every `interval`.
 pub trait Poll: Send + 'static {
     /// Looks once. Errors become error events; the beacon keeps going.
-    fn poll(&mut self, now: Instant) -> Result<Vec<Observation>, String>;
+    fn poll(&mut self, now: Instant) -> Result<Vec<Observation>, LookError>;
 
     /// Called once before the first poll (a baseline to compare with).
     fn start(&mut self, _now: Instant) {}
@@ -92,7 +149,7 @@ impl<P: Poll> Beacon for Polled<P> {
                 let observed = match result {
                     Ok(o) => o,
                     Err(e) => {
-                        if !ctx.emit.error(e).await {
+                        if !ctx.emit.error(e.to_string()).await {
                             return;
                         }
                         continue;
@@ -134,7 +191,7 @@ mod tests {
     }
 
     impl Poll for Flaky {
-        fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {
+        fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, LookError> {
             self.looks += 1;
             assert!(self.looks != self.panic_at, "a bug in a look");
             Ok(vec![crate::system::happening("", Map::new())])

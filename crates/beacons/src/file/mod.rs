@@ -43,6 +43,7 @@ use std::time::Duration;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
+use crate::config::ConfigError;
 use crate::{Beacon, BeaconCtx, BoxFuture};
 use interest::Filter;
 use watch::Watching;
@@ -75,55 +76,61 @@ fn default_max_wait_ms() -> u64 {
     100
 }
 
-fn globs(key: &str, patterns: &[String]) -> Result<Option<GlobSet>, String> {
+fn globs(key: &str, patterns: &[String]) -> Result<Option<GlobSet>, ConfigError> {
     if patterns.is_empty() {
         return Ok(None);
     }
     let mut set = GlobSetBuilder::new();
     for p in patterns {
-        set.add(Glob::new(p).map_err(|e| format!("key `{key}`: bad glob {p:?}: {e}"))?);
+        set.add(Glob::new(p).map_err(|e| ConfigError::value(key, format!("bad glob {p:?}: {e}")))?);
     }
     set.build()
         .map(Some)
-        .map_err(|e| format!("key `{key}`: {e}"))
+        .map_err(|e| ConfigError::value(key, e.to_string()))
 }
 
-pub(crate) fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+pub(crate) fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, ConfigError> {
     if table.contains_key("interval") {
-        return Err(
-            "key `interval`: the file beacon is driven by the kernel's events; it has no interval"
-                .into(),
-        );
+        return Err(ConfigError::value(
+            "interval",
+            "the file beacon is driven by the kernel's events; it has no interval",
+        ));
     }
     let common = crate::config::Common::take(&mut table, Duration::ZERO, true, false)?;
     let cfg: Config = crate::config::config(table)?;
     if cfg.paths.is_empty() {
-        return Err("key `paths` must list at least one path".into());
+        return Err(ConfigError::rule("paths", "must list at least one path"));
     }
     let mut targets = Vec::new();
     for p in &cfg.paths {
         if p.contains('\0') {
-            return Err(format!("key `paths`: {p:?} contains a NUL byte"));
+            return Err(ConfigError::value(
+                "paths",
+                format!("{p:?} contains a NUL byte"),
+            ));
         }
         if !p.starts_with('/') {
-            return Err(format!("key `paths`: {p:?} must be an absolute path"));
+            return Err(ConfigError::value(
+                "paths",
+                format!("{p:?} must be an absolute path"),
+            ));
         }
         let path = PathBuf::from(p);
         if path.parent().is_none() {
-            return Err("key `paths`: cannot watch `/` itself".into());
+            return Err(ConfigError::value("paths", "cannot watch `/` itself"));
         }
         targets.push(path);
     }
     if cfg.coalesce_ms > 10_000 {
-        return Err(format!(
-            "key `coalesce_ms`: {} is over the limit of 10000",
-            cfg.coalesce_ms
+        return Err(ConfigError::value(
+            "coalesce_ms",
+            format!("{} is over the limit of 10000", cfg.coalesce_ms),
         ));
     }
     if cfg.max_wait_ms > 60_000 {
-        return Err(format!(
-            "key `max_wait_ms`: {} is over the limit of 60000",
-            cfg.max_wait_ms
+        return Err(ConfigError::value(
+            "max_wait_ms",
+            format!("{} is over the limit of 60000", cfg.max_wait_ms),
         ));
     }
     Ok(Box::new(FileBeacon {

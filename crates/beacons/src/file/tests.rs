@@ -507,7 +507,12 @@ async fn a_directory_coming_back_is_walked_off_the_runtime() {
 
 #[test]
 fn bad_file_configs_are_refused() {
-    let t = |s: &str| build(toml::from_str(s).unwrap()).err().unwrap_or_default();
+    let t = |s: &str| {
+        build(toml::from_str(s).unwrap())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
     assert!(t("paths = [\"/x\"]\ninterval = \"1s\"").contains("no interval"));
     assert!(t("paths = [\"/x\"]\ninclude = [\"a[\"]").contains("key `include`: bad glob"));
     assert!(t("paths = [\"/x\"]\nrecursive = 1").contains("invalid type"));

@@ -20,8 +20,8 @@ use serde::Deserialize;
 use serde_json::{Map, json};
 use tokio::time::Instant;
 
-use crate::config::{Common, config};
-use crate::poll::{Observation, Poll, Polled};
+use crate::config::{Common, ConfigError, config};
+use crate::poll::{LookError, Observation, Poll, Polled};
 use crate::{Beacon, system};
 
 #[derive(Deserialize)]
@@ -30,16 +30,20 @@ struct Config {
     names: Vec<String>,
 }
 
-pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, ConfigError> {
     let common = Common::take(&mut table, Duration::from_secs(5), true, true)?;
     let c: Config = config(table)?;
     if c.names.is_empty() {
-        return Err("key `names` must list at least one process name".into());
+        return Err(ConfigError::rule(
+            "names",
+            "must list at least one process name",
+        ));
     }
     for n in &c.names {
         if n.is_empty() || n.len() > 15 || n.contains('/') {
-            return Err(format!(
-                "key `names`: {n:?} is not a process name (1 to 15 characters, as in /proc/<pid>/comm)"
+            return Err(ConfigError::value(
+                "names",
+                format!("{n:?} is not a process name (1 to 15 characters, as in /proc/<pid>/comm)"),
             ));
         }
     }
@@ -71,8 +75,8 @@ impl Processes {
     }
 
     /// pids of each watched name, running now.
-    pub fn scan(&mut self) -> Result<HashMap<String, Vec<u32>>, String> {
-        let dir = std::fs::read_dir("/proc").map_err(|e| format!("cannot list /proc: {e}"))?;
+    pub fn scan(&mut self) -> Result<HashMap<String, Vec<u32>>, LookError> {
+        let dir = std::fs::read_dir("/proc").map_err(|e| LookError::io("list", "/proc", e))?;
         let mut alive = HashSet::new();
         for e in dir.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -103,7 +107,7 @@ impl Processes {
 }
 
 impl Poll for Processes {
-    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {
+    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, LookError> {
         let running = self.scan()?;
         Ok(running
             .into_iter()

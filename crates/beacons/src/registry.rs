@@ -177,4 +177,23 @@ mod tests {
         .unwrap();
         assert!(built.is_empty());
     }
+
+    /// Every registered type is documented in docs/reference.md under its
+    /// own heading (tests/tests/reference.rs checks the keys too, through
+    /// the built minion).
+    #[test]
+    fn every_beacon_type_has_a_reference_section() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/reference.md");
+        let doc = std::fs::read_to_string(path).expect("docs/reference.md");
+        let headings: HashSet<&str> = doc.lines().map(str::trim_end).collect();
+        let missing: Vec<_> = registry()
+            .iter()
+            .map(|(kind, _)| format!("### beacon: {kind}"))
+            .filter(|h| !headings.contains(h.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/reference.md has no section for: {missing:?}"
+        );
+    }
 }

@@ -23,11 +23,11 @@
 //! ```
 //!
 //! It is event-driven: there is no `interval`.
-
 //!
 //! The parts: [`interest`] (what is reported on), [`inotify`] (the kernel's
 //! watcher and its events), [`coalesce`] (a burst of events made one),
-//! [`event`] (what an event says), and [`watch`] (the loop that runs them).
+//! [`event`] (what an event says), and [`watch`] (the beacon built, and
+//! the loop that runs it).
 
 mod coalesce;
 mod event;
@@ -43,10 +43,10 @@ use std::time::Duration;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
+use crate::Beacon;
 use crate::config::ConfigError;
-use crate::{Beacon, BeaconCtx, BoxFuture};
 use interest::Filter;
-use watch::Watching;
+use watch::FileBeacon;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,24 +145,4 @@ pub(crate) fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, ConfigErr
         onchange_only: common.onchange_only,
         emit_at_startup: common.emit_at_startup,
     }))
-}
-
-struct FileBeacon {
-    targets: Vec<PathBuf>,
-    recursive: bool,
-    filter: Filter,
-    window: Duration,
-    max_wait: Duration,
-    onchange_only: bool,
-    emit_at_startup: bool,
-}
-
-impl Beacon for FileBeacon {
-    fn run(self: Box<Self>, ctx: BeaconCtx) -> BoxFuture<()> {
-        Box::pin(async move {
-            if let Some(watching) = Watching::start(&self, ctx).await {
-                watching.run().await;
-            }
-        })
-    }
 }

@@ -1,6 +1,7 @@
 //! A file beacon at work: it watches, takes a baseline, and then turns
-//! the kernel's events into reports, one named step at a time. The state
-//! the loop keeps is [`Watching`]'s.
+//! the kernel's events into reports, one named step at a time. What it
+//! was configured to do is [`FileBeacon`]; the state the loop keeps is
+//! [`Watching`]'s.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,12 +14,11 @@ use tend_host::ledger::Fingerprint;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::FileBeacon;
 use super::coalesce::{Coalescer, Op};
 use super::event::{describe, fingerprint, kind_of, subject_of};
 use super::inotify::{Watches, op_of};
-use super::interest::{Interest, walk};
-use crate::BeaconCtx;
+use super::interest::{Filter, Interest, walk};
+use crate::{Beacon, BeaconCtx, BoxFuture};
 
 /// Kernel events waiting for the beacon, at most; past that the beacon
 /// rescans everything it watches instead of queueing more.
@@ -27,6 +27,30 @@ pub(super) const KERNEL_QUEUE: usize = 8192;
 const RETRY: Duration = Duration::from_secs(1);
 
 type KernelEvent = notify::Result<notify::Event>;
+
+/// A file beacon, as its config was validated into.
+pub(super) struct FileBeacon {
+    /// The `paths`.
+    pub(super) targets: Vec<PathBuf>,
+    pub(super) recursive: bool,
+    pub(super) filter: Filter,
+    /// `coalesce_ms`.
+    pub(super) window: Duration,
+    /// `max_wait_ms`, at least `window`.
+    pub(super) max_wait: Duration,
+    pub(super) onchange_only: bool,
+    pub(super) emit_at_startup: bool,
+}
+
+impl Beacon for FileBeacon {
+    fn run(self: Box<Self>, ctx: BeaconCtx) -> BoxFuture<()> {
+        Box::pin(async move {
+            if let Some(watching) = Watching::start(&self, ctx).await {
+                watching.run().await;
+            }
+        })
+    }
+}
 
 /// What woke the loop.
 enum Wake {

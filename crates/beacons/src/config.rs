@@ -40,7 +40,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    /// `key` holds what it cannot: "key `key` <rule>".
+    /// `key` holds what it cannot: ``key `key` <rule>``.
     pub fn rule(key: &str, rule: impl Into<String>) -> Self {
         Self::Rule {
             key: key.into(),
@@ -48,7 +48,7 @@ impl ConfigError {
         }
     }
 
-    /// `key`'s value is wrong: "key `key`: <problem>".
+    /// `key`'s value is wrong: ``key `key`: <problem>``.
     pub fn value(key: &str, problem: impl Into<String>) -> Self {
         Self::Value {
             key: key.into(),

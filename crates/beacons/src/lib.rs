@@ -4,7 +4,8 @@
 //! (`deny_unknown_fields`), a `build` that validates it and returns a
 //! [`Beacon`], and the beacon's `run`, which produces events until shutdown.
 //! A registry maps the `type` written in minion.toml to the builder, so
-//! adding a beacon is one new file and one line in [`registry`].
+//! adding a beacon is one new file and one line in `registry.rs`
+//! (docs/architecture-beacon.md says how).
 
 //!
 //! What the minion uses: [`build_all`] turns the `[[beacon]]` tables into
@@ -28,7 +29,9 @@ use std::sync::Arc;
 use tend_host::ledger::Ledger;
 use tokio_util::sync::CancellationToken;
 
+pub use config::ConfigError;
 pub use emit::{Emitted, Emitter};
+pub use poll::LookError;
 pub use registry::{BeaconError, BeaconSpec, build_all};
 /// One utmp record as the `login` beacon reads it from wtmp and btmp
 /// (tests write them).

@@ -75,12 +75,17 @@ const DEAD_PROCESS: i16 = 8;
 /// One utmp record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
+    /// `ut_type`: 7 a login (USER_PROCESS), 8 a logout (DEAD_PROCESS).
     pub kind: i16,
     pub pid: i32,
+    /// The terminal (`pts/0`).
     pub line: String,
     pub user: String,
+    /// Where from: a host name or an address, as written.
     pub host: String,
+    /// Seconds since the Unix epoch.
     pub time: i64,
+    /// `ut_addr_v6`, when set.
     pub address: Option<IpAddr>,
 }
 

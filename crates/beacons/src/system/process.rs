@@ -57,6 +57,9 @@ pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, ConfigError> {
     }))
 }
 
+/// The `process` beacon's look: which of the watched names run, by pid.
+/// It lists /proc each time but reads a process's name only the first
+/// time it sees its pid.
 pub struct Processes {
     names: HashSet<String>,
     /// pid -> its name, for every pid seen.
@@ -66,6 +69,7 @@ pub struct Processes {
 }
 
 impl Processes {
+    /// Looks for processes named (as in `/proc/<pid>/comm`) one of `names`.
     pub fn new(names: &[&str]) -> Self {
         Self {
             names: names.iter().map(|s| s.to_string()).collect(),

@@ -6,7 +6,6 @@
 //! A registry maps the `type` written in minion.toml to the builder, so
 //! adding a beacon is one new file and one line in `registry.rs`
 //! (docs/architecture-beacon.md says how).
-
 //!
 //! What the minion uses: [`build_all`] turns the `[[beacon]]` tables into
 //! [`BeaconSpec`]s, each [`Beacon`] runs with a [`BeaconCtx`], and its

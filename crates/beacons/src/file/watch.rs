@@ -4,7 +4,7 @@
 //! [`Watching`]'s.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -324,7 +324,7 @@ impl Watching {
 
     /// A directory went away (or was moved out): whatever was known in it
     /// is gone.
-    fn forget_inside(&mut self, dir: &std::path::Path, now: Instant) {
+    fn forget_inside(&mut self, dir: &Path, now: Instant) {
         for k in self
             .known
             .keys()

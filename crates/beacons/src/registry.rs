@@ -10,25 +10,36 @@
 use std::collections::HashSet;
 
 use crate::Beacon;
+use crate::config::ConfigError;
 
 /// One `[[beacon]]` table: its common keys, and the rest for its type.
 pub struct BeaconSpec {
+    /// The instance's name (`name = "..."`).
     pub name: String,
+    /// Its type (`type = "..."`).
     pub kind: String,
+    /// Built and validated, ready to run.
     pub beacon: Box<dyn Beacon>,
     /// `rate_limit = "N/period"`: applied to the beacon's [`crate::Emitter`].
     pub rate_limit: Option<(u64, std::time::Duration)>,
 }
 
+/// A `[[beacon]]` table that cannot be used: in which file, which beacon
+/// (by name, or `#n` when it has none), and what is wrong.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: beacon {beacon:?}: {message}")]
+#[error("{file}: beacon {beacon:?}: {problem}")]
 pub struct BeaconError {
+    /// The config file.
     pub file: String,
+    /// The beacon's name, or `#n` (its place in the file).
     pub beacon: String,
-    pub message: String,
+    /// What is wrong, naming the key.
+    pub problem: ConfigError,
 }
 
-type Builder = fn(toml::Table) -> Result<Box<dyn Beacon>, String>;
+/// A beacon type's `build`: its own keys (the common ones are taken out),
+/// validated and made a beacon.
+type Builder = fn(toml::Table) -> Result<Box<dyn Beacon>, ConfigError>;
 
 /// Every beacon type, by the name used in `type = "..."`.
 fn registry() -> &'static [(&'static str, Builder)] {
@@ -60,47 +71,48 @@ pub fn build_all(file: &str, tables: Vec<toml::Table>) -> Result<Vec<BeaconSpec>
             Some(toml::Value::String(n)) => n.clone(),
             _ => format!("#{}", i + 1),
         };
-        let err = |message: String| BeaconError {
+        let err = |problem: ConfigError| BeaconError {
             file: file.to_string(),
             beacon: label.clone(),
-            message,
+            problem,
         };
         let name = match table.remove("name") {
             Some(toml::Value::String(n)) => n,
-            Some(_) => return Err(err("key `name` must be a string".into())),
-            None => return Err(err("missing key `name`".into())),
+            Some(_) => return Err(err(ConfigError::rule("name", "must be a string"))),
+            None => return Err(err(ConfigError::Missing("name"))),
         };
         if name.is_empty()
             || !name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
         {
-            return Err(err(
-                "key `name` must be letters, digits, '_', '-' or '.'".into()
-            ));
+            return Err(err(ConfigError::rule(
+                "name",
+                "must be letters, digits, '_', '-' or '.'",
+            )));
         }
         if !names.insert(name.clone()) {
-            return Err(err("another beacon has the same name".into()));
+            return Err(err(ConfigError::DuplicateName));
         }
         let kind = match table.remove("type") {
             Some(toml::Value::String(t)) => t,
-            Some(_) => return Err(err("key `type` must be a string".into())),
-            None => return Err(err("missing key `type`".into())),
+            Some(_) => return Err(err(ConfigError::rule("type", "must be a string"))),
+            None => return Err(err(ConfigError::Missing("type"))),
         };
         let enabled = match table.remove("enabled") {
             None => true,
             Some(toml::Value::Boolean(b)) => b,
-            Some(_) => return Err(err("key `enabled` must be true or false".into())),
+            Some(_) => return Err(err(ConfigError::rule("enabled", "must be true or false"))),
         };
         let Some((_, builder)) = registry().iter().find(|(k, _)| *k == kind) else {
             let known: Vec<_> = registry().iter().map(|(k, _)| *k).collect();
-            return Err(err(format!(
-                "unknown beacon type {kind:?} (known: {})",
-                known.join(", ")
-            )));
+            return Err(err(ConfigError::UnknownType {
+                kind,
+                known: known.join(", "),
+            }));
         };
         let rate_limit = match table.remove("rate_limit") {
-            Some(v) => Some(crate::common::rate_limit(&v).map_err(err)?),
+            Some(v) => Some(crate::config::rate_limit(&v).map_err(err)?),
             None => None,
         };
         let beacon = builder(table).map_err(err)?;
@@ -164,5 +176,24 @@ mod tests {
         )
         .unwrap();
         assert!(built.is_empty());
+    }
+
+    /// Every registered type is documented in docs/reference.md under its
+    /// own heading (tests/tests/reference.rs checks the keys too, through
+    /// the built minion).
+    #[test]
+    fn every_beacon_type_has_a_reference_section() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/reference.md");
+        let doc = std::fs::read_to_string(path).expect("docs/reference.md");
+        let headings: HashSet<&str> = doc.lines().map(str::trim_end).collect();
+        let missing: Vec<_> = registry()
+            .iter()
+            .map(|(kind, _)| format!("### beacon: {kind}"))
+            .filter(|h| !headings.contains(h.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/reference.md has no section for: {missing:?}"
+        );
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::config::ConfigError;
+
 #[derive(Debug, Clone)]
 pub struct Threshold {
     pub above: f64,
@@ -19,11 +21,12 @@ pub struct Threshold {
 
 impl Threshold {
     /// `below` defaults to 5 points under `above`.
-    pub fn new(above: f64, below: Option<f64>, sustain: Duration) -> Result<Self, String> {
+    pub fn new(above: f64, below: Option<f64>, sustain: Duration) -> Result<Self, ConfigError> {
         let below = below.unwrap_or(above - 5.0);
         if below > above {
-            return Err(format!(
-                "key `below` ({below}) must not be above `above` ({above})"
+            return Err(ConfigError::rule(
+                "below",
+                format!("({below}) must not be above `above` ({above})"),
             ));
         }
         Ok(Self {
@@ -65,21 +68,25 @@ pub fn from_config(
     below: Option<f64>,
     sustain: Option<&str>,
     default_above: f64,
-) -> Result<Threshold, String> {
+) -> Result<Threshold, ConfigError> {
     let above = above.unwrap_or(default_above);
     if !(0.0..=100.0).contains(&above) {
-        return Err(format!(
-            "key `above`: {above} is not a percentage (0 to 100)"
+        return Err(ConfigError::value(
+            "above",
+            format!("{above} is not a percentage (0 to 100)"),
         ));
     }
     if below.is_some_and(|b| !(0.0..=100.0).contains(&b)) {
-        return Err(format!(
-            "key `below`: {} is not a percentage (0 to 100)",
-            below.unwrap_or_default()
+        return Err(ConfigError::value(
+            "below",
+            format!(
+                "{} is not a percentage (0 to 100)",
+                below.unwrap_or_default()
+            ),
         ));
     }
     let sustain = match sustain {
-        Some(s) => crate::common::duration("for", &toml::Value::String(s.to_string()))?,
+        Some(s) => crate::config::duration("for", &toml::Value::String(s.to_string()))?,
         None => Duration::ZERO,
     };
     Threshold::new(above, below, sustain)

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tend_beacons::system::login::Record;
+use tend_beacons::LoginRecord as Record;
 use tend_beacons::{BeaconCtx, Emitted, Emitter, build_all};
-use tend_state::Ledger;
+use tend_host::ledger::Ledger;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -320,7 +320,7 @@ async fn process_appears_and_disappears() {
 
 #[test]
 fn the_process_beacon_reads_only_new_pids() {
-    let mut p = tend_beacons::system::process::Processes::new(&["init"]);
+    let mut p = tend_beacons::Processes::new(&["init"]);
     p.scan().unwrap();
     let first = p.reads;
     assert!(first > 0);

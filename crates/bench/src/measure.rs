@@ -602,7 +602,7 @@ pub fn footprint(seconds: u64) -> anyhow::Result<Report> {
 /// (list /proc, read only new pids' names) is timed against a full scan
 /// (read every process's name), side by side.
 pub fn processes(extra: usize, looks: usize) -> anyhow::Result<Report> {
-    use tend_beacons::system::process::Processes;
+    use tend_beacons::Processes;
     let mut children = Vec::new();
     for _ in 0..extra {
         children.push(

@@ -161,7 +161,7 @@ async fn run_command(req: RunRequest) -> reply::Body {
             stdout: out.stdout,
             stderr: out.stderr,
         }),
-        Ok(Err(e)) => failure(&e),
+        Ok(Err(e)) => failure(&e.to_string()),
         Err(e) => failure(&format!("the command's task crashed: {e}")),
     }
 }

@@ -14,7 +14,6 @@ mod at;
 mod cmd;
 mod ctx;
 mod engine;
-mod ledger;
 mod mode;
 mod owner;
 mod parse;
@@ -25,9 +24,7 @@ pub mod types;
 
 use serde::{Deserialize, Serialize};
 
-pub use cmd::{Output as CommandOutput, exec as run_command, set_command_umask};
 pub use engine::{ApplyOptions, apply, order};
-pub use ledger::{Fingerprint, Ledger};
 pub use mode::{Mode, ModeError};
 pub use parse::parse_state_file;
 pub use target::{Target, TargetError, TargetProblem};
@@ -35,6 +32,11 @@ pub use template::{
     Context as TemplateContext, TemplateError, render_shell as render_shell_template,
     render_with as render_template,
 };
+pub use tend_host::cmd::{
+    Command, Output as CommandOutput, exec as run_command, set_command_umask,
+};
+use tend_host::ledger;
+pub use tend_host::ledger::{Fingerprint, Ledger};
 pub use tree::{StateTree, TopFile};
 pub use types::Spec;
 
@@ -100,24 +102,6 @@ impl Requisites {
             .chain(&self.watch)
             .chain(&self.onchanges)
             .chain(&self.onfail)
-    }
-}
-
-/// A command: a string run by `sh -c`, or an argument list run directly.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Command {
-    Shell(String),
-    Argv(Vec<String>),
-}
-
-impl Command {
-    /// The command as one line, for results and messages.
-    pub fn display(&self) -> String {
-        match self {
-            Command::Shell(s) => s.clone(),
-            Command::Argv(a) => a.join(" "),
-        }
     }
 }
 

@@ -17,10 +17,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Map, json};
-use tend_state::Command;
+use tend_host::cmd::Command;
 use tokio::time::Instant;
 
-use crate::common::{Common, Cost, Observation, Poll, Polled, config, duration};
+use crate::config::{Common, ConfigError, config, duration};
+use crate::looker::Cost;
+use crate::poll::{LookError, Observation, Poll, Polled};
 use crate::{Beacon, system};
 
 #[derive(Deserialize)]
@@ -32,13 +34,15 @@ struct Config {
 
 const MAX_OUTPUT: usize = 4096;
 
-pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, ConfigError> {
     let common = Common::take(&mut table, Duration::from_secs(60), true, true)?;
     let c: Config = config(table)?;
     match &c.command {
-        Command::Shell(s) if s.trim().is_empty() => return Err("key `command` is empty".into()),
+        Command::Shell(s) if s.trim().is_empty() => {
+            return Err(ConfigError::rule("command", "is empty"));
+        }
         Command::Argv(a) if a.is_empty() || a[0].is_empty() => {
-            return Err("key `command` is empty".into());
+            return Err(ConfigError::rule("command", "is empty"));
         }
         _ => {}
     }
@@ -47,10 +51,13 @@ pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
         None => Duration::from_secs(10),
     };
     if timeout > common.interval {
-        return Err(format!(
-            "key `timeout` ({}) is longer than `interval` ({})",
-            humantime::format_duration(timeout),
-            humantime::format_duration(common.interval)
+        return Err(ConfigError::rule(
+            "timeout",
+            format!(
+                "({}) is longer than `interval` ({})",
+                humantime::format_duration(timeout),
+                humantime::format_duration(common.interval)
+            ),
         ));
     }
     Ok(Box::new(Polled {
@@ -73,8 +80,8 @@ impl Poll for Run {
         Cost::Slow
     }
 
-    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {
-        let out = tend_state::run_command(&self.command, None, &[], self.timeout)?;
+    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, LookError> {
+        let out = tend_host::cmd::exec(&self.command, None, &[], self.timeout)?;
         let mut stdout = out.stdout.trim_end().to_string();
         if stdout.len() > MAX_OUTPUT {
             let mut cut = MAX_OUTPUT;

@@ -28,7 +28,8 @@ use serde::Deserialize;
 use serde_json::{Map, json};
 use tokio::time::Instant;
 
-use crate::common::{Common, Observation, Poll, Polled, config};
+use crate::config::{Common, ConfigError, config};
+use crate::poll::{LookError, Observation, Poll, Polled};
 use crate::{Beacon, system};
 
 #[derive(Deserialize)]
@@ -44,11 +45,11 @@ fn yes() -> bool {
     true
 }
 
-pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, ConfigError> {
     let common = Common::take(&mut table, Duration::from_secs(1), true, false)?;
     let c: Config = config(table)?;
     if c.ports.contains(&0) {
-        return Err("key `ports`: 0 is not a port".into());
+        return Err(ConfigError::value("ports", "0 is not a port"));
     }
     Ok(Box::new(Polled {
         common,
@@ -166,14 +167,14 @@ pub fn parse(text: &str) -> Vec<Socket> {
 }
 
 impl Connections {
-    fn look(&self) -> Result<Vec<Socket>, String> {
+    fn look(&self) -> Result<Vec<Socket>, LookError> {
         let mut all = Vec::new();
         for t in self.tables {
             match std::fs::read_to_string(t) {
                 Ok(text) => all.extend(parse(&text)),
                 // No IPv6 on this kernel.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && t.ends_with('6') => {}
-                Err(e) => return Err(format!("cannot read {t}: {e}")),
+                Err(e) => return Err(LookError::io("read", t.to_string(), e)),
             }
         }
         Ok(all)
@@ -224,7 +225,7 @@ impl Poll for Connections {
         }
     }
 
-    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {
+    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, LookError> {
         let now = counters();
         self.since_full += 1;
         if now.is_some() && now == self.counters && self.since_full < FULL_EVERY {

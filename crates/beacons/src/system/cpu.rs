@@ -16,7 +16,8 @@ use serde::Deserialize;
 use serde_json::{Map, json};
 use tokio::time::Instant;
 
-use crate::common::{Common, Observation, Poll, Polled, config};
+use crate::config::{Common, ConfigError, config};
+use crate::poll::{LookError, Observation, Poll, Polled};
 use crate::threshold::{Threshold, from_config};
 use crate::{Beacon, system};
 
@@ -29,7 +30,7 @@ struct Config {
     sustain: Option<String>,
 }
 
-pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, ConfigError> {
     let common = Common::take(&mut table, Duration::from_secs(5), true, true)?;
     let c: Config = config(table)?;
     let threshold = from_config(c.above, c.below, c.sustain.as_deref(), 90.0)?;
@@ -48,20 +49,26 @@ struct Cpu {
 }
 
 /// (busy, total) jiffies so far, from the `cpu` line of /proc/stat.
-pub fn jiffies() -> Result<(u64, u64), String> {
+pub fn jiffies() -> Result<(u64, u64), LookError> {
     let stat = system::read("/proc/stat")?;
     let line = stat
         .lines()
         .next()
         .filter(|l| l.starts_with("cpu "))
-        .ok_or("no cpu line in /proc/stat")?;
+        .ok_or(LookError::Format {
+            what: "no cpu line",
+            file: "/proc/stat",
+        })?;
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
     if v.len() < 4 {
-        return Err("short cpu line in /proc/stat".into());
+        return Err(LookError::Format {
+            what: "short cpu line",
+            file: "/proc/stat",
+        });
     }
     // guest and guest_nice are already counted in user and nice.
     let total: u64 = v.iter().take(8).sum();
@@ -74,7 +81,7 @@ impl Poll for Cpu {
         self.last = jiffies().ok();
     }
 
-    fn poll(&mut self, now: Instant) -> Result<Vec<Observation>, String> {
+    fn poll(&mut self, now: Instant) -> Result<Vec<Observation>, LookError> {
         let (busy, total) = jiffies()?;
         let Some((b0, t0)) = self.last.replace((busy, total)) else {
             return Ok(Vec::new());

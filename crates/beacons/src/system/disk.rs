@@ -17,7 +17,8 @@ use serde::Deserialize;
 use serde_json::{Map, json};
 use tokio::time::Instant;
 
-use crate::common::{Common, Observation, Poll, Polled, config};
+use crate::config::{Common, ConfigError, config};
+use crate::poll::{LookError, Observation, Poll, Polled};
 use crate::threshold::{Threshold, from_config};
 use crate::{Beacon, system};
 
@@ -36,23 +37,27 @@ fn root() -> Vec<String> {
     vec!["/".into()]
 }
 
-pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, ConfigError> {
     let common = Common::take(&mut table, Duration::from_secs(60), true, true)?;
     let c: Config = config(table)?;
     let template = from_config(c.above, c.below, c.sustain.as_deref(), 90.0)?;
     let mut set = GlobSetBuilder::new();
     for m in &c.mounts {
         if !m.starts_with('/') {
-            return Err(format!(
-                "key `mounts`: {m:?} is not a mount point (absolute path or glob)"
+            return Err(ConfigError::value(
+                "mounts",
+                format!("{m:?} is not a mount point (absolute path or glob)"),
             ));
         }
-        set.add(Glob::new(m).map_err(|e| format!("key `mounts`: bad glob {m:?}: {e}"))?);
+        set.add(
+            Glob::new(m)
+                .map_err(|e| ConfigError::value("mounts", format!("bad glob {m:?}: {e}")))?,
+        );
     }
     Ok(Box::new(Polled {
         common,
         poller: Disk {
-            mounts: set.build().map_err(|e| e.to_string())?,
+            mounts: set.build().map_err(|e| ConfigError::Table(e.to_string()))?,
             template,
             thresholds: HashMap::new(),
         },
@@ -66,16 +71,16 @@ struct Disk {
 }
 
 /// (used percent, total bytes) of the file system at `path`.
-fn usage(path: &str) -> Result<(f64, u64), String> {
-    let c = CString::new(path).map_err(|_| format!("{path:?} has a NUL byte"))?;
+fn usage(path: &str) -> Result<(f64, u64), LookError> {
+    let c = CString::new(path).map_err(|_| LookError::Nul(path.into()))?;
     // SAFETY: statvfs writes into a zeroed struct we own; the path is a
     // valid C string.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return Err(format!(
-            "statvfs {path}: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(LookError::Statvfs {
+            path: path.into(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     let total = s.f_blocks as u64 * s.f_frsize as u64;
     let avail = s.f_bavail as u64 * s.f_frsize as u64;
@@ -94,7 +99,7 @@ fn usage(path: &str) -> Result<(f64, u64), String> {
 }
 
 impl Poll for Disk {
-    fn poll(&mut self, now: Instant) -> Result<Vec<Observation>, String> {
+    fn poll(&mut self, now: Instant) -> Result<Vec<Observation>, LookError> {
         let mounts = system::read("/proc/mounts")?;
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();

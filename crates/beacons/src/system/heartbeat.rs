@@ -14,14 +14,16 @@ use serde::Deserialize;
 use serde_json::{Map, json};
 use tokio::time::Instant;
 
-use crate::common::{Common, Cost, Observation, Poll, Polled, config};
+use crate::config::{Common, ConfigError, config};
+use crate::looker::Cost;
+use crate::poll::{LookError, Observation, Poll, Polled};
 use crate::{Beacon, system};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {}
 
-pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, ConfigError> {
     let common = Common::take(&mut table, Duration::from_secs(60), false, true)?;
     let _: Config = config(table)?;
     Ok(Box::new(Polled {
@@ -45,7 +47,7 @@ impl Poll for Beat {
         Cost::Inline
     }
 
-    fn poll(&mut self, now: Instant) -> Result<Vec<Observation>, String> {
+    fn poll(&mut self, now: Instant) -> Result<Vec<Observation>, LookError> {
         let started = *self.started.get_or_insert(now);
         self.count += 1;
         let mut data = Map::new();

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use serde_json::{Map, json};
 use tokio::time::Instant;
 
-use crate::common::{Common, Observation, Poll, Polled, config};
+use crate::config::{Common, ConfigError, config};
+use crate::poll::{LookError, Observation, Poll, Polled};
 use crate::{Beacon, system};
 
 #[derive(Deserialize)]
@@ -28,19 +29,22 @@ struct Config {
     fifteen: Option<[f64; 2]>,
 }
 
-pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, ConfigError> {
     let common = Common::take(&mut table, Duration::from_secs(10), true, true)?;
     let c: Config = config(table)?;
     let ranges = [("1m", c.one), ("5m", c.five), ("15m", c.fifteen)];
     if ranges.iter().all(|(_, r)| r.is_none()) {
-        return Err("give at least one of `1m`, `5m`, `15m` as [low, high]".into());
+        return Err(ConfigError::Table(
+            "give at least one of `1m`, `5m`, `15m` as [low, high]".into(),
+        ));
     }
     for (k, r) in &ranges {
         if let Some([lo, hi]) = r
             && (lo > hi || *lo < 0.0)
         {
-            return Err(format!(
-                "key `{k}`: [{lo}, {hi}] is not a range [low, high] of loads"
+            return Err(ConfigError::value(
+                k,
+                format!("[{lo}, {hi}] is not a range [low, high] of loads"),
             ));
         }
     }
@@ -57,7 +61,7 @@ struct Load {
 }
 
 impl Poll for Load {
-    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {
+    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, LookError> {
         let text = system::read("/proc/loadavg")?;
         let v: Vec<f64> = text
             .split_whitespace()
@@ -65,7 +69,7 @@ impl Poll for Load {
             .filter_map(|x| x.parse().ok())
             .collect();
         if v.len() < 3 {
-            return Err("cannot parse /proc/loadavg".into());
+            return Err(LookError::Unparsable("/proc/loadavg"));
         }
         let mut data = Map::new();
         let mut states = Map::new();

@@ -25,7 +25,8 @@ use serde::Deserialize;
 use serde_json::{Map, json};
 use tokio::time::Instant;
 
-use crate::common::{Common, Observation, Poll, Polled, config};
+use crate::config::{Common, ConfigError, config};
+use crate::poll::{LookError, Observation, Poll, Polled};
 use crate::{Beacon, system};
 
 #[derive(Deserialize)]
@@ -45,12 +46,15 @@ fn default_btmp() -> String {
     "/var/log/btmp".into()
 }
 
-pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, ConfigError> {
     let common = Common::take(&mut table, Duration::from_secs(1), false, false)?;
     let c: Config = config(table)?;
     for (key, p) in [("wtmp", &c.wtmp), ("btmp", &c.btmp)] {
         if !p.starts_with('/') {
-            return Err(format!("key `{key}`: {p:?} must be an absolute path"));
+            return Err(ConfigError::value(
+                key,
+                format!("{p:?} must be an absolute path"),
+            ));
         }
     }
     Ok(Box::new(Polled {
@@ -71,12 +75,17 @@ const DEAD_PROCESS: i16 = 8;
 /// One utmp record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
+    /// `ut_type`: 7 a login (USER_PROCESS), 8 a logout (DEAD_PROCESS).
     pub kind: i16,
     pub pid: i32,
+    /// The terminal (`pts/0`).
     pub line: String,
     pub user: String,
+    /// Where from: a host name or an address, as written.
     pub host: String,
+    /// Seconds since the Unix epoch.
     pub time: i64,
+    /// `ut_addr_v6`, when set.
     pub address: Option<IpAddr>,
 }
 
@@ -166,22 +175,22 @@ impl Tail {
         }
     }
 
-    fn read_new(&mut self) -> Result<Vec<Record>, String> {
+    fn read_new(&mut self) -> Result<Vec<Record>, LookError> {
         let mut f = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // Came back later: everything in it is new.
                 if self.at.take().is_some() || !self.said_missing {
                     self.said_missing = true;
-                    return Err(format!("{} does not exist; watching for it", self.path));
+                    return Err(LookError::Missing(self.path.clone()));
                 }
                 return Ok(Vec::new());
             }
-            Err(e) => return Err(format!("cannot read {}: {e}", self.path)),
+            Err(e) => return Err(LookError::io("read", &self.path, e)),
         };
         let m = f
             .metadata()
-            .map_err(|e| format!("cannot stat {}: {e}", self.path))?;
+            .map_err(|e| LookError::io("stat", &self.path, e))?;
         let offset = match self.at {
             // Rotated (a new file) or truncated: from the start.
             Some((ino, off)) if ino == m.ino() && off <= m.len() => off,
@@ -195,12 +204,12 @@ impl Tail {
         let mut records = Vec::new();
         if whole > 0 {
             f.seek(SeekFrom::Start(offset))
-                .map_err(|e| format!("cannot seek {}: {e}", self.path))?;
+                .map_err(|e| LookError::io("seek", &self.path, e))?;
             // At most READ_CAP a look; the rest next time.
             let take = whole.min(READ_CAP);
             let mut buf = vec![0u8; take as usize];
             f.read_exact(&mut buf)
-                .map_err(|e| format!("cannot read {}: {e}", self.path))?;
+                .map_err(|e| LookError::io("read", &self.path, e))?;
             for chunk in buf.chunks_exact(RECORD) {
                 let b: &[u8; RECORD] = chunk.try_into().unwrap_or(&[0; RECORD]);
                 records.push(Record::decode(b));
@@ -224,7 +233,7 @@ impl Poll for Logins {
         }
     }
 
-    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {
+    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, LookError> {
         let mut out = Vec::new();
         let mut errors = Vec::new();
         for f in &mut self.files {
@@ -257,7 +266,7 @@ impl Poll for Logins {
         }
         // Events first; a missing file is reported once, after them.
         if out.is_empty() && !errors.is_empty() {
-            return Err(errors.join("; "));
+            return Err(LookError::Several(errors));
         }
         for e in errors {
             tracing::warn!("login beacon: {e}");

@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::{Map, json};
 use tokio::time::Instant;
 
-use crate::common::{Common, Observation, Poll, Polled, config};
+use crate::config::{Common, ConfigError, config};
+use crate::poll::{LookError, Observation, Poll, Polled};
 use crate::threshold::{Threshold, from_config};
 use crate::{Beacon, system};
 
@@ -26,7 +27,7 @@ struct Config {
     sustain: Option<String>,
 }
 
-fn build_kind(mut table: toml::Table, swap: bool) -> Result<Box<dyn Beacon>, String> {
+fn build_kind(mut table: toml::Table, swap: bool) -> Result<Box<dyn Beacon>, ConfigError> {
     let common = Common::take(&mut table, Duration::from_secs(10), true, true)?;
     let c: Config = config(table)?;
     let threshold = from_config(c.above, c.below, c.sustain.as_deref(), 90.0)?;
@@ -36,11 +37,11 @@ fn build_kind(mut table: toml::Table, swap: bool) -> Result<Box<dyn Beacon>, Str
     }))
 }
 
-pub fn build_memory(table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+pub fn build_memory(table: toml::Table) -> Result<Box<dyn Beacon>, ConfigError> {
     build_kind(table, false)
 }
 
-pub fn build_swap(table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+pub fn build_swap(table: toml::Table) -> Result<Box<dyn Beacon>, ConfigError> {
     build_kind(table, true)
 }
 
@@ -57,7 +58,7 @@ fn kib(info: &str, key: &str) -> Option<u64> {
 }
 
 impl Poll for Memory {
-    fn poll(&mut self, now: Instant) -> Result<Vec<Observation>, String> {
+    fn poll(&mut self, now: Instant) -> Result<Vec<Observation>, LookError> {
         let info = system::read("/proc/meminfo")?;
         let (total, free) = if self.swap {
             (kib(&info, "SwapTotal"), kib(&info, "SwapFree"))
@@ -65,8 +66,14 @@ impl Poll for Memory {
             (kib(&info, "MemTotal"), kib(&info, "MemAvailable"))
         };
         let (total, free) = (
-            total.ok_or("no total in /proc/meminfo")?,
-            free.ok_or("no free in /proc/meminfo")?,
+            total.ok_or(LookError::Format {
+                what: "no total",
+                file: "/proc/meminfo",
+            })?,
+            free.ok_or(LookError::Format {
+                what: "no free",
+                file: "/proc/meminfo",
+            })?,
         );
         let percent = if total == 0 {
             0.0

@@ -21,7 +21,7 @@ pub mod service;
 
 use serde_json::{Map, Value};
 
-use crate::common::Observation;
+use crate::poll::{LookError, Observation};
 
 /// An observation of a state, with `data` as the event's data.
 pub(crate) fn state(
@@ -45,6 +45,7 @@ pub(crate) fn happening(subject: impl Into<String>, data: Map<String, Value>) ->
     }
 }
 
-pub(crate) fn read(path: &str) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))
+/// Reads a whole (small, kernel) file.
+pub(crate) fn read(path: &str) -> Result<String, LookError> {
+    std::fs::read_to_string(path).map_err(|e| LookError::io("read", path, e))
 }

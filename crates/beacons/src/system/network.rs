@@ -19,7 +19,8 @@ use serde::Deserialize;
 use serde_json::{Map, json};
 use tokio::time::Instant;
 
-use crate::common::{Common, Observation, Poll, Polled, config};
+use crate::config::{Common, ConfigError, config};
+use crate::poll::{LookError, Observation, Poll, Polled};
 use crate::{Beacon, system};
 
 #[derive(Deserialize)]
@@ -32,18 +33,21 @@ struct Config {
     bytes_above: Option<u64>,
 }
 
-pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, ConfigError> {
     let common = Common::take(&mut table, Duration::from_secs(10), true, false)?;
     let c: Config = config(table)?;
     let mut set = GlobSetBuilder::new();
     for i in &c.interfaces {
-        set.add(Glob::new(i).map_err(|e| format!("key `interfaces`: bad glob {i:?}: {e}"))?);
+        set.add(
+            Glob::new(i)
+                .map_err(|e| ConfigError::value("interfaces", format!("bad glob {i:?}: {e}")))?,
+        );
     }
     Ok(Box::new(Polled {
         common,
         poller: Network {
             all: c.interfaces.is_empty(),
-            interfaces: set.build().map_err(|e| e.to_string())?,
+            interfaces: set.build().map_err(|e| ConfigError::Table(e.to_string()))?,
             limits: [c.errors_above, c.drops_above, c.bytes_above],
             last: HashMap::new(),
         },
@@ -65,9 +69,9 @@ fn counter(iface: &str, name: &str) -> u64 {
 }
 
 impl Poll for Network {
-    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {
+    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, LookError> {
         let dir = std::fs::read_dir("/sys/class/net")
-            .map_err(|e| format!("cannot list /sys/class/net: {e}"))?;
+            .map_err(|e| LookError::io("list", "/sys/class/net", e))?;
         let mut out = Vec::new();
         for entry in dir.flatten() {
             let Ok(name) = entry.file_name().into_string() else {

@@ -20,7 +20,8 @@ use serde::Deserialize;
 use serde_json::{Map, json};
 use tokio::time::Instant;
 
-use crate::common::{Common, Observation, Poll, Polled, config};
+use crate::config::{Common, ConfigError, config};
+use crate::poll::{LookError, Observation, Poll, Polled};
 use crate::{Beacon, system};
 
 #[derive(Deserialize)]
@@ -29,16 +30,20 @@ struct Config {
     names: Vec<String>,
 }
 
-pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, ConfigError> {
     let common = Common::take(&mut table, Duration::from_secs(5), true, true)?;
     let c: Config = config(table)?;
     if c.names.is_empty() {
-        return Err("key `names` must list at least one process name".into());
+        return Err(ConfigError::rule(
+            "names",
+            "must list at least one process name",
+        ));
     }
     for n in &c.names {
         if n.is_empty() || n.len() > 15 || n.contains('/') {
-            return Err(format!(
-                "key `names`: {n:?} is not a process name (1 to 15 characters, as in /proc/<pid>/comm)"
+            return Err(ConfigError::value(
+                "names",
+                format!("{n:?} is not a process name (1 to 15 characters, as in /proc/<pid>/comm)"),
             ));
         }
     }
@@ -52,6 +57,9 @@ pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
     }))
 }
 
+/// The `process` beacon's look: which of the watched names run, by pid.
+/// It lists /proc each time but reads a process's name only the first
+/// time it sees its pid.
 pub struct Processes {
     names: HashSet<String>,
     /// pid -> its name, for every pid seen.
@@ -61,6 +69,7 @@ pub struct Processes {
 }
 
 impl Processes {
+    /// Looks for processes named (as in `/proc/<pid>/comm`) one of `names`.
     pub fn new(names: &[&str]) -> Self {
         Self {
             names: names.iter().map(|s| s.to_string()).collect(),
@@ -70,8 +79,8 @@ impl Processes {
     }
 
     /// pids of each watched name, running now.
-    pub fn scan(&mut self) -> Result<HashMap<String, Vec<u32>>, String> {
-        let dir = std::fs::read_dir("/proc").map_err(|e| format!("cannot list /proc: {e}"))?;
+    pub fn scan(&mut self) -> Result<HashMap<String, Vec<u32>>, LookError> {
+        let dir = std::fs::read_dir("/proc").map_err(|e| LookError::io("list", "/proc", e))?;
         let mut alive = HashSet::new();
         for e in dir.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -102,7 +111,7 @@ impl Processes {
 }
 
 impl Poll for Processes {
-    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {
+    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, LookError> {
         let running = self.scan()?;
         Ok(running
             .into_iter()

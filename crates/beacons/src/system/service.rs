@@ -16,7 +16,9 @@ use serde::Deserialize;
 use serde_json::{Map, json};
 use tokio::time::Instant;
 
-use crate::common::{Common, Cost, Observation, Poll, Polled, config};
+use crate::config::{Common, ConfigError, config};
+use crate::looker::Cost;
+use crate::poll::{LookError, Observation, Poll, Polled};
 use crate::{Beacon, system};
 
 #[derive(Deserialize)]
@@ -25,11 +27,11 @@ struct Config {
     units: Vec<String>,
 }
 
-pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
+pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, ConfigError> {
     let common = Common::take(&mut table, Duration::from_secs(10), true, false)?;
     let c: Config = config(table)?;
     if c.units.is_empty() {
-        return Err("key `units` must list at least one unit".into());
+        return Err(ConfigError::rule("units", "must list at least one unit"));
     }
     for u in &c.units {
         let ok = !u.is_empty()
@@ -37,7 +39,10 @@ pub fn build(mut table: toml::Table) -> Result<Box<dyn Beacon>, String> {
                 b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@' | b':')
             });
         if !ok {
-            return Err(format!("key `units`: {u:?} is not a systemd unit name"));
+            return Err(ConfigError::value(
+                "units",
+                format!("{u:?} is not a systemd unit name"),
+            ));
         }
     }
     Ok(Box::new(Polled {
@@ -60,20 +65,20 @@ impl Poll for Services {
         Cost::Slow
     }
 
-    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, String> {
+    fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, LookError> {
         if !Path::new("/run/systemd/system").is_dir() {
             if self.warned {
                 return Ok(Vec::new());
             }
             self.warned = true;
             tracing::warn!("the service beacon is idle: systemd is not running on this machine");
-            return Err("systemd is not running on this machine (no /run/systemd/system): the service beacon stays idle".into());
+            return Err(LookError::NoSystemd);
         }
         let out = std::process::Command::new("systemctl")
             .args(["show", "--property=Id,ActiveState,SubState"])
             .args(&self.units)
             .output()
-            .map_err(|e| format!("cannot run systemctl: {e}"))?;
+            .map_err(|e| LookError::io("run", "systemctl", e))?;
         let text = String::from_utf8_lossy(&out.stdout);
         let mut obs = Vec::new();
         // One block per unit, separated by blank lines.

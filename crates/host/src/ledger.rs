@@ -20,7 +20,9 @@ use sha2::{Digest, Sha256};
 /// What a path is, in the terms that matter for drift.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Fingerprint {
+    /// Nothing at the path.
     Absent,
+    /// A regular file: its content hash, permission bits and owner.
     File {
         sha256: [u8; 32],
         mode: u32,
@@ -82,6 +84,7 @@ impl Fingerprint {
         }
     }
 
+    /// The permission bits, when there is something at the path.
     pub fn mode(&self) -> Option<u32> {
         match self {
             Self::File { mode, .. } | Self::Other { mode, .. } => Some(*mode),
@@ -91,7 +94,7 @@ impl Fingerprint {
 }
 
 /// SHA-256 of a file's contents, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
+fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
     let mut f = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = [0u8; 64 * 1024];
@@ -105,11 +108,12 @@ pub fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
     Ok(hasher.finalize().into())
 }
 
+/// SHA-256 of `bytes`: what a file holding them fingerprints as.
 pub fn sha256_bytes(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-pub fn hex(bytes: &[u8]) -> String {
+fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()
@@ -153,6 +157,7 @@ impl Default for Ledger {
 }
 
 impl Ledger {
+    /// A ledger that holds at most `capacity` paths (at least 2).
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             inner: Mutex::new((HashMap::new(), 0)),
@@ -201,10 +206,12 @@ impl Ledger {
         exact.or_else(|| *self.running.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// How many paths it holds.
     pub fn len(&self) -> usize {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).0.len()
     }
 
+    /// Whether it holds no path.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

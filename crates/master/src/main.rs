@@ -2,7 +2,6 @@
 //! to minions, and answers the CLI.
 
 mod actions;
-mod config;
 mod control;
 mod ingest;
 mod jobs;
@@ -24,8 +23,8 @@ use tend_state::StateTree;
 use tend_store::Store;
 use tokio::sync::mpsc;
 
-use crate::config::MasterConfig;
 use crate::master::Master;
+use tend_master::config::MasterConfig;
 
 #[derive(Parser)]
 #[command(

@@ -12,7 +12,7 @@ use tend_state::StateTree;
 use tend_store::Store;
 use tokio::sync::mpsc;
 
-use crate::config::MasterConfig;
+use tend_master::config::MasterConfig;
 
 macro_rules! counters {
     ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* $field:ident),* $(,)? }) => {

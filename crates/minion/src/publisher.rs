@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::MinionMetrics;
-use crate::outbox::{AppendError, Outbox};
 use std::sync::atomic::Ordering;
+use tend_minion::outbox::{AppendError, Outbox};
 
 /// Events published and not yet acknowledged, at most.
 const WINDOW: u64 = 50_000;

@@ -25,7 +25,7 @@ use tend_proto::v1::{
 
 use tend_master::config::MasterConfig;
 use tend_minion::config::MinionConfig;
-use tend_minion::outbox::{self as minion_outbox, Outbox};
+use tend_minion::outbox;
 
 /// What a fuzz target runs on one input.
 pub type Target = fn(&[u8]);
@@ -332,7 +332,7 @@ pub fn outbox(data: &[u8]) {
     {
         return;
     }
-    if let Ok(mut ob) = Outbox::open(&dir, minion_outbox::MIN_BYTES, false) {
+    if let Ok(mut ob) = outbox::Outbox::open(&dir, outbox::MIN_BYTES, false) {
         let _ = ob.read(0, 10_000, DEFAULT_MAX_MESSAGE);
     }
 }

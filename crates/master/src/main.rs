@@ -25,12 +25,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tend_bus::{BusStats, ControlServer, Identity, KeyStore, MasterBus, MasterBusConfig};
+use tend_master::config::MasterConfig;
 use tend_reactor::Rules;
 use tend_state::StateTree;
 use tend_store::Store;
 use tokio::sync::mpsc;
-
-use tend_master::config::MasterConfig;
 
 use crate::master::{Master, Parts};
 use crate::store::Backend;

@@ -121,7 +121,7 @@ impl Jobs {
     }
 
     /// Records a job as it stands now (a later record replaces it).
-    pub async fn save_job(&self, job: &Job) {
+    async fn save_job(&self, job: &Job) {
         let store = self.storage.backend();
         let job = job.clone();
         match tokio::task::spawn_blocking(move || store.put_job(&job)).await {

@@ -5,10 +5,9 @@
 //!
 //! Each function takes arbitrary bytes and must return without panicking,
 //! whatever they are: errors are the expected answer to bad input. They
-//! call the daemons' own entry points (decode, validate, parse); where the
-//! daemon's handling lives in a binary crate (the master's and minion's
-//! configs, the minion's outbox), the binary's source file is compiled in
-//! here as it is (`#[path]`), not copied.
+//! call the daemons' own entry points (decode, validate, parse), the
+//! master's and minion's configs and the minion's outbox included (from
+//! the daemons' library targets).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,21 +23,9 @@ use tend_proto::v1::{
     master_message, minion_message, request,
 };
 
-// The binaries' own sources for what they read from files. The config
-// sources refer to `crate::outbox` and `crate::facts`, hence these names at
-// the crate root.
-#[allow(dead_code)]
-#[path = "../../minion/src/facts.rs"]
-mod facts;
-#[allow(dead_code)]
-#[path = "../../master/src/config.rs"]
-mod master_config;
-#[allow(dead_code)]
-#[path = "../../minion/src/config.rs"]
-mod minion_config;
-#[allow(dead_code)]
-#[path = "../../minion/src/outbox/mod.rs"]
-mod outbox;
+use tend_master::config::MasterConfig;
+use tend_minion::config::MinionConfig;
+use tend_minion::outbox;
 
 /// What a fuzz target runs on one input.
 pub type Target = fn(&[u8]);
@@ -318,7 +305,7 @@ pub fn state(data: &[u8]) {
 /// master.toml, read and checked as `tend-master` does.
 pub fn master_config(data: &[u8]) {
     let path = scratch_file("master.toml", data);
-    if let Ok(cfg) = master_config::MasterConfig::load(&path) {
+    if let Ok(cfg) = MasterConfig::load(&path) {
         let _ = cfg.retention_period();
         let _ = cfg.control_endpoint();
     }
@@ -328,7 +315,7 @@ pub fn master_config(data: &[u8]) {
 /// (built, not started).
 pub fn minion_config(data: &[u8]) {
     let path = scratch_file("minion.toml", data);
-    if let Ok(mut cfg) = minion_config::MinionConfig::load(&path) {
+    if let Ok(mut cfg) = MinionConfig::load(&path) {
         let _ = cfg.minion_id();
         let _ = (cfg.event_endpoint(), cfg.command_endpoint());
         let _ = tend_beacons::build_all("minion.toml", std::mem::take(&mut cfg.beacon));

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+/// Why master.toml was refused: the file, and the key when one is bad.
+pub use tend_daemon::ConfigError;
 use tend_daemon::LogConfig;
 
 #[derive(Debug, Deserialize)]
@@ -136,46 +138,72 @@ struct PreseedDecl {
     name: String,
 }
 
-fn preseed(value: &toml::Value) -> Result<tend_bus::keys::Preseed, String> {
+/// Why an `[[accept_fingerprints]]` entry was refused.
+#[derive(Debug, thiserror::Error)]
+enum PreseedError {
+    #[error(
+        "{0:?} is the old form, which binds the key to no kind and no name (it could log in as \
+         any minion or operator). Write each entry as:\n\
+         [[accept_fingerprints]]\nfingerprint = {0:?}\nkind = \"minion\"   # or \"operator\"\n\
+         name = \"web1\"     # a name or a name glob"
+    )]
+    OldForm(String),
+    #[error("{0} (an entry is a [[accept_fingerprints]] table with fingerprint, kind and name)")]
+    NotATable(String),
+    #[error("fingerprint {0:?} is not like sha256:<64 lowercase hex digits>")]
+    Fingerprint(String),
+    #[error("kind {0:?} is not \"minion\" or \"operator\"")]
+    Kind(String),
+    #[error("name {0:?} must name the peer (a name or a glob such as \"web-*\", not everything)")]
+    Name(String),
+    #[error(transparent)]
+    Key(#[from] tend_bus::KeyError),
+}
+
+fn preseed(value: &toml::Value) -> Result<tend_bus::keys::Preseed, PreseedError> {
     let decl: PreseedDecl = match value {
-        toml::Value::String(fp) => {
-            return Err(format!(
-                "{fp:?} is the old form, which binds the key to no kind and no name (it could log in as \
-                 any minion or operator). Write each entry as:\n\
-                 [[accept_fingerprints]]\nfingerprint = {fp:?}\nkind = \"minion\"   # or \"operator\"\n\
-                 name = \"web1\"     # a name or a name glob"
-            ));
-        }
+        toml::Value::String(fp) => return Err(PreseedError::OldForm(fp.clone())),
         other => other.clone().try_into().map_err(|e: toml::de::Error| {
-            format!(
-                "{} (an entry is a [[accept_fingerprints]] table with fingerprint, kind and name)",
-                e.message().trim_end()
-            )
+            PreseedError::NotATable(e.message().trim_end().to_string())
         })?,
     };
     if !tend_bus::is_fingerprint(&decl.fingerprint) {
-        return Err(format!(
-            "fingerprint {:?} is not like sha256:<64 lowercase hex digits>",
-            decl.fingerprint
-        ));
+        return Err(PreseedError::Fingerprint(decl.fingerprint));
     }
     let kind = match decl.kind.as_str() {
         "minion" => tend_proto::v1::PeerKind::Minion,
         "operator" => tend_proto::v1::PeerKind::Operator,
-        other => return Err(format!("kind {other:?} is not \"minion\" or \"operator\"")),
+        _ => return Err(PreseedError::Kind(decl.kind)),
     };
     if decl.name.is_empty() || decl.name == "*" {
-        return Err(format!(
-            "name {:?} must name the peer (a name or a glob such as \"web-*\", not everything)",
-            decl.name
-        ));
+        return Err(PreseedError::Name(decl.name));
     }
-    tend_bus::keys::Preseed::new(&decl.fingerprint, kind, &decl.name).map_err(|e| e.to_string())
+    Ok(tend_bus::keys::Preseed::new(
+        &decl.fingerprint,
+        kind,
+        &decl.name,
+    )?)
+}
+
+/// Why `retention` is not a period the store can keep events for.
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    /// Not a duration at all.
+    #[error("{value:?} is not a duration like 30d, 12h or 0s ({source})")]
+    NotADuration {
+        value: String,
+        source: humantime::DurationError,
+    },
+    /// Shorter than the store can tell apart (and not `0s`, forever).
+    #[error("{0:?} is under a second")]
+    UnderASecond(String),
 }
 
 impl MasterConfig {
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let mut cfg: Self = tend_daemon::load(path).map_err(|e| e.to_string())?;
+    /// Loads and checks `path`; relative paths become relative to it. A
+    /// bad value is an error naming the file and the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: Self = tend_daemon::load(path)?;
         for p in [
             &mut cfg.data_dir,
             &mut cfg.run_dir,
@@ -184,8 +212,10 @@ impl MasterConfig {
         ] {
             *p = tend_daemon::relative_to(path, p);
         }
-        let err =
-            |key: &str, msg: String| format!("config file {}: key `{key}`: {msg}", path.display());
+        let err = |key: &str, problem: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("key `{key}`: {problem}"),
+        };
         for (key, ep) in [
             ("event_endpoint", &cfg.event_endpoint),
             ("command_endpoint", &cfg.command_endpoint),
@@ -238,10 +268,13 @@ impl MasterConfig {
                 format!("{} is not between 0 and 1000000", cfg.action_queue),
             ));
         }
-        cfg.retention_period().map_err(|e| err("retention", e))?;
+        cfg.retention_period()
+            .map_err(|e| err("retention", e.to_string()))?;
         if let Some(listen) = &cfg.metrics_listen {
-            tend_daemon::metrics::parse_listen(listen)
-                .map_err(|e| format!("config file {}: {e}", path.display()))?;
+            tend_daemon::metrics::parse_listen(listen).map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         }
         if cfg.max_events == Some(0) {
             return Err(err(
@@ -253,19 +286,21 @@ impl MasterConfig {
     }
 
     /// `retention` as a duration; None keeps events forever.
-    pub fn retention_period(&self) -> Result<Option<std::time::Duration>, String> {
-        let d = humantime::parse_duration(&self.retention).map_err(|e| {
-            format!(
-                "{:?} is not a duration like 30d, 12h or 0s ({e})",
-                self.retention
-            )
+    pub fn retention_period(&self) -> Result<Option<std::time::Duration>, RetentionError> {
+        let d = humantime::parse_duration(&self.retention).map_err(|source| {
+            RetentionError::NotADuration {
+                value: self.retention.clone(),
+                source,
+            }
         })?;
         if !d.is_zero() && d < std::time::Duration::from_secs(1) {
-            return Err(format!("{:?} is under a second", self.retention));
+            return Err(RetentionError::UnderASecond(self.retention.clone()));
         }
         Ok((!d.is_zero()).then_some(d))
     }
 
+    /// Where the CLI connects: `control_endpoint`, or the socket in
+    /// `run_dir`.
     pub fn control_endpoint(&self) -> String {
         self.control_endpoint
             .clone()

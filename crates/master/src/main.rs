@@ -2,30 +2,37 @@
 //! to minions, and answers the CLI.
 
 mod actions;
-mod config;
 mod control;
+mod emit;
 mod ingest;
 mod jobs;
 mod master;
 mod metrics;
+mod minions;
 mod prune;
 mod react;
+mod reactor_inbox;
+mod recovery;
+mod rules;
+mod stats;
+mod store;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use tend_bus::{BusStats, ControlServer, Identity, KeyStore, MasterBus, MasterBusConfig};
+use tend_master::config::MasterConfig;
 use tend_reactor::Rules;
 use tend_state::StateTree;
 use tend_store::Store;
 use tokio::sync::mpsc;
 
-use crate::config::MasterConfig;
-use crate::master::Master;
+use crate::master::{Master, Parts};
+use crate::store::Backend;
 
 #[derive(Parser)]
 #[command(
@@ -132,7 +139,7 @@ fn check_config(args: &Args, cfg: &MasterConfig, rules: &Rules) -> anyhow::Resul
 /// Ends the jobs a previous run of the master left running or queued (it
 /// crashed, or was stopped mid-job): they are marked `interrupted`, and
 /// said so in events, stored before anything else happens.
-fn interrupt_unfinished(store: &Store) -> anyhow::Result<u64> {
+fn interrupt_unfinished(store: &dyn Backend) -> anyhow::Result<u64> {
     let jobs = store
         .interrupt_unfinished(
             "the master stopped (a crash or a restart) while this job ran: its outcome on the minion is unknown",
@@ -200,8 +207,11 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
             tracing::warn!("{warning}");
         }
     }
-    let store = Arc::new(Store::open(&cfg.data_dir)?);
-    let interrupted = interrupt_unfinished(&store)?;
+    // The store's backend: the one place that picks it.
+    let opened = Store::open(&cfg.data_dir)?;
+    let store_path = opened.path().to_path_buf();
+    let store: Arc<dyn Backend> = Arc::new(opened);
+    let interrupted = interrupt_unfinished(store.as_ref())?;
     let last_event = store.last_event_id()?;
     let shutdown = tend_daemon::shutdown_on_signals()?;
 
@@ -254,79 +264,71 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
             (m.id.clone(), m)
         })
         .collect();
-    let (local_tx, local_rx) = mpsc::channel(4096);
-    let (reactor_tx, reactor_rx) = std::sync::mpsc::sync_channel(64);
     tracing::info!(
         events = %cfg.event_endpoint,
         commands = %cfg.command_endpoint,
         control = %control_endpoint,
-        store = %store.path().display(),
+        store = %store_path.display(),
         rules = rules.len(),
         minions = minions.len(),
         fingerprint = %identity.fingerprint(),
         "tend-master ready"
     );
-    let master = Arc::new(Master {
-        tree: StateTree::new(&cfg.state_root),
-        actions: actions::ActionLimit::new(cfg.max_actions, cfg.action_queue),
+    let (master, queues) = Master::build(Parts {
         cfg,
         store,
+        last_event,
         bus,
         bus_stats,
         keys,
         fingerprint: identity.fingerprint(),
-        rules: RwLock::new(rules.clone()),
-        counters: Default::default(),
-        minions: Mutex::new(minions),
-        local: local_tx,
-        started_us: tend_proto::now_us(),
-        reactions: Default::default(),
-        replays: Default::default(),
-        reactor: reactor_tx,
-        stored: tokio::sync::watch::Sender::new(last_event),
-        metrics: Default::default(),
-        store_failure: Mutex::new(None),
+        rules: rules.clone(),
+        minions,
     });
-    master::add(&master.counters.jobs_interrupted, interrupted);
+    stats::add(&master.stats.counters.jobs_interrupted, interrupted);
     if let Some(listener) = metrics_listener {
         tokio::spawn(tend_daemon::metrics::serve(
             listener,
-            metrics::render(Arc::downgrade(&master)),
+            metrics::render(Arc::downgrade(&master.metrics)),
             shutdown.clone(),
         ));
     }
     {
-        let (master, rt) = (Arc::downgrade(&master), tokio::runtime::Handle::current());
+        let (runner, rt) = (
+            Arc::downgrade(&master.reactor),
+            tokio::runtime::Handle::current(),
+        );
+        let inbox = queues.reactor;
         std::thread::Builder::new()
             .name("reactor".into())
-            .spawn(move || react::run(master, reactor_rx, rt, rules))?;
+            .spawn(move || react::run(runner, inbox, rt, rules))?;
     }
     {
         // SIGHUP: read the rules again, as daemons do.
-        let master = master.clone();
+        let rules = master.rules.clone();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
                 tracing::info!("SIGHUP: reloading the rules");
-                let _ = master.reload_rules().await;
+                let _ = rules.reload().await;
             }
         });
     }
 
     tend_daemon::systemd::ready(&format!(
         "serving {} minion(s), {} rule(s)",
-        master.minions.lock().map(|m| m.len()).unwrap_or(0),
-        master.rules().len()
+        master.minions.count(),
+        master.rules.current().len()
     ));
     tend_daemon::systemd::spawn_watchdog();
-    let ingest = tokio::spawn(ingest::run(
-        master.clone(),
-        inbound,
-        local_rx,
-        shutdown.clone(),
-    ));
-    let control = tokio::spawn(control::serve(master.clone(), requests, shutdown.clone()));
-    tokio::spawn(prune::run(master.clone(), shutdown.clone()));
+    let ingest = tokio::spawn(
+        master
+            .ingest
+            .clone()
+            .run(inbound, queues.local, shutdown.clone()),
+    );
+    let control = tokio::spawn(master.control.clone().serve(requests, shutdown.clone()));
+    tokio::spawn(master.retention.clone().run(shutdown.clone()));
     shutdown.cancelled().await;
     tend_daemon::systemd::stopping();
     let _ = tokio::time::timeout(Duration::from_secs(5), ingest).await;

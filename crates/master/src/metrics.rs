@@ -2,34 +2,31 @@
 //! it stored and refused, what the reactor did, queue depths, job
 //! durations, connected minions.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use tend_daemon::metrics::{Histogram, Render, Text};
+use tend_bus::{BusStats, KeyStore, MasterBus};
+use tend_daemon::metrics::{Render, Text};
 
-use crate::master::Master;
+use crate::actions::ActionLimit;
+use crate::emit::Emitter;
+use crate::minions::Minions;
+use crate::rules::RuleSet;
+use crate::stats::Stats;
+use crate::store::Storage;
 
-/// What the master measures beyond its counters.
-#[derive(Default)]
-pub struct MasterMetrics {
-    /// How long jobs took, by kind.
-    pub apply_seconds: Histogram,
-    pub run_seconds: Histogram,
-    /// The id of the last stored event the reactor evaluated: the events
-    /// after it, up to the last stored, wait for it.
-    pub reactor_cursor: AtomicU64,
-    /// Messages from the bus waiting to be stored, when last looked at.
-    pub ingest_queue: AtomicU64,
-}
-
-impl MasterMetrics {
-    pub fn job_finished(&self, kind: &str, took: std::time::Duration) {
-        match kind {
-            "apply" => self.apply_seconds.observe(took),
-            "run" => self.run_seconds.observe(took),
-            _ => {}
-        }
-    }
+/// What the metrics endpoint reads, from every component.
+pub struct MetricsView {
+    pub stats: Arc<Stats>,
+    pub bus_stats: Arc<BusStats>,
+    pub bus: Arc<MasterBus>,
+    pub keys: Arc<KeyStore>,
+    pub minions: Arc<Minions>,
+    pub rules: Arc<RuleSet>,
+    pub storage: Arc<Storage>,
+    pub actions: Arc<ActionLimit>,
+    /// The master's own events waiting to be stored.
+    pub emitter: Emitter,
 }
 
 /// Help text for each of the master's counters.
@@ -61,10 +58,11 @@ fn help(name: &str) -> &'static str {
     }
 }
 
-pub fn render(master: Weak<Master>) -> Render {
+/// The metrics, read at each scrape, while the master lives.
+pub fn render(view: Weak<MetricsView>) -> Render {
     Arc::new(move |t: &mut Text| {
-        let Some(m) = master.upgrade() else { return };
-        for (name, value) in m.counters.snapshot() {
+        let Some(m) = view.upgrade() else { return };
+        for (name, value) in m.stats.counters.snapshot() {
             t.counter(&format!("tend_master_{name}_total"), help(name), value);
         }
         t.counter_set("tend_master_bus", "Bus", m.bus_stats.snapshot());
@@ -78,7 +76,7 @@ pub fn render(master: Weak<Master>) -> Render {
             "Minions with a live session.",
             m.bus.connected().len() as f64,
         );
-        let known = m.minions.lock().map(|k| k.len()).unwrap_or(0);
+        let known = m.minions.count();
         t.gauge(
             "tend_master_minions_known",
             "Minions the master has heard from.",
@@ -87,12 +85,12 @@ pub fn render(master: Weak<Master>) -> Render {
         t.gauge(
             "tend_master_rules",
             "Reactor rules in force.",
-            m.rules().len() as f64,
+            m.rules.current().len() as f64,
         );
         t.gauge(
             "tend_master_reactor_queue",
             "Stored events waiting for the reactor.",
-            m.reactor_backlog() as f64,
+            m.storage.reactor_backlog() as f64,
         );
         t.gauge(
             "tend_master_actions_running",
@@ -107,7 +105,7 @@ pub fn render(master: Weak<Master>) -> Render {
         t.gauge(
             "tend_master_store_failing",
             "1 while the store refuses writes (events are not acknowledged), else 0.",
-            if m.store_failing().is_some() {
+            if m.storage.failing().is_some() {
                 1.0
             } else {
                 0.0
@@ -116,9 +114,9 @@ pub fn render(master: Weak<Master>) -> Render {
         t.gauge(
             "tend_master_ingest_queue",
             "Messages from minions waiting to be stored.",
-            m.metrics.ingest_queue.load(Ordering::Relaxed) as f64,
+            m.stats.ingest_queue.load(Ordering::Relaxed) as f64,
         );
-        let local = m.local.max_capacity() - m.local.capacity();
+        let local = m.emitter.waiting();
         t.gauge(
             "tend_master_local_queue",
             "Events the master made itself, waiting to be stored.",
@@ -127,15 +125,15 @@ pub fn render(master: Weak<Master>) -> Render {
         t.gauge(
             "tend_master_last_event_id",
             "Store id of the last event stored.",
-            *m.stored.borrow() as f64,
+            m.storage.last_stored() as f64,
         );
         t.histograms(
             "tend_master_job_duration_seconds",
             "How long jobs took, from start to the last minion's answer.",
             "kind",
             &[
-                ("apply", &m.metrics.apply_seconds),
-                ("run", &m.metrics.run_seconds),
+                ("apply", &m.stats.apply_seconds),
+                ("run", &m.stats.run_seconds),
             ],
         );
     })

@@ -5,7 +5,20 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+/// Why minion.toml was refused: the file, and the key when one is bad.
+pub use tend_daemon::ConfigError;
 use tend_daemon::LogConfig;
+
+/// Why the minion has no id to go by.
+#[derive(Debug, thiserror::Error)]
+pub enum MinionIdError {
+    /// No `id` in minion.toml, and no host name to fall back on.
+    #[error("no `id` in the config and the host name cannot be read")]
+    NoHostname,
+    /// The configured id, or the host name, is not a valid minion id.
+    #[error("{0}; set `id` in the config")]
+    Invalid(tend_proto::MinionIdError),
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,18 +108,23 @@ fn default_true() -> bool {
 }
 
 impl MinionConfig {
-    /// Loads and checks `path`; relative paths become relative to it.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let mut cfg: Self = tend_daemon::load(path).map_err(|e| e.to_string())?;
+    /// Loads and checks `path`; relative paths become relative to it. A
+    /// bad value is an error naming the file and the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: Self = tend_daemon::load(path)?;
         cfg.data_dir = tend_daemon::relative_to(path, &cfg.data_dir);
-        let err =
-            |key: &str, msg: String| format!("config file {}: key `{key}`: {msg}", path.display());
+        let err = |key: &str, problem: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("key `{key}`: {problem}"),
+        };
         if let Some(id) = &cfg.id {
             tend_proto::validate_minion_id(id).map_err(|e| err("id", e.to_string()))?;
         }
         if let Some(listen) = &cfg.metrics_listen {
-            tend_daemon::metrics::parse_listen(listen)
-                .map_err(|e| format!("config file {}: {e}", path.display()))?;
+            tend_daemon::metrics::parse_listen(listen).map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         }
         if let Some(fp) = &cfg.master_fingerprint
             && !tend_bus::is_fingerprint(fp)
@@ -154,13 +172,12 @@ impl MinionConfig {
     }
 
     /// The minion id: configured, or the host name.
-    pub fn minion_id(&self) -> Result<String, String> {
+    pub fn minion_id(&self) -> Result<String, MinionIdError> {
         let id = match &self.id {
             Some(id) => id.clone(),
-            None => crate::facts::hostname()
-                .ok_or("no `id` in the config and the host name cannot be read")?,
+            None => crate::facts::hostname().ok_or(MinionIdError::NoHostname)?,
         };
-        tend_proto::validate_minion_id(&id).map_err(|e| format!("{e}; set `id` in the config"))?;
+        tend_proto::validate_minion_id(&id).map_err(MinionIdError::Invalid)?;
         Ok(id)
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tend_bus::{BusStats, Responder};
+use tend_minion::outbox::AppendError;
 use tend_proto::v1::{
     ControlRequest, Event, Failure, SendEvents, Sent, Status, control_reply, control_request,
 };
@@ -15,6 +16,22 @@ use crate::publisher::Signal;
 
 /// Events in one `SendEvents`, at most.
 pub const MAX_SEND: usize = 10_000;
+
+/// Why events sent on the local socket were not taken.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("tag {0:?} must be 1 to 512 printable characters")]
+    BadTag(String),
+    #[error("send 1 to {MAX_SEND} events at a time")]
+    Count,
+    /// The n-th (from 1) event's data.
+    #[error("event {0} is not a JSON object")]
+    NotAnObject(usize),
+    #[error("the minion is shutting down")]
+    ShuttingDown,
+    #[error("the outbox could not write them: {0}")]
+    Outbox(AppendError),
+}
 
 pub async fn serve(
     minion: String,
@@ -30,7 +47,9 @@ pub async fn serve(
                         first_seq,
                         last_seq,
                     }),
-                    Err(message) => control_reply::Body::Failure(Failure { message }),
+                    Err(e) => control_reply::Body::Failure(Failure {
+                        message: e.to_string(),
+                    }),
                 }
             }
             Some(control_request::Body::GetStatus(_)) => control_reply::Body::Status(Status {
@@ -56,16 +75,13 @@ async fn send_events(
     minion: &str,
     send: SendEvents,
     publisher: &mpsc::Sender<Signal>,
-) -> Result<(u64, u64), String> {
+) -> Result<(u64, u64), SendError> {
     let tag = send.tag.trim_matches('/');
     if tag.is_empty() || tag.len() > 512 || tag.chars().any(char::is_control) {
-        return Err(format!(
-            "tag {:?} must be 1 to 512 printable characters",
-            send.tag
-        ));
+        return Err(SendError::BadTag(send.tag.clone()));
     }
     if send.data.is_empty() || send.data.len() > MAX_SEND {
-        return Err(format!("send 1 to {MAX_SEND} events at a time"));
+        return Err(SendError::Count);
     }
     let now = tend_proto::now_us();
     let mut events = Vec::with_capacity(send.data.len());
@@ -77,7 +93,7 @@ async fn send_events(
         };
         match serde_json::from_slice::<Value>(&data) {
             Ok(Value::Object(_)) => {}
-            _ => return Err(format!("event {} is not a JSON object", i + 1)),
+            _ => return Err(SendError::NotAnObject(i + 1)),
         }
         events.push(Event {
             minion: minion.to_string(),
@@ -92,8 +108,9 @@ async fn send_events(
     publisher
         .send(Signal::Send { events, done })
         .await
-        .map_err(|_| "the minion is shutting down".to_string())?;
+        .map_err(|_| SendError::ShuttingDown)?;
     result
         .await
-        .map_err(|_| "the minion is shutting down".to_string())?
+        .map_err(|_| SendError::ShuttingDown)?
+        .map_err(SendError::Outbox)
 }

@@ -3,11 +3,8 @@
 
 mod beacons;
 mod commands;
-mod config;
-mod facts;
 mod local;
 mod metrics;
-mod outbox;
 mod publisher;
 
 use std::path::PathBuf;
@@ -21,8 +18,9 @@ use tend_state::Ledger;
 use tokio::sync::mpsc;
 
 use crate::commands::Commands;
-use crate::config::MinionConfig;
 use crate::publisher::{Publisher, Signal};
+use tend_minion::config::MinionConfig;
+use tend_minion::{facts, outbox};
 
 #[derive(Parser)]
 #[command(
@@ -120,7 +118,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
-    let id = cfg.minion_id().map_err(anyhow::Error::msg)?;
+    let id = cfg.minion_id()?;
     let config_file = args.config.display().to_string();
     let beacons = tend_beacons::build_all(&config_file, std::mem::take(&mut cfg.beacon))?;
     if args.check_config {

@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::MinionMetrics;
-use crate::outbox::{AppendError, Outbox};
 use std::sync::atomic::Ordering;
+use tend_minion::outbox::{AppendError, Outbox};
 
 /// Events published and not yet acknowledged, at most.
 const WINDOW: u64 = 50_000;
@@ -55,7 +55,7 @@ pub enum Signal {
     /// hears their seqs once they are durable in the outbox.
     Send {
         events: Vec<Event>,
-        done: oneshot::Sender<Result<(u64, u64), String>>,
+        done: oneshot::Sender<Result<(u64, u64), AppendError>>,
     },
 }
 
@@ -193,10 +193,7 @@ impl Publisher {
             }
             Signal::Send { events, done } => {
                 let n = events.len() as u64;
-                let result = match self.append(events).await {
-                    Ok(next) => Ok((next - n, next - 1)),
-                    Err(e) => Err(format!("the outbox could not write them: {e}")),
-                };
+                let result = self.append(events).await.map(|next| (next - n, next - 1));
                 let _ = done.send(result);
             }
             Signal::Ack { seq, replay } => {

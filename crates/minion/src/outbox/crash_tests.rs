@@ -7,6 +7,8 @@
 //! missing; nothing from a batch it said it did not keep ever appears.
 
 use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::path::Path;
 
 use super::disk::faults::{self, Mode};
 use super::*;

@@ -26,14 +26,17 @@
 
 mod disk;
 mod meta;
+mod recover;
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use prost::Message;
 use tend_proto::v1::Event;
@@ -122,131 +125,6 @@ impl From<io::Error> for AppendError {
 }
 
 impl Outbox {
-    /// Opens the outbox in `dir`, recovering what a previous run left.
-    pub fn open(dir: &Path, max_bytes: u64, fsync: bool) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
-        let (meta_file, stored) = MetaFile::open(dir)?;
-        let mut meta = stored.unwrap_or_default();
-        if stored.is_none() {
-            // An outbox from before the meta file: its acknowledgement.
-            meta.acked = read_u64(&dir.join("acked"))?.unwrap_or(0);
-        }
-        check_meta(&meta, &dir.join("meta"))?;
-        let mut names: Vec<(u64, PathBuf)> = fs::read_dir(dir)?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let first = name
-                    .strip_prefix("seg-")?
-                    .strip_suffix(".log")?
-                    .parse()
-                    .ok()?;
-                Some((first, e.path()))
-            })
-            .filter(|(first, _)| *first > 0)
-            .collect();
-        names.sort();
-        if let Some((first, path)) = names.last()
-            && *first >= MAX_SEQ
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{}: an outbox segment numbered {first}, beyond any real seq (at most {MAX_SEQ}); move it away",
-                    path.display()
-                ),
-            ));
-        }
-        let mut segments = VecDeque::new();
-        let mut total_bytes = 0;
-        // Every seq handed out is in a segment, acknowledged, in the
-        // dropped range, or at most `handed` (written before the others
-        // could forget it).
-        let mut last_seq = meta
-            .acked
-            .max(meta.handed)
-            .max(meta.dropped.map_or(0, |(_, hi)| hi));
-        let mut scanned = Vec::new();
-        for (first, path) in names {
-            let (last, good_len) = scan(&path, first, u64::MAX)?;
-            scanned.push((first, path, last, good_len));
-        }
-        // A segment running into the next (non-empty) one holds a failed
-        // write that was not cut back before a power cut: the next segment
-        // holds what was kept under those seqs.
-        let mut next_first = u64::MAX;
-        for (first, path, last, good_len) in scanned.iter_mut().rev() {
-            if *last >= next_first {
-                (*last, *good_len) = scan(path, *first, next_first - 1)?;
-            }
-            if *last >= *first {
-                next_first = *first;
-            }
-        }
-        for (first, path, last, good_len) in scanned {
-            let len = fs::metadata(&path)?.len();
-            if good_len < len {
-                tracing::warn!(segment = %path.display(), kept = good_len, len, "outbox segment has a torn or corrupt tail, or runs into the next segment; cutting it");
-                disk::truncate(&path, good_len)?;
-            }
-            if last < first {
-                disk::remove(&path)?;
-                continue;
-            }
-            last_seq = last_seq.max(last);
-            total_bytes += good_len;
-            segments.push_back(Segment {
-                path,
-                first,
-                last,
-                bytes: good_len,
-            });
-        }
-        let boot = disk::boot_id();
-        let mut next_seq = last_seq + 1;
-        // Without fsync, a power cut may have taken events that were
-        // already published: numbering resumes above anything reserved.
-        // (A crash of the minion alone loses nothing it wrote, and with
-        // fsync on nothing is published before it is synced.)
-        if !fsync && meta.boot != boot && meta.reserved > next_seq {
-            tracing::warn!(
-                from = next_seq,
-                to = meta.reserved,
-                "the machine restarted since the outbox last wrote, and it does not fsync: events numbered up to {} may have been published and lost; numbering resumes above them",
-                meta.reserved - 1
-            );
-            next_seq = meta.reserved;
-        }
-        meta.reserved = meta.reserved.max(next_seq);
-        meta.handed = meta.handed.max(next_seq - 1);
-        meta.boot = boot;
-        let max_bytes = max_bytes.max(MIN_BYTES);
-        let mut outbox = Self {
-            dir: dir.to_path_buf(),
-            segments,
-            writer: None,
-            next_seq,
-            max_bytes,
-            bound: max_bytes,
-            total_bytes,
-            fsync,
-            meta,
-            meta_file,
-            meta_synced: false,
-            boot,
-            cache: VecDeque::new(),
-            cache_bytes: 0,
-        };
-        outbox.store_meta(outbox.meta, true)?;
-        for legacy in ["acked", "dropped", "acked.tmp", "dropped.tmp", "meta.tmp"] {
-            if dir.join(legacy).exists() {
-                disk::remove(&dir.join(legacy))?;
-            }
-        }
-        outbox.trim()?;
-        Ok(outbox)
-    }
-
     /// The seq the next appended event gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
@@ -650,24 +528,6 @@ impl Outbox {
     }
 }
 
-/// Reads a segment, returning its last valid seq (at most `limit`) and
-/// the length of its valid prefix up to there.
-fn scan(path: &Path, first: u64, limit: u64) -> io::Result<(u64, u64)> {
-    let mut reader = BufReader::new(File::open(path)?);
-    let mut last = first - 1;
-    let mut good = 0u64;
-    while let Ok(Some(payload)) = read_record(&mut reader) {
-        match Event::decode(payload.as_slice()) {
-            Ok(e) if e.seq == last + 1 && e.seq <= limit => {
-                last = e.seq;
-                good += 8 + payload.len() as u64;
-            }
-            _ => break,
-        }
-    }
-    Ok((last, good))
-}
-
 /// One record, or None at a clean end. A torn or corrupt record is an
 /// error.
 fn read_record(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
@@ -692,179 +552,4 @@ fn read_record(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "bad checksum"));
     }
     Ok(Some(payload))
-}
-
-/// Refuses a meta file whose values no outbox could have written.
-fn check_meta(meta: &Meta, path: &Path) -> io::Result<()> {
-    let (lo, hi) = meta.dropped.unwrap_or((0, 0));
-    for (name, v) in [
-        ("acknowledged seq", meta.acked),
-        ("reserved seq", meta.reserved),
-        ("highest seq handed out", meta.handed),
-        ("dropped range", lo.max(hi)),
-    ] {
-        if v >= MAX_SEQ {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{}: the outbox meta file says its {name} is {v}, beyond any real seq (at most {MAX_SEQ}): it is damaged or not this outbox's; restore it, or move the outbox directory away to start a new outbox",
-                    path.display()
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn read_u64(path: &Path) -> io::Result<Option<u64>> {
-    match fs::read_to_string(path) {
-        Ok(s) => Ok(s.trim().parse().ok()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::fs::OpenOptions;
-    use std::io::Write;
-
-    fn events(n: usize) -> Vec<Event> {
-        (0..n)
-            .map(|i| Event {
-                minion: "m".into(),
-                tag: "minion/m/test".into(),
-                data: format!("{{\"i\":{i}}}").into_bytes(),
-                ..Default::default()
-            })
-            .collect()
-    }
-
-    #[test]
-    fn numbers_persists_and_survives_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ob = Outbox::open(dir.path(), 1 << 30, false).unwrap();
-        let mut evs = events(10);
-        ob.append(&mut evs).unwrap();
-        assert_eq!(evs[9].seq, 10);
-        ob.ack(4).unwrap();
-        drop(ob);
-        let mut ob = Outbox::open(dir.path(), 1 << 30, false).unwrap();
-        assert_eq!(ob.next_seq(), 11);
-        assert_eq!(ob.acked(), 4);
-        assert_eq!(ob.oldest(), 5);
-        let back = ob.read(5, 100, 1 << 20).unwrap();
-        assert_eq!(
-            back.iter().map(|e| e.seq).collect::<Vec<_>>(),
-            (5..=10).collect::<Vec<_>>()
-        );
-        let mut more = events(1);
-        ob.append(&mut more).unwrap();
-        assert_eq!(more[0].seq, 11);
-    }
-
-    /// The handed mark only keeps numbering above what was handed out:
-    /// a restart leaves no gap (the master would count one as lost), even
-    /// after every segment was acknowledged and deleted.
-    #[test]
-    fn a_restart_resumes_right_after_the_last_seq_handed_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ob = Outbox::open(dir.path(), MIN_BYTES, true).unwrap();
-        for _ in 0..20 {
-            ob.append(&mut events(25)).unwrap();
-        }
-        drop(ob);
-        let mut ob = Outbox::open(dir.path(), MIN_BYTES, true).unwrap();
-        assert_eq!(ob.next_seq(), 501);
-        ob.ack(500).unwrap();
-        drop(ob);
-        let ob = Outbox::open(dir.path(), MIN_BYTES, true).unwrap();
-        assert!(ob.segments.is_empty(), "everything acknowledged is deleted");
-        assert_eq!(ob.next_seq(), 501);
-    }
-
-    #[test]
-    fn a_torn_tail_is_cut() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ob = Outbox::open(dir.path(), 1 << 30, false).unwrap();
-        ob.append(&mut events(3)).unwrap();
-        drop(ob);
-        let seg = fs::read_dir(dir.path())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .find(|e| e.file_name().to_string_lossy().starts_with("seg-"))
-            .unwrap()
-            .path();
-        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all(&[50, 0, 0, 0, 1, 2, 3, 4, 9]).unwrap(); // a half record
-        drop(f);
-        let mut ob = Outbox::open(dir.path(), 1 << 30, false).unwrap();
-        assert_eq!(ob.next_seq(), 4);
-        let mut next = events(1);
-        ob.append(&mut next).unwrap();
-        assert_eq!(next[0].seq, 4);
-        drop(ob);
-        let mut ob = Outbox::open(dir.path(), 1 << 30, false).unwrap();
-        assert_eq!(ob.read(1, 10, 1 << 20).unwrap().len(), 4);
-    }
-
-    #[test]
-    fn acknowledged_segments_are_deleted_and_the_bound_drops_and_settles() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ob = Outbox::open(dir.path(), 1 << 20, false).unwrap();
-        let big = "x".repeat(10_000);
-        let mut total = 0u64;
-        for _ in 0..300 {
-            let mut e = events(1);
-            e[0].data = format!("{{\"x\":\"{big}\"}}").into_bytes();
-            ob.append(&mut e).unwrap();
-            total += 1;
-        }
-        assert!(ob.bytes() <= (1 << 20) + 20_000, "{}", ob.bytes());
-        let (lo, hi) = ob.meta.dropped.expect("the bound dropped events");
-        assert_eq!((lo, hi + 1), (1, ob.oldest()), "exactly the oldest went");
-        // Until settled, the master is told they may still be had.
-        assert_eq!(ob.announced_oldest(), 1);
-        assert_eq!(ob.unacked(), total);
-        // The master had the first ten; it asks again from the eleventh.
-        ob.ack(10).unwrap();
-        assert_eq!(ob.meta.dropped, Some((11, hi)));
-        assert_eq!(ob.settle_replay(10).unwrap(), hi - 10);
-        assert_eq!(ob.announced_oldest(), ob.oldest());
-        assert_eq!(ob.settle_replay(10).unwrap(), 0, "settled once");
-        ob.ack(total).unwrap();
-        assert!(ob.segments.len() <= 1);
-    }
-
-    #[test]
-    fn dropped_events_the_master_acknowledges_are_not_lost() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ob = Outbox::open(dir.path(), MIN_BYTES, false).unwrap();
-        for _ in 0..100 {
-            let mut e = events(10);
-            e.iter_mut().for_each(|e| e.data = vec![b'x'; 500]);
-            ob.append(&mut e).unwrap();
-        }
-        let (_, hi) = ob.meta.dropped.expect("the bound dropped events");
-        // Published before the drop, stored by the master all along.
-        ob.ack(hi).unwrap();
-        assert_eq!(ob.meta.dropped, None);
-        assert_eq!(ob.settle_replay(hi).unwrap(), 0);
-        drop(ob);
-        let ob = Outbox::open(dir.path(), MIN_BYTES, false).unwrap();
-        assert_eq!(ob.meta.dropped, None, "nothing to report after a restart");
-    }
-
-    #[test]
-    fn reads_from_disk_beyond_the_cache() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ob = Outbox::open(dir.path(), 1 << 30, false).unwrap();
-        ob.append(&mut events(100)).unwrap();
-        ob.cache.clear();
-        ob.cache_bytes = 0;
-        let got = ob.read(50, 10, 1 << 20).unwrap();
-        assert_eq!(got.first().unwrap().seq, 50);
-        assert_eq!(got.len(), 10);
-    }
 }

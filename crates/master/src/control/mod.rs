@@ -1,0 +1,193 @@
+//! The control API: what `tend` asks of the master. Requests are served
+//! each on its own task; this file dispatches them and answers the small
+//! ones. Keys are in `keys.rs`, event listings and live tails in
+//! `events.rs`, what goes out to minions (apply, run, ping) in
+//! `commands.rs`, and the refusals in `error.rs`.
+
+mod commands;
+mod error;
+mod events;
+mod keys;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tend_bus::{BusStats, KeyStore, MasterBus, Responder};
+use tend_proto::v1::{
+    ControlRequest, Failure, JobList, RulesReloaded, Status, Targeted, control_reply,
+    control_request,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::actions::ActionLimit;
+use crate::jobs::Jobs;
+use crate::minions::{Minions, Targets};
+use crate::rules::RuleSet;
+use crate::stats::Stats;
+use crate::store::Storage;
+pub use error::{ControlError, KeyRequestError};
+
+/// Events listed when the CLI gives no limit.
+const DEFAULT_LIMIT: usize = 100;
+/// Events listed at most in one request.
+const MAX_LIMIT: usize = 1_000_000;
+/// Jobs in one answer, at most this many bytes of them (each holds its
+/// minions' output, up to 64 KiB each): the newest come first.
+const JOBS_BYTES: usize = 16 << 20;
+
+/// What answering the CLI takes.
+pub struct Control {
+    pub storage: Arc<Storage>,
+    pub stats: Arc<Stats>,
+    pub bus_stats: Arc<BusStats>,
+    pub bus: Arc<MasterBus>,
+    pub keys: Arc<KeyStore>,
+    /// The master's own key fingerprint.
+    pub fingerprint: String,
+    pub minions: Arc<Minions>,
+    pub targets: Targets,
+    pub rules: Arc<RuleSet>,
+    pub jobs: Arc<Jobs>,
+    /// Rule actions running and waiting (for `tend status`).
+    pub actions: Arc<ActionLimit>,
+    pub started_us: i64,
+    /// How long an apply may take when the CLI gives no timeout.
+    pub apply_timeout: Duration,
+}
+
+impl Control {
+    /// Serves control requests until `shutdown`.
+    pub async fn serve(
+        self: Arc<Self>,
+        mut requests: mpsc::Receiver<(Responder, ControlRequest)>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let (responder, req) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = requests.recv() => match r {
+                    Some(r) => r,
+                    None => return,
+                },
+            };
+            let control = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = control.handle(&responder, req).await {
+                    let _ = responder.finish(control_reply::Body::Failure(Failure {
+                        message: e.to_string(),
+                    }));
+                }
+            });
+        }
+    }
+
+    async fn handle(
+        self: &Arc<Self>,
+        out: &Responder,
+        req: ControlRequest,
+    ) -> Result<(), ControlError> {
+        let Some(body) = req.body else {
+            return Err(ControlError::Empty);
+        };
+        match body {
+            control_request::Body::ListEvents(q) => self.list_events(out, q).await,
+            control_request::Body::FollowEvents(q) => self.follow_events(out, q).await,
+            control_request::Body::ListMinions(_) => self.list_minions(out).await,
+            control_request::Body::ListKeys(_) => self.list_keys(out).await,
+            control_request::Body::ChangeKeys(c) => {
+                let changed = self.change_keys(c).await?;
+                send(out, control_reply::Body::KeysChanged(changed))
+            }
+            control_request::Body::Apply(cmd) => self.apply(out, cmd).await,
+            control_request::Body::ListJobs(q) => {
+                let limit = if q.limit == 0 {
+                    DEFAULT_LIMIT
+                } else {
+                    (q.limit as usize).min(MAX_LIMIT)
+                };
+                let store = self.storage.backend();
+                let jobs = blocking(move || store.list_jobs(limit, JOBS_BYTES)).await?;
+                send(out, control_reply::Body::Jobs(JobList { jobs }))
+            }
+            control_request::Body::GetJob(q) => {
+                let store = self.storage.backend();
+                match blocking(move || store.job(q.id)).await? {
+                    Some(job) => send(out, control_reply::Body::Job(job)),
+                    None => Err(ControlError::NoJob(q.id)),
+                }
+            }
+            control_request::Body::Ping(p) => self.ping(out, p).await,
+            control_request::Body::ReloadRules(_) => {
+                let rules = self.rules.reload().await?;
+                send(
+                    out,
+                    control_reply::Body::Reloaded(RulesReloaded {
+                        rules: rules as u32,
+                    }),
+                )
+            }
+            control_request::Body::Run(cmd) => self.run(out, cmd).await,
+            control_request::Body::SendEvents(_) => Err(ControlError::SendToMaster),
+            control_request::Body::GetStatus(_) => {
+                send(out, control_reply::Body::Status(self.status()))
+            }
+        }
+    }
+
+    /// `tend status`: the counters, and whether the store fails.
+    fn status(&self) -> Status {
+        let mut counters = std::collections::HashMap::new();
+        for (k, v) in self.bus_stats.snapshot() {
+            counters.insert(format!("bus_{k}"), v);
+        }
+        for (k, v) in self.stats.counters.snapshot() {
+            counters.insert(k.to_string(), v);
+        }
+        counters.insert(
+            "minions_connected".into(),
+            self.bus.connected().len() as u64,
+        );
+        counters.insert("rules".into(), self.rules.current().len() as u64);
+        counters.insert("reactor_queue".into(), self.storage.reactor_backlog());
+        counters.insert("actions_running".into(), self.actions.running() as u64);
+        counters.insert("actions_waiting".into(), self.actions.waiting() as u64);
+        let failure = self.storage.failing();
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_us: self.started_us,
+            counters,
+            store_error: failure
+                .as_ref()
+                .map(|f| f.error.clone())
+                .unwrap_or_default(),
+            store_failing_since_us: failure.map_or(0, |f| f.since_us),
+        }
+    }
+}
+
+/// Tells the CLI which minions a job went to, so it can show progress.
+fn targeted(out: &Responder, minions: &[String]) {
+    let _ = out.send(
+        control_reply::Body::Targeted(Targeted {
+            minions: minions.to_vec(),
+        }),
+        true,
+    );
+}
+
+/// Sends the last part of an answer.
+fn send(out: &Responder, body: control_reply::Body) -> Result<(), ControlError> {
+    Ok(out.finish(body)?)
+}
+
+/// Runs a store call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, tend_store::StoreError> + Send + 'static,
+) -> Result<T, ControlError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ControlError::Store(e)),
+        Err(e) => Err(ControlError::StoreTask(e)),
+    }
+}

@@ -491,6 +491,25 @@ fn finding_7_running_out_of_descriptors_neither_spins_nor_aborts_the_master() {
 /// while a minion the master knows restarts.
 #[test]
 fn finding_11_a_hello_flood_does_not_shut_a_known_minion_out() {
+    known_minion_back_during_a_hello_flood(Restart::Minion);
+}
+
+/// Finding 11, the other way round: the master restarts (kill -9) during
+/// the flood, and must serve its known minion's hello ahead of the flood
+/// from its first moment (its accepted keys are known to the handshake
+/// queue at start, before any of them has opened a session).
+#[test]
+fn finding_11_a_master_restarted_during_a_hello_flood_gets_its_minion_back() {
+    known_minion_back_during_a_hello_flood(Restart::Master);
+}
+
+/// What goes down while the flood is on.
+enum Restart {
+    Minion,
+    Master,
+}
+
+fn known_minion_back_during_a_hello_flood(restart: Restart) {
     use std::sync::atomic::{AtomicBool, Ordering};
     let tmp = tempfile::tempdir().unwrap();
     let mut master = Master::new(&tmp.path().join("master"), "");
@@ -498,14 +517,16 @@ fn finding_11_a_hello_flood_does_not_shut_a_known_minion_out() {
     let mut web1 = Minion::new(&tmp.path().join("web1"), "web1", &master, "");
     web1.start();
     master.wait_connected("web1");
-    web1.daemon().stop();
-    wait_until(Duration::from_secs(20), "web1 to be down", || {
-        master
-            .tend_json(&["minions"])
-            .iter()
-            .any(|m| m["id"] == "web1" && m["connected"] == false)
-            .then_some(())
-    });
+    if let Restart::Minion = restart {
+        web1.daemon().stop();
+        wait_until(Duration::from_secs(20), "web1 to be down", || {
+            master
+                .tend_json(&["minions"])
+                .iter()
+                .any(|m| m["id"] == "web1" && m["connected"] == false)
+                .then_some(())
+        });
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let flooders: Vec<_> = (0..2)
@@ -547,7 +568,13 @@ fn finding_11_a_hello_flood_does_not_shut_a_known_minion_out() {
     });
 
     let started = std::time::Instant::now();
-    web1.start();
+    match restart {
+        Restart::Minion => web1.start(),
+        Restart::Master => {
+            master.daemon().kill9();
+            master.start();
+        }
+    }
     let back = std::panic::catch_unwind(|| master.wait_connected("web1"));
     let took = started.elapsed();
     stop.store(true, Ordering::Relaxed);

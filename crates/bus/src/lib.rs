@@ -25,8 +25,9 @@ mod stats;
 pub use control::{ControlClient, ControlServer, Responder};
 pub use identity::{Identity, IdentityError, MasterPin, PinError, fingerprint, is_fingerprint};
 pub use keys::{KeyEntry, KeyError, KeyState, KeyStore};
-/// The master's check of each event in a batch, for the fuzz targets.
-pub use master::check_event;
+/// The master's check of each event in a batch (for the fuzz targets),
+/// and why it refused one.
+pub use master::{EventError, check_event};
 pub use master::{MasterBus, MasterBusConfig, MasterInbound};
 pub use minion::{MinionBus, MinionBusConfig, MinionInbound};
 pub use stats::BusStats;

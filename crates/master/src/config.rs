@@ -63,7 +63,7 @@ pub struct MasterConfig {
     accept_fingerprints: Vec<toml::Value>,
     /// `accept_fingerprints`, checked.
     #[serde(skip)]
-    pub preseeds: Vec<tend_bus::keys::Preseed>,
+    pub preseeds: Vec<tend_bus::Preseed>,
     /// Events and finished jobs older than this are removed from the
     /// store (`30d`, `12h`); `0s` keeps them forever.
     #[serde(default = "default_retention")]
@@ -136,7 +136,7 @@ struct PreseedDecl {
     name: String,
 }
 
-fn preseed(value: &toml::Value) -> Result<tend_bus::keys::Preseed, String> {
+fn preseed(value: &toml::Value) -> Result<tend_bus::Preseed, String> {
     let decl: PreseedDecl = match value {
         toml::Value::String(fp) => {
             return Err(format!(
@@ -170,7 +170,7 @@ fn preseed(value: &toml::Value) -> Result<tend_bus::keys::Preseed, String> {
             decl.name
         ));
     }
-    tend_bus::keys::Preseed::new(&decl.fingerprint, kind, &decl.name).map_err(|e| e.to_string())
+    tend_bus::Preseed::new(&decl.fingerprint, kind, &decl.name).map_err(|e| e.to_string())
 }
 
 impl MasterConfig {

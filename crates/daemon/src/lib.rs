@@ -5,7 +5,9 @@
 //! DESIGN.md has no crate for this; without one, tend-master and
 //! tend-minion would each carry a copy.
 
+/// The `GET /metrics` endpoint both daemons serve, and its text format.
 pub mod metrics;
+/// sd_notify: ready, stopping, and the watchdog.
 pub mod systemd;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+/// A config file that cannot be used: unreadable, or not what it must be.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {error}")]
@@ -113,6 +116,7 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {

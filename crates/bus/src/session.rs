@@ -43,6 +43,8 @@ pub(crate) struct Keys {
     pub down: [u8; 32],
 }
 
+/// An open session's keys and counters: seals frames one way, opens
+/// them the other, and refuses replays.
 pub struct Session {
     pub id: u64,
     up: LessSafeKey,

@@ -58,6 +58,7 @@ pub const MAX_PENDING: usize = 10_000;
 /// Labels the master may assign to one minion.
 const MAX_LABELS: usize = 64;
 
+/// Where a key stands: Salt's pending, accepted, rejected, denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyState {
     Accepted,
@@ -84,6 +85,7 @@ impl KeyState {
     ];
 }
 
+/// One key as `tend keys list` shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyEntry {
     pub name: String,
@@ -94,6 +96,7 @@ pub struct KeyEntry {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Why an operator's key command could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("key store {path}: {error}")]
@@ -185,6 +188,7 @@ struct Labels {
     map: BTreeMap<String, String>,
 }
 
+/// The master's key store under its data dir (see the module doc).
 pub struct KeyStore {
     dir: PathBuf,
     auto_accept: bool,

@@ -14,6 +14,7 @@ pub(super) fn kind_dir(kind: PeerKind) -> &'static str {
     }
 }
 
+/// The word for a kind of peer, as commands and logs say it.
 pub fn kind_name(kind: PeerKind) -> &'static str {
     match kind {
         PeerKind::Minion => "minion",

@@ -49,6 +49,7 @@ use crate::keys::KeyStore;
 use crate::session::Session;
 use crate::stats::BusStats;
 
+/// Where the master listens, and its limits and timing.
 #[derive(Debug, Clone)]
 pub struct MasterBusConfig {
     /// Where minions publish events, e.g. `tcp://0.0.0.0:4510`.
@@ -120,6 +121,8 @@ struct Shared {
     commands: OnceLock<Weak<SocketThread>>,
 }
 
+/// The master's bus: both sockets, the sessions, the handshake workers.
+/// Dropping it stops them.
 pub struct MasterBus {
     shared: Arc<Shared>,
     commands: Arc<SocketThread>,

@@ -31,6 +31,7 @@ use crate::stats::BusStats;
 use crate::{BusError, EVENT_TOPIC};
 use link::run_session;
 
+/// Where the minion connects, who it is, and its limits and timing.
 #[derive(Clone)]
 pub struct MinionBusConfig {
     pub minion: String,
@@ -99,6 +100,8 @@ struct Shared {
     reopen_events: AtomicBool,
 }
 
+/// The minion's bus: both sockets and the session task. Dropping it
+/// stops them.
 pub struct MinionBus {
     shared: Arc<Shared>,
     ctx: zmq::Context,

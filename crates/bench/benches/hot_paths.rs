@@ -8,8 +8,8 @@ use std::sync::Arc;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use prost::Message;
 use tend_bus::Identity;
-use tend_bus::handshake::{Initiator, Responder};
-use tend_bus::session::Channel;
+use tend_bus::wire::Channel;
+use tend_bus::wire::{Initiator, Responder};
 use tend_proto::v1::{Event, EventBatch, PeerKind};
 
 fn event(seq: u64) -> Event {
@@ -56,7 +56,7 @@ fn sealing(c: &mut Criterion) {
     c.bench_function("seal + open 100-event batch", |b| {
         b.iter(|| {
             let f = opened.session.seal(Channel::Events, &batch);
-            let (h, body) = tend_bus::frame::decode(&f, 64 << 20).unwrap();
+            let (h, body) = tend_bus::wire::decode(&f, 64 << 20).unwrap();
             authed.session.open(Channel::Events, &h, body).unwrap()
         })
     });

@@ -13,9 +13,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use tend_bus::frame::{self, Kind, handshake_frame};
-use tend_bus::handshake::Initiator;
-use tend_bus::session::{Channel, Session};
+use tend_bus::wire::Initiator;
+use tend_bus::wire::{self, Kind, handshake_frame};
+use tend_bus::wire::{Channel, Session};
 use tend_bus::{EVENT_TOPIC, Identity};
 use tend_proto::v1::{
     ApplyResult, Event, EventBatch, Heartbeat, Info, MasterMessage, MinionMessage, Outcome,
@@ -357,7 +357,7 @@ impl Sim {
     }
 
     fn on_message(&mut self, bytes: &[u8], stats: &FleetStats) {
-        let Ok((header, body)) = frame::decode(bytes, 64 << 20) else {
+        let Ok((header, body)) = wire::decode(bytes, 64 << 20) else {
             return;
         };
         let body = match (header.kind, &self.phase) {

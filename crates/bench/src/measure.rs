@@ -705,8 +705,8 @@ pub fn outbox(events: u64) -> anyhow::Result<Report> {
 /// and without ChaCha20-Poly1305, in this process, side by side.
 pub fn seal(events: u64) -> anyhow::Result<Report> {
     use std::sync::Arc;
-    use tend_bus::handshake::{Initiator, Responder};
-    use tend_bus::session::Channel;
+    use tend_bus::wire::Channel;
+    use tend_bus::wire::{Initiator, Responder};
     let master = Responder::new(Arc::new(tend_bus::Identity::ephemeral()?));
     let (init, hello) = Initiator::start(
         Arc::new(tend_bus::Identity::ephemeral()?),
@@ -737,9 +737,9 @@ pub fn seal(events: u64) -> anyhow::Result<Report> {
             let frame = if sealed {
                 opened.session.seal(Channel::Events, &body)
             } else {
-                tend_bus::frame::handshake_frame(&body)
+                tend_bus::wire::handshake_frame(&body)
             };
-            let (h, b) = tend_bus::frame::decode(&frame, 64 << 20)?;
+            let (h, b) = tend_bus::wire::decode(&frame, 64 << 20)?;
             let plain = if sealed {
                 authed.session.open(Channel::Events, &h, b)?
             } else {

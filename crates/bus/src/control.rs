@@ -89,6 +89,7 @@ impl Responder {
     }
 }
 
+/// A daemon's local control socket (`ipc://`), answered by its owner.
 pub struct ControlServer {
     _socket: Arc<SocketThread>,
 }

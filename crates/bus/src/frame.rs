@@ -18,12 +18,15 @@ use crate::BusError;
 pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 18;
 
+/// What a frame's body is: a clear handshake message, or sealed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Handshake = 1,
     Sealed = 2,
 }
 
+/// A frame's header: its kind, session and counter (the version is
+/// always 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub kind: Kind,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use ring::rand::SystemRandom;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 
+/// Why a key file could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("cannot read key file {path}: {error}")]

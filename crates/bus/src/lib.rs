@@ -11,25 +11,46 @@
 mod actor;
 mod control;
 mod durable;
-pub mod frame;
+mod frame;
 mod guard;
-pub mod handshake;
+mod handshake;
 mod hellos;
-pub mod identity;
-pub mod keys;
+mod identity;
+mod keys;
 mod master;
 mod minion;
-pub mod session;
+mod session;
 mod stats;
 
+/// The operator's connection to a master (the CLI), the master's and the
+/// minion's control sockets, and how a control request is answered.
 pub use control::{ControlClient, ControlServer, Responder};
+/// A peer's long-term key, how a minion pins its master's, and
+/// fingerprints as operators see them.
 pub use identity::{Identity, IdentityError, MasterPin, PinError, fingerprint, is_fingerprint};
-pub use keys::{KeyEntry, KeyError, KeyState, KeyStore};
-/// The master's check of each event in a batch, for the fuzz targets.
-pub use master::check_event;
+/// The master's key store (accept, reject, delete, labels), a pre-seeded
+/// binding from the config, the cap on pending keys, and a kind's name.
+pub use keys::{KeyEntry, KeyError, KeyState, KeyStore, MAX_PENDING, Preseed, kind_name};
+/// The master's check of each event in a batch (for the fuzz targets),
+/// and why it refused one.
+pub use master::{EventError, check_event};
+/// The master's bus, its settings, and what it hands the master daemon.
 pub use master::{MasterBus, MasterBusConfig, MasterInbound};
+/// The minion's bus, its settings, and what it hands the minion daemon.
 pub use minion::{MinionBus, MinionBusConfig, MinionInbound};
+/// Counters of frames, sessions and refusals, shared with the metrics.
 pub use stats::BusStats;
+
+/// The wire protocol itself, for code that speaks it without a
+/// [`MasterBus`] or [`MinionBus`]: the benchmark's simulated minions,
+/// the fuzz targets and the attack tests. Frames (a header, a clear
+/// handshake body or a sealed one), the signed handshake from both ends,
+/// and a session's sealing.
+pub mod wire {
+    pub use crate::frame::{Header, Kind, decode, handshake_frame};
+    pub use crate::handshake::{Authenticated, Initiator, Opened, Responder};
+    pub use crate::session::{Channel, Session};
+}
 
 /// The topic of every event message (`[topic, frame]` on PUB/SUB).
 pub const EVENT_TOPIC: &[u8] = b"tend.ev.1";
@@ -37,6 +58,8 @@ pub const EVENT_TOPIC: &[u8] = b"tend.ev.1";
 /// Default limit on one message, in bytes.
 pub const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
 
+/// What went wrong on the bus: sockets, frames, handshakes, sessions,
+/// requests.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("zeromq: {0}")]
@@ -118,7 +141,7 @@ pub(crate) fn random_id() -> u64 {
 }
 
 /// A process-wide ZeroMQ context. One is enough: it holds the I/O thread.
-pub fn context() -> zmq::Context {
+pub(crate) fn context() -> zmq::Context {
     static CTX: std::sync::OnceLock<zmq::Context> = std::sync::OnceLock::new();
     CTX.get_or_init(zmq::Context::new).clone()
 }

@@ -5,7 +5,9 @@
 //! DESIGN.md has no crate for this; without one, tend-master and
 //! tend-minion would each carry a copy.
 
+/// The `GET /metrics` endpoint both daemons serve, and its text format.
 pub mod metrics;
+/// sd_notify: ready, stopping, and the watchdog.
 pub mod systemd;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+/// A config file that cannot be used: unreadable, or not what it must be.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {error}")]
@@ -23,6 +26,57 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
+}
+
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// `level` (or `RUST_LOG`) is not a tracing filter.
+    #[error(
+        "bad log level {level:?}: {error} (use error, warn, info, debug or trace, or a filter like info,tend_bus=debug)"
+    )]
+    Level {
+        level: String,
+        error: tracing_subscriber::filter::ParseError,
+    },
+    /// Another global logger was installed first (a bug in the caller).
+    #[error("{0}")]
+    Init(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Why a private directory or a socket file could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    /// Creating `path` (or one of its parents) failed.
+    #[error("cannot create the directory {}: {error}", path.display())]
+    Create {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// Reading the mode of `path` failed.
+    #[error("cannot stat {}: {error}", path.display())]
+    Stat {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// Taking others' access away from `path` failed.
+    #[error("cannot make {} private: {error} (chmod 700 it, or run as its owner)", path.display())]
+    MakePrivate {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// A socket file left by an earlier process could not be removed.
+    #[error("cannot remove the stale socket {}: {error} (remove it by hand, or run as its owner)", path.display())]
+    RemoveStale {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// Setting a bound socket file to 0600 failed.
+    #[error("cannot restrict {}: {error}", path.display())]
+    Restrict {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// Reads and parses TOML config `path`. A typo, a wrong type or a missing
@@ -62,6 +116,7 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -84,13 +139,16 @@ impl Default for LogConfig {
 }
 
 /// Sets up logging to stderr.
-pub fn init_logging(cfg: &LogConfig) -> Result<(), String> {
+pub fn init_logging(cfg: &LogConfig) -> Result<(), LogError> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(v),
         _ => EnvFilter::try_new(&cfg.level),
     }
-    .map_err(|e| format!("bad log level {:?}: {e}", cfg.level))?;
+    .map_err(|error| LogError::Level {
+        level: cfg.level.clone(),
+        error,
+    })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -98,7 +156,7 @@ pub fn init_logging(cfg: &LogConfig) -> Result<(), String> {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
-    result.map_err(|e| e.to_string())
+    result.map_err(LogError::Init)
 }
 
 /// Makes every file, directory and socket this process creates private to
@@ -116,20 +174,30 @@ pub fn private_umask() -> libc::mode_t {
 /// to this process's user, and takes away others' access when it already
 /// exists with a looser mode (a data dir made by hand, or by an earlier
 /// version, 0755).
-pub fn private_dir(dir: &Path) -> Result<(), String> {
+pub fn private_dir(dir: &Path) -> Result<(), DirError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| format!("cannot create the directory {}: {e}", dir.display()))?;
+        .map_err(|error| DirError::Create {
+            path: dir.to_path_buf(),
+            error,
+        })?;
     let mode = std::fs::metadata(dir)
-        .map_err(|e| format!("cannot stat {}: {e}", dir.display()))?
+        .map_err(|error| DirError::Stat {
+            path: dir.to_path_buf(),
+            error,
+        })?
         .permissions()
         .mode();
     if mode & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o7700))
-            .map_err(|e| format!("cannot make {} private: {e}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o7700)).map_err(
+            |error| DirError::MakePrivate {
+                path: dir.to_path_buf(),
+                error,
+            },
+        )?;
     }
     Ok(())
 }
@@ -138,7 +206,7 @@ pub fn private_dir(dir: &Path) -> Result<(), String> {
 /// (private, when it is missing) and removes a stale socket file left by a
 /// process that did not stop cleanly. Returns the socket's path (None for
 /// other transports).
-pub fn prepare_ipc(endpoint: &str) -> Result<Option<PathBuf>, String> {
+pub fn prepare_ipc(endpoint: &str) -> Result<Option<PathBuf>, DirError> {
     use std::os::unix::fs::DirBuilderExt;
     let Some(path) = endpoint.strip_prefix("ipc://") else {
         return Ok(None);
@@ -149,11 +217,16 @@ pub fn prepare_ipc(endpoint: &str) -> Result<Option<PathBuf>, String> {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| format!("cannot create the directory {}: {e}", dir.display()))?;
+            .map_err(|error| DirError::Create {
+                path: dir.to_path_buf(),
+                error,
+            })?;
     }
     if path.exists() {
-        std::fs::remove_file(&path)
-            .map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(&path).map_err(|error| DirError::RemoveStale {
+            path: path.clone(),
+            error,
+        })?;
     }
     Ok(Some(path))
 }
@@ -161,10 +234,14 @@ pub fn prepare_ipc(endpoint: &str) -> Result<Option<PathBuf>, String> {
 /// Makes a bound socket file usable by its owner only: whoever can write to
 /// it can command the daemon. (Under `private_umask` it is bound 0700
 /// already; this says so on the file too.)
-pub fn restrict_socket(path: &Path) -> Result<(), String> {
+pub fn restrict_socket(path: &Path) -> Result<(), DirError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|error| {
+        DirError::Restrict {
+            path: path.to_path_buf(),
+            error,
+        }
+    })
 }
 
 /// A token cancelled on the first SIGTERM or SIGINT.

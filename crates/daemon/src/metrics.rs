@@ -190,20 +190,38 @@ impl Text {
 /// What renders the page, at every scrape.
 pub type Render = Arc<dyn Fn(&mut Text) + Send + Sync>;
 
+/// Why the metrics listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// `metrics_listen` is not an IP address and a port.
+    #[error("key `metrics_listen`: {listen:?} is not an address like 127.0.0.1:9470 ({error})")]
+    Parse {
+        listen: String,
+        error: std::net::AddrParseError,
+    },
+    /// Binding the address failed (in use, or not this host's).
+    #[error("key `metrics_listen`: cannot listen on {addr}: {error}")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+}
+
 /// Checks a `metrics_listen` value: an IP address and a port.
-pub fn parse_listen(listen: &str) -> Result<SocketAddr, String> {
-    listen.parse().map_err(|e| {
-        format!("key `metrics_listen`: {listen:?} is not an address like 127.0.0.1:9470 ({e})")
+pub fn parse_listen(listen: &str) -> Result<SocketAddr, ListenError> {
+    listen.parse().map_err(|error| ListenError::Parse {
+        listen: listen.to_string(),
+        error,
     })
 }
 
 /// Binds the metrics listener (at startup, so a bad address stops the
 /// daemon with a clear error).
-pub async fn bind(listen: &str) -> Result<TcpListener, String> {
+pub async fn bind(listen: &str) -> Result<TcpListener, ListenError> {
     let addr = parse_listen(listen)?;
     TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("key `metrics_listen`: cannot listen on {addr}: {e}"))
+        .map_err(|error| ListenError::Bind { addr, error })
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown`.
@@ -441,6 +459,7 @@ mod tests {
             bind("localhost")
                 .await
                 .unwrap_err()
+                .to_string()
                 .contains("metrics_listen")
         );
         stop.cancel();

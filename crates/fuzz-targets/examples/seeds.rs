@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use prost::Message;
 use tend_bus::Identity;
-use tend_bus::frame::handshake_frame;
-use tend_bus::handshake::{Initiator, Responder};
-use tend_bus::session::Channel;
+use tend_bus::wire::Channel;
+use tend_bus::wire::handshake_frame;
+use tend_bus::wire::{Initiator, Responder};
 use tend_proto::v1::*;
 
 fn write(target: &str, name: &str, data: &[u8]) {

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use prost::Message;
-use tend_bus::frame::{self, Kind};
-use tend_bus::handshake::{Initiator, Responder};
-use tend_bus::session::{Channel, Session};
+use tend_bus::wire::{self, Kind};
+use tend_bus::wire::{Channel, Session};
+use tend_bus::wire::{Initiator, Responder};
 use tend_bus::{DEFAULT_MAX_MESSAGE, Identity};
 use tend_proto::v1::{
     ControlRequest, Event, EventBatch, MasterMessage, MinionMessage, PeerKind, control_request,
@@ -81,7 +81,7 @@ fn pair() -> &'static Pair {
 /// checks, then a clear handshake message or a sealed body opened under a
 /// session.
 pub fn frame(data: &[u8]) {
-    let Ok((header, body)) = frame::decode(data, DEFAULT_MAX_MESSAGE) else {
+    let Ok((header, body)) = wire::decode(data, DEFAULT_MAX_MESSAGE) else {
         return;
     };
     match header.kind {

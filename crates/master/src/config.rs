@@ -65,7 +65,7 @@ pub struct MasterConfig {
     accept_fingerprints: Vec<toml::Value>,
     /// `accept_fingerprints`, checked.
     #[serde(skip)]
-    pub preseeds: Vec<tend_bus::keys::Preseed>,
+    pub preseeds: Vec<tend_bus::Preseed>,
     /// Events and finished jobs older than this are removed from the
     /// store (`30d`, `12h`); `0s` keeps them forever.
     #[serde(default = "default_retention")]
@@ -160,7 +160,7 @@ enum PreseedError {
     Key(#[from] tend_bus::KeyError),
 }
 
-fn preseed(value: &toml::Value) -> Result<tend_bus::keys::Preseed, PreseedError> {
+fn preseed(value: &toml::Value) -> Result<tend_bus::Preseed, PreseedError> {
     let decl: PreseedDecl = match value {
         toml::Value::String(fp) => return Err(PreseedError::OldForm(fp.clone())),
         other => other.clone().try_into().map_err(|e: toml::de::Error| {
@@ -178,7 +178,7 @@ fn preseed(value: &toml::Value) -> Result<tend_bus::keys::Preseed, PreseedError>
     if decl.name.is_empty() || decl.name == "*" {
         return Err(PreseedError::Name(decl.name));
     }
-    Ok(tend_bus::keys::Preseed::new(
+    Ok(tend_bus::Preseed::new(
         &decl.fingerprint,
         kind,
         &decl.name,

@@ -68,7 +68,7 @@ pub fn render(view: Weak<MetricsView>) -> Render {
         t.counter_set("tend_master_bus", "Bus", m.bus_stats.snapshot());
         t.counter(
             "tend_master_pending_keys_dropped_total",
-            "Pending keys dropped, oldest first, to stay under the cap (tend_bus::keys::MAX_PENDING per kind).",
+            "Pending keys dropped, oldest first, to stay under the cap (tend_bus::MAX_PENDING per kind).",
             m.keys.pending_dropped(),
         );
         t.gauge(

@@ -3,6 +3,7 @@
 //! `proto/tend/v1/*.proto` at build time, plus the few helpers every crate
 //! needs to name things on the wire (tags, minion ids, time).
 
+/// The generated messages, version 1 of the wire.
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/tend.v1.rs"));
 }
@@ -10,5 +11,8 @@ pub mod v1 {
 mod names;
 mod time;
 
+/// Checks of the names on the wire (minion ids, tags), and a minion's
+/// own tag prefix.
 pub use names::{MinionIdError, TagError, minion_prefix, validate_minion_id, validate_tag};
+/// Wall-clock time in microseconds, as events and frames carry it.
 pub use time::now_us;

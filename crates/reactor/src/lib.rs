@@ -31,6 +31,14 @@ mod policy;
 mod reactor;
 mod rules;
 
-pub use policy::{Clock, Policy, SavedTrack, Step, Track};
+/// The clock saved reactor state is kept against; a rule's throttles as configured.
+pub use policy::{Clock, Policy};
+/// The reactor, a rule acting, and a group's saved state as it changes.
 pub use reactor::{Fire, Reactor, StateChange};
-pub use rules::{Action, DEFAULT_MAX_GROUPS, Match, Rule, RuleError, Rules, RunCommand, group_key};
+/// The group an event falls in under a rule (for the fuzz targets and the CLI).
+pub use rules::group_key;
+/// What a rule does when it acts, and what a `run` or `shell` action runs.
+pub use rules::{Action, RunCommand};
+/// Compiled rules, one of them, a rule an event matched, and why a file
+/// was refused.
+pub use rules::{Match, Rule, RuleError, Rules};

@@ -27,7 +27,7 @@ pub struct Policy {
 
 /// One group's state under one rule.
 #[derive(Debug)]
-pub struct Track<E> {
+pub(crate) struct Track<E> {
     hits: VecDeque<Instant>,
     holding_since: Option<Instant>,
     hold_event: Option<E>,
@@ -67,7 +67,7 @@ impl<E> Track<E> {
 /// so that a restarted master goes on with the windows, holds and
 /// throttles where the last one left them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SavedTrack<E> {
+pub(crate) struct SavedTrack<E> {
     pub hits: Vec<i64>,
     pub holding_since: Option<i64>,
     pub hold_event: Option<E>,
@@ -144,7 +144,7 @@ impl<E: Clone> Track<E> {
 
 /// What an event or a timer led to.
 #[derive(Debug, PartialEq)]
-pub enum Step<E> {
+pub(crate) enum Step<E> {
     /// Nothing (yet).
     Wait,
     /// Act, on this event.
@@ -155,7 +155,7 @@ pub enum Step<E> {
 
 impl Policy {
     /// An event matched the rule's tag; `holds` is its condition.
-    pub fn on_event<E: Clone>(
+    pub(crate) fn on_event<E: Clone>(
         &self,
         t: &mut Track<E>,
         event: E,
@@ -199,7 +199,7 @@ impl Policy {
     }
 
     /// Time passed: a hold may be complete, a debounce may have settled.
-    pub fn on_timer<E: Clone>(&self, t: &mut Track<E>, now: Instant) -> Step<E> {
+    pub(crate) fn on_timer<E: Clone>(&self, t: &mut Track<E>, now: Instant) -> Step<E> {
         if let (Some(hold), Some(since)) = (self.hold, t.holding_since)
             && !t.hold_fired
             && now.duration_since(since) >= hold
@@ -219,7 +219,7 @@ impl Policy {
     }
 
     /// When `on_timer` next has something to do for this track.
-    pub fn deadline<E>(&self, t: &Track<E>) -> Option<Instant> {
+    pub(crate) fn deadline<E>(&self, t: &Track<E>) -> Option<Instant> {
         let hold = match (self.hold, t.holding_since) {
             (Some(h), Some(since)) if !t.hold_fired => Some(since + h),
             _ => None,

@@ -81,7 +81,7 @@ fn finding_1_a_reply_from_another_session_is_refused() {
 /// rest of the transcript, so a man in the middle cannot change it.
 #[test]
 fn finding_13_the_hello_version_is_signed() {
-    let master = tend_bus::handshake::Responder::new(Arc::new(Identity::ephemeral().unwrap()));
+    let master = tend_bus::wire::Responder::new(Arc::new(Identity::ephemeral().unwrap()));
     let peer = Arc::new(Identity::ephemeral().unwrap());
     let (init, mut hello) = Initiator::start(peer, "web1", PeerKind::Minion, "1.0.0").unwrap();
     // On the path: the Hello's version is rewritten before the master sees it.
@@ -96,10 +96,10 @@ fn finding_13_the_hello_version_is_signed() {
 /// The master's answer to one handshake message on connection `socket`.
 fn answer(socket: &zmq::Socket, session: Option<&Session>) -> Option<master_message::Body> {
     let bytes = socket.recv_bytes(0).ok()?;
-    let (h, b) = frame::decode(&bytes, 1 << 20).ok()?;
+    let (h, b) = wire::decode(&bytes, 1 << 20).ok()?;
     let body = match (h.kind, session) {
-        (frame::Kind::Sealed, Some(s)) => s.open(Channel::Down, &h, b).ok()?,
-        (frame::Kind::Sealed, None) => return None,
+        (wire::Kind::Sealed, Some(s)) => s.open(Channel::Down, &h, b).ok()?,
+        (wire::Kind::Sealed, None) => return None,
         _ => b.to_vec(),
     };
     MasterMessage::decode(body.as_slice()).ok()?.body
@@ -178,7 +178,7 @@ fn clear_rehellos_never_end_a_live_session(flood: bool) {
     router.set_rcvtimeo(100).unwrap();
     let port = tend_e2e::free_port();
     router.bind(&format!("tcp://127.0.0.1:{port}")).unwrap();
-    let responder = tend_bus::handshake::Responder::new(Arc::new(Identity::ephemeral().unwrap()));
+    let responder = tend_bus::wire::Responder::new(Arc::new(Identity::ephemeral().unwrap()));
     let mut minion = Minion::with_endpoints(
         &tmp.path().join("m"),
         "web1",
@@ -209,7 +209,7 @@ fn clear_rehellos_never_end_a_live_session(flood: bool) {
         let [route, bytes] = parts.as_slice() else {
             continue;
         };
-        let Ok((h, b)) = frame::decode(bytes, 1 << 20) else {
+        let Ok((h, b)) = wire::decode(bytes, 1 << 20) else {
             continue;
         };
         let reply = |body: master_message::Body, seal: Option<&Session>| {
@@ -221,7 +221,7 @@ fn clear_rehellos_never_end_a_live_session(flood: bool) {
             router.send_multipart([route.clone(), frame], 0).unwrap();
         };
         match h.kind {
-            frame::Kind::Handshake => match MinionMessage::decode(b).ok().and_then(|m| m.body) {
+            wire::Kind::Handshake => match MinionMessage::decode(b).ok().and_then(|m| m.body) {
                 Some(minion_message::Body::Hello(hello)) => {
                     hellos += 1;
                     let ch = responder.on_hello(&hello, route).unwrap();
@@ -239,7 +239,7 @@ fn clear_rehellos_never_end_a_live_session(flood: bool) {
                 }
                 _ => {}
             },
-            frame::Kind::Sealed => {
+            wire::Kind::Sealed => {
                 let Some((_, s)) = session.as_ref().filter(|(_, s)| s.id == h.session) else {
                     continue;
                 };
@@ -665,10 +665,10 @@ fn review_a_forged_clear_refused_before_the_challenge_costs_only_a_short_retry()
         let [route, bytes] = parts.as_slice() else {
             continue;
         };
-        let Ok((h, b)) = frame::decode(bytes, 1 << 20) else {
+        let Ok((h, b)) = wire::decode(bytes, 1 << 20) else {
             continue;
         };
-        if h.kind != frame::Kind::Handshake {
+        if h.kind != wire::Kind::Handshake {
             continue;
         }
         let Some(minion_message::Body::Hello(hello)) =

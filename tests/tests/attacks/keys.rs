@@ -391,10 +391,10 @@ fn review_accepting_the_real_key_ends_the_impostors_live_session() {
         let Ok(bytes) = p.socket.recv_bytes(0) else {
             return false;
         };
-        let Ok((h, b)) = frame::decode(&bytes, 1 << 20) else {
+        let Ok((h, b)) = wire::decode(&bytes, 1 << 20) else {
             return false;
         };
-        h.kind == frame::Kind::Sealed
+        h.kind == wire::Kind::Sealed
             && p.session
                 .as_ref()
                 .unwrap()

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message;
-use tend_bus::frame::{self, handshake_frame};
-use tend_bus::handshake::Initiator;
-use tend_bus::session::{Channel, Session};
+use tend_bus::wire::Initiator;
+use tend_bus::wire::{self, handshake_frame};
+use tend_bus::wire::{Channel, Session};
 use tend_bus::{EVENT_TOPIC, Identity};
 use tend_e2e::{Master, Minion, wait_until};
 use tend_proto::v1::{
@@ -58,9 +58,9 @@ fn handshake(
     send(minion_message::Body::Hello(hello));
     let recv = |session: Option<&Session>| -> Option<master_message::Body> {
         let bytes = socket.recv_bytes(0).ok()?;
-        let (h, b) = frame::decode(&bytes, 1 << 20).ok()?;
+        let (h, b) = wire::decode(&bytes, 1 << 20).ok()?;
         let body = match (h.kind, session) {
-            (frame::Kind::Sealed, Some(s)) => s.open(Channel::Down, &h, b).ok()?,
+            (wire::Kind::Sealed, Some(s)) => s.open(Channel::Down, &h, b).ok()?,
             _ => b.to_vec(),
         };
         MasterMessage::decode(body.as_slice()).ok()?.body
@@ -149,8 +149,8 @@ fn attack_1_no_accepted_key_gets_nothing_stored_run_or_reacted_to() {
         oldest_seq: 1,
     }
     .encode_to_vec();
-    let mut sealed_kind = frame::Header {
-        kind: frame::Kind::Sealed,
+    let mut sealed_kind = wire::Header {
+        kind: wire::Kind::Sealed,
         session: 42,
         counter: 1,
     }
@@ -211,8 +211,8 @@ fn attack_1_no_accepted_key_gets_nothing_stored_run_or_reacted_to() {
             ..Default::default()
         })),
     };
-    let mut forged = frame::Header {
-        kind: frame::Kind::Sealed,
+    let mut forged = wire::Header {
+        kind: wire::Kind::Sealed,
         session: 7,
         counter: 1,
     }
@@ -733,8 +733,8 @@ fn attack_8_floods_of_garbage_leave_accepted_minions_served() {
             (counter(&master, "bus_frames_bad") > 0).then_some(())
         },
     );
-    let mut truncated = frame::Header {
-        kind: frame::Kind::Sealed,
+    let mut truncated = wire::Header {
+        kind: wire::Kind::Sealed,
         session: 1,
         counter: 1,
     }

@@ -160,7 +160,7 @@ impl Control {
 fn key_info(k: tend_bus::KeyEntry) -> KeyInfo {
     KeyInfo {
         name: k.name,
-        kind: tend_bus::keys::kind_name(k.kind).into(),
+        kind: tend_bus::kind_name(k.kind).into(),
         state: k.state.as_str().into(),
         fingerprint: k.fingerprint,
         labels: k.labels.into_iter().collect(),

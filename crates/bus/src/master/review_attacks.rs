@@ -2,129 +2,23 @@
 //! minion its request went to; request ids are random), against a real
 //! MasterBus on loopback with hand-driven minions.
 
-use super::*;
-use crate::handshake::Initiator;
-use std::time::Instant;
-use tend_proto::v1::{Ack, Ping, Pong, reply};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use tend_proto::v1::{Ack, PeerKind, Ping, Reply, reply, request};
 
-struct Fixture {
-    bus: MasterBus,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-    _control: mpsc::Receiver<(Responder, ControlRequest)>,
-    _inbound: mpsc::Receiver<MasterInbound>,
-}
+use super::testkit::{Fake, Fixture};
+use super::{MasterBus, PeerSession};
+use crate::BusError;
+use crate::identity::Identity;
 
 fn master() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = Arc::new(KeyStore::open(dir.path(), true, Vec::new()).unwrap());
-    let endpoint = format!("tcp://127.0.0.1:{}", free_port());
-    let cfg = MasterBusConfig {
-        event_endpoint: format!("tcp://127.0.0.1:{}", free_port()),
-        command_endpoint: endpoint.clone(),
-        max_message_size: 1 << 20,
-        heartbeat: Duration::from_secs(1),
-        presence_timeout: Duration::from_secs(30),
-    };
-    let (ctl_tx, ctl_rx) = mpsc::channel(16);
-    let (bus, inbound) = MasterBus::bind(
-        cfg,
-        Arc::new(Identity::ephemeral().unwrap()),
-        keys,
-        Arc::new(BusStats::default()),
-        ctl_tx,
-    )
-    .unwrap();
-    Fixture {
-        bus,
-        endpoint,
-        _dir: dir,
-        _control: ctl_rx,
-        _inbound: inbound,
-    }
-}
-
-/// A hand-driven minion connection: its own DEALER and session.
-struct Fake {
-    socket: zmq::Socket,
-    session: Session,
+    super::testkit::master(Duration::from_secs(1), Duration::from_secs(30))
 }
 
 fn connect(endpoint: &str, identity: Arc<Identity>, name: &str) -> Fake {
-    let socket = zmq::Context::new().socket(zmq::DEALER).unwrap();
-    socket.set_linger(0).unwrap();
-    socket.set_rcvtimeo(5000).unwrap();
-    socket.connect(endpoint).unwrap();
-    let (init, hello) = Initiator::start(identity, name, PeerKind::Minion, "review").unwrap();
-    let send = |body| {
-        socket
-            .send(
-                frame::handshake_frame(&MinionMessage { body: Some(body) }.encode_to_vec()),
-                0,
-            )
-            .unwrap()
-    };
-    send(minion_message::Body::Hello(hello));
-    let bytes = socket.recv_bytes(0).expect("a challenge");
-    let (_, b) = frame::decode(&bytes, 1 << 20).unwrap();
-    let Some(master_message::Body::Challenge(ch)) = MasterMessage::decode(b).unwrap().body else {
-        panic!("no challenge");
-    };
-    let opened = init.finish(&ch).unwrap();
-    send(minion_message::Body::Auth(opened.auth));
-    let fake = Fake {
-        socket,
-        session: opened.session,
-    };
-    match fake.recv() {
-        Some(master_message::Body::Welcome(_)) => {}
-        other => panic!("no welcome: {other:?}"),
-    }
-    fake
-}
-
-impl Fake {
-    fn recv(&self) -> Option<master_message::Body> {
-        let bytes = self.socket.recv_bytes(0).ok()?;
-        let (h, b) = frame::decode(&bytes, 1 << 20).ok()?;
-        let body = match h.kind {
-            Kind::Sealed => self.session.open(Channel::Down, &h, b).ok()?,
-            Kind::Handshake => b.to_vec(),
-        };
-        MasterMessage::decode(body.as_slice()).ok()?.body
-    }
-
-    fn next_request(&self) -> Request {
-        loop {
-            match self.recv() {
-                Some(master_message::Body::Request(r)) => return r,
-                Some(_) => continue,
-                None => panic!("no request"),
-            }
-        }
-    }
-
-    fn reply(&self, id: u64, version: &str) {
-        let msg = MinionMessage {
-            body: Some(minion_message::Body::Reply(Reply {
-                id,
-                body: Some(reply::Body::Pong(Pong {
-                    version: version.into(),
-                })),
-            })),
-        };
-        self.socket
-            .send(self.session.seal(Channel::Up, &msg.encode_to_vec()), 0)
-            .unwrap();
-    }
+    Fake::connect(endpoint, identity, name)
 }
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -165,12 +59,12 @@ fn version(r: Result<Reply, BusError>) -> String {
 async fn another_minion_answering_the_exact_id_is_refused() {
     let f = master();
     let web1 = connect(
-        &f.endpoint,
+        &f.commands,
         Arc::new(Identity::ephemeral().unwrap()),
         "web1",
     );
     let mallory = connect(
-        &f.endpoint,
+        &f.commands,
         Arc::new(Identity::ephemeral().unwrap()),
         "mallory",
     );
@@ -195,12 +89,12 @@ async fn another_minion_answering_the_exact_id_is_refused() {
 async fn an_honest_reply_after_a_reconnect_is_taken() {
     let f = master();
     let id = Arc::new(Identity::ephemeral().unwrap());
-    let old = connect(&f.endpoint, id.clone(), "web1");
+    let old = connect(&f.commands, id.clone(), "web1");
     let bus = Arc::new(f.bus);
     wait_for("web1 to be known", || bus.is_connected("web1"));
     let call = ping(&bus, "web1");
     let req = tokio::task::block_in_place(|| old.next_request());
-    let new = tokio::task::block_in_place(|| connect(&f.endpoint, id.clone(), "web1"));
+    let new = tokio::task::block_in_place(|| connect(&f.commands, id.clone(), "web1"));
     assert_ne!(old.session.id, new.session.id);
     // The old session answers first: it is gone, so the master asks it for
     // a new hello; nothing is delivered.
@@ -223,7 +117,7 @@ async fn an_honest_reply_after_a_reconnect_is_taken() {
 async fn a_reply_under_another_key_for_the_same_name_is_refused() {
     let f = master();
     let old = connect(
-        &f.endpoint,
+        &f.commands,
         Arc::new(Identity::ephemeral().unwrap()),
         "web1",
     );
@@ -268,7 +162,7 @@ async fn a_reply_under_another_key_for_the_same_name_is_refused() {
 async fn a_reply_to_a_notify_is_refused() {
     let f = master();
     let web1 = connect(
-        &f.endpoint,
+        &f.commands,
         Arc::new(Identity::ephemeral().unwrap()),
         "web1",
     );
@@ -298,7 +192,7 @@ async fn a_reply_to_a_notify_is_refused() {
 async fn a_dropped_request_leaves_no_waiter_behind() {
     let f = master();
     let web1 = connect(
-        &f.endpoint,
+        &f.commands,
         Arc::new(Identity::ephemeral().unwrap()),
         "web1",
     );

@@ -3,23 +3,14 @@
 //! 0 and counters near u64::MAX, forged frames that try to move the window,
 //! and many threads opening the same frames at once.
 
+use super::testkit::{self, open};
 use super::*;
-use crate::frame::decode;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 fn pair() -> (Session, Session) {
-    let keys = Keys {
-        up: [7; 32],
-        down: [8; 32],
-    };
-    (Session::new(42, &keys), Session::new(42, &keys))
-}
-
-fn open(rx: &Session, channel: Channel, frame: &[u8]) -> Result<Vec<u8>, BusError> {
-    let (h, b) = decode(frame, 1 << 20).unwrap();
-    rx.open(channel, &h, b)
+    testkit::pair(42)
 }
 
 /// Seals one frame with exactly `counter` (as if `counter - 1` frames had

@@ -1,0 +1,144 @@
+//! Handshakes, on their own worker threads so that a flood of hellos
+//! cannot hold up the sessions already open: a hello gets a challenge, an
+//! auth with a key the store accepts gets a session and a welcome.
+
+use std::sync::atomic::{AtomicBool, AtomicI64};
+use std::sync::{Arc, Mutex, Weak};
+
+use prost::Message;
+use tend_proto::now_us;
+use tend_proto::v1::{
+    MasterMessage, MinionMessage, PeerKind, Refused, Welcome, master_message, minion_message,
+};
+
+use super::{PORT_COMMANDS, PeerSession, Shared, clear};
+use crate::hellos::Hellos;
+use crate::keys::{KeyState, kind_name};
+use crate::session::Channel;
+use crate::stats::BusStats;
+
+pub(super) fn handshake_worker(shared: Weak<Shared>, queue: Arc<Hellos>) {
+    loop {
+        let Some((route, msg)) = queue.pop() else {
+            return;
+        };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Some(answer) = shared.on_handshake(&route, msg) {
+            shared.send(vec![route, answer]);
+        }
+    }
+}
+
+impl Shared {
+    /// Runs on a handshake worker.
+    fn on_handshake(&self, route: &[u8], msg: MinionMessage) -> Option<Vec<u8>> {
+        match msg.body {
+            Some(minion_message::Body::Hello(hello)) => {
+                if let Err(e) = tend_proto::validate_minion_id(&hello.minion) {
+                    BusStats::refuse(&self.stats.handshakes_refused, PORT_COMMANDS, &e);
+                    return Some(clear(master_message::Body::Refused(Refused {
+                        status: "invalid".into(),
+                        reason: e.to_string(),
+                        hello_ephemeral: hello.ephemeral_key,
+                    })));
+                }
+                match self.responder.on_hello(&hello, route) {
+                    Ok(challenge) => Some(clear(master_message::Body::Challenge(challenge))),
+                    Err(e) => {
+                        BusStats::refuse(&self.stats.handshakes_refused, PORT_COMMANDS, &e);
+                        None
+                    }
+                }
+            }
+            Some(minion_message::Body::Auth(auth)) => {
+                let authed = match self.responder.on_auth(&auth, route) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        BusStats::refuse(&self.stats.handshakes_refused, PORT_COMMANDS, &e);
+                        return Some(clear(master_message::Body::Refused(Refused {
+                            status: "invalid".into(),
+                            reason: e.to_string(),
+                            hello_ephemeral: Vec::new(),
+                        })));
+                    }
+                };
+                let kind = kind_name(authed.kind);
+                let fp = crate::identity::fingerprint(&authed.key);
+                let state = self.keys.check(authed.kind, &authed.name, &authed.key);
+                if state != KeyState::Accepted {
+                    let reason = match state {
+                        KeyState::Pending => format!(
+                            "{kind} key {fp} for {:?} is pending: an operator must accept it (tend keys accept {}{})",
+                            authed.name,
+                            if authed.kind == PeerKind::Operator {
+                                "--operator "
+                            } else {
+                                ""
+                            },
+                            authed.name
+                        ),
+                        KeyState::Rejected => format!("{kind} {:?} is rejected", authed.name),
+                        _ => format!(
+                            "{kind} {:?} presented key {fp}, but another key is accepted for that name: denied",
+                            authed.name
+                        ),
+                    };
+                    BusStats::refuse(&self.stats.handshakes_refused, PORT_COMMANDS, &reason);
+                    // Sealed under the would-be session: the peer knows
+                    // it comes from the master, and nobody on the path
+                    // can refuse in the master's name.
+                    let refused = MasterMessage {
+                        body: Some(master_message::Body::Refused(Refused {
+                            status: state.as_str().into(),
+                            reason,
+                            hello_ephemeral: authed.hello_ephemeral,
+                        })),
+                    };
+                    return Some(authed.session.seal(Channel::Down, &refused.encode_to_vec()));
+                }
+                let id = authed.session.id;
+                let ps = Arc::new(PeerSession {
+                    session: Arc::new(authed.session),
+                    name: authed.name.clone(),
+                    kind: authed.kind,
+                    key: authed.key,
+                    route: Mutex::new(route.to_vec()),
+                    last_seen_us: AtomicI64::new(now_us()),
+                    announced: AtomicBool::new(false),
+                });
+                let welcome = MasterMessage {
+                    body: Some(master_message::Body::Welcome(Welcome {
+                        heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
+                    })),
+                };
+                let frame = ps.session.seal(Channel::Down, &welcome.encode_to_vec());
+                {
+                    let mut sessions = self.sessions.write().expect("sessions lock");
+                    if authed.kind == PeerKind::Minion
+                        && let Some(old) = sessions.minions.insert(authed.name.clone(), id)
+                    {
+                        sessions.by_id.remove(&old);
+                    }
+                    sessions.by_id.insert(id, ps);
+                }
+                BusStats::inc(&self.stats.sessions_opened);
+                self.known_keys
+                    .write()
+                    .expect("keys lock")
+                    .insert(authed.key);
+                tracing::info!(kind, name = %authed.name, session = id, fingerprint = %fp, "session opened");
+                Some(frame)
+            }
+            _ => {
+                BusStats::refuse(
+                    &self.stats.frames_bad,
+                    PORT_COMMANDS,
+                    &"a clear message that is not a hello or auth",
+                );
+                None
+            }
+        }
+    }
+}

@@ -249,6 +249,14 @@ fn every_command_in_table_and_json() {
     );
     let counters = &expect_json(m, &["status"], 0)[0]["counters"];
     assert!(counters["events_stored"].as_u64() > Some(0), "{counters}");
+    // New keys turned away at the pending cap (none here): counted, and
+    // `tend status` says so loudly only when there were some.
+    assert_eq!(
+        counters["pending_keys_dropped"].as_u64(),
+        Some(0),
+        "{counters}"
+    );
+    assert!(!status.contains("PENDING KEYS DROPPED"), "{status}");
     let keys = expect(m, &["keys", "list"], 0);
     assert!(
         keys.contains("master key:") && keys.contains("web2"),

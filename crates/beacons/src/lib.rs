@@ -5,7 +5,7 @@
 //! [`Beacon`], and the beacon's `run`, which produces events until shutdown.
 //! A registry maps the `type` written in minion.toml to the builder, so
 //! adding a beacon is one new file and one line in `registry.rs`
-//! (docs/architecture-beacon.md says how).
+//! (docs/architecture.md, "Add a beacon", says how).
 //!
 //! What the minion uses: [`build_all`] turns the `[[beacon]]` tables into
 //! [`BeaconSpec`]s, each [`Beacon`] runs with a [`BeaconCtx`], and its

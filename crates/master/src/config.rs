@@ -178,11 +178,7 @@ fn preseed(value: &toml::Value) -> Result<tend_bus::Preseed, PreseedError> {
     if decl.name.is_empty() || decl.name == "*" {
         return Err(PreseedError::Name(decl.name));
     }
-    Ok(tend_bus::Preseed::new(
-        &decl.fingerprint,
-        kind,
-        &decl.name,
-    )?)
+    Ok(tend_bus::Preseed::new(&decl.fingerprint, kind, &decl.name)?)
 }
 
 /// Why `retention` is not a period the store can keep events for.

@@ -20,6 +20,17 @@ pub fn show(s: &Status) {
             s.store_error
         );
     }
+    if let Some(&dropped) = s.counters.get("pending_keys_dropped")
+        && dropped > 0
+    {
+        println!(
+            "PENDING KEYS DROPPED: {dropped} new keys turned away, oldest first, at the cap of \
+             {} pending per kind (a flood of hellos?). A real minion among them says hello \
+             again; pin it ahead with [[accept_fingerprints]] in master.toml, and see \
+             `tend keys list`.",
+            tend_bus::MAX_PENDING
+        );
+    }
     let mut counters: Vec<_> = s.counters.iter().collect();
     counters.sort();
     table::print(

@@ -152,6 +152,9 @@ impl Control {
         counters.insert("reactor_queue".into(), self.storage.reactor_backlog());
         counters.insert("actions_running".into(), self.actions.running() as u64);
         counters.insert("actions_waiting".into(), self.actions.waiting() as u64);
+        // New keys turned away at the pending cap: a flood of hellos, or a
+        // real minion's first hello lost among them (`tend status` says so).
+        counters.insert("pending_keys_dropped".into(), self.keys.pending_dropped());
         let failure = self.storage.failing();
         Status {
             version: env!("CARGO_PKG_VERSION").into(),

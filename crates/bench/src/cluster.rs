@@ -136,11 +136,22 @@ impl Cluster {
         self.master =
             Some(self.spawn("tend-master", &m.join("master.toml"), &m.join("master.log"))?);
         let socket = m.join("run/control.sock");
-        wait(
+        let ready = wait(
             Duration::from_secs(20),
             "the master's control socket",
             || Ok(socket.exists() && self.minions().is_ok()),
-        )?;
+        );
+        if let Err(e) = ready {
+            // Say why: whether the master still runs, and how its log ends.
+            let state = match self.master.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => format!("the master exited ({status})"),
+                _ => "the master is still running".to_string(),
+            };
+            let log = std::fs::read_to_string(m.join("master.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            bail!("{e}; {state}; its log ends:\n{}", tail.join("\n"));
+        }
         Ok(started.elapsed())
     }
 

@@ -180,6 +180,25 @@ pub struct ControlClient {
     max: usize,
 }
 
+impl Drop for ControlClient {
+    /// Stops the monitor before either socket closes. libzmq's I/O thread
+    /// sends monitor events with a blocking send, and a closed DEALER lives
+    /// on until the reaper ends it: a DISCONNECTED event in that window (the
+    /// master died just then) was sent to a monitor whose reading end was
+    /// already closed, and blocked that I/O thread for good, and with it
+    /// every socket it serves in this process. A client process that
+    /// reconnects (`tend events --follow`, the benchmarks) then heard
+    /// nothing from a restarted master.
+    fn drop(&mut self) {
+        // SAFETY: the socket is open (it is closed only after this, when
+        // the field drops); a null endpoint is libzmq's documented way to
+        // stop monitoring (zmq_socket_monitor(3)).
+        unsafe {
+            zmq_sys::zmq_socket_monitor(self.socket.as_mut_ptr(), std::ptr::null(), 0);
+        }
+    }
+}
+
 impl ControlClient {
     /// Connects to a local (ipc) control socket of the master.
     pub fn connect(endpoint: &str) -> Result<Self, BusError> {
@@ -390,5 +409,70 @@ impl ControlClient {
             }
             _ => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prost::Message;
+    use tend_proto::v1::{ControlReply, ControlRequest, ListMinions, control_request};
+
+    use super::ControlClient;
+
+    /// The master's end, by hand: answers one request, then goes away.
+    fn answer_once(router: &zmq::Socket) {
+        let parts = router.recv_multipart(0).unwrap();
+        let req = ControlRequest::decode(parts[1].as_slice()).unwrap();
+        let reply = ControlReply {
+            id: req.id,
+            more: false,
+            body: None,
+        };
+        router
+            .send_multipart([parts[0].clone(), reply.encode_to_vec()], 0)
+            .unwrap();
+    }
+
+    fn ask(client: &mut ControlClient) -> Result<(), crate::BusError> {
+        client.call(
+            control_request::Body::ListMinions(ListMinions {}),
+            Some(Duration::from_secs(5)),
+            |_| false,
+        )
+    }
+
+    /// A client dropped just as its server dies (a master killed while
+    /// `tend events --follow` or a benchmark reconnects) must not leave a
+    /// monitor event stuck in libzmq's I/O thread: on the old code one such
+    /// race in a few hundred blocked that thread, and every later client in
+    /// the process waited for answers that never came.
+    #[test]
+    fn a_client_dropped_as_its_server_dies_leaves_later_clients_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::context();
+        for i in 0..400 {
+            let endpoint = format!("ipc://{}/c{i}.sock", dir.path().display());
+            let router = ctx.socket(zmq::ROUTER).unwrap();
+            router.set_linger(0).unwrap();
+            router.bind(&endpoint).unwrap();
+            let mut client = ControlClient::connect(&endpoint).unwrap();
+            let server = std::thread::spawn(move || {
+                answer_once(&router);
+                drop(router); // the server dies...
+            });
+            ask(&mut client).unwrap_or_else(|e| panic!("round {i}: {e}"));
+            drop(client); // ...as its client goes
+            server.join().unwrap();
+        }
+        let endpoint = format!("ipc://{}/last.sock", dir.path().display());
+        let router = ctx.socket(zmq::ROUTER).unwrap();
+        router.set_linger(0).unwrap();
+        router.bind(&endpoint).unwrap();
+        let server = std::thread::spawn(move || answer_once(&router));
+        let mut client = ControlClient::connect(&endpoint).unwrap();
+        ask(&mut client).expect("a fresh client after the races");
+        server.join().unwrap();
     }
 }

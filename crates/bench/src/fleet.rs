@@ -4,6 +4,11 @@
 //! What they skip is the minion's work: they answer pings and applies at
 //! once and publish synthetic events.
 //!
+//! Each sim connects from its own loopback address (127.x.y.z), as each
+//! minion of a real fleet has its own: the master limits the hellos of
+//! unknown keys per source address (issue 13, finding 11), and a whole
+//! fleet behind 127.0.0.1 would measure that limit, not the master.
+//!
 //! A few worker threads each poll a slice of the fleet. Each worker has its
 //! own ZeroMQ context (a context holds at most 1023 sockets).
 
@@ -121,14 +126,14 @@ impl Fleet {
         let stats = Arc::new(FleetStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
-        let ids: Vec<String> = (first..first + cfg.count)
-            .map(|i| format!("{}-{i:05}", cfg.prefix))
+        let ids: Vec<(usize, String)> = (first..first + cfg.count)
+            .map(|i| (i, format!("{}-{i:05}", cfg.prefix)))
             .collect();
         for chunk in ids.chunks(PER_WORKER) {
             let ctx = zmq::Context::new();
             let mut sims = Vec::with_capacity(chunk.len());
-            for id in chunk {
-                sims.push(Sim::new(&ctx, id, &cfg)?);
+            for (i, id) in chunk {
+                sims.push(Sim::new(&ctx, id, *i, &cfg)?);
             }
             let (stats, stop, cfg) = (stats.clone(), stop.clone(), cfg.clone());
             workers.push(
@@ -269,18 +274,31 @@ pub fn worker(cfg: FleetConfig, first: usize) -> anyhow::Result<()> {
     }
 }
 
+/// `endpoint` dialled from sim `n`'s own loopback address (ZeroMQ's
+/// `tcp://source;destination` form), for a TCP endpoint on loopback.
+fn from_own_address(endpoint: &str, n: usize) -> String {
+    match endpoint.strip_prefix("tcp://127.") {
+        Some(_) => {
+            let a = n + 2; // never 127.0.0.0 or 127.0.0.1
+            let (x, y, z) = ((a >> 16) & 0xff, (a >> 8) & 0xff, a & 0xff);
+            format!("tcp://127.{x}.{y}.{z}:0;{}", &endpoint["tcp://".len()..])
+        }
+        None => endpoint.to_string(),
+    }
+}
+
 impl Sim {
-    fn new(ctx: &zmq::Context, id: &str, cfg: &FleetConfig) -> anyhow::Result<Self> {
+    fn new(ctx: &zmq::Context, id: &str, n: usize, cfg: &FleetConfig) -> anyhow::Result<Self> {
         let dealer = ctx.socket(zmq::DEALER)?;
         dealer.set_linger(0)?;
         dealer.set_reconnect_ivl(100)?;
         dealer.set_reconnect_ivl_max(5000)?;
-        dealer.connect(&cfg.command_endpoint)?;
+        dealer.connect(&from_own_address(&cfg.command_endpoint, n))?;
         let publisher = if cfg.events_per_sim > 0 {
             let p = ctx.socket(zmq::PUB)?;
             p.set_linger(0)?;
             p.set_sndhwm(0)?;
-            p.connect(&cfg.event_endpoint)?;
+            p.connect(&from_own_address(&cfg.event_endpoint, n))?;
             Some(p)
         } else {
             None

@@ -13,7 +13,7 @@ use tend_proto::v1::Outcome;
 use super::StateType;
 use super::keys::{self, KeyError};
 use crate::Command;
-use crate::cmd::exec;
+use crate::cmd::{CommandError, exec};
 use crate::ctx::{Change, Ctx};
 
 /// Seconds a command may run when the state gives no `timeout`.
@@ -55,7 +55,7 @@ pub(crate) enum CmdRunInvalid {
 /// finish in time; a command that ran and failed is a failed change.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub(crate) struct CannotRun(String);
+pub(crate) struct CannotRun(CommandError);
 
 impl StateType for CmdRun {
     type Invalid = CmdRunInvalid;

@@ -10,7 +10,7 @@ use serde_json::{Map, json};
 
 use super::StateType;
 use crate::Command;
-use crate::cmd::{Output, exec};
+use crate::cmd::{CommandError, Output, exec};
 use crate::ctx::{Change, Ctx};
 
 const TIMEOUT: Duration = Duration::from_secs(900);
@@ -43,10 +43,10 @@ pub(crate) struct NotPackageName {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PkgError {
     #[error("{0} (package states need dpkg: a Debian-based system)")]
-    NoDpkg(String),
+    NoDpkg(CommandError),
     /// apt-get could not be run (or did not finish).
     #[error("{0}")]
-    AptGet(String),
+    AptGet(CommandError),
     #[error("apt-get {verb} {name} failed ({status}): {stderr}")]
     Failed {
         verb: &'static str,
@@ -164,7 +164,7 @@ fn failed(verb: &'static str, p: &Pkg, out: &Output) -> PkgError {
 
 /// Runs a dpkg or apt-get command line, never asking questions;
 /// `cannot` says what it means that it could not be run.
-fn run(argv: &[&str], cannot: fn(String) -> PkgError) -> Result<Output, PkgError> {
+fn run(argv: &[&str], cannot: fn(CommandError) -> PkgError) -> Result<Output, PkgError> {
     let env_key = "DEBIAN_FRONTEND".to_string();
     let env_val = "noninteractive".to_string();
     exec(

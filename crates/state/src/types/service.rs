@@ -11,7 +11,7 @@ use serde_json::{Map, json};
 
 use super::StateType;
 use crate::Command;
-use crate::cmd::{Output, exec};
+use crate::cmd::{CommandError, Output, exec};
 use crate::ctx::{Change, Ctx};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -52,7 +52,7 @@ pub(crate) enum ServiceError {
     NoSystemd,
     /// systemctl could not be run (or did not finish).
     #[error("{0}")]
-    Systemctl(String),
+    Systemctl(CommandError),
     #[error("systemctl {args} failed ({status}): {stderr}")]
     Failed {
         args: String,

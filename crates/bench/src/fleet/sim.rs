@@ -1,20 +1,9 @@
-//! A fleet of simulated minions in one process: each a real ZeroMQ
-//! connection (a DEALER, and a PUB when it publishes) with its own Ed25519
-//! identity, running the real handshake and sealed protocol from tend-bus.
-//! What they skip is the minion's work: they answer pings and applies at
-//! once and publish synthetic events.
-//!
-//! Each sim connects from its own loopback address (127.x.y.z), as each
-//! minion of a real fleet has its own: the master limits the hellos of
-//! unknown keys per source address (issue 13, finding 11), and a whole
-//! fleet behind 127.0.0.1 would measure that limit, not the master.
-//!
-//! A few worker threads each poll a slice of the fleet. Each worker has its
-//! own ZeroMQ context (a context holds at most 1023 sockets).
+//! One simulated minion: its sockets (dialled from its own loopback
+//! address), the signed handshake, heartbeats, answers to pings and
+//! applies, and the events it publishes.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -27,47 +16,7 @@ use tend_proto::v1::{
     PeerKind, Pong, Reply, StateResult, master_message, minion_message, reply, request,
 };
 
-/// Sims per worker thread (two sockets each, under 1023 per context).
-const PER_WORKER: usize = 400;
-/// Events per published frame.
-const BATCH: u64 = 200;
-/// Events a sim has published and not had acknowledged, at most.
-const WINDOW: u64 = 20_000;
-/// How often a worker runs its sims' timers (hellos, heartbeats, publishing).
-const TICK: Duration = Duration::from_millis(20);
-
-#[derive(Clone)]
-pub struct FleetConfig {
-    pub count: usize,
-    pub prefix: String,
-    pub event_endpoint: String,
-    pub command_endpoint: String,
-    /// Events each sim publishes once connected (0: none, and no PUB
-    /// socket at all).
-    pub events_per_sim: u64,
-}
-
-/// What the fleet measured.
-#[derive(Default)]
-pub struct FleetStats {
-    /// Publishing starts when this is set (so connecting is not timed).
-    pub go: AtomicBool,
-    /// Sims with an open session now.
-    pub connected: AtomicUsize,
-    /// Sessions opened, ever.
-    pub sessions: AtomicU64,
-    pub acked: AtomicU64,
-    pub published: AtomicU64,
-    pub requests: AtomicU64,
-    /// Heartbeat round trips, microseconds (a sample per answer).
-    pub heartbeat_rtt_us: Mutex<Vec<u64>>,
-}
-
-pub struct Fleet {
-    pub stats: Arc<FleetStats>,
-    stop: Arc<AtomicBool>,
-    workers: Vec<JoinHandle<()>>,
-}
+use super::{BATCH, FleetConfig, FleetStats, WINDOW};
 
 enum Phase {
     Hello {
@@ -83,10 +32,10 @@ enum Phase {
     },
 }
 
-struct Sim {
+pub(super) struct Sim {
     id: String,
     identity: Arc<Identity>,
-    dealer: zmq::Socket,
+    pub(super) dealer: zmq::Socket,
     publisher: Option<zmq::Socket>,
     phase: Option<Phase>,
     heartbeat: Duration,
@@ -109,170 +58,11 @@ struct Sim {
     rng: u64,
     /// Sent on the dealer since its input was last looked at: a send can
     /// take the socket's wake-up signal, so its input is looked at again.
-    touched: std::cell::Cell<bool>,
+    pub(super) touched: std::cell::Cell<bool>,
 }
 
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LAST_RETRY: Duration = Duration::from_secs(5);
-
-impl Fleet {
-    /// Starts the fleet; it connects in the background.
-    pub fn start(cfg: FleetConfig) -> anyhow::Result<Self> {
-        Self::start_at(cfg, 0)
-    }
-
-    /// Starts sims numbered from `first`.
-    pub fn start_at(cfg: FleetConfig, first: usize) -> anyhow::Result<Self> {
-        let stats = Arc::new(FleetStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut workers = Vec::new();
-        let ids: Vec<(usize, String)> = (first..first + cfg.count)
-            .map(|i| (i, format!("{}-{i:05}", cfg.prefix)))
-            .collect();
-        for chunk in ids.chunks(PER_WORKER) {
-            let ctx = zmq::Context::new();
-            let mut sims = Vec::with_capacity(chunk.len());
-            for (i, id) in chunk {
-                sims.push(Sim::new(&ctx, id, *i, &cfg)?);
-            }
-            let (stats, stop, cfg) = (stats.clone(), stop.clone(), cfg.clone());
-            workers.push(
-                std::thread::Builder::new()
-                    .name("fleet".into())
-                    .spawn(move || run(ctx, sims, &cfg, &stats, &stop))?,
-            );
-        }
-        Ok(Self {
-            stats,
-            stop,
-            workers,
-        })
-    }
-
-    /// Starts publishing.
-    pub fn go(&self) {
-        self.stats.go.store(true, Ordering::Relaxed);
-    }
-
-    pub fn connected(&self) -> usize {
-        self.stats.connected.load(Ordering::Relaxed)
-    }
-
-    pub fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for w in self.workers {
-            let _ = w.join();
-        }
-    }
-}
-
-/// A fleet split across child processes (`tend-bench fleet-worker`): one
-/// process may only hold so many sockets (each needs a connection and a
-/// ZeroMQ mailbox, two file descriptors, and this machine caps a process at
-/// 20,000 with no way to raise it).
-pub struct SpreadFleet {
-    pub stats: Arc<FleetStats>,
-    children: Vec<std::process::Child>,
-}
-
-/// Sims per worker process.
-const PER_PROCESS: usize = 4000;
-
-impl SpreadFleet {
-    pub fn start(cfg: FleetConfig) -> anyhow::Result<Self> {
-        use std::io::BufRead;
-        let stats = Arc::new(FleetStats::default());
-        let exe = std::env::current_exe()?;
-        let mut children = Vec::new();
-        let mut first = 0;
-        while first < cfg.count {
-            let n = (cfg.count - first).min(PER_PROCESS);
-            let mut child = std::process::Command::new(&exe)
-                .args([
-                    "fleet-worker",
-                    "--first",
-                    &first.to_string(),
-                    "--count",
-                    &n.to_string(),
-                ])
-                .args([
-                    "--prefix",
-                    &cfg.prefix,
-                    "--events",
-                    &cfg.events_per_sim.to_string(),
-                ])
-                .args([
-                    "--event-endpoint",
-                    &cfg.event_endpoint,
-                    "--command-endpoint",
-                    &cfg.command_endpoint,
-                ])
-                .stdout(std::process::Stdio::piped())
-                .spawn()?;
-            let out = child
-                .stdout
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-            let stats = stats.clone();
-            std::thread::spawn(move || {
-                // Each line: connected sessions rtt_us...
-                let mut last = (0usize, 0u64);
-                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                    let mut f = line
-                        .split_whitespace()
-                        .map(|v| v.parse::<u64>().unwrap_or(0));
-                    let (c, s) = (f.next().unwrap_or(0) as usize, f.next().unwrap_or(0));
-                    stats.connected.fetch_add(c, Ordering::Relaxed);
-                    stats.connected.fetch_sub(last.0, Ordering::Relaxed);
-                    stats
-                        .sessions
-                        .fetch_add(s - last.1.min(s), Ordering::Relaxed);
-                    last = (c, s);
-                    stats.heartbeat_rtt_us.lock().expect("rtt").extend(f);
-                }
-                stats.connected.fetch_sub(last.0, Ordering::Relaxed);
-            });
-            children.push(child);
-            first += n;
-        }
-        Ok(Self { stats, children })
-    }
-
-    pub fn connected(&self) -> usize {
-        self.stats.connected.load(Ordering::Relaxed)
-    }
-
-    pub fn stop(mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// `tend-bench fleet-worker`: runs part of a spread fleet, reporting on
-/// stdout every 200 ms until killed.
-pub fn worker(cfg: FleetConfig, first: usize) -> anyhow::Result<()> {
-    use std::io::Write;
-    let fleet = Fleet::start_at(cfg, first)?;
-    let mut out = std::io::stdout().lock();
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        let rtt: Vec<u64> = std::mem::take(&mut *fleet.stats.heartbeat_rtt_us.lock().expect("rtt"));
-        let mut line = format!(
-            "{} {}",
-            fleet.connected(),
-            fleet.stats.sessions.load(Ordering::Relaxed)
-        );
-        for r in rtt {
-            line.push_str(&format!(" {r}"));
-        }
-        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-            fleet.stop();
-            return Ok(());
-        }
-    }
-}
 
 /// `endpoint` dialled from sim `n`'s own loopback address (ZeroMQ's
 /// `tcp://source;destination` form), for a TCP endpoint on loopback.
@@ -288,7 +78,12 @@ fn from_own_address(endpoint: &str, n: usize) -> String {
 }
 
 impl Sim {
-    fn new(ctx: &zmq::Context, id: &str, n: usize, cfg: &FleetConfig) -> anyhow::Result<Self> {
+    pub(super) fn new(
+        ctx: &zmq::Context,
+        id: &str,
+        n: usize,
+        cfg: &FleetConfig,
+    ) -> anyhow::Result<Self> {
         let dealer = ctx.socket(zmq::DEALER)?;
         dealer.set_linger(0)?;
         dealer.set_reconnect_ivl(100)?;
@@ -516,7 +311,7 @@ impl Sim {
     }
 
     /// Timers: hellos not answered, heartbeats, publishing, resends.
-    fn tick(&mut self, cfg: &FleetConfig, stats: &FleetStats) {
+    pub(super) fn tick(&mut self, cfg: &FleetConfig, stats: &FleetStats) {
         let now = Instant::now();
         match &self.phase {
             None if now < self.retry_at => {}
@@ -588,7 +383,7 @@ impl Sim {
 }
 
 /// Reads everything waiting on a sim's dealer.
-fn drain(sim: &mut Sim, stats: &FleetStats) {
+pub(super) fn drain(sim: &mut Sim, stats: &FleetStats) {
     sim.touched.set(false);
     while sim
         .dealer
@@ -599,62 +394,4 @@ fn drain(sim: &mut Sim, stats: &FleetStats) {
             sim.on_message(&bytes, stats);
         }
     }
-}
-
-/// A worker: its sims' sockets in one epoll set (on each socket's ZeroMQ
-/// wake-up fd), so a wake costs the sockets that have input, not a look
-/// at every socket as `zmq_poll` does (which, at 10,000 sims, cost more
-/// than the master did).
-fn run(
-    _ctx: zmq::Context,
-    mut sims: Vec<Sim>,
-    cfg: &FleetConfig,
-    stats: &FleetStats,
-    stop: &AtomicBool,
-) {
-    // SAFETY: plain epoll calls on fds these sockets own; the epoll fd is
-    // closed at the end.
-    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if ep < 0 {
-        eprintln!("fleet: epoll_create1 failed");
-        return;
-    }
-    for (n, sim) in sims.iter().enumerate() {
-        let Ok(fd) = sim.dealer.get_fd() else {
-            continue;
-        };
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
-            u64: n as u64,
-        };
-        // SAFETY: see above.
-        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
-    }
-    let mut ready = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
-    let mut look: Vec<usize> = (0..sims.len()).collect();
-    let mut last_tick = Instant::now() - Duration::from_secs(1);
-    while !stop.load(Ordering::Relaxed) {
-        for n in look.drain(..) {
-            drain(&mut sims[n], stats);
-        }
-        if last_tick.elapsed() >= TICK {
-            last_tick = Instant::now();
-            for (n, sim) in sims.iter_mut().enumerate() {
-                sim.tick(cfg, stats);
-                if sim.touched.get() {
-                    look.push(n);
-                }
-            }
-            continue;
-        }
-        let wait = TICK.saturating_sub(last_tick.elapsed()).as_millis() as i32;
-        // SAFETY: see above; `ready` outlives the call.
-        let k =
-            unsafe { libc::epoll_wait(ep, ready.as_mut_ptr(), ready.len() as i32, wait.max(1)) };
-        for e in ready.iter().take(k.max(0) as usize) {
-            look.push(e.u64 as usize);
-        }
-    }
-    // SAFETY: see above.
-    unsafe { libc::close(ep) };
 }

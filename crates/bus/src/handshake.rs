@@ -17,7 +17,6 @@
 //! (salt: the transcript), one per direction: forward secrecy, and nothing
 //! from one session opens in another.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,12 +27,14 @@ use tend_proto::v1::{Auth, Challenge, Hello, PeerKind};
 
 use crate::BusError;
 use crate::identity::{Identity, verify};
+use crate::oldest_first::OldestFirst;
 use crate::session::{Keys, Session};
 
 const PROTOCOL: &[u8] = b"tend/1";
 
-/// Handshakes waiting for their Auth, at most; the oldest go first.
-const MAX_PENDING: usize = 4096;
+/// Handshakes waiting for their Auth, at most; the oldest go first. Room
+/// for a fleet of 10,000 connecting at once (a few hundred bytes each).
+const MAX_PENDING: usize = 16_384;
 /// A handshake not finished in this long is forgotten.
 const PENDING_TTL: Duration = Duration::from_secs(10);
 
@@ -217,14 +218,14 @@ pub struct Authenticated {
 /// The master's side.
 pub struct Responder {
     identity: Arc<Identity>,
-    pending: Mutex<HashMap<u64, Pending>>,
+    pending: Mutex<OldestFirst<u64, Pending>>,
 }
 
 impl Responder {
     pub fn new(identity: Arc<Identity>) -> Self {
         Self {
             identity,
-            pending: Mutex::default(),
+            pending: Mutex::new(OldestFirst::new(MAX_PENDING)),
         }
     }
 
@@ -246,15 +247,8 @@ impl Responder {
             signature: self.identity.sign(&signed(b"master", &th)),
             hello_ephemeral: hello.ephemeral_key.clone(),
         };
+        // Full, the oldest handshake goes (expired ones are the oldest).
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.len() >= MAX_PENDING {
-            pending.retain(|_, p| p.at.elapsed() < PENDING_TTL);
-            if pending.len() >= MAX_PENDING
-                && let Some(oldest) = pending.iter().min_by_key(|(_, p)| p.at).map(|(id, _)| *id)
-            {
-                pending.remove(&oldest);
-            }
-        }
         pending.insert(
             session,
             Pending {

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tend_proto::v1::MinionMessage;
 
@@ -24,8 +24,13 @@ pub(crate) type Handshake = (Vec<u8>, MinionMessage);
 /// Hellos from unknown keys, per source address and second.
 pub(crate) const RATE: f64 = 50.0;
 pub(crate) const BURST: f64 = 100.0;
-/// Source addresses tracked at once, at most.
-const SOURCES: usize = 4096;
+/// Source addresses tracked at once, at most (a fleet of 10,000 connecting
+/// at once fits; 64 bytes or so each).
+const SOURCES: usize = 16_384;
+/// With every tracked source busy, the table is swept for quiet ones at
+/// most this often; in between a new source is turned away. (Sweeping on
+/// every hello from a new source made each one a pass over the table.)
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// Messages waiting, at most, in each queue.
 const KNOWN_QUEUE: usize = 1024;
 const UNKNOWN_QUEUE: usize = 8192;
@@ -48,6 +53,8 @@ struct Queues {
     known: VecDeque<Handshake>,
     unknown: VecDeque<Handshake>,
     sources: HashMap<IpAddr, Bucket>,
+    /// When the source table was last swept for quiet sources.
+    swept: Option<Instant>,
     closed: bool,
 }
 
@@ -69,7 +76,7 @@ impl Hellos {
             q.known.push_back(h);
         } else {
             if let Some(source) = source
-                && !take_token(&mut q.sources, source, Instant::now())
+                && !take_token(&mut q, source, Instant::now())
             {
                 return Admit::Throttled;
             }
@@ -105,8 +112,15 @@ impl Hellos {
     }
 }
 
-fn take_token(sources: &mut HashMap<IpAddr, Bucket>, source: IpAddr, now: Instant) -> bool {
+fn take_token(q: &mut Queues, source: IpAddr, now: Instant) -> bool {
+    let sources = &mut q.sources;
     if !sources.contains_key(&source) && sources.len() >= SOURCES {
+        if q.swept
+            .is_some_and(|at| now.duration_since(at) < SWEEP_EVERY)
+        {
+            return false;
+        }
+        q.swept = Some(now);
         // Forget sources whose bucket has filled up again: they have been
         // quiet, and a new bucket starts full anyway.
         sources.retain(|_, b| now.duration_since(b.at).as_secs_f64() * RATE + b.tokens < BURST);
@@ -131,11 +145,10 @@ fn take_token(sources: &mut HashMap<IpAddr, Bucket>, source: IpAddr, now: Instan
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn a_source_gets_its_burst_then_its_rate() {
-        let mut sources = HashMap::new();
+        let mut sources = Queues::default();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let t0 = Instant::now();
@@ -152,6 +165,32 @@ mod tests {
             .filter(|_| take_token(&mut sources, a, later))
             .count();
         assert_eq!(allowed, RATE as usize);
+    }
+
+    /// With the table full of busy sources, a new source is turned away,
+    /// and the table is swept for quiet ones at most every SWEEP_EVERY, not
+    /// on every hello (a fleet of 10,000 addresses connecting at once made
+    /// each hello a pass over the table).
+    #[test]
+    fn a_full_table_is_swept_at_most_every_sweep_interval() {
+        let mut q = Queues::default();
+        let t0 = Instant::now();
+        for i in 0..SOURCES as u32 {
+            assert!(take_token(&mut q, IpAddr::from(i.to_be_bytes()), t0));
+        }
+        let newcomer = IpAddr::from([255, 255, 255, 1]);
+        // Every bucket was just used: nothing to forget, the new one waits.
+        assert!(!take_token(&mut q, newcomer, t0));
+        let swept = q.swept;
+        // Once every bucket has refilled (a token back in 1/RATE s), a
+        // sweep forgets them, but not before SWEEP_EVERY has passed since
+        // the last.
+        let soon = t0 + SWEEP_EVERY / 2;
+        assert!(!take_token(&mut q, newcomer, soon));
+        assert_eq!(q.swept, swept, "swept again within {SWEEP_EVERY:?}");
+        let later = t0 + SWEEP_EVERY;
+        assert!(take_token(&mut q, newcomer, later));
+        assert!(q.sources.len() < SOURCES);
     }
 
     #[test]

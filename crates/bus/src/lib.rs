@@ -19,6 +19,7 @@ mod identity;
 mod keys;
 mod master;
 mod minion;
+mod oldest_first;
 mod session;
 mod stats;
 

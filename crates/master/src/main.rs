@@ -26,7 +26,7 @@ use anyhow::Context;
 use clap::Parser;
 use tend_bus::{BusStats, ControlServer, Identity, KeyStore, MasterBus, MasterBusConfig};
 use tend_master::config::MasterConfig;
-use tend_reactor::Rules;
+use tend_reactor::{Rule, RuleErrors, Rules};
 use tend_state::StateTree;
 use tend_store::Store;
 use tokio::sync::mpsc;
@@ -97,22 +97,42 @@ fn main() -> std::process::ExitCode {
 
 /// `--check-config`: the config, the rules, and the whole state tree (the
 /// top file, every state file, the states each rule applies, sources and
-/// templates). Every problem is printed, not only the first.
-fn check_config(args: &Args, cfg: &MasterConfig, rules: &Rules) -> anyhow::Result<()> {
-    let applied: Vec<Vec<String>> = rules
+/// templates). Every problem is printed, not only the first: every bad rule
+/// of every rule file, then every problem of the state tree.
+fn check_config(
+    args: &Args,
+    cfg: &MasterConfig,
+    loaded: Result<Rules, RuleErrors>,
+) -> anyhow::Result<()> {
+    // The rules that compiled are checked on (the states they apply),
+    // even when others did not.
+    let (rules, rule_problems): (Vec<&Rule>, Vec<String>) = match &loaded {
+        Ok(rules) => (rules.iter().collect(), Vec::new()),
+        Err(e) => (
+            e.compiled().iter().collect(),
+            e.problems().iter().map(|p| p.to_string()).collect(),
+        ),
+    };
+    for p in &rule_problems {
+        eprintln!("tend-master: {p}");
+    }
+    // Who applies which states, so that a state not found names its rule.
+    let applied: Vec<(String, Vec<String>)> = rules
         .iter()
-        .flat_map(|r| r.actions.iter())
-        .filter_map(|a| match a {
-            tend_reactor::Action::Apply { states, .. } => Some(states.clone()),
+        .flat_map(|r| r.actions.iter().map(move |a| (r, a)))
+        .filter_map(|(r, a)| match a {
+            tend_reactor::Action::Apply { states, .. } => {
+                Some((format!("{}: rule {:?}", r.file, r.name), states.clone()))
+            }
             _ => None,
         })
         .collect();
     let tree = StateTree::new(&cfg.state_root);
-    for warning in tree.secret_warnings(&rule_targets(rules)) {
+    for warning in tree.secret_warnings(&rule_targets(rules.iter().copied())) {
         eprintln!("tend-master: {warning}");
     }
-    match tree.check_all(&applied) {
-        Ok(files) => {
+    let state_problems = match tree.check_all(&applied) {
+        Ok(files) if rule_problems.is_empty() => {
             println!(
                 "{}: ok ({} rule(s) in {}, {} state file(s) in {})",
                 args.config.display(),
@@ -121,19 +141,30 @@ fn check_config(args: &Args, cfg: &MasterConfig, rules: &Rules) -> anyhow::Resul
                 files,
                 cfg.state_root.display()
             );
-            Ok(())
+            return Ok(());
         }
-        Err(problems) => {
-            for p in &problems {
-                eprintln!("tend-master: {p}");
-            }
-            anyhow::bail!(
-                "{} problem(s) in the state tree {}",
-                problems.len(),
-                cfg.state_root.display()
-            )
-        }
+        Ok(_) => Vec::new(),
+        Err(problems) => problems,
+    };
+    for p in &state_problems {
+        eprintln!("tend-master: {p}");
     }
+    let mut counts = Vec::new();
+    if !rule_problems.is_empty() {
+        counts.push(format!(
+            "{} problem(s) in the rules in {}",
+            rule_problems.len(),
+            cfg.reactor_dir.display()
+        ));
+    }
+    if !state_problems.is_empty() {
+        counts.push(format!(
+            "{} problem(s) in the state tree {}",
+            state_problems.len(),
+            cfg.state_root.display()
+        ));
+    }
+    anyhow::bail!("{}", counts.join(", "))
 }
 
 /// Ends the jobs a previous run of the master left running or queued (it
@@ -167,9 +198,8 @@ fn interrupt_unfinished(store: &dyn Backend) -> anyhow::Result<u64> {
 
 /// (where, target, states) of every rule action that applies states to a
 /// target rather than to the event's own minion.
-fn rule_targets(rules: &Rules) -> Vec<(String, String, Vec<String>)> {
+fn rule_targets<'a>(rules: impl Iterator<Item = &'a Rule>) -> Vec<(String, String, Vec<String>)> {
     rules
-        .iter()
         .flat_map(|r| r.actions.iter().map(move |a| (r, a)))
         .filter_map(|(r, a)| match a {
             tend_reactor::Action::Apply {
@@ -183,10 +213,11 @@ fn rule_targets(rules: &Rules) -> Vec<(String, String, Vec<String>)> {
 }
 
 async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
-    let rules = Arc::new(Rules::load_dir(&cfg.reactor_dir)?);
+    let loaded = Rules::load_dir(&cfg.reactor_dir);
     if args.check_config {
-        return check_config(&args, &cfg, &rules);
+        return check_config(&args, &cfg, loaded);
     }
+    let rules = Arc::new(loaded?);
     tend_daemon::private_dir(&cfg.data_dir).map_err(anyhow::Error::msg)?;
     let identity = Arc::new(Identity::load_or_create(
         &cfg.data_dir.join("keys/master.key"),
@@ -202,7 +233,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
     )?);
     {
         // The same warnings as --check-config, in the log of every start.
-        let (tree, targets) = (StateTree::new(&cfg.state_root), rule_targets(&rules));
+        let (tree, targets) = (StateTree::new(&cfg.state_root), rule_targets(rules.iter()));
         for warning in tokio::task::spawn_blocking(move || tree.secret_warnings(&targets)).await? {
             tracing::warn!("{warning}");
         }

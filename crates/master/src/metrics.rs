@@ -87,6 +87,27 @@ pub fn render(view: Weak<MetricsView>) -> Render {
             "Reactor rules in force.",
             m.rules.current().len() as f64,
         );
+        let rules = m.rules.current();
+        let counts: Vec<(&str, tend_reactor::RuleCounts)> =
+            rules.iter().map(|r| (&*r.name, r.stats.counts())).collect();
+        t.counters(
+            "tend_master_rule_fires_total",
+            "Times each rule in force acted.",
+            "rule",
+            counts.iter().map(|(n, c)| (*n, c.fires)),
+        );
+        t.counters(
+            "tend_master_rule_condition_errors_total",
+            "Events a rule's condition could not be evaluated on (the rule did not act).",
+            "rule",
+            counts.iter().map(|(n, c)| (*n, c.condition_errors)),
+        );
+        t.counters(
+            "tend_master_rule_action_errors_total",
+            "Rule actions that could not be carried out (a template, a target, a full queue).",
+            "rule",
+            counts.iter().map(|(n, c)| (*n, c.action_errors)),
+        );
         t.gauge(
             "tend_master_reactor_queue",
             "Stored events waiting for the reactor.",

@@ -58,7 +58,10 @@ impl RuleSet {
             .await
             .map_err(ReloadError::Task)?;
         let rules = match loaded {
-            Ok(r) => Arc::new(r),
+            Ok(mut r) => {
+                r.keep_stats_from(&self.current());
+                Arc::new(r)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "rules not reloaded; the old ones stay in force");
                 self.emitter.emit(

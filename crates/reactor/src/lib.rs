@@ -30,6 +30,7 @@
 mod policy;
 mod reactor;
 mod rules;
+mod stats;
 
 /// The clock saved reactor state is kept against; a rule's throttles as configured.
 pub use policy::{Clock, Policy};
@@ -39,6 +40,8 @@ pub use reactor::{Fire, Reactor, StateChange};
 pub use rules::group_key;
 /// What a rule does when it acts, and what a `run` or `shell` action runs.
 pub use rules::{Action, RunCommand};
-/// Compiled rules, one of them, a rule an event matched, and why a file
-/// was refused.
-pub use rules::{Match, Rule, RuleError, Rules};
+/// Compiled rules, one of them, a rule an event matched, and why files
+/// were refused (every problem, each with its file and line).
+pub use rules::{Match, Rule, RuleError, RuleErrors, Rules};
+/// What each rule did while in force (fires, failures, the last failure).
+pub use stats::{RuleCounts, RuleFailure, RuleStats};

@@ -141,6 +141,14 @@ pub enum StateError {
     /// Requisites that wait on each other (`a -> b -> a`).
     #[error("requisites form a cycle: {0}")]
     Cycle(String),
+    /// A set of states that cannot be used, with who named it (a rule, a
+    /// top file target), so the operator knows what to fix.
+    #[error("{by}: {error}")]
+    NamedBy {
+        /// Who named the states: `FILE: rule "NAME"`, `top.toml: target #N`.
+        by: String,
+        error: Box<StateError>,
+    },
 }
 
 #[cfg(test)]

@@ -21,8 +21,52 @@ use crate::{Requisites, State, StateError};
 
 const REQUISITES: [&str; 4] = ["require", "watch", "onchanges", "onfail"];
 
-/// Parses the text of state file `file` (state name `sls`).
+/// Parses the text of state file `file` (state name `sls`). A mistake in a
+/// state names the file with the line (and column) of the key it is about,
+/// or of the state's `[id]`: `web.toml:4:1: state "m": ...`.
 pub fn parse_state_file(file: &str, sls: &str, text: &str) -> Result<Vec<State>, StateError> {
+    parse(file, sls, text).map_err(|e| match e {
+        StateError::Invalid {
+            file: f,
+            state,
+            message,
+        } if f == file => StateError::Invalid {
+            file: match locate(text, &state, &message) {
+                Some((line, col)) => format!("{file}:{line}:{col}"),
+                None => f,
+            },
+            state,
+            message,
+        },
+        other => other,
+    })
+}
+
+/// Line and column (from 1) of the key a message about state `id` names
+/// (the first in backquotes), or of the state's `[id]` header.
+fn locate(text: &str, id: &str, message: &str) -> Option<(usize, usize)> {
+    let key = message.split('`').nth(1).filter(|k| !k.is_empty());
+    let headers = [format!("[{id}]"), format!("[{id:?}]"), format!("['{id}']")];
+    let mut lines = text.lines().enumerate();
+    let (header, _) = lines.find(|(_, l)| headers.iter().any(|h| l.trim() == h))?;
+    if let Some(key) = key {
+        for (n, line) in lines {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with('[') {
+                break;
+            }
+            if let Some(rest) = trimmed.strip_prefix(key)
+                && rest.trim_start().starts_with('=')
+            {
+                return Some((n + 1, line.len() - trimmed.len() + 1));
+            }
+        }
+    }
+    let indent = text.lines().nth(header)?;
+    Some((header + 1, indent.len() - indent.trim_start().len() + 1))
+}
+
+fn parse(file: &str, sls: &str, text: &str) -> Result<Vec<State>, StateError> {
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| StateError::File {
@@ -189,5 +233,23 @@ mod tests {
         assert!(e.contains("`require`"), "{e}");
         let e = err("not toml [");
         assert!(e.contains("web.toml: not valid TOML"), "{e}");
+    }
+
+    #[test]
+    fn a_mistake_in_a_state_has_its_line() {
+        // The key the message is about.
+        let e = err(
+            "[ok]\ntype = \"cmd.run\"\ncommand = \"true\"\n\n[m]\ntype = \"file.managed\"\npath = \"/x\"\n  content = \"typo\"\n",
+        );
+        assert!(
+            e.starts_with("web.toml:8:3: state \"m\": unknown field `content`"),
+            "{e}"
+        );
+        // No key: the state's header.
+        let e = err("[a]\ntype = \"cmd.run\"\ncommand = \"true\"\n[b]\npath = \"/x\"\n");
+        assert!(
+            e.starts_with("web.toml:4:1: state \"b\": missing field `type`"),
+            "{e}"
+        );
     }
 }

@@ -39,6 +39,7 @@ commands! {
     Status => status,
     Run => run,
     Reactor => reactor,
+    Rules => rules,
     Keys => keys,
     Completions => completions,
     Man => man,

@@ -24,13 +24,14 @@ enum ReactorCommand {
     /// Read reactor.d again (as SIGHUP does). A bad file is refused and the
     /// rules in force stay.
     Reload,
-    /// Say what an event would do under a rule file, and why, without a
-    /// master.
+    /// Say what an event would do under a rule file or the whole rules
+    /// directory, and why, without a master.
     #[command(
-        after_help = "Example:\n  tend events --tag 'minion/web1/*' --limit 1 --json > e.json\n  tend reactor test reactor.d/restore.toml --event e.json"
+        after_help = "Example:\n  tend events --tag 'minion/web1/*' --limit 1 --json > e.json\n  tend reactor test reactor.d/restore.toml --event e.json\n  tend reactor test /etc/tend/reactor.d --event e.json"
     )]
     Test {
-        /// A rule file.
+        /// A rule file, or a directory of them (every *.toml in it, as the
+        /// master reads reactor.d).
         rule_file: PathBuf,
         /// A JSON event: as `tend events --json` prints one, or just
         /// {"minion": ..., "tag": ..., "data": {...}}.
@@ -69,9 +70,10 @@ fn reload(ctx: &Ctx) -> anyhow::Result<ExitCode> {
 
 /// `tend reactor test`: the master's own matching and conditions, offline.
 fn test(rule_file: &Path, event_file: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(rule_file)
-        .with_context(|| format!("cannot read the rule file {}", rule_file.display()))?;
-    let rules = tend_reactor::Rules::from_texts(&[(rule_file.display().to_string(), text)])?;
+    if !rule_file.exists() {
+        anyhow::bail!("no rule file or directory at {}", rule_file.display());
+    }
+    let rules = tend_reactor::Rules::load_dir(rule_file)?;
     let raw = std::fs::read_to_string(event_file)
         .with_context(|| format!("cannot read the event {}", event_file.display()))?;
     let v: serde_json::Value =

@@ -11,4 +11,4 @@ pub mod keys;
 pub mod minions;
 pub mod progress;
 pub mod status;
-mod table;
+pub mod table;

@@ -31,6 +31,14 @@ pub fn show(s: &Status) {
             tend_bus::MAX_PENDING
         );
     }
+    let count = |name: &str| s.counters.get(name).copied().unwrap_or(0);
+    let (conditions, actions) = (count("rule_condition_errors"), count("rule_action_errors"));
+    if conditions + actions > 0 {
+        println!(
+            "RULE ERRORS: {conditions} condition and {actions} action error(s); \
+             `tend rules` shows which rules, and why"
+        );
+    }
     let mut counters: Vec<_> = s.counters.iter().collect();
     counters.sort();
     table::print(

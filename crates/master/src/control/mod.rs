@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use tend_bus::{BusStats, KeyStore, MasterBus, Responder};
 use tend_proto::v1::{
-    ControlRequest, Failure, JobList, RulesReloaded, Status, Targeted, control_reply,
-    control_request,
+    ControlRequest, Failure, JobList, RuleInfo, RuleList, RulesReloaded, Status, Targeted,
+    control_reply, control_request,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -132,6 +132,34 @@ impl Control {
             control_request::Body::GetStatus(_) => {
                 send(out, control_reply::Body::Status(self.status()))
             }
+            control_request::Body::ListRules(_) => {
+                send(out, control_reply::Body::Rules(self.list_rules()))
+            }
+        }
+    }
+
+    /// `tend rules`: each rule in force and what it did.
+    fn list_rules(&self) -> RuleList {
+        let rules = self.rules.current();
+        RuleList {
+            rules: rules
+                .iter()
+                .map(|r| {
+                    let c = r.stats.counts();
+                    RuleInfo {
+                        name: r.name.to_string(),
+                        file: r.file.clone(),
+                        on: r.on.clone(),
+                        when: r.when.clone().unwrap_or_default(),
+                        fires: c.fires,
+                        condition_errors: c.condition_errors,
+                        action_errors: c.action_errors,
+                        last_error: c.last_error,
+                        last_error_us: c.last_error_us,
+                        last_fired_us: c.last_fired_us,
+                    }
+                })
+                .collect(),
         }
     }
 
@@ -148,7 +176,15 @@ impl Control {
             "minions_connected".into(),
             self.bus.connected().len() as u64,
         );
-        counters.insert("rules".into(), self.rules.current().len() as u64);
+        let rules = self.rules.current();
+        counters.insert("rules".into(), rules.len() as u64);
+        // Summed over the rules in force; `tend rules` has them per rule.
+        let (conditions, actions) = rules.iter().fold((0, 0), |(c, a), r| {
+            let n = r.stats.counts();
+            (c + n.condition_errors, a + n.action_errors)
+        });
+        counters.insert("rule_condition_errors".into(), conditions);
+        counters.insert("rule_action_errors".into(), actions);
         counters.insert("reactor_queue".into(), self.storage.reactor_backlog());
         counters.insert("actions_running".into(), self.actions.running() as u64);
         counters.insert("actions_waiting".into(), self.actions.waiting() as u64);

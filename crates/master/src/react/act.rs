@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tend_proto::now_us;
 use tend_proto::v1::{Event, Job, MinionResult};
-use tend_reactor::{Action, Fire, RunCommand};
+use tend_reactor::{Action, Fire, RuleFailure, RunCommand};
 
 use super::RuleRunner;
 use super::webhook::webhook;
@@ -111,7 +111,6 @@ impl RuleRunner {
         }
         for action in &fire.actions {
             let failed = |made: &mut Made, why: ActionError| {
-                tracing::warn!(rule = %fire.rule, action = action.kind(), error = %why, "action not taken");
                 self.record_failure(&fire, action.kind(), why.to_string(), made);
             };
             match action {
@@ -271,7 +270,6 @@ impl RuleRunner {
             }
             Err(full) => {
                 add(&self.stats.counters.actions_refused, 1);
-                tracing::warn!(rule = %fire.rule, action = kind, error = %full, "action refused");
                 self.record_failure(fire, kind, full.to_string(), made);
                 None
             }
@@ -279,8 +277,15 @@ impl RuleRunner {
     }
 
     /// A reaction that could not be carried out is still a job: failed,
-    /// with the reason.
+    /// with the reason; and it is counted on the rule (and logged, at most
+    /// once a minute per rule).
     fn record_failure(&self, fire: &Fire, kind: &str, why: String, made: &mut Made) {
+        fire.stats.failed(
+            &fire.rule,
+            &fire.file,
+            RuleFailure::Action,
+            &format!("action `{kind}`: {why}"),
+        );
         let mut job = self.jobs.new_job(
             kind,
             String::new(),

@@ -13,17 +13,26 @@ impl Reactor {
     /// `tend reactor test`.
     pub fn explain(rules: &Rules, event: &Event) -> Vec<String> {
         let matches = rules.matches(event);
-        if matches.is_empty() {
-            let mut why = vec![format!("no rule's `on` matches the tag {:?}", event.tag)];
-            if event.cause != 0 {
-                why.push(format!(
-                    "(the event is caused by job {}; only rules with `caused = true` see it)",
-                    event.cause
-                ));
-            }
-            return why;
+        // Rules whose glob matches but that do not see events caused by a
+        // job: the tag is not why they stay quiet.
+        let skipped: Vec<String> = rules
+            .tag_matches(&event.tag)
+            .into_iter()
+            .filter(|i| !matches.iter().any(|m| m.rule == *i))
+            .map(|i| {
+                let r = rules.get(i);
+                format!(
+                    "rule {:?} ({}): the tag matches {:?}, but the event was caused by job {}, \
+                     so the rule does not act on it (`caused = true` makes it act on events \
+                     caused by jobs)",
+                    r.name, r.file, r.on, event.cause
+                )
+            })
+            .collect();
+        if matches.is_empty() && skipped.is_empty() {
+            return vec![format!("no rule's `on` matches the tag {:?}", event.tag)];
         }
-        let mut out = Vec::new();
+        let mut out = skipped;
         for m in matches {
             let r = rules.get(m.rule);
             let mut lines = vec![format!(

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::policy::{Policy, Step, Track};
 use crate::rules::{Action, Rules, group_key};
+use crate::stats::{RuleFailure, RuleStats};
 use saved::saved_key;
 
 /// A rule acting.
@@ -34,6 +35,10 @@ pub struct Fire {
     pub actions: Vec<Action>,
     /// Actions throttled away for this group since the last one.
     pub suppressed: u64,
+    /// The file the rule is in.
+    pub file: String,
+    /// The rule's counters: an action that fails is counted there.
+    pub stats: Arc<RuleStats>,
 }
 
 /// Groups kept before idle ones are forgotten.
@@ -61,6 +66,20 @@ pub struct Reactor {
 
 /// A group's saved state by key: its new bytes, or None when it is gone.
 pub type StateChange = (String, Option<Vec<u8>>);
+
+/// Rule `rule` of `rules` acting on `event`: counted on the rule.
+fn fire(rules: &Rules, rule: usize, event: Event, suppressed: u64) -> Fire {
+    let r = rules.get(rule);
+    r.stats.fired();
+    Fire {
+        rule: r.name.clone(),
+        event,
+        actions: r.actions.clone(),
+        suppressed,
+        file: r.file.clone(),
+        stats: r.stats.clone(),
+    }
+}
 
 fn horizon(p: &Policy) -> Duration {
     [
@@ -144,13 +163,7 @@ impl Reactor {
     }
 
     fn fire(&self, rule: usize, event: Event, suppressed: u64) -> Fire {
-        let r = self.rules.get(rule);
-        Fire {
-            rule: r.name.clone(),
-            event,
-            actions: r.actions.clone(),
-            suppressed,
-        }
+        fire(&self.rules, rule, event, suppressed)
     }
 
     /// An event arrived; what acts now.
@@ -163,6 +176,10 @@ impl Reactor {
         for m in matches {
             let rules = self.rules.clone();
             let rule = rules.get(m.rule);
+            if let Some(error) = &m.error {
+                rule.stats
+                    .failed(&rule.name, &rule.file, RuleFailure::Condition, error);
+            }
             if rule.policy == Policy::default() {
                 // No window, no throttle: nothing to remember.
                 if m.holds {
@@ -206,13 +223,8 @@ impl Reactor {
             self.dirty.insert((*rule, group.clone()));
             match policy.on_timer(track, now) {
                 Step::Act(e) => {
-                    let r = rules.get(*rule);
-                    out.push(Fire {
-                        rule: r.name.clone(),
-                        event: e,
-                        actions: r.actions.clone(),
-                        suppressed: std::mem::take(&mut track.suppressed),
-                    });
+                    let suppressed = std::mem::take(&mut track.suppressed);
+                    out.push(fire(&rules, *rule, e, suppressed));
                 }
                 Step::Suppressed => suppressed += 1,
                 Step::Wait => {}

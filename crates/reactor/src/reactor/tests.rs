@@ -224,3 +224,50 @@ fn explains_what_one_event_would_do() {
     .join("\n");
     assert!(why.contains("no rule"), "{why}");
 }
+
+#[test]
+fn an_event_caused_by_a_job_is_explained_as_such_not_as_a_tag_mismatch() {
+    let rs = rules(BRUTE);
+    let mut caused = login("web1", "failed");
+    caused.cause = 7;
+    let why = Reactor::explain(&rs, &caused).join("\n");
+    assert!(
+        why.contains("the tag matches")
+            && why.contains("caused by job 7")
+            && why.contains("caused = true")
+            && !why.contains("no rule's `on` matches"),
+        "{why}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn condition_failures_and_fires_are_counted_per_rule() {
+    let rs = rules(
+        r#"
+        [[rule]]
+        name = "kind"
+        on = "minion/*/beacon/login/*"
+        when = 'event.data.state == "absent"'
+        [[rule.action]]
+        fire = "gone"
+        "#,
+    );
+    let mut r = Reactor::new(rs.clone());
+    for _ in 0..3 {
+        assert!(
+            r.on_event(&login("web1", "failed"), Instant::now())
+                .is_empty()
+        );
+    }
+    let c = rs.get(0).stats.counts();
+    assert_eq!((c.fires, c.condition_errors), (0, 3));
+    assert!(c.last_error.contains("state"), "{}", c.last_error);
+    let mut absent = login("web1", "x");
+    absent.data = br#"{"state":"absent"}"#.to_vec();
+    let fired = r.on_event(&absent, Instant::now());
+    assert_eq!(fired.len(), 1);
+    assert_eq!(rs.get(0).stats.counts().fires, 1);
+    // Explaining does not count: it is not the reactor acting.
+    let _ = Reactor::explain(&rs, &login("web1", "failed"));
+    assert_eq!(rs.get(0).stats.counts().condition_errors, 3);
+}

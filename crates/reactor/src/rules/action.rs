@@ -93,6 +93,77 @@ pub(crate) enum ActionError {
     WebhookUrl(String),
     #[error(transparent)]
     Duration(#[from] DurationError),
+    #[error("key `{key}`: the template {text:?} does not compile: {error}")]
+    Template {
+        key: &'static str,
+        text: String,
+        error: String,
+    },
+    #[error(
+        "key `{key}`: the template {text:?} names `{name}`; an action's template sees \
+         `event` (event.minion, event.tag, event.data.<field>, ...), `rule` and `suppressed`"
+    )]
+    TemplateName {
+        key: &'static str,
+        text: String,
+        name: String,
+    },
+}
+
+/// What an action's template may name: what the master gives it, and the
+/// global functions of the template language.
+const TEMPLATE_NAMES: [&str; 7] = [
+    "event",
+    "rule",
+    "suppressed",
+    "range",
+    "dict",
+    "namespace",
+    "debug",
+];
+
+/// Compiles `source` (the value of `key`) when it is a template, and checks
+/// it names only what an action's template sees. Rendering it later may
+/// still fail on event data it lacks (`event.data.path` on an event
+/// without one): that failure is counted on the rule.
+fn check_template(key: &'static str, source: &str) -> Result<(), ActionError> {
+    if !source.contains("{{") && !source.contains("{%") && !source.contains("{#") {
+        return Ok(());
+    }
+    let env = minijinja::Environment::new();
+    let template = env
+        .template_from_str(source)
+        .map_err(|e| ActionError::Template {
+            key,
+            text: source.to_string(),
+            error: match e.line() {
+                Some(line) if source.contains('\n') => format!("line {line}: {e}"),
+                _ => e.to_string(),
+            },
+        })?;
+    let mut names: Vec<String> = template.undeclared_variables(false).into_iter().collect();
+    names.sort();
+    if let Some(name) = names
+        .into_iter()
+        .find(|n| !TEMPLATE_NAMES.contains(&n.as_str()))
+    {
+        return Err(ActionError::TemplateName {
+            key,
+            text: source.to_string(),
+            name,
+        });
+    }
+    Ok(())
+}
+
+/// Checks every string of a fired event's `data`, at any depth.
+fn check_data(v: &serde_json::Value) -> Result<(), ActionError> {
+    match v {
+        serde_json::Value::String(s) => check_template("data", s),
+        serde_json::Value::Array(a) => a.iter().try_for_each(check_data),
+        serde_json::Value::Object(o) => o.values().try_for_each(check_data),
+        _ => Ok(()),
+    }
 }
 
 /// A `shell` template whose `{{ }}` would not be quoted safely.
@@ -145,6 +216,12 @@ pub(super) fn action(a: ActionDecl) -> Result<Action, ActionError> {
         if states.is_empty() {
             return Err(ActionError::NoStates);
         }
+        for state in &states {
+            check_template("apply", state)?;
+        }
+        if let Some(t) = &a.target {
+            check_template("target", t)?;
+        }
         return Ok(Action::Apply {
             target: a.target,
             states,
@@ -165,6 +242,12 @@ pub(super) fn action(a: ActionDecl) -> Result<Action, ActionError> {
         if command.is_empty() || command[0].trim().is_empty() {
             return Err(ActionError::EmptyRun);
         }
+        for arg in &command {
+            check_template("run", arg)?;
+        }
+        if let Some(t) = &a.target {
+            check_template("target", t)?;
+        }
         return Ok(Action::Run {
             target: a.target,
             command: RunCommand::Argv(command),
@@ -177,6 +260,10 @@ pub(super) fn action(a: ActionDecl) -> Result<Action, ActionError> {
             return Err(ActionError::EmptyShell);
         }
         check_shell_template(&script)?;
+        check_template("shell", &script)?;
+        if let Some(t) = &a.target {
+            check_template("target", t)?;
+        }
         return Ok(Action::Run {
             target: a.target,
             command: RunCommand::Shell(script),
@@ -188,6 +275,7 @@ pub(super) fn action(a: ActionDecl) -> Result<Action, ActionError> {
         if tag.trim().is_empty() {
             return Err(ActionError::EmptyTag);
         }
+        check_template("fire", &tag)?;
         let data = match a.data {
             Some(t) => match serde_json::to_value(t) {
                 Ok(serde_json::Value::Object(m)) => m,
@@ -195,6 +283,7 @@ pub(super) fn action(a: ActionDecl) -> Result<Action, ActionError> {
             },
             None => Default::default(),
         };
+        data.values().try_for_each(check_data)?;
         return Ok(Action::Fire { tag, data });
     }
     let url = a.webhook.unwrap_or_default();
@@ -202,6 +291,7 @@ pub(super) fn action(a: ActionDecl) -> Result<Action, ActionError> {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(ActionError::WebhookUrl(url));
     }
+    check_template("webhook", &url)?;
     Ok(Action::Webhook {
         url,
         timeout: timeout(5)?,

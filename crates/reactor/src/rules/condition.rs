@@ -24,6 +24,38 @@ pub(crate) enum ConditionError {
     Thread(std::io::Error),
     #[error("the condition parser failed")]
     ParserFailed,
+    #[error(
+        "unknown name `{0}`: a condition sees `event` (event.minion, event.tag, event.seq, \
+         event.time, event.cause, event.data.<field>)"
+    )]
+    UnknownName(String),
+    #[error(
+        "`event.{0}`: an event has minion, tag, seq, time, cause and data (what the \
+         beacon sent is under event.data)"
+    )]
+    UnknownField(String),
+    #[error("the condition gives {gives}, not true or false")]
+    NotBoolean { gives: String, path: Option<String> },
+}
+
+impl ConditionError {
+    /// What to write instead, where the message alone may not say.
+    pub(crate) fn hint(&self) -> Option<String> {
+        match self {
+            ConditionError::UnknownName(n) if n.starts_with("ev") || n.ends_with("nt") => {
+                Some(format!("did you mean `event` for `{n}`?"))
+            }
+            ConditionError::NotBoolean {
+                path: Some(path), ..
+            } => Some(format!(
+                "compare it: `{path} == \"...\"`, or `{path} == true` for a flag"
+            )),
+            ConditionError::NotBoolean { .. } => {
+                Some("compare it with ==, !=, <, or test it with has(...)".into())
+            }
+            _ => None,
+        }
+    }
 }
 
 thread_local! {
@@ -145,7 +177,11 @@ pub(super) fn compile_condition(src: &str) -> Result<cel::Program, ConditionErro
     std::thread::Builder::new()
         .name("rule-compile".into())
         .stack_size(COMPILE_STACK)
-        .spawn(move || cel::Program::compile(&src).map_err(ConditionError::Syntax))
+        .spawn(move || {
+            let program = cel::Program::compile(&src).map_err(ConditionError::Syntax)?;
+            super::shape::check(program.expression())?;
+            Ok(program)
+        })
         .map_err(ConditionError::Thread)?
         .join()
         .map_err(|_| ConditionError::ParserFailed)?

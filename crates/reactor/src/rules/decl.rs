@@ -10,8 +10,9 @@ use crate::policy::Policy;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RuleFile {
+    /// Each rule with where it is in the file.
     #[serde(default)]
-    pub(super) rule: Vec<toml::Table>,
+    pub(super) rule: Vec<toml::Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Deserialize)]

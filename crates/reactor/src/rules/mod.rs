@@ -7,9 +7,12 @@
 mod action;
 mod condition;
 mod decl;
+mod error;
+mod shape;
 #[cfg(test)]
 mod tests;
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -17,55 +20,12 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use tend_proto::v1::Event;
 
 use crate::policy::Policy;
-use action::ActionError;
+use crate::stats::RuleStats;
 pub use action::{Action, RunCommand};
-use condition::{ConditionError, compile_condition, with_context};
-use decl::{PolicyError, RuleDecl, RuleFile};
-
-/// A rule file that cannot be loaded: the file, the rule (its name, or
-/// `#n` when it has none) and what is wrong with it.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}: rule {rule:?}: {problem}")]
-pub struct RuleError {
-    file: String,
-    rule: String,
-    /// Boxed: a rule's error is rare, its `Result` is not.
-    problem: Box<RuleProblem>,
-}
-
-/// What is wrong with a rule, or with the file or directory holding it.
-#[derive(Debug, thiserror::Error)]
-enum RuleProblem {
-    #[error("cannot read the rules directory: {0}")]
-    ReadDir(std::io::Error),
-    #[error("cannot read: {0}")]
-    ReadFile(std::io::Error),
-    /// Not TOML, or a key unknown or of the wrong type.
-    #[error("{0}")]
-    Toml(String),
-    #[error("key `name` is empty")]
-    EmptyName,
-    #[error("another rule has the same name (in {0})")]
-    SameName(String),
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
-    #[error("key `max_groups`: {0} is not between 1 and 1000000")]
-    MaxGroups(usize),
-    #[error("key `group_by`: {0:?} is not `minion`, `tag` or `data.<field>`")]
-    GroupBy(String),
-    #[error("key `on` must name at least one tag glob")]
-    NoGlob,
-    #[error("key `on`: bad glob {glob:?}: {error}")]
-    BadGlob { glob: String, error: globset::Error },
-    #[error("key `when`: {0}")]
-    Condition(#[from] ConditionError),
-    #[error("no `[[rule.action]]`: the rule would do nothing")]
-    NoAction,
-    #[error("action #{number}: {error}")]
-    Action { number: usize, error: ActionError },
-    #[error("cannot compile the tag globs: {0}")]
-    Globs(globset::Error),
-}
+use condition::{compile_condition, with_context};
+use decl::{RuleDecl, RuleFile};
+pub use error::{RuleError, RuleErrors};
+use error::{RuleProblem, key_position, position};
 
 /// A compiled rule.
 pub struct Rule {
@@ -81,6 +41,8 @@ pub struct Rule {
     pub actions: Vec<Action>,
     /// The file it came from.
     pub file: String,
+    /// What it did while in force: fires, failures, the last failure.
+    pub stats: Arc<RuleStats>,
 }
 
 /// A loaded, compiled set of rules.
@@ -111,143 +73,152 @@ pub struct Match {
 }
 
 impl Rules {
-    /// Loads every `*.toml` in `dir`, in file name order. A missing
-    /// directory is no rules.
-    pub fn load_dir(dir: &Path) -> Result<Self, RuleError> {
+    /// Loads every `*.toml` in `dir`, in file name order; `dir` may also
+    /// be one rule file. A missing directory is no rules. Every problem of
+    /// every file is reported, not only the first.
+    pub fn load_dir(dir: &Path) -> Result<Self, RuleErrors> {
+        let unreadable = |file: &Path, problem: RuleProblem| RuleError {
+            file: file.display().to_string(),
+            at: None,
+            rule: String::new(),
+            problem: Box::new(problem),
+        };
         let mut files: Vec<_> = match std::fs::read_dir(dir) {
             Ok(entries) => entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|e| e == "toml"))
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(_) if dir.is_file() => vec![dir.to_path_buf()],
             Err(e) => {
-                return Err(RuleError {
-                    file: dir.display().to_string(),
-                    rule: String::new(),
-                    problem: Box::new(RuleProblem::ReadDir(e)),
-                });
+                return Err(RuleErrors::new(vec![unreadable(
+                    dir,
+                    RuleProblem::ReadDir(e),
+                )]));
             }
         };
         files.sort();
         let mut texts = Vec::new();
+        let mut problems = Vec::new();
         for f in files {
-            let text = std::fs::read_to_string(&f).map_err(|e| RuleError {
-                file: f.display().to_string(),
-                rule: String::new(),
-                problem: Box::new(RuleProblem::ReadFile(e)),
-            })?;
-            texts.push((f.display().to_string(), text));
+            match std::fs::read_to_string(&f) {
+                Ok(text) => texts.push((f.display().to_string(), text)),
+                Err(e) => problems.push(unreadable(&f, RuleProblem::ReadFile(e))),
+            }
         }
-        Self::from_texts(&texts)
+        match Self::from_texts(&texts) {
+            Ok(rules) if problems.is_empty() => Ok(rules),
+            Ok(rules) => Err(RuleErrors {
+                problems,
+                compiled: rules.rules,
+            }),
+            Err(mut e) => {
+                problems.append(&mut e.problems);
+                e.problems = problems;
+                Err(e)
+            }
+        }
     }
 
-    /// Compiles rules from `(file name, text)` pairs.
-    pub fn from_texts(files: &[(String, String)]) -> Result<Self, RuleError> {
+    /// Compiles rules from `(file name, text)` pairs. Every problem of
+    /// every file is reported, not only the first.
+    pub fn from_texts(files: &[(String, String)]) -> Result<Self, RuleErrors> {
         let mut rules: Vec<Rule> = Vec::new();
-        let mut builder = GlobSetBuilder::new();
-        let mut owner = Vec::new();
+        let mut problems = Vec::new();
         for (file, text) in files {
-            let parsed: RuleFile = toml::from_str(text).map_err(|e| RuleError {
+            let at = |span: Option<Range<usize>>| span.map(|s| position(text, s.start));
+            let file_problem = |at, problem| RuleError {
                 file: file.clone(),
+                at,
                 rule: String::new(),
-                problem: Box::new(RuleProblem::Toml(e.message().to_string())),
-            })?;
+                problem: Box::new(problem),
+            };
+            // `[rule]` parses as one table; say so rather than what serde
+            // expected.
+            if let Ok(doc) = text.parse::<toml::Table>()
+                && let Some(toml::Value::Table(_)) = doc.get("rule")
+            {
+                let offset = text.find("[rule]").unwrap_or(0);
+                problems.push(file_problem(
+                    Some(position(text, offset)),
+                    RuleProblem::RuleNotArray,
+                ));
+                continue;
+            }
+            let parsed: RuleFile = match toml::from_str(text) {
+                Ok(p) => p,
+                Err(e) => {
+                    problems.push(file_problem(
+                        at(e.span()),
+                        RuleProblem::Toml(e.message().to_string()),
+                    ));
+                    continue;
+                }
+            };
             for (i, table) in parsed.rule.into_iter().enumerate() {
+                let span = table.span();
+                let table = table.into_inner();
                 let label = match table.get("name") {
                     Some(toml::Value::String(n)) => n.clone(),
                     _ => format!("#{}", i + 1),
                 };
-                let err = |problem: RuleProblem| RuleError {
-                    file: file.clone(),
-                    rule: label.clone(),
-                    problem: Box::new(problem),
-                };
-                let decl: RuleDecl =
-                    toml::Value::Table(table)
-                        .try_into()
-                        .map_err(|e: toml::de::Error| {
-                            err(RuleProblem::Toml(e.message().to_string()))
-                        })?;
-                if decl.name.is_empty() {
-                    return Err(err(RuleProblem::EmptyName));
-                }
-                if let Some(other) = rules.iter().find(|r| *r.name == decl.name) {
-                    return Err(err(RuleProblem::SameName(other.file.clone())));
-                }
-                let policy = decl::policy(&decl).map_err(|e| err(e.into()))?;
-                if !(1..=1_000_000).contains(&decl.max_groups) {
-                    return Err(err(RuleProblem::MaxGroups(decl.max_groups)));
-                }
-                let group_by = decl
-                    .group_by
-                    .clone()
-                    .unwrap_or_else(|| vec!["minion".into()]);
-                for g in &group_by {
-                    if !(g == "minion" || g == "tag" || g.starts_with("data.")) {
-                        return Err(err(RuleProblem::GroupBy(g.clone())));
+                match compile_rule(table, file, &rules) {
+                    Ok(rule) => rules.push(rule),
+                    Err(problem) => {
+                        let at = problem
+                            .key()
+                            .and_then(|k| key_position(text, span.start, k))
+                            .or_else(|| Some(position(text, span.start)));
+                        problems.push(RuleError {
+                            file: file.clone(),
+                            at,
+                            rule: label,
+                            problem: Box::new(problem),
+                        });
                     }
                 }
-                let on = decl.on.into_vec();
-                if on.is_empty() {
-                    return Err(err(RuleProblem::NoGlob));
-                }
-                for g in &on {
-                    let glob = GlobBuilder::new(g)
-                        .literal_separator(false)
-                        .build()
-                        .map_err(|error| {
-                            err(RuleProblem::BadGlob {
-                                glob: g.clone(),
-                                error,
-                            })
-                        })?;
-                    builder.add(glob);
-                    owner.push(rules.len());
-                }
-                let condition = match &decl.when {
-                    Some(src) => Some(compile_condition(src).map_err(|e| err(e.into()))?),
-                    None => None,
-                };
-                if decl.action.is_empty() {
-                    return Err(err(RuleProblem::NoAction));
-                }
-                let actions = decl
-                    .action
-                    .into_iter()
-                    .enumerate()
-                    .map(|(n, a)| {
-                        action::action(a).map_err(|error| {
-                            err(RuleProblem::Action {
-                                number: n + 1,
-                                error,
-                            })
-                        })
-                    })
-                    .collect::<Result<_, _>>()?;
-                rules.push(Rule {
-                    name: decl.name.into(),
-                    on,
-                    when: decl.when,
-                    condition,
-                    caused: decl.caused,
-                    group_by,
-                    policy,
-                    max_groups: decl.max_groups,
-                    actions,
-                    file: file.clone(),
-                });
             }
         }
-        let globs = builder.build().map_err(|e| RuleError {
-            file: String::new(),
-            rule: String::new(),
-            problem: Box::new(RuleProblem::Globs(e)),
+        if !problems.is_empty() {
+            return Err(RuleErrors {
+                problems,
+                compiled: rules,
+            });
+        }
+        let mut builder = GlobSetBuilder::new();
+        let mut owner = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            for g in &rule.on {
+                // Built once already, in `compile_rule`.
+                if let Ok(glob) = GlobBuilder::new(g).literal_separator(false).build() {
+                    builder.add(glob);
+                    owner.push(i);
+                }
+            }
+        }
+        let globs = builder.build().map_err(|e| {
+            RuleErrors::new(vec![RuleError {
+                file: String::new(),
+                at: None,
+                rule: String::new(),
+                problem: Box::new(RuleProblem::Globs(e)),
+            }])
         })?;
         Ok(Self {
             rules,
             globs,
             owner,
         })
+    }
+
+    /// Carries over what each rule did (its counts and last error) from
+    /// `old`, the rules these replace, for the rules of the same name.
+    pub fn keep_stats_from(&mut self, old: &Rules) {
+        for rule in &mut self.rules {
+            if let Some(o) = old.rules.iter().find(|o| o.name == rule.name) {
+                rule.stats = o.stats.clone();
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -264,6 +235,20 @@ impl Rules {
 
     pub fn iter(&self) -> impl Iterator<Item = &Rule> {
         self.rules.iter()
+    }
+
+    /// The rules whose tag globs match `tag`, in load order, whatever
+    /// caused the event.
+    pub(crate) fn tag_matches(&self, tag: &str) -> Vec<usize> {
+        let mut matched: Vec<usize> = self
+            .globs
+            .matches(tag)
+            .into_iter()
+            .map(|g| self.owner[g])
+            .collect();
+        matched.sort_unstable();
+        matched.dedup();
+        matched
     }
 
     /// The rules whose tag globs `event` matches (in load order), with
@@ -315,6 +300,74 @@ impl Rules {
             decide(None)
         }
     }
+}
+
+/// Checks and compiles one rule of `file`; `before` are the rules
+/// compiled so far (names are unique across files).
+fn compile_rule(table: toml::Table, file: &str, before: &[Rule]) -> Result<Rule, RuleProblem> {
+    let decl: RuleDecl = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| RuleProblem::Toml(e.message().to_string()))?;
+    if decl.name.is_empty() {
+        return Err(RuleProblem::EmptyName);
+    }
+    if let Some(other) = before.iter().find(|r| *r.name == decl.name) {
+        return Err(RuleProblem::SameName(other.file.clone()));
+    }
+    let policy = decl::policy(&decl)?;
+    if !(1..=1_000_000).contains(&decl.max_groups) {
+        return Err(RuleProblem::MaxGroups(decl.max_groups));
+    }
+    let group_by = decl
+        .group_by
+        .clone()
+        .unwrap_or_else(|| vec!["minion".into()]);
+    for g in &group_by {
+        if !(g == "minion" || g == "tag" || g.starts_with("data.")) {
+            return Err(RuleProblem::GroupBy(g.clone()));
+        }
+    }
+    let on = decl.on.into_vec();
+    if on.is_empty() {
+        return Err(RuleProblem::NoGlob);
+    }
+    for g in &on {
+        GlobBuilder::new(g)
+            .literal_separator(false)
+            .build()
+            .map_err(|error| RuleProblem::BadGlob {
+                glob: g.clone(),
+                error,
+            })?;
+    }
+    let condition = decl.when.as_deref().map(compile_condition).transpose()?;
+    if decl.action.is_empty() {
+        return Err(RuleProblem::NoAction);
+    }
+    let actions = decl
+        .action
+        .into_iter()
+        .enumerate()
+        .map(|(n, a)| {
+            action::action(a).map_err(|error| RuleProblem::Action {
+                number: n + 1,
+                error,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Rule {
+        name: decl.name.into(),
+        on,
+        when: decl.when,
+        condition,
+        caused: decl.caused,
+        group_by,
+        policy,
+        max_groups: decl.max_groups,
+        actions,
+        file: file.to_string(),
+        stats: Arc::default(),
+    })
 }
 
 /// The group an event belongs to under a rule's `group_by`.

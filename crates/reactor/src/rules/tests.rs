@@ -3,7 +3,7 @@
 
 use super::*;
 
-fn rules(text: &str) -> Result<Rules, RuleError> {
+fn rules(text: &str) -> Result<Rules, RuleErrors> {
     Rules::from_texts(&[("r.toml".into(), text.into())])
 }
 
@@ -221,4 +221,117 @@ fn run_takes_an_argument_list_and_a_shell_is_asked_for() {
     assert!(e.contains("empty"), "{e}");
     let e = err(&rule("shell = \"echo hi\"\nrun = [\"echo\"]"));
     assert!(e.contains("exactly one"), "{e}");
+}
+
+#[test]
+fn conditions_are_checked_against_the_event_shape() {
+    let act = "[[rule.action]]\nfire = \"y\"\n";
+    let rule = |when: &str| format!("[[rule]]\nname = \"x\"\non = \"a\"\nwhen = {when:?}\n{act}");
+    // A misspelt variable, a field an event does not have, a value that is
+    // not true or false: refused at load, with what to write instead.
+    let e = err(&rule("evnt.data.kind == \"x\""));
+    assert!(
+        e.contains("unknown name `evnt`") && e.contains("did you mean `event`"),
+        "{e}"
+    );
+    let e = err(&rule("event.dta.kind == \"x\""));
+    assert!(e.contains("`event.dta`") && e.contains("data"), "{e}");
+    let e = err(&rule("event.data.kind"));
+    assert!(
+        e.contains("not true or false") && e.contains("event.data.kind == \""),
+        "{e}"
+    );
+    for not_bool in [
+        "event.tag",
+        "event.seq + 1",
+        "\"yes\"",
+        "event.data",
+        "event",
+    ] {
+        let e = err(&rule(not_bool));
+        assert!(e.contains("not true or false"), "{not_bool}: {e}");
+    }
+    // What real rules write still loads.
+    for fine in [
+        "has(event.data.kind) && event.data.kind == \"failed\"",
+        "event.tag.startsWith(\"minion/\") || event.minion in [\"a\", \"b\"]",
+        "event.data.pids.exists(p, p > 1) && size(event.data.pids) < 3",
+        "event.data.hot == true",
+        "!event.data.ok",
+        "event.data.kind == \"created\" && event.data.path.contains(\"/x\")",
+        "event.data.items.all(i, i.size > 0)",
+        "type(event.data.n) == int",
+        "event.data.a > 1 ? true : false",
+        "event.data[\"kind\"] == \"x\"",
+    ] {
+        assert!(
+            rules(&rule(fine)).is_ok(),
+            "{fine}: {:?}",
+            rules(&rule(fine)).err()
+        );
+    }
+}
+
+#[test]
+fn action_templates_are_compiled_at_load() {
+    let rule =
+        |action: &str| format!("[[rule]]\nname = \"x\"\non = \"a\"\n[[rule.action]]\n{action}\n");
+    let e = err(&rule(r#"run = ["echo", "{{ event.data.path "]"#));
+    assert!(
+        e.contains("key `run`") && e.contains("does not compile"),
+        "{e}"
+    );
+    let e = err(&rule(r#"shell = "echo {{ evnt.data.path }}""#));
+    assert!(e.contains("key `shell`") && e.contains("`evnt`"), "{e}");
+    let e = err(&rule(r#"apply = ["{% if %}"]"#));
+    assert!(e.contains("key `apply`"), "{e}");
+    let e = err(&rule(
+        "fire = \"t\"\ndata = { path = \"{{ event.data.path \" }",
+    ));
+    assert!(e.contains("key `data`"), "{e}");
+    let fine = r#"run = ["echo", "{{ event.data.path }} by {{ rule }} ({{ suppressed }})"]"#;
+    assert!(rules(&rule(fine)).is_ok());
+}
+
+#[test]
+fn every_problem_of_every_file_has_its_line() {
+    let good = "[[rule]]\nname = \"ok\"\non = \"a\"\n[[rule.action]]\nfire = \"y\"\n";
+    let files = [
+        ("a.toml".to_string(), "[rule]\nname = \"x\"\n".to_string()),
+        (
+            "b.toml".to_string(),
+            format!("{good}\n[[rule]]\nname = \"bad\"\non = \"a\"\nwhen = \"evnt.x == 1\"\n[[rule.action]]\nfire = \"y\"\n"),
+        ),
+        ("c.toml".to_string(), "[[rule]]\nname = \"q\nx".to_string()),
+        (
+            "d.toml".to_string(),
+            "[[rule]]\nname = \"one\"\non = \"a\"\n[[rule.action]]\n\n[[rule]]\nname = \"two\"\non = \"a\"\nwehn = \"true\"\n[[rule.action]]\nfire = \"y\"\n".to_string(),
+        ),
+    ];
+    let e = Rules::from_texts(&files).err().expect("refused");
+    let lines: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+    assert_eq!(lines.len(), 5, "{e}");
+    assert!(
+        lines[0].starts_with("a.toml:1:1:") && lines[0].contains("write [[rule]]"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with("b.toml:10:1: rule \"bad\"") && lines[1].contains("evnt"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].starts_with("c.toml:3:2:"), "{}", lines[2]);
+    assert!(
+        lines[3].starts_with("d.toml:1:1: rule \"one\"")
+            && lines[3].contains("an action is exactly one"),
+        "{}",
+        lines[3]
+    );
+    assert!(
+        lines[4].starts_with("d.toml:6:1: rule \"two\"") && lines[4].contains("wehn"),
+        "{}",
+        lines[4]
+    );
+    assert_eq!(e.problems()[4].line(), Some(6));
 }

@@ -71,15 +71,27 @@ impl StateTree {
     /// Checks everything an apply could use, for `--check-config`: the
     /// top file; every state file under the root (any `*.toml` but the top
     /// file, outside `files/` directories, which hold sources); each top
-    /// entry's states and each of `also` (states rules name) as they would
-    /// be applied together; and every source: there, UTF-8, and a template
-    /// that compiles. Returns how many state files were checked, or every
-    /// problem found (not only the first).
-    pub fn check_all(&self, also: &[Vec<String>]) -> Result<usize, Vec<StateError>> {
+    /// entry's states and each of `also` ((who names them, states rules
+    /// name), e.g. `reactor.d/r.toml: rule "restore"`) as they would be
+    /// applied together, a problem there naming who named them; and every
+    /// source: there, UTF-8, and a template that compiles. Returns how many
+    /// state files were checked, or every problem found (not only the
+    /// first).
+    pub fn check_all(&self, also: &[(String, Vec<String>)]) -> Result<usize, Vec<StateError>> {
         let mut problems = Vec::new();
-        let mut sets: Vec<Vec<String>> = also.to_vec();
+        let mut sets: Vec<(String, Vec<String>)> = also.to_vec();
         match self.top() {
-            Ok(top) => sets.extend(top.entries.into_iter().map(|(_, _, states)| states)),
+            Ok(top) => {
+                let file = self.root.join("top.toml").display().to_string();
+                sets.extend(
+                    top.entries
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (_, text, states))| {
+                            (format!("{file}: target #{} ({text:?})", i + 1), states)
+                        }),
+                );
+            }
             Err(e) => problems.push(e),
         }
         let mut names = Vec::new();
@@ -103,15 +115,18 @@ impl StateTree {
                 }
             }
         }
-        for set in &sets {
+        for (by, set) in &sets {
             // A file already reported broken is not reported again for
             // every set it is in.
             if set.iter().any(|n| reported.contains(n)) {
                 continue;
             }
             if let Err(e) = self.load_set(set) {
-                let text = e.to_string();
-                if reported.insert(text) {
+                let e = StateError::NamedBy {
+                    by: by.clone(),
+                    error: Box::new(e),
+                };
+                if reported.insert(e.to_string()) {
                     problems.push(e);
                 }
             }
@@ -185,5 +200,47 @@ fn collect_state_files(
         if let Some(stem) = rel.strip_suffix(".toml") {
             names.push(stem.replace('/', "."));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_state_names_the_rule_or_the_top_target_that_asked_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("states");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(
+            root.join("top.toml"),
+            "[[target]]\nmatch = \"web*\"\nstates = [\"hostz\"]\n",
+        )
+        .unwrap();
+        let tree = StateTree::new(&root);
+        let also = [(
+            "reactor.d/r.toml: rule \"restore\"".to_string(),
+            vec!["motdz".to_string()],
+        )];
+        let problems: Vec<String> = tree
+            .check_all(&also)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("reactor.d/r.toml: rule \"restore\"")
+                    && p.contains("state \"motdz\" not found")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("top.toml: target #1 (\"web*\")")
+                    && p.contains("state \"hostz\" not found")),
+            "{problems:?}"
+        );
     }
 }

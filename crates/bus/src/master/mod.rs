@@ -19,6 +19,8 @@ mod handshakes;
 mod presence;
 mod requests;
 #[cfg(test)]
+mod review4_attacks;
+#[cfg(test)]
 mod review_attacks;
 mod router;
 #[cfg(test)]

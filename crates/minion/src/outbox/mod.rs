@@ -31,6 +31,8 @@ mod recover;
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
+mod review4_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::VecDeque;

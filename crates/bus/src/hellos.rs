@@ -7,9 +7,13 @@
 //! - hellos from keys that have opened a session before, and Auths for
 //!   handshakes under way, go to a queue of their own that the workers
 //!   always empty first;
-//! - other hellos are limited per source address (a token bucket of
-//!   [`RATE`] a second, bursts of [`BURST`]); past it they are dropped and
-//!   counted (`hellos_throttled`), and the peer retries.
+//! - hellos are limited per source address (a token bucket of [`RATE`] a
+//!   second, bursts of [`BURST`]); past it they are dropped and counted
+//!   (`hellos_throttled`), and the peer retries. Hellos that claim a known
+//!   key have buckets of their own (a flood of unknown ones from a
+//!   minion's address does not hold it back), but are limited all the
+//!   same: a hello is unsigned and public keys are public, so anyone can
+//!   claim a known one (review 4, finding 5).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -52,10 +56,25 @@ struct Bucket {
 struct Queues {
     known: VecDeque<Handshake>,
     unknown: VecDeque<Handshake>,
-    sources: HashMap<IpAddr, Bucket>,
-    /// When the source table was last swept for quiet sources.
-    swept: Option<Instant>,
+    /// Buckets for hellos claiming a known key, and for the others.
+    known_sources: Sources,
+    unknown_sources: Sources,
     closed: bool,
+}
+
+/// A token bucket per source address.
+#[derive(Default)]
+struct Sources {
+    buckets: HashMap<IpAddr, Bucket>,
+    /// When the table was last swept for quiet sources.
+    swept: Option<Instant>,
+}
+
+impl Sources {
+    /// A token from `source`'s bucket, if it has one.
+    fn take(&mut self, source: IpAddr, now: Instant) -> bool {
+        take_token(self, source, now)
+    }
 }
 
 #[derive(Default)]
@@ -70,13 +89,18 @@ impl Hellos {
     pub(crate) fn push(&self, h: Handshake, known: bool, source: Option<IpAddr>) -> Admit {
         let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         if known {
+            if let Some(source) = source
+                && !q.known_sources.take(source, Instant::now())
+            {
+                return Admit::Throttled;
+            }
             if q.known.len() >= KNOWN_QUEUE {
                 return Admit::Full;
             }
             q.known.push_back(h);
         } else {
             if let Some(source) = source
-                && !take_token(&mut q, source, Instant::now())
+                && !q.unknown_sources.take(source, Instant::now())
             {
                 return Admit::Throttled;
             }
@@ -112,8 +136,8 @@ impl Hellos {
     }
 }
 
-fn take_token(q: &mut Queues, source: IpAddr, now: Instant) -> bool {
-    let sources = &mut q.sources;
+fn take_token(q: &mut Sources, source: IpAddr, now: Instant) -> bool {
+    let sources = &mut q.buckets;
     if !sources.contains_key(&source) && sources.len() >= SOURCES {
         if q.swept
             .is_some_and(|at| now.duration_since(at) < SWEEP_EVERY)
@@ -148,7 +172,7 @@ mod tests {
 
     #[test]
     fn a_source_gets_its_burst_then_its_rate() {
-        let mut sources = Queues::default();
+        let mut sources = Sources::default();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let t0 = Instant::now();
@@ -173,7 +197,7 @@ mod tests {
     /// each hello a pass over the table).
     #[test]
     fn a_full_table_is_swept_at_most_every_sweep_interval() {
-        let mut q = Queues::default();
+        let mut q = Sources::default();
         let t0 = Instant::now();
         for i in 0..SOURCES as u32 {
             assert!(take_token(&mut q, IpAddr::from(i.to_be_bytes()), t0));
@@ -190,7 +214,7 @@ mod tests {
         assert_eq!(q.swept, swept, "swept again within {SWEEP_EVERY:?}");
         let later = t0 + SWEEP_EVERY;
         assert!(take_token(&mut q, newcomer, later));
-        assert!(q.sources.len() < SOURCES);
+        assert!(q.buckets.len() < SOURCES);
     }
 
     #[test]

@@ -53,7 +53,6 @@ fn flood(socket: &zmq::Socket, name: &str, claimed: [u8; 32], n: usize) {
 /// itself works: the same flood under the attacker's own key is cut to
 /// its burst.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "review4: a Hello claiming an accepted key (unproven, public) skips the per-source hello rate limit and takes the known-key priority queue"]
 async fn review4_a_hello_merely_claiming_a_known_key_is_still_rate_limited() {
     let f = master(Duration::from_secs(1), Duration::from_secs(30));
     let web1 = Arc::new(Identity::ephemeral().unwrap());

@@ -67,7 +67,6 @@ fn as_nobody(script: &str) {
 /// `.config/app` link to `.ssh`; the next apply writes authorized_keys
 /// (as root, through the link) into the directory outside its home.
 #[test]
-#[ignore = "review4: a root-owned dir symlink moved by the owner of its directory redirects a file state outside (walk trusts link ownership, not who can rename it)"]
 fn review4_a_root_owned_link_moved_by_a_user_does_not_redirect_a_state() {
     if !is_root() {
         eprintln!("skipped: needs root");
@@ -132,7 +131,6 @@ fn review4_a_root_owned_link_moved_by_a_user_does_not_redirect_a_state() {
 /// The same move turns `file.absent` into a removal outside the home: a
 /// root-only file in the directory the moved link points at is deleted.
 #[test]
-#[ignore = "review4: a root-owned dir symlink moved by the owner of its directory makes file.absent delete outside it"]
 fn review4_a_moved_root_owned_link_does_not_let_file_absent_delete_outside() {
     if !is_root() {
         eprintln!("skipped: needs root");

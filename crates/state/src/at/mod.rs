@@ -69,6 +69,10 @@ pub(crate) enum AtError {
         "{path} is a symlink owned by uid {uid}: a link in the path is followed only when root owns it"
     )]
     UntrustedLink { path: String, uid: u32 },
+    #[error(
+        "{path} is a symlink in a directory that uid {uid} can change (a link root made elsewhere could have been moved there): not followed"
+    )]
+    LinkInOpenDir { path: String, uid: u32 },
     #[error("{path} changed while it was being opened; not touched")]
     ChangedWhileOpened { path: String },
     #[error("{path} changed while it was being created")]

@@ -103,8 +103,22 @@ pub(crate) fn open_dir(path: &Path, create: bool) -> Result<Option<File>, AtErro
 }
 
 /// Where the symlink `name` in `dir` points, when it may be followed: it
-/// is owned by root or by this process's user.
+/// is owned by root or by this process's user, and so is `dir`, which no
+/// one else may write to (or only under the sticky bit, which keeps others
+/// from renaming what they do not own). Owning the link is not enough:
+/// whoever can write its directory can move in a link root made elsewhere
+/// (a `file.symlink` state in their home), and so point the path where
+/// that link points (review 4, finding 1).
 fn trusted_link(dir: &rustix::fd::OwnedFd, name: &OsStr, shown: &Path) -> Result<PathBuf, AtError> {
+    let me = owner::current().0;
+    let holder = Meta::of_stat(&rustix::fs::fstat(dir).map_err(io("stat", shown.display()))?);
+    let others_write = holder.mode & 0o022 != 0 && holder.mode & 0o1000 == 0;
+    if (holder.uid != 0 && holder.uid != me) || others_write {
+        return Err(AtError::LinkInOpenDir {
+            path: shown.display().to_string(),
+            uid: holder.uid,
+        });
+    }
     // The link itself, opened: its owner and its target are read from the
     // same inode, so it cannot be swapped between the check and the read.
     let link = rustix::fs::openat(
@@ -121,7 +135,7 @@ fn trusted_link(dir: &rustix::fd::OwnedFd, name: &OsStr, shown: &Path) -> Result
             path: shown.display().to_string(),
         });
     }
-    if meta.uid != 0 && meta.uid != owner::current().0 {
+    if meta.uid != 0 && meta.uid != me {
         return Err(AtError::UntrustedLink {
             path: shown.display().to_string(),
             uid: meta.uid,

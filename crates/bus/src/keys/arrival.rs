@@ -157,6 +157,23 @@ impl KeyStore {
             let path = dir.join(&name);
             match std::fs::remove_file(&path) {
                 Ok(()) => {
+                    // The denied keys of a name with neither an accepted nor
+                    // a rejected key were conflicts with the pending key
+                    // just dropped: they go with it, or a flood of two keys
+                    // per new name would grow the store past the cap
+                    // (review 4, finding 4).
+                    let kind_dir = self.dir.join(kind_dir(kind));
+                    let settled = [KeyState::Accepted, KeyState::Rejected]
+                        .iter()
+                        .any(|s| kind_dir.join(s.as_str()).join(&name).exists());
+                    if !settled {
+                        let denied = kind_dir.join(KeyState::Denied.as_str()).join(&name);
+                        if let Err(e) = std::fs::remove_file(&denied)
+                            && e.kind() != std::io::ErrorKind::NotFound
+                        {
+                            tracing::error!(path = %denied.display(), error = %e, "cannot drop denied keys");
+                        }
+                    }
                     let n = self.pending_dropped.fetch_add(1, Ordering::Relaxed) + 1;
                     tracing::warn!(kind = kind_name(kind), %name, dropped_total = n, max = self.max_pending,
                         "too many pending keys: the oldest was dropped");

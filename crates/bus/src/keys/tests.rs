@@ -462,7 +462,6 @@ fn review4_a_real_key_after_a_prefilled_denied_list_is_still_listed() {
 /// files (up to 8 keys each): the store grows with the flood, not with
 /// the cap.
 #[test]
-#[ignore = "review4: denied keys outlive their name's pending key dropped by the cap, so a hello flood grows the key store without bound"]
 fn review4_a_flood_of_names_cannot_grow_the_store_past_the_pending_cap() {
     let dir = tempfile::tempdir().unwrap();
     let s = KeyStore::open(dir.path(), false, vec![])

@@ -123,6 +123,7 @@ pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
 
 /// This boot of the machine: a power cut or a reboot changes it, a crash
 /// of the minion does not (what it wrote is still in the page cache).
+/// This boot's id (never 0 when read), or 0 when it cannot be read.
 pub(crate) fn boot_id() -> u64 {
     #[cfg(test)]
     if let Some(id) = faults::boot_override() {

@@ -101,7 +101,9 @@ impl Outbox {
         // already published: numbering resumes above anything reserved.
         // (A crash of the minion alone loses nothing it wrote, and with
         // fsync on nothing is published before it is synced.)
-        if !fsync && meta.boot != boot && meta.reserved > next_seq {
+        // A boot id of 0 is one that could not be read (no /proc): it
+        // cannot tell a reboot, so one is assumed (review 4).
+        if !fsync && (meta.boot != boot || boot == 0) && meta.reserved > next_seq {
             tracing::warn!(
                 from = next_seq,
                 to = meta.reserved,

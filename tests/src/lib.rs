@@ -184,18 +184,25 @@ impl Master {
     }
 
     fn write_config(&self) {
-        // Most tests are not about keys: their minions are accepted on
-        // sight unless the test says otherwise.
-        let auto = if self.extra.contains("auto_accept") {
-            ""
-        } else {
-            "auto_accept = true\n"
+        // Fast heartbeats and presence, and (most tests are not about
+        // keys) minions accepted on sight, unless the test's own lines
+        // set the key.
+        let default = |key: &str, line: &str| {
+            if self.extra.contains(key) {
+                String::new()
+            } else {
+                format!("{line}\n")
+            }
         };
         let text = format!(
             "event_endpoint = {:?}\ncommand_endpoint = {:?}\ndata_dir = \"data\"\nrun_dir = \"run\"\n\
-             state_root = \"states\"\nreactor_dir = \"reactor.d\"\nheartbeat_ms = 200\n\
-             presence_timeout_ms = 1000\napply_timeout_ms = 10000\n{auto}{}\n",
-            self.event_endpoint, self.command_endpoint, self.extra
+             state_root = \"states\"\nreactor_dir = \"reactor.d\"\napply_timeout_ms = 10000\n{}{}{}{}\n",
+            self.event_endpoint,
+            self.command_endpoint,
+            default("heartbeat_ms", "heartbeat_ms = 200"),
+            default("presence_timeout_ms", "presence_timeout_ms = 1000"),
+            default("auto_accept", "auto_accept = true"),
+            self.extra
         );
         std::fs::write(self.dir.join("master.toml"), text).expect("write master.toml");
     }

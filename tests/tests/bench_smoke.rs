@@ -72,4 +72,31 @@ fn the_demo_runs_to_the_end() {
             && text.contains("Where to look next"),
         "{text}"
     );
+    // Not on a terminal the daemons stop at the end: the commands it
+    // points at ran while they were up, and show what happened (issue
+    // 15, item 19).
+    let next = &text[text.find("Where to look next").unwrap_or(0)..];
+    let jobs = next
+        .split("$ tend jobs")
+        .nth(1)
+        .unwrap_or_else(|| panic!("`tend jobs` was not shown:\n{text}"));
+    assert!(
+        jobs.contains("motd"),
+        "`tend jobs` showed no restore:\n{text}"
+    );
+    assert!(
+        !text.contains("--master"),
+        "TEND_MASTER, not --master on every line:\n{text}"
+    );
+    // Its temporary directory is gone.
+    let dir = text
+        .lines()
+        .next()
+        .and_then(|l| l.split(" in ").nth(1))
+        .unwrap_or_else(|| panic!("the first line names no directory:\n{text}"));
+    assert!(
+        !std::path::Path::new(dir).exists(),
+        "the demo left {dir} behind"
+    );
+    assert!(text.contains(&format!("Removed {dir}.")), "{text}");
 }

@@ -1,7 +1,11 @@
 //! The demo: a master and a minion on 127.0.0.1, and a managed file put
-//! back however it is edited.
+//! back however it is edited. Its directory is temporary: removed when
+//! the demo ends (kept, and named, when it failed: the daemons' logs are
+//! there).
 
 use std::io::IsTerminal;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -9,14 +13,51 @@ use anyhow::{Context, bail};
 use crate::cluster::{self, Cluster, hand_write, wait};
 use crate::edits::one_edit;
 
+/// The commands the demo points at, and what each shows.
+const NEXT: &[(&str, &str)] = &[
+    ("events", "every event, newest first"),
+    ("events --json", "the same, one JSON object per line"),
+    ("events --follow", "live, as they are stored"),
+    ("jobs", "the restores, and what they changed"),
+    ("minions", "the minion, connected, last seen"),
+    (
+        "keys list",
+        "minion keys: pending, accepted, rejected, denied",
+    ),
+];
+
+/// The ones run for the reader when the daemons stop at the end.
+const SHOWN: &[&str] = &["jobs", "events --limit 6"];
+
 pub fn demo(no_wait: bool) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("tend-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("tend-demo-")
+        .tempdir()
+        .context("cannot create the demo's temporary directory")?;
+    match show(tmp.path(), no_wait) {
+        Ok(()) => {
+            let dir = tmp.path().display().to_string();
+            tmp.close()
+                .with_context(|| format!("cannot remove the demo's directory {dir}"))?;
+            println!("Removed {dir}.");
+            Ok(())
+        }
+        Err(e) => {
+            let kept = tmp.keep();
+            Err(e.context(format!(
+                "the demo failed; its directory, with both daemons' logs, is kept: {}",
+                kept.display()
+            )))
+        }
+    }
+}
+
+fn show(dir: &Path, no_wait: bool) -> anyhow::Result<()> {
     println!(
         "tend demo: a master and a minion on 127.0.0.1, in {}\n",
         dir.display()
     );
-    let mut c = Cluster::new(&dir, false)?;
+    let mut c = Cluster::new(dir, false)?;
     let t = c.start_master()?;
     let keys = c.tend(&["keys", "list", "--json"])?;
     let master_fp = serde_json::from_slice::<serde_json::Value>(&keys.stdout)
@@ -139,42 +180,57 @@ pub fn demo(no_wait: bool) -> anyhow::Result<()> {
         );
     }
 
-    let tend = c.bin.join("tend");
-    let master_flag = format!("--master {}", c.control);
-    println!("Where to look next:");
-    println!(
-        "  {} {master_flag} events            # every event, newest first",
-        tend.display()
-    );
-    println!(
-        "  {} {master_flag} events --json     # the same, one JSON object per line",
-        tend.display()
-    );
-    println!(
-        "  {} {master_flag} events --follow   # live, as they are stored (in another terminal)",
-        tend.display()
-    );
-    println!(
-        "  {} {master_flag} jobs              # the restores, and what they changed",
-        tend.display()
-    );
-    println!("  {} {master_flag} minions", tend.display());
-    println!(
-        "  {} {master_flag} keys list         # minion keys: pending, accepted, rejected, denied",
-        tend.display()
-    );
-    println!("  echo oops > {f}             # try it yourself");
-    println!(
-        "  logs: {}/master/master.log, {}/minion/minion.log",
-        dir.display(),
-        dir.display()
-    );
-    if !no_wait && std::io::stdin().is_terminal() {
-        println!("\nThe master and the minion keep running. Press Ctrl-C to stop them.");
+    let keep = !no_wait && std::io::stdin().is_terminal();
+    if keep {
+        println!("Where to look next, in another terminal:");
+        println!("  export TEND_MASTER={}", c.control);
+        println!("  export PATH=\"{}:$PATH\"", c.bin.display());
+        for (cmd, what) in NEXT {
+            println!("  tend {cmd:<18} # {what}");
+        }
+        println!("  echo oops > {f}   # try it yourself");
+        println!(
+            "  logs: {}, {}",
+            dir.join("master/master.log").display(),
+            dir.join("minion/minion.log").display()
+        );
+        println!(
+            "\nThe master and the minion keep running. Press Ctrl-C to stop them (their directory goes with them)."
+        );
+        // Ctrl-C reaches the daemons too (one process group): they stop
+        // cleanly, and the demo outlives them to remove the directory.
+        // SAFETY: setting a signal disposition; no handler runs.
+        unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
         c.wait();
-    } else {
-        c.stop();
-        println!("\nStopped the master and the minion (run from a terminal to keep them running).");
+        return Ok(());
     }
+    // The daemons stop when the demo ends: what the commands would show
+    // is shown now, while they still run.
+    println!(
+        "Where to look next (run from a terminal, the demo keeps the daemons running for these):"
+    );
+    for cmd in SHOWN {
+        println!("\n  $ tend {cmd}");
+        let out = Command::new(c.bin.join("tend"))
+            .args(cmd.split(' '))
+            .env("TEND_MASTER", &c.control)
+            .output()
+            .with_context(|| format!("cannot run tend {cmd}"))?;
+        if !out.status.success() {
+            bail!(
+                "tend {cmd} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            println!("    {line}");
+        }
+    }
+    println!("\n  and, with the daemons running:");
+    for (cmd, what) in NEXT.iter().filter(|(cmd, _)| !SHOWN.contains(cmd)) {
+        println!("  tend {cmd:<18} # {what}");
+    }
+    c.stop();
+    println!("\nStopped the master and the minion.");
     Ok(())
 }

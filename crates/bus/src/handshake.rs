@@ -8,6 +8,8 @@
 //!                             master's signature over the transcript
 //! peer   -> master  Auth      peer's signature over the transcript
 //! master -> peer    Welcome   (sealed) or Refused (pending, rejected, denied)
+//! master -> peer    Welcome   (sealed, later) when a pending key is accepted
+//!                             while the minion waits on that session
 //! ```
 //!
 //! The transcript is every field of Hello (its version too) and

@@ -14,7 +14,7 @@ use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 /// Why a key file could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("cannot read key file {path}: {error}")]
+    #[error("cannot read key file {path}: {error}{}", owner_hint(path, error))]
     Read {
         path: PathBuf,
         error: std::io::Error,
@@ -33,6 +33,27 @@ pub enum IdentityError {
     Invalid { path: PathBuf },
     #[error("cannot generate a key: the system random source failed")]
     Random,
+}
+
+/// For a key file this process may not read: whose it is, and what to do
+/// (a key made by `sudo tend-master --fingerprint` is root's, and the
+/// master runs as `tend`).
+fn owner_hint(path: &Path, error: &std::io::Error) -> String {
+    use std::os::unix::fs::MetadataExt;
+    if error.kind() != std::io::ErrorKind::PermissionDenied {
+        return String::new();
+    }
+    let Ok(meta) = fs::metadata(path) else {
+        return String::new();
+    };
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    format!(
+        " (it belongs to uid {}, this process runs as uid {me}: run the daemon as the key's owner, \
+         or give the key to the daemon's user: chown {me} {})",
+        meta.uid(),
+        path.display()
+    )
 }
 
 /// An Ed25519 key pair.

@@ -51,6 +51,8 @@ counters! {
         sessions_opened,
         /// Sessions ended by a heartbeat timeout.
         sessions_expired,
+        /// Sessions ended by the minion's goodbye (it was stopping).
+        sessions_closed,
         /// Replies that arrived after their request timed out.
         replies_late,
         /// Replies refused: to a request sent to another peer, or to no

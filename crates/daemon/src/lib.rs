@@ -5,6 +5,7 @@
 //! DESIGN.md has no crate for this; without one, tend-master and
 //! tend-minion would each carry a copy.
 
+mod logging;
 /// The `GET /metrics` endpoint both daemons serve, and its text format.
 pub mod metrics;
 /// sd_notify: ready, stopping, and the watchdog.
@@ -12,8 +13,9 @@ pub mod systemd;
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+
+pub use logging::{LogConfig, LogError, LogFormat, init_logging};
 use tokio_util::sync::CancellationToken;
 
 /// A config file that cannot be used: unreadable, or not what it must be.
@@ -26,22 +28,6 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Invalid { path: PathBuf, message: String },
-}
-
-/// Why logging could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum LogError {
-    /// `level` (or `RUST_LOG`) is not a tracing filter.
-    #[error(
-        "bad log level {level:?}: {error} (use error, warn, info, debug or trace, or a filter like info,tend_bus=debug)"
-    )]
-    Level {
-        level: String,
-        error: tracing_subscriber::filter::ParseError,
-    },
-    /// Another global logger was installed first (a bug in the caller).
-    #[error("{0}")]
-    Init(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Why a private directory or a socket file could not be prepared.
@@ -101,62 +87,6 @@ pub fn relative_to(config: &Path, path: &Path) -> PathBuf {
     // Sockets and logs should say where things are, whatever the cwd was.
     let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
     config.parent().unwrap_or(Path::new("/")).join(path)
-}
-
-/// `[log]` in either daemon's config.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogConfig {
-    /// `error`, `warn`, `info`, `debug` or `trace`, or a full filter like
-    /// `info,tend_bus=debug`. `RUST_LOG` wins when set.
-    #[serde(default = "default_level")]
-    pub level: String,
-    /// `text` (human-readable) or `json` (one object per line).
-    #[serde(default)]
-    pub format: LogFormat,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-fn default_level() -> String {
-    "info".into()
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            level: default_level(),
-            format: LogFormat::Text,
-        }
-    }
-}
-
-/// Sets up logging to stderr.
-pub fn init_logging(cfg: &LogConfig) -> Result<(), LogError> {
-    use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => EnvFilter::try_new(v),
-        _ => EnvFilter::try_new(&cfg.level),
-    }
-    .map_err(|error| LogError::Level {
-        level: cfg.level.clone(),
-        error,
-    })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match cfg.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    result.map_err(LogError::Init)
 }
 
 /// Makes every file, directory and socket this process creates private to
@@ -265,6 +195,7 @@ pub fn shutdown_on_signals() -> std::io::Result<CancellationToken> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -81,13 +81,20 @@ impl Batch {
                     ..Default::default()
                 });
             }
-            MasterInbound::Down { minion } => {
-                let info = ingest.minions.update(&minion, |m| m.connected = false);
+            MasterInbound::Down {
+                minion,
+                reason,
+                last_heard_us,
+            } => {
+                let info = ingest.minions.update(&minion, |m| {
+                    m.connected = false;
+                    m.last_seen_us = m.last_seen_us.max(last_heard_us);
+                });
                 persist_minion(&ingest.storage, info);
                 self.local.push(local_event(
                     &minion,
                     format!("minion/{minion}/down"),
-                    json!({"reason": "no heartbeat within the presence timeout"}),
+                    json!({ "reason": reason }),
                 ));
             }
             MasterInbound::Events {

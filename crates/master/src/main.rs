@@ -81,15 +81,18 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let checking = args.check_config;
+    let one_shot = args.check_config || args.fingerprint;
     match runtime.block_on(run(args, cfg)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // A check prints its findings; a daemon also logs why it stopped.
-            if !checking {
+            // Said once: a check or --fingerprint answers on stderr; a
+            // daemon logs why it stopped (its log is stderr too, shaped
+            // for a terminal, a file or the journal).
+            if one_shot {
+                eprintln!("tend-master: {e:#}");
+            } else {
                 tracing::error!("{e:#}");
             }
-            eprintln!("tend-master: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

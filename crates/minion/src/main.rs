@@ -103,15 +103,18 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let checking = args.check_config;
+    let one_shot = args.check_config || args.fingerprint;
     match runtime.block_on(run(args, cfg)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // A check prints its findings; a daemon also logs why it stopped.
-            if !checking {
+            // Said once: a check or --fingerprint answers on stderr; a
+            // daemon logs why it stopped (its log is stderr too, shaped
+            // for a terminal, a file or the journal).
+            if one_shot {
+                eprintln!("tend-minion: {e:#}");
+            } else {
                 tracing::error!("{e:#}");
             }
-            eprintln!("tend-minion: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -277,6 +280,8 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
     drop(event_tx);
     publisher_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), publisher_task).await;
+    // The master marks this minion down now, not at its presence timeout.
+    bus.goodbye().await;
     if let Some(path) = local_socket {
         let _ = std::fs::remove_file(path);
     }

@@ -171,4 +171,22 @@ fn packages_install_and_remove_for_real() {
         false,
     );
     assert_eq!(outcome(&missing), Outcome::Failed, "{}", missing.comment);
+
+    // The lists are fetched now: a dry run says what would be installed,
+    // and refuses a name apt does not know, as the real run would (issue
+    // 15, item 15: a made-up name "would be installed").
+    let dry = apply(&installed, true);
+    assert_eq!(outcome(&dry), Outcome::WouldChange, "{}", dry.comment);
+    assert_eq!(dry.comment, "would be installed (1.0)");
+    let missing = apply(
+        "[x]\ntype = \"pkg.installed\"\nname = \"no-such-package-tend\"\n",
+        true,
+    );
+    assert_eq!(outcome(&missing), Outcome::Failed, "{}", missing.comment);
+    assert!(
+        missing.comment.contains("no-such-package-tend")
+            && missing.comment.contains("not known to apt"),
+        "{}",
+        missing.comment
+    );
 }

@@ -34,8 +34,8 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use globset::GlobMatcher;
 use tend_proto::v1::PeerKind;
@@ -196,7 +196,13 @@ pub struct KeyStore {
     index: Mutex<Index>,
     max_pending: usize,
     pending_dropped: AtomicU64,
+    /// Told of every key an operator accepts (the master's bus: a minion
+    /// waiting on that key is welcomed at once).
+    on_accept: RwLock<Option<OnAccept>>,
 }
+
+/// What [`KeyStore`] calls for each key an operator accepts: kind, name, key.
+pub(crate) type OnAccept = Box<dyn Fn(PeerKind, &str, &[u8]) + Send + Sync>;
 
 impl KeyStore {
     /// Opens (creating) the store under `dir`.
@@ -231,6 +237,7 @@ impl KeyStore {
             index: Mutex::new(Index::default()),
             max_pending: MAX_PENDING,
             pending_dropped: AtomicU64::new(0),
+            on_accept: RwLock::new(None),
         };
         let mut index = Index::default();
         for kind in [PeerKind::Minion, PeerKind::Operator] {
@@ -298,6 +305,23 @@ impl KeyStore {
     /// store was opened.
     pub fn pending_dropped(&self) -> u64 {
         self.pending_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Calls `f` for every key an operator accepts from now on (instead of
+    /// whatever was called before).
+    pub(crate) fn on_accept(&self, f: OnAccept) {
+        *self.on_accept.write().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    /// Tells whoever listens of keys just accepted (never under the index
+    /// lock: the listener may read the store).
+    fn announce_accepted(&self, kind: PeerKind, taken: &[(String, Vec<u8>)]) {
+        let listener = self.on_accept.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = listener.as_ref() {
+            for (name, key) in taken {
+                f(kind, name, key);
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {

@@ -229,6 +229,7 @@ impl KeyStore {
         let mut index = self.lock();
         let (plan, _) = self.plan_accept_locked(&index, kind, pattern, fp)?;
         let mut done = Vec::new();
+        let mut taken = Vec::new();
         for entry in plan {
             let name = &entry.name;
             let keys = self.keys_of(kind, name);
@@ -278,11 +279,14 @@ impl KeyStore {
                 },
             );
             tracing::info!(kind = kind_name(kind), %name, fingerprint = %entry.fingerprint, from = from.as_str(), "key accepted");
+            taken.push((name.clone(), key));
             done.push(KeyEntry {
                 state: KeyState::Accepted,
                 ..entry
             });
         }
+        drop(index);
+        self.announce_accepted(kind, &taken);
         Ok(done)
     }
 

@@ -14,7 +14,7 @@ use tend_proto::v1::{
 use super::{PORT_COMMANDS, PeerSession, Shared, clear};
 use crate::hellos::Hellos;
 use crate::keys::{KeyState, kind_name};
-use crate::session::Channel;
+use crate::session::{Channel, Session};
 use crate::stats::BusStats;
 
 pub(super) fn handshake_worker(shared: Weak<Shared>, queue: Arc<Hellos>) {
@@ -96,40 +96,19 @@ impl Shared {
                             hello_ephemeral: authed.hello_ephemeral,
                         })),
                     };
-                    return Some(authed.session.seal(Channel::Down, &refused.encode_to_vec()));
-                }
-                let id = authed.session.id;
-                let ps = Arc::new(PeerSession {
-                    session: Arc::new(authed.session),
-                    name: authed.name.clone(),
-                    kind: authed.kind,
-                    key: authed.key,
-                    route: Mutex::new(route.to_vec()),
-                    last_seen_us: AtomicI64::new(now_us()),
-                    announced: AtomicBool::new(false),
-                });
-                let welcome = MasterMessage {
-                    body: Some(master_message::Body::Welcome(Welcome {
-                        heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
-                    })),
-                };
-                let frame = ps.session.seal(Channel::Down, &welcome.encode_to_vec());
-                {
-                    let mut sessions = self.sessions.write().expect("sessions lock");
-                    if authed.kind == PeerKind::Minion
-                        && let Some(old) = sessions.minions.insert(authed.name.clone(), id)
-                    {
-                        sessions.by_id.remove(&old);
+                    let frame = authed.session.seal(Channel::Down, &refused.encode_to_vec());
+                    if state == KeyState::Pending && authed.kind == PeerKind::Minion {
+                        self.park(authed.name, authed.key, authed.session, route);
                     }
-                    sessions.by_id.insert(id, ps);
+                    return Some(frame);
                 }
-                BusStats::inc(&self.stats.sessions_opened);
-                self.known_keys
-                    .write()
-                    .expect("keys lock")
-                    .insert(authed.key);
-                tracing::info!(kind, name = %authed.name, session = id, fingerprint = %fp, "session opened");
-                Some(frame)
+                Some(self.open_session(
+                    authed.kind,
+                    &authed.name,
+                    authed.key,
+                    authed.session,
+                    route,
+                ))
             }
             _ => {
                 BusStats::refuse(
@@ -140,5 +119,47 @@ impl Shared {
                 None
             }
         }
+    }
+
+    /// Opens a session for a peer whose key is accepted, replacing the
+    /// minion's earlier one, and returns the sealed Welcome to send it.
+    pub(super) fn open_session(
+        &self,
+        kind: PeerKind,
+        name: &str,
+        key: [u8; 32],
+        session: Session,
+        route: &[u8],
+    ) -> Vec<u8> {
+        let id = session.id;
+        let ps = Arc::new(PeerSession {
+            session: Arc::new(session),
+            name: name.to_string(),
+            kind,
+            key,
+            route: Mutex::new(route.to_vec()),
+            last_seen_us: AtomicI64::new(now_us()),
+            announced: AtomicBool::new(false),
+        });
+        let welcome = MasterMessage {
+            body: Some(master_message::Body::Welcome(Welcome {
+                heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
+            })),
+        };
+        let frame = ps.session.seal(Channel::Down, &welcome.encode_to_vec());
+        {
+            let mut sessions = self.sessions.write().expect("sessions lock");
+            if kind == PeerKind::Minion
+                && let Some(old) = sessions.minions.insert(name.to_string(), id)
+            {
+                sessions.by_id.remove(&old);
+            }
+            sessions.by_id.insert(id, ps);
+        }
+        BusStats::inc(&self.stats.sessions_opened);
+        self.known_keys.write().expect("keys lock").insert(key);
+        let fp = crate::identity::fingerprint(&key);
+        tracing::info!(kind = kind_name(kind), %name, session = id, fingerprint = %fp, "session opened");
+        frame
     }
 }

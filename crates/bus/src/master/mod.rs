@@ -27,6 +27,7 @@ mod router;
 mod testkit;
 #[cfg(test)]
 mod tests;
+mod waiting;
 
 pub use events::{EventError, check_event};
 use handshakes::handshake_worker;
@@ -70,8 +71,14 @@ pub struct MasterBusConfig {
 pub enum MasterInbound {
     /// A minion opened a session and said what it is.
     Up { minion: String, info: Info },
-    /// A minion's session ended: no heartbeat within the presence timeout.
-    Down { minion: String },
+    /// A minion's session ended: it said goodbye (it is stopping), or no
+    /// heartbeat came within the presence timeout. `reason` says which;
+    /// `last_heard_us` is when the session last heard from it.
+    Down {
+        minion: String,
+        reason: String,
+        last_heard_us: i64,
+    },
     /// Events from an authenticated minion, in the order sent. `refused`
     /// are seqs of events in the batch that failed validation: they count
     /// as delivered (so they do not look like a gap) but are not stored.
@@ -121,6 +128,8 @@ struct Shared {
     known_keys: RwLock<HashSet<[u8; 32]>>,
     responder: handshake::Responder,
     commands: OnceLock<Weak<SocketThread>>,
+    /// Minions waiting for their key to be accepted.
+    waiting: Mutex<waiting::WaitingRoom>,
 }
 
 /// The master's bus: both sockets, the sessions, the handshake workers.
@@ -177,7 +186,11 @@ impl MasterBus {
             handshakes: handshakes.clone(),
             responder: handshake::Responder::new(identity),
             commands: OnceLock::new(),
+            waiting: Mutex::default(),
         });
+        shared
+            .keys
+            .on_accept(Box::new(waiting::on_accept(Arc::downgrade(&shared))));
 
         // Limits on connections (and descriptors) for both TCP ports.
         let guard = crate::guard::Guard::new(shared.stats.clone());
@@ -253,6 +266,15 @@ impl MasterBus {
     pub fn is_connected(&self, minion: &str) -> bool {
         let sessions = self.shared.sessions.read().expect("sessions lock");
         sessions.minions.contains_key(minion)
+    }
+
+    /// When anything was last heard from `minion` on its open session (a
+    /// heartbeat, a reply: microseconds since the epoch); None when it has
+    /// no session.
+    pub fn last_heard_us(&self, minion: &str) -> Option<i64> {
+        self.shared
+            .minion(minion)
+            .map(|ps| ps.last_seen_us.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 

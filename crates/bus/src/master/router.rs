@@ -1,6 +1,7 @@
 //! The commands port (ROUTER): handshake messages queued for the workers,
 //! and sealed frames from minions and operators opened under their
-//! session: replies, heartbeats, Info, operators' control requests.
+//! session: replies, heartbeats, Info, goodbyes, operators' control
+//! requests.
 
 use std::sync::Weak;
 use std::sync::atomic::Ordering;
@@ -136,6 +137,21 @@ impl Shared {
                 Some(vec![
                     route.to_vec(),
                     ps.session.seal(Channel::Down, &beat.encode_to_vec()),
+                ])
+            }
+            Some(minion_message::Body::Goodbye(bye)) if minion => {
+                self.goodbye(&ps, bye.reason);
+                // Answered under the session that just ended: the minion
+                // knows its goodbye arrived, and stops waiting.
+                let ack = MasterMessage {
+                    body: Some(master_message::Body::Heartbeat(Heartbeat {
+                        time_us: now_us(),
+                    })),
+                };
+                BusStats::inc(&self.stats.frames_out);
+                Some(vec![
+                    route.to_vec(),
+                    ps.session.seal(Channel::Down, &ack.encode_to_vec()),
                 ])
             }
             Some(minion_message::Body::Info(info)) if minion => {

@@ -1,7 +1,9 @@
 //! The session task: the signed handshake, retried with exponential
 //! backoff and jitter; the master's key checked against the pin; waiting
-//! while this minion's key is pending; then heartbeats until the master
-//! goes quiet or no longer knows the session, and over again.
+//! while this minion's key is pending (on the would-be session, which the
+//! master opens the moment an operator accepts the key); then heartbeats
+//! until the master goes quiet or no longer knows the session, and over
+//! again; and a goodbye when the minion stops.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use prost::Message;
 use tend_proto::now_us;
-use tend_proto::v1::{Heartbeat, MinionMessage, PeerKind, minion_message};
+use tend_proto::v1::{Goodbye, Heartbeat, MinionMessage, PeerKind, minion_message};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -25,8 +27,13 @@ use crate::stats::BusStats;
 /// sent; later ones back off to LAST_RETRY.
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const LAST_RETRY: Duration = Duration::from_secs(5);
-/// While its key waits for an operator, a minion asks again this often.
+/// While its key waits for an operator, a minion asks again this often
+/// (an accept opens the session it waits on at once; asking again covers
+/// a master that restarted meanwhile).
 const PENDING_RETRY: Duration = Duration::from_secs(2);
+/// How long a goodbye waits for the master's answer, at most: the minion
+/// is stopping, and the presence timeout covers a goodbye that was lost.
+const GOODBYE_WAIT: Duration = Duration::from_millis(500);
 /// A rejected minion, or one facing the wrong master, asks again this often.
 const REFUSED_RETRY: Duration = Duration::from_secs(30);
 
@@ -55,7 +62,10 @@ pub(super) async fn run_session(
             Attempt::Open(s, every) => (s, every),
             Attempt::Retry(after) => {
                 retry = (retry * 2).min(LAST_RETRY);
-                tokio::time::sleep(jitter(after)).await;
+                // Waits, but stops at once for a goodbye.
+                if let Err(true) = expect(&mut control, jitter(after), |_| None::<()>).await {
+                    return;
+                }
                 continue;
             }
             Attempt::Stop => return,
@@ -65,6 +75,7 @@ pub(super) async fn run_session(
             shared.reopen_events.store(true, Ordering::Relaxed);
         }
         *shared.session.write().expect("session lock") = Some(session.clone());
+        *shared.opening.write().expect("session lock") = None;
         // First sealed message: what this minion is.
         let _ = dealer.send(vec![
             session.seal(Channel::Up, &shared.info().encode_to_vec()),
@@ -97,7 +108,9 @@ pub(super) async fn run_session(
     }
 }
 
-/// Waits for a control message matching `pick`, at most `wait`.
+/// Waits for a control message matching `pick`, at most `wait`. Err(true)
+/// when the bus is stopping (closed, or a goodbye asked for: there is no
+/// session to say it on), Err(false) when the time ran out.
 async fn expect<T>(
     control: &mut mpsc::Receiver<Control>,
     wait: Duration,
@@ -106,6 +119,10 @@ async fn expect<T>(
     let got = tokio::time::timeout(wait, async {
         loop {
             match control.recv().await {
+                Some(Control::Leave(done)) => {
+                    let _ = done.send(());
+                    return None;
+                }
                 Some(c) => {
                     if let Some(t) = pick(c) {
                         return Some(t);
@@ -221,7 +238,32 @@ async fn handshake(
         _ => None,
     })
     .await;
-    *shared.opening.write().expect("session lock") = None;
+    let answer = match answer {
+        // Pending: the master keeps this would-be session and opens it
+        // (a sealed Welcome) when an operator accepts the key, so wait on
+        // it rather than only asking again later.
+        Ok(Err((status, reason))) if status == "pending" => {
+            tracing::warn!(
+                "{reason}; waiting to be accepted (asking again in {}s)",
+                PENDING_RETRY.as_secs()
+            );
+            match expect(control, jitter(PENDING_RETRY), |c| match c {
+                Control::Welcome(hb) => Some(hb),
+                _ => None,
+            })
+            .await
+            {
+                Ok(hb) => Ok(Ok(hb)),
+                Err(stop) => Err(stop),
+            }
+        }
+        other => other,
+    };
+    // Cleared by the caller once the session is current, when it opened:
+    // a request sealed under it may follow the Welcome at once.
+    if !matches!(answer, Ok(Ok(_))) {
+        *shared.opening.write().expect("session lock") = None;
+    }
     match answer {
         Ok(Ok(heartbeat_ms)) => Attempt::Open(
             session,
@@ -234,16 +276,8 @@ async fn handshake(
 }
 
 fn refused(status: &str, reason: &str) -> Attempt {
-    match status {
-        "pending" => {
-            tracing::warn!("{reason}; asking again in {}s", PENDING_RETRY.as_secs());
-            Attempt::Retry(PENDING_RETRY)
-        }
-        _ => {
-            tracing::error!(%status, "the master refused this minion: {reason}");
-            Attempt::Retry(REFUSED_RETRY)
-        }
-    }
+    tracing::error!(%status, "the master refused this minion: {reason}");
+    Attempt::Retry(REFUSED_RETRY)
 }
 
 async fn alarm(shared: &Shared, message: String) -> Attempt {
@@ -329,11 +363,54 @@ async fn heartbeat(
                         send_beat(&mut beat_sent);
                     }
                 }
+                Some(Control::Leave(done)) => {
+                    say_goodbye(dealer, session, beat_sent.is_some(), control).await;
+                    let _ = done.send(());
+                    return None;
+                }
                 // Late answers to an earlier handshake.
                 Some(_) => {}
                 None => return None,
             }
         }
+    }
+}
+
+/// Tells the master this minion is stopping, and waits (at most
+/// GOODBYE_WAIT) for its answer, so the word is on the wire before the
+/// process exits. A heartbeat in flight is answered first.
+async fn say_goodbye(
+    dealer: &SocketThread,
+    session: &Session,
+    beat_in_flight: bool,
+    control: &mut mpsc::Receiver<Control>,
+) {
+    let msg = MinionMessage {
+        body: Some(minion_message::Body::Goodbye(Goodbye {
+            reason: "the minion is stopping".into(),
+        })),
+    };
+    if dealer
+        .send(vec![session.seal(Channel::Up, &msg.encode_to_vec())])
+        .is_err()
+    {
+        return;
+    }
+    let mut answers = if beat_in_flight { 2 } else { 1 };
+    let _ = tokio::time::timeout(GOODBYE_WAIT, async {
+        while answers > 0 {
+            match control.recv().await {
+                Some(Control::Heard) => answers -= 1,
+                Some(_) => {}
+                None => return,
+            }
+        }
+    })
+    .await;
+    if answers > 0 {
+        tracing::debug!(
+            "no answer to the goodbye: the master marks this minion down at its presence timeout"
+        );
     }
 }
 

@@ -33,6 +33,11 @@ impl Control {
         let mut minions: Vec<MinionInfo> = minions.into_values().collect();
         for m in &mut minions {
             m.connected = self.bus.is_connected(&m.id);
+            // Last seen is the last thing heard: a heartbeat counts, not
+            // only an event.
+            if let Some(heard) = self.bus.last_heard_us(&m.id) {
+                m.last_seen_us = m.last_seen_us.max(heard);
+            }
         }
         send(out, control_reply::Body::Minions(MinionList { minions }))
     }

@@ -1,5 +1,8 @@
 //! `pkg.installed` and `pkg.removed`: a Debian package, through dpkg and
-//! apt-get. The state checks with dpkg-query before it changes anything.
+//! apt-get. The state checks with dpkg-query before it changes anything;
+//! under `--test`, `pkg.installed` also asks apt-cache whether the package
+//! can be installed at all, so a misspelt name fails the dry run instead
+//! of the real one.
 //! Documented in docs/reference.md under `### state: pkg.installed` and
 //! `### state: pkg.removed`.
 
@@ -47,6 +50,15 @@ pub(crate) enum PkgError {
     /// apt-get could not be run (or did not finish).
     #[error("{0}")]
     AptGet(CommandError),
+    /// `--test`: apt knows no installable version of the package.
+    #[error(
+        "package {name:?} {why}: apt-get install would fail. Check the name (apt-cache search {name}){hint}"
+    )]
+    NotAvailable {
+        name: String,
+        why: &'static str,
+        hint: &'static str,
+    },
     #[error("apt-get {verb} {name} failed ({status}): {stderr}")]
     Failed {
         verb: &'static str,
@@ -92,8 +104,19 @@ impl StateType for PkgInstalled {
         }
         let mut changes = Map::new();
         if ctx.test {
+            let comment = match candidate(&p.name)? {
+                Candidate::Version(v) => format!("installed ({v})"),
+                // The run fetches the lists first; nothing to check now.
+                Candidate::NoLists => {
+                    "installed (not checked: this host has no package lists yet)".into()
+                }
+                Candidate::Unknown => return Err(not_available(p, "is not known to apt")),
+                Candidate::None => {
+                    return Err(not_available(p, "has no installable version"));
+                }
+            };
             changes.insert("installed".into(), json!(p.name));
-            return Ok(Change::would("installed", String::new(), changes));
+            return Ok(Change::would(comment, String::new(), changes));
         }
         let install = || {
             apt(&[
@@ -153,6 +176,18 @@ impl StateType for PkgRemoved {
     }
 }
 
+fn not_available(p: &Pkg, why: &'static str) -> PkgError {
+    PkgError::NotAvailable {
+        name: p.name.clone(),
+        why,
+        hint: if why.starts_with("has no") {
+            "; a virtual package needs the package that provides it named"
+        } else {
+            ", or run apt-get update if the package lists are old"
+        },
+    }
+}
+
 fn failed(verb: &'static str, p: &Pkg, out: &Output) -> PkgError {
     PkgError::Failed {
         verb,
@@ -194,4 +229,85 @@ fn installed_version(name: &str) -> Result<Option<String>, PkgError> {
         .split_once('\t')
         .filter(|(status, _)| status.ends_with(" installed"))
         .map(|(_, v)| v.to_string()))
+}
+
+/// What apt would install for a package.
+#[derive(Debug, PartialEq)]
+enum Candidate {
+    Version(String),
+    /// apt knows the package but has no version to install (a virtual
+    /// package, say).
+    None,
+    /// apt does not know the name.
+    Unknown,
+    /// apt has no package lists at all (never fetched): nothing can be
+    /// told.
+    NoLists,
+}
+
+/// Asks `apt-cache policy` what `apt-get install name` would install.
+fn candidate(name: &str) -> Result<Candidate, PkgError> {
+    let out = apt(&["apt-cache", "policy", name])?;
+    if out.status != 0 {
+        return Err(failed("cache policy", &Pkg { name: name.into() }, &out));
+    }
+    match parse_candidate(&out.stdout) {
+        Candidate::Unknown => {
+            let all = apt(&["apt-cache", "policy"])?;
+            Ok(if has_lists(&all.stdout) {
+                Candidate::Unknown
+            } else {
+                Candidate::NoLists
+            })
+        }
+        c => Ok(c),
+    }
+}
+
+/// The `Candidate:` line of `apt-cache policy NAME` (empty output: apt
+/// does not know the name).
+fn parse_candidate(policy: &str) -> Candidate {
+    match policy
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate:"))
+        .map(str::trim)
+    {
+        None => Candidate::Unknown,
+        Some("(none)") => Candidate::None,
+        Some(v) => Candidate::Version(v.to_string()),
+    }
+}
+
+/// Whether `apt-cache policy` (no name) lists any package file besides
+/// dpkg's own status file: whether package lists were ever fetched.
+fn has_lists(policy: &str) -> bool {
+    policy
+        .lines()
+        .any(|l| l.trim_end().ends_with(" Packages") && !l.contains("/dpkg/status"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apt_cache_policy_is_read() {
+        let known =
+            "bash:\n  Installed: 5.2.15-2+b8\n  Candidate: 5.2.15-2+b13\n  Version table:\n";
+        assert_eq!(
+            parse_candidate(known),
+            Candidate::Version("5.2.15-2+b13".into())
+        );
+        let virt =
+            "mail-transport-agent:\n  Installed: (none)\n  Candidate: (none)\n  Version table:\n";
+        assert_eq!(parse_candidate(virt), Candidate::None);
+        assert_eq!(parse_candidate(""), Candidate::Unknown);
+
+        let fetched = "Package files:\n 100 /var/lib/dpkg/status\n     release a=now\n \
+            500 http://deb.debian.org/debian bookworm/main amd64 Packages\n";
+        assert!(has_lists(fetched));
+        let never =
+            "Package files:\n 100 /var/lib/dpkg/status\n     release a=now\nPinned packages:\n";
+        assert!(!has_lists(never));
+    }
 }

@@ -87,7 +87,7 @@ fn a_stopped_minion_is_down_within_a_second() {
     );
     let reason = down["data"]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("goodbye"), "{down}");
-    assert_eq!(master.counters()["sessions_closed"], 1);
+    assert_eq!(master.counters()["bus_sessions_closed"], 1);
 }
 
 #[test]

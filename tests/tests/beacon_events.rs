@@ -292,7 +292,7 @@ fn every_beacon_sends_what_the_reference_says_and_a_rule_from_it_fires() {
                 .write_all(&utmp_login("docreader", 1_750_000_000))
                 .unwrap();
             // A listener closed and bound again is a new one.
-            if round % 20 == 0 {
+            if round.is_multiple_of(20) {
                 listener = None;
             } else if listener.is_none() {
                 listener = std::net::TcpListener::bind(("127.0.0.1", port)).ok();

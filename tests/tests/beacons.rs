@@ -129,7 +129,12 @@ fn reloading_beacons_a_hundred_times_leaks_nothing() {
     let pid = s.minion.daemon().child.id();
     let log = s.minion.daemon().log.clone();
     // Settled: every beacon has looked at least once.
-    wait_event(&s.master, "minion/web1/beacon/hb", "a heartbeat", |_| true);
+    wait_event(
+        &s.master,
+        "minion/web1/beacon/hb/beat",
+        "a heartbeat",
+        |_| true,
+    );
     let before = held(pid);
 
     for i in 1..=100 {
@@ -233,7 +238,7 @@ fn a_bad_reload_keeps_the_running_beacons_and_a_good_one_changes_them() {
     hup(pid);
     wait_event(
         &s.master,
-        "minion/web1/beacon/hb",
+        "minion/web1/beacon/hb/beat",
         "a heartbeat from the reloaded config",
         |_| true,
     );
@@ -243,9 +248,16 @@ fn a_bad_reload_keeps_the_running_beacons_and_a_good_one_changes_them() {
         .len();
     std::fs::write(&s.file, "edited again\n").unwrap();
     // The heartbeat goes on; the motd beacon is gone.
-    let count = s.master.events(&["--tag", "minion/web1/beacon/hb"]).len();
+    let count = s
+        .master
+        .events(&["--tag", "minion/web1/beacon/hb/beat"])
+        .len();
     wait_until(Duration::from_secs(10), "more heartbeats", || {
-        (s.master.events(&["--tag", "minion/web1/beacon/hb"]).len() > count + 3).then_some(())
+        (s.master
+            .events(&["--tag", "minion/web1/beacon/hb/beat"])
+            .len()
+            > count + 3)
+            .then_some(())
     });
     assert_eq!(
         s.master
@@ -284,11 +296,20 @@ fn a_failing_beacon_says_so_and_the_others_keep_running() {
         |_| true,
     );
     assert!(data_str(&e, "error").contains("vanished"), "{e}");
-    let count = s.master.events(&["--tag", "minion/web1/beacon/hb"]).len();
+    let count = s
+        .master
+        .events(&["--tag", "minion/web1/beacon/hb/beat"])
+        .len();
     wait_until(
         Duration::from_secs(10),
         "heartbeats after the failures",
-        || (s.master.events(&["--tag", "minion/web1/beacon/hb"]).len() > count + 3).then_some(()),
+        || {
+            (s.master
+                .events(&["--tag", "minion/web1/beacon/hb/beat"])
+                .len()
+                > count + 3)
+                .then_some(())
+        },
     );
     // The tree comes back and is watched again.
     std::fs::create_dir_all(s.tree.join("x")).unwrap();
@@ -366,13 +387,21 @@ fn a_beacon_denied_its_path_says_so_and_the_others_keep_running() {
         "the open beacon's event",
         |e| data_str(e, "kind") == "modified",
     );
-    let count = master.events(&["--tag", "minion/web1/beacon/hb"]).len();
+    let count = master
+        .events(&["--tag", "minion/web1/beacon/hb/beat"])
+        .len();
     // Past a retry or two (every second): heartbeats go on, and the denial
     // was said once, not at every retry.
     wait_until(
         Duration::from_secs(10),
         "heartbeats after the denial",
-        || (master.events(&["--tag", "minion/web1/beacon/hb"]).len() > count + 20).then_some(()),
+        || {
+            (master
+                .events(&["--tag", "minion/web1/beacon/hb/beat"])
+                .len()
+                > count + 20)
+                .then_some(())
+        },
     );
     assert_eq!(
         master

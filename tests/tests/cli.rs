@@ -274,7 +274,7 @@ fn every_command_in_table_and_json() {
     let ev = s.tmp.path().join("e.json");
     std::fs::write(
         &ev,
-        r#"{"minion": "web1", "tag": "minion/web1/beacon/motd/etc/motd", "data": {"kind": "modified"}}"#,
+        r#"{"minion": "web1", "tag": "minion/web1/beacon/motd/modified", "data": {"kind": "modified", "path": "/etc/motd"}}"#,
     )
     .unwrap();
     let (rule, ev) = (rule.to_str().unwrap(), ev.to_str().unwrap());

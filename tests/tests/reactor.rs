@@ -411,7 +411,7 @@ fn reactor_test_explains_a_rule_offline() {
     let event = dir.path().join("e.json");
     std::fs::write(
         &event,
-        r#"{"minion": "web1", "tag": "minion/web1/beacon/login/btmp", "data": {"kind": "failed"}}"#,
+        r#"{"minion": "web1", "tag": "minion/web1/beacon/login/failed", "data": {"kind": "failed"}}"#,
     )
     .unwrap();
     let out = Command::new(bin("tend"))
@@ -434,7 +434,7 @@ fn reactor_test_explains_a_rule_offline() {
             && text.contains("apply lockdown"),
         "{text}"
     );
-    std::fs::write(&event, r#"{"tag": "minion/web1/beacon/cpu"}"#).unwrap();
+    std::fs::write(&event, r#"{"tag": "minion/web1/beacon/cpu/high"}"#).unwrap();
     let out = Command::new(bin("tend"))
         .args(["reactor", "test"])
         .arg(&rule)

@@ -13,10 +13,13 @@ use crate::rate_limit::RateLimit;
 pub struct Emitted {
     /// The beacon instance's name.
     pub beacon: Arc<str>,
-    /// Appended to the beacon's tag (`minion/<id>/beacon/<name>/<subject>`);
-    /// may be empty.
-    pub subject: String,
-    /// The event's data, as the beacon type documents it.
+    /// What happened, as one word: the last part of the event's tag
+    /// (`minion/<id>/beacon/<name>/<kind>`), so a tag glob selects on it
+    /// (`modified`, `high`, `running`, `login`, `error`, `dropped`, ...).
+    /// The data carries it too, as `kind`.
+    pub kind: String,
+    /// The event's data, as docs/reference.md lists it for the beacon's
+    /// type; always with `kind`.
     pub data: serde_json::Map<String, serde_json::Value>,
     /// The job whose state run caused this, 0 if none.
     pub cause: u64,
@@ -65,14 +68,16 @@ impl Emitter {
 
     async fn send(
         &self,
-        subject: String,
-        data: serde_json::Map<String, serde_json::Value>,
+        kind: String,
+        mut data: serde_json::Map<String, serde_json::Value>,
         cause: u64,
     ) -> bool {
+        // The tag's last part, in the data too: a rule may select on either.
+        data.insert("kind".into(), kind.clone().into());
         self.tx
             .send(Emitted {
                 beacon: self.beacon.clone(),
-                subject,
+                kind,
                 data,
                 cause,
                 time_us: tend_proto::now_us(),
@@ -81,12 +86,14 @@ impl Emitter {
             .is_ok()
     }
 
-    /// Sends an event; waits when the minion is behind (backpressure on the
-    /// beacon rather than a silent drop). Over the rate limit it is dropped
-    /// and counted instead. Returns false once the minion is shutting down.
+    /// Sends an event of kind `kind` (the tag's last part; see
+    /// [`Emitted::kind`]); waits when the minion is behind (backpressure on
+    /// the beacon rather than a silent drop). Over the rate limit it is
+    /// dropped and counted instead. Returns false once the minion is
+    /// shutting down.
     pub async fn emit(
         &self,
-        subject: impl Into<String>,
+        kind: impl Into<String>,
         data: serde_json::Map<String, serde_json::Value>,
         cause: u64,
     ) -> bool {
@@ -123,7 +130,7 @@ impl Emitter {
                 return true;
             }
         }
-        self.send(subject.into(), data, cause).await
+        self.send(kind.into(), data, cause).await
     }
 
     /// Reports a run-time failure of the beacon as an event tagged

@@ -12,11 +12,15 @@ use crate::{Beacon, BeaconCtx, BoxFuture};
 
 /// One observation from a polled beacon.
 pub struct Observation {
-    /// Appended to the beacon's tag; may be empty.
-    pub subject: String,
+    /// What is observed (a mount, an interface, a process name; empty when
+    /// the beacon observes one thing): its state is compared with the last
+    /// one of the same key. Not in the tag: the data names it.
+    pub key: String,
+    /// The event's kind, the last part of its tag (`high`, `running`).
+    pub kind: String,
     /// What is observed now, compared with the last observation of the
-    /// same subject for `onchange_only`. `Null`: not a state but a
-    /// happening (a new connection): always emitted, never remembered.
+    /// same key for `onchange_only`. `Null`: not a state but a happening
+    /// (a new connection): always emitted, never remembered.
     pub state: Value,
     /// The event's data: the state and anything else worth reporting.
     pub data: Map<String, Value>,
@@ -159,7 +163,7 @@ impl<P: Poll> Beacon for Polled<P> {
                     let emit = if o.state.is_null() {
                         true
                     } else {
-                        match last.insert(o.subject.clone(), o.state.clone()) {
+                        match last.insert(o.key, o.state.clone()) {
                             // The first look is a baseline.
                             None if first => common.emit_at_startup || !common.onchange_only,
                             // Something new appeared.
@@ -167,7 +171,7 @@ impl<P: Poll> Beacon for Polled<P> {
                             Some(before) => !common.onchange_only || before != o.state,
                         }
                     };
-                    if emit && !ctx.emit.emit(o.subject, o.data, 0).await {
+                    if emit && !ctx.emit.emit(o.kind, o.data, 0).await {
                         return;
                     }
                 }
@@ -194,7 +198,7 @@ mod tests {
         fn poll(&mut self, _now: Instant) -> Result<Vec<Observation>, LookError> {
             self.looks += 1;
             assert!(self.looks != self.panic_at, "a bug in a look");
-            Ok(vec![crate::system::happening("", Map::new())])
+            Ok(vec![crate::system::happening("look", Map::new())])
         }
     }
 
@@ -222,14 +226,14 @@ mod tests {
     async fn a_look_that_panics_stops_its_beacon_with_an_error_and_no_other() {
         let (mut bad, _stop_bad) = flaky("bad", 3);
         let (mut good, stop_good) = flaky("good", 0);
-        let mut subjects = Vec::new();
+        let mut kinds = Vec::new();
         while let Some(e) = tokio::time::timeout(Duration::from_secs(5), bad.recv())
             .await
             .ok()
             .flatten()
         {
-            subjects.push(e.subject.clone());
-            if e.subject == "error" {
+            kinds.push(e.kind.clone());
+            if e.kind == "error" {
                 assert!(
                     e.data["error"].as_str().unwrap_or("").contains("crashed"),
                     "{:?}",
@@ -239,8 +243,8 @@ mod tests {
             }
         }
         assert_eq!(
-            subjects,
-            ["", "", "error"],
+            kinds,
+            ["look", "look", "error"],
             "two looks, then the crash said"
         );
         // The other beacon (on the same looker thread) keeps looking.
@@ -249,7 +253,7 @@ mod tests {
                 .await
                 .expect("the good beacon goes on")
                 .expect("an event");
-            assert_eq!(e.subject, "");
+            assert_eq!(e.kind, "look");
         }
         stop_good.cancel();
     }

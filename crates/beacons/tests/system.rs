@@ -56,7 +56,7 @@ impl Running {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.rx.recv()).await {
                 Ok(Some(e)) if pred(&e) => return e,
-                Ok(Some(e)) => seen.push(format!("{}: {}", e.subject, Value::Object(e.data))),
+                Ok(Some(e)) => seen.push(format!("{}: {}", e.kind, Value::Object(e.data))),
                 _ => panic!("expected {what} within {secs} s; saw {seen:#?}"),
             }
         }
@@ -260,7 +260,8 @@ async fn disk_goes_high_when_a_real_mount_fills() {
             is(e, "state", json!("high"))
         })
         .await;
-    assert_eq!(e.subject, mount.to_string_lossy().trim_start_matches('/'));
+    assert_eq!(e.kind, "high");
+    assert_eq!(e.data["mount"], mount.display().to_string());
     std::fs::remove_file(mount.join("fill")).unwrap();
     d.until(5, "normal again once emptied", |e| {
         is(e, "state", json!("normal"))
@@ -323,7 +324,8 @@ async fn process_appears_and_disappears() {
         })
         .await;
     assert_eq!(e.data["pids"], json!([child.id()]));
-    assert_eq!(e.subject, name);
+    assert_eq!(e.kind, "running");
+    assert_eq!(e.data["name"], name);
     child.kill().unwrap();
     child.wait().unwrap();
     p.until(5, "the process gone", |e| is(e, "state", json!("absent")))
@@ -363,7 +365,7 @@ async fn service_says_once_when_there_is_no_systemd() {
     let e = s
         .until(5, "a warning that systemd is not running", |_| true)
         .await;
-    assert_eq!(e.subject, "error");
+    assert_eq!(e.kind, "error");
     assert!(
         e.data["error"]
             .as_str()
@@ -401,7 +403,7 @@ async fn connection_sees_a_new_listener_and_an_inbound_connection() {
     let port = listener.local_addr().unwrap().port();
     let e = c
         .until(5, "the new listening socket", |e| {
-            e.subject == format!("listening/{port}")
+            e.kind == "listening" && is(e, "local_port", json!(port))
         })
         .await;
     assert_eq!(e.data["local_address"], "127.0.0.1");
@@ -409,7 +411,7 @@ async fn connection_sees_a_new_listener_and_an_inbound_connection() {
     let (_server, _) = listener.accept().unwrap();
     let e = c
         .until(5, "the inbound connection", |e| {
-            e.subject == format!("inbound/{port}")
+            e.kind == "inbound" && is(e, "local_port", json!(port))
         })
         .await;
     assert_eq!(e.data["remote_address"], "127.0.0.1");
@@ -451,18 +453,15 @@ async fn login_reads_new_wtmp_and_btmp_records() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     append(&wtmp, rec(7, "alice"));
     let e = l.until(5, "alice's login", |_| true).await;
-    assert_eq!(e.subject, "login");
+    assert_eq!(e.kind, "login");
     assert_eq!(e.data["user"], "alice", "no backlog first: {:?}", e.data);
     assert_eq!(e.data["address"], "198.51.100.4");
     assert_eq!(e.data["line"], "pts/7");
     append(&wtmp, rec(8, "alice"));
-    assert_eq!(
-        l.until(5, "alice's logout", |_| true).await.subject,
-        "logout"
-    );
+    assert_eq!(l.until(5, "alice's logout", |_| true).await.kind, "logout");
     append(&btmp, rec(6, "root"));
     let e = l.until(5, "a failed login", |_| true).await;
-    assert_eq!(e.subject, "failed");
+    assert_eq!(e.kind, "failed");
     assert_eq!(e.data["user"], "root");
 }
 
@@ -480,18 +479,20 @@ async fn command_reports_changed_output_and_timeouts() {
         (e.data["status"].clone(), e.data["output"].clone()),
         (json!(0), json!("one"))
     );
+    assert_eq!(e.kind, "ok");
     std::fs::write(&f, "two").unwrap();
     let e = c.until(5, "the changed output", |_| true).await;
     assert_eq!(e.data["output"], "two");
     std::fs::remove_file(&f).unwrap();
     let e = c.until(5, "the failing status", |_| true).await;
     assert_eq!(e.data["status"], 1);
+    assert_eq!(e.kind, "failed");
 
     let mut slow = start(
         "name = \"slow\"\ntype = \"command\"\ncommand = \"sleep 5\"\ninterval = \"100ms\"\ntimeout = \"50ms\"\n",
     );
     let e = slow.until(5, "a timeout error", |_| true).await;
-    assert_eq!(e.subject, "error");
+    assert_eq!(e.kind, "error");
     assert!(
         e.data["error"].as_str().unwrap().contains("did not finish"),
         "{:?}",
@@ -525,14 +526,18 @@ async fn a_rate_limit_counts_and_reports_what_it_dropped() {
         assert_eq!(rx.recv().await.unwrap().data["i"], i);
     }
     let report = rx.recv().await.unwrap();
-    assert_eq!(report.subject, "dropped");
+    assert_eq!(report.kind, "dropped");
+    assert_eq!(
+        report.data["kind"], "dropped",
+        "the kind is in the data too"
+    );
     assert_eq!(
         report.data["dropped"], 7,
         "the 7 over the limit are counted, not silent"
     );
     // The next period admits again.
     assert!(emit.emit("x", serde_json::Map::new(), 0).await);
-    assert_eq!(rx.recv().await.unwrap().subject, "x");
+    assert_eq!(rx.recv().await.unwrap().kind, "x");
 }
 
 #[test]

@@ -16,7 +16,7 @@ fn event(seq: u64) -> Event {
     Event {
         minion: "web1".into(),
         seq,
-        tag: "minion/web1/beacon/motd/etc/motd".into(),
+        tag: "minion/web1/beacon/motd/modified".into(),
         time_us: 1_700_000_000_000_000,
         data: br#"{"path":"/etc/motd","kind":"modified","sha256":"e66919eb5161792e2af07ccb8209a55d12ec869dfa69"}"#.to_vec(),
         cause: 0,
@@ -72,7 +72,7 @@ fn matching(c: &mut Criterion) {
         }
         let rules = tend_reactor::Rules::from_texts(&[("r.toml".into(), text)]).unwrap();
         let e = Event {
-            tag: "minion/web1/beacon/b7/etc/motd".into(),
+            tag: "minion/web1/beacon/b7/modified".into(),
             ..event(1)
         };
         c.bench_function(&format!("match one event against {n} rules"), |b| {

@@ -33,12 +33,12 @@ pub struct MinionMetrics {
 }
 
 impl MinionMetrics {
-    /// One event from beacon `name`: `subject` "error" and "dropped" are
-    /// the beacon's own reports.
+    /// One event from beacon `name`: kinds "error" and "dropped" are the
+    /// beacon's own reports.
     pub fn beacon_event(
         &self,
         name: &str,
-        subject: &str,
+        kind: &str,
         data: &serde_json::Map<String, serde_json::Value>,
     ) {
         let mut b = self.beacons.lock().unwrap_or_else(|p| p.into_inner());
@@ -48,7 +48,7 @@ impl MinionMetrics {
         }
         let Some(c) = b.get_mut(name) else { return };
         c.events += 1;
-        match subject {
+        match kind {
             "error" => c.errors += 1,
             "dropped" => c.dropped += data.get("dropped").and_then(|d| d.as_u64()).unwrap_or(0),
             _ => {}

@@ -157,16 +157,11 @@ impl Publisher {
     }
 
     fn to_event(&self, e: Emitted) -> Event {
-        self.metrics.beacon_event(&e.beacon, &e.subject, &e.data);
-        let mut tag = format!("minion/{}/beacon/{}", self.minion, e.beacon);
-        if !e.subject.is_empty() {
-            tag.push('/');
-            tag.push_str(&e.subject);
-        }
+        self.metrics.beacon_event(&e.beacon, &e.kind, &e.data);
         Event {
             minion: self.minion.clone(),
             seq: 0,
-            tag,
+            tag: format!("minion/{}/beacon/{}/{}", self.minion, e.beacon, e.kind),
             time_us: e.time_us,
             data: serde_json::Value::Object(e.data).to_string().into_bytes(),
             cause: e.cause,

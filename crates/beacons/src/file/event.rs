@@ -1,6 +1,6 @@
-//! What a file beacon's event says: the path as its subject, the kind of
-//! change, and the file's fingerprint (SHA-256, mode, owner) before and
-//! after.
+//! What a file beacon's event says: the kind of change (the tag's last
+//! part), the path, and the file's fingerprint (SHA-256, mode, owner)
+//! before and after.
 
 use std::path::{Path, PathBuf};
 
@@ -9,23 +9,16 @@ use tend_host::ledger::Fingerprint;
 
 use super::coalesce::Op;
 
-/// The event's subject: the path without its leading `/`.
-pub(super) fn subject_of(path: &Path) -> String {
-    path.to_string_lossy().trim_start_matches('/').to_string()
-}
-
 /// An event's data: what happened to `path`, and its fingerprint before and
-/// after.
+/// after (the emitter adds the kind).
 pub(super) fn describe(
     path: &Path,
-    kind: &str,
     ops: &[Op],
     old: &Fingerprint,
     now: &Fingerprint,
 ) -> Map<String, Value> {
     let mut data = Map::new();
     data.insert("path".into(), json!(path.display().to_string()));
-    data.insert("kind".into(), json!(kind));
     data.insert(
         "ops".into(),
         Value::Array(ops.iter().map(|o| json!(o.name())).collect()),

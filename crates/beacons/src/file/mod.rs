@@ -6,7 +6,9 @@
 //! temp file, rename it over the target) leaves it watching a deleted inode
 //! and deaf from then on (Salt's inotify beacon, issue #54724). Each event
 //! carries the file's old and new SHA-256 and mode; a change the state
-//! engine made carries its job as the cause.
+//! engine made carries its job as the cause. Its kind (the tag's last
+//! part) is `created`, `modified`, `attrib`, `deleted`, `touched` or
+//! `present`; the path is in the data, never in the tag.
 //!
 //! ```toml
 //! [[beacon]]

@@ -102,7 +102,8 @@ async fn sees_every_way_a_file_is_edited() {
     std::fs::write(&path, "hand edit\n").unwrap();
     let e = r.next("a write").await;
     assert_eq!(e.data["kind"], "modified");
-    assert_eq!(e.subject, path.to_string_lossy().trim_start_matches('/'));
+    assert_eq!(e.kind, "modified", "the kind is the tag's last part");
+    assert_eq!(e.data["path"], path.display().to_string());
     assert_ne!(e.data["sha256"], e.data["old_sha256"]);
 
     // Editor-style save: temp file renamed over the target.
@@ -189,7 +190,7 @@ async fn survives_its_directory_being_deleted_and_recreated() {
         r.next("the directory's removal").await,
         r.next("the directory's removal").await,
     );
-    let (err, deleted) = if a.subject == "error" { (a, b) } else { (b, a) };
+    let (err, deleted) = if a.kind == "error" { (a, b) } else { (b, a) };
     assert!(
         err.data["error"].as_str().unwrap().contains("vanished"),
         "{:?}",
@@ -487,7 +488,7 @@ async fn a_directory_coming_back_is_walked_off_the_runtime() {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, r.rx.recv()).await {
-            Ok(Some(e)) if e.subject == "error" => break,
+            Ok(Some(e)) if e.kind == "error" => break,
             Ok(Some(_)) => {}
             _ => panic!("the beacon never said its directory vanished"),
         }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::coalesce::{Coalescer, Op};
-use super::event::{describe, fingerprint, kind_of, subject_of};
+use super::event::{describe, fingerprint, kind_of};
 use super::inotify::{Watches, op_of};
 use super::interest::{Filter, Interest, walk};
 use crate::{Beacon, BeaconCtx, BoxFuture};
@@ -206,7 +206,7 @@ impl Watching {
             if !self
                 .ctx
                 .emit
-                .emit(subject_of(path), describe(path, "present", &[], fp, fp), 0)
+                .emit("present", describe(path, &[], fp, fp), 0)
                 .await
             {
                 return false;
@@ -420,14 +420,13 @@ impl Watching {
         }
         let kind = kind_of(&old, &now);
         let cause = self.ctx.ledger.cause_of(&path, &now).unwrap_or(0);
-        let data = describe(&path, kind, ops, &old, &now);
-        let subject = subject_of(&path);
+        let data = describe(&path, ops, &old, &now);
         if now == Fingerprint::Absent {
             self.known.remove(&path);
         } else {
             self.known.insert(path, now);
         }
-        self.ctx.emit.emit(subject, data, cause).await
+        self.ctx.emit.emit(kind, data, cause).await
     }
 }
 

@@ -11,7 +11,8 @@
 //!
 //! The state is the exit status and the output (stdout, trimmed, at most
 //! 4 KiB); with `onchange_only` (the default) an event goes out when either
-//! changes. A command that cannot run or times out is an error event.
+//! changes. Its kind is `ok` (exit status 0) or `failed`. A command that
+//! cannot run or times out is an error event.
 
 use std::time::Duration;
 
@@ -101,6 +102,7 @@ impl Poll for Run {
             );
         }
         let state = json!({"status": out.status, "output": stdout});
-        Ok(vec![system::state("", state, data)])
+        let kind = if out.status == 0 { "ok" } else { "failed" };
+        Ok(vec![system::state("", kind, state, data)])
     }
 }

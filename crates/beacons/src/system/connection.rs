@@ -1,5 +1,6 @@
 //! `connection`: a new inbound TCP connection to a port, or a new listening
-//! socket, from /proc/net/tcp and /proc/net/tcp6.
+//! socket, from /proc/net/tcp and /proc/net/tcp6. Its events' kind:
+//! `inbound` or `listening`; the addresses and ports are in the data.
 //!
 //! The first look is the baseline: connections and listeners already there
 //! when the beacon starts are not reported. A connection opened and closed
@@ -196,20 +197,18 @@ impl Connections {
             data.insert("local_port".into(), json!(port));
             data.insert("uid".into(), json!(s.uid));
             if s.state == LISTEN && self.listening && wanted {
-                data.insert("kind".into(), json!("listening"));
                 out.push((
                     Key::Listening(s.local.0, port),
-                    system::happening(format!("listening/{port}"), data),
+                    system::happening("listening", data),
                 ));
             } else if s.state == ESTABLISHED && wanted && listening_ports.contains(&port) {
                 // Established on a port something listens on: inbound. An
                 // outbound connection's local port is an ephemeral one.
-                data.insert("kind".into(), json!("inbound"));
                 data.insert("remote_address".into(), json!(s.remote.0.to_string()));
                 data.insert("remote_port".into(), json!(s.remote.1));
                 out.push((
                     Key::Connection(s.local, s.remote),
-                    system::happening(format!("inbound/{port}"), data),
+                    system::happening("inbound", data),
                 ));
             }
         }

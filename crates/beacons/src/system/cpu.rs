@@ -1,4 +1,5 @@
 //! `cpu`: total CPU use (from /proc/stat) above a threshold, sustained.
+//! Its events' kind: `high` or `normal`.
 //!
 //! ```toml
 //! [[beacon]]
@@ -96,6 +97,7 @@ impl Poll for Cpu {
         data.insert("state".into(), json!(self.threshold.state()));
         data.insert("above".into(), json!(self.threshold.above));
         data.insert("below".into(), json!(self.threshold.below));
-        Ok(vec![system::state("", self.threshold.state(), data)])
+        let state = self.threshold.state();
+        Ok(vec![system::state("", state, state, data)])
     }
 }

@@ -1,4 +1,5 @@
-//! `disk`: a mount's usage (statvfs) above a threshold.
+//! `disk`: a mount's usage (statvfs) above a threshold. Its events' kind:
+//! `high` or `normal`; the mount is in the data.
 //!
 //! ```toml
 //! [[beacon]]
@@ -127,16 +128,7 @@ impl Poll for Disk {
             data.insert("total_bytes".into(), json!(total));
             data.insert("state".into(), json!(t.state()));
             data.insert("above".into(), json!(t.above));
-            let subject = point.trim_start_matches('/').to_string();
-            out.push(system::state(
-                if subject.is_empty() {
-                    "root".into()
-                } else {
-                    subject
-                },
-                t.state(),
-                data,
-            ));
+            out.push(system::state(point, t.state(), t.state(), data));
         }
         Ok(out)
     }

@@ -1,5 +1,5 @@
 //! `heartbeat`: an event every interval, so the master (and a rule with
-//! `absent`) can see a minion that has gone silent.
+//! `absent`) can see a minion that has gone silent. Its events' kind: `beat`.
 //!
 //! ```toml
 //! [[beacon]]
@@ -56,6 +56,6 @@ impl Poll for Beat {
             "uptime_s".into(),
             json!(now.duration_since(started).as_secs()),
         );
-        Ok(vec![system::happening("", data)])
+        Ok(vec![system::happening("beat", data)])
     }
 }

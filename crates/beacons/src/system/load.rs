@@ -1,4 +1,5 @@
-//! `load`: the 1, 5 and 15 minute load averages outside a range.
+//! `load`: the 1, 5 and 15 minute load averages outside a range. Its
+//! events' kind: `outside` or `normal`.
 //!
 //! ```toml
 //! [[beacon]]
@@ -87,13 +88,12 @@ impl Poll for Load {
             }
         }
         let outside = states.values().any(|s| s != "normal");
-        data.insert(
-            "state".into(),
-            json!(if outside { "outside" } else { "normal" }),
-        );
+        let kind = if outside { "outside" } else { "normal" };
+        data.insert("state".into(), json!(kind));
         data.insert("averages".into(), serde_json::Value::Object(states.clone()));
         Ok(vec![system::state(
             "",
+            kind,
             serde_json::Value::Object(states),
             data,
         )])

@@ -1,5 +1,6 @@
 //! `login`: a new entry in wtmp (a login or logout) or btmp (a failed
-//! login), read in the binary utmp format.
+//! login), read in the binary utmp format. Its events' kind: `login`,
+//! `logout` or `failed`.
 //!
 //! It starts at the end of each file: what was there before the minion
 //! started is history, not news (no flood of old logins at startup). A file
@@ -253,7 +254,6 @@ impl Poll for Logins {
                     _ => continue,
                 };
                 let mut data = Map::new();
-                data.insert("kind".into(), json!(kind));
                 data.insert("user".into(), json!(r.user));
                 data.insert("line".into(), json!(r.line));
                 data.insert("host".into(), json!(r.host));

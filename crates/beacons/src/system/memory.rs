@@ -1,4 +1,5 @@
 //! `memory` and `swap`: percent used (from /proc/meminfo) above a threshold.
+//! Their events' kind: `high` or `normal`.
 //!
 //! ```toml
 //! [[beacon]]
@@ -87,6 +88,7 @@ impl Poll for Memory {
         data.insert("available_kib".into(), json!(free));
         data.insert("state".into(), json!(self.threshold.state()));
         data.insert("above".into(), json!(self.threshold.above));
-        Ok(vec![system::state("", self.threshold.state(), data)])
+        let state = self.threshold.state();
+        Ok(vec![system::state("", state, state, data)])
     }
 }

@@ -23,23 +23,27 @@ use serde_json::{Map, Value};
 
 use crate::poll::{LookError, Observation};
 
-/// An observation of a state, with `data` as the event's data.
+/// An observation of the state of `key` (empty when the beacon observes
+/// one thing), reported as an event of kind `kind` with `data`.
 pub(crate) fn state(
-    subject: impl Into<String>,
+    key: impl Into<String>,
+    kind: impl Into<String>,
     state: impl Into<Value>,
     data: Map<String, Value>,
 ) -> Observation {
     Observation {
-        subject: subject.into(),
+        key: key.into(),
+        kind: kind.into(),
         state: state.into(),
         data,
     }
 }
 
-/// An observation of a happening: always emitted.
-pub(crate) fn happening(subject: impl Into<String>, data: Map<String, Value>) -> Observation {
+/// An observation of a happening of kind `kind`: always emitted.
+pub(crate) fn happening(kind: impl Into<String>, data: Map<String, Value>) -> Observation {
     Observation {
-        subject: subject.into(),
+        key: String::new(),
+        kind: kind.into(),
         state: Value::Null,
         data,
     }

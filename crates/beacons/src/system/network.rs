@@ -1,5 +1,7 @@
 //! `network`: an interface going up or down, and its error, drop and byte
-//! counters over thresholds (per interval), from /sys/class/net.
+//! counters over thresholds (per interval), from /sys/class/net. Its
+//! events' kind: `down`, `over` (up, a counter over its threshold) or `up`;
+//! the interface is in the data.
 //!
 //! ```toml
 //! [[beacon]]
@@ -115,9 +117,16 @@ impl Poll for Network {
                 data.insert("drops".into(), json!(d[1]));
                 data.insert("bytes".into(), json!(d[2]));
             }
+            let kind = if !up {
+                "down"
+            } else if over.is_empty() {
+                "up"
+            } else {
+                "over"
+            };
             data.insert("over".into(), json!(over));
             let state = json!({"up": up, "over": over});
-            out.push(system::state(name, state, data));
+            out.push(system::state(name, kind, state, data));
         }
         Ok(out)
     }

@@ -1,4 +1,5 @@
-//! `process`: a named process appears or disappears.
+//! `process`: a named process appears or disappears. Its events' kind:
+//! `running` or `absent`; the name is in the data.
 //!
 //! It does not read the whole process table every look: the pids in /proc
 //! are listed (one directory read), and only the names of pids not seen
@@ -121,7 +122,7 @@ impl Poll for Processes {
                 data.insert("name".into(), json!(name));
                 data.insert("state".into(), json!(state));
                 data.insert("pids".into(), json!(pids));
-                system::state(name, state, data)
+                system::state(name, state, state, data)
             })
             .collect())
     }

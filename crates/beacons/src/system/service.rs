@@ -1,6 +1,7 @@
 //! `service`: a systemd unit's active state changes. Where systemd does not
 //! run, the beacon says so once, as a warning and an error event, and
-//! stays idle.
+//! stays idle. Its events' kind is the unit's active state (`active`,
+//! `failed`, ...); the unit is in the data.
 //!
 //! ```toml
 //! [[beacon]]
@@ -91,14 +92,16 @@ impl Poll for Services {
                     .to_string()
             };
             let (id, active, sub) = (get("Id="), get("ActiveState="), get("SubState="));
-            if id.is_empty() {
+            // The active state is the event's kind: a block without one
+            // is not a unit's.
+            if id.is_empty() || active.is_empty() {
                 continue;
             }
             let mut data = Map::new();
             data.insert("unit".into(), json!(id));
             data.insert("state".into(), json!(active));
             data.insert("substate".into(), json!(sub));
-            obs.push(system::state(id, active, data));
+            obs.push(system::state(id, active.clone(), active, data));
         }
         Ok(obs)
     }

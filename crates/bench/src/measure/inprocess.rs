@@ -23,7 +23,7 @@ pub fn seal(events: u64) -> anyhow::Result<Report> {
             .map(|i| tend_proto::v1::Event {
                 minion: "bench".into(),
                 seq: i + 1,
-                tag: "minion/bench/beacon/file/etc/motd".into(),
+                tag: "minion/bench/beacon/file/modified".into(),
                 time_us: 1_700_000_000_000_000,
                 data: br#"{"path":"/etc/motd","kind":"modified","sha256":"e66919eb5161792e2af07ccb8209a55d12ec869dfa6919eb5161792e2af07ccb"}"#.to_vec(),
                 cause: 0,

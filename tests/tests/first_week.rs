@@ -1,0 +1,140 @@
+//! An operator's first week, against a real master and minions: what
+//! surprised a Salt user, each as the test that would have caught it.
+//! Targets follow one rule for every command; every job says who ran it
+//! and can be found by it; a failed command shows what it printed; Salt's
+//! arguments get tend's words instead of a failed job; a socket the user
+//! may not open says so and who may; key listings take a pattern; and the
+//! wording of dry runs, top-file results, help and the licence.
+
+use std::process::Output;
+
+use serde_json::Value;
+use tend_e2e::{Master, Minion};
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    master: Master,
+    _minions: Vec<Minion>,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut master = Master::new(&tmp.path().join("master"), "");
+    master.state_file(
+        "motd.toml",
+        &format!(
+            "[motd]\ntype = \"file.managed\"\npath = {:?}\ncontents = \"managed by tend\\n\"\n",
+            tmp.path().join("motd").display()
+        ),
+    );
+    master.state_file(
+        "noisy.toml",
+        "[noisy]\ntype = \"cmd.run\"\ncommand = \"echo out-line; echo err-line >&2; exit 4\"\n",
+    );
+    master.state_file(
+        "top.toml",
+        "[[target]]\nmatch = \"web1\"\nstates = [\"motd\"]\n",
+    );
+    master.start();
+    let mut minions = Vec::new();
+    for id in ["web1", "web2"] {
+        let mut m = Minion::new(&tmp.path().join(id), id, &master, "");
+        m.start();
+        master.wait_connected(id);
+        minions.push(m);
+    }
+    Setup {
+        tmp,
+        master,
+        _minions: minions,
+    }
+}
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `tend ARGS`, checks its exit status, returns stdout.
+fn expect(m: &Master, args: &[&str], code: i32) -> String {
+    let o = m.tend(args);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "tend {args:?}\nstdout:\n{}\nstderr:\n{}",
+        out(&o),
+        err(&o)
+    );
+    out(&o)
+}
+
+/// Runs `tend --json ARGS`, checks its exit status, parses each line.
+fn expect_json(m: &Master, args: &[&str], code: i32) -> Vec<Value> {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    expect(m, &all, code)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+/// Runs `tend ARGS`, which must be refused (exit 2) before any job exists;
+/// its stderr.
+fn refused_without_a_job(m: &Master, args: &[&str]) -> String {
+    let before = expect_json(m, &["jobs"], 0).len();
+    let o = m.tend(args);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "tend {args:?} is refused\nstdout:\n{}\nstderr:\n{}",
+        out(&o),
+        err(&o)
+    );
+    assert_eq!(
+        expect_json(m, &["jobs"], 0).len(),
+        before,
+        "tend {args:?} made a job: {:?}",
+        expect_json(m, &["jobs", "last"], 0)
+    );
+    err(&o)
+}
+
+#[test]
+fn a_target_that_names_an_unknown_minion_is_an_error_for_every_command() {
+    let s = setup();
+    let m = &s.master;
+    // An id named outright that no minion has: refused, and named.
+    for args in [
+        &["apply", "nohost", "motd"][..],
+        &["run", "nohost", "--", "true"],
+        &["ping", "nohost"],
+        &["apply", "web1,nohost", "motd"],
+        &["ping", "web1 or db1"],
+        &["run", "web* and not db9", "--", "true"],
+    ] {
+        let e = refused_without_a_job(m, args);
+        assert!(
+            e.contains("knows no minion") && (e.contains("nohost") || e.contains("db")),
+            "tend {args:?} names the unknown id: {e}"
+        );
+        assert_eq!(e.lines().count(), 1, "one line: {e}");
+    }
+    // A target that matches none of the known minions: the same rule.
+    for args in [
+        &["apply", "db*", "motd"][..],
+        &["run", "os:plan9", "--", "true"],
+        &["ping", "not web*"],
+    ] {
+        let e = refused_without_a_job(m, args);
+        assert!(e.contains("no minion matches"), "tend {args:?}: {e}");
+    }
+    // No "unreachable" job or event was made for any of them.
+    let events = m.events(&["--tag", "minion/nohost/**"]);
+    assert!(events.is_empty(), "{events:?}");
+    // What matches known minions still goes out.
+    assert!(expect(m, &["ping", "not web1"], 0).contains("1 of 1 answered"));
+}

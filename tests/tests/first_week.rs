@@ -6,10 +6,10 @@
 //! may not open says so and who may; key listings take a pattern; and the
 //! wording of dry runs, top-file results, help and the licence.
 
-use std::process::Output;
+use std::process::{Command, Output};
 
 use serde_json::Value;
-use tend_e2e::{Master, Minion};
+use tend_e2e::{Master, Minion, bin};
 
 struct Setup {
     tmp: tempfile::TempDir,
@@ -137,4 +137,83 @@ fn a_target_that_names_an_unknown_minion_is_an_error_for_every_command() {
     assert!(events.is_empty(), "{events:?}");
     // What matches known minions still goes out.
     assert!(expect(m, &["ping", "not web1"], 0).contains("1 of 1 answered"));
+}
+
+/// `tend ARGS` over TCP as operator `name`, with its own key.
+fn as_operator(s: &Setup, name: &str, args: &[&str]) -> Output {
+    Command::new(bin("tend"))
+        .arg("--master")
+        .arg(&s.master.command_endpoint)
+        .args(["--name", name])
+        .args(args)
+        .env("XDG_CONFIG_HOME", s.tmp.path().join(name))
+        .env_remove("TEND_MASTER")
+        .output()
+        .unwrap()
+}
+
+/// This process's user name, as `id` says it.
+fn me() -> String {
+    let o = Command::new("id").arg("-un").output().unwrap();
+    out(&o).trim().to_string()
+}
+
+#[test]
+fn every_job_records_who_ran_it_and_jobs_filter_by_it() {
+    let s = setup();
+    let m = &s.master;
+    // Local: the user the socket's peer credentials name.
+    let local = &expect_json(m, &["apply", "web1", "motd"], 0)[0];
+    assert_eq!(local["operator"], me(), "{local}");
+    // Over TCP: the operator key's name.
+    assert_eq!(as_operator(&s, "alice", &["status"]).status.code(), Some(2));
+    expect(m, &["keys", "accept", "--operator", "alice"], 0);
+    let o = as_operator(&s, "alice", &["--json", "run", "web2", "--", "exit 3"]);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    let remote: Value = serde_json::from_str(out(&o).trim()).unwrap();
+    assert_eq!(remote["operator"], "alice", "{remote}");
+
+    // The table says who; `jobs show` too.
+    let table = expect(m, &["jobs"], 0);
+    assert!(table.lines().next().unwrap().contains("BY"), "{table}");
+    assert!(table.contains("alice") && table.contains(&me()), "{table}");
+    let shown = expect(m, &["jobs", "show", &remote["id"].to_string()], 0);
+    assert!(shown.contains("by:      alice"), "{shown}");
+    // The events announcing a job's end say who ran it.
+    let ended = tend_e2e::wait_until(
+        std::time::Duration::from_secs(10),
+        "the run's job event",
+        || {
+            m.events(&["--tag", &format!("minion/web2/job/{}/*", remote["id"])])
+                .into_iter()
+                .next()
+        },
+    );
+    assert_eq!(ended["data"]["operator"], "alice", "{ended}");
+
+    // Filters: operator, minion, status, time, and the last one.
+    let ids = |args: &[&str]| -> Vec<u64> {
+        let mut all = vec!["jobs"];
+        all.extend_from_slice(args);
+        expect_json(m, &all, 0)
+            .iter()
+            .map(|j| j["id"].as_u64().unwrap())
+            .collect()
+    };
+    let (l, r) = (
+        local["id"].as_u64().unwrap(),
+        remote["id"].as_u64().unwrap(),
+    );
+    assert_eq!(ids(&["--operator", "alice"]), vec![r]);
+    assert_eq!(ids(&["--operator", &me()]), vec![l]);
+    assert_eq!(ids(&["--minion", "web1"]), vec![l]);
+    assert_eq!(ids(&["--status", "failed"]), vec![r]);
+    assert_eq!(ids(&["--since", "10m"]), vec![r, l]);
+    assert!(ids(&["--since", "2000-01-01T00:00:00Z", "--operator", "bob"]).is_empty());
+    assert_eq!(ids(&["--rule", "restore"]), Vec::<u64>::new());
+    let last = &expect_json(m, &["jobs", "last"], 0)[0];
+    assert_eq!(last["id"], remote["id"], "{last}");
+    let last_local = &expect_json(m, &["jobs", "last", "--operator", &me()], 0)[0];
+    assert_eq!(last_local["id"], local["id"], "{last_local}");
+    assert!(expect(m, &["jobs", "last"], 0).starts_with(&format!("job {r}")));
 }

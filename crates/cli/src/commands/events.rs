@@ -81,7 +81,7 @@ pub fn exec(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// `--since`: a duration ago, or an RFC 3339 time; microseconds.
-fn parse_since(s: &str) -> anyhow::Result<i64> {
+pub(super) fn parse_since(s: &str) -> anyhow::Result<i64> {
     let at = if let Ok(d) = humantime::parse_duration(s) {
         SystemTime::now()
             .checked_sub(d)

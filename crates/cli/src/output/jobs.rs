@@ -111,6 +111,9 @@ pub fn show(job: &Job) {
     if job.test {
         println!("  dry run");
     }
+    if !job.operator.is_empty() {
+        println!("  by:      {}", job.operator);
+    }
     if !job.rule.is_empty() {
         println!("  rule:    {}", job.rule);
         println!(
@@ -130,6 +133,15 @@ pub fn show(job: &Job) {
     }
 }
 
+/// Who started a job: the operator, or `rule NAME`.
+fn by(j: &Job) -> String {
+    match (j.operator.as_str(), j.rule.as_str()) {
+        ("", "") => "-".into(),
+        ("", rule) => format!("rule {rule}"),
+        (operator, _) => operator.to_string(),
+    }
+}
+
 /// Jobs as a table.
 pub fn list(jobs: &[Job]) {
     if jobs.is_empty() {
@@ -144,11 +156,7 @@ pub fn list(jobs: &[Job]) {
                 word(&j.status),
                 j.target.clone(),
                 j.states.join(","),
-                if j.rule.is_empty() {
-                    "-".into()
-                } else {
-                    j.rule.clone()
-                },
+                by(j),
                 table::time(j.created_us),
                 if j.finished_us > 0 {
                     format!("{:.1} ms", (j.finished_us - j.created_us) as f64 / 1000.0)
@@ -159,9 +167,7 @@ pub fn list(jobs: &[Job]) {
         })
         .collect();
     table::print(
-        &[
-            "ID", "STATUS", "TARGET", "STATES", "RULE", "CREATED", "TOOK",
-        ],
+        &["ID", "STATUS", "TARGET", "STATES", "BY", "CREATED", "TOOK"],
         rows,
     );
 }

@@ -85,6 +85,7 @@ pub fn job(j: &Job) -> Value {
         "states": j.states,
         "test": j.test,
         "rule": if j.rule.is_empty() { Value::Null } else { json!(j.rule) },
+        "operator": if j.operator.is_empty() { Value::Null } else { json!(j.operator) },
         "trigger": if j.trigger_tag.is_empty() { Value::Null } else {
             json!({"minion": j.trigger_minion, "seq": j.trigger_seq, "tag": j.trigger_tag})
         },

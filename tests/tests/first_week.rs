@@ -217,3 +217,22 @@ fn every_job_records_who_ran_it_and_jobs_filter_by_it() {
     assert_eq!(last_local["id"], local["id"], "{last_local}");
     assert!(expect(m, &["jobs", "last"], 0).starts_with(&format!("job {r}")));
 }
+
+#[test]
+fn a_failed_command_shows_its_stdout_and_stderr_in_the_table() {
+    let s = setup();
+    let m = &s.master;
+    let table = expect(m, &["apply", "web1", "noisy"], 1);
+    assert!(
+        table.contains("exit status 4")
+            && table.contains("stdout: out-line")
+            && table.contains("stderr: err-line"),
+        "{table}"
+    );
+    let id = expect_json(m, &["jobs", "last"], 0)[0]["id"].to_string();
+    let shown = expect(m, &["jobs", "show", &id], 0);
+    assert!(
+        shown.contains("stdout: out-line") && shown.contains("stderr: err-line"),
+        "{shown}"
+    );
+}

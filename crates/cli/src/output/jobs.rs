@@ -47,6 +47,20 @@ pub fn minion_result(r: &MinionResult) {
         for line in s.diff.lines() {
             println!("      {line}");
         }
+        if s.outcome == Outcome::Failed as i32 {
+            printed(&s.changes_json);
+        }
+    }
+}
+
+/// What a failed command printed, from its state's changes: all of its
+/// stdout and stderr (the minion bounds them), each line marked.
+fn printed(changes_json: &[u8]) {
+    let changes: serde_json::Value = serde_json::from_slice(changes_json).unwrap_or_default();
+    for stream in ["stdout", "stderr"] {
+        for line in changes[stream].as_str().unwrap_or("").lines() {
+            println!("      {stream}: {line}");
+        }
     }
 }
 

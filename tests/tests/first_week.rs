@@ -236,3 +236,21 @@ fn a_failed_command_shows_its_stdout_and_stderr_in_the_table() {
         "{shown}"
     );
 }
+
+#[test]
+fn salt_arguments_get_tends_words_before_any_job() {
+    let s = setup();
+    let m = &s.master;
+    for (arg, says) in [
+        ("test=True", "--test"),
+        ("saltenv=base", "one state tree"),
+        ("pillar={\"a\": 1}", "no pillar"),
+        ("state.apply", "tend apply TARGET STATE"),
+    ] {
+        let e = refused_without_a_job(m, &["apply", "web1", "motd", arg]);
+        assert!(
+            e.contains(says) && e.contains("Salt") && e.contains("Nothing was sent"),
+            "{arg}: {e}"
+        );
+    }
+}

@@ -6,6 +6,7 @@
 //! may not open says so and who may; key listings take a pattern; and the
 //! wording of dry runs, top-file results, help and the licence.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -253,4 +254,36 @@ fn salt_arguments_get_tends_words_before_any_job() {
             "{arg}: {e}"
         );
     }
+}
+
+#[test]
+fn a_socket_the_user_may_not_open_says_permission_denied_and_who_may() {
+    let uid = Command::new("id").arg("-u").output().unwrap();
+    if out(&uid).trim() != "0" {
+        eprintln!("skipped: running tend as another user takes root");
+        return;
+    }
+    let s = setup();
+    // A copy of tend that user `nobody` may run, in directories it may
+    // enter down to the master's own.
+    let dir = s.tmp.path();
+    let tend = dir.join("tend");
+    std::fs::copy(bin("tend"), &tend).unwrap();
+    for d in [dir, &dir.join("master")] {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let o = Command::new(&tend)
+        .args(["--master", &s.master.control, "minions"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let e = err(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("permission denied") && e.contains("lets in user root"),
+        "says it is refused, and to whom it is not: {e}"
+    );
+    assert!(!e.contains("Is tend-master running"), "{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
 }

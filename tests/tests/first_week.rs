@@ -287,3 +287,60 @@ fn a_socket_the_user_may_not_open_says_permission_denied_and_who_may() {
     assert!(!e.contains("Is tend-master running"), "{e}");
     assert_eq!(e.lines().count(), 1, "{e}");
 }
+
+#[test]
+fn keys_list_takes_a_pattern_and_accept_explains_its_own() {
+    let s = setup();
+    let m = &s.master;
+    let listed = expect_json(m, &["keys", "list", "web1"], 0);
+    let names: Vec<&str> = listed[0]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web1"], "{listed:?}");
+    let table = expect(m, &["keys", "list", "web*"], 0);
+    assert!(table.contains("web1") && table.contains("web2"), "{table}");
+    let help = expect(m, &["keys", "accept", "--help"], 0);
+    assert!(
+        help.lines()
+            .any(|l| l.trim_start().starts_with("<PATTERN>") && l.contains("operator name")),
+        "the pattern has its own help: {help}"
+    );
+    // A glob asks first, for reject and delete as for accept: without a
+    // terminal and without --yes, nothing changes.
+    for verb in ["reject", "delete"] {
+        let o = Command::new(bin("tend"))
+            .args(["--master", &m.control, "keys", verb, "web*"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+        assert!(
+            err(&o).contains("web1") && err(&o).contains("--yes"),
+            "shows what it would {verb}: {}",
+            err(&o)
+        );
+    }
+    let keys = &expect_json(m, &["keys", "list", "web*"], 0)[0]["keys"];
+    assert!(
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["state"] == "accepted"),
+        "{keys}"
+    );
+    // With --yes, exactly what the glob matched.
+    expect(m, &["keys", "reject", "web2*", "--yes"], 0);
+    let keys = &expect_json(m, &["keys", "list"], 0)[0]["keys"];
+    let state = |name: &str| {
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .map(|k| k["state"].clone())
+    };
+    assert_eq!(state("web1"), Some("accepted".into()), "{keys}");
+    assert_eq!(state("web2"), Some("rejected".into()), "{keys}");
+}

@@ -344,3 +344,47 @@ fn keys_list_takes_a_pattern_and_accept_explains_its_own() {
     assert_eq!(state("web1"), Some("accepted".into()), "{keys}");
     assert_eq!(state("web2"), Some("rejected".into()), "{keys}");
 }
+
+#[test]
+fn wording_dry_runs_top_file_help_and_licence() {
+    let s = setup();
+    let m = &s.master;
+    // A dry run says what would be done, in that order.
+    let dry = expect(m, &["apply", "web1", "motd", "--test"], 0);
+    assert!(dry.contains("file would be created"), "{dry}");
+    expect(m, &["apply", "web1", "motd"], 0);
+    std::fs::write(s.tmp.path().join("motd"), "drift\n").unwrap();
+    let dry = expect(m, &["apply", "web1", "motd", "--test"], 0);
+    assert!(dry.contains("contents would be updated"), "{dry}");
+
+    // A minion the top file gives nothing: ok, said as a comment.
+    let job = &expect_json(m, &["apply", "web2"], 0)[0];
+    let web2 = &job["minions"][0];
+    assert_eq!(web2["status"], "ok", "{job}");
+    assert_eq!(web2["error"], "", "{job}");
+    assert!(
+        web2["comment"]
+            .as_str()
+            .is_some_and(|c| c.contains("no states")),
+        "{job}"
+    );
+
+    // A command's help shows its own options before the global ones.
+    let help = expect(m, &["apply", "--help"], 0);
+    let (own, global) = (help.find("--test").unwrap(), help.find("--master").unwrap());
+    assert!(own < global, "{help}");
+    assert!(help.contains("Global options"), "{help}");
+    // Examples name a beacon by its name, never by its type.
+    let help = expect(m, &["events", "--help"], 0);
+    assert!(!help.contains("beacon/file/"), "{help}");
+
+    // The licence Cargo.toml names is in the repository.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let licence = std::fs::read_to_string(root.join("LICENSE")).unwrap();
+    assert!(
+        licence.contains("Apache License") && licence.contains("Version 2.0, January 2004"),
+        "LICENSE is the Apache-2.0 text"
+    );
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    assert!(manifest.contains("license = \"Apache-2.0\""));
+}

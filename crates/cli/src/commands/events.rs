@@ -14,7 +14,7 @@ use crate::{connection, follow, request};
 /// List stored events, newest first; or follow them live.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  tend events --minion web1 --limit 20\n  tend events --tag 'minion/*/job/*' --json\n  tend events --follow --tag 'minion/*/beacon/file/**'\n  tend events -f --since 5m --json | jq .tag"
+    after_help = "Examples:\n  tend events --minion web1 --limit 20\n  tend events --tag 'minion/*/job/*' --json\n  tend events --follow --tag 'minion/*/beacon/motd/**'   # a beacon by its name\n  tend events -f --since 5m --json | jq .tag"
 )]
 pub struct Args {
     /// Follow: print events as they are stored, oldest first, until

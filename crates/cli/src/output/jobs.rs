@@ -32,8 +32,10 @@ pub fn minion_result(r: &MinionResult) {
         word(&r.status),
         r.duration_us as f64 / 1000.0
     );
-    if !r.error.is_empty() {
-        println!("  {}", r.error);
+    for said in [&r.error, &r.comment] {
+        if !said.is_empty() {
+            println!("  {said}");
+        }
     }
     for s in &r.results {
         println!(

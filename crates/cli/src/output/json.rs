@@ -70,6 +70,7 @@ pub fn minion_result(r: &MinionResult) -> Value {
         "minion": r.minion,
         "status": r.status,
         "error": r.error,
+        "comment": r.comment,
         "duration_ms": r.duration_us as f64 / 1000.0,
         "states": r.results.iter().map(state).collect::<Vec<_>>(),
     })

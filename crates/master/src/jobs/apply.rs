@@ -175,7 +175,7 @@ impl Jobs {
                         Plan::Done(MinionResult {
                             minion,
                             status: "ok".into(),
-                            error: "the top file gives this minion no states".into(),
+                            comment: "the top file gives this minion no states".into(),
                             ..Default::default()
                         }),
                     ));

@@ -94,7 +94,7 @@ fn the_top_file_gives_each_minion_its_states_by_facts() {
     // Targets by fact, combined.
     let job = &f
         .master
-        .tend_json(&["apply", "label.role:db or web9", "base", "--test"])[0];
+        .tend_json(&["apply", "label.role:db or web7*", "base", "--test"])[0];
     let targeted: Vec<&str> = job["minions"]
         .as_array()
         .unwrap()
@@ -105,6 +105,10 @@ fn the_top_file_gives_each_minion_its_states_by_facts() {
     let out = f.master.tend(&["apply", "label.role:nobody", "base"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no minion matches"));
+    // An id named outright that no minion has is refused, not dropped.
+    let out = f.master.tend(&["apply", "label.role:db or web9", "base"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("knows no minion web9"));
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! is an error the caller sees, not a hidden backlog.
 
 use std::net::IpAddr;
+use std::os::fd::RawFd;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -28,11 +29,52 @@ const RECV_BURST: usize = 256;
 
 static NEXT_PIPE: AtomicU64 = AtomicU64::new(1);
 
-/// What the thread does with an inbound multipart message and the address
-/// of the peer it came from (TCP only): it may answer at once with a
-/// message sent straight back on the same socket.
-pub(crate) type OnRecv =
-    Box<dyn FnMut(Vec<Vec<u8>>, Option<IpAddr>) -> Option<Vec<Vec<u8>>> + Send>;
+/// What the thread does with an inbound multipart message and the peer it
+/// came from: it may answer at once with a message sent straight back on
+/// the same socket.
+pub(crate) type OnRecv = Box<dyn FnMut(Vec<Vec<u8>>, Peer) -> Option<Vec<Vec<u8>>> + Send>;
+
+/// Where an inbound message came from, as libzmq tells it.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Peer {
+    /// A TCP peer's address ("Peer-Address").
+    pub ip: Option<IpAddr>,
+    /// The connection's file descriptor (libzmq's `ZMQ_SRCFD`, "__fd"):
+    /// still open while the callback runs on the socket thread, as long as
+    /// the peer waits for its answer.
+    fd: Option<RawFd>,
+}
+
+impl Peer {
+    /// For a peer on a Unix socket (`ipc://`), its user id from the
+    /// kernel (`SO_PEERCRED`): what the peer cannot claim for itself. None
+    /// when libzmq gave no descriptor or the kernel no credentials. Call
+    /// it in the callback: the descriptor is the connection's only while
+    /// the connection lasts.
+    pub fn uid(&self) -> Option<u32> {
+        let fd = self.fd?;
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: `cred` and `len` are valid for writes of the sizes given;
+        // a descriptor that is not (or no longer) a socket only makes the
+        // call fail.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
+            )
+        };
+        // A socket that is not a Unix one has no peer process (pid 0).
+        (rc == 0 && cred.pid > 0).then_some(cred.uid)
+    }
+}
 
 pub(crate) struct SocketThread {
     name: String,
@@ -168,17 +210,19 @@ fn run(name: &str, socket: zmq::Socket, pull: zmq::Socket, on_recv: &mut OnRecv)
     }
 }
 
-/// One whole message, without waiting, and the peer address libzmq
-/// attached to it ("Peer-Address", TCP connections only).
-fn recv(socket: &zmq::Socket) -> Result<(Vec<Vec<u8>>, Option<IpAddr>), zmq::Error> {
+/// One whole message, without waiting, and the peer libzmq attached to it.
+fn recv(socket: &zmq::Socket) -> Result<(Vec<Vec<u8>>, Peer), zmq::Error> {
     let mut parts = Vec::new();
-    let mut peer = None;
+    let mut peer = Peer::default();
     let mut flags = zmq::DONTWAIT;
     loop {
         let mut msg = zmq::Message::new();
         socket.recv(&mut msg, flags)?;
-        if peer.is_none() {
-            peer = msg.gets("Peer-Address").and_then(|a| a.parse().ok());
+        if peer.ip.is_none() {
+            peer.ip = msg.gets("Peer-Address").and_then(|a| a.parse().ok());
+        }
+        if peer.fd.is_none() {
+            peer.fd = msg.gets("__fd").and_then(|fd| fd.parse().ok());
         }
         let more = msg.get_more();
         parts.push(msg.to_vec());

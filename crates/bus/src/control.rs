@@ -34,12 +34,23 @@ enum Path {
     Sealed(Arc<Session>),
 }
 
+/// Who sent a control request, as the channel it came on proves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// An operator over TCP, by the name its key was accepted under.
+    Operator(String),
+    /// A process on the local control socket, by its user id as the
+    /// kernel gives it (`SO_PEERCRED`); none when it could not be had.
+    Local(Option<u32>),
+}
+
 /// Answers one control request, possibly in several parts.
 pub struct Responder {
     route: Vec<u8>,
     id: u64,
     socket: Arc<SocketThread>,
     path: Path,
+    caller: Caller,
 }
 
 impl Responder {
@@ -48,13 +59,20 @@ impl Responder {
         route: Vec<u8>,
         session: Arc<Session>,
         socket: Arc<SocketThread>,
+        operator: &str,
     ) -> Self {
         Self {
             route,
             id,
             socket,
             path: Path::Sealed(session),
+            caller: Caller::Operator(operator.to_string()),
         }
+    }
+
+    /// Who sent the request.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
     }
 
     /// Sends one part of the answer; `more` says whether others follow.
@@ -116,7 +134,7 @@ impl ControlServer {
             &ctx,
             "control",
             router,
-            Box::new(move |parts, _peer| {
+            Box::new(move |parts, peer| {
                 BusStats::inc(&stats.frames_in);
                 let [route, body] = parts.as_slice() else {
                     let reason = format!(
@@ -152,6 +170,8 @@ impl ControlServer {
                         id: req.id,
                         socket,
                         path: Path::Plain,
+                        // Now, while the peer's connection is surely open.
+                        caller: Caller::Local(peer.uid()),
                     },
                 );
                 if tx.try_send((responder, req)).is_err() {

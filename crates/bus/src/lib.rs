@@ -25,7 +25,7 @@ mod stats;
 
 /// The operator's connection to a master (the CLI), the master's and the
 /// minion's control sockets, and how a control request is answered.
-pub use control::{ControlClient, ControlServer, Responder};
+pub use control::{Caller, ControlClient, ControlServer, Responder};
 /// A peer's long-term key, how a minion pins its master's, and
 /// fingerprints as operators see them.
 pub use identity::{Identity, IdentityError, MasterPin, PinError, fingerprint, is_fingerprint};

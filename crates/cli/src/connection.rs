@@ -20,11 +20,19 @@ pub fn connect(global: &Global) -> Result<ControlClient, ConnectError> {
         return connect_operator(global);
     }
     if let Some(path) = endpoint.strip_prefix("ipc://") {
-        if !Path::new(path).exists() {
-            return Err(ConnectError::NoSocket {
-                endpoint: endpoint.into(),
-                path: path.into(),
-            });
+        // A socket in a directory this user may not enter does not "not
+        // exist": it is refused, and the operator is told by whom.
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(denied(path));
+            }
+            Err(_) => {
+                return Err(ConnectError::NoSocket {
+                    endpoint: endpoint.into(),
+                    path: path.into(),
+                });
+            }
         }
         // ZeroMQ would wait for a listener that will never come; a plain
         // connect says at once whether one is there.
@@ -37,7 +45,7 @@ pub fn connect(global: &Global) -> Result<ControlClient, ConnectError> {
                 });
             }
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Err(ConnectError::SocketDenied { path: path.into() });
+                return Err(denied(path));
             }
             Err(error) => {
                 return Err(ConnectError::Unreachable {
@@ -51,6 +59,61 @@ pub fn connect(global: &Global) -> Result<ControlClient, ConnectError> {
         endpoint: endpoint.into(),
         source,
     })
+}
+
+/// The control socket at `path` is refused to this user: who this user
+/// is, and who may use it (the owner and group of the socket, or of the
+/// first directory on the way that this user may not enter).
+fn denied(path: &str) -> ConnectError {
+    use std::os::unix::fs::MetadataExt;
+    let user = |uid: u32| {
+        uzers::get_user_by_uid(uid)
+            .map(|u| u.name().to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("uid {uid}"))
+    };
+    let group = |gid: u32| {
+        uzers::get_group_by_gid(gid)
+            .map(|g| g.name().to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("gid {gid}"))
+    };
+    // The socket itself, else the deepest directory that can be looked at
+    // (the one that lets this user no further).
+    let mut at = Path::new(path);
+    let found = loop {
+        match std::fs::metadata(at) {
+            Ok(m) => break Some((at.to_path_buf(), m)),
+            Err(_) => match at.parent() {
+                Some(p) if !p.as_os_str().is_empty() => at = p,
+                _ => break None,
+            },
+        }
+    };
+    let who = match found {
+        Some((place, m)) => {
+            let mode = m.mode() & 0o777;
+            let kind = if m.is_dir() { "directory" } else { "socket" };
+            if mode & 0o070 != 0 {
+                format!(
+                    "{kind} {} lets in user {} and group {} (mode {mode:04o})",
+                    place.display(),
+                    user(m.uid()),
+                    group(m.gid())
+                )
+            } else {
+                format!(
+                    "{kind} {} lets in user {} only (mode {mode:04o})",
+                    place.display(),
+                    user(m.uid())
+                )
+            }
+        }
+        None => "path cannot be looked at at all".into(),
+    };
+    ConnectError::SocketDenied {
+        path: path.into(),
+        me: user(uzers::get_effective_uid()),
+        who,
+    }
 }
 
 /// Where the CLI keeps its own files: `$XDG_CONFIG_HOME/tend` or

@@ -7,8 +7,11 @@ use std::path::PathBuf;
 
 use clap::ValueEnum;
 
-/// The options every command takes, before or after its name.
+/// The options every command takes, before or after its name. Under
+/// their own heading, after a command's own options: `tend apply --help`
+/// shows `--test` before `--master`.
 #[derive(clap::Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// The master's control endpoint.
     #[arg(

@@ -21,10 +21,15 @@ pub enum ConnectError {
     )]
     NothingListens { endpoint: String, path: String },
     #[error(
-        "cannot open the control socket {path}: permission denied. It is for the master's \
-         own user; or use --master tcp://HOST:PORT with an operator key"
+        "cannot open the control socket {path}: permission denied to user {me}: the {who}. \
+         Run tend as that user (sudo -u USER tend ...), or use --master tcp://HOST:PORT \
+         with an operator key"
     )]
-    SocketDenied { path: String },
+    SocketDenied {
+        path: String,
+        me: String,
+        who: String,
+    },
     #[error(
         "cannot reach the master at {endpoint}: connection refused. Is tend-master running? \
          Is the port its command port?"

@@ -13,6 +13,7 @@ mod follow;
 mod job;
 mod output;
 mod request;
+mod salt;
 
 use std::process::ExitCode;
 

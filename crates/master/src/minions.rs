@@ -78,6 +78,17 @@ pub enum TargetError {
     /// Nothing matches.
     #[error("no minion matches {0:?} (see `tend minions` for the minions the master knows)")]
     NoMatch(String),
+    /// The target names ids outright that no minion known has: a typo, or
+    /// a minion whose key was never accepted. Nothing was sent.
+    #[error(
+        "target {target:?}: the master knows no minion {unknown}. Nothing was sent \
+         (see `tend minions`; a new minion's key is accepted with `tend keys accept ID`)"
+    )]
+    Unknown {
+        target: String,
+        /// The unknown ids, joined by ", ".
+        unknown: String,
+    },
 }
 
 /// Resolves targets against the minions known, those connected, and the
@@ -93,35 +104,76 @@ impl Targets {
     /// Minion ids matching `target`: an id glob, a comma-separated list
     /// of ids, labels the master assigned (`key.role:db`), facts
     /// (`os:debian`), or these combined with and / or / not.
+    ///
+    /// One rule for every command and rule action: the known minions are
+    /// those heard from, those connected and those whose key is accepted
+    /// (not yet connected: they show as unreachable). An id named outright
+    /// (no glob) that none of them has is an error, wherever it stands in
+    /// the target, and so is a target that matches none of them: either
+    /// way before any job exists.
     pub fn resolve(&self, target: &str) -> Result<Vec<String>, TargetError> {
         let t = tend_state::Target::parse(target).map_err(|e| TargetError::Parse(e.to_string()))?;
-        // Every minion heard from, and every one with a session (its `up`
-        // may still be on its way through ingestion).
         let mut known = self.minions.all_facts();
+        // Every one with a session (its `up` may still be on its way
+        // through ingestion), and every accepted key.
         for id in self.bus.connected() {
             known.entry(id).or_default();
         }
-        // Labels and fingerprints the master holds (`key.*`), from memory.
+        // Labels and fingerprints the master holds (`key.*`), from memory:
+        // one entry per accepted minion key.
         let assigned = self.keys.assigned();
+        for id in assigned.keys() {
+            known.entry(id.clone()).or_default();
+        }
+        let mut named = Vec::new();
+        named_ids(&t, &mut named);
+        for id in &named {
+            tend_proto::validate_minion_id(id).map_err(TargetError::BadId)?;
+        }
+        let mut unknown: Vec<String> = named
+            .into_iter()
+            .filter(|id| !known.contains_key(id))
+            .collect();
+        if !unknown.is_empty() {
+            unknown.sort();
+            unknown.dedup();
+            return Err(TargetError::Unknown {
+                target: target.to_string(),
+                unknown: unknown.join(", "),
+            });
+        }
         let none = HashMap::new();
         let mut out: Vec<String> = known
             .iter()
             .filter(|(id, facts)| t.matches(id, facts, assigned.get(*id).unwrap_or(&none)))
             .map(|(id, _)| id.clone())
             .collect();
-        // A plain list names minions even before they were ever heard from
-        // (they show as unreachable).
-        if let Some(ids) = t.exact_ids() {
-            out.extend(ids);
-        }
-        for id in &out {
-            tend_proto::validate_minion_id(id).map_err(TargetError::BadId)?;
-        }
         out.sort();
-        out.dedup();
         if out.is_empty() {
             return Err(TargetError::NoMatch(target.to_string()));
         }
         Ok(out)
+    }
+}
+
+/// The ids a target names outright (an id term without glob characters),
+/// anywhere in it: under `or` and `not` too, where a typo would otherwise
+/// match nothing in silence.
+fn named_ids(t: &tend_state::Target, out: &mut Vec<String>) {
+    use tend_state::Target;
+    match t {
+        Target::Ids(globs) => out.extend(
+            globs
+                .iter()
+                .map(|g| g.glob().glob())
+                .filter(|s| !s.contains(['*', '?', '[', '{']))
+                .map(str::to_string),
+        ),
+        Target::Fact { .. } | Target::Assigned { .. } => {}
+        Target::And(a, b) | Target::Or(a, b) => {
+            named_ids(a, out);
+            named_ids(b, out);
+        }
+        Target::Not(a) => named_ids(a, out),
     }
 }

@@ -63,7 +63,10 @@ impl Change {
         }
     }
 
-    /// In a dry run: what would happen.
+    /// In a dry run: what would happen. `comment` says it as done,
+    /// `[subject] participle[ (why)]` ("contents updated", "installed",
+    /// "run (motd changed)"); it is said as what would be done ("contents
+    /// would be updated", "would be installed").
     pub fn would(
         comment: impl Into<String>,
         diff: String,
@@ -71,7 +74,7 @@ impl Change {
     ) -> Self {
         Self {
             outcome: Outcome::WouldChange,
-            comment: format!("would be {}", comment.into()),
+            comment: would_be(&comment.into()),
             diff,
             changes,
         }
@@ -109,5 +112,37 @@ impl Change {
             diff: String::new(),
             changes: Default::default(),
         }
+    }
+}
+
+/// `contents updated (why)` said as `contents would be updated (why)`.
+fn would_be(done: &str) -> String {
+    let (said, why) = match done.find(" (") {
+        Some(i) => done.split_at(i),
+        None => (done, ""),
+    };
+    match said.rsplit_once(' ') {
+        Some((subject, participle)) => format!("{subject} would be {participle}{why}"),
+        None => format!("would be {said}{why}"),
+    }
+}
+
+#[cfg(test)]
+mod would_tests {
+    use super::would_be;
+
+    #[test]
+    fn a_dry_run_says_what_would_be_done() {
+        assert_eq!(would_be("contents updated"), "contents would be updated");
+        assert_eq!(would_be("file created"), "file would be created");
+        assert_eq!(would_be("installed"), "would be installed");
+        assert_eq!(
+            would_be("run (motd changed)"),
+            "would be run (motd changed)"
+        );
+        assert_eq!(
+            would_be("mode or owner updated"),
+            "mode or owner would be updated"
+        );
     }
 }

@@ -503,7 +503,10 @@ fn attack_4_and_5_replayed_or_altered_frames_are_refused() {
     let fresh = op2.seal(minion_message::Body::Control(ControlRequestFrame {
         request: ControlRequest {
             id: 2,
-            body: Some(control_request::Body::ListJobs(ListJobs { limit: 1 })),
+            body: Some(control_request::Body::ListJobs(ListJobs {
+                limit: 1,
+                ..Default::default()
+            })),
         }
         .encode_to_vec(),
     }));

@@ -226,7 +226,7 @@ impl MasterBus {
             &ctx,
             "master-commands",
             router,
-            Box::new(move |parts, peer| s.on_command_message(parts, peer)),
+            Box::new(move |parts, peer| s.on_command_message(parts, peer.ip)),
         )?);
         let _ = shared.commands.set(Arc::downgrade(&commands));
 

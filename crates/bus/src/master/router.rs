@@ -179,7 +179,7 @@ impl Shared {
                 };
                 let socket = self.commands.get().and_then(Weak::upgrade)?;
                 let responder =
-                    Responder::sealed(req.id, route.to_vec(), ps.session.clone(), socket);
+                    Responder::sealed(req.id, route.to_vec(), ps.session.clone(), socket, &ps.name);
                 if self.control.try_send((responder, req)).is_err() {
                     BusStats::inc(&self.stats.queue_full);
                 }

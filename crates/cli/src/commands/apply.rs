@@ -3,12 +3,12 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, bail};
 use tend_proto::v1::{ApplyCommand, control_request};
 
 use crate::context::Ctx;
 use crate::output::{self, json};
-use crate::{connection, job};
+use crate::{connection, job, salt};
 
 /// Apply states to minions and show what changed; with no state, what
 /// the top file gives each minion (highstate).
@@ -32,6 +32,10 @@ pub struct Args {
 
 /// Runs `tend apply`; its exit status.
 pub fn exec(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
+    // Before anything is sent: a Salt habit is a hint, never a job.
+    if let Some(hint) = args.states.iter().find_map(|s| salt::apply_hint(s)) {
+        bail!("{hint}. Nothing was sent");
+    }
     let json = ctx.json();
     let mut client = connection::connect(&ctx.global)?;
     let timeout = Duration::from_secs(args.timeout.max(1));

@@ -14,7 +14,7 @@ use crate::{connection, follow, request};
 /// List stored events, newest first; or follow them live.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  tend events --minion web1 --limit 20\n  tend events --tag 'minion/*/job/*' --json\n  tend events --follow --tag 'minion/*/beacon/file/**'\n  tend events -f --since 5m --json | jq .tag"
+    after_help = "Examples:\n  tend events --minion web1 --limit 20\n  tend events --tag 'minion/*/job/*' --json\n  tend events --follow --tag 'minion/*/beacon/motd/**'   # a beacon by its name\n  tend events -f --since 5m --json | jq .tag"
 )]
 pub struct Args {
     /// Follow: print events as they are stored, oldest first, until
@@ -81,7 +81,7 @@ pub fn exec(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// `--since`: a duration ago, or an RFC 3339 time; microseconds.
-fn parse_since(s: &str) -> anyhow::Result<i64> {
+pub(super) fn parse_since(s: &str) -> anyhow::Result<i64> {
     let at = if let Ok(d) = humantime::parse_duration(s) {
         SystemTime::now()
             .checked_sub(d)

@@ -74,18 +74,20 @@ fn show(client: &mut ControlClient, id: &str, recent: u32, json: bool) -> anyhow
     } else {
         Vec::new()
     };
-    // Its last jobs: among the master's recent ones, those it was in.
-    let mut jobs = request::ask(
+    // Its last jobs.
+    let jobs = request::ask(
         client,
-        control_request::Body::ListJobs(ListJobs { limit: 500 }),
+        control_request::Body::ListJobs(ListJobs {
+            limit: 5,
+            minion: id.to_string(),
+            ..Default::default()
+        }),
         |body| match body {
             control_reply::Body::Jobs(list) => Some(list.jobs),
             _ => None,
         },
     )?
     .unwrap_or_default();
-    jobs.retain(|j| j.minions.iter().any(|m| m.minion == id));
-    jobs.truncate(5);
     if json {
         println!("{}", json::minion_detail(&minion, &fingerprint, &events, &jobs));
     } else {

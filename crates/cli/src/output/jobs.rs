@@ -32,8 +32,10 @@ pub fn minion_result(r: &MinionResult) {
         word(&r.status),
         r.duration_us as f64 / 1000.0
     );
-    if !r.error.is_empty() {
-        println!("  {}", r.error);
+    for said in [&r.error, &r.comment] {
+        if !said.is_empty() {
+            println!("  {said}");
+        }
     }
     for s in &r.results {
         println!(
@@ -46,6 +48,20 @@ pub fn minion_result(r: &MinionResult) {
         );
         for line in s.diff.lines() {
             println!("      {line}");
+        }
+        if s.outcome == Outcome::Failed as i32 {
+            printed(&s.changes_json);
+        }
+    }
+}
+
+/// What a failed command printed, from its state's changes: all of its
+/// stdout and stderr (the minion bounds them), each line marked.
+fn printed(changes_json: &[u8]) {
+    let changes: serde_json::Value = serde_json::from_slice(changes_json).unwrap_or_default();
+    for stream in ["stdout", "stderr"] {
+        for line in changes[stream].as_str().unwrap_or("").lines() {
+            println!("      {stream}: {line}");
         }
     }
 }
@@ -111,6 +127,9 @@ pub fn show(job: &Job) {
     if job.test {
         println!("  dry run");
     }
+    if !job.operator.is_empty() {
+        println!("  by:      {}", job.operator);
+    }
     if !job.rule.is_empty() {
         println!("  rule:    {}", job.rule);
         println!(
@@ -130,6 +149,15 @@ pub fn show(job: &Job) {
     }
 }
 
+/// Who started a job: the operator, or `rule NAME`.
+fn by(j: &Job) -> String {
+    match (j.operator.as_str(), j.rule.as_str()) {
+        ("", "") => "-".into(),
+        ("", rule) => format!("rule {rule}"),
+        (operator, _) => operator.to_string(),
+    }
+}
+
 /// Jobs as a table.
 pub fn list(jobs: &[Job]) {
     if jobs.is_empty() {
@@ -144,11 +172,7 @@ pub fn list(jobs: &[Job]) {
                 word(&j.status),
                 j.target.clone(),
                 j.states.join(","),
-                if j.rule.is_empty() {
-                    "-".into()
-                } else {
-                    j.rule.clone()
-                },
+                by(j),
                 table::time(j.created_us),
                 if j.finished_us > 0 {
                     format!("{:.1} ms", (j.finished_us - j.created_us) as f64 / 1000.0)
@@ -159,9 +183,7 @@ pub fn list(jobs: &[Job]) {
         })
         .collect();
     table::print(
-        &[
-            "ID", "STATUS", "TARGET", "STATES", "RULE", "CREATED", "TOOK",
-        ],
+        &["ID", "STATUS", "TARGET", "STATES", "BY", "CREATED", "TOOK"],
         rows,
     );
 }

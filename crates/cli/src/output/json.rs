@@ -70,6 +70,7 @@ pub fn minion_result(r: &MinionResult) -> Value {
         "minion": r.minion,
         "status": r.status,
         "error": r.error,
+        "comment": r.comment,
         "duration_ms": r.duration_us as f64 / 1000.0,
         "states": r.results.iter().map(state).collect::<Vec<_>>(),
     })
@@ -85,6 +86,7 @@ pub fn job(j: &Job) -> Value {
         "states": j.states,
         "test": j.test,
         "rule": if j.rule.is_empty() { Value::Null } else { json!(j.rule) },
+        "operator": if j.operator.is_empty() { Value::Null } else { json!(j.operator) },
         "trigger": if j.trigger_tag.is_empty() { Value::Null } else {
             json!({"minion": j.trigger_minion, "seq": j.trigger_seq, "tag": j.trigger_tag})
         },

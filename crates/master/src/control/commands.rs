@@ -5,12 +5,33 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tend_bus::Responder;
+use tend_bus::{Caller, Responder};
 use tend_proto::v1::{ApplyCommand, PingMinions, PingResult, RunCommand, control_reply};
 use tokio::sync::mpsc;
 
 use super::{Control, ControlError, send, targeted};
-use crate::jobs::ApplySpec;
+use crate::jobs::{ApplySpec, shown};
+
+/// Who a request came from, as its job records it: the operator key's
+/// name over TCP; over the local socket, the user the kernel says the
+/// peer runs as, by name through NSS (so LDAP and SSSD users resolve; off
+/// the runtime, as such a lookup may wait on the network), or `uid N`.
+async fn operator(caller: &Caller) -> String {
+    match caller {
+        Caller::Operator(name) => name.clone(),
+        Caller::Local(None) => "local (user unknown)".into(),
+        Caller::Local(Some(uid)) => {
+            let uid = *uid;
+            tokio::task::spawn_blocking(move || {
+                uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned())
+            })
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| format!("uid {uid}"))
+        }
+    }
+}
 
 impl Control {
     /// `tend apply`: each minion's result as it comes, then the job.
@@ -34,6 +55,7 @@ impl Control {
             test: cmd.test,
             timeout,
             rule: String::new(),
+            operator: operator(out.caller()).await,
             trigger: None,
             queued: None,
         };
@@ -131,11 +153,15 @@ impl Control {
             Ok([line]) => vec!["/bin/sh".into(), "-c".into(), line],
             Err(argv) => argv,
         };
+        let mut job = self
+            .jobs
+            .new_job("run", minions.join(","), vec![shown(&argv)], "", None);
+        job.operator = operator(out.caller()).await;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let run = {
             let jobs = self.jobs.clone();
             tokio::spawn(async move {
-                jobs.run_command(minions, argv, timeout, "", None, Some(tx), None)
+                jobs.run_command(minions, argv, timeout, "", None, Some(tx), Some(job))
                     .await
             })
         };

@@ -1,12 +1,13 @@
 //! The control API: what `tend` asks of the master. Requests are served
 //! each on its own task; this file dispatches them and answers the small
 //! ones. Keys are in `keys.rs`, event listings and live tails in
-//! `events.rs`, what goes out to minions (apply, run, ping) in
-//! `commands.rs`, and the refusals in `error.rs`.
+//! `events.rs`, job listings in `jobs.rs`, what goes out to minions
+//! (apply, run, ping) in `commands.rs`, and the refusals in `error.rs`.
 
 mod commands;
 mod error;
 mod events;
+mod jobs;
 mod keys;
 
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use std::time::Duration;
 
 use tend_bus::{BusStats, KeyStore, MasterBus, Responder};
 use tend_proto::v1::{
-    ControlRequest, Failure, JobList, RuleInfo, RuleList, RulesReloaded, Status, Targeted,
-    control_reply, control_request,
+    ControlRequest, Failure, RuleInfo, RuleList, RulesReloaded, Status, Targeted, control_reply,
+    control_request,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,9 +33,6 @@ pub use error::{ControlError, KeyRequestError};
 const DEFAULT_LIMIT: usize = 100;
 /// Events listed at most in one request.
 const MAX_LIMIT: usize = 1_000_000;
-/// Jobs in one answer, at most this many bytes of them (each holds its
-/// minions' output, up to 64 KiB each): the newest come first.
-const JOBS_BYTES: usize = 16 << 20;
 
 /// What answering the CLI takes.
 pub struct Control {
@@ -100,23 +98,8 @@ impl Control {
                 send(out, control_reply::Body::KeysChanged(changed))
             }
             control_request::Body::Apply(cmd) => self.apply(out, cmd).await,
-            control_request::Body::ListJobs(q) => {
-                let limit = if q.limit == 0 {
-                    DEFAULT_LIMIT
-                } else {
-                    (q.limit as usize).min(MAX_LIMIT)
-                };
-                let store = self.storage.backend();
-                let jobs = blocking(move || store.list_jobs(limit, JOBS_BYTES)).await?;
-                send(out, control_reply::Body::Jobs(JobList { jobs }))
-            }
-            control_request::Body::GetJob(q) => {
-                let store = self.storage.backend();
-                match blocking(move || store.job(q.id)).await? {
-                    Some(job) => send(out, control_reply::Body::Job(job)),
-                    None => Err(ControlError::NoJob(q.id)),
-                }
-            }
+            control_request::Body::ListJobs(q) => self.list_jobs(out, q).await,
+            control_request::Body::GetJob(q) => self.get_job(out, q).await,
             control_request::Body::Ping(p) => self.ping(out, p).await,
             control_request::Body::ReloadRules(_) => {
                 let rules = self.rules.reload().await?;

@@ -24,6 +24,8 @@ pub struct ApplySpec {
     pub test: bool,
     pub timeout: Duration,
     pub rule: String,
+    /// Who ran it, when an operator did ("" for a rule).
+    pub operator: String,
     pub trigger: Option<Event>,
     /// The job a rule's reaction already recorded as queued: the apply
     /// goes on under its id.
@@ -74,12 +76,13 @@ impl Jobs {
             finished_us: 0,
             status: "running".into(),
             minions: Vec::new(),
+            operator: spec.operator.clone(),
         };
         add(&self.stats.counters.jobs_started, 1);
         // Recorded as running while the states go out, not before: the fsync
         // would sit on every restore's critical path.
         let running = self.save_running(&job, &spec.minions);
-        tracing::info!(job = job.id, target = %job.target, states = ?job.states, rule = %job.rule, test = job.test, "job started");
+        tracing::info!(job = job.id, target = %job.target, states = ?job.states, rule = %job.rule, operator = %job.operator, test = job.test, "job started");
 
         let plans = self.plan(&spec, job.id).await;
         let mut results = Vec::new();
@@ -172,7 +175,7 @@ impl Jobs {
                         Plan::Done(MinionResult {
                             minion,
                             status: "ok".into(),
-                            error: "the top file gives this minion no states".into(),
+                            comment: "the top file gives this minion no states".into(),
                             ..Default::default()
                         }),
                     ));

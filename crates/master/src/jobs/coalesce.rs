@@ -73,6 +73,7 @@ impl Jobs {
                     test: key.2,
                     timeout: jobs.apply_timeout,
                     rule: trigger.rule.to_string(),
+                    operator: String::new(),
                     trigger: Some(trigger.event),
                     queued: Some(trigger.job),
                 };

@@ -52,7 +52,8 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    /// A new job record (status running), with a fresh id.
+    /// A new job record (status running), with a fresh id; no operator (a
+    /// rule's, or the caller sets it).
     pub fn new_job(
         &self,
         kind: &str,
@@ -75,6 +76,7 @@ impl Jobs {
             finished_us: 0,
             status: "running".into(),
             minions: Vec::new(),
+            operator: String::new(),
         }
     }
 
@@ -169,6 +171,7 @@ pub fn announce(job: &Job) -> Vec<Event> {
                     "job": job.id,
                     "kind": job.kind,
                     "rule": job.rule,
+                    "operator": job.operator,
                     "states": job.states,
                     "test": job.test,
                     "status": r.status,

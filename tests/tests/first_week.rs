@@ -272,12 +272,25 @@ fn a_socket_the_user_may_not_open_says_permission_denied_and_who_may() {
     for d in [dir, &dir.join("master")] {
         std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
-    let o = Command::new(&tend)
-        .args(["--master", &s.master.control, "minions"])
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    // The copy may still be open for writing in a child another test
+    // thread forked meanwhile (ETXTBSY): try again, for a few seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let o = loop {
+        match Command::new(&tend)
+            .args(["--master", &s.master.control, "minions"])
+            .uid(65534)
+            .gid(65534)
+            .output()
+        {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::yield_now()
+            }
+            r => break r.unwrap(),
+        }
+    };
     let e = err(&o);
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(

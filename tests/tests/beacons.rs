@@ -147,15 +147,17 @@ fn reloading_beacons_a_hundred_times_leaks_nothing() {
     // reload: wait for the counts to come back, then compare.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let settled = |h: Held| {
-        h.fds == before.fds && h.watches == before.watches && h.threads <= before.threads + 8
+        h.fds <= before.fds && h.watches == before.watches && h.threads <= before.threads + 8
     };
     let mut after = held(pid);
     while !settled(after) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
         after = held(pid);
     }
-    assert_eq!(
-        after.fds, before.fds,
+    // Fewer is fine: `before` may have caught a beacon mid-look (a file or
+    // a pipe open for a moment); a leak would be one a reload, 100 here.
+    assert!(
+        after.fds <= before.fds,
         "file descriptors: before {before:?}, after {after:?}"
     );
     assert_eq!(

@@ -132,18 +132,7 @@ impl StateType for ServiceRunning {
                 act(&["restart", &s.name])?;
             }
         }
-        if let Some(want) = s.enable {
-            s.enablement(want, ctx, &mut changes, &mut did)?;
-        }
-        if did.is_empty() {
-            return Ok(Change::none("running"));
-        }
-        Ok(Change::did(
-            ctx.test,
-            did.join(", "),
-            String::new(),
-            changes,
-        ))
+        s.finish(ctx, changes, did, "running")
     }
 }
 
@@ -172,11 +161,25 @@ impl StateType for ServiceDead {
                 act(&["stop", &s.name])?;
             }
         }
-        if let Some(want) = s.enable {
-            s.enablement(want, ctx, &mut changes, &mut did)?;
+        s.finish(ctx, changes, did, "not running")
+    }
+}
+
+impl Service {
+    /// What both states end with: enablement as asked, then the change
+    /// (or `unchanged`, when nothing was done).
+    fn finish(
+        &self,
+        ctx: &Ctx,
+        mut changes: Map<String, serde_json::Value>,
+        mut did: Vec<String>,
+        unchanged: &str,
+    ) -> Result<Change, ServiceError> {
+        if let Some(want) = self.enable {
+            self.enablement(want, ctx, &mut changes, &mut did)?;
         }
         if did.is_empty() {
-            return Ok(Change::none("not running"));
+            return Ok(Change::none(unchanged));
         }
         Ok(Change::did(
             ctx.test,

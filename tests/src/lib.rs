@@ -65,6 +65,16 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
+/// A finished command's stdout, as text.
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A finished command's stderr, as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// A TCP port nobody listens on right now.
 ///
 /// Picked below the kernel's ephemeral range: a port from that range (what
@@ -279,6 +289,38 @@ impl Master {
     /// Runs `tend` against this master.
     pub fn tend(&self, args: &[&str]) -> Output {
         tend_at(&self.control, args)
+    }
+
+    /// Runs `tend ARGS`, checks its exit status and that piped output
+    /// carries no terminal codes; returns stdout.
+    pub fn expect(&self, args: &[&str], code: i32) -> String {
+        let o = self.tend(args);
+        let (out, err) = (stdout(&o), stderr(&o));
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "tend {args:?}: expected exit status {code}\nstdout:\n{out}\nstderr:\n{err}"
+        );
+        assert!(
+            !out.contains('\x1b') && !err.contains('\x1b'),
+            "tend {args:?} wrote terminal codes into a pipe: {out:?}"
+        );
+        out
+    }
+
+    /// `expect` with `--output=json` (before the arguments: after `--` it
+    /// would be part of a command), each line parsed.
+    pub fn expect_json(&self, args: &[&str], code: i32) -> Vec<Value> {
+        let mut all = vec!["--output=json"];
+        all.extend_from_slice(args);
+        self.expect(&all, code)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("tend {args:?}: bad JSON {l:?}: {e}"))
+            })
+            .collect()
     }
 
     /// Runs `tend ... --json` and parses every line of output.

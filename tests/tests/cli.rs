@@ -3,12 +3,12 @@
 //! the live tail, colour, completions and man pages.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use tend_e2e::{Master, Minion, bin, free_port, tend_at};
+use tend_e2e::{Master, Minion, bin, free_port, stderr, stdout, tend_at};
 
 struct Setup {
     tmp: tempfile::TempDir,
@@ -47,54 +47,13 @@ fn setup() -> Setup {
     }
 }
 
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn err(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Runs `tend ARGS` and checks its exit status; returns stdout.
-fn expect(master: &Master, args: &[&str], code: i32) -> String {
-    let out = master.tend(args);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "tend {args:?}: expected exit status {code}\nstdout:\n{}\nstderr:\n{}",
-        text(&out),
-        err(&out)
-    );
-    // Piped output: never a colour code.
-    assert!(
-        !text(&out).contains('\x1b') && !err(&out).contains('\x1b'),
-        "tend {args:?} wrote terminal codes into a pipe: {:?}",
-        text(&out)
-    );
-    text(&out)
-}
-
-/// Runs `tend ARGS --json` and parses each line.
-fn expect_json(master: &Master, args: &[&str], code: i32) -> Vec<Value> {
-    // Before the arguments: after `--` it would be part of a command.
-    let mut all = vec!["--output=json"];
-    all.extend_from_slice(args);
-    expect(master, &all, code)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("tend {args:?}: bad JSON {l:?}: {e}"))
-        })
-        .collect()
-}
-
 #[test]
 fn every_command_in_table_and_json() {
     let s = setup();
     let m = &s.master;
 
     // minions
-    let table = expect(m, &["minions"], 0);
+    let table = m.expect(&["minions"], 0);
     assert!(
         table.starts_with("ID"),
         "minions table has a header: {table}"
@@ -106,7 +65,7 @@ fn every_command_in_table_and_json() {
             .unwrap_or_else(|| panic!("{id} in the minions table: {table}"));
         assert!(row.contains("accepted") && row.contains("yes"), "{row}");
     }
-    let list = expect_json(m, &["minions"], 0);
+    let list = m.expect_json(&["minions"], 0);
     assert_eq!(list.len(), 2, "{list:?}");
     for v in &list {
         assert_eq!(v["connected"], true, "{v}");
@@ -116,7 +75,7 @@ fn every_command_in_table_and_json() {
     }
 
     // minion show
-    let shown = expect(m, &["minion", "show", "web1"], 0);
+    let shown = m.expect(&["minion", "show", "web1"], 0);
     for want in [
         "web1",
         "connected:   yes",
@@ -129,7 +88,7 @@ fn every_command_in_table_and_json() {
             "`minion show` shows {want:?}: {shown}"
         );
     }
-    let v = &expect_json(m, &["minion", "show", "web1"], 0)[0];
+    let v = &m.expect_json(&["minion", "show", "web1"], 0)[0];
     assert_eq!(v["id"], "web1");
     assert!(
         v["fingerprint"]
@@ -145,44 +104,51 @@ fn every_command_in_table_and_json() {
     );
     let out = m.tend(&["minion", "show", "ghost"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(err(&out).contains("no minion \"ghost\""), "{}", err(&out));
+    assert!(
+        stderr(&out).contains("no minion \"ghost\""),
+        "{}",
+        stderr(&out)
+    );
 
     // apply: dry run, for real, and a failing state
-    let dry = expect(m, &["apply", "web1", "motd", "--test"], 0);
+    let dry = m.expect(&["apply", "web1", "motd", "--test"], 0);
     assert!(dry.contains("would") && dry.contains("job "), "{dry}");
     assert!(
         !s.tmp.path().join("motd").exists(),
         "a dry run changed nothing"
     );
-    let job = &expect_json(m, &["apply", "web1", "motd"], 0)[0];
+    let job = &m.expect_json(&["apply", "web1", "motd"], 0)[0];
     assert_eq!(job["status"], "changed", "{job}");
     assert_eq!(job["minions"][0]["states"][0]["result"], "changed", "{job}");
     assert!(
         s.tmp.path().join("motd").exists(),
         "the apply made the file"
     );
-    let again = expect(m, &["apply", "web1", "motd"], 0);
+    let again = m.expect(&["apply", "web1", "motd"], 0);
     assert!(
         again.contains("1 ok"),
         "a second apply changes nothing: {again}"
     );
-    let failed = expect(m, &["apply", "web1", "broken"], 1);
+    let failed = m.expect(&["apply", "web1", "broken"], 1);
     assert!(
         failed.contains("FAILED") && failed.contains("failed"),
         "{failed}"
     );
     // `minion show` now lists its jobs, newest first.
-    let shown = &expect_json(m, &["minion", "show", "web1"], 0)[0];
+    let shown = &m.expect_json(&["minion", "show", "web1"], 0)[0];
     let jobs = shown["jobs"].as_array().expect("jobs");
     assert_eq!(jobs.len(), 4, "{shown}");
     assert_eq!(jobs[0]["states"][0], "broken", "{shown}");
-    assert!(expect(m, &["minion", "show", "web1"], 0).contains("recent jobs:"));
+    assert!(
+        m.expect(&["minion", "show", "web1"], 0)
+            .contains("recent jobs:")
+    );
 
     // run
-    let ran = expect(m, &["run", "web*", "--", "echo hello-from-$(hostname)"], 0);
+    let ran = m.expect(&["run", "web*", "--", "echo hello-from-$(hostname)"], 0);
     assert_eq!(ran.matches("hello-from-").count(), 2, "{ran}");
     assert!(ran.contains("2 ok") && ran.contains(": ok ("), "{ran}");
-    let run_json = &expect_json(m, &["run", "web2", "--", "exit 4"], 1)[0];
+    let run_json = &m.expect_json(&["run", "web2", "--", "exit 4"], 1)[0];
     assert_eq!(run_json["minions"][0]["minion"], "web2", "{run_json}");
     assert_eq!(run_json["minions"][0]["status"], "failed", "{run_json}");
     assert_eq!(
@@ -192,35 +158,35 @@ fn every_command_in_table_and_json() {
     assert!(run_json["finished"].is_string(), "{run_json}");
 
     // ping: answers, and one that does not
-    let pinged = expect(m, &["ping", "*"], 0);
+    let pinged = m.expect(&["ping", "*"], 0);
     assert!(pinged.contains("2 of 2 answered"), "{pinged}");
     // A minion the master does not know is refused before anything is
     // sent (tests/tests/first_week.rs has the whole rule).
     let out = m.tend(&["ping", "web1,ghost", "--timeout", "1"]);
-    assert_eq!(out.status.code(), Some(2), "{}", err(&out));
-    assert!(err(&out).contains("ghost"), "{}", err(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("ghost"), "{}", stderr(&out));
 
     // jobs
-    let jobs = expect(m, &["jobs"], 0);
+    let jobs = m.expect(&["jobs"], 0);
     assert!(jobs.starts_with("ID") && jobs.contains("failed"), "{jobs}");
-    let listed = expect_json(m, &["jobs"], 0);
+    let listed = m.expect_json(&["jobs"], 0);
     assert!(listed.len() >= 5, "{listed:?}");
     let id = listed[0]["id"].as_u64().expect("job id").to_string();
-    let one = expect(m, &["jobs", "show", &id], 0);
+    let one = m.expect(&["jobs", "show", &id], 0);
     assert!(one.starts_with(&format!("job {id}")), "{one}");
     assert_eq!(
-        expect_json(m, &["jobs", "show", &id], 0)[0]["id"],
+        m.expect_json(&["jobs", "show", &id], 0)[0]["id"],
         listed[0]["id"]
     );
     let out = m.tend(&["jobs", "show", "999999"]);
     assert_eq!(out.status.code(), Some(2), "an unknown job is an error");
-    assert!(err(&out).contains("no job 999999"), "{}", err(&out));
+    assert!(stderr(&out).contains("no job 999999"), "{}", stderr(&out));
 
     // events
-    let events = expect(m, &["events", "--limit", "5"], 0);
+    let events = m.expect(&["events", "--limit", "5"], 0);
     assert!(events.starts_with("STORED"), "{events}");
     assert_eq!(events.lines().count(), 6, "a header and 5 events: {events}");
-    let evs = expect_json(m, &["events", "--tag", "minion/*/up"], 0);
+    let evs = m.expect_json(&["events", "--tag", "minion/*/up"], 0);
     assert_eq!(evs.len(), 2, "{evs:?}");
     for e in &evs {
         for key in ["id", "stored", "minion", "seq", "tag", "time", "data"] {
@@ -229,12 +195,12 @@ fn every_command_in_table_and_json() {
     }
 
     // status, keys, reactor
-    let status = expect(m, &["status"], 0);
+    let status = m.expect(&["status"], 0);
     assert!(
         status.contains("COUNTER") && status.contains("events_stored"),
         "{status}"
     );
-    let counters = &expect_json(m, &["status"], 0)[0]["counters"];
+    let counters = &m.expect_json(&["status"], 0)[0]["counters"];
     assert!(counters["events_stored"].as_u64() > Some(0), "{counters}");
     // New keys turned away at the pending cap (none here): counted, and
     // `tend status` says so loudly only when there were some.
@@ -244,12 +210,12 @@ fn every_command_in_table_and_json() {
         "{counters}"
     );
     assert!(!status.contains("PENDING KEYS DROPPED"), "{status}");
-    let keys = expect(m, &["keys", "list"], 0);
+    let keys = m.expect(&["keys", "list"], 0);
     assert!(
         keys.contains("master key:") && keys.contains("web2"),
         "{keys}"
     );
-    let keys = &expect_json(m, &["keys", "list"], 0)[0];
+    let keys = &m.expect_json(&["keys", "list"], 0)[0];
     assert_eq!(keys["keys"].as_array().map(Vec::len), Some(2), "{keys}");
     // reactor test, offline: why a rule would (not) act on an event.
     let rule = s.tmp.path().join("r.toml");
@@ -265,17 +231,17 @@ fn every_command_in_table_and_json() {
     )
     .unwrap();
     let (rule, ev) = (rule.to_str().unwrap(), ev.to_str().unwrap());
-    let told = expect(m, &["reactor", "test", rule, "--event", ev], 0);
+    let told = m.expect(&["reactor", "test", rule, "--event", ev], 0);
     assert!(
         told.contains("rule \"r\"") && told.contains("is true"),
         "{told}"
     );
-    let v = &expect_json(m, &["reactor", "test", rule, "--event", ev], 0)[0];
+    let v = &m.expect_json(&["reactor", "test", rule, "--event", ev], 0)[0];
     assert_eq!(v["matched"][0]["rule"], "r", "{v}");
     assert_eq!(v["matched"][0]["holds"], true, "{v}");
     assert_eq!(v["matched"][0]["actions"][0], "apply", "{v}");
-    assert!(expect(m, &["reactor", "reload"], 0).contains("0 rule(s)"));
-    assert_eq!(expect_json(m, &["reactor", "reload"], 0)[0]["rules"], 0);
+    assert!(m.expect(&["reactor", "reload"], 0).contains("0 rule(s)"));
+    assert_eq!(m.expect_json(&["reactor", "reload"], 0)[0]["rules"], 0);
 
     // `--output` is checked, and TEND_MASTER picks the master.
     let out = m.tend(&["minions", "--output", "yaml"]);
@@ -286,9 +252,9 @@ fn every_command_in_table_and_json() {
         .output()
         .unwrap();
     assert!(
-        out.status.success() && text(&out).contains("web2"),
+        out.status.success() && stdout(&out).contains("web2"),
         "{}",
-        err(&out)
+        stderr(&out)
     );
     drop(s.minions);
 }
@@ -320,7 +286,7 @@ fn without_a_master_every_command_says_so_in_one_line() {
         for args in commands {
             let started = std::time::Instant::now();
             let out = tend_at(endpoint, args);
-            let e = err(&out);
+            let e = stderr(&out);
             assert_eq!(
                 out.status.code(),
                 Some(2),
@@ -409,7 +375,7 @@ fn follow_shows_events_within_100ms_and_survives_a_master_restart() {
     for i in 0..7 {
         let tag = format!("live/{i}");
         let out = s.minions[0].send(&tag, 1);
-        assert!(out.status.success(), "{}", err(&out));
+        assert!(out.status.success(), "{}", stderr(&out));
         let (at, e) = next_event(&rx, &tag);
         assert_eq!(
             e["tag"],
@@ -440,7 +406,7 @@ fn follow_shows_events_within_100ms_and_survives_a_master_restart() {
     // every event, once, in order.
     s.master.daemon().kill9();
     let out = s.minions[0].send("live/while-down", 3);
-    assert!(out.status.success(), "{}", err(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
     s.master.start();
     assert!(s.minions[0].send("live/after", 1).status.success());
     let mut seen = Vec::new();
@@ -488,7 +454,7 @@ fn a_bad_tag_glob_ends_the_tail_with_the_masters_reason() {
         .master
         .tend(&["events", "--follow", "--tag", "minion/[web"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(err(&out).contains("bad tag glob"), "{}", err(&out));
+    assert!(stderr(&out).contains("bad tag glob"), "{}", stderr(&out));
 }
 
 /// Runs `tend` on a pseudo-terminal (util-linux `script`), so its stdout is
@@ -510,8 +476,8 @@ fn on_a_terminal(master: &Master, args: &str, no_color: bool) -> String {
     let out = cmd
         .output()
         .expect("util-linux `script` runs tend on a terminal");
-    assert!(out.status.success(), "{}", err(&out));
-    text(&out)
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
 }
 
 #[test]
@@ -534,7 +500,7 @@ fn colour_on_a_terminal_only_and_never_with_no_color() {
     );
     assert!(pinged.contains("2 of 2 answered"), "{pinged:?}");
     // Piped (every other test checks this too).
-    let piped = text(&s.master.tend(&["minions"]));
+    let piped = stdout(&s.master.tend(&["minions"]));
     assert!(
         piped.contains("yes") && !piped.contains('\x1b'),
         "{piped:?}"
@@ -550,8 +516,8 @@ fn completions_and_man_pages_come_from_the_same_definitions() {
         ("fish", "complete -c tend"),
     ] {
         let out = tend(&["completions", shell]);
-        assert!(out.status.success(), "{}", err(&out));
-        let script = text(&out);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let script = stdout(&out);
         assert!(script.contains(marker), "{shell} completion: {marker}");
         for sub in ["events", "apply", "minion", "completions"] {
             assert!(script.contains(sub), "{shell} completion knows `{sub}`");
@@ -560,11 +526,11 @@ fn completions_and_man_pages_come_from_the_same_definitions() {
     let out = tend(&["completions", "tcsh"]);
     assert_eq!(out.status.code(), Some(2), "an unknown shell is refused");
 
-    let page = text(&tend(&["man"]));
+    let page = stdout(&tend(&["man"]));
     assert!(page.contains(".TH tend 1"), "tend(1) on stdout: {page}");
     let dir = tempfile::tempdir().unwrap();
     let out = tend(&["man", "--dir", dir.path().to_str().unwrap()]);
-    assert!(out.status.success(), "{}", err(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
     for page in [
         "tend.1",
         "tend-events.1",
@@ -582,7 +548,7 @@ fn completions_and_man_pages_come_from_the_same_definitions() {
     for sub in [
         "events", "apply", "run", "ping", "minions", "minion", "jobs", "keys", "status",
     ] {
-        let help = text(&tend(&[sub, "--help"]));
+        let help = stdout(&tend(&[sub, "--help"]));
         assert!(
             help.contains("Example"),
             "`tend {sub} --help` has examples: {help}"
@@ -638,7 +604,7 @@ fn an_operator_over_tcp_is_accepted_then_follows_events() {
     // First contact: a key is made, and the master has not accepted it.
     let out = tcp(&["minions"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let e = err(&out);
+    let e = stderr(&out);
     assert!(
         e.contains("has not accepted operator \"alice\"")
             && e.contains("tend keys accept --operator alice"),
@@ -648,12 +614,16 @@ fn an_operator_over_tcp_is_accepted_then_follows_events() {
         home.join("tend/operator.key").exists(),
         "the operator's key was made"
     );
-    assert!(expect(&s.master, &["keys", "accept", "--operator", "alice"], 0).contains("alice"));
+    assert!(
+        s.master
+            .expect(&["keys", "accept", "--operator", "alice"], 0)
+            .contains("alice")
+    );
 
     // Accepted: every command works over TCP, sealed.
     let out = tcp(&["minions"]).output().unwrap();
-    assert!(out.status.success(), "{}", err(&out));
-    assert!(text(&out).contains("web1") && text(&out).contains("web2"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("web1") && stdout(&out).contains("web2"));
     // The master's key was pinned on first use.
     let pins = std::fs::read_dir(home.join("tend/masters"))
         .unwrap()
@@ -672,8 +642,9 @@ fn an_operator_over_tcp_is_accepted_then_follows_events() {
     let _ = child.wait();
 
     // Rejected: refused again, in one line.
-    expect(&s.master, &["keys", "reject", "--operator", "alice"], 0);
+    s.master
+        .expect(&["keys", "reject", "--operator", "alice"], 0);
     let out = tcp(&["minions"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert_eq!(err(&out).lines().count(), 1, "{}", err(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
 }

@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use tend_e2e::{Master, Minion, bin};
+use tend_e2e::{Master, Minion, bin, stderr, stdout};
 
 struct Setup {
     tmp: tempfile::TempDir,
@@ -51,57 +51,25 @@ fn setup() -> Setup {
     }
 }
 
-fn out(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn err(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Runs `tend ARGS`, checks its exit status, returns stdout.
-fn expect(m: &Master, args: &[&str], code: i32) -> String {
-    let o = m.tend(args);
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "tend {args:?}\nstdout:\n{}\nstderr:\n{}",
-        out(&o),
-        err(&o)
-    );
-    out(&o)
-}
-
-/// Runs `tend --json ARGS`, checks its exit status, parses each line.
-fn expect_json(m: &Master, args: &[&str], code: i32) -> Vec<Value> {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    expect(m, &all, code)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect()
-}
-
 /// Runs `tend ARGS`, which must be refused (exit 2) before any job exists;
 /// its stderr.
 fn refused_without_a_job(m: &Master, args: &[&str]) -> String {
-    let before = expect_json(m, &["jobs"], 0).len();
+    let before = m.expect_json(&["jobs"], 0).len();
     let o = m.tend(args);
     assert_eq!(
         o.status.code(),
         Some(2),
         "tend {args:?} is refused\nstdout:\n{}\nstderr:\n{}",
-        out(&o),
-        err(&o)
+        stdout(&o),
+        stderr(&o)
     );
     assert_eq!(
-        expect_json(m, &["jobs"], 0).len(),
+        m.expect_json(&["jobs"], 0).len(),
         before,
         "tend {args:?} made a job: {:?}",
-        expect_json(m, &["jobs", "last"], 0)
+        m.expect_json(&["jobs", "last"], 0)
     );
-    err(&o)
+    stderr(&o)
 }
 
 #[test]
@@ -137,7 +105,10 @@ fn a_target_that_names_an_unknown_minion_is_an_error_for_every_command() {
     let events = m.events(&["--tag", "minion/nohost/**"]);
     assert!(events.is_empty(), "{events:?}");
     // What matches known minions still goes out.
-    assert!(expect(m, &["ping", "not web1"], 0).contains("1 of 1 answered"));
+    assert!(
+        m.expect(&["ping", "not web1"], 0)
+            .contains("1 of 1 answered")
+    );
 }
 
 /// `tend ARGS` over TCP as operator `name`, with its own key.
@@ -156,7 +127,7 @@ fn as_operator(s: &Setup, name: &str, args: &[&str]) -> Output {
 /// This process's user name, as `id` says it.
 fn me() -> String {
     let o = Command::new("id").arg("-un").output().unwrap();
-    out(&o).trim().to_string()
+    stdout(&o).trim().to_string()
 }
 
 #[test]
@@ -164,21 +135,21 @@ fn every_job_records_who_ran_it_and_jobs_filter_by_it() {
     let s = setup();
     let m = &s.master;
     // Local: the user the socket's peer credentials name.
-    let local = &expect_json(m, &["apply", "web1", "motd"], 0)[0];
+    let local = &m.expect_json(&["apply", "web1", "motd"], 0)[0];
     assert_eq!(local["operator"], me(), "{local}");
     // Over TCP: the operator key's name.
     assert_eq!(as_operator(&s, "alice", &["status"]).status.code(), Some(2));
-    expect(m, &["keys", "accept", "--operator", "alice"], 0);
+    m.expect(&["keys", "accept", "--operator", "alice"], 0);
     let o = as_operator(&s, "alice", &["--json", "run", "web2", "--", "exit 3"]);
-    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
-    let remote: Value = serde_json::from_str(out(&o).trim()).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let remote: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(remote["operator"], "alice", "{remote}");
 
     // The table says who; `jobs show` too.
-    let table = expect(m, &["jobs"], 0);
+    let table = m.expect(&["jobs"], 0);
     assert!(table.lines().next().unwrap().contains("BY"), "{table}");
     assert!(table.contains("alice") && table.contains(&me()), "{table}");
-    let shown = expect(m, &["jobs", "show", &remote["id"].to_string()], 0);
+    let shown = m.expect(&["jobs", "show", &remote["id"].to_string()], 0);
     assert!(shown.contains("by:      alice"), "{shown}");
     // The events announcing a job's end say who ran it.
     let ended = tend_e2e::wait_until(
@@ -196,7 +167,7 @@ fn every_job_records_who_ran_it_and_jobs_filter_by_it() {
     let ids = |args: &[&str]| -> Vec<u64> {
         let mut all = vec!["jobs"];
         all.extend_from_slice(args);
-        expect_json(m, &all, 0)
+        m.expect_json(&all, 0)
             .iter()
             .map(|j| j["id"].as_u64().unwrap())
             .collect()
@@ -212,26 +183,29 @@ fn every_job_records_who_ran_it_and_jobs_filter_by_it() {
     assert_eq!(ids(&["--since", "10m"]), vec![r, l]);
     assert!(ids(&["--since", "2000-01-01T00:00:00Z", "--operator", "bob"]).is_empty());
     assert_eq!(ids(&["--rule", "restore"]), Vec::<u64>::new());
-    let last = &expect_json(m, &["jobs", "last"], 0)[0];
+    let last = &m.expect_json(&["jobs", "last"], 0)[0];
     assert_eq!(last["id"], remote["id"], "{last}");
-    let last_local = &expect_json(m, &["jobs", "last", "--operator", &me()], 0)[0];
+    let last_local = &m.expect_json(&["jobs", "last", "--operator", &me()], 0)[0];
     assert_eq!(last_local["id"], local["id"], "{last_local}");
-    assert!(expect(m, &["jobs", "last"], 0).starts_with(&format!("job {r}")));
+    assert!(
+        m.expect(&["jobs", "last"], 0)
+            .starts_with(&format!("job {r}"))
+    );
 }
 
 #[test]
 fn a_failed_command_shows_its_stdout_and_stderr_in_the_table() {
     let s = setup();
     let m = &s.master;
-    let table = expect(m, &["apply", "web1", "noisy"], 1);
+    let table = m.expect(&["apply", "web1", "noisy"], 1);
     assert!(
         table.contains("exit status 4")
             && table.contains("stdout: out-line")
             && table.contains("stderr: err-line"),
         "{table}"
     );
-    let id = expect_json(m, &["jobs", "last"], 0)[0]["id"].to_string();
-    let shown = expect(m, &["jobs", "show", &id], 0);
+    let id = m.expect_json(&["jobs", "last"], 0)[0]["id"].to_string();
+    let shown = m.expect(&["jobs", "show", &id], 0);
     assert!(
         shown.contains("stdout: out-line") && shown.contains("stderr: err-line"),
         "{shown}"
@@ -259,7 +233,7 @@ fn salt_arguments_get_tends_words_before_any_job() {
 #[test]
 fn a_socket_the_user_may_not_open_says_permission_denied_and_who_may() {
     let uid = Command::new("id").arg("-u").output().unwrap();
-    if out(&uid).trim() != "0" {
+    if stdout(&uid).trim() != "0" {
         eprintln!("skipped: running tend as another user takes root");
         return;
     }
@@ -291,7 +265,7 @@ fn a_socket_the_user_may_not_open_says_permission_denied_and_who_may() {
             r => break r.unwrap(),
         }
     };
-    let e = err(&o);
+    let e = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{e}");
     assert!(
         e.contains("permission denied") && e.contains("lets in user root"),
@@ -305,7 +279,7 @@ fn a_socket_the_user_may_not_open_says_permission_denied_and_who_may() {
 fn keys_list_takes_a_pattern_and_accept_explains_its_own() {
     let s = setup();
     let m = &s.master;
-    let listed = expect_json(m, &["keys", "list", "web1"], 0);
+    let listed = m.expect_json(&["keys", "list", "web1"], 0);
     let names: Vec<&str> = listed[0]["keys"]
         .as_array()
         .unwrap()
@@ -313,9 +287,9 @@ fn keys_list_takes_a_pattern_and_accept_explains_its_own() {
         .map(|k| k["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["web1"], "{listed:?}");
-    let table = expect(m, &["keys", "list", "web*"], 0);
+    let table = m.expect(&["keys", "list", "web*"], 0);
     assert!(table.contains("web1") && table.contains("web2"), "{table}");
-    let help = expect(m, &["keys", "accept", "--help"], 0);
+    let help = m.expect(&["keys", "accept", "--help"], 0);
     assert!(
         help.lines()
             .any(|l| l.trim_start().starts_with("<PATTERN>") && l.contains("operator name")),
@@ -329,14 +303,14 @@ fn keys_list_takes_a_pattern_and_accept_explains_its_own() {
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
-        assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         assert!(
-            err(&o).contains("web1") && err(&o).contains("--yes"),
+            stderr(&o).contains("web1") && stderr(&o).contains("--yes"),
             "shows what it would {verb}: {}",
-            err(&o)
+            stderr(&o)
         );
     }
-    let keys = &expect_json(m, &["keys", "list", "web*"], 0)[0]["keys"];
+    let keys = &m.expect_json(&["keys", "list", "web*"], 0)[0]["keys"];
     assert!(
         keys.as_array()
             .unwrap()
@@ -345,8 +319,8 @@ fn keys_list_takes_a_pattern_and_accept_explains_its_own() {
         "{keys}"
     );
     // With --yes, exactly what the glob matched.
-    expect(m, &["keys", "reject", "web2*", "--yes"], 0);
-    let keys = &expect_json(m, &["keys", "list"], 0)[0]["keys"];
+    m.expect(&["keys", "reject", "web2*", "--yes"], 0);
+    let keys = &m.expect_json(&["keys", "list"], 0)[0]["keys"];
     let state = |name: &str| {
         keys.as_array()
             .unwrap()
@@ -363,15 +337,15 @@ fn wording_dry_runs_top_file_help_and_licence() {
     let s = setup();
     let m = &s.master;
     // A dry run says what would be done, in that order.
-    let dry = expect(m, &["apply", "web1", "motd", "--test"], 0);
+    let dry = m.expect(&["apply", "web1", "motd", "--test"], 0);
     assert!(dry.contains("file would be created"), "{dry}");
-    expect(m, &["apply", "web1", "motd"], 0);
+    m.expect(&["apply", "web1", "motd"], 0);
     std::fs::write(s.tmp.path().join("motd"), "drift\n").unwrap();
-    let dry = expect(m, &["apply", "web1", "motd", "--test"], 0);
+    let dry = m.expect(&["apply", "web1", "motd", "--test"], 0);
     assert!(dry.contains("contents would be updated"), "{dry}");
 
     // A minion the top file gives nothing: ok, said as a comment.
-    let job = &expect_json(m, &["apply", "web2"], 0)[0];
+    let job = &m.expect_json(&["apply", "web2"], 0)[0];
     let web2 = &job["minions"][0];
     assert_eq!(web2["status"], "ok", "{job}");
     assert_eq!(web2["error"], "", "{job}");
@@ -383,12 +357,12 @@ fn wording_dry_runs_top_file_help_and_licence() {
     );
 
     // A command's help shows its own options before the global ones.
-    let help = expect(m, &["apply", "--help"], 0);
+    let help = m.expect(&["apply", "--help"], 0);
     let (own, global) = (help.find("--test").unwrap(), help.find("--master").unwrap());
     assert!(own < global, "{help}");
     assert!(help.contains("Global options"), "{help}");
     // Examples name a beacon by its name, never by its type.
-    let help = expect(m, &["events", "--help"], 0);
+    let help = m.expect(&["events", "--help"], 0);
     assert!(!help.contains("beacon/file/"), "{help}");
 
     // The licence Cargo.toml names is in the repository.

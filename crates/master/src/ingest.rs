@@ -11,12 +11,13 @@
 //! works again, which is announced by a `master/store/recovered` event.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use tend_bus::{MasterBus, MasterInbound};
 use tend_proto::v1::{Ack, Event, request};
-use tend_store::{Appended, Incoming};
+use tend_store::{Appended, Incoming, Local};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +41,11 @@ pub struct Ingest {
     pub recovery: Recovery,
     /// Per minion, the gap a replay was last asked for, and when.
     pub replays: Mutex<HashMap<String, (u64, std::time::Instant)>>,
+    /// The number the master's next own event gets: past the store's
+    /// [`local_mark`](crate::store::Backend::local_mark), so a batch tried
+    /// again after a commit reported failed (but written) stores each of
+    /// them once.
+    pub next_local: AtomicU64,
 }
 
 /// Events taken into one store transaction, at most.
@@ -52,7 +58,7 @@ const LOCAL_KEPT: usize = 4096;
 #[derive(Default)]
 struct Batch {
     incoming: Vec<Incoming>,
-    local: Vec<Event>,
+    local: Vec<Local>,
     events: usize,
 }
 
@@ -70,11 +76,11 @@ impl Batch {
                     m.version = hello.version.clone();
                 });
                 persist_minion(&ingest.storage, info);
-                self.local.push(local_event(
+                self.local.push(ingest.number(local_event(
                     &minion,
                     format!("minion/{minion}/up"),
                     json!({"version": hello.version, "next_seq": hello.next_seq, "oldest_seq": hello.oldest_seq}),
-                ));
+                )));
                 self.incoming.push(Incoming {
                     minion,
                     oldest: hello.oldest_seq,
@@ -91,11 +97,11 @@ impl Batch {
                     m.last_seen_us = m.last_seen_us.max(last_heard_us);
                 });
                 persist_minion(&ingest.storage, info);
-                self.local.push(local_event(
+                self.local.push(ingest.number(local_event(
                     &minion,
                     format!("minion/{minion}/down"),
                     json!({ "reason": reason }),
-                ));
+                )));
             }
             MasterInbound::Events {
                 minion,
@@ -136,6 +142,14 @@ fn persist_minion(storage: &Storage, info: tend_proto::v1::MinionInfo) {
 }
 
 impl Ingest {
+    /// Numbers one of the master's own events, once, as it joins a batch.
+    fn number(&self, event: Event) -> Local {
+        Local {
+            n: self.next_local.fetch_add(1, Ordering::Relaxed),
+            event,
+        }
+    }
+
     /// Takes what comes from the bus and the master's own events into the
     /// store until `shutdown`.
     pub async fn run(
@@ -144,8 +158,9 @@ impl Ingest {
         mut local: mpsc::Receiver<Event>,
         shutdown: CancellationToken,
     ) {
-        // The master's own events from a batch the store refused.
-        let mut kept: Vec<Event> = Vec::new();
+        // The master's own events from a batch the store refused, with
+        // their numbers: the refused commit may have been written.
+        let mut kept: Vec<Local> = Vec::new();
         loop {
             let mut batch = Batch {
                 local: std::mem::take(&mut kept),
@@ -158,7 +173,7 @@ impl Ingest {
                     None => return,
                 },
                 e = local.recv() => match e {
-                    Some(e) => batch.local.push(e),
+                    Some(e) => batch.local.push(self.number(e)),
                     None => return,
                 },
             }
@@ -169,11 +184,11 @@ impl Ingest {
                 }
             }
             while let Ok(e) = local.try_recv() {
-                batch.local.push(e);
+                batch.local.push(self.number(e));
             }
             self.stats
                 .ingest_queue
-                .store(inbound.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                .store(inbound.len() as u64, Ordering::Relaxed);
             if let Some(local) = self.ingest(batch).await {
                 let dropped;
                 (kept, dropped) = keep(local);
@@ -192,7 +207,7 @@ impl Ingest {
 
 /// The master's own events from a refused batch to try again: the oldest
 /// `LOCAL_KEPT`, and how many were cut (to be counted, not lost unsaid).
-fn keep(mut local: Vec<Event>) -> (Vec<Event>, u64) {
+fn keep<T>(mut local: Vec<T>) -> (Vec<T>, u64) {
     let dropped = local.len().saturating_sub(LOCAL_KEPT) as u64;
     local.truncate(LOCAL_KEPT);
     (local, dropped)
@@ -202,7 +217,7 @@ fn keep(mut local: Vec<Event>) -> (Vec<Event>, u64) {
 /// refuses it, returns the master's own events, to be tried again (the
 /// minions' are theirs to send again).
 impl Ingest {
-    async fn ingest(&self, batch: Batch) -> Option<Vec<Event>> {
+    async fn ingest(&self, batch: Batch) -> Option<Vec<Local>> {
         let store = self.storage.backend();
         let Batch {
             incoming, local, ..

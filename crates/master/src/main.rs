@@ -194,7 +194,13 @@ fn interrupt_unfinished(store: &dyn Backend) -> anyhow::Result<u64> {
         ..Default::default()
     });
     store
-        .append(Vec::new(), events)
+        .append(
+            Vec::new(),
+            events
+                .into_iter()
+                .map(|event| tend_store::Local { n: 0, event })
+                .collect(),
+        )
         .context("cannot store the events of the interrupted jobs")?;
     Ok(ids.len() as u64)
 }
@@ -247,6 +253,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
     let store: Arc<dyn Backend> = Arc::new(opened);
     let interrupted = interrupt_unfinished(store.as_ref())?;
     let last_event = store.last_event_id()?;
+    let local_mark = store.local_mark()?;
     let shutdown = tend_daemon::shutdown_on_signals()?;
 
     let bus_stats = Arc::new(BusStats::default());
@@ -312,6 +319,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         cfg,
         store,
         last_event,
+        local_mark,
         bus,
         bus_stats,
         keys,

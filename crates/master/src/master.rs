@@ -5,6 +5,7 @@
 //! (an HTTP API) plugs in here without touching the others.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ pub struct Parts {
     pub store: Arc<dyn Backend>,
     /// The id of the last event in the store.
     pub last_event: u64,
+    /// The number of the last of the master's own events stored.
+    pub local_mark: u64,
     pub bus: MasterBus,
     pub bus_stats: Arc<BusStats>,
     pub keys: Arc<KeyStore>,
@@ -75,6 +78,7 @@ impl Master {
             cfg,
             store,
             last_event,
+            local_mark,
             bus,
             bus_stats,
             keys,
@@ -130,6 +134,7 @@ impl Master {
             reactor,
             recovery: recovery.clone(),
             replays: Mutex::new(HashMap::new()),
+            next_local: AtomicU64::new(local_mark + 1),
         });
         let control = Arc::new(Control {
             storage: storage.clone(),

@@ -13,9 +13,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tend_proto::v1::{Event, Job, MinionInfo, StoredEvent};
+use tend_proto::v1::{Job, MinionInfo, StoredEvent};
 use tend_store::{
-    Appended, EventFilter, GroupStates, Incoming, Pruned, Reactions, Store, StoreError,
+    Appended, EventFilter, Incoming, Local, Pruned, Reactions, Resume, Store, StoreError,
 };
 use tokio::sync::watch;
 
@@ -28,7 +28,9 @@ pub trait Backend: Send + Sync + 'static {
     fn probe(&self) -> Result<(), StoreError>;
     /// Stores minions' events (exactly once) and the master's own, in one
     /// transaction.
-    fn append(&self, batch: Vec<Incoming>, local: Vec<Event>) -> Result<Appended, StoreError>;
+    fn append(&self, batch: Vec<Incoming>, local: Vec<Local>) -> Result<Appended, StoreError>;
+    /// The number of the last of the master's own events stored.
+    fn local_mark(&self) -> Result<u64, StoreError>;
     /// Events matching `filter`, newest first, a page at a time.
     fn list_events(
         &self,
@@ -65,7 +67,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Marks the jobs a previous run left unfinished as interrupted.
     fn interrupt_unfinished(&self, why: &str) -> Result<Vec<Job>, StoreError>;
     /// The reactor's stored cursor and group states, read together.
-    fn reactor_resume(&self) -> Result<(u64, GroupStates), StoreError>;
+    fn reactor_resume(&self) -> Result<Resume, StoreError>;
     /// What one step of the reactor made, in one transaction.
     fn commit_reactions(&self, r: Reactions) -> Result<Vec<StoredEvent>, StoreError>;
     /// Removes a job's record.
@@ -87,8 +89,11 @@ impl Backend for Store {
     fn probe(&self) -> Result<(), StoreError> {
         Store::probe(self)
     }
-    fn append(&self, batch: Vec<Incoming>, local: Vec<Event>) -> Result<Appended, StoreError> {
+    fn append(&self, batch: Vec<Incoming>, local: Vec<Local>) -> Result<Appended, StoreError> {
         Store::append(self, batch, local)
+    }
+    fn local_mark(&self) -> Result<u64, StoreError> {
+        Store::local_mark(self)
     }
     fn list_events(
         &self,
@@ -135,7 +140,7 @@ impl Backend for Store {
     fn interrupt_unfinished(&self, why: &str) -> Result<Vec<Job>, StoreError> {
         Store::interrupt_unfinished(self, why)
     }
-    fn reactor_resume(&self) -> Result<(u64, GroupStates), StoreError> {
+    fn reactor_resume(&self) -> Result<Resume, StoreError> {
         Store::reactor_resume(self)
     }
     fn commit_reactions(&self, r: Reactions) -> Result<Vec<StoredEvent>, StoreError> {

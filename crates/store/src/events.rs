@@ -10,7 +10,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use tend_proto::now_us;
 use tend_proto::v1::{Event, StoredEvent};
 
-use crate::tables::{ACKED, EVENTS, decode};
+use crate::tables::{ACKED, EVENTS, LOCAL_MARK, META, decode};
 use crate::{Store, StoreError};
 
 /// Events from one minion, as they came off the bus, in seq order.
@@ -24,6 +24,16 @@ pub struct Incoming {
     /// stored is lost for good, and is skipped (and counted) rather than
     /// waited for.
     pub oldest: u64,
+}
+
+/// An event the master made itself (presence, job results), numbered by
+/// the master when it was made: a batch tried again after a commit was
+/// reported failed, but written all the same, stores each once. Number 0
+/// is never skipped (an event stored once, at start).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Local {
+    pub n: u64,
+    pub event: Event,
 }
 
 /// What one append did.
@@ -71,9 +81,10 @@ impl Store {
     /// order per minion: one past a gap is not stored, and the gap is
     /// reported so the caller can ask for a replay.
     ///
-    /// `local` are events the master made itself (presence, reactor): they
-    /// have no seq and are always stored.
-    pub fn append(&self, batch: Vec<Incoming>, local: Vec<Event>) -> Result<Appended, StoreError> {
+    /// `local` are events the master made itself (presence, job results):
+    /// they have no seq, and are stored unless their number shows a
+    /// previous try stored them (see [`Local`]).
+    pub fn append(&self, batch: Vec<Incoming>, local: Vec<Local>) -> Result<Appended, StoreError> {
         let _guard = self.append.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Appended::default();
         let stored_us = now_us();
@@ -137,8 +148,19 @@ impl Store {
                 skip_refused(&mut seen);
                 acked.insert(minion, seen);
             }
-            for event in local {
+            let mut meta = tx.open_table(META)?;
+            let mut mark = meta.get(LOCAL_MARK)?.map_or(0, |v| v.value());
+            let before = mark;
+            for Local { n, event } in local {
+                if n != 0 && n <= before {
+                    out.duplicates += 1;
+                    continue;
+                }
+                mark = mark.max(n);
                 store(event, &mut out)?;
+            }
+            if mark != before {
+                meta.insert(LOCAL_MARK, mark)?;
             }
             for (minion, seq) in &acked {
                 acked_table.insert(minion.as_str(), *seq)?;
@@ -148,6 +170,17 @@ impl Store {
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    /// The number of the last of the master's own events stored: the
+    /// master numbers its events from past it.
+    pub fn local_mark(&self) -> Result<u64, StoreError> {
+        let db = self.db()?;
+        let tx = db.begin_read()?;
+        Ok(tx
+            .open_table(META)?
+            .get(LOCAL_MARK)?
+            .map_or(0, |v| v.value()))
     }
 
     /// The highest contiguous seq stored for `minion`.

@@ -20,6 +20,8 @@
 //! by an index rather than a scan.
 
 mod events;
+#[cfg(test)]
+mod faults;
 mod jobs;
 mod minions;
 mod reactions;
@@ -37,9 +39,9 @@ use tend_proto::now_us;
 use tend_proto::v1::Job;
 
 /// A batch from one minion, what storing it did, and which events to list.
-pub use events::{Appended, EventFilter, Incoming};
+pub use events::{Appended, EventFilter, Incoming, Local};
 /// What the reactor made of a run of events, and its saved group states.
-pub use reactions::{GroupStates, Reactions};
+pub use reactions::{GroupStates, Reactions, Resume};
 /// What one pruning step removed.
 pub use retention::Pruned;
 use tables::{

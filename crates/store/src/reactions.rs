@@ -9,7 +9,7 @@ use tend_proto::now_us;
 use tend_proto::v1::{Event, Job, StoredEvent};
 
 use crate::jobs::write_job;
-use crate::tables::{EVENTS, META, REACTOR, REACTOR_CURSOR};
+use crate::tables::{EVENTS, META, REACTOR, REACTOR_COMMIT, REACTOR_CURSOR};
 use crate::{Store, StoreError};
 
 /// What the reactor made of a run of events, stored in one transaction.
@@ -17,6 +17,9 @@ use crate::{Store, StoreError};
 pub struct Reactions {
     /// The id of the last event evaluated.
     pub cursor: u64,
+    /// This step's number, one past the last stored: after a commit
+    /// reported failed, [`Resume::commit`] tells whether it was written.
+    pub commit: u64,
     /// Forget every saved group state first (the rules were reloaded).
     pub clear_state: bool,
     /// Group states by key: new bytes, or None when the group is gone.
@@ -29,6 +32,17 @@ pub struct Reactions {
 
 /// The reactor's saved group states: (rule and group key, state bytes).
 pub type GroupStates = Vec<(String, Vec<u8>)>;
+
+/// Where the reactor goes on from, read in one transaction.
+#[derive(Debug, Default, PartialEq)]
+pub struct Resume {
+    /// The id of the last event evaluated.
+    pub cursor: u64,
+    /// The number of the last step stored.
+    pub commit: u64,
+    /// The group states stored with them.
+    pub states: GroupStates,
+}
 
 impl Store {
     /// The id of the last event the reactor evaluated (its reactions
@@ -43,20 +57,23 @@ impl Store {
     /// Where the reactor goes on from: its cursor and the group states
     /// stored with it, read in one transaction so they agree (after a
     /// commit reported failed, which may have been written or not).
-    pub fn reactor_resume(&self) -> Result<(u64, GroupStates), StoreError> {
+    pub fn reactor_resume(&self) -> Result<Resume, StoreError> {
         let db = self.db()?;
         let tx = db.begin_read()?;
-        let cursor = tx
-            .open_table(META)?
-            .get(REACTOR_CURSOR)?
-            .map_or(0, |v| v.value());
+        let meta = tx.open_table(META)?;
+        let cursor = meta.get(REACTOR_CURSOR)?.map_or(0, |v| v.value());
+        let commit = meta.get(REACTOR_COMMIT)?.map_or(0, |v| v.value());
         let table = tx.open_table(REACTOR)?;
         let mut state = Vec::new();
         for entry in table.iter()? {
             let (k, v) = entry?;
             state.push((k.value().to_string(), v.value().to_vec()));
         }
-        Ok((cursor, state))
+        Ok(Resume {
+            cursor,
+            commit,
+            states: state,
+        })
     }
 
     /// The reactor's saved group states, by key.
@@ -82,7 +99,10 @@ impl Store {
         let mut stored = Vec::with_capacity(r.events.len());
         let mut next_id = self.next_event.load(Ordering::Relaxed);
         {
-            tx.open_table(META)?.insert(REACTOR_CURSOR, r.cursor)?;
+            let mut meta = tx.open_table(META)?;
+            meta.insert(REACTOR_CURSOR, r.cursor)?;
+            meta.insert(REACTOR_COMMIT, r.commit)?;
+            drop(meta);
             let mut state = tx.open_table(REACTOR)?;
             if r.clear_state {
                 state.retain(|_, _| false)?;

@@ -26,19 +26,29 @@ pub(crate) const RUNNING: TableDefinition<u64, ()> = TableDefinition::new("runni
 /// The id of the last event the reactor has evaluated and whose reactions
 /// are stored.
 pub(crate) const REACTOR_CURSOR: &str = "reactor_cursor";
+/// The number of the last of the master's own events stored: a batch
+/// tried again after a commit reported failed (but written) skips those
+/// it already stored.
+pub(crate) const LOCAL_MARK: &str = "local_mark";
+/// The number of the reactor's last stored step: after a commit reported
+/// failed, whether it was written all the same.
+pub(crate) const REACTOR_COMMIT: &str = "reactor_commit";
 /// Set once the `running` index holds every unfinished job.
 pub(crate) const RUNNING_INDEXED: &str = "running_indexed";
 
 pub(crate) fn open_db(path: &Path) -> Result<Database, StoreError> {
     // redb's page cache defaults to 1 GiB; the master needs its recent
     // pages, not the whole history in memory.
-    Database::builder()
-        .set_cache_size(CACHE_BYTES)
-        .create(path)
-        .map_err(|error| StoreError::Open {
-            path: path.to_path_buf(),
-            error,
-        })
+    let mut builder = Database::builder();
+    builder.set_cache_size(CACHE_BYTES);
+    #[cfg(test)]
+    let opened = crate::faults::open(&builder, path);
+    #[cfg(not(test))]
+    let opened = builder.create(path);
+    opened.map_err(|error| StoreError::Open {
+        path: path.to_path_buf(),
+        error,
+    })
 }
 
 pub(crate) fn decode<M: Message + Default>(

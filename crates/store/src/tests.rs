@@ -364,8 +364,75 @@ fn the_reactor_resumes_from_a_cursor_and_states_that_agree() {
     store.reopen().unwrap();
     assert_eq!(
         store.reactor_resume().unwrap(),
-        (2, vec![("r\0a".to_string(), vec![7])])
+        Resume {
+            cursor: 2,
+            commit: 0,
+            states: vec![("r\0a".to_string(), vec![7])]
+        }
     );
+}
+
+/// Issue 14: a commit redb reports failed (its fsync failed) is in the
+/// file all the same. The master's own events in that batch, tried
+/// again, were stored a second time (they have no seq to deduplicate
+/// on); now each carries its number and the store skips those it holds.
+/// Fails on the old code (6 stored, not 3).
+#[test]
+fn the_masters_own_events_tried_again_after_a_failed_but_written_commit_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let local = |from: u64, n: u64| -> Vec<Local> {
+        (from..from + n)
+            .map(|n| Local {
+                n,
+                event: ev("m", 0),
+            })
+            .collect()
+    };
+    crate::faults::fail_next_sync(store.path());
+    let failed = store.append(vec![incoming("a", &[1, 2])], local(1, 2));
+    assert!(failed.is_err(), "the injected fsync failure is reported");
+    store.reopen().unwrap();
+    // Tried again with one more of the master's own events.
+    let out = store
+        .append(vec![incoming("a", &[1, 2])], local(1, 3))
+        .unwrap();
+    assert_eq!(out.stored.len(), 1, "only the new event is stored: {out:?}");
+    assert_eq!(out.duplicates, 4);
+    assert_eq!(
+        store.last_event_id().unwrap(),
+        5,
+        "2 + 2 + 1 events, once each"
+    );
+    assert_eq!(store.local_mark().unwrap(), 3);
+    // Number 0 is never skipped.
+    let out = store.append(vec![], local(0, 1)).unwrap();
+    assert_eq!(out.stored.len(), 1);
+}
+
+/// Issue 14: a reactor step redb reports failed may be in the file; the
+/// step's number, read back with the cursor, tells the reactor so (it
+/// then starts the step's actions rather than leave its jobs queued until
+/// a restart). A step that was not written leaves the number as it was.
+#[test]
+fn a_reactor_step_reported_failed_but_written_is_known_by_its_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.append(vec![incoming("a", &[1, 2])], vec![]).unwrap();
+    crate::faults::fail_next_sync(store.path());
+    let failed = store.commit_reactions(Reactions {
+        cursor: 2,
+        commit: 1,
+        ..Default::default()
+    });
+    assert!(failed.is_err(), "the injected fsync failure is reported");
+    store.reopen().unwrap();
+    let resumed = store.reactor_resume().unwrap();
+    assert_eq!((resumed.cursor, resumed.commit), (2, 1), "it was written");
+    // A write refused before the file was touched leaves it as it was.
+    let closed = dir.path().join("other");
+    let other = Store::open(&closed).unwrap();
+    assert_eq!(other.reactor_resume().unwrap().commit, 0);
 }
 
 #[test]

@@ -42,8 +42,11 @@ pub struct Made {
     pub events: Vec<Event>,
     pub jobs: Vec<Job>,
     /// Actions to start once the step is stored.
-    pub later: Vec<Box<dyn FnOnce() + Send>>,
+    pub later: Vec<Later>,
 }
+
+/// An action to start once its step is stored.
+pub type Later = Box<dyn FnOnce() + Send>;
 
 /// What a template in an action sees.
 pub fn context(fire: &Fire) -> Value {

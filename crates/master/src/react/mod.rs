@@ -95,7 +95,7 @@ pub fn run(
                 // Events the rules fired are evaluated in turn.
                 Ok(fired) if full || fired => {}
                 Ok(_) => break,
-                Err(()) => {
+                Err(unstored) => {
                     // What was evaluated and not stored is forgotten: the
                     // reactor goes back to what the store holds. A commit
                     // reported failed may have been written all the same,
@@ -103,6 +103,20 @@ pub fn run(
                     // not taken from memory: the two agree, and no event
                     // is evaluated twice.
                     reactor = resume(&runner, rules.clone(), &mut cursor);
+                    if cursor.commit >= unstored.commit {
+                        // It was written: its jobs are stored, queued, and
+                        // nothing else will start them.
+                        tracing::warn!(
+                            jobs = unstored.later.len(),
+                            "the reactor's step reported failed was stored after all; its actions start now"
+                        );
+                        if let Ok(last) = runner.storage.backend().last_event_id() {
+                            runner.storage.stored_up_to(last);
+                        }
+                        for start in unstored.later {
+                            start();
+                        }
+                    }
                     break;
                 }
             }
@@ -128,6 +142,8 @@ struct Cursor {
     evaluated: u64,
     stored: u64,
     stored_at: StdInstant,
+    /// The number of the last step stored.
+    commit: u64,
 }
 
 impl Default for Cursor {
@@ -136,8 +152,16 @@ impl Default for Cursor {
             evaluated: 0,
             stored: 0,
             stored_at: StdInstant::now(),
+            commit: 0,
         }
     }
+}
+
+/// A step whose commit was reported failed: its number, and the actions
+/// to start if the store shows it was written all the same.
+struct Unstored {
+    commit: u64,
+    later: Vec<act::Later>,
 }
 
 /// A reactor with the rules, and the cursor and group states the store
@@ -145,7 +169,11 @@ impl Default for Cursor {
 /// cursor is never guessed (history would be reacted to again), and
 /// starting with empty windows would change what fires.
 fn resume(runner: &RuleRunner, rules: Arc<Rules>, cursor: &mut Cursor) -> Reactor {
-    let (stored, saved) = loop {
+    let tend_store::Resume {
+        cursor: stored,
+        commit,
+        states: saved,
+    } = loop {
         match runner.storage.backend().reactor_resume() {
             Ok(resumed) => break resumed,
             Err(e) => {
@@ -158,6 +186,7 @@ fn resume(runner: &RuleRunner, rules: Arc<Rules>, cursor: &mut Cursor) -> Reacto
         evaluated: stored,
         stored,
         stored_at: StdInstant::now(),
+        commit,
     };
     runner.storage.evaluated_up_to(stored);
     let mut reactor = Reactor::new(rules);
@@ -189,7 +218,7 @@ fn step(
     reactor: &mut Reactor,
     cursor: &mut Cursor,
     events: Vec<StoredEvent>,
-) -> Result<bool, ()> {
+) -> Result<bool, Unstored> {
     let clock = clock();
     let (suppressed, evicted) = (reactor.suppressed, reactor.evicted);
     let mut fires = Vec::new();
@@ -214,8 +243,10 @@ fn step(
     cursor.evaluated = last;
     let mut fired = false;
     if !nothing || lagging {
+        let commit = cursor.commit + 1;
         let stored = runner.storage.backend().commit_reactions(Reactions {
             cursor: last,
+            commit,
             clear_state,
             state,
             events: made.events,
@@ -224,6 +255,7 @@ fn step(
         match stored {
             Ok(stored) => {
                 cursor.stored = last;
+                cursor.commit = commit;
                 cursor.stored_at = StdInstant::now();
                 if let Some(rec) = stored.last() {
                     fired = true;
@@ -234,7 +266,10 @@ fn step(
             Err(e) => {
                 tracing::error!(error = %e, "cannot store what the reactor did; it evaluates the events again");
                 runner.recovery.store_failed(&e);
-                return Err(());
+                return Err(Unstored {
+                    commit,
+                    later: made.later,
+                });
             }
         }
     }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod pg;
+
 /// The directory holding the binaries of the profile these tests were
 /// built with (target/debug or target/release).
 fn bin_dir() -> PathBuf {

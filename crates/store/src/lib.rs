@@ -19,11 +19,13 @@
 //! cursor row per reactor, state rows per group, and running jobs found
 //! by an index rather than a scan.
 
+mod backend;
 mod events;
 #[cfg(test)]
 mod faults;
 mod jobs;
 mod minions;
+mod pg;
 mod reactions;
 mod retention;
 mod tables;
@@ -38,8 +40,12 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use tend_proto::now_us;
 use tend_proto::v1::Job;
 
+/// The one interface both backends implement.
+pub use backend::Backend;
 /// A batch from one minion, what storing it did, and which events to list.
 pub use events::{Appended, EventFilter, Incoming, Local};
+/// The PostgreSQL backend, for several masters.
+pub use pg::{PgOptions, PgStore};
 /// What the reactor made of a run of events, and its saved group states.
 pub use reactions::{GroupStates, Reactions, Resume};
 /// What one pruning step removed.
@@ -66,6 +72,16 @@ pub enum StoreError {
     Db(#[from] redb::Error),
     #[error("the store {path} is closed after a failure and could not be reopened yet")]
     Closed { path: PathBuf },
+    #[error("the store's PostgreSQL URL {url} is not valid: {error}")]
+    PgUrl { url: String, error: String },
+    #[error("cannot reach the store's PostgreSQL database {url}: {error}")]
+    PgConnect { url: String, error: String },
+    #[error(
+        "the store's PostgreSQL database {url} has schema version {have}, newer than this tend-master knows ({newest}): upgrade this master"
+    )]
+    PgSchema { url: String, have: i32, newest: i32 },
+    #[error("store (PostgreSQL): {0}")]
+    Pg(#[from] postgres::Error),
     #[error("corrupt record {id} in table {table}: {error}")]
     Corrupt {
         table: &'static str,

@@ -1,0 +1,605 @@
+//! Every store operation on PostgreSQL, with the embedded store's
+//! meaning (see the methods of [`crate::Store`] of the same names).
+
+use std::collections::HashMap;
+
+use postgres::Transaction;
+use prost::Message;
+use tend_proto::now_us;
+use tend_proto::v1::{Event, Job, MinionInfo, MinionResult, StoredEvent};
+
+use super::PgStore;
+use crate::tables::decode;
+use crate::{
+    Appended, Backend, EventFilter, Incoming, Local, Pruned, Reactions, Resume, StoreError,
+};
+
+/// Ids and seqs are u64 on the wire and bigint in the database.
+fn db(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn un(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Rows of events read back.
+fn events_of(rows: Vec<postgres::Row>) -> Result<Vec<StoredEvent>, StoreError> {
+    rows.into_iter()
+        .map(|r| {
+            let id: i64 = r.get(0);
+            let stored_us: i64 = r.get(1);
+            let bytes: &[u8] = r.get(2);
+            Ok(StoredEvent {
+                id: un(id),
+                stored_us,
+                event: Some(decode::<Event>("tend_events", id, bytes)?),
+            })
+        })
+        .collect()
+}
+
+/// Takes `n` event ids: locks the `next_event` row until the transaction
+/// ends, so writes of events are in id order. The first id taken.
+fn take_ids(tx: &mut Transaction<'_>, n: usize) -> Result<u64, StoreError> {
+    let next: i64 = tx
+        .query_one(
+            "UPDATE tend_meta SET value = value + $1 WHERE key = 'next_event' RETURNING value - $1",
+            &[&(n as i64)],
+        )?
+        .get(0);
+    Ok(un(next))
+}
+
+/// Inserts stored events, many rows per statement.
+fn insert_events(tx: &mut Transaction<'_>, recs: &[StoredEvent]) -> Result<(), StoreError> {
+    for chunk in recs.chunks(5_000) {
+        let mut ids = Vec::with_capacity(chunk.len());
+        let mut minions = Vec::with_capacity(chunk.len());
+        let mut seqs = Vec::with_capacity(chunk.len());
+        let mut stored = Vec::with_capacity(chunk.len());
+        let mut tags = Vec::with_capacity(chunk.len());
+        let mut bodies = Vec::with_capacity(chunk.len());
+        for rec in chunk {
+            let e = rec.event.as_ref().expect("stored events carry their event");
+            ids.push(db(rec.id));
+            minions.push(e.minion.as_str());
+            seqs.push(db(e.seq));
+            stored.push(rec.stored_us);
+            tags.push(e.tag.as_str());
+            bodies.push(e.encode_to_vec());
+        }
+        tx.execute(
+            "INSERT INTO tend_events (id, minion, seq, stored_us, tag, event)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bytea[])",
+            &[&ids, &minions, &seqs, &stored, &tags, &bodies],
+        )?;
+    }
+    Ok(())
+}
+
+fn meta(tx: &mut impl postgres::GenericClient, key: &str) -> Result<u64, StoreError> {
+    Ok(tx
+        .query_opt("SELECT value FROM tend_meta WHERE key = $1", &[&key])?
+        .map_or(0, |r| un(r.get(0))))
+}
+
+fn set_meta(
+    tx: &mut impl postgres::GenericClient,
+    key: &str,
+    value: u64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO tend_meta (key, value) VALUES ($1, $2)
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+        &[&key, &db(value)],
+    )?;
+    Ok(())
+}
+
+fn write_job(tx: &mut impl postgres::GenericClient, job: &Job) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO tend_jobs (id, finished_us, created_us, job) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO UPDATE SET finished_us = EXCLUDED.finished_us,
+             created_us = EXCLUDED.created_us, job = EXCLUDED.job",
+        &[
+            &db(job.id),
+            &job.finished_us,
+            &job.created_us,
+            &job.encode_to_vec(),
+        ],
+    )?;
+    Ok(())
+}
+
+impl PgStore {
+    /// The meta key of this master's local-event mark.
+    fn local_key(&self) -> String {
+        format!("local_mark:{}", self.owner)
+    }
+}
+
+impl Backend for PgStore {
+    /// The pool reconnects by itself: nothing to reopen.
+    fn reopen(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn probe(&self) -> Result<(), StoreError> {
+        let mut c = self.conn()?;
+        set_meta(
+            &mut *c,
+            &format!("probe_us:{}", self.owner),
+            now_us().max(0) as u64,
+        )
+    }
+
+    fn append(&self, batch: Vec<Incoming>, local: Vec<Local>) -> Result<Appended, StoreError> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction()?;
+        let mut out = Appended::default();
+        let stored_us = now_us();
+        // The lock first: appends from every master are serialised here.
+        let first = take_ids(&mut tx, 0)?;
+        let mut keep: Vec<Event> = Vec::new();
+        let mut acked: HashMap<String, u64> = HashMap::new();
+        for incoming in batch {
+            let minion = incoming.minion;
+            let mut seen = match acked.get(&minion) {
+                Some(s) => *s,
+                None => tx
+                    .query_opt("SELECT seq FROM tend_acked WHERE minion = $1", &[&minion])?
+                    .map_or(0, |r| un(r.get(0))),
+            };
+            if incoming.oldest.saturating_sub(1) > seen {
+                let lost = out.lost.entry(minion.clone()).or_default();
+                *lost = lost.saturating_add(incoming.oldest - 1 - seen);
+                seen = incoming.oldest - 1;
+            }
+            let mut refused = incoming.refused;
+            refused.sort_unstable();
+            let mut refused = refused.into_iter().peekable();
+            let mut skip_refused = |seen: &mut u64| {
+                while let Some(&r) = refused.peek() {
+                    if r <= *seen {
+                        refused.next();
+                    } else if Some(r) == seen.checked_add(1) {
+                        *seen = r;
+                        refused.next();
+                    } else {
+                        break;
+                    }
+                }
+            };
+            for event in incoming.events {
+                skip_refused(&mut seen);
+                if event.seq <= seen {
+                    out.duplicates += 1;
+                } else if Some(event.seq) == seen.checked_add(1) && event.seq <= i64::MAX as u64 {
+                    seen = event.seq;
+                    keep.push(event);
+                } else {
+                    out.gaps.insert(minion.clone(), seen);
+                }
+            }
+            skip_refused(&mut seen);
+            acked.insert(minion, seen);
+        }
+        let key = self.local_key();
+        let before = meta(&mut tx, &key)?;
+        let mut mark = before;
+        for Local { n, event } in local {
+            if n != 0 && n <= before {
+                out.duplicates += 1;
+                continue;
+            }
+            mark = mark.max(n);
+            keep.push(event);
+        }
+        if mark != before {
+            set_meta(&mut tx, &key, mark)?;
+        }
+        let mut id = if keep.is_empty() {
+            first
+        } else {
+            take_ids(&mut tx, keep.len())?
+        };
+        out.stored = keep
+            .into_iter()
+            .map(|event| {
+                let rec = StoredEvent {
+                    id,
+                    stored_us,
+                    event: Some(event),
+                };
+                id += 1;
+                rec
+            })
+            .collect();
+        insert_events(&mut tx, &out.stored)?;
+        let mut names: Vec<&String> = acked.keys().collect();
+        names.sort();
+        for minion in names {
+            tx.execute(
+                "INSERT INTO tend_acked (minion, seq) VALUES ($1, $2)
+                 ON CONFLICT (minion) DO UPDATE SET seq = GREATEST(tend_acked.seq, EXCLUDED.seq)",
+                &[minion, &db(acked[minion])],
+            )?;
+        }
+        tx.commit()?;
+        out.acked = acked;
+        Ok(out)
+    }
+
+    fn local_mark(&self) -> Result<u64, StoreError> {
+        let mut c = self.conn()?;
+        meta(&mut *c, &self.local_key())
+    }
+
+    fn list_events(
+        &self,
+        filter: &EventFilter,
+        page: usize,
+    ) -> Result<(Vec<StoredEvent>, Option<u64>), StoreError> {
+        let mut c = self.conn()?;
+        let page = page.max(1);
+        let mut out = Vec::new();
+        let mut before = filter.before_id.map_or(i64::MAX, db);
+        let since = filter.since_us.unwrap_or(i64::MIN);
+        // Read in chunks, newest first; the tag glob is matched here.
+        let chunk = (page.min(filter.limit.max(1)) as i64).clamp(1, 2_000);
+        loop {
+            let rows = c.query(
+                "SELECT id, stored_us, event FROM tend_events
+                 WHERE id < $1 AND stored_us >= $2 AND ($3::text IS NULL OR minion = $3)
+                 ORDER BY id DESC LIMIT $4",
+                &[&before, &since, &filter.minion, &chunk],
+            )?;
+            let n = rows.len();
+            for rec in events_of(rows)? {
+                before = db(rec.id);
+                if !filter.matches(&rec) {
+                    continue;
+                }
+                let id = rec.id;
+                out.push(rec);
+                if out.len() >= filter.limit {
+                    return Ok((out, None));
+                }
+                if out.len() >= page {
+                    return Ok((out, Some(id)));
+                }
+            }
+            if (n as i64) < chunk {
+                return Ok((out, None));
+            }
+        }
+    }
+
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut c = self.conn()?;
+        let rows = c.query(
+            "SELECT id, stored_us, event FROM tend_events WHERE id > $1 ORDER BY id LIMIT $2",
+            &[&db(after), &(limit as i64)],
+        )?;
+        events_of(rows)
+    }
+
+    fn follow(
+        &self,
+        after: u64,
+        upto: u64,
+        filter: &EventFilter,
+        scan: usize,
+    ) -> Result<(Vec<StoredEvent>, u64), StoreError> {
+        let mut out = Vec::new();
+        let mut last = after;
+        if upto <= after {
+            return Ok((out, last));
+        }
+        let mut c = self.conn()?;
+        let rows = c.query(
+            "SELECT id, stored_us, event FROM tend_events WHERE id > $1 AND id <= $2
+             ORDER BY id LIMIT $3",
+            &[&db(after), &db(upto), &(scan as i64)],
+        )?;
+        for rec in events_of(rows)? {
+            if out.len() >= filter.limit {
+                break;
+            }
+            last = rec.id;
+            if filter.matches(&rec) {
+                out.push(rec);
+            }
+        }
+        Ok((out, last))
+    }
+
+    fn first_id_since(&self, since_us: i64) -> Result<u64, StoreError> {
+        let mut c = self.conn()?;
+        // Ids are given in commit order, and so are store times (near
+        // enough): the first of those stored since.
+        let row = c.query_one(
+            "SELECT min(id) FROM tend_events WHERE stored_us >= $1",
+            &[&since_us],
+        )?;
+        match row.get::<_, Option<i64>>(0) {
+            Some(id) => Ok(un(id)),
+            None => Ok(meta(&mut *c, "next_event")?),
+        }
+    }
+
+    fn last_event_id(&self) -> Result<u64, StoreError> {
+        let mut c = self.conn()?;
+        Ok(meta(&mut *c, "next_event")?.saturating_sub(1))
+    }
+
+    fn next_job_id(&self) -> u64 {
+        let mut ids = self.job_ids.lock().unwrap_or_else(|p| p.into_inner());
+        if ids.0 >= ids.1 {
+            // A block of 100 (the sequence's step) for this master.
+            let taken = self.conn().and_then(|mut c| {
+                Ok(c.query_one("SELECT nextval('tend_job_ids')", &[])?
+                    .get::<_, i64>(0))
+            });
+            match taken {
+                Ok(start) => *ids = (un(start), un(start) + 100),
+                Err(e) => {
+                    // The database is down: the job cannot be recorded
+                    // either. An id from the clock, far above the blocks,
+                    // keeps it apart from every other master's.
+                    tracing::warn!(error = %e, "cannot take job ids from the store; using one from the clock");
+                    return (1 << 62) | (now_us().max(0) as u64);
+                }
+            }
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        id.max(1)
+    }
+
+    fn prune_events(
+        &self,
+        before_us: i64,
+        max_events: Option<u64>,
+        batch: usize,
+    ) -> Result<Pruned, StoreError> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction()?;
+        let cursor = meta(&mut tx, "reactor_cursor")?;
+        let newest = meta(&mut tx, "next_event")?.saturating_sub(1);
+        let (count, first): (i64, Option<i64>) = {
+            let r = tx.query_one("SELECT count(*), min(id) FROM tend_events", &[])?;
+            (r.get(0), r.get(1))
+        };
+        let over = max_events.map_or(0, |max| un(count).saturating_sub(max));
+        let mut out = Pruned::default();
+        let Some(_) = first else {
+            return Ok(out);
+        };
+        // The oldest `batch`, stopping at the first that is neither old nor
+        // over the count, at the newest, and at the reactor's cursor.
+        let rows = tx.query(
+            "SELECT id, stored_us FROM tend_events ORDER BY id LIMIT $1",
+            &[&(batch as i64)],
+        )?;
+        let mut upto: Option<i64> = None;
+        for (i, r) in rows.iter().enumerate() {
+            let id: i64 = r.get(0);
+            let stored: i64 = r.get(1);
+            if (stored >= before_us && (i as u64) >= over) || un(id) == newest {
+                break;
+            }
+            if un(id) > cursor {
+                out.held_for_reactor = true;
+                break;
+            }
+            upto = Some(id);
+            out.removed += 1;
+        }
+        if let Some(upto) = upto {
+            tx.execute("DELETE FROM tend_events WHERE id <= $1", &[&upto])?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn prune_jobs(&self, before_us: i64, batch: usize) -> Result<usize, StoreError> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction()?;
+        let newest: Option<i64> = tx.query_one("SELECT max(id) FROM tend_jobs", &[])?.get(0);
+        let rows = tx.query(
+            "SELECT id, finished_us, created_us FROM tend_jobs ORDER BY id LIMIT $1",
+            &[&(batch as i64)],
+        )?;
+        let mut upto = None;
+        let mut removed = 0;
+        for r in &rows {
+            let id: i64 = r.get(0);
+            let done_and_old = r.get::<_, i64>(1) > 0 && r.get::<_, i64>(2) < before_us;
+            if !done_and_old || Some(id) == newest {
+                break;
+            }
+            upto = Some(id);
+            removed += 1;
+        }
+        if let Some(upto) = upto {
+            tx.execute("DELETE FROM tend_jobs WHERE id <= $1", &[&upto])?;
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    fn put_job(&self, job: &Job) -> Result<(), StoreError> {
+        let mut c = self.conn()?;
+        write_job(&mut *c, job)
+    }
+
+    fn interrupt_unfinished(&self, why: &str) -> Result<Vec<Job>, StoreError> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction()?;
+        let rows = tx.query(
+            "SELECT id, job FROM tend_jobs WHERE finished_us = 0 ORDER BY id FOR UPDATE",
+            &[],
+        )?;
+        let now = now_us();
+        let mut out = Vec::new();
+        for r in rows {
+            let id: i64 = r.get(0);
+            let mut job: Job = decode("tend_jobs", id, r.get::<_, &[u8]>(1))?;
+            job.status = "interrupted".into();
+            job.finished_us = now;
+            for m in &mut job.minions {
+                if matches!(m.status.as_str(), "" | "running" | "queued") {
+                    m.status = "interrupted".into();
+                    m.error = why.to_string();
+                }
+            }
+            if job.minions.is_empty() {
+                job.minions.push(MinionResult {
+                    minion: job.trigger_minion.clone(),
+                    status: "interrupted".into(),
+                    error: why.to_string(),
+                    ..Default::default()
+                });
+            }
+            write_job(&mut tx, &job)?;
+            out.push(job);
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn reactor_resume(&self) -> Result<Resume, StoreError> {
+        let mut c = self.conn()?;
+        let mut tx = c
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        let cursor = match tx.query_opt(
+            "SELECT value FROM tend_meta WHERE key = 'reactor_cursor'",
+            &[],
+        )? {
+            Some(r) => un(r.get(0)),
+            // A new database: the reactor starts at what is stored now.
+            None => meta(&mut tx, "next_event")?.saturating_sub(1),
+        };
+        let commit = meta(&mut tx, "reactor_commit")?;
+        let states = tx
+            .query("SELECT key, state FROM tend_reactor ORDER BY key", &[])?
+            .into_iter()
+            .map(|r| {
+                let key: Vec<u8> = r.get(0);
+                (
+                    String::from_utf8_lossy(&key).into_owned(),
+                    r.get::<_, Vec<u8>>(1),
+                )
+            })
+            .collect();
+        tx.commit()?;
+        Ok(Resume {
+            cursor,
+            commit,
+            states,
+        })
+    }
+
+    fn commit_reactions(&self, r: Reactions) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction()?;
+        let mut id = take_ids(&mut tx, r.events.len())?;
+        set_meta(&mut tx, "reactor_cursor", r.cursor)?;
+        set_meta(&mut tx, "reactor_commit", r.commit)?;
+        if r.clear_state {
+            tx.execute("DELETE FROM tend_reactor", &[])?;
+        }
+        for (key, bytes) in &r.state {
+            match bytes {
+                Some(b) => {
+                    tx.execute(
+                        "INSERT INTO tend_reactor (key, state) VALUES ($1, $2)
+                         ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state",
+                        &[&key.as_bytes(), b],
+                    )?;
+                }
+                None => {
+                    tx.execute(
+                        "DELETE FROM tend_reactor WHERE key = $1",
+                        &[&key.as_bytes()],
+                    )?;
+                }
+            }
+        }
+        let stored_us = now_us();
+        let stored: Vec<StoredEvent> = r
+            .events
+            .into_iter()
+            .map(|event| {
+                let rec = StoredEvent {
+                    id,
+                    stored_us,
+                    event: Some(event),
+                };
+                id += 1;
+                rec
+            })
+            .collect();
+        insert_events(&mut tx, &stored)?;
+        for job in &r.jobs {
+            write_job(&mut tx, job)?;
+        }
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    fn delete_job(&self, id: u64) -> Result<(), StoreError> {
+        let mut c = self.conn()?;
+        c.execute("DELETE FROM tend_jobs WHERE id = $1", &[&db(id)])?;
+        Ok(())
+    }
+
+    fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
+        let mut c = self.conn()?;
+        c.query_opt("SELECT job FROM tend_jobs WHERE id = $1", &[&db(id)])?
+            .map(|r| decode("tend_jobs", id, r.get::<_, &[u8]>(0)))
+            .transpose()
+    }
+
+    fn list_jobs(&self, limit: usize, max_bytes: usize) -> Result<Vec<Job>, StoreError> {
+        let mut c = self.conn()?;
+        let rows = c.query(
+            "SELECT id, job FROM tend_jobs ORDER BY id DESC LIMIT $1",
+            &[&(limit as i64)],
+        )?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for r in rows {
+            let body: &[u8] = r.get(1);
+            bytes += body.len();
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
+            out.push(decode("tend_jobs", r.get::<_, i64>(0), body)?);
+        }
+        Ok(out)
+    }
+
+    fn put_minion(&self, info: &MinionInfo) -> Result<(), StoreError> {
+        let mut c = self.conn()?;
+        c.execute(
+            "INSERT INTO tend_minions (id, info) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET info = EXCLUDED.info",
+            &[&info.id, &info.encode_to_vec()],
+        )?;
+        Ok(())
+    }
+
+    fn minions(&self) -> Result<Vec<MinionInfo>, StoreError> {
+        let mut c = self.conn()?;
+        c.query("SELECT id, info FROM tend_minions ORDER BY id", &[])?
+            .into_iter()
+            .map(|r| decode("tend_minions", r.get::<_, String>(0), r.get::<_, &[u8]>(1)))
+            .collect()
+    }
+}

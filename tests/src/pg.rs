@@ -1,0 +1,262 @@
+//! A real PostgreSQL for the tests: a fresh database per test.
+//!
+//! The server is the one on 127.0.0.1:5432 when one answers (trust auth,
+//! as on the CI machines; `TEND_TEST_PG` names another, as a connection
+//! string to its maintenance database). Where none answers, a throwaway
+//! server is started once per test process from the machine's PostgreSQL
+//! binaries, in a temp dir, on a free port; Debian's `postgresql` package
+//! is installed first when the binaries are missing (as the demo installs
+//! g++), so `cargo test --workspace` passes on a fresh machine. The
+//! throwaway server dies with the test process.
+//! `TEND_TEST_PG_THROWAWAY=1` starts one even where a server answers, to
+//! try that path.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use postgres::{Client, NoTls};
+
+/// A database of its own for one test; dropped with it.
+pub struct PgDb {
+    /// Connection string for the test's database.
+    pub url: String,
+    /// The database's name.
+    pub name: String,
+    admin: String,
+}
+
+impl PgDb {
+    /// A client on the test's database.
+    pub fn client(&self) -> Client {
+        Client::connect(&self.url, NoTls).expect("connect to the test database")
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        if let Ok(mut c) = Client::connect(&self.admin, NoTls) {
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// The server's maintenance connection string, or why there is none.
+fn server() -> &'static Result<String, String> {
+    static SERVER: OnceLock<Result<String, String>> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        // As on a fresh machine: no server is looked for.
+        if std::env::var_os("TEND_TEST_PG_THROWAWAY").is_some() {
+            return throwaway();
+        }
+        let given = std::env::var("TEND_TEST_PG").ok();
+        let local = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=2";
+        let admin = given.clone().unwrap_or_else(|| local.to_string());
+        match Client::connect(&admin, NoTls) {
+            Ok(_) => return Ok(admin),
+            Err(e) if given.is_some() => return Err(format!("TEND_TEST_PG ({admin}): {e}")),
+            Err(_) => {}
+        }
+        throwaway()
+    })
+}
+
+/// A fresh database on the test server. Panics (the test fails) when no
+/// server can be had: the tests that need one are the checks.
+pub fn database() -> PgDb {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let admin = match server() {
+        Ok(a) => a.clone(),
+        Err(why) => panic!("no PostgreSQL for the test: {why}"),
+    };
+    let name = format!(
+        "tend_t{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_micros())
+    );
+    let mut c = Client::connect(&admin, NoTls).expect("connect to the test server");
+    c.batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("create the test database");
+    let url = replace_dbname(&admin, &name);
+    PgDb { url, name, admin }
+}
+
+/// `conn` (key=value form) with its dbname set to `name`.
+fn replace_dbname(conn: &str, name: &str) -> String {
+    let mut parts: Vec<String> = conn
+        .split_whitespace()
+        .filter(|kv| !kv.starts_with("dbname="))
+        .map(str::to_string)
+        .collect();
+    parts.push(format!("dbname={name}"));
+    parts.join(" ")
+}
+
+/// PostgreSQL's programs: pg_config's bindir, Debian's versioned dirs,
+/// or the PATH.
+fn bindir() -> Option<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("postgres").exists() {
+            return Some(dir);
+        }
+    }
+    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|d| d.join("postgres").exists() && d.join("initdb").exists())
+        .collect();
+    debian.sort();
+    debian.pop()
+}
+
+fn install() -> Result<(), String> {
+    eprintln!("PostgreSQL is not installed: installing Debian's postgresql package for the tests");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("apt-get: {e}"))
+    };
+    apt(&["update", "-q"])?;
+    let st = apt(&[
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "postgresql",
+    ])?;
+    if !st.success() {
+        return Err(format!("apt-get install postgresql: {st}"));
+    }
+    Ok(())
+}
+
+/// Starts a server in a temp dir on a free port; its maintenance
+/// connection string.
+fn throwaway() -> Result<String, String> {
+    let bin = match bindir() {
+        Some(b) => b,
+        None => {
+            install()?;
+            bindir().ok_or("postgresql installed but its programs were not found")?
+        }
+    };
+    // Earlier test processes' servers died with them; their dirs go.
+    for old in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = old.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("tend-test-pg-")
+            && !Path::new("/proc").join(pid).exists()
+        {
+            let _ = std::fs::remove_dir_all(old.path());
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("tend-test-pg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // initdb and postgres refuse to run as root: as the postgres user.
+    let user = as_user();
+    if let Some((uid, gid)) = user {
+        chown(&dir, uid, gid)?;
+    }
+    let data = dir.join("data");
+    let st = run_as(user, Command::new(bin.join("initdb")))
+        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("initdb: {e}"))?;
+    if !st.status.success() {
+        return Err(format!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&st.stderr)
+        ));
+    }
+    let port = crate::free_port();
+    let mut cmd = run_as(user, Command::new(bin.join("postgres")));
+    cmd.arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+        .args(["-c", "fsync=off", "-c", "max_connections=300"])
+        .arg("-k")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // The server dies with the test process: started from a thread that
+    // lives as long as the process, with a parent-death signal.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::os::unix::process::CommandExt;
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let _ = tx.send(cmd.spawn().map_err(|e| format!("postgres: {e}")));
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().map_err(|e| e.to_string())?.map(drop)?;
+    let admin =
+        format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Client::connect(&admin, NoTls) {
+            Ok(_) => break,
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("the throwaway PostgreSQL never answered: {e}"));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    eprintln!(
+        "no PostgreSQL on 127.0.0.1:5432: started a throwaway server on port {port} in {}",
+        dir.display()
+    );
+    Ok(admin)
+}
+
+/// The postgres user's ids when running as root.
+fn as_user() -> Option<(u32, u32)> {
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let pw = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
+    if pw.is_null() {
+        return None;
+    }
+    Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+fn run_as(user: Option<(u32, u32)>, mut cmd: Command) -> Command {
+    use std::os::unix::process::CommandExt;
+    if let Some((uid, gid)) = user {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| format!("chown: {e}"))
+}

@@ -1,0 +1,443 @@
+//! The PostgreSQL store (issue 16) against a real PostgreSQL: the same
+//! behaviour as the embedded store, run side by side through the one
+//! `Backend` interface, and what sharing it between masters adds (each
+//! event once, ids in commit order, the schema applied once).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tend_e2e::pg;
+use tend_proto::v1::{Event, Job};
+use tend_store::{Backend, EventFilter, Incoming, Local, PgOptions, PgStore, Reactions, Store};
+
+fn ev(minion: &str, seq: u64) -> Event {
+    Event {
+        minion: minion.into(),
+        seq,
+        tag: format!("minion/{minion}/test"),
+        time_us: 1,
+        data: b"{}".to_vec(),
+        cause: 0,
+    }
+}
+
+fn incoming(minion: &str, seqs: &[u64]) -> Incoming {
+    Incoming {
+        minion: minion.into(),
+        events: seqs.iter().map(|s| ev(minion, *s)).collect(),
+        ..Default::default()
+    }
+}
+
+fn pg_store(db: &pg::PgDb, owner: &str) -> PgStore {
+    PgStore::open(&PgOptions {
+        url: db.url.clone(),
+        password: None,
+        owner: owner.into(),
+    })
+    .expect("open the PostgreSQL store")
+}
+
+/// What both backends must do alike, as a transcript of results.
+fn transcript(store: &dyn Backend) -> Vec<String> {
+    let mut t = Vec::new();
+    let mut say = |s: String| t.push(s);
+    let out = store
+        .append(vec![incoming("a", &[1, 2, 3])], vec![])
+        .unwrap();
+    say(format!(
+        "stored {:?}",
+        out.stored.iter().map(|r| r.id).collect::<Vec<_>>()
+    ));
+    // A replay overlapping what is stored, and a gap.
+    let out = store
+        .append(
+            vec![incoming("a", &[2, 3, 4]), incoming("b", &[1, 3])],
+            vec![],
+        )
+        .unwrap();
+    say(format!(
+        "dups {} gaps {:?} acked a={:?} b={:?}",
+        out.duplicates,
+        out.gaps.get("b"),
+        out.acked.get("a"),
+        out.acked.get("b")
+    ));
+    // The minion no longer holds 2: skipped and counted as lost.
+    let out = store
+        .append(
+            vec![Incoming {
+                oldest: 3,
+                ..incoming("b", &[3, 4])
+            }],
+            vec![Local {
+                n: 1,
+                event: ev("b", 0),
+            }],
+        )
+        .unwrap();
+    say(format!(
+        "lost {:?} stored {}",
+        out.lost.get("b"),
+        out.stored.len()
+    ));
+    // The master's own event 1 again, and a new one.
+    let out = store
+        .append(
+            vec![],
+            vec![
+                Local {
+                    n: 1,
+                    event: ev("b", 0),
+                },
+                Local {
+                    n: 2,
+                    event: ev("c", 0),
+                },
+            ],
+        )
+        .unwrap();
+    say(format!(
+        "local stored {} dups {}",
+        out.stored.len(),
+        out.duplicates
+    ));
+    say(format!(
+        "last {} mark {}",
+        store.last_event_id().unwrap(),
+        store.local_mark().unwrap()
+    ));
+    // Listings: newest first, by minion, by tag, in pages.
+    let filter = EventFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    let (all, next) = store.list_events(&filter, 3).unwrap();
+    say(format!(
+        "page {:?} next {next:?}",
+        all.iter().map(|r| r.id).collect::<Vec<_>>()
+    ));
+    let (rest, next) = store
+        .list_events(
+            &EventFilter {
+                before_id: next,
+                ..filter.clone()
+            },
+            100,
+        )
+        .unwrap();
+    say(format!(
+        "rest {:?} next {next:?}",
+        rest.iter().map(|r| r.id).collect::<Vec<_>>()
+    ));
+    let (only_b, _) = store
+        .list_events(
+            &EventFilter {
+                minion: Some("b".into()),
+                tag: Some(
+                    globset::Glob::new("minion/*/test")
+                        .unwrap()
+                        .compile_matcher(),
+                ),
+                ..filter.clone()
+            },
+            100,
+        )
+        .unwrap();
+    say(format!(
+        "b {:?}",
+        only_b
+            .iter()
+            .map(|r| r.event.as_ref().unwrap().seq)
+            .collect::<Vec<_>>()
+    ));
+    let after = store.events_after(2, 3).unwrap();
+    say(format!(
+        "after2 {:?}",
+        after.iter().map(|r| r.id).collect::<Vec<_>>()
+    ));
+    let (f, last) = store.follow(1, 6, &filter, 2).unwrap();
+    say(format!(
+        "follow {:?} last {last}",
+        f.iter().map(|r| r.id).collect::<Vec<_>>()
+    ));
+    say(format!("since0 {}", store.first_id_since(0).unwrap()));
+    say(format!(
+        "since_future {}",
+        store.first_id_since(i64::MAX).unwrap()
+    ));
+    // The reactor: cursor, step number, states, fired events and jobs.
+    let job_id = store.next_job_id();
+    let job = Job {
+        id: job_id,
+        kind: "apply".into(),
+        created_us: 1,
+        status: "running".into(),
+        trigger_minion: "a".into(),
+        ..Default::default()
+    };
+    let fired = store
+        .commit_reactions(Reactions {
+            cursor: 7,
+            commit: 1,
+            state: vec![
+                ("r\0a".into(), Some(vec![1, 2])),
+                ("r\0b".into(), Some(vec![3])),
+            ],
+            events: vec![ev("a", 0)],
+            jobs: vec![job.clone()],
+            ..Default::default()
+        })
+        .unwrap();
+    say(format!(
+        "fired {:?}",
+        fired.iter().map(|r| r.id).collect::<Vec<_>>()
+    ));
+    store
+        .commit_reactions(Reactions {
+            cursor: 8,
+            commit: 2,
+            state: vec![("r\0b".into(), None)],
+            ..Default::default()
+        })
+        .unwrap();
+    let r = store.reactor_resume().unwrap();
+    say(format!("resume {} {} {:?}", r.cursor, r.commit, r.states));
+    say(format!(
+        "job {:?}",
+        store.job(job_id).unwrap().map(|j| j.status)
+    ));
+    let interrupted = store.interrupt_unfinished("the master stopped").unwrap();
+    say(format!(
+        "interrupted {:?}",
+        interrupted
+            .iter()
+            .map(|j| (&j.status, &j.minions[0].status, &j.minions[0].error))
+            .collect::<Vec<_>>()
+    ));
+    say(format!(
+        "again {}",
+        store.interrupt_unfinished("x").unwrap().len()
+    ));
+    say(format!(
+        "jobs {}",
+        store.list_jobs(10, 1 << 20).unwrap().len()
+    ));
+    // Retention: everything old, but nothing past the reactor's cursor
+    // (8) and never the newest.
+    let pruned = store.prune_events(i64::MAX, None, 3).unwrap();
+    say(format!("pruned {pruned:?}"));
+    let pruned = store.prune_events(i64::MAX, None, 100).unwrap();
+    say(format!("pruned {pruned:?}"));
+    say(format!(
+        "left {:?}",
+        store
+            .events_after(0, 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+    ));
+    say(format!(
+        "jobs pruned {}",
+        store.prune_jobs(i64::MAX, 10).unwrap()
+    ));
+    store.delete_job(job_id).unwrap();
+    say(format!("deleted {:?}", store.job(job_id).unwrap()));
+    store
+        .put_minion(&tend_proto::v1::MinionInfo {
+            id: "a".into(),
+            version: "1".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    say(format!(
+        "minions {:?}",
+        store
+            .minions()
+            .unwrap()
+            .iter()
+            .map(|m| &m.id)
+            .collect::<Vec<_>>()
+    ));
+    store.probe().unwrap();
+    store.reopen().unwrap();
+    t
+}
+
+/// Every operation gives the same results on PostgreSQL as on the
+/// embedded store (job ids aside: blocks per master on PostgreSQL).
+#[test]
+fn postgres_and_the_embedded_store_behave_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = Store::open(dir.path()).unwrap();
+    let db = pg::database();
+    let postgres = pg_store(&db, "m1");
+    let a = transcript(&embedded);
+    let b = transcript(&postgres);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y, "\nembedded: {a:#?}\npostgres: {b:#?}");
+    }
+    assert_eq!(a.len(), b.len());
+}
+
+/// Two masters store the same minions' events at once (each minion
+/// publishes to both): every (minion, seq) is stored exactly once, ids
+/// have no holes, and a reader going by id while they write sees every
+/// event (ids are given in commit order).
+#[test]
+fn two_masters_storing_the_same_events_store_each_once_in_id_order() {
+    let db = pg::database();
+    let m1 = Arc::new(pg_store(&db, "m1"));
+    let m2 = Arc::new(pg_store(&db, "m2"));
+    const MINIONS: u64 = 5;
+    const SEQS: u64 = 2_000;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let store = pg_store(&db, "reader");
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut cursor = 0;
+            let mut seen = Vec::new();
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let page = store.events_after(cursor, 1_000).unwrap();
+                for rec in &page {
+                    seen.push(rec.id);
+                    cursor = rec.id;
+                }
+                if finished && page.is_empty() {
+                    return seen;
+                }
+            }
+        })
+    };
+    let writers: Vec<_> = [m1.clone(), m2.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(w, store)| {
+            std::thread::spawn(move || {
+                // Batches of varying sizes, minions interleaved; each
+                // master gets every event, in its own chunking.
+                let chunk = if w == 0 { 37 } else { 53 };
+                let mut from = 1;
+                while from <= SEQS {
+                    let to = (from + chunk).min(SEQS + 1);
+                    let seqs: Vec<u64> = (from..to).collect();
+                    let batch = (0..MINIONS)
+                        .map(|m| incoming(&format!("web{m}"), &seqs))
+                        .collect();
+                    store.append(batch, vec![]).unwrap();
+                    from = to;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = reader.join().unwrap();
+    let mut c = db.client();
+    let rows = c
+        .query("SELECT minion, seq, count(*) FROM tend_events GROUP BY minion, seq HAVING count(*) > 1", &[])
+        .unwrap();
+    assert!(rows.is_empty(), "{} (minion, seq) stored twice", rows.len());
+    let total: i64 = c
+        .query_one("SELECT count(*) FROM tend_events", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(total as u64, MINIONS * SEQS, "every event stored once");
+    let ids: Vec<u64> = (1..=MINIONS * SEQS).collect();
+    assert_eq!(seen, ids, "the reader saw every id, in order, no holes");
+    for m in 0..MINIONS {
+        let minion = format!("web{m}");
+        let seqs: Vec<i64> = c
+            .query(
+                "SELECT seq FROM tend_events WHERE minion = $1 ORDER BY id",
+                &[&minion],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=SEQS as i64).collect::<Vec<_>>(),
+            "{minion} in seq order"
+        );
+    }
+    // Job ids from two masters never collide.
+    let ids: HashSet<u64> = (0..300)
+        .flat_map(|_| [m1.next_job_id(), m2.next_job_id()])
+        .collect();
+    assert_eq!(ids.len(), 600);
+}
+
+/// Masters starting together apply the schema once; a database whose
+/// schema is newer than this master knows is refused with a message
+/// saying so, not written to.
+#[test]
+fn the_schema_is_applied_once_and_a_newer_one_is_refused() {
+    let db = pg::database();
+    let opens: Vec<_> = (0..4)
+        .map(|i| {
+            let url = db.url.clone();
+            std::thread::spawn(move || {
+                PgStore::open(&PgOptions {
+                    url,
+                    password: None,
+                    owner: format!("m{i}"),
+                })
+                .map(drop)
+            })
+        })
+        .collect();
+    for o in opens {
+        o.join().unwrap().expect("every master opens the store");
+    }
+    let mut c = db.client();
+    let versions: i64 = c
+        .query_one("SELECT count(*) FROM tend_schema", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(versions, 1);
+    c.batch_execute("INSERT INTO tend_schema VALUES (999, 0)")
+        .unwrap();
+    let err = PgStore::open(&PgOptions {
+        url: db.url.clone(),
+        password: None,
+        owner: "m1".into(),
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("schema version 999") && err.contains("upgrade"),
+        "{err}"
+    );
+}
+
+/// A URL that does not parse, and a server that does not answer, are
+/// errors naming the database without its password.
+#[test]
+fn bad_urls_and_unreachable_databases_are_named_without_the_password() {
+    let err = PgStore::open(&PgOptions {
+        url: "postgres://tend:s3cret@127.0.0.1:1/tend?bogus=1".into(),
+        password: None,
+        owner: "m".into(),
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(!err.contains("s3cret"), "{err}");
+    assert!(err.contains("tend:***@127.0.0.1:1/tend"), "{err}");
+    let port = tend_e2e::free_port();
+    let err = PgStore::open(&PgOptions {
+        url: format!("postgres://tend:s3cret@127.0.0.1:{port}/tend"),
+        password: None,
+        owner: "m".into(),
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(!err.contains("s3cret"), "{err}");
+    assert!(err.contains("cannot reach"), "{err}");
+}

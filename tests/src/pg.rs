@@ -69,11 +69,14 @@ fn server() -> &'static Result<String, String> {
 /// A fresh database on the test server. Panics (the test fails) when no
 /// server can be had: the tests that need one are the checks.
 pub fn database() -> PgDb {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let admin = match server() {
-        Ok(a) => a.clone(),
+    match server() {
+        Ok(admin) => create_database(admin),
         Err(why) => panic!("no PostgreSQL for the test: {why}"),
-    };
+    }
+}
+
+fn create_database(admin: &str) -> PgDb {
+    static N: AtomicU32 = AtomicU32::new(0);
     let name = format!(
         "tend_t{}_{}_{}",
         std::process::id(),
@@ -82,11 +85,15 @@ pub fn database() -> PgDb {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_micros())
     );
-    let mut c = Client::connect(&admin, NoTls).expect("connect to the test server");
+    let mut c = Client::connect(admin, NoTls).expect("connect to the test server");
     c.batch_execute(&format!("CREATE DATABASE {name}"))
         .expect("create the test database");
-    let url = replace_dbname(&admin, &name);
-    PgDb { url, name, admin }
+    let url = replace_dbname(admin, &name);
+    PgDb {
+        url,
+        name,
+        admin: admin.to_string(),
+    }
 }
 
 /// `conn` (key=value form) with its dbname set to `name`.
@@ -146,95 +153,166 @@ fn install() -> Result<(), String> {
     Ok(())
 }
 
-/// Starts a server in a temp dir on a free port; its maintenance
-/// connection string.
+/// Starts a server in a temp dir on a free port, for the whole test
+/// process; its maintenance connection string.
 fn throwaway() -> Result<String, String> {
-    let bin = match bindir() {
-        Some(b) => b,
-        None => {
-            install()?;
-            bindir().ok_or("postgresql installed but its programs were not found")?
-        }
-    };
-    // Earlier test processes' servers died with them; their dirs go.
-    for old in std::fs::read_dir(std::env::temp_dir())
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let name = old.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("tend-test-pg-")
-            && !Path::new("/proc").join(pid).exists()
-        {
-            let _ = std::fs::remove_dir_all(old.path());
-        }
-    }
-    let dir = std::env::temp_dir().join(format!("tend-test-pg-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    // initdb and postgres refuse to run as root: as the postgres user.
-    let user = as_user();
-    if let Some((uid, gid)) = user {
-        chown(&dir, uid, gid)?;
-    }
-    let data = dir.join("data");
-    let st = run_as(user, Command::new(bin.join("initdb")))
-        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| format!("initdb: {e}"))?;
-    if !st.status.success() {
-        return Err(format!(
-            "initdb failed: {}",
-            String::from_utf8_lossy(&st.stderr)
-        ));
-    }
-    let port = crate::free_port();
-    let mut cmd = run_as(user, Command::new(bin.join("postgres")));
-    cmd.arg("-D")
-        .arg(&data)
-        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-        .args(["-c", "fsync=off", "-c", "max_connections=300"])
-        .arg("-k")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // The server dies with the test process: started from a thread that
-    // lives as long as the process, with a parent-death signal.
+    // Started from a thread that lives as long as the process: the
+    // server's parent-death signal fires when its spawning thread ends.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        let server = Server::new();
+        let admin = server.as_ref().map(|s| s.admin()).map_err(Clone::clone);
+        let _ = tx.send(admin);
+        let _keep = server;
+        loop {
+            std::thread::park();
+        }
+    });
+    let admin = rx.recv().map_err(|e| e.to_string())??;
+    eprintln!("no PostgreSQL on 127.0.0.1:5432 answered: started a throwaway server ({admin})");
+    Ok(admin)
+}
+
+/// A PostgreSQL server of the test's own, in a temp dir on a free port,
+/// that the test can stop and start again (the database going away). It
+/// dies with the thread that started it, and its dir goes when dropped.
+pub struct Server {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    user: Option<(u32, u32)>,
+    child: Option<std::process::Child>,
+}
+
+impl Server {
+    /// initdb and start; Debian's postgresql is installed first when the
+    /// machine has no PostgreSQL programs.
+    pub fn new() -> Result<Self, String> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let bin = match bindir() {
+            Some(b) => b,
+            None => {
+                install()?;
+                bindir().ok_or("postgresql installed but its programs were not found")?
+            }
+        };
+        // Earlier test processes' servers died with them; their dirs go.
+        for old in std::fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = old.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name
+                .strip_prefix("tend-test-pg-")
+                .and_then(|rest| rest.split('-').next())
+                && !Path::new("/proc").join(pid).exists()
+            {
+                let _ = std::fs::remove_dir_all(old.path());
+            }
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "tend-test-pg-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // initdb and postgres refuse to run as root: as the postgres user.
+        let user = as_user();
+        if let Some((uid, gid)) = user {
+            chown(&dir, uid, gid)?;
+        }
+        let st = run_as(user, Command::new(bin.join("initdb")))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(dir.join("data"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| format!("initdb: {e}"))?;
+        if !st.status.success() {
+            return Err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&st.stderr)
+            ));
+        }
+        let mut server = Self {
+            bin,
+            dir,
+            port: crate::free_port(),
+            user,
+            child: None,
+        };
+        server.start()?;
+        Ok(server)
+    }
+
+    /// The maintenance connection string.
+    pub fn admin(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=2",
+            self.port
+        )
+    }
+
+    /// A fresh database on this server.
+    pub fn database(&self) -> PgDb {
+        create_database(&self.admin())
+    }
+
+    /// Starts the server (again) and waits until it answers.
+    pub fn start(&mut self) -> Result<(), String> {
         use std::os::unix::process::CommandExt;
+        let mut cmd = run_as(self.user, Command::new(self.bin.join("postgres")));
+        cmd.arg("-D")
+            .arg(self.dir.join("data"))
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+            ])
+            .args(["-c", "fsync=off", "-c", "max_connections=300"])
+            .arg("-k")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
                 Ok(())
             });
         }
-        let _ = tx.send(cmd.spawn().map_err(|e| format!("postgres: {e}")));
+        self.child = Some(cmd.spawn().map_err(|e| format!("postgres: {e}"))?);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            std::thread::park();
-        }
-    });
-    rx.recv().map_err(|e| e.to_string())?.map(drop)?;
-    let admin =
-        format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=2");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match Client::connect(&admin, NoTls) {
-            Ok(_) => break,
-            Err(e) if Instant::now() > deadline => {
-                return Err(format!("the throwaway PostgreSQL never answered: {e}"));
+            match Client::connect(&self.admin(), NoTls) {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!("the test's PostgreSQL never answered: {e}"));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
-    eprintln!(
-        "no PostgreSQL on 127.0.0.1:5432: started a throwaway server on port {port} in {}",
-        dir.display()
-    );
-    Ok(admin)
+
+    /// Stops the server at once (SIGQUIT: connections cut, no checkpoint,
+    /// as a crash of the database host looks to its clients).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGQUIT);
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// The postgres user's ids when running as root.

@@ -87,6 +87,52 @@ pub struct MasterConfig {
     pub metrics_listen: Option<String>,
     #[serde(default)]
     pub log: LogConfig,
+    /// Where events, jobs and minions are kept: the embedded store in
+    /// `data_dir` unless `[store] postgres` names a database.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// `[store]`: PostgreSQL, for several masters sharing one database.
+///
+/// ```toml
+/// [store]
+/// postgres = "postgres://tend@db.example/tend?sslmode=disable"
+/// password_file = "/etc/tend/store.password"  # or TEND_STORE_PASSWORD
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// A `postgres://` URL (or `key=value` string); absent: the embedded
+    /// store.
+    #[serde(default)]
+    pub postgres: Option<String>,
+    /// A file holding the database password (its first line), when it is
+    /// not in the URL. Relative to master.toml when relative.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+/// The environment variable the store's password may come from.
+pub const STORE_PASSWORD_ENV: &str = "TEND_STORE_PASSWORD";
+
+impl StoreConfig {
+    /// The database password: the file's first line, or the environment;
+    /// None when neither gives one. The error names the file.
+    pub fn password(&self) -> Result<Option<String>, String> {
+        if let Some(file) = &self.password_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("[store] password_file {}: {e}", file.display()))?;
+            let line = text.lines().next().unwrap_or("").trim_end();
+            if line.is_empty() {
+                return Err(format!("[store] password_file {} is empty", file.display()));
+            }
+            return Ok(Some(line.to_string()));
+        }
+        Ok(std::env::var(STORE_PASSWORD_ENV)
+            .ok()
+            .filter(|p| !p.is_empty()))
+    }
 }
 
 fn default_event_endpoint() -> String {
@@ -272,6 +318,22 @@ impl MasterConfig {
                 message: e.to_string(),
             })?;
         }
+        if let Some(file) = &mut cfg.store.password_file {
+            *file = tend_daemon::relative_to(path, file);
+        }
+        if let Some(url) = &cfg.store.postgres
+            && !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.contains('='))
+        {
+            return Err(err(
+                "store.postgres",
+                format!(
+                    "{:?} is not a postgres:// URL or a key=value connection string",
+                    tend_store::redact(url)
+                ),
+            ));
+        }
         if cfg.max_events == Some(0) {
             return Err(err(
                 "max_events",
@@ -293,6 +355,19 @@ impl MasterConfig {
             return Err(RetentionError::UnderASecond(self.retention.clone()));
         }
         Ok((!d.is_zero()).then_some(d))
+    }
+
+    /// How to reach the PostgreSQL store, when one is configured; `owner`
+    /// names this master among those sharing it.
+    pub fn store_options(&self, owner: &str) -> Result<Option<tend_store::PgOptions>, String> {
+        let Some(url) = &self.store.postgres else {
+            return Ok(None);
+        };
+        Ok(Some(tend_store::PgOptions {
+            url: url.clone(),
+            password: self.store.password()?,
+            owner: owner.to_string(),
+        }))
     }
 
     /// Where the CLI connects: `control_endpoint`, or the socket in

@@ -18,7 +18,7 @@ mod stats;
 mod store;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use tend_bus::{BusStats, ControlServer, Identity, KeyStore, MasterBus, MasterBus
 use tend_master::config::MasterConfig;
 use tend_reactor::{Rule, RuleErrors, Rules};
 use tend_state::StateTree;
-use tend_store::Store;
+use tend_store::{PgOptions, PgStore, Store};
 use tokio::sync::mpsc;
 
 use crate::master::{Master, Parts};
@@ -221,6 +221,42 @@ fn rule_targets<'a>(rules: impl Iterator<Item = &'a Rule>) -> Vec<(String, Strin
         .collect()
 }
 
+/// The store as the master starts with it.
+struct Opened {
+    store: Arc<dyn Backend>,
+    /// Jobs the last run left unfinished, now interrupted.
+    interrupted: u64,
+    last_event: u64,
+    local_mark: u64,
+    /// The minions the store remembers, none connected yet.
+    minions: HashMap<String, tend_proto::v1::MinionInfo>,
+}
+
+/// Opens the store's backend (the one place that picks it) and reads what
+/// the master starts from. Blocks: on a blocking thread.
+fn open_store(data_dir: &Path, pg: Option<PgOptions>) -> anyhow::Result<Opened> {
+    let store: Arc<dyn Backend> = match pg {
+        None => Arc::new(Store::open(data_dir)?),
+        Some(opts) => Arc::new(PgStore::open(&opts)?),
+    };
+    let interrupted = interrupt_unfinished(store.as_ref())?;
+    let minions = store
+        .minions()?
+        .into_iter()
+        .map(|mut m| {
+            m.connected = false;
+            (m.id.clone(), m)
+        })
+        .collect();
+    Ok(Opened {
+        interrupted,
+        last_event: store.last_event_id()?,
+        local_mark: store.local_mark()?,
+        minions,
+        store,
+    })
+}
+
 async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
     let loaded = Rules::load_dir(&cfg.reactor_dir);
     if args.check_config {
@@ -247,13 +283,21 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
             tracing::warn!("{warning}");
         }
     }
-    // The store's backend: the one place that picks it.
-    let opened = Store::open(&cfg.data_dir)?;
-    let store_path = opened.path().to_path_buf();
-    let store: Arc<dyn Backend> = Arc::new(opened);
-    let interrupted = interrupt_unfinished(store.as_ref())?;
-    let last_event = store.last_event_id()?;
-    let local_mark = store.local_mark()?;
+    let Opened {
+        store,
+        interrupted,
+        last_event,
+        local_mark,
+        minions,
+    } = {
+        // Masters sharing a database tell their own events apart by their
+        // key's fingerprint.
+        let pg = cfg
+            .store_options(&identity.fingerprint())
+            .map_err(anyhow::Error::msg)?;
+        let data_dir = cfg.data_dir.clone();
+        tokio::task::spawn_blocking(move || open_store(&data_dir, pg)).await??
+    };
     let shutdown = tend_daemon::shutdown_on_signals()?;
 
     let bus_stats = Arc::new(BusStats::default());
@@ -297,19 +341,11 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         None => None,
     };
 
-    let minions: HashMap<_, _> = store
-        .minions()?
-        .into_iter()
-        .map(|mut m| {
-            m.connected = false;
-            (m.id.clone(), m)
-        })
-        .collect();
     tracing::info!(
         events = %cfg.event_endpoint,
         commands = %cfg.command_endpoint,
         control = %control_endpoint,
-        store = %store_path.display(),
+        store = %store.describe(),
         rules = rules.len(),
         minions = minions.len(),
         fingerprint = %identity.fingerprint(),

@@ -9,6 +9,9 @@ use crate::{Appended, EventFilter, Incoming, Local, Pruned, Reactions, Resume, S
 /// Every store operation the master uses. Calls block (disk, network):
 /// components make them on the blocking pool or the reactor's thread.
 pub trait Backend: Send + Sync + 'static {
+    /// What and where the store is, for logs and `tend status` (never a
+    /// password).
+    fn describe(&self) -> String;
     /// Reopens after a failure (a full disk, a lost connection).
     fn reopen(&self) -> Result<(), StoreError>;
     /// Checks that a write works.
@@ -70,6 +73,9 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 impl Backend for Store {
+    fn describe(&self) -> String {
+        format!("embedded {}", self.path().display())
+    }
     fn reopen(&self) -> Result<(), StoreError> {
         Store::reopen(self)
     }

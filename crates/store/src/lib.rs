@@ -45,7 +45,7 @@ pub use backend::Backend;
 /// A batch from one minion, what storing it did, and which events to list.
 pub use events::{Appended, EventFilter, Incoming, Local};
 /// The PostgreSQL backend, for several masters.
-pub use pg::{PgOptions, PgStore};
+pub use pg::{PgOptions, PgStore, redact};
 /// What the reactor made of a run of events, and its saved group states.
 pub use reactions::{GroupStates, Reactions, Resume};
 /// What one pruning step removed.

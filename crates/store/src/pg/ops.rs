@@ -120,6 +120,10 @@ impl PgStore {
 }
 
 impl Backend for PgStore {
+    fn describe(&self) -> String {
+        format!("postgres {}", self.shown)
+    }
+
     /// The pool reconnects by itself: nothing to reopen.
     fn reopen(&self) -> Result<(), StoreError> {
         Ok(())
@@ -338,9 +342,23 @@ impl Backend for PgStore {
         let mut ids = self.job_ids.lock().unwrap_or_else(|p| p.into_inner());
         if ids.0 >= ids.1 {
             // A block of 100 (the sequence's step) for this master.
-            let taken = self.conn().and_then(|mut c| {
-                Ok(c.query_one("SELECT nextval('tend_job_ids')", &[])?
-                    .get::<_, i64>(0))
+            // Job ids are taken on async threads too, where the blocking
+            // client may not run its own runtime: on a thread of its own
+            // (once per block).
+            let taken = std::thread::scope(|s| {
+                s.spawn(|| {
+                    self.conn().and_then(|mut c| {
+                        Ok(c.query_one("SELECT nextval('tend_job_ids')", &[])?
+                            .get::<_, i64>(0))
+                    })
+                })
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(StoreError::PgConnect {
+                        url: self.shown.clone(),
+                        error: "the job id thread panicked".into(),
+                    })
+                })
             });
             match taken {
                 Ok(start) => *ids = (un(start), un(start) + 100),

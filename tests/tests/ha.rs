@@ -1,0 +1,183 @@
+//! Issue 16: masters on PostgreSQL. A master whose `[store]` names a
+//! database keeps everything there (the whole loop works as on the
+//! embedded store), and a database that goes away for a while costs
+//! nothing: the master stops acknowledging, says so, and stores every
+//! event once when it is back.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tend_e2e::pg;
+use tend_e2e::{Master, Minion, wait_until};
+
+fn store_section(url: &str) -> String {
+    format!("[store]\npostgres = {url:?}\n")
+}
+
+/// The whole loop with the store in PostgreSQL: a hand edit restored, the
+/// job and the events in the database, and all of it still there after
+/// the master restarts (no job left running, none interrupted).
+#[test]
+fn a_master_on_postgres_restores_drift_and_keeps_its_record_across_a_restart() {
+    let db = pg::database();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("motd");
+    let mut master = Master::new(&tmp.path().join("master"), &store_section(&db.url));
+    master.state_file("files/motd", "managed\n");
+    master.state_file(
+        "motd.toml",
+        &format!(
+            "[motd]\ntype = \"file.managed\"\npath = {:?}\nsource = \"files/motd\"\n",
+            file.display()
+        ),
+    );
+    master.rule_file(
+        "restore.toml",
+        "[[rule]]\nname = \"restore\"\non = \"minion/*/beacon/motd/*\"\n[[rule.action]]\napply = [\"motd\"]\n",
+    );
+    master.start();
+    let mut minion = Minion::new(
+        &tmp.path().join("minion"),
+        "web1",
+        &master,
+        &format!(
+            "[[beacon]]\nname = \"motd\"\ntype = \"file\"\npaths = [{:?}]\n",
+            file.display()
+        ),
+    );
+    minion.start();
+    master.wait_connected("web1");
+    master.expect(&["apply", "web1", "motd"], 0);
+    std::fs::write(&file, "edited by hand\n").unwrap();
+    wait_until(Duration::from_secs(20), "the hand edit restored", || {
+        (std::fs::read_to_string(&file).ok()? == "managed\n").then_some(())
+    });
+    let restore_jobs = |m: &Master| {
+        m.tend_json(&["jobs"])
+            .into_iter()
+            .filter(|j| j["rule"] == "restore")
+            .count()
+    };
+    wait_until(Duration::from_secs(10), "the restore job listed", || {
+        (restore_jobs(&master) >= 1).then_some(())
+    });
+    // It is in the database, not in a file of the master's.
+    let mut c = db.client();
+    let jobs: i64 = c
+        .query_one("SELECT count(*) FROM tend_jobs", &[])
+        .unwrap()
+        .get(0);
+    assert!(jobs >= 2, "the apply and the restore are rows: {jobs}");
+    assert!(
+        !tmp.path().join("master/data/tend.redb").exists(),
+        "no embedded store was made"
+    );
+    let events_before = master.events(&["--limit", "100000"]).len();
+    let jobs_before = restore_jobs(&master);
+    master.daemon().stop();
+    master.start();
+    master.wait_connected("web1");
+    assert!(master.events(&["--limit", "100000"]).len() >= events_before);
+    assert_eq!(restore_jobs(&master), jobs_before);
+    assert!(
+        master
+            .events(&["--tag", "master/jobs/interrupted"])
+            .is_empty(),
+        "a clean restart leaves no job running"
+    );
+    let status = master.tend_json(&["status"]).pop().unwrap();
+    assert!(status["store_error"].is_null(), "{status}");
+}
+
+/// Check 5: the database stopped for 10 s and started again. While it is
+/// down the master acknowledges nothing (the minion keeps its events),
+/// says so in `tend status`, the metrics and its log; once it is back
+/// every event the minion sent is stored exactly once, without a restart.
+#[test]
+fn the_database_stopped_for_ten_seconds_loses_nothing_and_is_said() {
+    let mut server = pg::Server::new().expect("a PostgreSQL server of the test's own");
+    let db = server.database();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut master = Master::new(&tmp.path().join("master"), &store_section(&db.url));
+    master.start();
+    let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &master, "");
+    minion.start();
+    master.wait_connected("m1");
+    let mut sent = 0u64;
+    let send = |n: u64| {
+        let out = minion.send("during", n);
+        assert!(out.status.success(), "{}", tend_e2e::stderr(&out));
+        n
+    };
+    sent += send(200);
+    server.stop();
+    let stopped = std::time::Instant::now();
+    let status = wait_until(
+        Duration::from_secs(30),
+        "the master's status to show the store failing",
+        || {
+            let status = master.tend_json(&["status"]).pop().unwrap();
+            if status["store_error"].is_string() {
+                return Some(status);
+            }
+            sent += send(50);
+            None
+        },
+    );
+    let error = status["store_error"].as_str().unwrap();
+    assert!(error.contains("PostgreSQL"), "{error}");
+    assert!(status["counters"]["store_failures"].as_u64() > Some(0));
+    let acked = |m: &Master| {
+        m.tend_json(&["minions"])
+            .iter()
+            .find(|x| x["id"] == "m1")
+            .and_then(|x| x["acked_seq"].as_u64())
+            .unwrap_or(0)
+    };
+    let acked_while_failing = acked(&master);
+    // Events keep coming while it is down.
+    while stopped.elapsed() < Duration::from_secs(10) {
+        sent += send(100);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        acked(&master),
+        acked_while_failing,
+        "acknowledged while the database was down"
+    );
+    assert!(
+        master.daemon().log_text().contains("the store fails"),
+        "the log says the store fails"
+    );
+    server.start().unwrap();
+    wait_until(Duration::from_secs(60), "the store to work again", || {
+        let status = master.tend_json(&["status"]).pop().unwrap();
+        status["store_error"].is_null().then_some(())
+    });
+    let mut c = db.client();
+    let stored = wait_until(
+        Duration::from_secs(60),
+        "every event sent to be stored",
+        || {
+            let seqs: Vec<i64> = c
+                .query(
+                    "SELECT seq FROM tend_events WHERE minion = 'm1' AND tag = 'minion/m1/event/during'",
+                    &[],
+                )
+                .ok()?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            (seqs.len() as u64 >= sent).then_some(seqs)
+        },
+    );
+    let unique: HashSet<i64> = stored.iter().copied().collect();
+    assert_eq!(unique.len(), stored.len(), "an event was stored twice");
+    assert_eq!(stored.len() as u64, sent, "events lost or extra");
+    assert!(
+        !master
+            .events(&["--tag", "master/store/recovered"])
+            .is_empty(),
+        "the recovery is announced"
+    );
+}

@@ -181,3 +181,112 @@ fn the_database_stopped_for_ten_seconds_loses_nothing_and_is_said() {
         "the recovery is announced"
     );
 }
+
+/// Check 6: `tend-master store migrate --to` moves a populated embedded
+/// store into PostgreSQL: `tend events` and `tend jobs` read the same
+/// before and after, the reactor goes on from its cursor (nothing reacted
+/// to twice), and the minion's next events follow on. A second migrate
+/// into the now populated database is refused.
+#[test]
+fn store_migrate_moves_a_populated_embedded_store_and_the_same_listings_follow() {
+    let db = pg::database();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut master = Master::new(&tmp.path().join("master"), "");
+    master.rule_file(
+        "echo.toml",
+        "[[rule]]\nname = \"echo\"\non = \"minion/*/event/moved\"\n[[rule.action]]\nfire = \"reacted\"\n",
+    );
+    master.start();
+    let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &master, "");
+    minion.start();
+    master.wait_connected("m1");
+    assert!(minion.send("moved", 300).status.success());
+    let reacted = |m: &Master| m.events(&["--tag", "reacted", "--limit", "100000"]).len();
+    wait_until(Duration::from_secs(30), "300 events reacted to", || {
+        (reacted(&master) == 300).then_some(())
+    });
+    master.expect(&["run", "m1", "--", "true"], 0);
+    minion.daemon().stop();
+    wait_until(Duration::from_secs(10), "the minion seen down", || {
+        (!master.events(&["--tag", "minion/m1/down"]).is_empty()).then_some(())
+    });
+    let events_before = master.expect(&["events", "--json", "--limit", "100000"], 0);
+    let jobs_before = master.expect(&["jobs", "--json"], 0);
+    master.daemon().stop();
+
+    let migrate = |url: &str| {
+        std::process::Command::new(tend_e2e::bin("tend-master"))
+            .arg("--config")
+            .arg(master.config())
+            .args(["store", "migrate", "--to", url])
+            .output()
+            .unwrap()
+    };
+    let out = migrate(&db.url);
+    assert!(out.status.success(), "{}", tend_e2e::stderr(&out));
+    let said = tend_e2e::stdout(&out);
+    assert!(
+        said.contains("events") && said.contains("[store] postgres"),
+        "{said}"
+    );
+    let again = migrate(&db.url);
+    assert!(!again.status.success());
+    assert!(
+        tend_e2e::stderr(&again).contains("already holds"),
+        "{}",
+        tend_e2e::stderr(&again)
+    );
+
+    // The same ports and dirs as before, now on PostgreSQL.
+    let text = std::fs::read_to_string(master.config()).unwrap();
+    let mut moved = Master::new(&tmp.path().join("master"), &store_section(&db.url));
+    moved.event_endpoint = master.event_endpoint.clone();
+    moved.command_endpoint = master.command_endpoint.clone();
+    std::fs::write(
+        moved.config(),
+        format!("{text}\n{}", store_section(&db.url)),
+    )
+    .unwrap();
+    moved.start();
+    let events_after = moved.expect(&["events", "--json", "--limit", "100000"], 0);
+    let jobs_after = moved.expect(&["jobs", "--json"], 0);
+    let parse = |s: &str| -> Vec<serde_json::Value> {
+        s.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (before, after) = (parse(&events_before), parse(&events_after));
+    let max_before = before
+        .iter()
+        .filter_map(|e| e["id"].as_u64())
+        .max()
+        .unwrap();
+    let after_same: Vec<_> = after
+        .iter()
+        .filter(|e| e["id"].as_u64() <= Some(max_before))
+        .cloned()
+        .collect();
+    assert_eq!(after_same, before, "tend events reads the same");
+    assert_eq!(
+        parse(&jobs_after),
+        parse(&jobs_before),
+        "tend jobs reads the same"
+    );
+    // The minion comes back: its next events follow on, each reacted to
+    // once, and nothing before is reacted to again.
+    minion.start();
+    moved.wait_connected("m1");
+    assert!(minion.send("moved", 10).status.success());
+    wait_until(Duration::from_secs(30), "310 reactions", || {
+        let n = reacted(&moved);
+        assert!(n <= 310, "reacted to again: {n}");
+        (n == 310).then_some(())
+    });
+    let seqs: Vec<u64> = moved
+        .events(&["--tag", "minion/m1/event/moved", "--limit", "100000"])
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    let unique: HashSet<u64> = seqs.iter().copied().collect();
+    assert_eq!((seqs.len(), unique.len()), (310, 310));
+}

@@ -50,6 +50,64 @@ struct Args {
     /// minions' `master_fingerprint`, then exit.
     #[arg(long)]
     fingerprint: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// The master's store.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(clap::Subcommand)]
+enum StoreCommand {
+    /// Copies the embedded store (events, jobs, minions, the reactor's
+    /// cursor and windows) into an empty PostgreSQL database, ids kept.
+    /// Run it with the master stopped, then set `[store] postgres`.
+    #[command(
+        after_help = "Example:\n  systemctl stop tend-master\n  TEND_STORE_PASSWORD=... tend-master store migrate --to postgres://tend@db/tend\n  # then in master.toml: [store] postgres = \"postgres://tend@db/tend\""
+    )]
+    Migrate {
+        /// The database: a postgres:// URL or a key=value string. The
+        /// password comes from the URL or TEND_STORE_PASSWORD.
+        #[arg(long)]
+        to: String,
+    },
+}
+
+/// `tend-master store migrate --to URL`.
+fn migrate(cfg: &MasterConfig, to: &str) -> anyhow::Result<()> {
+    let from = Store::open(&cfg.data_dir)?;
+    let fingerprint =
+        Identity::load_or_create(&cfg.data_dir.join("keys/master.key"))?.fingerprint();
+    let password = std::env::var(tend_master::config::STORE_PASSWORD_ENV)
+        .ok()
+        .filter(|p| !p.is_empty());
+    let to_store = PgStore::open(&PgOptions {
+        url: to.to_string(),
+        password,
+        owner: fingerprint,
+    })?;
+    let copied = to_store.copy_from(&from, |what, n| {
+        eprintln!("tend-master: {what}: {n} copied")
+    })?;
+    println!(
+        "copied {} events, {} jobs, {} minions and {} reactor groups from {} into {}",
+        copied.events,
+        copied.jobs,
+        copied.minions,
+        copied.reactor_groups,
+        from.path().display(),
+        to_store.shown()
+    );
+    println!(
+        "next: set [store] postgres = {:?} in {} and start the master",
+        tend_store::redact(to),
+        "master.toml"
+    );
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,6 +128,15 @@ fn main() -> std::process::ExitCode {
             args.config.display()
         );
         return std::process::ExitCode::from(2);
+    }
+    if let Some(Command::Store(StoreCommand::Migrate { to })) = &args.command {
+        return match migrate(&cfg, to) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tend-master: store migrate: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -24,6 +24,7 @@ mod events;
 #[cfg(test)]
 mod faults;
 mod jobs;
+mod migrate;
 mod minions;
 mod pg;
 mod reactions;
@@ -44,6 +45,8 @@ use tend_proto::v1::Job;
 pub use backend::Backend;
 /// A batch from one minion, what storing it did, and which events to list.
 pub use events::{Appended, EventFilter, Incoming, Local};
+/// What moving an embedded store into PostgreSQL copied.
+pub use migrate::Copied;
 /// The PostgreSQL backend, for several masters.
 pub use pg::{PgOptions, PgStore, redact};
 /// What the reactor made of a run of events, and its saved group states.
@@ -80,6 +83,10 @@ pub enum StoreError {
         "the store's PostgreSQL database {url} has schema version {have}, newer than this tend-master knows ({newest}): upgrade this master"
     )]
     PgSchema { url: String, have: i32, newest: i32 },
+    #[error(
+        "the PostgreSQL database {url} already holds {rows} events, jobs or minions: a store is moved into an empty database"
+    )]
+    NotEmpty { url: String, rows: u64 },
     #[error("store (PostgreSQL): {0}")]
     Pg(#[from] postgres::Error),
     #[error("corrupt record {id} in table {table}: {error}")]
@@ -162,6 +169,11 @@ impl Store {
             next_job: AtomicU64::new(next_job),
             append: Mutex::new(()),
         })
+    }
+
+    /// The id the next event gets.
+    pub(crate) fn next_event_id(&self) -> u64 {
+        self.next_event.load(Ordering::Relaxed)
     }
 
     /// The store's file.

@@ -18,6 +18,8 @@
 
 mod ops;
 
+pub(crate) use ops::{insert_events, set_meta, write_job};
+
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -59,7 +61,7 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 pub struct PgStore {
     pool: Pool,
     /// The URL without its password, for messages.
-    shown: String,
+    pub(crate) shown: String,
     owner: String,
     /// Job ids left in the block this master took: (next, end).
     job_ids: Mutex<(u64, u64)>,
@@ -140,7 +142,9 @@ impl PgStore {
     }
 
     /// A connection from the pool.
-    fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, StoreError> {
+    pub(crate) fn conn(
+        &self,
+    ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, StoreError> {
         self.pool.get().map_err(|e| StoreError::PgConnect {
             url: self.shown.clone(),
             error: e.to_string(),

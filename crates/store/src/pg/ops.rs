@@ -52,7 +52,10 @@ fn take_ids(tx: &mut Transaction<'_>, n: usize) -> Result<u64, StoreError> {
 }
 
 /// Inserts stored events, many rows per statement.
-fn insert_events(tx: &mut Transaction<'_>, recs: &[StoredEvent]) -> Result<(), StoreError> {
+pub(crate) fn insert_events(
+    tx: &mut Transaction<'_>,
+    recs: &[StoredEvent],
+) -> Result<(), StoreError> {
     for chunk in recs.chunks(5_000) {
         let mut ids = Vec::with_capacity(chunk.len());
         let mut minions = Vec::with_capacity(chunk.len());
@@ -84,7 +87,7 @@ fn meta(tx: &mut impl postgres::GenericClient, key: &str) -> Result<u64, StoreEr
         .map_or(0, |r| un(r.get(0))))
 }
 
-fn set_meta(
+pub(crate) fn set_meta(
     tx: &mut impl postgres::GenericClient,
     key: &str,
     value: u64,
@@ -97,7 +100,10 @@ fn set_meta(
     Ok(())
 }
 
-fn write_job(tx: &mut impl postgres::GenericClient, job: &Job) -> Result<(), StoreError> {
+pub(crate) fn write_job(
+    tx: &mut impl postgres::GenericClient,
+    job: &Job,
+) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO tend_jobs (id, finished_us, created_us, job) VALUES ($1, $2, $3, $4)
          ON CONFLICT (id) DO UPDATE SET finished_us = EXCLUDED.finished_us,
@@ -114,7 +120,7 @@ fn write_job(tx: &mut impl postgres::GenericClient, job: &Job) -> Result<(), Sto
 
 impl PgStore {
     /// The meta key of this master's local-event mark.
-    fn local_key(&self) -> String {
+    pub(crate) fn local_key(&self) -> String {
         format!("local_mark:{}", self.owner)
     }
 }

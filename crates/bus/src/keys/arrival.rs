@@ -231,6 +231,13 @@ impl KeyStore {
         out
     }
 
+    /// Keeps in `keys` only those accepted now (from memory: no file is
+    /// read).
+    pub(crate) fn retain_accepted(&self, keys: &mut std::collections::HashSet<[u8; 32]>) {
+        let index = self.lock();
+        keys.retain(|k| index.accepted.contains_key(k.as_slice()));
+    }
+
     /// Whether `name`'s accepted key is `key` (an open session stays valid).
     pub fn is_accepted(&self, kind: PeerKind, name: &str, key: &[u8]) -> bool {
         self.read(kind, KeyState::Accepted, name)

@@ -66,10 +66,7 @@ impl KeyStore {
         // The operator's latest word on the name (it outranks a rejection
         // and the key that came first, as accepting by fingerprint does).
         if self.preapproved(kind, name).as_deref() == Some(fp.as_str()) {
-            let done = self
-                .install(&mut index, kind, name, key, &keys)
-                .and_then(|()| self.write_preapproved(kind, name, None));
-            if let Err(e) = done {
+            if let Err(e) = self.install(&mut index, kind, name, key, &keys) {
                 tracing::error!(error = %e, "cannot record a pre-approved key");
                 return KeyState::Pending;
             }

@@ -18,6 +18,8 @@ pub(super) struct NameKeys {
     pub(super) pending: Option<Vec<u8>>,
     pub(super) rejected: Option<Vec<u8>>,
     pub(super) denied: Vec<Vec<u8>>,
+    /// A fingerprint an operator pre-approved (no key: not in `all`).
+    pub(super) preapproved: Option<String>,
 }
 
 impl NameKeys {
@@ -37,14 +39,20 @@ impl NameKeys {
     }
 
     pub(super) fn describe(&self) -> String {
-        let all = self.all();
+        let mut all: Vec<String> = self
+            .all()
+            .iter()
+            .map(|(s, k)| format!("{} ({})", fingerprint(k), s.as_str()))
+            .collect();
+        all.extend(
+            self.preapproved
+                .iter()
+                .map(|fp| format!("{fp} ({})", KeyState::Preapproved.as_str())),
+        );
         if all.is_empty() {
             return "none".into();
         }
-        all.iter()
-            .map(|(s, k)| format!("{} ({})", fingerprint(k), s.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ")
+        all.join(", ")
     }
 }
 
@@ -69,6 +77,7 @@ impl KeyStore {
             pending: self.read(kind, KeyState::Pending, name).pop(),
             rejected: self.read(kind, KeyState::Rejected, name).pop(),
             denied: self.read(kind, KeyState::Denied, name),
+            preapproved: self.preapproved(kind, name),
         }
     }
 

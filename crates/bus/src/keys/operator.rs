@@ -136,7 +136,8 @@ impl KeyStore {
                 let Some(pending) = &keys.pending else {
                     continue;
                 };
-                if !keys.denied.is_empty() {
+                // A pre-approval is the operator's word for another key.
+                if !keys.denied.is_empty() || keys.preapproved.is_some() {
                     passed.push(format!(
                         "{name} has conflicting keys ({}): accept it by name with --fingerprint",
                         keys.describe()
@@ -230,7 +231,8 @@ impl KeyStore {
                     .map(|k| (KeyState::Pending, k))
                     .into_iter()
                     .collect();
-                if !keys.denied.is_empty() {
+                if !keys.denied.is_empty() || (keys.pending.is_some() && keys.preapproved.is_some())
+                {
                     return Err(KeyError::Conflict {
                         kind: kind_name(kind),
                         flag: flag(kind),

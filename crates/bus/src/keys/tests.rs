@@ -522,6 +522,13 @@ fn review4_a_fingerprint_not_held_is_pre_approved_for_its_name() {
         KeyState::Pending
     );
     assert_eq!(s.check(m, "web7", &[0x33; 32]), KeyState::Pending);
+    // The key that came first is not taken over the pre-approval by a
+    // name or a glob.
+    let e = s.accept(m, "web7", None).unwrap_err().to_string();
+    assert!(e.contains(&fp) && e.contains("preapproved"), "{e}");
+    let (take, passed) = s.plan_accept(m, "web*", None).unwrap();
+    assert!(take.iter().all(|e| e.name != "web7"), "{take:?}");
+    assert!(passed.iter().any(|p| p.starts_with("web7")), "{passed:?}");
     assert_eq!(s.check(m, "web7", &[0x22; 32]), KeyState::Accepted);
     assert!(
         s.list().iter().all(|e| e.state != KeyState::Preapproved),

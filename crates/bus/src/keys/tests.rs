@@ -440,10 +440,13 @@ fn review_a_rejected_key_needs_its_fingerprint() {
 /// so the real key is accepted at its next hello whether listed or not.
 ///
 /// What remains: an attacker who says hello with eight or more other keys
-/// between two hellos of the real minion (from many addresses, past the
-/// per-source hello limit) still pushes the real key out of the list each
-/// time, so `keys list` may not show it when the operator looks; the
-/// count of keys dropped says so. The operator then accepts the
+/// between two hellos of the real minion (a denied minion asks again every
+/// 30 s, so that is a few hellos a minute, well within the per-source
+/// limit) still pushes the real key out of the list each time, so `keys
+/// list` may not show it when the operator looks; the count of keys
+/// dropped says so. The price of the change: a real key that tried early
+/// is no longer kept for good either (the first ones were); it too is
+/// listed again at each of its hellos. The operator then accepts the
 /// fingerprint the machine itself prints (`tend-minion --fingerprint`),
 /// which no attacker can keep out: the list is a convenience, the
 /// fingerprint from the machine is the authority.

@@ -8,7 +8,7 @@
 //! has a high-water mark, so the outbound queue is bounded and a full queue
 //! is an error the caller sees, not a hidden backlog.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::RawFd;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -210,6 +210,21 @@ fn run(name: &str, socket: zmq::Socket, pull: zmq::Socket, on_recv: &mut OnRecv)
     }
 }
 
+/// Stands for every peer address that does not parse: `::` is never a
+/// peer's own.
+pub(crate) const UNPARSED: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
+/// The address a TCP peer's hellos are limited by, from libzmq's
+/// "Peer-Address". An IPv6 zone (`fe80::1%eth0`) is dropped (a peer
+/// cannot escape its bucket by naming another interface), and an address
+/// that still does not parse shares the one bucket [`UNPARSED`]: such a
+/// hello used to have no source, and so no rate limit at all (review 4).
+pub(crate) fn source_address(peer_address: &str) -> IpAddr {
+    let addr = peer_address.split('%').next().unwrap_or_default();
+    let addr = addr.trim_start_matches('[').trim_end_matches(']');
+    addr.parse().unwrap_or(UNPARSED)
+}
+
 /// One whole message, without waiting, and the peer libzmq attached to it.
 fn recv(socket: &zmq::Socket) -> Result<(Vec<Vec<u8>>, Peer), zmq::Error> {
     let mut parts = Vec::new();
@@ -219,7 +234,7 @@ fn recv(socket: &zmq::Socket) -> Result<(Vec<Vec<u8>>, Peer), zmq::Error> {
         let mut msg = zmq::Message::new();
         socket.recv(&mut msg, flags)?;
         if peer.ip.is_none() {
-            peer.ip = msg.gets("Peer-Address").and_then(|a| a.parse().ok());
+            peer.ip = msg.gets("Peer-Address").map(source_address);
         }
         if peer.fd.is_none() {
             peer.fd = msg.gets("__fd").and_then(|fd| fd.parse().ok());

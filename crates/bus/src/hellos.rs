@@ -9,7 +9,9 @@
 //!   always empty first;
 //! - hellos are limited per source address (a token bucket of [`RATE`] a
 //!   second, bursts of [`BURST`]); past it they are dropped and counted
-//!   (`hellos_throttled`), and the peer retries. Hellos that claim a known
+//!   (`hellos_throttled`), and the peer retries. An IPv6 zone is no part
+//!   of the source, and addresses that do not parse share one bucket
+//!   (`actor::source_address`). Hellos that claim a known
 //!   key have buckets of their own (a flood of unknown ones from a
 //!   minion's address does not hold it back), but are limited all the
 //!   same: a hello is unsigned and public keys are public, so anyone can
@@ -215,6 +217,39 @@ mod tests {
         let later = t0 + SWEEP_EVERY;
         assert!(take_token(&mut q, newcomer, later));
         assert!(q.buckets.len() < SOURCES);
+    }
+
+    /// Review 4 (low): a hello whose Peer-Address did not parse (an IPv6
+    /// address with a zone id) had no source, and so skipped the rate
+    /// limit. Now the zone is dropped, and what still does not parse
+    /// shares one bucket.
+    #[test]
+    fn review4_a_hello_from_an_unparsable_address_is_rate_limited() {
+        let q = Hellos::default();
+        let msg = || (vec![1], MinionMessage::default());
+        for (first, other) in [("fe80::1%eth0", "fe80::1%eth1"), ("a.b", "not an address")] {
+            let t0 = Instant::now();
+            let queued = (0..500)
+                .map(|i| if i % 2 == 0 { first } else { other })
+                .filter(|a| {
+                    let source = Some(crate::actor::source_address(a));
+                    matches!(q.push(msg(), false, source), Admit::Queued)
+                })
+                .count();
+            let most = BURST + RATE * (t0.elapsed().as_secs_f64() + 0.1);
+            assert!(
+                queued as f64 <= most,
+                "{queued} of 500 hellos from {first:?} and {other:?} queued (at most {most:.0} should be)"
+            );
+        }
+        assert_eq!(
+            crate::actor::source_address("fe80::1%eth0"),
+            "fe80::1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            crate::actor::source_address("10.0.0.1"),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -67,6 +67,10 @@ counters! {
         /// Hellos from keys not seen before, dropped because their source
         /// address sent more than its rate (the peer retries).
         hellos_throttled,
+        /// Clear messages (handshake answers, Rehellos: anyone on the path
+        /// can write them) a minion dropped because their queue was full;
+        /// sealed ones have a queue of their own.
+        clear_dropped,
     }
 }
 

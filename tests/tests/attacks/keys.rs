@@ -413,3 +413,61 @@ fn review_accepting_the_real_key_ends_the_impostors_live_session() {
     assert_eq!(status(&ep, &attacker, "web8", PeerKind::Minion), "denied");
     assert_eq!(status(&ep, &real, "web8", PeerKind::Minion), "welcome");
 }
+
+/// Review 4, finding 3, through the real master and `tend`: an attacker
+/// claimed web9 first and filled its denied list before the real minion
+/// came up. The real key is listed after its hello (the list keeps the
+/// keys heard from last); pushed out again by more of the attacker's
+/// keys, the list says how many it dropped, and accepting the real key's
+/// fingerprint (which the machine itself prints) pre-approves it though
+/// no key held has it: the real key's next hello gets its Welcome, and the
+/// attacker's key that came first is denied.
+#[test]
+fn review4_a_real_key_after_a_prefilled_denied_list_gets_in_by_its_fingerprint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut master = Master::new(&tmp.path().join("master"), "auto_accept = false");
+    master.start();
+    let ep = master.command_endpoint.clone();
+    let (real, first) = (key(), key());
+    assert_eq!(status(&ep, &first, "web9", PeerKind::Minion), "pending");
+    for _ in 0..8 {
+        assert_eq!(status(&ep, &key(), "web9", PeerKind::Minion), "denied");
+    }
+    assert_eq!(status(&ep, &real, "web9", PeerKind::Minion), "denied");
+    let listed = keys(&master);
+    assert!(
+        listed.iter().any(|k| k.3 == fp(&real)),
+        "the real key is not listed: {listed:?}"
+    );
+    for _ in 0..8 {
+        assert_eq!(status(&ep, &key(), "web9", PeerKind::Minion), "denied");
+    }
+    let listed = keys(&master);
+    assert!(
+        !listed.iter().any(|k| k.3 == fp(&real)),
+        "the real key was pushed out: {listed:?}"
+    );
+    let out = master.tend(&["keys", "list"]);
+    assert!(
+        text(&out).contains("dropped: 9 more denied key(s) of web9"),
+        "{}",
+        text(&out)
+    );
+    let out = master.tend(&["keys", "accept", "web9", "--fingerprint", &fp(&real)]);
+    assert!(
+        out.status.success() && text(&out).contains("pre-approved"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        keys(&master)
+            .iter()
+            .any(|k| k.0 == "web9" && k.2 == "preapproved" && k.3 == fp(&real))
+    );
+    assert_eq!(status(&ep, &real, "web9", PeerKind::Minion), "welcome");
+    assert_eq!(status(&ep, &first, "web9", PeerKind::Minion), "denied");
+    assert!(
+        !keys(&master).iter().any(|k| k.2 == "preapproved"),
+        "a pre-approval is used once"
+    );
+}

@@ -5,11 +5,14 @@
 //! The findings of the independent red team (issue 13) are in one module
 //! per area, each test named after its finding: `keys` (key acceptance and
 //! identity), `files` (modes, temp files, sockets, shells), `bus` (reply
-//! routing, message and connection limits, handshakes).
+//! routing, message and connection limits, handshakes), and `review4`
+//! (review 4's finding 6: clear frames crowding out sealed ones on a
+//! minion).
 
 mod bus;
 mod files;
 mod keys;
+mod review4;
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! A key arriving: what a hello's proven key gets (accepted, pending,
-//! rejected, denied), pre-seeded bindings, the cap on pending keys, and
-//! which keys are accepted now.
+//! rejected, denied), pre-seeded bindings and operators' pre-approvals, the
+//! bound on denied keys, the cap on pending keys, and which keys are
+//! accepted now.
 
 use std::sync::atomic::Ordering;
 
@@ -62,11 +63,23 @@ impl KeyStore {
             );
             return self.deny(kind, name, key, &why);
         }
+        // The operator's latest word on the name (it outranks a rejection
+        // and the key that came first, as accepting by fingerprint does).
+        if self.preapproved(kind, name).as_deref() == Some(fp.as_str()) {
+            if let Err(e) = self.install(&mut index, kind, name, key, &keys) {
+                tracing::error!(error = %e, "cannot record a pre-approved key");
+                return KeyState::Pending;
+            }
+            tracing::info!(kind = kind_name(kind), %name, fingerprint = %fp, "pre-approved key accepted on sight");
+            return KeyState::Accepted;
+        }
         if keys.rejected.is_some() {
             return KeyState::Rejected;
         }
         if keys.denied.iter().any(|k| k == key) {
-            return KeyState::Denied;
+            // Heard again: it moves to the end of the list, the last to
+            // be pushed out.
+            return self.deny(kind, name, key, "a denied key said hello again");
         }
         let preseeded = self.preseeds.iter().any(|p| p.allows(kind, name, &fp));
         let on_sight = preseeded || (self.auto_accept && kind == PeerKind::Minion);
@@ -115,18 +128,32 @@ impl KeyStore {
         }
     }
 
-    /// Adds `key` to `name`'s denied keys (the first ones kept).
+    /// Records `key` as `name`'s denied key heard from most recently,
+    /// pushing out (and counting) the one heard from least recently past
+    /// [`MAX_DENIED_PER_NAME`].
     pub(super) fn deny(&self, kind: PeerKind, name: &str, key: &[u8], why: &str) -> KeyState {
         let mut denied = self.read(kind, KeyState::Denied, name);
-        if denied.len() >= MAX_DENIED_PER_NAME && !denied.iter().any(|k| k == key) {
-            tracing::warn!(kind = kind_name(kind), %name, fingerprint = %fingerprint(key),
-                "{why}: denied, and not recorded: this name already has {MAX_DENIED_PER_NAME} denied keys (delete some to see newer ones)");
-        } else if !denied.iter().any(|k| k == key) {
-            tracing::warn!(kind = kind_name(kind), %name, fingerprint = %fingerprint(key), "{why}: denied");
-            denied.push(key.to_vec());
-            if let Err(e) = self.write(kind, KeyState::Denied, name, &denied) {
-                tracing::error!(error = %e, "cannot record a denied key");
+        if denied.last().is_some_and(|k| k == key) {
+            return KeyState::Denied;
+        }
+        let mut dropped = self.denied_dropped(kind, name);
+        match denied.iter().position(|k| k == key) {
+            Some(i) => {
+                denied.remove(i);
             }
+            None => {
+                tracing::warn!(kind = kind_name(kind), %name, fingerprint = %fingerprint(key), "{why}: denied");
+                while denied.len() >= MAX_DENIED_PER_NAME {
+                    let out = denied.remove(0);
+                    dropped += 1;
+                    tracing::warn!(kind = kind_name(kind), %name, fingerprint = %fingerprint(&out), dropped,
+                        "more than {MAX_DENIED_PER_NAME} denied keys for this name: the one heard from least recently is no longer listed (it is again at its next hello)");
+                }
+            }
+        }
+        denied.push(key.to_vec());
+        if let Err(e) = self.write_denied(kind, name, &denied, dropped) {
+            tracing::error!(error = %e, "cannot record a denied key");
         }
         KeyState::Denied
     }
@@ -199,6 +226,13 @@ impl KeyStore {
             }
         }
         out
+    }
+
+    /// Keeps in `keys` only those accepted now (from memory: no file is
+    /// read).
+    pub(crate) fn retain_accepted(&self, keys: &mut std::collections::HashSet<[u8; 32]>) {
+        let index = self.lock();
+        keys.retain(|k| index.accepted.contains_key(k.as_slice()));
     }
 
     /// Whether `name`'s accepted key is `key` (an open session stays valid).

@@ -5,7 +5,11 @@
 //! <dir>/minions/accepted/web1     hex of web1's Ed25519 public key
 //! <dir>/minions/pending/web2      the first key that claimed web2
 //! <dir>/minions/rejected/...
-//! <dir>/minions/denied/web1       other keys that claimed web1 (one a line)
+//! <dir>/minions/denied/web1       other keys that claimed web1 (one a line,
+//!                                 least recently heard first; a line
+//!                                 `dropped N` counts the keys pushed out)
+//! <dir>/minions/preapproved/web1  the fingerprint an operator accepted for
+//!                                 web1 before its key said hello
 //! <dir>/minions/labels/web1       labels the master assigns (key=value lines),
 //!                                 with the fingerprint of the key they were
 //!                                 set for (`fingerprint=sha256:...`)
@@ -19,7 +23,10 @@
 //! pending keys of names without a conflict, nothing else. A key is one
 //! identity: accepted under one kind and one name only. New keys wait in
 //! pending unless `auto_accept` is on (labs only) or a pre-seeded entry
-//! binds their fingerprint to that kind and name.
+//! binds their fingerprint to that kind and name: one in the config
+//! (`[[accept_fingerprints]]`), or one an operator made by accepting a
+//! fingerprint no key of that name has presented yet (a pre-approval,
+//! used once).
 //!
 //! Every file is written whole (temp file, fsync, rename); temp files start
 //! with `.`, which no name may, so they are never taken for a key.
@@ -45,10 +52,13 @@ pub use arrival::Preseed;
 pub use names::kind_name;
 use names::{check_name, flag, glob, hex, is_glob, kind_dir, unhex};
 
-/// Denied keys kept per name: the first ones, so an attacker spinning keys
-/// can neither grow the store nor push the real key (which tried early)
-/// out of the list the operator picks from by fingerprint. Keys past the
-/// cap are refused, logged, and not recorded.
+/// Denied keys kept per name: the ones heard from most recently, so an
+/// attacker spinning keys cannot grow the store, and a real key that keeps
+/// saying hello is listed again at each hello even after an attacker filled
+/// the list first (review 4, finding 3: keeping the first ones kept the
+/// real key out for good). The key heard from least recently is pushed
+/// out, logged, and counted per name. An operator who knows the real
+/// fingerprint accepts it whether it is listed or not (a pre-approval).
 const MAX_DENIED_PER_NAME: usize = 8;
 /// Pending keys kept per kind (minions, operators): a flood of
 /// handshakes under new names cannot fill the disk. Past it the oldest
@@ -65,6 +75,9 @@ pub enum KeyState {
     Pending,
     Rejected,
     Denied,
+    /// Not a key but a fingerprint an operator accepted before any key of
+    /// the name presented it: accepted on sight, once.
+    Preapproved,
 }
 
 impl KeyState {
@@ -74,9 +87,11 @@ impl KeyState {
             KeyState::Pending => "pending",
             KeyState::Rejected => "rejected",
             KeyState::Denied => "denied",
+            KeyState::Preapproved => "preapproved",
         }
     }
 
+    /// The states held as keys (a pre-approval is a fingerprint).
     const ALL: [KeyState; 4] = [
         KeyState::Accepted,
         KeyState::Pending,
@@ -94,6 +109,9 @@ pub struct KeyEntry {
     pub fingerprint: String,
     /// Labels the master assigned (accepted minion keys only).
     pub labels: BTreeMap<String, String>,
+    /// For a denied key: how many denied keys of its name were pushed out
+    /// of the list (least recently heard first) to keep it bounded.
+    pub denied_dropped: u64,
 }
 
 /// Why an operator's key command could not be done.
@@ -125,9 +143,12 @@ pub enum KeyError {
         name: String,
         keys: String,
     },
-    #[error("{kind} {name:?} has no key {fingerprint}; its keys: {keys}")]
+    #[error(
+        "{kind} {name:?} has no key {fingerprint} and its accepted key is another: a fingerprint is pre-approved only for a name with no accepted key. Wait for that key's hello and accept it then, or delete the accepted key first (tend keys delete {flag}{name}); its keys: {keys}"
+    )]
     NoSuchKey {
         kind: &'static str,
+        flag: &'static str,
         name: String,
         fingerprint: String,
         keys: String,
@@ -219,7 +240,7 @@ impl KeyStore {
             for sub in KeyState::ALL
                 .map(KeyState::as_str)
                 .iter()
-                .chain(&["labels"])
+                .chain(&["labels", "preapproved"])
             {
                 let d = dir.join(kind_dir(kind)).join(sub);
                 std::fs::create_dir_all(&d).map_err(io(&d))?;

@@ -1,5 +1,6 @@
 //! What an operator does with keys: list them, see what an accept would
-//! take, accept (by name, glob or fingerprint), reject and delete.
+//! take, accept (by name, glob or fingerprint, pre-approving a fingerprint
+//! no key of the name has presented yet), reject and delete.
 
 use std::collections::BTreeMap;
 
@@ -9,13 +10,25 @@ use super::*;
 use crate::identity::fingerprint;
 
 impl KeyStore {
-    /// Every key, of both kinds, in every state.
+    /// Every key, of both kinds, in every state, and the pre-approvals.
     pub fn list(&self) -> Vec<KeyEntry> {
         let labels = self.lock().labels.clone();
         let mut out = Vec::new();
         for kind in [PeerKind::Minion, PeerKind::Operator] {
+            for name in self.names(kind, KeyState::Preapproved) {
+                if let Some(fp) = self.preapproved(kind, &name) {
+                    out.push(KeyEntry {
+                        fingerprint: fp,
+                        ..Self::entry(kind, &name, KeyState::Preapproved, &[])
+                    });
+                }
+            }
             for state in KeyState::ALL {
                 for name in self.names(kind, state) {
+                    let denied_dropped = match state {
+                        KeyState::Denied => self.denied_dropped(kind, &name),
+                        _ => 0,
+                    };
                     for key in self.read(kind, state, &name) {
                         let labels = match (kind, state) {
                             (PeerKind::Minion, KeyState::Accepted) => labels
@@ -31,6 +44,7 @@ impl KeyStore {
                             state,
                             fingerprint: fingerprint(&key),
                             labels,
+                            denied_dropped,
                         });
                     }
                 }
@@ -55,6 +69,7 @@ impl KeyStore {
         let glob = glob(pattern)?;
         let mut names: Vec<String> = KeyState::ALL
             .iter()
+            .chain(&[KeyState::Preapproved])
             .flat_map(|s| self.names(kind, *s))
             .filter(|n| glob.is_match(n))
             .collect();
@@ -70,13 +85,15 @@ impl KeyStore {
             state,
             fingerprint: fingerprint(key),
             labels: BTreeMap::new(),
+            denied_dropped: 0,
         }
     }
 
     /// The keys `accept` would take, without changing anything: for a
     /// glob, the pending keys of names with no other key; for a name, its
-    /// one pending or rejected key, or the key with `fp` in any state.
-    /// Also says which names a glob passed over, and why.
+    /// one pending or rejected key, or the key with `fp` in any state, or
+    /// (no key of the name has `fp`, and none is accepted) a pre-approval
+    /// of `fp`. Also says which names a glob passed over, and why.
     pub fn plan_accept(
         &self,
         kind: PeerKind,
@@ -119,7 +136,8 @@ impl KeyStore {
                 let Some(pending) = &keys.pending else {
                     continue;
                 };
-                if !keys.denied.is_empty() {
+                // A pre-approval is the operator's word for another key.
+                if !keys.denied.is_empty() || keys.preapproved.is_some() {
                     passed.push(format!(
                         "{name} has conflicting keys ({}): accept it by name with --fingerprint",
                         keys.describe()
@@ -154,12 +172,41 @@ impl KeyStore {
             Some(fp) => {
                 let Some((state, key)) = keys.all().into_iter().find(|(_, k)| fingerprint(k) == fp)
                 else {
-                    return Err(KeyError::NoSuchKey {
-                        kind: kind_name(kind),
-                        name: name.to_string(),
-                        fingerprint: fp.to_string(),
-                        keys: keys.describe(),
-                    });
+                    // Not held (never heard, or pushed out of the denied
+                    // list): the operator, who has the fingerprint from
+                    // the peer itself, binds it to the name for the key's
+                    // next hello (review 4, finding 3).
+                    if keys.accepted.is_some() {
+                        return Err(KeyError::NoSuchKey {
+                            kind: kind_name(kind),
+                            flag: flag(kind),
+                            name: name.to_string(),
+                            fingerprint: fp.to_string(),
+                            keys: keys.describe(),
+                        });
+                    }
+                    if let Some(h) = index
+                        .accepted
+                        .values()
+                        .find(|h| h.fingerprint == fp && !(h.kind == kind && h.name == name))
+                    {
+                        return Err(KeyError::OtherIdentity {
+                            fingerprint: h.fingerprint.clone(),
+                            kind: kind_name(h.kind),
+                            flag: flag(h.kind),
+                            name: h.name.clone(),
+                        });
+                    }
+                    return Ok((
+                        vec![KeyEntry {
+                            fingerprint: fp.to_string(),
+                            ..Self::entry(kind, name, KeyState::Preapproved, &[])
+                        }],
+                        vec![format!(
+                            "{name}: no key {fp} has said hello yet; it is accepted as {} {name} at its first",
+                            kind_name(kind)
+                        )],
+                    ));
                 };
                 if state == KeyState::Accepted {
                     return Ok((Vec::new(), vec![format!("{name}: already accepted")]));
@@ -184,7 +231,8 @@ impl KeyStore {
                     .map(|k| (KeyState::Pending, k))
                     .into_iter()
                     .collect();
-                if !keys.denied.is_empty() {
+                if !keys.denied.is_empty() || (keys.pending.is_some() && keys.preapproved.is_some())
+                {
                     return Err(KeyError::Conflict {
                         kind: kind_name(kind),
                         flag: flag(kind),
@@ -218,8 +266,9 @@ impl KeyStore {
     }
 
     /// Accepts what [`plan_accept`](Self::plan_accept) shows; returns the
-    /// keys accepted. The name's other keys are kept apart as denied; an
-    /// accepted key it replaces is forgotten.
+    /// keys accepted (and pre-approvals recorded, in that state). The
+    /// name's other keys are kept apart as denied; an accepted key it
+    /// replaces is forgotten.
     pub fn accept(
         &self,
         kind: PeerKind,
@@ -232,6 +281,12 @@ impl KeyStore {
         let mut taken = Vec::new();
         for entry in plan {
             let name = &entry.name;
+            if entry.state == KeyState::Preapproved {
+                self.write_preapproved(kind, name, Some(&entry.fingerprint))?;
+                tracing::info!(kind = kind_name(kind), %name, fingerprint = %entry.fingerprint, "pre-approved: accepted at its first hello");
+                done.push(entry);
+                continue;
+            }
             let keys = self.keys_of(kind, name);
             let Some((from, key)) = keys
                 .all()
@@ -253,31 +308,7 @@ impl KeyStore {
                     "not accepted: this key was just accepted under another name (a key is one identity)");
                 continue;
             }
-            let mut denied: Vec<Vec<u8>> =
-                keys.denied.iter().filter(|k| **k != key).cloned().collect();
-            if let Some(p) = keys.pending.as_ref().filter(|p| **p != key) {
-                denied.push(p.clone());
-            }
-            self.write_one(kind, KeyState::Accepted, name, Some(&key))?;
-            self.write(kind, KeyState::Denied, name, &denied)?;
-            self.write_one(kind, KeyState::Pending, name, None)?;
-            self.write_one(kind, KeyState::Rejected, name, None)?;
-            if kind == PeerKind::Minion {
-                self.forget_labels_unless(&mut index, name, Some(&entry.fingerprint))?;
-            }
-            if let Some(old) = keys.accepted.as_ref().filter(|a| **a != key) {
-                tracing::warn!(kind = kind_name(kind), %name, old = %fingerprint(old), new = %entry.fingerprint,
-                    "the operator accepted another key for this name: it replaces the old one");
-                index.accepted.remove(old);
-            }
-            index.accepted.insert(
-                key.clone(),
-                Holder {
-                    kind,
-                    name: name.clone(),
-                    fingerprint: entry.fingerprint.clone(),
-                },
-            );
+            self.install(&mut index, kind, name, &key, &keys)?;
             tracing::info!(kind = kind_name(kind), %name, fingerprint = %entry.fingerprint, from = from.as_str(), "key accepted");
             taken.push((name.clone(), key));
             done.push(KeyEntry {
@@ -290,6 +321,47 @@ impl KeyStore {
         Ok(done)
     }
 
+    /// Makes `key` the accepted key of `name` (whose keys were `keys`):
+    /// the name's other pending and denied keys are kept apart as denied,
+    /// its rejected key and any pre-approval are forgotten, and so is an
+    /// accepted key it replaces, with its labels.
+    pub(super) fn install(
+        &self,
+        index: &mut Index,
+        kind: PeerKind,
+        name: &str,
+        key: &[u8],
+        keys: &files::NameKeys,
+    ) -> Result<(), KeyError> {
+        let fp = fingerprint(key);
+        let mut denied: Vec<Vec<u8>> = keys.denied.iter().filter(|k| *k != key).cloned().collect();
+        if let Some(p) = keys.pending.as_ref().filter(|p| *p != key) {
+            denied.push(p.clone());
+        }
+        self.write_one(kind, KeyState::Accepted, name, Some(&key.to_vec()))?;
+        self.write(kind, KeyState::Denied, name, &denied)?;
+        self.write_one(kind, KeyState::Pending, name, None)?;
+        self.write_one(kind, KeyState::Rejected, name, None)?;
+        self.write_preapproved(kind, name, None)?;
+        if kind == PeerKind::Minion {
+            self.forget_labels_unless(index, name, Some(&fp))?;
+        }
+        if let Some(old) = keys.accepted.as_ref().filter(|a| *a != key) {
+            tracing::warn!(kind = kind_name(kind), %name, old = %fingerprint(old), new = %fp,
+                "the operator accepted another key for this name: it replaces the old one");
+            index.accepted.remove(old);
+        }
+        index.accepted.insert(
+            key.to_vec(),
+            Holder {
+                kind,
+                name: name.to_string(),
+                fingerprint: fp,
+            },
+        );
+        Ok(())
+    }
+
     /// Rejects every name matching `pattern` that has a pending, accepted
     /// or denied key: no key is accepted for it until an operator accepts
     /// one by name and fingerprint. Its other keys stay listed as denied.
@@ -297,6 +369,8 @@ impl KeyStore {
         let mut index = self.lock();
         let mut done = Vec::new();
         for name in self.matching_names(kind, pattern)? {
+            // A rejected name takes no key on sight.
+            self.write_preapproved(kind, &name, None)?;
             let keys = self.keys_of(kind, &name);
             let Some(key) = keys
                 .accepted
@@ -350,6 +424,16 @@ impl KeyStore {
         let mut index = self.lock();
         let mut done = Vec::new();
         for name in self.matching_names(kind, pattern)? {
+            if let Some(approved) = self.preapproved(kind, &name)
+                && fp.is_none_or(|fp| fp == approved)
+            {
+                self.write_preapproved(kind, &name, None)?;
+                tracing::info!(kind = kind_name(kind), %name, fingerprint = %approved, "pre-approval deleted");
+                done.push(KeyEntry {
+                    fingerprint: approved,
+                    ..Self::entry(kind, &name, KeyState::Preapproved, &[])
+                });
+            }
             let keys = self.keys_of(kind, &name);
             for (state, key) in keys.all() {
                 if fp.is_some_and(|fp| fingerprint(key) != fp) {

@@ -123,8 +123,8 @@ struct Shared {
     control: mpsc::Sender<(Responder, ControlRequest)>,
     keys: Arc<KeyStore>,
     handshakes: Arc<Hellos>,
-    /// Keys accepted at start or that have opened a session since: their
-    /// hellos are served first.
+    /// Keys accepted at start or that have opened a session since, and
+    /// not rejected or deleted since: their hellos are served first.
     known_keys: RwLock<HashSet<[u8; 32]>>,
     responder: handshake::Responder,
     commands: OnceLock<Weak<SocketThread>>,

@@ -15,7 +15,9 @@ use crate::stats::BusStats;
 
 impl MasterBus {
     /// Ends the sessions of peers whose key is no longer accepted (after
-    /// `tend keys reject` or `delete`).
+    /// `tend keys reject` or `delete`), and forgets every such key as
+    /// known: a key rejected or deleted while no session of it was open
+    /// stayed known, its hellos served first (review 4).
     pub fn revoke(&self, kind: PeerKind, names: &[String]) {
         let mut sessions = self.shared.sessions.write().expect("sessions lock");
         let ids: Vec<u64> = sessions
@@ -38,6 +40,9 @@ impl MasterBus {
                 tracing::warn!(kind = kind_name(kind), name = %p.name, "session closed: its key is no longer accepted");
             }
         }
+        drop(sessions);
+        let mut known = self.shared.known_keys.write().expect("keys lock");
+        self.shared.keys.retain_accepted(&mut known);
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use tend_proto::v1::{MinionMessage, PeerKind, minion_message};
+use tend_proto::v1::{Goodbye, MinionMessage, PeerKind, minion_message};
 
 use super::testkit::{Fake, master};
 use crate::frame::handshake_frame;
@@ -98,4 +98,38 @@ async fn review4_a_hello_merely_claiming_a_known_key_is_still_rate_limited() {
         cut as f64 >= N as f64 - admitted_max,
         "{N} hellos from one address claiming web1's key: only {cut} throttled (at most {admitted_max:.0} should pass); they went to the known-key queue"
     );
+}
+
+/// Review 4 (low): a key stayed "known" (its hellos served first, from
+/// buckets of their own) after it was rejected or deleted, unless a
+/// session of it was open at that moment: only the keys of the sessions
+/// closed were forgotten. Here the minion said goodbye first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review4_a_rejected_or_deleted_key_is_no_longer_known() {
+    let f = master(Duration::from_secs(1), Duration::from_secs(30));
+    let bus = Arc::new(f.bus);
+    let known = |key: [u8; 32]| bus.shared.known_keys.read().unwrap().contains(&key);
+    for (name, action) in [("web1", "reject"), ("web2", "delete")] {
+        let id = Arc::new(Identity::ephemeral().unwrap());
+        let fake = Fake::connect(&f.commands, id.clone(), name);
+        assert!(known(id.public_key()), "{name} opened a session");
+        fake.send(minion_message::Body::Goodbye(Goodbye {
+            reason: "stopping".into(),
+        }));
+        tokio::task::block_in_place(|| {
+            wait_for("the session to close", || !bus.is_connected(name));
+        });
+        let keys = &bus.shared.keys;
+        let done = match action {
+            "reject" => keys.reject(PeerKind::Minion, name),
+            _ => keys.delete(PeerKind::Minion, name, None),
+        };
+        assert_eq!(done.unwrap().len(), 1);
+        // What the control does after every key change.
+        bus.revoke(PeerKind::Minion, &[name.to_string()]);
+        assert!(
+            !known(id.public_key()),
+            "{name}'s key is still known after `tend keys {action}`"
+        );
+    }
 }

@@ -12,10 +12,9 @@ use std::time::Duration;
 use prost::Message;
 use tend_proto::now_us;
 use tend_proto::v1::{Goodbye, Heartbeat, MinionMessage, PeerKind, minion_message};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Control, MinionInbound, Shared};
+use super::{Control, Inbox, MinionInbound, Shared};
 use crate::actor::SocketThread;
 use crate::frame::handshake_frame;
 use crate::handshake::Initiator;
@@ -52,7 +51,7 @@ enum Attempt {
 pub(super) async fn run_session(
     shared: Arc<Shared>,
     dealer: Arc<SocketThread>,
-    mut control: mpsc::Receiver<Control>,
+    mut control: Inbox,
 ) {
     let mut retry = FIRST_RETRY;
     // Whether a session was open before and was lost.
@@ -112,7 +111,7 @@ pub(super) async fn run_session(
 /// when the bus is stopping (closed, or a goodbye asked for: there is no
 /// session to say it on), Err(false) when the time ran out.
 async fn expect<T>(
-    control: &mut mpsc::Receiver<Control>,
+    control: &mut Inbox,
     wait: Duration,
     mut pick: impl FnMut(Control) -> Option<T>,
 ) -> Result<T, bool> {
@@ -143,7 +142,7 @@ async fn expect<T>(
 async fn handshake(
     shared: &Shared,
     dealer: &SocketThread,
-    control: &mut mpsc::Receiver<Control>,
+    control: &mut Inbox,
     retry: Duration,
 ) -> Attempt {
     let cfg = &shared.cfg;
@@ -294,7 +293,7 @@ async fn heartbeat(
     dealer: &SocketThread,
     session: &Session,
     every: Duration,
-    control: &mut mpsc::Receiver<Control>,
+    control: &mut Inbox,
 ) -> Option<String> {
     // Never give up on the master before it had three chances to answer.
     let timeout = shared.cfg.master_timeout.max(every * 3);
@@ -383,7 +382,7 @@ async fn say_goodbye(
     dealer: &SocketThread,
     session: &Session,
     beat_in_flight: bool,
-    control: &mut mpsc::Receiver<Control>,
+    control: &mut Inbox,
 ) {
     let msg = MinionMessage {
         body: Some(minion_message::Body::Goodbye(Goodbye {

@@ -87,6 +87,32 @@ enum Control {
     Leave(tokio::sync::oneshot::Sender<()>),
 }
 
+/// Messages waiting for the session task, in two queues: what the master
+/// sealed (and the minion's own goodbye), and what came in the clear. Clear
+/// messages are anyone's to write, so they never take a sealed one's place:
+/// a flood of forged clear Rehellos used to fill the one queue and drop the
+/// master's sealed answer to the probe they start, ending a live session
+/// (review 4, finding 6). Past its bound a clear message is dropped and
+/// counted (`clear_dropped`); sealed ones are read first.
+struct Inbox {
+    sealed: mpsc::Receiver<Control>,
+    clear: mpsc::Receiver<Control>,
+}
+
+impl Inbox {
+    /// The next message, sealed ones first. None once the bus is gone.
+    async fn recv(&mut self) -> Option<Control> {
+        tokio::select! {
+            biased;
+            c = self.sealed.recv() => c,
+            c = self.clear.recv() => c,
+        }
+    }
+}
+
+/// Messages waiting in each of the session task's queues, at most.
+const CONTROL_QUEUE: usize = 64;
+
 struct Shared {
     cfg: MinionBusConfig,
     stats: Arc<BusStats>,
@@ -94,7 +120,10 @@ struct Shared {
     /// The session being opened: its Welcome arrives sealed.
     opening: RwLock<Option<Arc<Session>>>,
     inbound: mpsc::Sender<MinionInbound>,
+    /// Sealed messages from the master, and the minion's own.
     control: mpsc::Sender<Control>,
+    /// Clear messages (handshake answers, Rehellos): anyone's.
+    clear: mpsc::Sender<Control>,
     next_seq: AtomicU64,
     oldest_seq: AtomicU64,
     /// A session opened after one was lost: the event connection may be
@@ -122,7 +151,8 @@ impl MinionBus {
     ) -> Result<(Self, mpsc::Receiver<MinionInbound>), BusError> {
         let ctx = crate::context();
         let (inbound_tx, inbound_rx) = mpsc::channel(1024);
-        let (control_tx, control_rx) = mpsc::channel(64);
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (clear_tx, clear_rx) = mpsc::channel(CONTROL_QUEUE);
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             stats,
@@ -130,6 +160,7 @@ impl MinionBus {
             opening: RwLock::new(None),
             inbound: inbound_tx,
             control: control_tx,
+            clear: clear_tx,
             next_seq: AtomicU64::new(1),
             oldest_seq: AtomicU64::new(1),
             reopen_events: AtomicBool::new(false),
@@ -158,7 +189,11 @@ impl MinionBus {
             }),
         )?);
 
-        let task = tokio::spawn(run_session(shared.clone(), dealer.clone(), control_rx));
+        let inbox = Inbox {
+            sealed: control_rx,
+            clear: clear_rx,
+        };
+        let task = tokio::spawn(run_session(shared.clone(), dealer.clone(), inbox));
         Ok((
             Self {
                 shared,
@@ -355,7 +390,13 @@ impl Shared {
             return;
         };
         let control = |c| {
-            let _ = self.control.try_send(c);
+            let queue = match header.kind {
+                Kind::Sealed => &self.control,
+                Kind::Handshake => &self.clear,
+            };
+            if queue.try_send(c).is_err() && header.kind == Kind::Handshake {
+                BusStats::inc(&self.stats.clear_dropped);
+            }
         };
         match (header.kind, msg.body) {
             (Kind::Handshake, Some(master_message::Body::Challenge(c))) => {

@@ -134,7 +134,7 @@ pub fn key(k: &KeyInfo) -> Value {
     let labels: std::collections::BTreeMap<_, _> = k.labels.iter().collect();
     json!({
         "name": k.name, "kind": k.kind, "state": k.state, "fingerprint": k.fingerprint,
-        "labels": labels,
+        "labels": labels, "denied_dropped": k.denied_dropped,
     })
 }
 

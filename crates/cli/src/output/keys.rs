@@ -31,6 +31,7 @@ pub fn list(k: &KeyList) {
     let mut names: Vec<(&str, &str)> = k
         .keys
         .iter()
+        .filter(|k| k.state != "preapproved")
         .map(|k| (k.kind.as_str(), k.name.as_str()))
         .collect();
     names.sort();
@@ -44,6 +45,21 @@ pub fn list(k: &KeyList) {
     for name in conflicts {
         println!(
             "conflict: {name} has more than one key; accept the right one with `tend keys accept {name} --fingerprint sha256:...` after comparing with the peer's own"
+        );
+    }
+    // Denied keys pushed out of a name's list: the right one may be among
+    // them, and accepting its fingerprint works whether it is listed or not.
+    let mut dropped: Vec<(&str, u64)> = k
+        .keys
+        .iter()
+        .filter(|k| k.denied_dropped > 0)
+        .map(|k| (k.name.as_str(), k.denied_dropped))
+        .collect();
+    dropped.sort();
+    dropped.dedup();
+    for (name, n) in dropped {
+        println!(
+            "dropped: {n} more denied key(s) of {name} are no longer listed (only the ones heard from most recently are; a key that keeps saying hello is listed again); `tend keys accept {name} --fingerprint sha256:...` accepts the right one even when it is not listed"
         );
     }
 }
@@ -61,7 +77,13 @@ pub fn changed(action: &str, changed: &KeysChanged) {
         println!("nothing to change");
     }
     for k in &changed.keys {
-        if action == "label" {
+        if k.state == "preapproved" {
+            let done = match action {
+                "accept" => "pre-approved (accepted at its first hello)",
+                _ => "pre-approval deleted",
+            };
+            println!("{done}: {} ({})", k.name, k.fingerprint);
+        } else if action == "label" {
             println!("{done}: {} ({})", k.name, sorted_labels(k).join(" "));
         } else {
             println!("{done}: {} ({})", k.name, k.fingerprint);

@@ -169,5 +169,6 @@ fn key_info(k: tend_bus::KeyEntry) -> KeyInfo {
         state: k.state.as_str().into(),
         fingerprint: k.fingerprint,
         labels: k.labels.into_iter().collect(),
+        denied_dropped: k.denied_dropped,
     }
 }

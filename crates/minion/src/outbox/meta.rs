@@ -3,13 +3,22 @@
 //! seq is ever handed out twice), and the range of events dropped before
 //! the master acknowledged them, not yet settled.
 //!
-//! They live in two fixed slots of one file, written in place in turn,
-//! each with a generation and a checksum; on open the valid slot with the
-//! higher generation wins. Writing in place needs no new disk space, so
-//! the outbox can still record an acknowledgement (and free space by
-//! deleting what it covers) on a full disk, where a temp file and a rename
-//! would fail. A torn write spoils only the slot being written, never the
-//! other; the slots sit in different pages.
+//! They live in two fixed slots of one file, written in place, each with
+//! a generation and a checksum; on open the valid slot with the higher
+//! generation wins. Writing in place needs no new disk space, so the
+//! outbox can still record an acknowledgement (and free space by deleting
+//! what it covers) on a full disk, where a temp file and a rename would
+//! fail. A torn write spoils only the slot being written, never the other;
+//! the slots sit in different pages.
+//!
+//! Every write goes to the slot that does *not* hold the newest synced
+//! record, so that record survives anything a power cut does to writes
+//! after it: unsynced acknowledgements all land in the other slot, over
+//! and over (review 4: written in turn, the second of two unsynced
+//! acknowledgements overwrote the synced reservation, and a torn write of
+//! it plus a lost write of the other slot resumed numbering below seqs
+//! already published). A synced write moves the newest synced record to
+//! the slot it wrote.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -48,6 +57,8 @@ pub(crate) struct MetaFile {
     path: PathBuf,
     file: File,
     generation: u64,
+    /// The slot (0 or 1) holding the newest synced record, if any.
+    synced_slot: Option<u64>,
 }
 
 impl MetaFile {
@@ -67,10 +78,13 @@ impl MetaFile {
         let mut file = OpenOptions::new().read(true).write(true).open(&path)?;
         let mut raw = Vec::new();
         file.read_to_end(&mut raw)?;
-        let best = [0, SLOT_STRIDE as usize]
+        let best = [0u64, 1]
             .into_iter()
-            .filter_map(|at| decode(raw.get(at..)?))
-            .max_by_key(|(generation, _)| *generation);
+            .filter_map(|slot| {
+                let (generation, meta) = decode(raw.get((slot * SLOT_STRIDE) as usize..)?)?;
+                Some((generation, meta, slot))
+            })
+            .max_by_key(|(generation, _, _)| *generation);
         // Slot 0 is first written by the second store, after the first
         // open's; no seq is handed out before it. So no valid slot and a
         // blank slot 0 is a meta file never (or only partly) written for
@@ -86,31 +100,41 @@ impl MetaFile {
                 ),
             ));
         }
-        let generation = best.map_or(0, |(g, _)| g);
+        // Which slot a previous run last synced is not known (either may
+        // hold an unsynced write still in the page cache): syncing what
+        // was read makes the newest one the newest synced record.
+        let synced_slot = match best {
+            Some((_, _, slot)) => {
+                disk::sync(&file, &path)?;
+                Some(slot)
+            }
+            None => None,
+        };
+        let generation = best.map_or(0, |(g, _, _)| g);
         Ok((
             Self {
                 path,
                 file,
                 generation,
+                synced_slot,
             },
-            best.map(|(_, m)| m),
+            best.map(|(_, m, _)| m),
         ))
     }
 
-    /// Writes `meta` into the older slot; with `durable`, syncs it before
-    /// returning.
+    /// Writes `meta` into the slot not holding the newest synced record
+    /// (slot 1 when none is, so slot 0 stays blank until the second
+    /// store); with `durable`, syncs it before returning, and it becomes
+    /// the newest synced record.
     pub(crate) fn store(&mut self, meta: &Meta, durable: bool) -> io::Result<()> {
         let generation = self.generation + 1;
+        let target = self.synced_slot.map_or(1, |s| 1 - s);
         let slot = encode(generation, meta);
-        disk::write_at(
-            &self.file,
-            &self.path,
-            (generation % 2) * SLOT_STRIDE,
-            &slot,
-        )?;
+        disk::write_at(&self.file, &self.path, target * SLOT_STRIDE, &slot)?;
         self.generation = generation;
         if durable {
             disk::sync(&self.file, &self.path)?;
+            self.synced_slot = Some(target);
         }
         Ok(())
     }

@@ -1,12 +1,6 @@
-// Not compiled: kept here so it is not lost. Review 4's finding 6 (a flood of
-// clear frames around the Rehello probe's answer) as its reviewer wrote it; it
-// has never run. To run it: move it to tests/tests/attacks/review4.rs, add
-// `mod review4;` to tests/tests/attacks/main.rs, and
-// `cargo test -p tend-e2e --test attacks review4 -- --ignored`.
-
 //! Independent adversarial review (review4) of the clear Rehello probe:
-//! the ignored tests fail on the code they were written against; each
-//! says the finding.
+//! each test failed on the code it was written against, and says the
+//! finding.
 
 use super::*;
 
@@ -17,9 +11,10 @@ use super::*;
 /// anyone on the path can write) go through the same queue: a burst of
 /// clear Rehellos around the master's honest heartbeat answer fills it,
 /// the answer ("Heard") is dropped, and the probe ends a live session.
-/// The attacker only adds frames (drops nothing, delays nothing).
+/// The attacker only adds frames (drops nothing, delays nothing). Now
+/// clear messages have a queue of their own, and sealed ones are read
+/// first.
 #[test]
-#[ignore = "review4: clear frames flood the minion's 64-slot control queue (try_send) so the master's honest answer to the Rehello probe is dropped and a forged Rehello ends a live session"]
 fn review4_a_clear_flood_around_the_probe_answer_never_ends_a_live_session() {
     let tmp = tempfile::tempdir().unwrap();
     let ctx = zmq::Context::new();

@@ -78,7 +78,7 @@ enum StoreCommand {
 }
 
 /// `tend-master store migrate --to URL`.
-fn migrate(cfg: &MasterConfig, to: &str) -> anyhow::Result<()> {
+fn migrate(cfg: &MasterConfig, config: &Path, to: &str) -> anyhow::Result<()> {
     let from = Store::open(&cfg.data_dir)?;
     let fingerprint =
         Identity::load_or_create(&cfg.data_dir.join("keys/master.key"))?.fingerprint();
@@ -105,7 +105,7 @@ fn migrate(cfg: &MasterConfig, to: &str) -> anyhow::Result<()> {
     println!(
         "next: set [store] postgres = {:?} in {} and start the master",
         tend_store::redact(to),
-        "master.toml"
+        config.display()
     );
     Ok(())
 }
@@ -130,7 +130,7 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     if let Some(Command::Store(StoreCommand::Migrate { to })) = &args.command {
-        return match migrate(&cfg, to) {
+        return match migrate(&cfg, &args.config, to) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tend-master: store migrate: {e:#}");

@@ -290,3 +290,117 @@ fn store_migrate_moves_a_populated_embedded_store_and_the_same_listings_follow()
     let unique: HashSet<u64> = seqs.iter().copied().collect();
     assert_eq!((seqs.len(), unique.len()), (310, 310));
 }
+
+fn counter(m: &Master, name: &str) -> u64 {
+    m.tend_json(&["status"]).pop().unwrap()["counters"][name]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Two masters on one database run one reactor between them (a lease):
+/// each event is reacted to once whichever master stored it, windows and
+/// cursor move with the lease, and when the master running the reactor is
+/// killed -9 the other takes over and reacts to every event, none twice.
+/// Each master's `tend events` lists the events the other stored.
+#[test]
+fn two_masters_on_one_database_react_once_and_the_reactor_moves_when_its_master_dies() {
+    let db = pg::database();
+    let tmp = tempfile::tempdir().unwrap();
+    let rule = "[[rule]]\nname = \"echo\"\non = \"minion/*/event/x\"\n[[rule.action]]\nfire = \"reacted\"\ndata = { seq = \"{{ event.seq }}\" }\n";
+    let mut a = Master::new(&tmp.path().join("a"), &store_section(&db.url));
+    a.rule_file("echo.toml", rule);
+    a.start();
+    wait_until(
+        Duration::from_secs(10),
+        "master a to run the reactor",
+        || (counter(&a, "reactor_leader") == 1).then_some(()),
+    );
+    let mut b = Master::new(&tmp.path().join("b"), &store_section(&db.url));
+    b.rule_file("echo.toml", rule);
+    b.start();
+    assert_eq!(counter(&b, "reactor_leader"), 0, "b waits on standby");
+    // The minion talks to b only: b stores, a reacts.
+    let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &b, "");
+    minion.start();
+    b.wait_connected("m1");
+    assert!(minion.send("x", 200).status.success());
+    let reacted = |m: &Master| -> Vec<String> {
+        m.events(&["--tag", "reacted", "--limit", "100000"])
+            .iter()
+            .map(|e| e["data"]["seq"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    wait_until(Duration::from_secs(30), "200 reactions", || {
+        (reacted(&b).len() >= 200).then_some(())
+    });
+    let on_a = a.events(&["--tag", "minion/m1/event/x", "--limit", "100000"]);
+    assert_eq!(on_a.len(), 200, "master a lists the events b stored");
+
+    a.daemon().kill9();
+    wait_until(
+        Duration::from_secs(10),
+        "master b to take the reactor over",
+        || (counter(&b, "reactor_leader") == 1).then_some(()),
+    );
+    assert!(minion.send("x", 200).status.success());
+    let all = wait_until(Duration::from_secs(30), "400 reactions", || {
+        let r = reacted(&b);
+        (r.len() >= 400).then_some(r)
+    });
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(
+        (all.len(), unique.len()),
+        (400, 400),
+        "every event reacted to once"
+    );
+    // a comes back on standby.
+    a.start();
+    assert_eq!(counter(&a, "reactor_leader"), 0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(reacted(&a).len(), 400, "nothing reacted to again");
+}
+
+/// Check 3's bound: a master killed -9 in the middle of a job leaves it
+/// running in the database; another master marks it interrupted within
+/// the lease (5 s), so nothing stays running forever.
+#[test]
+fn a_job_whose_master_is_killed_is_marked_interrupted_by_another_within_the_lease() {
+    let db = pg::database();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Master::new(&tmp.path().join("a"), &store_section(&db.url));
+    a.start();
+    let mut b = Master::new(&tmp.path().join("b"), &store_section(&db.url));
+    b.start();
+    let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &a, "");
+    minion.start();
+    a.wait_connected("m1");
+    let mut run = std::process::Command::new(tend_e2e::bin("tend"))
+        .args(["--master", &a.control, "run", "m1", "--", "sleep", "30"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let running = |m: &Master| {
+        m.tend_json(&["jobs"])
+            .into_iter()
+            .find(|j| j["kind"] == "run")
+    };
+    let job = wait_until(Duration::from_secs(10), "the job running", || {
+        running(&b).filter(|j| j["status"] == "running")
+    });
+    a.daemon().kill9();
+    let killed = std::time::Instant::now();
+    let ended = wait_until(
+        Duration::from_secs(15),
+        "the job marked interrupted",
+        || running(&b).filter(|j| j["status"] == "interrupted"),
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(12),
+        "within the lease: {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(ended["id"], job["id"]);
+    let _ = run.kill();
+    let _ = run.wait();
+}

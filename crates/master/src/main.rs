@@ -4,6 +4,7 @@
 mod actions;
 mod control;
 mod emit;
+mod fleet;
 mod ingest;
 mod jobs;
 mod master;

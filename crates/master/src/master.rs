@@ -131,7 +131,7 @@ impl Master {
             minions: minions.clone(),
             bus: bus.clone(),
             emitter: emitter.clone(),
-            reactor,
+            reactor: reactor.clone(),
             recovery: recovery.clone(),
             replays: Mutex::new(HashMap::new()),
             next_local: AtomicU64::new(local_mark + 1),
@@ -167,6 +167,9 @@ impl Master {
             retention: cfg.retention.clone(),
             max_events: cfg.max_events,
         });
+        if storage.backend().shared() {
+            crate::fleet::spawn(&storage, emitter.clone(), reactor.clone(), stats.clone());
+        }
         let metrics = Arc::new(MetricsView {
             stats: stats.clone(),
             bus_stats,

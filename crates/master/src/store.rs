@@ -34,6 +34,9 @@ pub struct Storage {
     evaluated: AtomicU64,
     /// Why the store refuses writes, and since when; None when it works.
     failure: Mutex<Option<StoreFailure>>,
+    /// Whether this master runs the reactor (always, on a store of its
+    /// own; while it holds the lease, on a shared one).
+    leader: std::sync::atomic::AtomicBool,
 }
 
 impl Storage {
@@ -44,6 +47,7 @@ impl Storage {
             stored: watch::Sender::new(last_event),
             evaluated: AtomicU64::new(0),
             failure: Mutex::new(None),
+            leader: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -80,8 +84,22 @@ impl Storage {
         self.evaluated.store(id, Ordering::Relaxed);
     }
 
+    /// Says whether this master runs the reactor now.
+    pub fn set_reactor_leader(&self, held: bool) {
+        self.leader.store(held, Ordering::Relaxed);
+    }
+
+    /// Whether this master runs the reactor now.
+    pub fn reactor_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
     /// Stored events the reactor has not evaluated yet.
     pub fn reactor_backlog(&self) -> u64 {
+        if !self.reactor_leader() {
+            // Another master runs the reactor.
+            return 0;
+        }
         let evaluated = self.evaluated.load(Ordering::Relaxed);
         self.stored.borrow().saturating_sub(evaluated)
     }

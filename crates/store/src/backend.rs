@@ -56,6 +56,30 @@ pub trait Backend: Send + Sync + 'static {
     fn put_job(&self, job: &Job) -> Result<(), StoreError>;
     /// Marks the jobs a previous run left unfinished as interrupted.
     fn interrupt_unfinished(&self, why: &str) -> Result<Vec<Job>, StoreError>;
+    /// Says this master is alive to the others sharing the store, and
+    /// marks interrupted the unfinished jobs of masters gone silent past
+    /// their lease; called every second or so. Nothing to do for a store
+    /// of one master's own.
+    fn keep_alive(&self) -> Result<Vec<Job>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Whether other masters share this store (their events, jobs and
+    /// reactor lease).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Holds (or tries to take) the lease to run the reactor: one master
+    /// at a time evaluates the stored events, so each reaction happens
+    /// once. True while held. Always held by a store of one master's own.
+    fn reactor_lease(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+    /// Waits up to `timeout` for events stored (by any master) after id
+    /// `after`; the id of the last stored.
+    fn wait_for_events(&self, after: u64, timeout: std::time::Duration) -> Result<u64, StoreError> {
+        let _ = (after, timeout);
+        self.last_event_id()
+    }
     /// The reactor's stored cursor and group states, read together.
     fn reactor_resume(&self) -> Result<Resume, StoreError>;
     /// What one step of the reactor made, in one transaction.

@@ -87,6 +87,10 @@ pub enum StoreError {
         "the PostgreSQL database {url} already holds {rows} events, jobs or minions: a store is moved into an empty database"
     )]
     NotEmpty { url: String, rows: u64 },
+    #[error(
+        "this master no longer holds the reactor's lease on {url}: another master runs the reactor"
+    )]
+    LeaseLost { url: String },
     #[error("store (PostgreSQL): {0}")]
     Pg(#[from] postgres::Error),
     #[error("corrupt record {id} in table {table}: {error}")]

@@ -98,7 +98,7 @@ impl PgStore {
             let (k, v) = entry?;
             let job = decode::<Job>("jobs", k.value(), v.value())?;
             max_job = max_job.max(job.id);
-            crate::pg::write_job(&mut tx, &job)?;
+            crate::pg::write_job(&mut tx, &job, &self.owner)?;
             out.jobs += 1;
         }
         // Job ids go on past the embedded store's (the sequence gives

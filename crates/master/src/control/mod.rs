@@ -169,6 +169,12 @@ impl Control {
         counters.insert("rule_condition_errors".into(), conditions);
         counters.insert("rule_action_errors".into(), actions);
         counters.insert("reactor_queue".into(), self.storage.reactor_backlog());
+        // 1 when this master runs the reactor (always, on a store of its
+        // own; the lease holder among masters sharing one).
+        counters.insert(
+            "reactor_leader".into(),
+            u64::from(self.storage.reactor_leader()),
+        );
         counters.insert("actions_running".into(), self.actions.running() as u64);
         counters.insert("actions_waiting".into(), self.actions.waiting() as u64);
         // New keys turned away at the pending cap: a flood of hellos, or a

@@ -56,6 +56,9 @@ const PAGE: usize = 2_000;
 /// crash changes nothing, so they are not worth a commit each.
 const LAG_EVENTS: u64 = 10_000;
 const LAG_TIME: Duration = Duration::from_secs(5);
+/// How often a master on standby tries to take the reactor's lease (a
+/// master that dies gives it up as its connection closes).
+const LEASE_RETRY: Duration = Duration::from_millis(200);
 
 /// The reactor's thread; it ends when the master's [`RuleRunner`] goes.
 pub fn run(
@@ -66,15 +69,49 @@ pub fn run(
 ) {
     let _guard = rt.enter();
     let mut cursor = Cursor::default();
-    let mut reactor = {
-        let Some(m) = runner.upgrade() else {
-            return;
-        };
-        resume(&m, rules.clone(), &mut cursor)
-    };
     let mut rules = rules;
+    // Masters sharing a store run one reactor between them: this one
+    // evaluates only while it holds the store's lease, and reads the
+    // cursor and windows back each time it takes it over.
+    let mut reactor: Option<Reactor> = None;
     loop {
+        {
+            let Some(runner) = runner.upgrade() else {
+                return;
+            };
+            let held = match runner.storage.backend().reactor_lease() {
+                Ok(held) => held,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach the reactor's lease; trying again");
+                    false
+                }
+            };
+            runner.storage.set_reactor_leader(held);
+            match (held, reactor.is_some()) {
+                (true, false) => {
+                    if runner.storage.backend().shared() {
+                        tracing::info!("this master runs the reactor now (it holds the lease)");
+                    }
+                    reactor = resume(&runner, rules.clone(), &mut cursor);
+                }
+                (false, true) => {
+                    tracing::warn!("the reactor's lease is lost: another master runs the reactor");
+                    reactor = None;
+                }
+                _ => {}
+            }
+        }
+        let Some(current) = reactor.as_mut() else {
+            // On standby: rules are kept current, the lease tried again.
+            match inbox.recv_timeout(LEASE_RETRY) {
+                Ok(ReactorMsg::Reload(new)) => rules = new,
+                Ok(ReactorMsg::Wake) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            continue;
+        };
         // Catch up with the store.
+        let mut lost = false;
         loop {
             let Some(runner) = runner.upgrade() else {
                 return;
@@ -91,7 +128,7 @@ pub fn run(
                 }
             };
             let full = events.len() == PAGE;
-            match step(&runner, &mut reactor, &mut cursor, events) {
+            match step(&runner, current, &mut cursor, events) {
                 // Events the rules fired are evaluated in turn.
                 Ok(fired) if full || fired => {}
                 Ok(_) => break,
@@ -102,7 +139,13 @@ pub fn run(
                     // so the cursor is read back with the group states,
                     // not taken from memory: the two agree, and no event
                     // is evaluated twice.
-                    reactor = resume(&runner, rules.clone(), &mut cursor);
+                    let Some(resumed) = resume(&runner, rules.clone(), &mut cursor) else {
+                        // The lease went with the failure: what this
+                        // master evaluated is another's to redo.
+                        lost = true;
+                        break;
+                    };
+                    *current = resumed;
                     if cursor.commit >= unstored.commit {
                         // It was written: its jobs are stored, queued, and
                         // nothing else will start them.
@@ -121,7 +164,14 @@ pub fn run(
                 }
             }
         }
-        let wait = reactor
+        if lost {
+            reactor = None;
+            continue;
+        }
+        let Some(current) = reactor.as_mut() else {
+            continue;
+        };
+        let wait = current
             .next_deadline()
             .map(|d| d.saturating_duration_since(tokio::time::Instant::now()))
             .unwrap_or(LAG_TIME);
@@ -129,7 +179,7 @@ pub fn run(
             Ok(ReactorMsg::Wake) | Err(RecvTimeoutError::Timeout) => {}
             Ok(ReactorMsg::Reload(new)) => {
                 tracing::info!(rules = new.len(), "reactor rules reloaded");
-                reactor.replace_rules(new.clone());
+                current.replace_rules(new.clone());
                 rules = new;
             }
             Err(RecvTimeoutError::Disconnected) => return,
@@ -168,7 +218,10 @@ struct Unstored {
 /// holds, read together. A store that cannot be read is tried again: the
 /// cursor is never guessed (history would be reacted to again), and
 /// starting with empty windows would change what fires.
-fn resume(runner: &RuleRunner, rules: Arc<Rules>, cursor: &mut Cursor) -> Reactor {
+///
+/// None when the reactor's lease was lost meanwhile (another master runs
+/// the reactor: this one must not go on from what it read).
+fn resume(runner: &RuleRunner, rules: Arc<Rules>, cursor: &mut Cursor) -> Option<Reactor> {
     let tend_store::Resume {
         cursor: stored,
         commit,
@@ -177,6 +230,9 @@ fn resume(runner: &RuleRunner, rules: Arc<Rules>, cursor: &mut Cursor) -> Reacto
         match runner.storage.backend().reactor_resume() {
             Ok(resumed) => break resumed,
             Err(e) => {
+                if !matches!(runner.storage.backend().reactor_lease(), Ok(true)) {
+                    return None;
+                }
                 tracing::error!(error = %e, "cannot read the reactor's cursor, windows and holds; trying again");
                 std::thread::sleep(Duration::from_secs(1));
             }
@@ -194,7 +250,7 @@ fn resume(runner: &RuleRunner, rules: Arc<Rules>, cursor: &mut Cursor) -> Reacto
         let n = reactor.restore(saved, clock());
         tracing::info!(groups = n, "reactor windows and holds restored");
     }
-    reactor
+    Some(reactor)
 }
 
 fn clock() -> Clock {

@@ -29,7 +29,10 @@ use r2d2_postgres::PostgresConnectionManager;
 use crate::StoreError;
 
 /// The schema's versions, in order: (version, SQL).
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("schema_1.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("schema_1.sql")),
+    (2, include_str!("schema_2.sql")),
+];
 
 /// An arbitrary constant: the advisory lock masters take to migrate.
 const MIGRATE_LOCK: i64 = 0x7465_6e64_0001;
@@ -62,10 +65,28 @@ pub struct PgStore {
     pool: Pool,
     /// The URL without its password, for messages.
     pub(crate) shown: String,
-    owner: String,
+    pub(crate) owner: String,
     /// Job ids left in the block this master took: (next, end).
     job_ids: Mutex<(u64, u64)>,
+    /// The connection holding (or trying for) the reactor's lease, an
+    /// advisory lock held for the session: when this master dies its
+    /// connection closes and the database gives the lock to the next. The
+    /// reactor commits on this connection, so a master that lost the lock
+    /// (its connection cut) cannot commit a step.
+    pub(crate) lease: Mutex<Option<Lease>>,
+    /// The connection listening for events stored by any master.
+    pub(crate) listener: Mutex<Option<postgres::Client>>,
+    config: postgres::Config,
 }
+
+/// The reactor lease's connection, and whether it holds the lock.
+pub(crate) struct Lease {
+    pub(crate) client: postgres::Client,
+    pub(crate) held: bool,
+}
+
+/// The advisory lock that is the reactor's lease.
+pub(crate) const REACTOR_LOCK: i64 = 0x7465_6e64_0002;
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,7 +134,7 @@ impl PgStore {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("tend-master");
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        let manager = PostgresConnectionManager::new(config.clone(), NoTls);
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
@@ -131,6 +152,9 @@ impl PgStore {
             shown,
             owner: opts.owner.clone(),
             job_ids: Mutex::new((0, 0)),
+            lease: Mutex::new(None),
+            listener: Mutex::new(None),
+            config,
         };
         store.migrate()?;
         Ok(store)
@@ -149,6 +173,17 @@ impl PgStore {
             url: self.shown.clone(),
             error: e.to_string(),
         })
+    }
+
+    /// A connection of its own (not the pool's): for the lease and the
+    /// listener, which hold theirs for as long as they work.
+    pub(crate) fn dedicated(&self) -> Result<postgres::Client, StoreError> {
+        self.config
+            .connect(NoTls)
+            .map_err(|e| StoreError::PgConnect {
+                url: self.shown.clone(),
+                error: e.to_string(),
+            })
     }
 
     /// Applies the schema versions the database lacks, each in its own

@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 
 use postgres::Transaction;
+use postgres::fallible_iterator::FallibleIterator;
 use prost::Message;
 use tend_proto::now_us;
 use tend_proto::v1::{Event, Job, MinionInfo, MinionResult, StoredEvent};
 
-use super::PgStore;
+use super::{Lease, PgStore};
 use crate::tables::decode;
 use crate::{
     Appended, Backend, EventFilter, Incoming, Local, Pruned, Reactions, Resume, StoreError,
@@ -103,9 +104,10 @@ pub(crate) fn set_meta(
 pub(crate) fn write_job(
     tx: &mut impl postgres::GenericClient,
     job: &Job,
+    owner: &str,
 ) -> Result<(), StoreError> {
     tx.execute(
-        "INSERT INTO tend_jobs (id, finished_us, created_us, job) VALUES ($1, $2, $3, $4)
+        "INSERT INTO tend_jobs (id, finished_us, created_us, job, owner) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (id) DO UPDATE SET finished_us = EXCLUDED.finished_us,
              created_us = EXCLUDED.created_us, job = EXCLUDED.job",
         &[
@@ -113,7 +115,67 @@ pub(crate) fn write_job(
             &job.finished_us,
             &job.created_us,
             &job.encode_to_vec(),
+            &owner,
         ],
+    )?;
+    Ok(())
+}
+
+/// A master silent this long is gone: its unfinished jobs are marked
+/// interrupted by another (a job's lease).
+pub const MASTER_LEASE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Marks the unfinished jobs of `owners` (and of masters silent past the
+/// lease when `orphans`) interrupted, in one transaction.
+fn interrupt(
+    tx: &mut Transaction<'_>,
+    owner: &str,
+    include_own: bool,
+    why: &str,
+) -> Result<Vec<Job>, StoreError> {
+    let stale = now_us() - MASTER_LEASE.as_micros() as i64;
+    let rows = tx.query(
+        "SELECT id, job, owner FROM tend_jobs j WHERE finished_us = 0 AND (
+             ($2 AND owner = $1)
+             OR (owner <> $1 AND NOT EXISTS (
+                 SELECT 1 FROM tend_masters m WHERE m.owner = j.owner AND m.seen_us >= $3)))
+         ORDER BY id FOR UPDATE SKIP LOCKED",
+        &[&owner, &include_own, &stale],
+    )?;
+    let now = now_us();
+    let mut out = Vec::new();
+    for r in rows {
+        let id: i64 = r.get(0);
+        let was: String = r.get(2);
+        let mut job: Job = decode("tend_jobs", id, r.get::<_, &[u8]>(1))?;
+        job.status = "interrupted".into();
+        job.finished_us = now;
+        for m in &mut job.minions {
+            if matches!(m.status.as_str(), "" | "running" | "queued") {
+                m.status = "interrupted".into();
+                m.error = why.to_string();
+            }
+        }
+        if job.minions.is_empty() {
+            job.minions.push(MinionResult {
+                minion: job.trigger_minion.clone(),
+                status: "interrupted".into(),
+                error: why.to_string(),
+                ..Default::default()
+            });
+        }
+        write_job(tx, &job, &was)?;
+        out.push(job);
+    }
+    Ok(out)
+}
+
+/// Says this master is alive.
+fn heartbeat(tx: &mut Transaction<'_>, owner: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO tend_masters (owner, seen_us) VALUES ($1, $2)
+         ON CONFLICT (owner) DO UPDATE SET seen_us = EXCLUDED.seen_us",
+        &[&owner, &now_us()],
     )?;
     Ok(())
 }
@@ -456,125 +518,104 @@ impl Backend for PgStore {
 
     fn put_job(&self, job: &Job) -> Result<(), StoreError> {
         let mut c = self.conn()?;
-        write_job(&mut *c, job)
+        write_job(&mut *c, job, &self.owner)
     }
 
+    /// This master's unfinished jobs (its last run's), and those of
+    /// masters gone silent; never a live master's.
     fn interrupt_unfinished(&self, why: &str) -> Result<Vec<Job>, StoreError> {
         let mut c = self.conn()?;
         let mut tx = c.transaction()?;
-        let rows = tx.query(
-            "SELECT id, job FROM tend_jobs WHERE finished_us = 0 ORDER BY id FOR UPDATE",
-            &[],
+        heartbeat(&mut tx, &self.owner)?;
+        let out = interrupt(&mut tx, &self.owner, true, why)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn keep_alive(&self) -> Result<Vec<Job>, StoreError> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction()?;
+        heartbeat(&mut tx, &self.owner)?;
+        let out = interrupt(
+            &mut tx,
+            &self.owner,
+            false,
+            "its master stopped answering (another master ended the job)",
         )?;
-        let now = now_us();
-        let mut out = Vec::new();
-        for r in rows {
-            let id: i64 = r.get(0);
-            let mut job: Job = decode("tend_jobs", id, r.get::<_, &[u8]>(1))?;
-            job.status = "interrupted".into();
-            job.finished_us = now;
-            for m in &mut job.minions {
-                if matches!(m.status.as_str(), "" | "running" | "queued") {
-                    m.status = "interrupted".into();
-                    m.error = why.to_string();
-                }
-            }
-            if job.minions.is_empty() {
-                job.minions.push(MinionResult {
-                    minion: job.trigger_minion.clone(),
-                    status: "interrupted".into(),
-                    error: why.to_string(),
-                    ..Default::default()
-                });
-            }
-            write_job(&mut tx, &job)?;
-            out.push(job);
-        }
         tx.commit()?;
         Ok(out)
     }
 
     fn reactor_resume(&self) -> Result<Resume, StoreError> {
-        let mut c = self.conn()?;
-        let mut tx = c
-            .build_transaction()
-            .isolation_level(postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()?;
-        let cursor = match tx.query_opt(
-            "SELECT value FROM tend_meta WHERE key = 'reactor_cursor'",
-            &[],
-        )? {
-            Some(r) => un(r.get(0)),
-            // A new database: the reactor starts at what is stored now.
-            None => meta(&mut tx, "next_event")?.saturating_sub(1),
-        };
-        let commit = meta(&mut tx, "reactor_commit")?;
-        let states = tx
-            .query("SELECT key, state FROM tend_reactor ORDER BY key", &[])?
-            .into_iter()
-            .map(|r| {
-                let key: Vec<u8> = r.get(0);
-                (
-                    String::from_utf8_lossy(&key).into_owned(),
-                    r.get::<_, Vec<u8>>(1),
-                )
-            })
-            .collect();
-        tx.commit()?;
-        Ok(Resume {
-            cursor,
-            commit,
-            states,
-        })
+        self.on_reactor_conn(|c| self.resume_on(c))
     }
 
     fn commit_reactions(&self, r: Reactions) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut c = self.conn()?;
-        let mut tx = c.transaction()?;
-        let mut id = take_ids(&mut tx, r.events.len())?;
-        set_meta(&mut tx, "reactor_cursor", r.cursor)?;
-        set_meta(&mut tx, "reactor_commit", r.commit)?;
-        if r.clear_state {
-            tx.execute("DELETE FROM tend_reactor", &[])?;
-        }
-        for (key, bytes) in &r.state {
-            match bytes {
-                Some(b) => {
-                    tx.execute(
-                        "INSERT INTO tend_reactor (key, state) VALUES ($1, $2)
-                         ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state",
-                        &[&key.as_bytes(), b],
-                    )?;
+        self.on_reactor_conn(|c| self.commit_on(c, r))
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn reactor_lease(&self) -> Result<bool, StoreError> {
+        let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = lease.as_mut() {
+            if l.client.is_closed() {
+                if l.held {
+                    tracing::warn!("the reactor lease's connection closed: the lease is lost");
                 }
-                None => {
-                    tx.execute(
-                        "DELETE FROM tend_reactor WHERE key = $1",
-                        &[&key.as_bytes()],
-                    )?;
-                }
+                *lease = None;
+            } else if l.held {
+                return Ok(true);
             }
         }
-        let stored_us = now_us();
-        let stored: Vec<StoredEvent> = r
-            .events
-            .into_iter()
-            .map(|event| {
-                let rec = StoredEvent {
-                    id,
-                    stored_us,
-                    event: Some(event),
-                };
-                id += 1;
-                rec
-            })
-            .collect();
-        insert_events(&mut tx, &stored)?;
-        for job in &r.jobs {
-            write_job(&mut tx, job)?;
+        if lease.is_none() {
+            *lease = Some(Lease {
+                client: self.dedicated()?,
+                held: false,
+            });
         }
-        tx.commit()?;
-        Ok(stored)
+        let l = lease.as_mut().expect("set above");
+        let got: bool = match l
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&super::REACTOR_LOCK])
+        {
+            Ok(row) => row.get(0),
+            Err(e) => {
+                *lease = None;
+                return Err(e.into());
+            }
+        };
+        l.held = got;
+        Ok(got)
+    }
+
+    fn wait_for_events(&self, after: u64, timeout: std::time::Duration) -> Result<u64, StoreError> {
+        let mut listener = self.listener.lock().unwrap_or_else(|p| p.into_inner());
+        if listener.as_ref().is_none_or(|c| c.is_closed()) {
+            let mut c = self.dedicated()?;
+            c.batch_execute("LISTEN tend_events")?;
+            *listener = Some(c);
+        }
+        let c = listener.as_mut().expect("set above");
+        let result = (|| {
+            let last = meta(c, "next_event")?.saturating_sub(1);
+            if last > after {
+                return Ok(last);
+            }
+            if c.notifications().timeout_iter(timeout).next()?.is_some() {
+                // Several commits may have notified: one read covers them.
+                let mut notes = c.notifications();
+                let mut pending = notes.iter();
+                while let Ok(Some(_)) = pending.next() {}
+            }
+            Ok(meta(c, "next_event")?.saturating_sub(1))
+        })();
+        if result.is_err() {
+            *listener = None;
+        }
+        result
     }
 
     fn delete_job(&self, id: u64) -> Result<(), StoreError> {
@@ -625,5 +666,119 @@ impl Backend for PgStore {
             .into_iter()
             .map(|r| decode("tend_minions", r.get::<_, String>(0), r.get::<_, &[u8]>(1)))
             .collect()
+    }
+}
+
+impl PgStore {
+    /// Runs `f` on the reactor lease's connection while it holds the lease
+    /// (a step committed there fails if the lease was lost with it), or on
+    /// a pooled one when this store never took it (tools, tests).
+    fn on_reactor_conn<R>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        match lease.as_mut() {
+            Some(l) if l.held => {
+                let out = f(&mut l.client);
+                if out.is_err() && l.client.is_closed() {
+                    *lease = None;
+                }
+                out
+            }
+            Some(_) => Err(StoreError::LeaseLost {
+                url: self.shown.clone(),
+            }),
+            None => {
+                drop(lease);
+                let mut c = self.conn()?;
+                f(&mut c)
+            }
+        }
+    }
+
+    fn resume_on(&self, c: &mut postgres::Client) -> Result<Resume, StoreError> {
+        let mut tx = c
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()?;
+        let cursor = match tx.query_opt(
+            "SELECT value FROM tend_meta WHERE key = 'reactor_cursor'",
+            &[],
+        )? {
+            Some(r) => un(r.get(0)),
+            // A new database: the reactor starts at what is stored now.
+            None => meta(&mut tx, "next_event")?.saturating_sub(1),
+        };
+        let commit = meta(&mut tx, "reactor_commit")?;
+        let states = tx
+            .query("SELECT key, state FROM tend_reactor ORDER BY key", &[])?
+            .into_iter()
+            .map(|r| {
+                let key: Vec<u8> = r.get(0);
+                (
+                    String::from_utf8_lossy(&key).into_owned(),
+                    r.get::<_, Vec<u8>>(1),
+                )
+            })
+            .collect();
+        tx.commit()?;
+        Ok(Resume {
+            cursor,
+            commit,
+            states,
+        })
+    }
+
+    fn commit_on(
+        &self,
+        c: &mut postgres::Client,
+        r: Reactions,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut tx = c.transaction()?;
+        let mut id = take_ids(&mut tx, r.events.len())?;
+        set_meta(&mut tx, "reactor_cursor", r.cursor)?;
+        set_meta(&mut tx, "reactor_commit", r.commit)?;
+        if r.clear_state {
+            tx.execute("DELETE FROM tend_reactor", &[])?;
+        }
+        for (key, bytes) in &r.state {
+            match bytes {
+                Some(b) => {
+                    tx.execute(
+                        "INSERT INTO tend_reactor (key, state) VALUES ($1, $2)
+                         ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state",
+                        &[&key.as_bytes(), b],
+                    )?;
+                }
+                None => {
+                    tx.execute(
+                        "DELETE FROM tend_reactor WHERE key = $1",
+                        &[&key.as_bytes()],
+                    )?;
+                }
+            }
+        }
+        let stored_us = now_us();
+        let stored: Vec<StoredEvent> = r
+            .events
+            .into_iter()
+            .map(|event| {
+                let rec = StoredEvent {
+                    id,
+                    stored_us,
+                    event: Some(event),
+                };
+                id += 1;
+                rec
+            })
+            .collect();
+        insert_events(&mut tx, &stored)?;
+        for job in &r.jobs {
+            write_job(&mut tx, job, &self.owner)?;
+        }
+        tx.commit()?;
+        Ok(stored)
     }
 }

@@ -401,6 +401,64 @@ pub fn tend_at(control: &str, args: &[&str]) -> Output {
         .expect("run tend")
 }
 
+/// Reads a `tend events --follow --json` child's lines, with the time each
+/// one arrived.
+pub fn tail(
+    master: &Master,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<(std::time::SystemTime, Value)>,
+) {
+    let mut cmd = Command::new(bin("tend"));
+    cmd.arg("--master").arg(&master.control);
+    tail_of(cmd, args)
+}
+
+/// Starts `tend ... events --follow --json ARGS` from `cmd` (the binary
+/// and global options), and reads its lines as they come.
+pub fn tail_of(
+    mut cmd: Command,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<(std::time::SystemTime, Value)>,
+) {
+    let mut child = cmd
+        .args(["events", "--follow", "--json"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { return };
+            let at = std::time::SystemTime::now();
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("the tail printed bad JSON {line:?}: {e}"));
+            if tx.send((at, v)).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+pub fn next_event(
+    rx: &std::sync::mpsc::Receiver<(std::time::SystemTime, Value)>,
+    what: &str,
+) -> (std::time::SystemTime, Value) {
+    rx.recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("the tail did not show {what} within 20 s"))
+}
+
+pub fn stored_at(e: &Value) -> std::time::SystemTime {
+    humantime::parse_rfc3339(e["stored"].as_str().expect("stored time")).expect("RFC 3339")
+}
+
 /// A minion in its own temp dir.
 pub struct Minion {
     pub id: String,

@@ -4,11 +4,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use serde_json::Value;
-use tend_e2e::{Master, Minion, bin, free_port, stderr, stdout, tend_at};
+use tend_e2e::{
+    Master, Minion, bin, free_port, next_event, stderr, stdout, stored_at, tail, tail_of, tend_at,
+};
 
 struct Setup {
     tmp: tempfile::TempDir,
@@ -304,55 +304,6 @@ fn without_a_master_every_command_says_so_in_one_line() {
             );
         }
     }
-}
-
-/// Reads a `tend events --follow --json` child's lines, with the time each
-/// one arrived.
-fn tail(
-    master: &Master,
-    args: &[&str],
-) -> (std::process::Child, mpsc::Receiver<(SystemTime, Value)>) {
-    let mut cmd = Command::new(bin("tend"));
-    cmd.arg("--master").arg(&master.control);
-    tail_of(cmd, args)
-}
-
-/// Starts `tend ... events --follow --json ARGS` from `cmd` (the binary
-/// and global options), and reads its lines as they come.
-fn tail_of(
-    mut cmd: Command,
-    args: &[&str],
-) -> (std::process::Child, mpsc::Receiver<(SystemTime, Value)>) {
-    let mut child = cmd
-        .args(["events", "--follow", "--json"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            let at = SystemTime::now();
-            let v: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("the tail printed bad JSON {line:?}: {e}"));
-            if tx.send((at, v)).is_err() {
-                return;
-            }
-        }
-    });
-    (child, rx)
-}
-
-fn next_event(rx: &mpsc::Receiver<(SystemTime, Value)>, what: &str) -> (SystemTime, Value) {
-    rx.recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("the tail did not show {what} within 20 s"))
-}
-
-fn stored_at(e: &Value) -> SystemTime {
-    humantime::parse_rfc3339(e["stored"].as_str().expect("stored time")).expect("RFC 3339")
 }
 
 #[test]

@@ -404,3 +404,42 @@ fn a_job_whose_master_is_killed_is_marked_interrupted_by_another_within_the_leas
     let _ = run.kill();
     let _ = run.wait();
 }
+
+/// Check 4's tail: `tend events --follow` on master a shows the events
+/// master b stored, within 100 ms of their storing (the median of
+/// several: the machine is shared).
+#[test]
+fn a_tail_on_one_master_shows_events_another_stored_within_100ms() {
+    let db = pg::database();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Master::new(&tmp.path().join("a"), &store_section(&db.url));
+    a.start();
+    let mut b = Master::new(&tmp.path().join("b"), &store_section(&db.url));
+    b.start();
+    let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &b, "");
+    minion.start();
+    b.wait_connected("m1");
+    let (mut child, rx) =
+        tend_e2e::tail(&a, &["--tag", "minion/*/event/live/**", "--since", "10m"]);
+    assert!(minion.send("live/warmup", 1).status.success());
+    let (_, e) = tend_e2e::next_event(&rx, "the warm-up event");
+    assert_eq!(e["tag"], "minion/m1/event/live/warmup");
+    let mut delays = Vec::new();
+    for i in 0..7 {
+        let tag = format!("live/{i}");
+        assert!(minion.send(&tag, 1).status.success());
+        let (at, e) = tend_e2e::next_event(&rx, &tag);
+        assert_eq!(e["tag"], format!("minion/m1/event/{tag}"), "in order: {e}");
+        delays.push(
+            at.duration_since(tend_e2e::stored_at(&e))
+                .unwrap_or_default(),
+        );
+    }
+    delays.sort();
+    assert!(
+        delays[delays.len() / 2] <= Duration::from_millis(100),
+        "a tail on a shows b's events within 100 ms: {delays:?}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

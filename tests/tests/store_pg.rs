@@ -401,7 +401,9 @@ fn the_schema_is_applied_once_and_a_newer_one_is_refused() {
         .query_one("SELECT count(*) FROM tend_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(versions, 1);
+    // Versions 1 and 2, each once (a second apply would have failed one
+    // of the opens on the primary key, or on its CREATE TABLE).
+    assert_eq!(versions, 2);
     c.batch_execute("INSERT INTO tend_schema VALUES (999, 0)")
         .unwrap();
     let err = PgStore::open(&PgOptions {
@@ -440,4 +442,33 @@ fn bad_urls_and_unreachable_databases_are_named_without_the_password() {
     .to_string();
     assert!(!err.contains("s3cret"), "{err}");
     assert!(err.contains("cannot reach"), "{err}");
+}
+
+/// A master waiting for events hears another's append at once (NOTIFY),
+/// not at the end of its wait.
+#[test]
+fn a_wait_for_events_ends_when_another_master_stores_one() {
+    let db = pg::database();
+    let m1 = pg_store(&db, "m1");
+    let m2 = pg_store(&db, "m2");
+    assert_eq!(
+        m1.wait_for_events(0, std::time::Duration::from_millis(10))
+            .unwrap(),
+        0
+    );
+    let waiter = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let last = m1
+            .wait_for_events(0, std::time::Duration::from_secs(10))
+            .unwrap();
+        (last, started.elapsed())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    m2.append(vec![incoming("a", &[1])], vec![]).unwrap();
+    let (last, waited) = waiter.join().unwrap();
+    assert_eq!(last, 1);
+    assert!(
+        waited < std::time::Duration::from_secs(5),
+        "woke at once: {waited:?}"
+    );
 }

@@ -57,6 +57,11 @@ pub(crate) fn insert_events(
     tx: &mut Transaction<'_>,
     recs: &[StoredEvent],
 ) -> Result<(), StoreError> {
+    if !recs.is_empty() {
+        // Heard by every master's listener when the transaction commits:
+        // their live tails and reactors wake.
+        tx.execute("SELECT pg_notify('tend_events', '')", &[])?;
+    }
     for chunk in recs.chunks(5_000) {
         let mut ids = Vec::with_capacity(chunk.len());
         let mut minions = Vec::with_capacity(chunk.len());

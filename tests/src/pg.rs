@@ -188,6 +188,23 @@ impl Server {
     /// initdb and start; Debian's postgresql is installed first when the
     /// machine has no PostgreSQL programs.
     pub fn new() -> Result<Self, String> {
+        Self::build(false)
+    }
+
+    /// The same, serving TLS with a self-signed certificate for 127.0.0.1
+    /// (`cert()`), and taking the role `tend` only over TLS (`postgres`,
+    /// the harness's own, still in the clear).
+    pub fn new_tls() -> Result<Self, String> {
+        Self::build(true)
+    }
+
+    /// The CA certificate (PEM) the server's TLS certificate is signed
+    /// by, when it serves TLS.
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    fn build(tls: bool) -> Result<Self, String> {
         static N: AtomicU32 = AtomicU32::new(0);
         let bin = match bindir() {
             Some(b) => b,
@@ -235,6 +252,101 @@ impl Server {
                 "initdb failed: {}",
                 String::from_utf8_lossy(&st.stderr)
             ));
+        }
+        if tls {
+            let data = dir.join("data");
+            // A CA, and the server's certificate for 127.0.0.1 signed by it:
+            // the test trusts the CA (`cert()`).
+            let openssl = |args: &[&str]| -> Result<(), String> {
+                let st = Command::new("openssl")
+                    .args(args)
+                    .current_dir(&dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .output()
+                    .map_err(|e| format!("openssl: {e}"))?;
+                if !st.status.success() {
+                    return Err(format!(
+                        "openssl {args:?}: {}",
+                        String::from_utf8_lossy(&st.stderr)
+                    ));
+                }
+                Ok(())
+            };
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=tend test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+            ])?;
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ])?;
+            std::fs::write(
+                dir.join("ext.cnf"),
+                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+            )
+            .map_err(|e| format!("ext.cnf: {e}"))?;
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+                "-out",
+                "server.crt",
+            ])?;
+            std::fs::copy(dir.join("server.key"), data.join("server.key"))
+                .map_err(|e| format!("copy the key: {e}"))?;
+            std::fs::copy(dir.join("server.crt"), data.join("server.crt"))
+                .map_err(|e| format!("copy the certificate: {e}"))?;
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhostssl all tend 127.0.0.1/32 trust\n",
+            )
+            .map_err(|e| format!("pg_hba.conf: {e}"))?;
+            let mut conf = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))
+                .map_err(|e| format!("postgresql.conf: {e}"))?;
+            std::io::Write::write_all(&mut conf, b"ssl = on\n")
+                .map_err(|e| format!("postgresql.conf: {e}"))?;
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            );
+            if let Some((uid, gid)) = user {
+                for f in ["server.key", "server.crt", "pg_hba.conf"] {
+                    chown(&data.join(f), uid, gid)?;
+                }
+            }
         }
         let mut server = Self {
             bin,

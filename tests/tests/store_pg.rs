@@ -34,6 +34,7 @@ fn pg_store(db: &pg::PgDb, owner: &str) -> PgStore {
         url: db.url.clone(),
         password: None,
         owner: owner.into(),
+        ca_file: None,
     })
     .expect("open the PostgreSQL store")
 }
@@ -388,6 +389,7 @@ fn the_schema_is_applied_once_and_a_newer_one_is_refused() {
                     url,
                     password: None,
                     owner: format!("m{i}"),
+                    ca_file: None,
                 })
                 .map(drop)
             })
@@ -410,6 +412,7 @@ fn the_schema_is_applied_once_and_a_newer_one_is_refused() {
         url: db.url.clone(),
         password: None,
         owner: "m1".into(),
+        ca_file: None,
     })
     .unwrap_err()
     .to_string();
@@ -427,6 +430,7 @@ fn bad_urls_and_unreachable_databases_are_named_without_the_password() {
         url: "postgres://tend:s3cret@127.0.0.1:1/tend?bogus=1".into(),
         password: None,
         owner: "m".into(),
+        ca_file: None,
     })
     .unwrap_err()
     .to_string();
@@ -437,6 +441,7 @@ fn bad_urls_and_unreachable_databases_are_named_without_the_password() {
         url: format!("postgres://tend:s3cret@127.0.0.1:{port}/tend"),
         password: None,
         owner: "m".into(),
+        ca_file: None,
     })
     .unwrap_err()
     .to_string();
@@ -470,5 +475,55 @@ fn a_wait_for_events_ends_when_another_master_stores_one() {
     assert!(
         waited < std::time::Duration::from_secs(5),
         "woke at once: {waited:?}"
+    );
+}
+
+/// TLS when the URL asks for it: a server that takes the store's role
+/// only over TLS is reached with `sslmode=require` and the server's
+/// certificate in `ca_file`; without the certificate trusted the error
+/// says so; in the clear the server refuses.
+#[test]
+fn the_store_speaks_tls_when_the_url_asks_and_checks_the_certificate() {
+    let server = pg::Server::new_tls().expect("a PostgreSQL server with TLS");
+    let db = server.database();
+    let mut c = db.client();
+    c.batch_execute(&format!(
+        "CREATE ROLE tend LOGIN; ALTER DATABASE {} OWNER TO tend",
+        db.name
+    ))
+    .unwrap();
+    let port = db
+        .url
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("port="))
+        .unwrap()
+        .to_string();
+    let url = |mode: &str| {
+        format!(
+            "postgres://tend@127.0.0.1:{port}/{}?sslmode={mode}",
+            db.name
+        )
+    };
+    let open = |url: String, ca: Option<std::path::PathBuf>| {
+        PgStore::open(&PgOptions {
+            url,
+            password: None,
+            owner: "m1".into(),
+            ca_file: ca,
+        })
+    };
+    let store = open(url("require"), Some(server.cert())).expect("TLS with the CA trusted");
+    store.append(vec![incoming("a", &[1])], vec![]).unwrap();
+    assert_eq!(store.last_event_id().unwrap(), 1);
+    let untrusted = open(url("require"), None).unwrap_err().to_string();
+    assert!(untrusted.contains("cannot reach"), "{untrusted}");
+    assert!(
+        untrusted.to_lowercase().contains("certificate"),
+        "the error names the certificate: {untrusted}"
+    );
+    let clear = open(url("disable"), None).unwrap_err().to_string();
+    assert!(
+        clear.contains("no encryption") || clear.contains("pg_hba"),
+        "{clear}"
     );
 }

@@ -111,6 +111,10 @@ pub struct StoreConfig {
     /// not in the URL. Relative to master.toml when relative.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// Certificates (PEM) trusted for the database's TLS beside the usual
+    /// public roots: a private CA. Relative to master.toml when relative.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The environment variable the store's password may come from.
@@ -318,7 +322,10 @@ impl MasterConfig {
                 message: e.to_string(),
             })?;
         }
-        if let Some(file) = &mut cfg.store.password_file {
+        for file in [&mut cfg.store.password_file, &mut cfg.store.ca_file]
+            .into_iter()
+            .flatten()
+        {
             *file = tend_daemon::relative_to(path, file);
         }
         if let Some(url) = &cfg.store.postgres
@@ -367,6 +374,7 @@ impl MasterConfig {
             url: url.clone(),
             password: self.store.password()?,
             owner: owner.to_string(),
+            ca_file: self.store.ca_file.clone(),
         }))
     }
 

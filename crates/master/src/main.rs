@@ -90,6 +90,7 @@ fn migrate(cfg: &MasterConfig, config: &Path, to: &str) -> anyhow::Result<()> {
         url: to.to_string(),
         password,
         owner: fingerprint,
+        ca_file: cfg.store.ca_file.clone(),
     })?;
     let copied = to_store.copy_from(&from, |what, n| {
         eprintln!("tend-master: {what}: {n} copied")

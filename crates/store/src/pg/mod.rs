@@ -23,8 +23,8 @@ pub(crate) use ops::{insert_events, set_meta, write_job};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::StoreError;
 
@@ -56,9 +56,47 @@ pub struct PgOptions {
     /// This master's name among those sharing the database: its own
     /// events are numbered in its own space.
     pub owner: String,
+    /// Certificates (PEM) to trust for the server's TLS, beside Mozilla's
+    /// roots: a private CA.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Pool = r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
+
+/// TLS for a URL that asks for it (`sslmode=require`, or `prefer`: tried,
+/// and the clear when the server has none), the server's certificate
+/// checked against Mozilla's roots (unlike libpq's `require`, which
+/// checks nothing).
+/// With `ca_file`, its certificates are trusted too (a private CA).
+fn tls(ca_file: Option<&std::path::Path>) -> Result<MakeRustlsConnect, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots =
+        rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let shown = path.display();
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("[store] ca_file {shown}: {e}"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("[store] ca_file {shown}: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("[store] ca_file {shown} holds no certificate"));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("[store] ca_file {shown}: {e}"))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
 
 /// The store in PostgreSQL; safe to share between threads.
 pub struct PgStore {
@@ -77,6 +115,7 @@ pub struct PgStore {
     /// The connection listening for events stored by any master.
     pub(crate) listener: Mutex<Option<postgres::Client>>,
     config: postgres::Config,
+    tls: MakeRustlsConnect,
 }
 
 /// The reactor lease's connection, and whether it holds the lock.
@@ -130,11 +169,32 @@ impl PgStore {
         if let Some(p) = &opts.password {
             config.password(p);
         }
+        // TLS only when the URL asks for it (the client's own default,
+        // `prefer`, would try it and fail on a server's self-signed
+        // certificate). When asked, the certificate is always checked.
+        if !opts.url.contains("sslmode") {
+            config.ssl_mode(postgres::config::SslMode::Disable);
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("tend-master");
-        let manager = PostgresConnectionManager::new(config.clone(), NoTls);
+        let tls = tls(opts.ca_file.as_deref()).map_err(|error| StoreError::PgConnect {
+            url: shown.clone(),
+            error,
+        })?;
+        // One connection first, for its whole error (the pool's says only
+        // that it timed out, and the first cause).
+        if let Err(e) = config.connect(tls.clone()) {
+            let mut error = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                error = format!("{error}: {s}");
+                source = s.source();
+            }
+            return Err(StoreError::PgConnect { url: shown, error });
+        }
+        let manager = PostgresConnectionManager::new(config.clone(), tls.clone());
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
@@ -155,6 +215,7 @@ impl PgStore {
             lease: Mutex::new(None),
             listener: Mutex::new(None),
             config,
+            tls,
         };
         store.migrate()?;
         Ok(store)
@@ -168,7 +229,8 @@ impl PgStore {
     /// A connection from the pool.
     pub(crate) fn conn(
         &self,
-    ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, StoreError> {
+    ) -> Result<r2d2::PooledConnection<PostgresConnectionManager<MakeRustlsConnect>>, StoreError>
+    {
         self.pool.get().map_err(|e| StoreError::PgConnect {
             url: self.shown.clone(),
             error: e.to_string(),
@@ -179,7 +241,7 @@ impl PgStore {
     /// listener, which hold theirs for as long as they work.
     pub(crate) fn dedicated(&self) -> Result<postgres::Client, StoreError> {
         self.config
-            .connect(NoTls)
+            .connect(self.tls.clone())
             .map_err(|e| StoreError::PgConnect {
                 url: self.shown.clone(),
                 error: e.to_string(),

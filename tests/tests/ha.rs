@@ -443,3 +443,59 @@ fn a_tail_on_one_master_shows_events_another_stored_within_100ms() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The keys a master lists, one JSON object each.
+fn keys(m: &Master) -> Vec<serde_json::Value> {
+    m.tend_json(&["keys", "list"])
+        .pop()
+        .and_then(|l| l["keys"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Check 4's keys: a minion key accepted through one master is accepted
+/// on every master sharing the database (each keeps its own key files;
+/// the decision travels through the database), and a rejection likewise.
+#[test]
+fn a_key_accepted_through_one_master_is_accepted_on_all() {
+    let db = pg::database();
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = format!("auto_accept = false\n{}", store_section(&db.url));
+    let mut a = Master::new(&tmp.path().join("a"), &extra);
+    a.start();
+    let mut b = Master::new(&tmp.path().join("b"), &extra);
+    b.start();
+    // The minion asks b; the operator answers on a, which never saw it.
+    let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &b, "");
+    minion.start();
+    let pending = wait_until(Duration::from_secs(20), "m1's key pending on b", || {
+        keys(&b)
+            .into_iter()
+            .find(|k| k["name"] == "m1" && k["state"] == "pending")
+    });
+    let fp = pending["fingerprint"].as_str().unwrap().to_string();
+    a.expect(&["keys", "accept", "m1", "--fingerprint", &fp], 0);
+    b.wait_connected("m1");
+    let on_b = keys(&b).into_iter().find(|k| k["name"] == "m1").unwrap();
+    assert_eq!(on_b["state"], "accepted", "{on_b}");
+    assert_eq!(on_b["fingerprint"], fp.as_str());
+    // The same minion moved to a is taken at once.
+    minion.daemon().stop();
+    // (The minion pinned b's key; a has its own: the pin goes.)
+    std::fs::remove_file(tmp.path().join("m1/data/master.fingerprint")).unwrap();
+    let mut moved = Minion::new(&tmp.path().join("m1"), "m1", &a, "");
+    moved.start();
+    a.wait_connected("m1");
+    // Rejected through b: a ends the session and refuses the key.
+    b.expect(&["keys", "reject", "m1"], 0);
+    wait_until(Duration::from_secs(20), "m1 rejected on a", || {
+        keys(&a)
+            .into_iter()
+            .find(|k| k["name"] == "m1" && k["state"] == "rejected")
+    });
+    wait_until(Duration::from_secs(20), "m1's session on a ended", || {
+        a.tend_json(&["minions"])
+            .iter()
+            .all(|m| m["id"] != "m1" || m["connected"] != true)
+            .then_some(())
+    });
+}

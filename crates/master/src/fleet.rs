@@ -1,10 +1,17 @@
 //! What a master does when other masters share its store (PostgreSQL):
 //! it hears the events they store (live tails and the reactor wake for
-//! them, not only for its own), says it is alive, and ends the jobs of a
-//! master gone silent past its lease, so none stays running forever.
+//! them, not only for its own), says it is alive, ends the jobs of a
+//! master gone silent past its lease, so none stays running forever, and
+//! applies the key decisions operators made through the other masters
+//! (each master keeps its own key files: a key accepted through one is
+//! accepted on all).
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+
+use tend_bus::{KeyStore, MasterBus};
+use tend_proto::v1::PeerKind;
+use tend_store::KeyChange;
 
 use crate::emit::Emitter;
 use crate::reactor_inbox::ReactorInbox;
@@ -16,18 +23,34 @@ const WAIT: Duration = Duration::from_millis(500);
 /// How often this master says it is alive (well inside the lease).
 const ALIVE_EVERY: Duration = Duration::from_secs(1);
 
+/// What the thread works with.
+pub struct Fleet {
+    pub emitter: Emitter,
+    pub reactor: ReactorInbox,
+    pub stats: Arc<Stats>,
+    pub keys: Arc<KeyStore>,
+    pub bus: Arc<MasterBus>,
+}
+
 /// Starts the thread; it ends when `storage` goes.
-pub fn spawn(storage: &Arc<Storage>, emitter: Emitter, reactor: ReactorInbox, stats: Arc<Stats>) {
+pub fn spawn(storage: &Arc<Storage>, fleet: Fleet) {
     let storage = Arc::downgrade(storage);
     let spawned = std::thread::Builder::new()
         .name("fleet".into())
-        .spawn(move || run(storage, emitter, reactor, stats));
+        .spawn(move || run(storage, fleet));
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the thread that hears the other masters");
     }
 }
 
-fn run(storage: Weak<Storage>, emitter: Emitter, reactor: ReactorInbox, stats: Arc<Stats>) {
+fn run(storage: Weak<Storage>, fleet: Fleet) {
+    let Fleet {
+        emitter,
+        reactor,
+        stats,
+        keys,
+        bus,
+    } = fleet;
     let mut alive_at = Instant::now() - ALIVE_EVERY;
     loop {
         let Some(storage) = storage.upgrade() else {
@@ -52,6 +75,19 @@ fn run(storage: Weak<Storage>, emitter: Emitter, reactor: ReactorInbox, stats: A
                 Err(e) => tracing::debug!(error = %e, "cannot say this master is alive"),
             }
         }
+        match backend.key_changes() {
+            Ok(changes) if !changes.is_empty() => {
+                let upto = changes.last().map_or(0, |c| c.0);
+                for (_, change) in &changes {
+                    apply_key_change(&keys, &bus, change);
+                }
+                if let Err(e) = backend.key_changes_applied(upto) {
+                    tracing::warn!(error = %e, "cannot record the key decisions applied; they will be applied again");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot read the other masters' key decisions"),
+        }
         let known = storage.last_stored();
         match backend.wait_for_events(known, WAIT) {
             Ok(last) if last > known => {
@@ -64,6 +100,44 @@ fn run(storage: Weak<Storage>, emitter: Emitter, reactor: ReactorInbox, stats: A
                 drop(storage);
                 std::thread::sleep(WAIT);
             }
+        }
+    }
+}
+
+/// Applies one key decision made through another master to this master's
+/// key store, as the operator's command did there (an accept of a key this
+/// master has not heard yet becomes a pre-approval of its fingerprint).
+fn apply_key_change(keys: &KeyStore, bus: &MasterBus, c: &KeyChange) {
+    let kind = match c.kind.as_str() {
+        "operator" => PeerKind::Operator,
+        _ => PeerKind::Minion,
+    };
+    let fp = (!c.fingerprint.is_empty()).then_some(c.fingerprint.as_str());
+    let done = match c.action.as_str() {
+        "accept" => keys.accept(kind, &c.name, fp).map(drop),
+        "reject" => keys.reject(kind, &c.name).map(drop),
+        "delete" => keys.delete(kind, &c.name, fp).map(drop),
+        "label" => {
+            let changes: Vec<(String, Option<String>)> = c
+                .labels
+                .iter()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), (!v.is_empty()).then(|| v.to_string())))
+                .collect();
+            keys.label(&c.name, &changes).map(drop)
+        }
+        other => {
+            tracing::warn!(action = %other, "a key decision of an unknown kind from another master: ignored");
+            return;
+        }
+    };
+    match done {
+        Ok(()) => {
+            tracing::info!(action = %c.action, name = %c.name, fingerprint = %c.fingerprint, "key decision made through another master applied");
+            bus.revoke(kind, std::slice::from_ref(&c.name));
+        }
+        Err(e) => {
+            tracing::warn!(action = %c.action, name = %c.name, error = %e, "a key decision made through another master does not apply here")
         }
     }
 }

@@ -168,7 +168,16 @@ impl Master {
             max_events: cfg.max_events,
         });
         if storage.backend().shared() {
-            crate::fleet::spawn(&storage, emitter.clone(), reactor.clone(), stats.clone());
+            crate::fleet::spawn(
+                &storage,
+                crate::fleet::Fleet {
+                    emitter: emitter.clone(),
+                    reactor: reactor.clone(),
+                    stats: stats.clone(),
+                    keys: keys.clone(),
+                    bus: bus.clone(),
+                },
+            );
         }
         let metrics = Arc::new(MetricsView {
             stats: stats.clone(),

@@ -4,7 +4,9 @@
 
 use tend_proto::v1::{Job, MinionInfo, StoredEvent};
 
-use crate::{Appended, EventFilter, Incoming, Local, Pruned, Reactions, Resume, Store, StoreError};
+use crate::{
+    Appended, EventFilter, Incoming, KeyChange, Local, Pruned, Reactions, Resume, Store, StoreError,
+};
 
 /// Every store operation the master uses. Calls block (disk, network):
 /// components make them on the blocking pool or the reactor's thread.
@@ -73,6 +75,23 @@ pub trait Backend: Send + Sync + 'static {
     /// once. True while held. Always held by a store of one master's own.
     fn reactor_lease(&self) -> Result<bool, StoreError> {
         Ok(true)
+    }
+    /// Records an operator's key decision for the other masters sharing
+    /// the store. Nothing to do for a store of one master's own.
+    fn record_key_change(&self, change: &KeyChange) -> Result<(), StoreError> {
+        let _ = change;
+        Ok(())
+    }
+    /// Key decisions recorded by other masters after number `after`, with
+    /// their numbers, oldest first; and this master's cursor among them
+    /// (kept in the store, so a master that was down catches up).
+    fn key_changes(&self) -> Result<Vec<(u64, KeyChange)>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Says this master applied the key decisions up to number `upto`.
+    fn key_changes_applied(&self, upto: u64) -> Result<(), StoreError> {
+        let _ = upto;
+        Ok(())
     }
     /// Waits up to `timeout` for events stored (by any master) after id
     /// `after`; the id of the last stored.

@@ -45,6 +45,20 @@ use tend_proto::v1::Job;
 pub use backend::Backend;
 /// A batch from one minion, what storing it did, and which events to list.
 pub use events::{Appended, EventFilter, Incoming, Local};
+/// An operator's key decision, as masters sharing a store tell each other.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyChange {
+    /// `minion` or `operator`.
+    pub kind: String,
+    /// `accept`, `reject`, `delete` or `label`.
+    pub action: String,
+    pub name: String,
+    /// The key's fingerprint (accept, delete); empty for a whole name.
+    pub fingerprint: String,
+    /// `key=value` (or `key=` to remove), for `label`.
+    pub labels: Vec<String>,
+}
+
 /// What moving an embedded store into PostgreSQL copied.
 pub use migrate::Copied;
 /// The PostgreSQL backend, for several masters.

@@ -3,6 +3,7 @@
 //! no longer accepted end at once.
 
 use std::sync::Arc;
+use tend_store::KeyChange;
 
 use tend_bus::KeyState;
 use tend_proto::v1::{
@@ -130,6 +131,14 @@ impl Control {
                 }
                 let name = pattern.clone();
                 let labels = self.with_keys(move |k| k.label(&name, &changes)).await?;
+                self.tell_other_masters(vec![KeyChange {
+                    kind: "minion".into(),
+                    action: "label".into(),
+                    name: pattern.clone(),
+                    fingerprint: String::new(),
+                    labels: c.labels.clone(),
+                }])
+                .await;
                 let entry = KeyInfo {
                     name: pattern.clone(),
                     kind: "minion".into(),
@@ -153,12 +162,51 @@ impl Control {
             tokio::task::spawn_blocking(move || bus.revoke(kind, &revoked))
                 .await
                 .map_err(ControlError::Revoke)?;
+            let changes = entries
+                .iter()
+                .map(|e| KeyChange {
+                    kind: tend_bus::kind_name(kind).into(),
+                    action: action.clone(),
+                    name: e.name.clone(),
+                    fingerprint: if action == "reject" {
+                        String::new()
+                    } else {
+                        e.fingerprint.clone()
+                    },
+                    labels: Vec::new(),
+                })
+                .collect();
+            self.tell_other_masters(changes).await;
         }
         Ok(KeysChanged {
             names,
             keys: entries.into_iter().map(key_info).collect(),
             notes,
         })
+    }
+}
+
+impl Control {
+    /// Records key decisions for the masters sharing the store, which
+    /// apply them to their own key stores. The decision stands here
+    /// either way: a store that refuses is logged, not the operator's
+    /// error.
+    async fn tell_other_masters(&self, changes: Vec<KeyChange>) {
+        let store = self.storage.backend();
+        if !store.shared() {
+            return;
+        }
+        let told = tokio::task::spawn_blocking(move || {
+            changes.iter().try_for_each(|c| store.record_key_change(c))
+        })
+        .await;
+        match told {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot tell the other masters of a key decision: make it on each master")
+            }
+            Err(e) => tracing::error!(error = %e, "key decision task failed"),
+        }
     }
 }
 

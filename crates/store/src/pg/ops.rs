@@ -12,7 +12,8 @@ use tend_proto::v1::{Event, Job, MinionInfo, MinionResult, StoredEvent};
 use super::{Lease, PgStore};
 use crate::tables::decode;
 use crate::{
-    Appended, Backend, EventFilter, Incoming, Local, Pruned, Reactions, Resume, StoreError,
+    Appended, Backend, EventFilter, Incoming, KeyChange, Local, Pruned, Reactions, Resume,
+    StoreError,
 };
 
 /// Ids and seqs are u64 on the wire and bigint in the database.
@@ -594,6 +595,61 @@ impl Backend for PgStore {
         };
         l.held = got;
         Ok(got)
+    }
+
+    fn record_key_change(&self, change: &KeyChange) -> Result<(), StoreError> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction()?;
+        // Numbers in commit order: a reader never passes one that commits
+        // late (key decisions are rare; one at a time is no cost).
+        tx.batch_execute("LOCK TABLE tend_key_changes IN EXCLUSIVE MODE")?;
+        tx.execute(
+            "INSERT INTO tend_key_changes (owner, kind, action, name, fingerprint, labels, at_us)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &self.owner,
+                &change.kind,
+                &change.action,
+                &change.name,
+                &change.fingerprint,
+                &change.labels,
+                &now_us(),
+            ],
+        )?;
+        // The other masters' fleet threads wake on it.
+        tx.execute("SELECT pg_notify('tend_events', '')", &[])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn key_changes(&self) -> Result<Vec<(u64, KeyChange)>, StoreError> {
+        let mut c = self.conn()?;
+        let after = meta(&mut *c, &format!("keys_applied:{}", self.owner))?;
+        let rows = c.query(
+            "SELECT id, kind, action, name, fingerprint, labels FROM tend_key_changes
+             WHERE id > $1 AND owner <> $2 ORDER BY id LIMIT 1000",
+            &[&db(after), &self.owner],
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    un(r.get(0)),
+                    KeyChange {
+                        kind: r.get(1),
+                        action: r.get(2),
+                        name: r.get(3),
+                        fingerprint: r.get(4),
+                        labels: r.get(5),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    fn key_changes_applied(&self, upto: u64) -> Result<(), StoreError> {
+        let mut c = self.conn()?;
+        set_meta(&mut *c, &format!("keys_applied:{}", self.owner), upto)
     }
 
     fn wait_for_events(&self, after: u64, timeout: std::time::Duration) -> Result<u64, StoreError> {

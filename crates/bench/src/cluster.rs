@@ -25,6 +25,37 @@ pub struct Cluster {
     pub managed: PathBuf,
     master: Option<Child>,
     minion: Option<Child>,
+    /// The PostgreSQL database the master stores in, when
+    /// `--postgres` asked for one: (maintenance connection, name).
+    database: Option<(String, String)>,
+}
+
+/// With `--postgres`, a fresh database for one master, and its
+/// `[store]` section for master.toml.
+fn database() -> anyhow::Result<(String, Option<(String, String)>)> {
+    let Ok(admin) = std::env::var("TEND_BENCH_POSTGRES") else {
+        return Ok((String::new(), None));
+    };
+    let name = format!(
+        "tend_bench_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos()
+    );
+    let mut c = postgres::Client::connect(&admin, postgres::NoTls)
+        .with_context(|| format!("--postgres {admin}"))?;
+    c.batch_execute(&format!("CREATE DATABASE {name}"))?;
+    let url: String = admin
+        .split_whitespace()
+        .filter(|kv| !kv.starts_with("dbname="))
+        .chain(std::iter::once(format!("dbname={name}").as_str()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok((
+        format!("\n[store]\npostgres = {url:?}\n"),
+        Some((admin, name)),
+    ))
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -68,6 +99,7 @@ impl Cluster {
             ""
         };
         let bin = bin_dir()?;
+        let (store, database) = database()?;
         let (event_port, command_port) = (free_port()?, free_port()?);
         let m = dir.join("master");
         let managed = dir.join("minion/etc/motd");
@@ -80,7 +112,7 @@ impl Cluster {
                 "event_endpoint = \"tcp://127.0.0.1:{event_port}\"\n\
                  command_endpoint = \"tcp://127.0.0.1:{command_port}\"\n\
                  data_dir = \"data\"\nrun_dir = \"run\"\nstate_root = \"states\"\nreactor_dir = \"reactor.d\"\n\
-                 heartbeat_ms = 1000\npresence_timeout_ms = 5000\n{auto}\n[log]\nlevel = \"warn\"\n"
+                 heartbeat_ms = 1000\npresence_timeout_ms = 5000\n{auto}\n[log]\nlevel = \"warn\"\n{store}"
             ),
         )?;
         std::fs::write(m.join("states/files/motd"), MANAGED)?;
@@ -114,6 +146,7 @@ impl Cluster {
             managed,
             master: None,
             minion: None,
+            database,
         })
     }
 
@@ -336,6 +369,11 @@ impl Drop for Cluster {
         {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some((admin, name)) = &self.database
+            && let Ok(mut c) = postgres::Client::connect(admin, postgres::NoTls)
+        {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         }
     }
 }

@@ -23,6 +23,11 @@ struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Run the masters on PostgreSQL: a maintenance connection string
+    /// (`host=127.0.0.1 user=postgres dbname=postgres`); each master gets
+    /// a fresh database there, dropped afterwards.
+    #[arg(long, global = true, env = "TEND_BENCH_POSTGRES")]
+    postgres: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -145,6 +150,11 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some(pg) = &args.postgres {
+        // Read where clusters are laid out (and by fleet workers).
+        // SAFETY: at start, before any thread.
+        unsafe { std::env::set_var("TEND_BENCH_POSTGRES", pg) };
+    }
     let report = match args.command {
         Cmd::Demo { no_wait } => demo::demo(no_wait).map(|()| None),
         Cmd::Drift { edits } => measure::drift(edits).map(Some),

@@ -648,3 +648,39 @@ fn review5_an_accepted_key_claiming_many_names_cannot_grow_the_store() {
         s.list().len()
     );
 }
+
+/// Review 5 (F3 follow-up): a denied key heard again moves to the end of
+/// its name's list, and the list is rewritten whole (temp file, fsync,
+/// rename) whenever that key was not already last. Two keys taking turns
+/// are never last: every hello of theirs is a synced rewrite, made under
+/// the key store's one lock (which every handshake's `check` takes, a
+/// returning minion's too). Before the fix a denied key heard again cost
+/// nothing. Rate-limited only per source address (50 a second each).
+#[test]
+#[ignore = "review5: two denied keys taking turns make every hello a synced rewrite of the denied file under the key store lock (was: none)"]
+fn review5_denied_keys_taking_turns_do_not_rewrite_the_store_at_each_hello() {
+    use std::os::unix::fs::MetadataExt;
+    let (dir, s) = store(false, vec![]);
+    let m = PeerKind::Minion;
+    assert_eq!(s.check(m, "web1", &[1; 32]), KeyState::Pending);
+    s.accept(m, "web1", None).unwrap();
+    let (a, b) = ([0xa1; 32], [0xb2; 32]);
+    assert_eq!(s.check(m, "web1", &a), KeyState::Denied);
+    assert_eq!(s.check(m, "web1", &b), KeyState::Denied);
+    let file = dir.path().join("minions/denied/web1");
+    let inode = || std::fs::metadata(&file).unwrap().ino();
+    let mut rewrites = 0;
+    let mut last = inode();
+    for i in 0..100 {
+        let key = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(s.check(m, "web1", key), KeyState::Denied);
+        if inode() != last {
+            rewrites += 1;
+            last = inode();
+        }
+    }
+    assert!(
+        rewrites <= 2,
+        "100 hellos from two keys already denied rewrote (and synced) web1's denied file {rewrites} times"
+    );
+}

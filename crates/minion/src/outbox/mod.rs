@@ -33,6 +33,8 @@ mod crash_tests;
 #[cfg(test)]
 mod review4_tests;
 #[cfg(test)]
+mod review5_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::VecDeque;

@@ -9,7 +9,8 @@
 //!   always empty first;
 //! - hellos are limited per source address (a token bucket of [`RATE`] a
 //!   second, bursts of [`BURST`]); past it they are dropped and counted
-//!   (`hellos_throttled`), and the peer retries. An IPv6 zone is no part
+//!   (`hellos_throttled`), and the peer retries. An IPv6 source is its
+//!   /64 (one host's or one link's share). An IPv6 zone is no part
 //!   of the source, and addresses that do not parse share one bucket
 //!   (`actor::source_address`). Hellos that claim a known
 //!   key have buckets of their own (a flood of unknown ones from a
@@ -138,7 +139,24 @@ impl Hellos {
     }
 }
 
+/// The source a bucket is kept for: an IPv4 address, or an IPv6 /64 (what
+/// one host or one home link is given: a bucket per address would give
+/// such a host 2^64 of them). An IPv4 address mapped into IPv6 is IPv4.
+fn bucket_of(source: IpAddr) -> IpAddr {
+    match source {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
 fn take_token(q: &mut Sources, source: IpAddr, now: Instant) -> bool {
+    let source = bucket_of(source);
     let sources = &mut q.buckets;
     if !sources.contains_key(&source) && sources.len() >= SOURCES {
         if q.swept
@@ -273,7 +291,6 @@ mod tests {
     /// reconnecting are dropped as "too many handshakes" (review 4's
     /// finding 5 again, over IPv6).
     #[test]
-    #[ignore = "review5: the hello rate limit is per whole IPv6 address; one host with a /64 gets a fresh bucket per hello and fills the known queue"]
     fn review5_hellos_from_one_ipv6_slash64_share_a_bucket() {
         let q = Hellos::default();
         let t0 = Instant::now();

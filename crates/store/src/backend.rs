@@ -93,6 +93,9 @@ pub trait Backend: Send + Sync + 'static {
         let _ = upto;
         Ok(())
     }
+    /// Whether this master's reactor step number `commit` is stored (its
+    /// commit was reported failed; the reactor's lease may be gone).
+    fn reactor_step_landed(&self, commit: u64) -> Result<bool, StoreError>;
     /// Waits up to `timeout` for events stored (by any master) after id
     /// `after`; the id of the last stored.
     fn wait_for_events(&self, after: u64, timeout: std::time::Duration) -> Result<u64, StoreError> {
@@ -178,6 +181,9 @@ impl Backend for Store {
     }
     fn reactor_resume(&self) -> Result<Resume, StoreError> {
         Store::reactor_resume(self)
+    }
+    fn reactor_step_landed(&self, commit: u64) -> Result<bool, StoreError> {
+        Ok(Store::reactor_resume(self)?.commit >= commit)
     }
     fn commit_reactions(&self, r: Reactions) -> Result<Vec<StoredEvent>, StoreError> {
         Store::commit_reactions(self, r)

@@ -130,7 +130,7 @@ impl PgStore {
         let meta = read.open_table(META)?;
         for (from_key, to_key) in [
             (REACTOR_CURSOR, "reactor_cursor".to_string()),
-            (REACTOR_COMMIT, "reactor_commit".to_string()),
+            (REACTOR_COMMIT, self.commit_key()),
             (LOCAL_MARK, self.local_key()),
         ] {
             if let Some(v) = meta.get(from_key)? {

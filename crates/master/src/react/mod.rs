@@ -139,14 +139,27 @@ pub fn run(
                     // so the cursor is read back with the group states,
                     // not taken from memory: the two agree, and no event
                     // is evaluated twice.
-                    let Some(resumed) = resume(&runner, rules.clone(), &mut cursor) else {
-                        // The lease went with the failure: what this
-                        // master evaluated is another's to redo.
-                        lost = true;
-                        break;
+                    let resumed = resume(&runner, rules.clone(), &mut cursor);
+                    // Whether the step landed is read from this master's
+                    // own step number, with the lease or without it.
+                    let landed = match &resumed {
+                        Some(_) => cursor.commit >= unstored.commit,
+                        None => matches!(
+                            runner
+                                .storage
+                                .backend()
+                                .reactor_step_landed(unstored.commit),
+                            Ok(true)
+                        ),
                     };
-                    *current = resumed;
-                    if cursor.commit >= unstored.commit {
+                    match resumed {
+                        Some(r) => *current = r,
+                        // The lease went with the failure: what this
+                        // master evaluated and did not store is another's
+                        // to redo.
+                        None => lost = true,
+                    }
+                    if landed {
                         // It was written: its jobs are stored, queued, and
                         // nothing else will start them.
                         tracing::warn!(

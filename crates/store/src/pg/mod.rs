@@ -113,6 +113,9 @@ pub struct PgStore {
     /// reactor commits on this connection, so a master that lost the lock
     /// (its connection cut) cannot commit a step.
     pub(crate) lease: Mutex<Option<Lease>>,
+    /// Whether the reactor ever asked for the lease: from then on its
+    /// steps go through the lease's connection only.
+    pub(crate) lease_taken: std::sync::atomic::AtomicBool,
     /// The connection listening for events stored by any master.
     pub(crate) listener: Mutex<Option<postgres::Client>>,
     config: postgres::Config,
@@ -214,6 +217,7 @@ impl PgStore {
             owner: opts.owner.clone(),
             job_ids: Mutex::new((0, 0)),
             lease: Mutex::new(None),
+            lease_taken: std::sync::atomic::AtomicBool::new(false),
             listener: Mutex::new(None),
             config,
             tls,

@@ -188,6 +188,13 @@ fn heartbeat(tx: &mut Transaction<'_>, owner: &str) -> Result<(), StoreError> {
 
 impl PgStore {
     /// The meta key of this master's local-event mark.
+    /// The meta key of this master's reactor step number: a master whose
+    /// step was reported failed judges by its own row whether it landed,
+    /// never by another master's steps.
+    pub(crate) fn commit_key(&self) -> String {
+        format!("reactor_commit:{}", self.owner)
+    }
+
     pub(crate) fn local_key(&self) -> String {
         format!("local_mark:{}", self.owner)
     }
@@ -564,7 +571,14 @@ impl Backend for PgStore {
         true
     }
 
+    fn reactor_step_landed(&self, commit: u64) -> Result<bool, StoreError> {
+        let mut c = self.conn()?;
+        Ok(meta(&mut *c, &self.commit_key())? >= commit)
+    }
+
     fn reactor_lease(&self) -> Result<bool, StoreError> {
+        self.lease_taken
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut lease = self.lease.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(l) = lease.as_mut() {
             if l.client.is_closed() {
@@ -750,6 +764,13 @@ impl PgStore {
             Some(_) => Err(StoreError::LeaseLost {
                 url: self.shown.clone(),
             }),
+            // This master held the lease and lost it with its connection:
+            // never the pool (another master may run the reactor now).
+            None if self.lease_taken.load(std::sync::atomic::Ordering::Relaxed) => {
+                Err(StoreError::LeaseLost {
+                    url: self.shown.clone(),
+                })
+            }
             None => {
                 drop(lease);
                 let mut c = self.conn()?;
@@ -772,7 +793,7 @@ impl PgStore {
             // A new database: the reactor starts at what is stored now.
             None => meta(&mut tx, "next_event")?.saturating_sub(1),
         };
-        let commit = meta(&mut tx, "reactor_commit")?;
+        let commit = meta(&mut tx, &self.commit_key())?;
         let states = tx
             .query("SELECT key, state FROM tend_reactor ORDER BY key", &[])?
             .into_iter()
@@ -800,7 +821,7 @@ impl PgStore {
         let mut tx = c.transaction()?;
         let mut id = take_ids(&mut tx, r.events.len())?;
         set_meta(&mut tx, "reactor_cursor", r.cursor)?;
-        set_meta(&mut tx, "reactor_commit", r.commit)?;
+        set_meta(&mut tx, &self.commit_key(), r.commit)?;
         if r.clear_state {
             tx.execute("DELETE FROM tend_reactor", &[])?;
         }

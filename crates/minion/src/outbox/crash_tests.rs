@@ -480,6 +480,7 @@ fn review_a_checksummed_meta_with_acked_near_u64_max_is_refused() {
             dropped: None,
             boot: 0,
             handed: 0,
+            unsynced: false,
         },
         true,
     )

@@ -47,6 +47,12 @@ pub(crate) struct Meta {
     pub dropped: Option<(u64, u64)>,
     /// The boot `reserved` was written in.
     pub boot: u64,
+    /// Whether events may have been published unsynced in that boot (a
+    /// run with fsync off): after a reboot numbering must go on above
+    /// `reserved` whatever the next run's setting (review 5). Kept in the
+    /// top bit of the boot field (boot ids are 32-bit hashes), so the
+    /// layout is unchanged; a file from before reads false.
+    pub unsynced: bool,
     /// The highest seq ever handed out, as far as the segments and the
     /// other fields may no longer show it: written (and synced) before a
     /// segment is deleted or a dropped range is forgotten. Never lowered.
@@ -140,11 +146,15 @@ impl MetaFile {
     }
 }
 
+/// The boot field's top bit: [`Meta::unsynced`].
+const UNSYNCED_BIT: u64 = 1 << 63;
+
 fn encode(generation: u64, m: &Meta) -> [u8; SLOT_LEN] {
     let mut b = [0u8; SLOT_LEN];
     b[..8].copy_from_slice(MAGIC);
     let (lo, hi) = m.dropped.unwrap_or((0, 0));
-    for (i, v) in [generation, m.acked, m.reserved, lo, hi, m.boot, m.handed]
+    let boot = (m.boot & !UNSYNCED_BIT) | if m.unsynced { UNSYNCED_BIT } else { 0 };
+    for (i, v) in [generation, m.acked, m.reserved, lo, hi, boot, m.handed]
         .into_iter()
         .enumerate()
     {
@@ -180,7 +190,8 @@ fn decode(b: &[u8]) -> Option<(u64, Meta)> {
             acked: v(1)?,
             reserved: v(2)?,
             dropped: (lo > 0 && hi >= lo).then_some((lo, hi)),
-            boot: v(5)?,
+            boot: v(5)? & !UNSYNCED_BIT,
+            unsynced: v(5)? & UNSYNCED_BIT != 0,
             // A v1 slot: its segments, acknowledgement and dropped range
             // are all it knew.
             handed: if fields == FIELDS { v(6)? } else { 0 },
@@ -203,6 +214,7 @@ mod tests {
             dropped: Some((6, 9)),
             boot: 7,
             handed: 12,
+            unsynced: true,
         };
         f.store(&a, true).unwrap();
         let b = Meta { acked: 6, ..a };

@@ -103,7 +103,12 @@ impl Outbox {
         // fsync on nothing is published before it is synced.)
         // A boot id of 0 is one that could not be read (no /proc): it
         // cannot tell a reboot, so one is assumed (review 4).
-        if !fsync && (meta.boot != boot || boot == 0) && meta.reserved > next_seq {
+        // What matters is how the events were written, not how they will
+        // be: a run with fsync off marks the record unsynced, and the mark
+        // stands until a reboot has been handled (review 5: fsync turned on
+        // across a power cut reused seqs).
+        let rebooted = meta.boot != boot || boot == 0;
+        if (meta.unsynced || !fsync) && rebooted && meta.reserved > next_seq {
             tracing::warn!(
                 from = next_seq,
                 to = meta.reserved,
@@ -114,6 +119,7 @@ impl Outbox {
         }
         meta.reserved = meta.reserved.max(next_seq);
         meta.handed = meta.handed.max(next_seq - 1);
+        meta.unsynced = !fsync || (meta.unsynced && !rebooted);
         meta.boot = boot;
         let max_bytes = max_bytes.max(MIN_BYTES);
         let mut outbox = Self {

@@ -31,7 +31,6 @@ fn events(n: usize) -> Vec<Event> {
 /// The power cut is the outbox's own fault model (`disk::faults`): the
 /// directory becomes what was synced, and the boot id changes.
 #[test]
-#[ignore = "review5: the reservation is honoured after a reboot only when the *new* run has fsync off; a run that published with fsync off, then a power cut, then a start with fsync on, reuses published seqs"]
 fn review5_turning_fsync_on_across_a_power_cut_reuses_no_seq() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("outbox");

@@ -56,12 +56,19 @@ impl KeyStore {
             .get(key)
             .filter(|h| !(h.kind == kind && h.name == name))
         {
-            let why = format!(
-                "a key accepted as {} {:?} claims another identity",
+            // Refused, and not recorded under the claimed name: the key
+            // is listed (accepted) under its own, and a record per name
+            // claimed would grow without bound and squat the names
+            // against a glob accept (review 5).
+            tracing::warn!(
+                kind = kind_name(kind),
+                %name,
+                fingerprint = %fp,
+                "a key accepted as {} {:?} claims another identity: refused",
                 kind_name(other.kind),
                 other.name
             );
-            return self.deny(kind, name, key, &why);
+            return KeyState::Denied;
         }
         // The operator's latest word on the name (it outranks a rejection
         // and the key that came first, as accepting by fingerprint does).
@@ -77,9 +84,11 @@ impl KeyStore {
             return KeyState::Rejected;
         }
         if keys.denied.iter().any(|k| k == key) {
-            // Heard again: it moves to the end of the list, the last to
-            // be pushed out.
-            return self.deny(kind, name, key, "a denied key said hello again");
+            // Heard again: remembered in memory as heard last, so it is
+            // the last to be pushed out; the file is not rewritten at
+            // each hello (review 5).
+            self.heard(kind, name, key);
+            return KeyState::Denied;
         }
         let preseeded = self.preseeds.iter().any(|p| p.allows(kind, name, &fp));
         let on_sight = preseeded || (self.auto_accept && kind == PeerKind::Minion);
@@ -128,30 +137,52 @@ impl KeyStore {
         }
     }
 
+    /// Notes that `name`'s denied `key` was heard now.
+    fn heard(&self, kind: PeerKind, name: &str, key: &[u8]) {
+        let mut heard = self.denied_heard.lock().unwrap_or_else(|p| p.into_inner());
+        heard
+            .entry((kind_name(kind), name.to_string()))
+            .or_default()
+            .insert(key.to_vec(), std::time::Instant::now());
+    }
+
+    /// Which of `denied` was heard from least recently: by the times
+    /// noted since the store was opened, and before that by the file's
+    /// order (oldest first).
+    fn least_recently_heard(&self, kind: PeerKind, name: &str, denied: &[Vec<u8>]) -> usize {
+        let mut heard = self.denied_heard.lock().unwrap_or_else(|p| p.into_inner());
+        let times = heard
+            .entry((kind_name(kind), name.to_string()))
+            .or_default();
+        // Keys no longer in the file are forgotten here too.
+        times.retain(|k, _| denied.contains(k));
+        denied
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, k)| (times.get(*k).copied(), *i))
+            .map_or(0, |(i, _)| i)
+    }
+
     /// Records `key` as `name`'s denied key heard from most recently,
     /// pushing out (and counting) the one heard from least recently past
     /// [`MAX_DENIED_PER_NAME`].
     pub(super) fn deny(&self, kind: PeerKind, name: &str, key: &[u8], why: &str) -> KeyState {
         let mut denied = self.read(kind, KeyState::Denied, name);
-        if denied.last().is_some_and(|k| k == key) {
+        if denied.iter().any(|k| k == key) {
+            // Heard again: noted in memory, no write (review 5).
+            self.heard(kind, name, key);
             return KeyState::Denied;
         }
         let mut dropped = self.denied_dropped(kind, name);
-        match denied.iter().position(|k| k == key) {
-            Some(i) => {
-                denied.remove(i);
-            }
-            None => {
-                tracing::warn!(kind = kind_name(kind), %name, fingerprint = %fingerprint(key), "{why}: denied");
-                while denied.len() >= MAX_DENIED_PER_NAME {
-                    let out = denied.remove(0);
-                    dropped += 1;
-                    tracing::warn!(kind = kind_name(kind), %name, fingerprint = %fingerprint(&out), dropped,
-                        "more than {MAX_DENIED_PER_NAME} denied keys for this name: the one heard from least recently is no longer listed (it is again at its next hello)");
-                }
-            }
+        tracing::warn!(kind = kind_name(kind), %name, fingerprint = %fingerprint(key), "{why}: denied");
+        while denied.len() >= MAX_DENIED_PER_NAME {
+            let out = denied.remove(self.least_recently_heard(kind, name, &denied));
+            dropped += 1;
+            tracing::warn!(kind = kind_name(kind), %name, fingerprint = %fingerprint(&out), dropped,
+                "more than {MAX_DENIED_PER_NAME} denied keys for this name: the one heard from least recently is no longer listed (it is again at its next hello)");
         }
         denied.push(key.to_vec());
+        self.heard(kind, name, key);
         if let Err(e) = self.write_denied(kind, name, &denied, dropped) {
             tracing::error!(error = %e, "cannot record a denied key");
         }

@@ -220,7 +220,15 @@ pub struct KeyStore {
     /// Told of every key an operator accepts (the master's bus: a minion
     /// waiting on that key is welcomed at once).
     on_accept: RwLock<Option<OnAccept>>,
+    /// When each name's denied keys were last heard, since the store was
+    /// opened: which one to push out when a new one comes (kept here, not
+    /// in the files, so a hello costs no write). Bounded by the denied
+    /// files it describes.
+    denied_heard: Mutex<DeniedHeard>,
 }
+
+/// (kind, name) -> denied key -> last heard.
+type DeniedHeard = HashMap<(&'static str, String), HashMap<Vec<u8>, std::time::Instant>>;
 
 /// What [`KeyStore`] calls for each key an operator accepts: kind, name, key.
 pub(crate) type OnAccept = Box<dyn Fn(PeerKind, &str, &[u8]) + Send + Sync>;
@@ -259,6 +267,7 @@ impl KeyStore {
             max_pending: MAX_PENDING,
             pending_dropped: AtomicU64::new(0),
             on_accept: RwLock::new(None),
+            denied_heard: Mutex::new(HashMap::new()),
         };
         let mut index = Index::default();
         for kind in [PeerKind::Minion, PeerKind::Operator] {

@@ -614,7 +614,6 @@ fn review4_a_flood_of_names_cannot_grow_the_store_past_the_pending_cap() {
 /// each name so claimed is a "conflict" a glob accept passes over when
 /// the real machine of that name turns up.
 #[test]
-#[ignore = "review5: an accepted key saying hello under new names leaves a denied file per name, past any cap (disk growth, names squatted against glob accepts)"]
 fn review5_an_accepted_key_claiming_many_names_cannot_grow_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let s = KeyStore::open(dir.path(), false, vec![])
@@ -657,7 +656,6 @@ fn review5_an_accepted_key_claiming_many_names_cannot_grow_the_store() {
 /// returning minion's too). Before the fix a denied key heard again cost
 /// nothing. Rate-limited only per source address (50 a second each).
 #[test]
-#[ignore = "review5: two denied keys taking turns make every hello a synced rewrite of the denied file under the key store lock (was: none)"]
 fn review5_denied_keys_taking_turns_do_not_rewrite_the_store_at_each_hello() {
     use std::os::unix::fs::MetadataExt;
     let (dir, s) = store(false, vec![]);

@@ -499,3 +499,76 @@ fn a_key_accepted_through_one_master_is_accepted_on_all() {
             .then_some(())
     });
 }
+
+/// Check 2: a `count within window` rule fed by one minion's events
+/// through two masters, with the master running the reactor killed
+/// between them, fires exactly when the same events on one master would:
+/// not at the fourth, once at the fifth. The window's count moves with
+/// the reactor's lease (it is stored with each step).
+#[test]
+fn a_count_within_window_spread_over_two_masters_and_a_takeover_fires_as_on_one() {
+    let db = pg::database();
+    let tmp = tempfile::tempdir().unwrap();
+    let rule = r#"
+        [[rule]]
+        name = "brute-force"
+        on = "minion/*/event/login"
+        count = 5
+        window = "60s"
+        [[rule.action]]
+        fire = "alert/brute-force/{{ event.minion }}"
+        "#;
+    let mut a = Master::new(&tmp.path().join("a"), &store_section(&db.url));
+    a.rule_file("brute.toml", rule);
+    a.start();
+    wait_until(Duration::from_secs(10), "a to run the reactor", || {
+        (counter(&a, "reactor_leader") == 1).then_some(())
+    });
+    let mut b = Master::new(&tmp.path().join("b"), &store_section(&db.url));
+    b.rule_file("brute.toml", rule);
+    b.start();
+    let pin = tmp.path().join("m1/data/master.fingerprint");
+    let logins = |m: &Master| m.events(&["--tag", "minion/m1/event/login"]).len();
+    let alerts = |m: &Master| m.events(&["--tag", "alert/brute-force/*"]).len();
+    // Through a: two.
+    let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &a, "");
+    minion.start();
+    a.wait_connected("m1");
+    assert!(minion.send("login", 2).status.success());
+    wait_until(Duration::from_secs(10), "2 logins stored", || {
+        (logins(&b) == 2).then_some(())
+    });
+    // The reactor's master dies; b takes over.
+    a.daemon().kill9();
+    wait_until(Duration::from_secs(10), "b to run the reactor", || {
+        (counter(&b, "reactor_leader") == 1).then_some(())
+    });
+    // Through b: two more (four in the window): nothing.
+    minion.daemon().stop();
+    std::fs::remove_file(&pin).unwrap();
+    let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &b, "");
+    minion.start();
+    b.wait_connected("m1");
+    assert!(minion.send("login", 2).status.success());
+    wait_until(Duration::from_secs(10), "4 logins stored", || {
+        (logins(&b) == 4).then_some(())
+    });
+    // Evaluated: the reactor's backlog on b is empty.
+    wait_until(Duration::from_secs(10), "b's reactor to catch up", || {
+        (counter(&b, "reactor_queue") == 0).then_some(())
+    });
+    assert_eq!(alerts(&b), 0, "four in the window must not fire");
+    // a back (on standby); the fifth through a: one alert.
+    a.start();
+    minion.daemon().stop();
+    std::fs::remove_file(&pin).unwrap();
+    let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &a, "");
+    minion.start();
+    a.wait_connected("m1");
+    assert!(minion.send("login", 1).status.success());
+    wait_until(Duration::from_secs(10), "the alert", || {
+        (alerts(&b) == 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(alerts(&a), 1, "fired once, seen the same on both");
+}

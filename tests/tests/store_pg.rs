@@ -74,6 +74,7 @@ fn transcript(store: &dyn Backend) -> Vec<String> {
             vec![Local {
                 n: 1,
                 event: ev("b", 0),
+                presence: None,
             }],
         )
         .unwrap();
@@ -90,10 +91,12 @@ fn transcript(store: &dyn Backend) -> Vec<String> {
                 Local {
                     n: 1,
                     event: ev("b", 0),
+                    presence: None,
                 },
                 Local {
                     n: 2,
                     event: ev("c", 0),
+                    presence: None,
                 },
             ],
         )

@@ -76,11 +76,14 @@ impl Batch {
                     m.version = hello.version.clone();
                 });
                 persist_minion(&ingest.storage, info);
-                self.local.push(ingest.number(local_event(
-                    &minion,
-                    format!("minion/{minion}/up"),
-                    json!({"version": hello.version, "next_seq": hello.next_seq, "oldest_seq": hello.oldest_seq}),
-                )));
+                self.local.push(ingest.presence(
+                    local_event(
+                        &minion,
+                        format!("minion/{minion}/up"),
+                        json!({"version": hello.version, "next_seq": hello.next_seq, "oldest_seq": hello.oldest_seq}),
+                    ),
+                    true,
+                ));
                 self.incoming.push(Incoming {
                     minion,
                     oldest: hello.oldest_seq,
@@ -97,11 +100,14 @@ impl Batch {
                     m.last_seen_us = m.last_seen_us.max(last_heard_us);
                 });
                 persist_minion(&ingest.storage, info);
-                self.local.push(ingest.number(local_event(
-                    &minion,
-                    format!("minion/{minion}/down"),
-                    json!({ "reason": reason }),
-                )));
+                self.local.push(ingest.presence(
+                    local_event(
+                        &minion,
+                        format!("minion/{minion}/down"),
+                        json!({ "reason": reason }),
+                    ),
+                    false,
+                ));
             }
             MasterInbound::Events {
                 minion,
@@ -147,6 +153,15 @@ impl Ingest {
         Local {
             n: self.next_local.fetch_add(1, Ordering::Relaxed),
             event,
+            presence: None,
+        }
+    }
+
+    /// A presence event (`up` or `down`), numbered.
+    fn presence(&self, event: Event, up: bool) -> Local {
+        Local {
+            presence: Some(up),
+            ..self.number(event)
         }
     }
 

@@ -267,7 +267,11 @@ fn interrupt_unfinished(store: &dyn Backend) -> anyhow::Result<u64> {
             Vec::new(),
             events
                 .into_iter()
-                .map(|event| tend_store::Local { n: 0, event })
+                .map(|event| tend_store::Local {
+                    n: 0,
+                    event,
+                    presence: None,
+                })
                 .collect(),
         )
         .context("cannot store the events of the interrupted jobs")?;

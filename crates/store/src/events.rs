@@ -34,6 +34,10 @@ pub struct Incoming {
 pub struct Local {
     pub n: u64,
     pub event: Event,
+    /// For `minion/<id>/up` (true) and `down` (false): on a store shared
+    /// by several masters the event is stored only by the first master to
+    /// hear the minion, and the last to lose it (presence is the fleet's).
+    pub presence: Option<bool>,
 }
 
 /// What one append did.
@@ -151,7 +155,7 @@ impl Store {
             let mut meta = tx.open_table(META)?;
             let mut mark = meta.get(LOCAL_MARK)?.map_or(0, |v| v.value());
             let before = mark;
-            for Local { n, event } in local {
+            for Local { n, event, .. } in local {
                 if n != 0 && n <= before {
                     out.duplicates += 1;
                     continue;

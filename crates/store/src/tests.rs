@@ -386,6 +386,7 @@ fn the_masters_own_events_tried_again_after_a_failed_but_written_commit_are_stor
             .map(|n| Local {
                 n,
                 event: ev("m", 0),
+                presence: None,
             })
             .collect()
     };

@@ -187,7 +187,39 @@ fn heartbeat(tx: &mut Transaction<'_>, owner: &str) -> Result<(), StoreError> {
 }
 
 impl PgStore {
-    /// The meta key of this master's local-event mark.
+    /// Records that this master holds (`up`) or lost a session with
+    /// `minion`; whether the fleet's presence changed: no other live
+    /// master (one heard within its lease) holds one. Called under the
+    /// `next_event` lock, so masters decide one at a time.
+    fn presence_changes(
+        &self,
+        tx: &mut Transaction<'_>,
+        minion: &str,
+        up: bool,
+    ) -> Result<bool, StoreError> {
+        if up {
+            tx.execute(
+                "INSERT INTO tend_presence (minion, owner, since_us) VALUES ($1, $2, $3)
+                 ON CONFLICT (minion, owner) DO UPDATE SET since_us = EXCLUDED.since_us",
+                &[&minion, &self.owner, &now_us()],
+            )?;
+        } else {
+            tx.execute(
+                "DELETE FROM tend_presence WHERE minion = $1 AND owner = $2",
+                &[&minion, &self.owner],
+            )?;
+        }
+        let stale = now_us() - MASTER_LEASE.as_micros() as i64;
+        let others: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM tend_presence p JOIN tend_masters m ON m.owner = p.owner
+                 WHERE p.minion = $1 AND p.owner <> $2 AND m.seen_us >= $3",
+                &[&minion, &self.owner, &stale],
+            )?
+            .get(0);
+        Ok(others == 0)
+    }
+
     /// The meta key of this master's reactor step number: a master whose
     /// step was reported failed judges by its own row whether it landed,
     /// never by another master's steps.
@@ -195,6 +227,7 @@ impl PgStore {
         format!("reactor_commit:{}", self.owner)
     }
 
+    /// The meta key of this master's local-event mark.
     pub(crate) fn local_key(&self) -> String {
         format!("local_mark:{}", self.owner)
     }
@@ -273,12 +306,19 @@ impl Backend for PgStore {
         let key = self.local_key();
         let before = meta(&mut tx, &key)?;
         let mut mark = before;
-        for Local { n, event } in local {
+        for Local { n, event, presence } in local {
             if n != 0 && n <= before {
                 out.duplicates += 1;
                 continue;
             }
             mark = mark.max(n);
+            if let Some(up) = presence
+                && !self.presence_changes(&mut tx, &event.minion, up)?
+            {
+                // Another live master holds a session with the minion:
+                // the fleet's presence did not change.
+                continue;
+            }
             keep.push(event);
         }
         if mark != before {
@@ -540,6 +580,8 @@ impl Backend for PgStore {
         let mut c = self.conn()?;
         let mut tx = c.transaction()?;
         heartbeat(&mut tx, &self.owner)?;
+        // This master's sessions of its last run are gone with it.
+        tx.execute("DELETE FROM tend_presence WHERE owner = $1", &[&self.owner])?;
         let out = interrupt(&mut tx, &self.owner, true, why)?;
         tx.commit()?;
         Ok(out)

@@ -1,22 +1,36 @@
 //! Answers the master's requests: apply states, run a command, ping. One
 //! state run at a time on a minion, as in Salt: two runs racing over the
 //! same files would each undo the other.
+//!
+//! With several masters a request may come from any of them, and its
+//! answer goes back through the session it came from. A job sent again by
+//! another master (its first master died mid-job) runs once: the minion
+//! remembers recent jobs ([`JobMemory`]) and answers a repeat with the
+//! first run's result.
 
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use prost::Message;
 use tend_bus::MinionBus;
 use tend_proto::now_us;
 use tend_proto::v1::{
     ApplyRequest, ApplyResult, Failure, Pong, Reply, Request, RunRequest, RunResult, reply, request,
 };
 use tend_state::{ApplyOptions, Ledger, State};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::publisher::Signal;
 
 pub struct Commands {
-    pub bus: Arc<MinionBus>,
+    /// One per master, in the config's order: a reply goes back on the bus
+    /// its request came on.
+    pub buses: Vec<Arc<MinionBus>>,
+    /// Recent jobs, with several masters (None with one: a master asks
+    /// for a job once).
+    pub jobs: Option<JobMemory>,
     /// Where `backup = true` keeps replaced files.
     pub backup_dir: std::path::PathBuf,
     pub ledger: Arc<Ledger>,
@@ -27,17 +41,19 @@ pub struct Commands {
 }
 
 impl Commands {
-    /// Handles one request; long ones run in their own task.
-    pub async fn handle(self: &Arc<Self>, req: Request) {
+    /// Handles one request from master `master` (its place in the list);
+    /// long ones run in their own task.
+    pub async fn handle(self: &Arc<Self>, master: usize, req: Request) {
         let id = req.id;
         let Some(body) = req.body else {
-            self.answer(id, failure("request with no body"));
+            self.answer(master, id, failure("request with no body"));
             return;
         };
         if let request::Body::Ack(ack) = body {
             let _ = self
                 .publisher
                 .send(Signal::Ack {
+                    master,
                     seq: ack.seq,
                     replay: ack.replay,
                 })
@@ -46,6 +62,7 @@ impl Commands {
         }
         if req.deadline_us != 0 && req.deadline_us < now_us() {
             self.answer(
+                master,
                 id,
                 failure("the request arrived after its deadline; not started"),
             );
@@ -53,34 +70,59 @@ impl Commands {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let answer = match body {
-                request::Body::Ping(_) => reply::Body::Pong(Pong {
-                    version: env!("CARGO_PKG_VERSION").into(),
-                }),
-                request::Body::Apply(apply) => {
-                    let started = std::time::Instant::now();
-                    let answer = this.apply(apply).await;
-                    this.metrics.apply_seconds.observe(started.elapsed());
+            let answer = match this.jobs.as_ref().and_then(|jobs| jobs.begin(&body)) {
+                None => this.perform(body).await,
+                Some(Begin::First(done)) => {
+                    let answer = this.perform(body).await;
+                    let _ = done.send(Some(answer.clone()));
                     answer
                 }
-                request::Body::Run(run) => {
-                    let started = std::time::Instant::now();
-                    let answer = run_command(run).await;
-                    this.metrics.run_seconds.observe(started.elapsed());
-                    answer
+                Some(Begin::Repeat(job, mut first)) => {
+                    tracing::info!(
+                        job,
+                        "job sent again (by another master?): answering with its first run's result"
+                    );
+                    match first.wait_for(Option::is_some).await {
+                        Ok(answer) => answer.clone().unwrap_or_else(|| failure("no result")),
+                        Err(_) => failure("the job's first run ended without a result"),
+                    }
                 }
-                request::Body::Ack(_) => unreachable!("handled above"),
             };
-            this.answer(id, answer);
+            this.answer(master, id, answer);
         });
     }
 
-    fn answer(&self, id: u64, body: reply::Body) {
-        if let Err(e) = self.bus.reply(Reply {
+    /// Runs what a request asks for.
+    async fn perform(&self, body: request::Body) -> reply::Body {
+        match body {
+            request::Body::Ping(_) => reply::Body::Pong(Pong {
+                version: env!("CARGO_PKG_VERSION").into(),
+            }),
+            request::Body::Apply(apply) => {
+                let started = std::time::Instant::now();
+                let answer = self.apply(apply).await;
+                self.metrics.apply_seconds.observe(started.elapsed());
+                answer
+            }
+            request::Body::Run(run) => {
+                let started = std::time::Instant::now();
+                let answer = run_command(run).await;
+                self.metrics.run_seconds.observe(started.elapsed());
+                answer
+            }
+            request::Body::Ack(_) => failure("an acknowledgement is not a job"),
+        }
+    }
+
+    fn answer(&self, master: usize, id: u64, body: reply::Body) {
+        let Some(bus) = self.buses.get(master) else {
+            return;
+        };
+        if let Err(e) = bus.reply(Reply {
             id,
             body: Some(body),
         }) {
-            tracing::warn!(request = id, error = %e, "cannot send the reply");
+            tracing::warn!(request = id, master, error = %e, "cannot send the reply");
         }
     }
 
@@ -116,6 +158,83 @@ impl Commands {
             Err(e) => failure(&format!("the state run crashed: {e}")),
         }
     }
+}
+
+/// Jobs remembered, at most, and for how long: room for every job a
+/// failover re-sends (a master's lease on a job is seconds).
+const JOBS_KEPT: usize = 256;
+const JOBS_KEPT_FOR: Duration = Duration::from_secs(600);
+
+/// The recent jobs of a minion with several masters, and their results
+/// (once known), so that a job sent again is run once.
+///
+/// A job is known by its id and a digest of the request: the same id with
+/// other contents (a master whose store started over numbers its jobs
+/// from 1 again) is another job, run as asked.
+pub struct JobMemory {
+    jobs: std::sync::Mutex<VecDeque<Remembered>>,
+}
+
+struct Remembered {
+    job: u64,
+    digest: u64,
+    at: Instant,
+    /// None while the first run is under way.
+    result: watch::Receiver<Option<reply::Body>>,
+}
+
+/// What to do with a job.
+pub enum Begin {
+    /// Its first time: run it, and say how it went here.
+    First(watch::Sender<Option<reply::Body>>),
+    /// Seen before (job id given): wait for its first run's result.
+    Repeat(u64, watch::Receiver<Option<reply::Body>>),
+}
+
+impl JobMemory {
+    pub fn new() -> Self {
+        Self {
+            jobs: std::sync::Mutex::new(VecDeque::with_capacity(JOBS_KEPT)),
+        }
+    }
+
+    /// Notes a request for a job. None: not a job (a ping), or a job with
+    /// no id: just run it.
+    pub fn begin(&self, body: &request::Body) -> Option<Begin> {
+        let (job, digest) = match body {
+            request::Body::Apply(a) if a.job != 0 => (a.job, digest(&a.encode_to_vec())),
+            request::Body::Run(r) if r.job != 0 => (r.job, digest(&r.encode_to_vec())),
+            _ => return None,
+        };
+        let now = Instant::now();
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        while jobs
+            .front()
+            .is_some_and(|j| now.duration_since(j.at) > JOBS_KEPT_FOR)
+        {
+            jobs.pop_front();
+        }
+        if let Some(seen) = jobs.iter().find(|j| j.job == job && j.digest == digest) {
+            return Some(Begin::Repeat(job, seen.result.clone()));
+        }
+        if jobs.len() >= JOBS_KEPT {
+            jobs.pop_front();
+        }
+        let (done, result) = watch::channel(None);
+        jobs.push_back(Remembered {
+            job,
+            digest,
+            at: now,
+            result,
+        });
+        Some(Begin::First(done))
+    }
+}
+
+fn digest(bytes: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 fn outcome_name(o: i32) -> &'static str {

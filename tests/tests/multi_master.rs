@@ -1,0 +1,258 @@
+//! A minion with several masters (issue 16, the minion's side): a session
+//! with each, every event published to every master it is connected to,
+//! an acknowledgement from any of them retiring events from the outbox, a
+//! master that is down holding back no other, and a job sent twice run
+//! once.
+//!
+//! Each master here has its own embedded store (sharing one PostgreSQL
+//! database, and storing each event once across masters, is the store's
+//! part): so the masters' acknowledgements differ, and any one retires.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tend_e2e::{Master, Minion, free_port, metric, run_daemon, wait_until};
+
+/// The seqs of `minion`'s events tagged `event/<tag>` stored on `master`,
+/// each checked to be stored once.
+fn stored(master: &Master, minion: &str, tag: &str) -> HashSet<u64> {
+    let tag = format!("minion/{minion}/event/{tag}");
+    let events = master.events(&["--minion", minion, "--tag", &tag]);
+    let seqs: HashSet<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert_eq!(seqs.len(), events.len(), "an event stored twice: {tag}");
+    seqs
+}
+
+fn send(minion: &Minion, tag: &str, count: u64) {
+    let out = minion.send(tag, count);
+    assert!(
+        out.status.success(),
+        "tend-minion send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until `master` has stored `count` events tagged `tag`.
+fn wait_stored(master: &Master, minion: &str, tag: &str, count: usize, what: &str) {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{count} `{tag}` events stored on {what}"),
+        || (stored(master, minion, tag).len() == count).then_some(()),
+    );
+}
+
+/// Events in the minion's outbox no master acknowledged yet.
+fn outbox(metrics: &str) -> Option<f64> {
+    metric(metrics, "tend_minion_outbox_events")
+}
+
+fn two_masters(tmp: &std::path::Path) -> (Master, Master) {
+    let mut a = Master::new(&tmp.join("a"), "");
+    let mut b = Master::new(&tmp.join("b"), "");
+    a.start();
+    b.start();
+    (a, b)
+}
+
+#[test]
+fn a_minion_with_two_masters_publishes_every_event_to_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_masters(tmp.path());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut minion = Minion::with_masters(
+        &tmp.path().join("web1"),
+        "web1",
+        &[&a, &b],
+        &format!("metrics_listen = {metrics:?}"),
+    );
+    minion.start();
+    a.wait_connected("web1");
+    b.wait_connected("web1");
+    wait_until(
+        Duration::from_secs(10),
+        "sessions with both masters",
+        || (metric(&metrics, "tend_minion_masters_connected") == Some(2.0)).then_some(()),
+    );
+
+    send(&minion, "both", 500);
+    wait_stored(&a, "web1", "both", 500, "master a");
+    wait_stored(&b, "web1", "both", 500, "master b");
+    assert_eq!(stored(&a, "web1", "both"), stored(&b, "web1", "both"));
+    // `tend events` on each shows them, as an operator reads it.
+    for m in [&a, &b] {
+        let shown = m.expect(&["events", "--minion", "web1", "--limit", "5"], 0);
+        assert!(shown.contains("minion/web1/event/both"), "{shown}");
+    }
+    wait_until(Duration::from_secs(10), "an empty outbox", || {
+        (outbox(&metrics) == Some(0.0)).then_some(())
+    });
+    // Each master keeps its own pin, trusted on first use.
+    let pins = std::fs::read_dir(tmp.path().join("web1/data/masters"))
+        .expect("the masters' pins")
+        .count();
+    assert_eq!(pins, 2, "a recorded key per master");
+}
+
+#[test]
+fn a_master_killed_holds_back_nothing_and_gets_what_it_missed_when_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = two_masters(tmp.path());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut minion = Minion::with_masters(
+        &tmp.path().join("web1"),
+        "web1",
+        &[&a, &b],
+        &format!("metrics_listen = {metrics:?}"),
+    );
+    minion.start();
+    a.wait_connected("web1");
+    b.wait_connected("web1");
+    send(&minion, "before", 100);
+    wait_stored(&a, "web1", "before", 100, "master a");
+    wait_stored(&b, "web1", "before", 100, "master b");
+
+    // A dies: B acknowledges everything, the outbox does not grow.
+    a.daemon().kill9();
+    for _ in 0..4 {
+        send(&minion, "a-down", 500);
+    }
+    wait_stored(&b, "web1", "a-down", 2000, "master b, with a dead");
+    wait_until(
+        Duration::from_secs(10),
+        "an empty outbox with one of two masters dead",
+        || (outbox(&metrics) == Some(0.0)).then_some(()),
+    );
+    wait_until(Duration::from_secs(10), "the session with a to end", || {
+        (metric(&metrics, "tend_minion_masters_connected") == Some(1.0)).then_some(())
+    });
+
+    // B dies too: now the outbox keeps what no master has.
+    b.daemon().kill9();
+    send(&minion, "both-down", 300);
+    wait_until(Duration::from_secs(10), "300 events held", || {
+        (outbox(&metrics) == Some(300.0)).then_some(())
+    });
+
+    // A comes back: it gets what it missed that no master has, from the
+    // outbox, and its acknowledgement empties it.
+    a.start();
+    wait_stored(&a, "web1", "both-down", 300, "master a, restarted");
+    wait_until(Duration::from_secs(10), "the outbox emptied by a", || {
+        (outbox(&metrics) == Some(0.0)).then_some(())
+    });
+    // B comes back, and both get what follows.
+    b.start();
+    b.wait_connected("web1");
+    wait_until(
+        Duration::from_secs(10),
+        "sessions with both masters",
+        || (metric(&metrics, "tend_minion_masters_connected") == Some(2.0)).then_some(()),
+    );
+    send(&minion, "after", 50);
+    wait_stored(&a, "web1", "after", 50, "master a");
+    wait_stored(&b, "web1", "after", 50, "master b");
+    assert!(minion.daemon().is_running());
+}
+
+#[test]
+fn master_and_masters_together_are_refused_naming_both_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("minion.toml");
+    for (lines, want) in [
+        (
+            "master = \"m1.example\"\nmasters = [\"m2.example\"]\n",
+            "`masters` and `master` are both set",
+        ),
+        (
+            "event_endpoint = \"tcp://127.0.0.1:4510\"\nmasters = [\"m2.example\"]\n",
+            "`masters` and `event_endpoint` are both set",
+        ),
+        ("masters = []\n", "key `masters`: lists no master"),
+        (
+            "masters = [\"m1\", { host = \"m2\", fingerprnt = \"x\" }]\n",
+            "key `masters[1]`: unknown key `fingerprnt`",
+        ),
+        (
+            "masters = [\"m1:4610\", \"m1:4610\"]\n",
+            "key `masters[1]`: names the same master as masters[0]",
+        ),
+        (
+            "masters = [\"m1:99999\"]\n",
+            "key `masters[0]`: \"m1:99999\": port \"99999\"",
+        ),
+    ] {
+        std::fs::write(
+            &config,
+            format!("id = \"web1\"\ndata_dir = \"data\"\n{lines}"),
+        )
+        .unwrap();
+        let (code, err) = run_daemon("tend-minion", &config, &["--check-config"]);
+        assert_eq!(code, 2, "{lines}: {err}");
+        assert!(
+            err.contains(want) && err.contains(&config.display().to_string()),
+            "{lines}: expected {want:?} and the file in: {err}"
+        );
+    }
+    // Either alone is fine.
+    for lines in [
+        "master = \"m1.example\"\n",
+        "masters = [\"m1.example\", \"m2.example:4610\", { event_endpoint = \"tcp://[::1]:4510\", command_endpoint = \"tcp://[::1]:4511\" }]\n",
+    ] {
+        std::fs::write(
+            &config,
+            format!("id = \"web1\"\ndata_dir = \"data\"\n{lines}"),
+        )
+        .unwrap();
+        let (code, err) = run_daemon("tend-minion", &config, &["--check-config"]);
+        assert_eq!(code, 0, "{lines}: {err}");
+    }
+}
+
+#[test]
+fn the_same_job_sent_by_two_masters_is_applied_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_masters(tmp.path());
+    let ran = tmp.path().join("ran");
+    // Appends a line each time it runs: the line count is the run count.
+    let state = format!(
+        "[count]\ntype = \"cmd.run\"\ncommand = \"echo ran >> {}\"\n",
+        ran.display()
+    );
+    a.state_file("count.toml", &state);
+    b.state_file("count.toml", &state);
+    let mut minion = Minion::with_masters(&tmp.path().join("web1"), "web1", &[&a, &b], "");
+    minion.start();
+    a.wait_connected("web1");
+    b.wait_connected("web1");
+
+    // Both stores are new, so both number this job 1: the same job id
+    // with the same request, as when a master re-sends the job of one that
+    // died.
+    let first = &a.expect_json(&["apply", "web1", "count"], 0)[0];
+    let again = &b.expect_json(&["apply", "web1", "count"], 0)[0];
+    assert_eq!(first["id"], again["id"], "the same job id: {first} {again}");
+    assert_eq!(first["status"], "changed", "{first}");
+    // The repeat is answered (through master b's own session) with the
+    // first run's result, and the state ran once.
+    assert_eq!(again["status"], "changed", "{again}");
+    assert_eq!(
+        again["minions"][0]["states"], first["minions"][0]["states"],
+        "the recorded result"
+    );
+    let lines = std::fs::read_to_string(&ran).unwrap();
+    assert_eq!(lines.lines().count(), 1, "the state ran once: {lines:?}");
+    assert!(
+        minion
+            .daemon()
+            .log_text()
+            .contains("answering with its first run's result"),
+        "the minion says why"
+    );
+
+    // Another job (a new id) runs.
+    let next = &a.expect_json(&["apply", "web1", "count"], 0)[0];
+    assert_ne!(next["id"], first["id"]);
+    wait_until(Duration::from_secs(5), "the second job's run", || {
+        (std::fs::read_to_string(&ran).unwrap().lines().count() == 2).then_some(())
+    });
+}

@@ -284,3 +284,89 @@ async fn run_command(req: RunRequest) -> reply::Body {
         Err(e) => failure(&format!("the command's task crashed: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(job: u64, states: &str) -> request::Body {
+        request::Body::Apply(ApplyRequest {
+            job,
+            test: false,
+            states_json: states.as_bytes().to_vec(),
+        })
+    }
+
+    fn result(job: u64) -> reply::Body {
+        reply::Body::Apply(ApplyResult {
+            job,
+            results: vec![],
+        })
+    }
+
+    #[tokio::test]
+    async fn a_job_sent_again_gets_the_first_runs_result() {
+        let jobs = JobMemory::new();
+        let Some(Begin::First(done)) = jobs.begin(&apply(7, "[]")) else {
+            panic!("a new job runs");
+        };
+        // Sent again while the first run is going: waits for its result.
+        let Some(Begin::Repeat(7, mut waiting)) = jobs.begin(&apply(7, "[]")) else {
+            panic!("a repeat does not run");
+        };
+        done.send(Some(result(7))).unwrap();
+        let got = waiting.wait_for(Option::is_some).await.unwrap().clone();
+        assert_eq!(got, Some(result(7)));
+        // And after it.
+        let Some(Begin::Repeat(7, later)) = jobs.begin(&apply(7, "[]")) else {
+            panic!("a later repeat does not run");
+        };
+        assert_eq!(*later.borrow(), Some(result(7)));
+    }
+
+    #[test]
+    fn other_jobs_pings_and_jobs_without_an_id_run() {
+        let jobs = JobMemory::new();
+        assert!(matches!(jobs.begin(&apply(7, "[]")), Some(Begin::First(_))));
+        // The same id with another request: another job (a master whose
+        // store started over).
+        assert!(matches!(
+            jobs.begin(&apply(7, "[{}]")),
+            Some(Begin::First(_))
+        ));
+        assert!(matches!(jobs.begin(&apply(8, "[]")), Some(Begin::First(_))));
+        assert!(jobs.begin(&apply(0, "[]")).is_none());
+        assert!(
+            jobs.begin(&request::Body::Ping(Default::default()))
+                .is_none()
+        );
+        let run = |job| {
+            request::Body::Run(RunRequest {
+                job,
+                argv: vec!["true".into()],
+                timeout_ms: 0,
+            })
+        };
+        assert!(matches!(jobs.begin(&run(9)), Some(Begin::First(_))));
+        assert!(matches!(jobs.begin(&run(9)), Some(Begin::Repeat(9, _))));
+    }
+
+    #[test]
+    fn the_memory_is_bounded() {
+        let jobs = JobMemory::new();
+        for job in 1..=(JOBS_KEPT as u64 + 10) {
+            assert!(matches!(
+                jobs.begin(&apply(job, "[]")),
+                Some(Begin::First(_))
+            ));
+        }
+        assert_eq!(jobs.jobs.lock().unwrap().len(), JOBS_KEPT);
+        // The oldest went first: job 1 is new again, the last is known.
+        assert!(matches!(jobs.begin(&apply(1, "[]")), Some(Begin::First(_))));
+        let last = JOBS_KEPT as u64 + 10;
+        assert!(matches!(
+            jobs.begin(&apply(last, "[]")),
+            Some(Begin::Repeat(_, _))
+        ));
+    }
+}

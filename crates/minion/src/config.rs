@@ -427,3 +427,117 @@ fn file_name(endpoint: &str) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<MinionConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("minion.toml");
+        std::fs::write(&path, format!("id = \"web1\"\ndata_dir = \"data\"\n{text}")).unwrap();
+        MinionConfig::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn one_master_resolves_as_before() {
+        let cfg = load("master = \"m1.example\"\n").unwrap();
+        let [m] = cfg.masters() else {
+            panic!("one master: {:?}", cfg.masters())
+        };
+        assert_eq!(m.event_endpoint, "tcp://m1.example:4510");
+        assert_eq!(m.command_endpoint, "tcp://m1.example:4511");
+        assert!(
+            matches!(&m.pin, tend_bus::MasterPin::FirstUse(p) if p.ends_with("data/master.fingerprint"))
+        );
+        let cfg = load("").unwrap();
+        assert_eq!(cfg.masters()[0].event_endpoint, "tcp://127.0.0.1:4510");
+    }
+
+    #[test]
+    fn masters_take_hosts_ports_and_tables() {
+        let fp = format!("sha256:{}", "ab".repeat(32));
+        let cfg = load(&format!(
+            "masters = [\"m1\", \"m2:4610\", \"[::1]:4710\", {{ host = \"m4\", fingerprint = \"{fp}\" }}, \
+             {{ event_endpoint = \"tcp://10.0.0.5:1\", command_endpoint = \"tcp://10.0.0.5:2\" }}]\n"
+        ))
+        .unwrap();
+        let got: Vec<(&str, &str)> = cfg
+            .masters()
+            .iter()
+            .map(|m| (m.event_endpoint.as_str(), m.command_endpoint.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("tcp://m1:4510", "tcp://m1:4511"),
+                ("tcp://m2:4610", "tcp://m2:4611"),
+                ("tcp://[::1]:4710", "tcp://[::1]:4711"),
+                ("tcp://m4:4510", "tcp://m4:4511"),
+                ("tcp://10.0.0.5:1", "tcp://10.0.0.5:2"),
+            ]
+        );
+        assert!(matches!(&cfg.masters()[3].pin, tend_bus::MasterPin::Fingerprint(f) if *f == fp));
+        let pins: Vec<String> = cfg.masters()[..3]
+            .iter()
+            .map(|m| match &m.pin {
+                tend_bus::MasterPin::FirstUse(p) => {
+                    p.strip_prefix(&cfg.data_dir).unwrap().display().to_string()
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            pins,
+            [
+                "masters/m1_4511.fingerprint",
+                "masters/m2_4611.fingerprint",
+                "masters/___1__4711.fingerprint"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_masters_are_refused_naming_the_entry() {
+        for (text, want) in [
+            (
+                "masters = [1]\n",
+                "key `masters[0]`: must be a host name or a table, not integer",
+            ),
+            (
+                "masters = [{ host = 5 }]\n",
+                "key `masters[0]`: `host` must be a string",
+            ),
+            (
+                "masters = [{ fingerprint = \"sha256:00\" }]\n",
+                "key `masters[0]`: has neither `host` nor `event_endpoint`",
+            ),
+            (
+                "masters = [\"m1\", { host = \"m1\", fingerprint = \"nope\" }]\n",
+                "key `masters[1]`: fingerprint \"nope\" is not a fingerprint",
+            ),
+            (
+                "masters = [\"m1:\"]\n",
+                "key `masters[0]`: \"m1:\": port \"\" is not a number",
+            ),
+            (
+                "masters = [\"[::1\"]\n",
+                "key `masters[0]`: \"[::1\": no `]`",
+            ),
+            (
+                "masters = [\"\"]\n",
+                "key `masters[0]`: is an empty host name",
+            ),
+            (
+                "command_endpoint = \"tcp://a:1\"\nmasters = [\"m1\"]\n",
+                "`masters` and `command_endpoint` are both set",
+            ),
+        ] {
+            let e = load(text).unwrap_err();
+            assert!(e.contains(want), "{text}: expected {want:?} in {e}");
+        }
+        let many: Vec<String> = (0..=MAX_MASTERS).map(|i| format!("\"m{i}\"")).collect();
+        let e = load(&format!("masters = [{}]\n", many.join(", "))).unwrap_err();
+        assert!(e.contains("at most 16"), "{e}");
+    }
+}

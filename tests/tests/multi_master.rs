@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tend_e2e::{Master, Minion, free_port, metric, run_daemon, wait_until};
+use tend_e2e::{Master, Minion, free_port, metric, pg, run_daemon, wait_until};
 
 /// The seqs of `minion`'s events tagged `event/<tag>` stored on `master`,
 /// each checked to be stored once.
@@ -152,6 +152,63 @@ fn a_master_killed_holds_back_nothing_and_gets_what_it_missed_when_back() {
     wait_stored(&a, "web1", "after", 50, "master a");
     wait_stored(&b, "web1", "after", 50, "master b");
     assert!(minion.daemon().is_running());
+    // A master behind another is no store restored from a backup.
+    let log = minion.daemon().log_text();
+    assert!(!log.contains("was its store restored"), "{log}");
+}
+
+/// The shape issue 16 is for: two masters on one PostgreSQL database. A
+/// master killed -9 holds back nothing, and restarted it shows every event
+/// (the other master stored them), each stored once though both masters
+/// got most of them.
+#[test]
+fn two_masters_on_one_database_store_each_event_once_and_survive_a_kill() {
+    let db = pg::database();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = format!("[store]\npostgres = {:?}\n", db.url);
+    let mut a = Master::new(&tmp.path().join("a"), &store);
+    let mut b = Master::new(&tmp.path().join("b"), &store);
+    a.start();
+    b.start();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut minion = Minion::with_masters(
+        &tmp.path().join("web1"),
+        "web1",
+        &[&a, &b],
+        &format!("metrics_listen = {metrics:?}"),
+    );
+    minion.start();
+    a.wait_connected("web1");
+    b.wait_connected("web1");
+    wait_until(
+        Duration::from_secs(10),
+        "sessions with both masters",
+        || (metric(&metrics, "tend_minion_masters_connected") == Some(2.0)).then_some(()),
+    );
+    send(&minion, "before", 500);
+    wait_stored(&a, "web1", "before", 500, "the database, read through a");
+    wait_stored(&b, "web1", "before", 500, "the database, read through b");
+
+    a.daemon().kill9();
+    send(&minion, "a-down", 1000);
+    wait_stored(&b, "web1", "a-down", 1000, "the database, through b");
+    wait_until(
+        Duration::from_secs(10),
+        "an empty outbox with a dead",
+        || (outbox(&metrics) == Some(0.0)).then_some(()),
+    );
+    a.start();
+    a.wait_connected("web1");
+    send(&minion, "after", 500);
+    for (m, name) in [(&a, "a"), (&b, "b")] {
+        for (tag, n) in [("before", 500), ("a-down", 1000), ("after", 500)] {
+            wait_stored(m, "web1", tag, n, &format!("the database, through {name}"));
+        }
+    }
+    assert!(minion.daemon().is_running());
+    // A master behind another is no store restored from a backup.
+    let log = minion.daemon().log_text();
+    assert!(!log.contains("was its store restored"), "{log}");
 }
 
 #[test]

@@ -271,11 +271,21 @@ impl Publisher {
                         let mut ob = outbox.lock().expect("outbox lock");
                         ob.ack(seq)?;
                         note_outbox(&metrics, &ob);
-                        Ok(())
+                        Ok((ob.announced_oldest(), ob.next_seq()))
                     })
                     .await;
-                    if let Err(e) = result {
-                        tracing::error!(error = %e, "cannot record the acknowledgement in the outbox");
+                    match result {
+                        // What the next hello to each master says: a master
+                        // that was away learns where the outbox starts now
+                        // (another master may have had the rest).
+                        Ok((oldest, next)) => {
+                            for r in &self.routes {
+                                r.bus.set_outbox_bounds(oldest, next);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot record the acknowledgement in the outbox")
+                        }
                     }
                 }
                 // Asked to replay, or the master is behind what it once

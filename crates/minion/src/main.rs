@@ -3,6 +3,7 @@
 
 mod beacons;
 mod commands;
+mod job_memory;
 mod local;
 mod metrics;
 mod publisher;
@@ -234,7 +235,7 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
     ));
 
     let commands = Arc::new(Commands {
-        jobs: (buses.len() > 1).then(commands::JobMemory::new),
+        jobs: (buses.len() > 1).then(job_memory::JobMemory::new),
         buses: buses.clone(),
         backup_dir: cfg.data_dir.join("backups"),
         ledger: ledger.clone(),

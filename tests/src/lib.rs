@@ -495,6 +495,31 @@ impl Minion {
         }
     }
 
+    /// Lays out minion `id` keeping a session with each of `masters`
+    /// (`masters = [...]` in minion.toml, a table of endpoints each).
+    pub fn with_masters(dir: &Path, id: &str, masters: &[&Master], extra: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("minion dir");
+        let list: Vec<String> = masters
+            .iter()
+            .map(|m| {
+                format!(
+                    "{{ event_endpoint = {:?}, command_endpoint = {:?} }}",
+                    m.event_endpoint, m.command_endpoint
+                )
+            })
+            .collect();
+        let text = format!(
+            "id = {id:?}\nmasters = [{}]\ndata_dir = \"data\"\nmaster_timeout_ms = 1000\n{extra}\n",
+            list.join(", ")
+        );
+        std::fs::write(dir.join("minion.toml"), text).expect("write minion.toml");
+        Self {
+            id: id.to_string(),
+            dir: dir.to_path_buf(),
+            daemon: None,
+        }
+    }
+
     /// Starts the minion and waits until its local socket is up (it may
     /// not reach a master yet).
     pub fn start(&mut self) {
@@ -708,4 +733,18 @@ pub fn tmpfs_or_skip(dir: &Path, size: &str) -> Option<Tmpfs> {
     Tmpfs::mount(dir, size)
         .inspect_err(|reason| println!("skipped: {reason}"))
         .ok()
+}
+
+/// One unlabelled sample from a daemon's `/metrics` at `addr` (`host:port`),
+/// or None when it is not there (or the daemon does not answer).
+pub fn metric(addr: &str, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: tend\r\n\r\n")
+        .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    raw.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }

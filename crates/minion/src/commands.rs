@@ -1,6 +1,12 @@
 //! Answers the master's requests: apply states, run a command, ping. One
 //! state run at a time on a minion, as in Salt: two runs racing over the
 //! same files would each undo the other.
+//!
+//! With several masters a request may come from any of them, and its
+//! answer goes back through the session it came from. A job sent again by
+//! another master (its first master died mid-job) runs once: the minion
+//! remembers recent jobs (`JobMemory`) and answers a repeat with the
+//! first run's result.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +19,16 @@ use tend_proto::v1::{
 use tend_state::{ApplyOptions, Ledger, State};
 use tokio::sync::{Mutex, mpsc};
 
+use crate::job_memory::{Begin, JobMemory};
 use crate::publisher::Signal;
 
 pub struct Commands {
-    pub bus: Arc<MinionBus>,
+    /// One per master, in the config's order: a reply goes back on the bus
+    /// its request came on.
+    pub buses: Vec<Arc<MinionBus>>,
+    /// Recent jobs, with several masters (None with one: a master asks
+    /// for a job once).
+    pub jobs: Option<JobMemory>,
     /// Where `backup = true` keeps replaced files.
     pub backup_dir: std::path::PathBuf,
     pub ledger: Arc<Ledger>,
@@ -27,17 +39,19 @@ pub struct Commands {
 }
 
 impl Commands {
-    /// Handles one request; long ones run in their own task.
-    pub async fn handle(self: &Arc<Self>, req: Request) {
+    /// Handles one request from master `master` (its place in the list);
+    /// long ones run in their own task.
+    pub async fn handle(self: &Arc<Self>, master: usize, req: Request) {
         let id = req.id;
         let Some(body) = req.body else {
-            self.answer(id, failure("request with no body"));
+            self.answer(master, id, failure("request with no body"));
             return;
         };
         if let request::Body::Ack(ack) = body {
             let _ = self
                 .publisher
                 .send(Signal::Ack {
+                    master,
                     seq: ack.seq,
                     replay: ack.replay,
                 })
@@ -46,6 +60,7 @@ impl Commands {
         }
         if req.deadline_us != 0 && req.deadline_us < now_us() {
             self.answer(
+                master,
                 id,
                 failure("the request arrived after its deadline; not started"),
             );
@@ -53,34 +68,59 @@ impl Commands {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let answer = match body {
-                request::Body::Ping(_) => reply::Body::Pong(Pong {
-                    version: env!("CARGO_PKG_VERSION").into(),
-                }),
-                request::Body::Apply(apply) => {
-                    let started = std::time::Instant::now();
-                    let answer = this.apply(apply).await;
-                    this.metrics.apply_seconds.observe(started.elapsed());
+            let answer = match this.jobs.as_ref().and_then(|jobs| jobs.begin(&body)) {
+                None => this.perform(body).await,
+                Some(Begin::First(done)) => {
+                    let answer = this.perform(body).await;
+                    let _ = done.send(Some(answer.clone()));
                     answer
                 }
-                request::Body::Run(run) => {
-                    let started = std::time::Instant::now();
-                    let answer = run_command(run).await;
-                    this.metrics.run_seconds.observe(started.elapsed());
-                    answer
+                Some(Begin::Repeat(job, mut first)) => {
+                    tracing::info!(
+                        job,
+                        "job sent again (by another master?): answering with its first run's result"
+                    );
+                    match first.wait_for(Option::is_some).await {
+                        Ok(answer) => answer.clone().unwrap_or_else(|| failure("no result")),
+                        Err(_) => failure("the job's first run ended without a result"),
+                    }
                 }
-                request::Body::Ack(_) => unreachable!("handled above"),
             };
-            this.answer(id, answer);
+            this.answer(master, id, answer);
         });
     }
 
-    fn answer(&self, id: u64, body: reply::Body) {
-        if let Err(e) = self.bus.reply(Reply {
+    /// Runs what a request asks for.
+    async fn perform(&self, body: request::Body) -> reply::Body {
+        match body {
+            request::Body::Ping(_) => reply::Body::Pong(Pong {
+                version: env!("CARGO_PKG_VERSION").into(),
+            }),
+            request::Body::Apply(apply) => {
+                let started = std::time::Instant::now();
+                let answer = self.apply(apply).await;
+                self.metrics.apply_seconds.observe(started.elapsed());
+                answer
+            }
+            request::Body::Run(run) => {
+                let started = std::time::Instant::now();
+                let answer = run_command(run).await;
+                self.metrics.run_seconds.observe(started.elapsed());
+                answer
+            }
+            request::Body::Ack(_) => failure("an acknowledgement is not a job"),
+        }
+    }
+
+    fn answer(&self, master: usize, id: u64, body: reply::Body) {
+        let Some(bus) = self.buses.get(master) else {
+            return;
+        };
+        if let Err(e) = bus.reply(Reply {
             id,
             body: Some(body),
         }) {
-            tracing::warn!(request = id, error = %e, "cannot send the reply");
+            tracing::warn!(request = id, master, error = %e, "cannot send the reply");
         }
     }
 

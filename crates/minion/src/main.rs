@@ -3,6 +3,7 @@
 
 mod beacons;
 mod commands;
+mod job_memory;
 mod local;
 mod metrics;
 mod publisher;
@@ -159,25 +160,44 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
     if let Some(path) = &local_socket {
         tend_daemon::restrict_socket(path).map_err(anyhow::Error::msg)?;
     }
-    let (bus, mut inbound) = MinionBus::connect(
-        MinionBusConfig {
-            minion: id.clone(),
-            event_endpoint: cfg.event_endpoint(),
-            command_endpoint: cfg.command_endpoint(),
-            max_message_size: cfg.max_message_size,
-            master_timeout: Duration::from_millis(cfg.master_timeout_ms),
-            version: env!("CARGO_PKG_VERSION").into(),
-            facts: facts::gather(&cfg.labels),
-            identity: identity.clone(),
-            master: cfg.master_pin(),
-        },
-        stats.clone(),
-    )?;
-    let bus = Arc::new(bus);
+    // A session with each master; what they say comes in on one queue,
+    // marked with the master's place in the list.
+    let facts = facts::gather(&cfg.labels);
+    let (inbound_tx, mut inbound) = mpsc::channel::<(usize, MinionInbound)>(1024);
+    let mut buses = Vec::new();
+    for (i, master) in cfg.masters().iter().enumerate() {
+        let (bus, mut from_bus) = MinionBus::connect(
+            MinionBusConfig {
+                minion: id.clone(),
+                event_endpoint: master.event_endpoint.clone(),
+                command_endpoint: master.command_endpoint.clone(),
+                max_message_size: cfg.max_message_size,
+                master_timeout: Duration::from_millis(cfg.master_timeout_ms),
+                version: env!("CARGO_PKG_VERSION").into(),
+                facts: facts.clone(),
+                identity: identity.clone(),
+                master: master.pin.clone(),
+            },
+            stats.clone(),
+        )
+        .with_context(|| format!("master {}", master.name))?;
+        buses.push(Arc::new(bus));
+        let to_main = inbound_tx.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = from_bus.recv().await {
+                if to_main.send((i, msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(inbound_tx);
+    let masters: Vec<&str> = cfg.masters().iter().map(|m| m.name.as_str()).collect();
     tracing::info!(
         minion = %id,
-        events = %cfg.event_endpoint(),
-        commands = %cfg.command_endpoint(),
+        masters = ?masters,
+        events = %cfg.masters().iter().map(|m| m.event_endpoint.as_str()).collect::<Vec<_>>().join(" "),
+        commands = %cfg.masters().iter().map(|m| m.command_endpoint.as_str()).collect::<Vec<_>>().join(" "),
         beacons = beacons.len(),
         fingerprint = %identity.fingerprint(),
         unacked = outbox.unacked(),
@@ -203,7 +223,7 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
 
     let (signal_tx, signal_rx) = mpsc::channel(1024);
-    let publisher = Publisher::new(id.clone(), outbox, bus.clone(), metrics.clone());
+    let publisher = Publisher::new(id.clone(), outbox, buses.clone(), metrics.clone());
     let publisher_stop = tokio_util::sync::CancellationToken::new();
     let publisher_task = tokio::spawn(publisher.run(event_rx, signal_rx, publisher_stop.clone()));
 
@@ -215,7 +235,8 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
     ));
 
     let commands = Arc::new(Commands {
-        bus: bus.clone(),
+        jobs: (buses.len() > 1).then(job_memory::JobMemory::new),
+        buses: buses.clone(),
         backup_dir: cfg.data_dir.join("backups"),
         ledger: ledger.clone(),
         publisher: signal_tx.clone(),
@@ -246,17 +267,17 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
             }
             msg = inbound.recv() => match msg {
                 None => break,
-                Some(MinionInbound::Request(req)) => commands.handle(req).await,
-                Some(MinionInbound::Connected { .. }) => {
-                    let _ = signal_tx.send(Signal::Connected).await;
+                Some((master, MinionInbound::Request(req))) => commands.handle(master, req).await,
+                Some((master, MinionInbound::Connected { .. })) => {
+                    let _ = signal_tx.send(Signal::Connected { master }).await;
                 }
-                Some(MinionInbound::Disconnected { .. }) => {
-                    let _ = signal_tx.send(Signal::Disconnected).await;
+                Some((master, MinionInbound::Disconnected { .. })) => {
+                    let _ = signal_tx.send(Signal::Disconnected { master }).await;
                 }
-                Some(MinionInbound::Subscribed) => {
-                    let _ = signal_tx.send(Signal::Subscribed).await;
+                Some((master, MinionInbound::Subscribed)) => {
+                    let _ = signal_tx.send(Signal::Subscribed { master }).await;
                 }
-                Some(MinionInbound::Alarm(message)) => {
+                Some((_, MinionInbound::Alarm(message))) => {
                     // Kept in the outbox: the real master hears of it.
                     let event = tend_proto::v1::Event {
                         minion: id.clone(),
@@ -280,8 +301,15 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
     drop(event_tx);
     publisher_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), publisher_task).await;
-    // The master marks this minion down now, not at its presence timeout.
-    bus.goodbye().await;
+    // The masters mark this minion down now, not at their presence timeout.
+    let goodbyes: Vec<_> = buses
+        .iter()
+        .cloned()
+        .map(|bus| tokio::spawn(async move { bus.goodbye().await }))
+        .collect();
+    for goodbye in goodbyes {
+        let _ = goodbye.await;
+    }
     if let Some(path) = local_socket {
         let _ = std::fs::remove_file(path);
     }

@@ -26,6 +26,8 @@ pub struct MinionMetrics {
     pub outbox_bytes: AtomicU64,
     pub outbox_acked_seq: AtomicU64,
     pub connected: AtomicBool,
+    /// Masters this minion has a session with (of those it lists).
+    pub masters_connected: AtomicU64,
     pub apply_seconds: Histogram,
     pub run_seconds: Histogram,
     /// State results by outcome (ok, changed, failed, ...).
@@ -119,12 +121,17 @@ pub fn render(
         );
         t.gauge(
             "tend_minion_connected",
-            "1 when the minion has a session with its master.",
+            "1 when the minion has a session with its master (with several, any).",
             if m.connected.load(Ordering::Relaxed) {
                 1.0
             } else {
                 0.0
             },
+        );
+        t.gauge(
+            "tend_minion_masters_connected",
+            "How many of its masters the minion has a session with.",
+            m.masters_connected.load(Ordering::Relaxed) as f64,
         );
         {
             let r = m.state_results.lock().unwrap_or_else(|p| p.into_inner());

@@ -8,10 +8,16 @@
 //! a cut link) is sent again from the outbox: when the master asks for a
 //! replay, when its event socket subscribes again, or when acknowledgements
 //! stop coming.
+//!
+//! A minion with several masters (which share one database) publishes each
+//! event to every master it has a session with, each from its own position
+//! (a [`Route`]); an acknowledgement from any of them retires events from
+//! the outbox, so a master that is down or cut off holds back no other.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prost::Message;
 use serde_json::json;
 use tend_beacons::Emitted;
 use tend_bus::MinionBus;
@@ -38,16 +44,24 @@ const APPEND_EVENTS: usize = 4_096;
 const RESEND_AFTER: Duration = Duration::from_secs(2);
 const RESEND_MAX: Duration = Duration::from_secs(30);
 
-/// What the rest of the minion tells the publisher.
+/// What the rest of the minion tells the publisher. `master` is the
+/// master's place in the list of masters (0 with one master).
 #[derive(Debug)]
 pub enum Signal {
-    Connected,
-    Disconnected,
+    Connected {
+        master: usize,
+    },
+    Disconnected {
+        master: usize,
+    },
     /// The master's event socket subscribed (again).
-    Subscribed,
+    Subscribed {
+        master: usize,
+    },
     /// The master stored everything up to `seq`; with `replay`, send again
     /// from after it.
     Ack {
+        master: usize,
         seq: u64,
         replay: bool,
     },
@@ -59,13 +73,25 @@ pub enum Signal {
     },
 }
 
+/// One master the events go to, and how far they went.
+struct Route {
+    bus: Arc<MinionBus>,
+    connected: bool,
+    /// The next seq to publish to this master.
+    next_send: u64,
+    /// The highest seq this master acknowledged (from the outbox's
+    /// acknowledged point at start): an acknowledgement below it means its
+    /// store lost what it had.
+    acked: u64,
+}
+
 pub struct Publisher {
     minion: String,
     outbox: Arc<Mutex<Outbox>>,
-    bus: Arc<MinionBus>,
-    connected: bool,
-    /// The next seq to publish.
-    next_send: u64,
+    /// One per master, in the config's order.
+    routes: Vec<Route>,
+    /// The highest seq any master acknowledged: the outbox keeps what is
+    /// after it.
     acked: u64,
     last_progress: Instant,
     /// How long without an acknowledgement before the next resend.
@@ -74,22 +100,32 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// A publisher to every bus in `buses` (one per master).
     pub fn new(
         minion: String,
         outbox: Outbox,
-        bus: Arc<MinionBus>,
+        buses: Vec<Arc<MinionBus>>,
         metrics: Arc<MinionMetrics>,
     ) -> Self {
         let acked = outbox.acked();
         let next_send = outbox.oldest();
-        bus.set_outbox_bounds(outbox.announced_oldest(), outbox.next_seq());
+        let routes = buses
+            .into_iter()
+            .map(|bus| {
+                bus.set_outbox_bounds(outbox.announced_oldest(), outbox.next_seq());
+                Route {
+                    bus,
+                    connected: false,
+                    next_send,
+                    acked,
+                }
+            })
+            .collect();
         note_outbox(&metrics, &outbox);
         Self {
             minion,
             outbox: Arc::new(Mutex::new(outbox)),
-            bus,
-            connected: false,
-            next_send,
+            routes,
             acked,
             last_progress: Instant::now(),
             resend_after: RESEND_AFTER,
@@ -136,10 +172,14 @@ impl Publisher {
                     let _ = self.append(batch).await; // a failure is logged
                     self.catch_up().await;
                 }
-                _ = resend.tick(), if self.next_send > self.acked + 1 => {
-                    if self.connected && self.last_progress.elapsed() >= self.resend_after {
+                _ = resend.tick(), if self.in_flight() => {
+                    if self.routes.iter().any(|r| r.connected) && self.last_progress.elapsed() >= self.resend_after {
                         tracing::debug!(from = self.acked + 1, after = ?self.resend_after, "no acknowledgement; sending again");
-                        self.next_send = self.acked + 1;
+                        for r in &mut self.routes {
+                            if r.connected {
+                                r.next_send = self.acked + 1;
+                            }
+                        }
                         self.last_progress = Instant::now();
                         self.resend_after = (self.resend_after * 2).min(RESEND_MAX);
                         self.catch_up().await;
@@ -156,6 +196,20 @@ impl Publisher {
         let _ = self.append(rest).await;
     }
 
+    /// Whether events were published that no master acknowledged yet.
+    fn in_flight(&self) -> bool {
+        self.routes.iter().any(|r| r.next_send > self.acked + 1)
+    }
+
+    /// The metrics' view of the sessions.
+    fn note_connected(&self) {
+        let n = self.routes.iter().filter(|r| r.connected).count();
+        self.metrics.connected.store(n > 0, Ordering::Relaxed);
+        self.metrics
+            .masters_connected
+            .store(n as u64, Ordering::Relaxed);
+    }
+
     fn to_event(&self, e: Emitted) -> Event {
         self.metrics.beacon_event(&e.beacon, &e.kind, &e.data);
         Event {
@@ -170,20 +224,29 @@ impl Publisher {
 
     async fn on_signal(&mut self, s: Signal) {
         match s {
-            Signal::Connected => {
-                self.connected = true;
-                self.metrics.connected.store(true, Ordering::Relaxed);
-                self.next_send = self.acked + 1;
+            Signal::Connected { master } => {
+                let Some(r) = self.routes.get_mut(master) else {
+                    return;
+                };
+                r.connected = true;
+                r.next_send = self.acked + 1;
                 self.resend_after = RESEND_AFTER;
+                self.note_connected();
             }
-            Signal::Disconnected => {
-                self.connected = false;
-                self.metrics.connected.store(false, Ordering::Relaxed);
+            Signal::Disconnected { master } => {
+                let Some(r) = self.routes.get_mut(master) else {
+                    return;
+                };
+                r.connected = false;
+                self.note_connected();
             }
-            Signal::Subscribed => {
+            Signal::Subscribed { master } => {
                 // A fresh connection: what was in flight on the old one is
                 // gone, send it again now.
-                self.next_send = self.acked + 1;
+                let Some(r) = self.routes.get_mut(master) else {
+                    return;
+                };
+                r.next_send = self.acked + 1;
                 self.resend_after = RESEND_AFTER;
             }
             Signal::Send { events, done } => {
@@ -191,7 +254,14 @@ impl Publisher {
                 let result = self.append(events).await.map(|next| (next - n, next - 1));
                 let _ = done.send(result);
             }
-            Signal::Ack { seq, replay } => {
+            Signal::Ack {
+                master,
+                seq,
+                replay,
+            } => {
+                if master >= self.routes.len() {
+                    return;
+                }
                 if seq > self.acked {
                     self.acked = seq;
                     self.last_progress = Instant::now();
@@ -201,31 +271,47 @@ impl Publisher {
                         let mut ob = outbox.lock().expect("outbox lock");
                         ob.ack(seq)?;
                         note_outbox(&metrics, &ob);
-                        Ok(())
+                        Ok((ob.announced_oldest(), ob.next_seq()))
                     })
                     .await;
-                    if let Err(e) = result {
-                        tracing::error!(error = %e, "cannot record the acknowledgement in the outbox");
+                    match result {
+                        // What the next hello to each master says: a master
+                        // that was away learns where the outbox starts now
+                        // (another master may have had the rest).
+                        Ok((oldest, next)) => {
+                            for r in &self.routes {
+                                r.bus.set_outbox_bounds(oldest, next);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot record the acknowledgement in the outbox")
+                        }
                     }
                 }
                 // Asked to replay, or the master is behind what it once
                 // acknowledged (its store was restored): go back, as far as
-                // the outbox still holds.
-                if seq < self.acked {
+                // the outbox still holds. (Behind another master is no news:
+                // each master answers for its own store.)
+                let route = &mut self.routes[master];
+                let behind = seq < route.acked;
+                route.acked = route.acked.max(seq);
+                if behind {
                     tracing::warn!(
                         master = seq,
-                        minion = self.acked,
+                        minion = route.acked,
                         "the master has stored less than it acknowledged before (was its store restored?); sending again what the outbox still holds"
                     );
                 }
                 if replay {
                     self.settle_drops(seq).await;
                 }
-                if replay || seq < self.acked {
-                    self.next_send = seq + 1;
+                let acked = self.acked;
+                let route = &mut self.routes[master];
+                if replay || behind {
+                    route.next_send = seq + 1;
                     self.last_progress = Instant::now();
                 } else {
-                    self.next_send = self.next_send.max(self.acked + 1);
+                    route.next_send = route.next_send.max(acked + 1);
                 }
             }
         }
@@ -241,10 +327,16 @@ impl Publisher {
         }
         let count = batch.len();
         let outbox = self.outbox.clone();
-        let bus = self.bus.clone();
         let metrics = self.metrics.clone();
-        let live = self.connected && self.next_send + batch.len() as u64 <= self.acked + WINDOW;
-        let next_send = self.next_send;
+        // The masters this batch may go to straight away: connected, and
+        // with room in the window.
+        let live: Vec<(usize, u64, Arc<MinionBus>)> = self
+            .routes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.connected && r.next_send + count as u64 <= self.acked + WINDOW)
+            .map(|(i, r)| (i, r.next_send, r.bus.clone()))
+            .collect();
         let result = tokio::task::spawn_blocking(move || {
             let mut ob = outbox.lock().expect("outbox lock");
             let first = ob.next_seq();
@@ -256,27 +348,35 @@ impl Publisher {
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             let (oldest, announced, next) = (ob.oldest(), ob.announced_oldest(), ob.next_seq());
             drop(ob);
-            // Caught up: these are exactly the next events to send.
-            let sent = live
-                && first == next_send
-                && bus
-                    .publish(&EventBatch {
-                        events: batch,
-                        oldest_seq: announced,
-                    })
-                    .is_ok();
+            // Caught up: these are exactly the next events to send, to
+            // each master that is caught up.
+            let mut sent = Vec::new();
+            if live.iter().any(|(_, next_send, _)| *next_send == first) {
+                let encoded = EventBatch {
+                    events: batch,
+                    oldest_seq: announced,
+                }
+                .encode_to_vec();
+                for (i, next_send, bus) in &live {
+                    if *next_send == first && bus.publish_encoded(&encoded).is_ok() {
+                        sent.push(*i);
+                    }
+                }
+            }
             Ok((oldest, announced, next, sent))
         })
         .await
         .unwrap_or_else(|e| Err(AppendError::from(std::io::Error::other(e))));
         match result {
             Ok((oldest, announced, next, sent)) => {
-                self.bus.set_outbox_bounds(announced, next);
-                if sent {
-                    self.next_send = next;
+                for i in sent {
+                    self.routes[i].next_send = next;
                 }
-                // Events dropped from a full outbox are never sent.
-                self.next_send = self.next_send.max(oldest);
+                for r in &mut self.routes {
+                    r.bus.set_outbox_bounds(announced, next);
+                    // Events dropped from a full outbox are never sent.
+                    r.next_send = r.next_send.max(oldest);
+                }
                 Ok(next)
             }
             Err(e) => {
@@ -319,11 +419,25 @@ impl Publisher {
         }
     }
 
-    /// Publishes from `next_send` while connected and inside the window.
+    /// Publishes to each connected master from its `next_send`, inside the
+    /// window. Masters at the same place share one read and one encoding.
     async fn catch_up(&mut self) {
-        while self.connected && self.next_send <= self.acked + WINDOW {
-            let from = self.next_send;
-            let max = (self.acked + WINDOW + 1 - from).min(BATCH_EVENTS as u64) as usize;
+        // Masters whose socket refused a batch: tried again next time.
+        let mut stalled = vec![false; self.routes.len()];
+        loop {
+            let limit = self.acked + WINDOW;
+            let due = |r: &Route, stalled: bool| r.connected && !stalled && r.next_send <= limit;
+            let Some(from) = self
+                .routes
+                .iter()
+                .zip(&stalled)
+                .filter(|(r, s)| due(r, **s))
+                .map(|(r, _)| r.next_send)
+                .min()
+            else {
+                return;
+            };
+            let max = (limit + 1 - from).min(BATCH_EVENTS as u64) as usize;
             let outbox = self.outbox.clone();
             let read = blocking(move || {
                 let mut ob = outbox.lock().expect("outbox lock");
@@ -338,20 +452,33 @@ impl Publisher {
                     return;
                 }
             };
-            let Some(last) = events.last().map(|e| e.seq) else {
+            let (Some(first), Some(last)) =
+                (events.first().map(|e| e.seq), events.last().map(|e| e.seq))
+            else {
                 return;
             };
-            let batch = EventBatch {
+            let encoded = EventBatch {
                 events,
                 oldest_seq: oldest,
-            };
-            if let Err(e) = self.bus.publish(&batch) {
-                // Not connected after all, or the socket queue is full: the
-                // events stay in the outbox for the next try.
-                tracing::debug!(error = %e, "publish deferred");
-                return;
             }
-            self.next_send = last + 1;
+            .encode_to_vec();
+            // Every master due from `from` up to `first` needs exactly this
+            // batch: the outbox holds nothing between.
+            for (r, stalled) in self.routes.iter_mut().zip(stalled.iter_mut()) {
+                if !due(r, *stalled) || r.next_send > first {
+                    continue;
+                }
+                match r.bus.publish_encoded(&encoded) {
+                    Ok(()) => r.next_send = last + 1,
+                    Err(e) => {
+                        // Not connected after all, or the socket queue is
+                        // full: the events stay in the outbox for the next
+                        // try.
+                        tracing::debug!(error = %e, "publish deferred");
+                        *stalled = true;
+                    }
+                }
+            }
         }
     }
 }

@@ -193,7 +193,13 @@ impl MinionBus {
             sealed: control_rx,
             clear: clear_rx,
         };
-        let task = tokio::spawn(run_session(shared.clone(), dealer.clone(), inbox));
+        // Every line the session task logs names its master: a minion may
+        // keep sessions with several.
+        let span = tracing::info_span!("master", at = %cfg.command_endpoint);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            run_session(shared.clone(), dealer.clone(), inbox),
+            span,
+        ));
         Ok((
             Self {
                 shared,
@@ -238,13 +244,22 @@ impl MinionBus {
 
     /// Publishes a batch of events on the current session.
     pub fn publish(&self, batch: &EventBatch) -> Result<(), BusError> {
+        self.publish_encoded(&batch.encode_to_vec())
+    }
+
+    /// Publishes an encoded [`EventBatch`] on the current session (one
+    /// encoding for every master a minion publishes to).
+    pub fn publish_encoded(&self, batch: &[u8]) -> Result<(), BusError> {
         let session = self.current()?;
-        let frame = session.seal(Channel::Events, &batch.encode_to_vec());
+        let frame = session.seal(Channel::Events, batch);
         if self.shared.reopen_events.swap(false, Ordering::Relaxed) {
             let fresh = open_events(&self.ctx, &self.shared)?;
             let old =
                 std::mem::replace(&mut *self.publisher.write().expect("publisher lock"), fresh);
-            tracing::info!("event connection reopened after the session came back");
+            tracing::info!(
+                master = %self.shared.cfg.command_endpoint,
+                "event connection reopened after the session came back"
+            );
             drop(old); // closes the old connection
         }
         self.publisher

@@ -125,7 +125,7 @@ fn the_minion_names_the_file_the_beacon_and_the_key() {
 #[test]
 fn the_example_and_container_configs_are_valid() {
     let top = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for dir in ["configs", "deploy/container"] {
+    for dir in ["configs", "deploy/container", "deploy/container/ha"] {
         for (program, file) in [
             ("tend-master", "master.toml"),
             ("tend-minion", "minion.toml"),
@@ -146,6 +146,18 @@ fn the_example_and_container_configs_are_valid() {
         assert!(compose.contains(service), "compose.yaml has {service}");
     }
     assert!(compose.contains("dockerfile: deploy/Dockerfile"));
+    // The same for several masters on PostgreSQL (docs/ha.md).
+    let ha = std::fs::read_to_string(top.join("deploy/compose-ha.yaml")).unwrap();
+    for service in [
+        "  postgres:",
+        "  master1:",
+        "  master2:",
+        "  master3:",
+        "  web1:",
+    ] {
+        assert!(ha.contains(service), "compose-ha.yaml has {service}");
+    }
+    assert!(ha.contains("/etc/tend/ha/master.toml") && ha.contains("/etc/tend/ha/minion.toml"));
 }
 
 #[test]

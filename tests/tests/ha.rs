@@ -572,3 +572,274 @@ fn a_count_within_window_spread_over_two_masters_and_a_takeover_fires_as_on_one(
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(alerts(&a), 1, "fired once, seen the same on both");
 }
+
+/// Check 1: three masters on one database, five minions each with a
+/// session to all three, a steady stream of events and a restore rule.
+/// The master running the reactor is killed -9, then another, and both
+/// come back. Every event the minions produced is stored exactly once,
+/// every hand edit made meanwhile is restored, and each edit made exactly
+/// one job (an apply in flight on a killed master is finished by another
+/// under its own id).
+#[test]
+fn three_masters_two_killed_every_event_once_every_edit_restored_by_one_job() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    const MINIONS: usize = 5;
+    let db = pg::database();
+    let tmp = tempfile::tempdir().unwrap();
+    let files: Vec<_> = (0..MINIONS)
+        .map(|i| tmp.path().join(format!("m{i}.motd")))
+        .collect();
+    let mut masters: Vec<Master> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            let m = Master::new(&tmp.path().join(n), &store_section(&db.url));
+            for (i, f) in files.iter().enumerate() {
+                m.state_file(
+                    &format!("motd{i}.toml"),
+                    &format!(
+                        "[motd{i}]\ntype = \"file.managed\"\npath = {:?}\ncontents = \"managed\\n\"\n",
+                        f.display()
+                    ),
+                );
+                m.rule_file(
+                    &format!("restore{i}.toml"),
+                    &format!(
+                        "[[rule]]\nname = \"restore{i}\"\non = \"minion/m{i}/beacon/motd/*\"\n[[rule.action]]\napply = [\"motd{i}\"]\n"
+                    ),
+                );
+            }
+            m
+        })
+        .collect();
+    for m in &mut masters {
+        m.start();
+    }
+    let mut minions: Vec<Minion> = (0..MINIONS)
+        .map(|i| {
+            let refs: Vec<&Master> = masters.iter().collect();
+            let mut m = Minion::with_masters(
+                &tmp.path().join(format!("m{i}")),
+                &format!("m{i}"),
+                &refs,
+                &format!(
+                    "[[beacon]]\nname = \"motd\"\ntype = \"file\"\npaths = [{:?}]\n",
+                    files[i].display()
+                ),
+            );
+            m.start();
+            m
+        })
+        .collect();
+    for (i, f) in files.iter().enumerate() {
+        for m in &masters {
+            m.wait_connected(&format!("m{i}"));
+        }
+        masters[0].expect(&["apply", &format!("m{i}"), &format!("motd{i}")], 0);
+        assert_eq!(std::fs::read_to_string(f).unwrap(), "managed\n");
+    }
+    let jobs_of = |db: &mut postgres::Client, rule: &str| -> i64 {
+        db.query("SELECT job FROM tend_jobs WHERE finished_us > 0", &[])
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                let job =
+                    <tend_proto::v1::Job as prost::Message>::decode(r.get::<_, &[u8]>(0)).unwrap();
+                job.rule == rule && matches!(job.status.as_str(), "ok" | "changed")
+            })
+            .count() as i64
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent: Vec<Arc<AtomicU64>> = (0..MINIONS).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let edits: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(vec![0; MINIONS]));
+    let started = std::time::Instant::now();
+    let mut threads = Vec::new();
+    for i in 0..MINIONS {
+        // The stream.
+        let (halt, sent, cfg) = (
+            stop.clone(),
+            sent[i].clone(),
+            minions[i].dir.join("minion.toml"),
+        );
+        threads.push(std::thread::spawn(move || {
+            while !halt.load(Ordering::Relaxed) {
+                let out = std::process::Command::new(tend_e2e::bin("tend-minion"))
+                    .arg("--config")
+                    .arg(&cfg)
+                    .args(["send", "load", "{}", "--count", "100"])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{}", tend_e2e::stderr(&out));
+                sent.fetch_add(100, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }));
+        // The hand edits, one at a time: each restored, and by one job.
+        let (halt, edits, file, url) = (
+            stop.clone(),
+            edits.clone(),
+            files[i].clone(),
+            db.url.clone(),
+        );
+        threads.push(std::thread::spawn(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let rule = format!("restore{i}");
+            let mut n = 0u64;
+            while !halt.load(Ordering::Relaxed) {
+                std::fs::write(&file, format!("edit {n}\n")).unwrap();
+                n += 1;
+                edits.lock().unwrap()[i] = n;
+                wait_until(
+                    Duration::from_secs(40),
+                    &format!("m{i}'s edit {n} restored"),
+                    || (std::fs::read_to_string(&file).ok()? == "managed\n").then_some(()),
+                );
+                wait_until(
+                    Duration::from_secs(40),
+                    &format!("m{i}'s edit {n}: one job"),
+                    || {
+                        let done = jobs_of(&mut c, &rule);
+                        assert!(done <= n as i64, "m{i}: {done} restore jobs for {n} edits");
+                        (done == n as i64).then_some(())
+                    },
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }));
+    }
+    // The reactor's master dies, then another; both come back after
+    // their lease is over.
+    std::thread::sleep(Duration::from_secs(2));
+    let leader = (0..3)
+        .find(|&i| counter(&masters[i], "reactor_leader") == 1)
+        .expect("a master runs the reactor");
+    masters[leader].daemon().kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    let second = (leader + 1) % 3;
+    masters[second].daemon().kill9();
+    std::thread::sleep(Duration::from_secs(7));
+    masters[leader].start();
+    masters[second].start();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let elapsed = started.elapsed();
+    let total: u64 = sent.iter().map(|s| s.load(Ordering::Relaxed)).sum();
+    let rate = total as f64 / elapsed.as_secs_f64();
+    let taken: usize = masters
+        .iter_mut()
+        .map(|m| m.daemon().log_text().matches("is finished here").count())
+        .sum();
+    eprintln!(
+        "{total} events in {elapsed:?} ({rate:.0}/s), edits {:?}, applies finished by another master: {taken}",
+        edits.lock().unwrap()
+    );
+    assert!(
+        rate >= 2000.0,
+        "a steady stream of at least 2,000 events/s: {rate:.0}"
+    );
+    let mut c = db.client();
+    for (i, sent) in sent.iter().enumerate() {
+        let minion = format!("m{i}");
+        let want = sent.load(Ordering::Relaxed) as i64;
+        let (n, distinct): (i64, i64) = wait_until(
+            Duration::from_secs(60),
+            &format!("{minion}'s {want} events stored"),
+            || {
+                let r = c
+                    .query_one(
+                        "SELECT count(*), count(DISTINCT seq) FROM tend_events
+                         WHERE minion = $1 AND tag = $2",
+                        &[&minion, &format!("minion/{minion}/event/load")],
+                    )
+                    .ok()?;
+                let (n, d): (i64, i64) = (r.get(0), r.get(1));
+                (n >= want).then_some((n, d))
+            },
+        );
+        assert_eq!((n, distinct), (want, want), "{minion}: every event once");
+    }
+    let edits = edits.lock().unwrap().clone();
+    for (i, n) in edits.iter().enumerate() {
+        assert!(*n >= 3, "m{i} was edited during the kills ({n})");
+        assert_eq!(
+            jobs_of(&mut c, &format!("restore{i}")),
+            *n as i64,
+            "m{i}: one job per edit"
+        );
+    }
+    drop(minions.drain(..));
+}
+
+/// Check 3: a rule's apply whose master is killed -9 while the minion runs
+/// it is finished by another master (sent again under its own id once the
+/// dead master's lease is over; the minion answers with the first run's
+/// result), so it ends `ok`/`changed`, and the state ran once.
+#[test]
+fn a_rules_apply_whose_master_dies_mid_apply_is_finished_by_another_and_runs_once() {
+    let db = pg::database();
+    let tmp = tempfile::tempdir().unwrap();
+    let ran = tmp.path().join("ran.log");
+    let setup = |name: &str| {
+        let m = Master::new(&tmp.path().join(name), &store_section(&db.url));
+        m.state_file(
+            "slow.toml",
+            &format!(
+                "[slow]\ntype = \"cmd.run\"\ncommand = [\"sh\", \"-c\", \"echo ran >> {}; sleep 3\"]\n",
+                ran.display()
+            ),
+        );
+        m.rule_file(
+            "go.toml",
+            "[[rule]]\nname = \"go\"\non = \"minion/*/event/go\"\n[[rule.action]]\napply = [\"slow\"]\n",
+        );
+        m
+    };
+    let mut a = setup("a");
+    a.start();
+    wait_until(Duration::from_secs(10), "a to run the reactor", || {
+        (counter(&a, "reactor_leader") == 1).then_some(())
+    });
+    let mut b = setup("b");
+    b.start();
+    let mut minion = Minion::with_masters(&tmp.path().join("m1"), "m1", &[&a, &b], "");
+    minion.start();
+    a.wait_connected("m1");
+    b.wait_connected("m1");
+    assert!(minion.send("go", 1).status.success());
+    let mut c = db.client();
+    let job_of = |c: &mut postgres::Client| -> Option<tend_proto::v1::Job> {
+        c.query("SELECT job FROM tend_jobs", &[])
+            .ok()?
+            .iter()
+            .map(|r| <tend_proto::v1::Job as prost::Message>::decode(r.get::<_, &[u8]>(0)).unwrap())
+            .find(|j| j.rule == "go")
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "the apply running on the minion",
+        || (std::fs::read_to_string(&ran).ok()?.lines().count() == 1).then_some(()),
+    );
+    a.daemon().kill9();
+    let killed = std::time::Instant::now();
+    let job = wait_until(Duration::from_secs(30), "the job finished by b", || {
+        job_of(&mut c).filter(|j| j.finished_us > 0)
+    });
+    assert!(
+        matches!(job.status.as_str(), "ok" | "changed"),
+        "finished, not interrupted: {job:?}"
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ran).unwrap().lines().count(),
+        1,
+        "the state ran once on the minion"
+    );
+    assert!(b.daemon().log_text().contains("is finished here"));
+}

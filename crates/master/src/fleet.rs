@@ -10,6 +10,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tend_bus::{KeyStore, MasterBus};
+use tend_proto::v1::Job;
 use tend_proto::v1::PeerKind;
 use tend_store::KeyChange;
 
@@ -30,6 +31,9 @@ pub struct Fleet {
     pub stats: Arc<Stats>,
     pub keys: Arc<KeyStore>,
     pub bus: Arc<MasterBus>,
+    /// To finish the rule applies of a master that died.
+    pub jobs: Arc<crate::jobs::Jobs>,
+    pub rt: tokio::runtime::Handle,
 }
 
 /// Starts the thread; it ends when `storage` goes.
@@ -50,7 +54,10 @@ fn run(storage: Weak<Storage>, fleet: Fleet) {
         stats,
         keys,
         bus,
+        jobs,
+        rt,
     } = fleet;
+    let _rt = rt.enter();
     let mut alive_at = Instant::now() - ALIVE_EVERY;
     loop {
         let Some(storage) = storage.upgrade() else {
@@ -59,6 +66,14 @@ fn run(storage: Weak<Storage>, fleet: Fleet) {
         let backend = storage.backend();
         if alive_at.elapsed() >= ALIVE_EVERY {
             alive_at = Instant::now();
+            match backend.take_over_jobs() {
+                Ok(taken) => {
+                    for job in taken {
+                        finish(&jobs, job);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot take over a silent master's jobs"),
+            }
             match backend.keep_alive() {
                 Ok(jobs) => {
                     for job in &jobs {
@@ -140,4 +155,27 @@ fn apply_key_change(keys: &KeyStore, bus: &MasterBus, c: &KeyChange) {
             tracing::warn!(action = %c.action, name = %c.name, error = %e, "a key decision made through another master does not apply here")
         }
     }
+}
+
+/// Sends again a rule's apply whose master died, under its own id: the
+/// minion that already ran it answers with that run's result, one that
+/// did not runs it now. The trigger is rebuilt from the job (its tag,
+/// minion and seq; not its data).
+fn finish(jobs: &Arc<crate::jobs::Jobs>, job: Job) {
+    tracing::warn!(job = job.id, minion = %job.target, rule = %job.rule, "a rule's apply whose master stopped answering is finished here");
+    let trigger = tend_proto::v1::Event {
+        minion: job.trigger_minion.clone(),
+        seq: job.trigger_seq,
+        tag: job.trigger_tag.clone(),
+        time_us: job.created_us,
+        ..Default::default()
+    };
+    jobs.enqueue(
+        (job.target.clone(), job.states.clone(), job.test),
+        crate::jobs::Trigger {
+            rule: job.rule.as_str().into(),
+            event: trigger,
+            job,
+        },
+    );
 }

@@ -155,7 +155,7 @@ impl Master {
             storage: storage.clone(),
             stats: stats.clone(),
             recovery,
-            jobs,
+            jobs: jobs.clone(),
             targets,
             actions: actions.clone(),
         });
@@ -176,6 +176,8 @@ impl Master {
                     stats: stats.clone(),
                     keys: keys.clone(),
                     bus: bus.clone(),
+                    jobs: jobs.clone(),
+                    rt: tokio::runtime::Handle::current(),
                 },
             );
         }

@@ -65,6 +65,13 @@ pub trait Backend: Send + Sync + 'static {
     fn keep_alive(&self) -> Result<Vec<Job>, StoreError> {
         Ok(Vec::new())
     }
+    /// Claims the unfinished rule applies of masters gone silent past
+    /// their lease, for this master to finish (the minion applies a job id
+    /// once: sent again, it answers with the first run's result). Called
+    /// before [`keep_alive`](Self::keep_alive), which interrupts the rest.
+    fn take_over_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        Ok(Vec::new())
+    }
     /// Whether other masters share this store (their events, jobs and
     /// reactor lease).
     fn shared(&self) -> bool {

@@ -587,6 +587,35 @@ impl Backend for PgStore {
         Ok(out)
     }
 
+    fn take_over_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction()?;
+        heartbeat(&mut tx, &self.owner)?;
+        let stale = now_us() - MASTER_LEASE.as_micros() as i64;
+        let rows = tx.query(
+            "SELECT id, job FROM tend_jobs j WHERE finished_us = 0 AND owner <> $1 AND owner <> ''
+               AND NOT EXISTS (SELECT 1 FROM tend_masters m WHERE m.owner = j.owner AND m.seen_us >= $2)
+             ORDER BY id FOR UPDATE SKIP LOCKED",
+            &[&self.owner, &stale],
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            let id: i64 = r.get(0);
+            let job: Job = decode("tend_jobs", id, r.get::<_, &[u8]>(1))?;
+            // A rule's apply to one minion can be sent again; the rest
+            // (runs, operators' applies whose caller is gone) are ended.
+            if job.kind == "apply" && !job.rule.is_empty() && !job.target.contains([',', '*']) {
+                tx.execute(
+                    "UPDATE tend_jobs SET owner = $1 WHERE id = $2",
+                    &[&self.owner, &id],
+                )?;
+                out.push(job);
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
     fn keep_alive(&self) -> Result<Vec<Job>, StoreError> {
         let mut c = self.conn()?;
         let mut tx = c.transaction()?;

@@ -843,3 +843,44 @@ fn a_rules_apply_whose_master_dies_mid_apply_is_finished_by_another_and_runs_onc
     );
     assert!(b.daemon().log_text().contains("is finished here"));
 }
+
+/// Check 4's presence: a minion with a session to two masters sharing a
+/// database is `up` once for the fleet; one master going away is no
+/// `down` (the other still hears it); the minion stopping is one `down`.
+#[test]
+fn presence_is_the_fleets_up_once_and_down_only_when_no_master_hears_the_minion() {
+    let db = pg::database();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Master::new(&tmp.path().join("a"), &store_section(&db.url));
+    a.start();
+    let mut b = Master::new(&tmp.path().join("b"), &store_section(&db.url));
+    b.start();
+    let mut minion = Minion::with_masters(&tmp.path().join("m1"), "m1", &[&a, &b], "");
+    minion.start();
+    a.wait_connected("m1");
+    b.wait_connected("m1");
+    let count = |tag: &str| a.events(&["--tag", tag]).len();
+    // Both sessions are up and the other master's event would be stored
+    // by now (NOTIFY): one up.
+    assert!(minion.send("probe", 1).status.success());
+    wait_until(Duration::from_secs(10), "the probe on a", || {
+        (count("minion/m1/event/probe") == 1).then_some(())
+    });
+    assert_eq!(count("minion/m1/up"), 1, "up once for the fleet");
+    b.daemon().stop();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(count("minion/m1/down"), 0, "a still hears m1: no down");
+    b.start();
+    b.wait_connected("m1");
+    minion.daemon().stop();
+    wait_until(Duration::from_secs(20), "m1 down", || {
+        (count("minion/m1/down") >= 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        count("minion/m1/down"),
+        1,
+        "down once, when no master hears it"
+    );
+    assert_eq!(count("minion/m1/up"), 1, "b coming back is no second up");
+}

@@ -521,7 +521,7 @@ fn a_count_within_window_spread_over_two_masters_and_a_takeover_fires_as_on_one(
     let mut a = Master::new(&tmp.path().join("a"), &store_section(&db.url));
     a.rule_file("brute.toml", rule);
     a.start();
-    wait_until(Duration::from_secs(10), "a to run the reactor", || {
+    wait_until(Duration::from_secs(30), "a to run the reactor", || {
         (counter(&a, "reactor_leader") == 1).then_some(())
     });
     let mut b = Master::new(&tmp.path().join("b"), &store_section(&db.url));
@@ -535,12 +535,12 @@ fn a_count_within_window_spread_over_two_masters_and_a_takeover_fires_as_on_one(
     minion.start();
     a.wait_connected("m1");
     assert!(minion.send("login", 2).status.success());
-    wait_until(Duration::from_secs(10), "2 logins stored", || {
+    wait_until(Duration::from_secs(30), "2 logins stored", || {
         (logins(&b) == 2).then_some(())
     });
     // The reactor's master dies; b takes over.
     a.daemon().kill9();
-    wait_until(Duration::from_secs(10), "b to run the reactor", || {
+    wait_until(Duration::from_secs(30), "b to run the reactor", || {
         (counter(&b, "reactor_leader") == 1).then_some(())
     });
     // Through b: two more (four in the window): nothing.
@@ -550,11 +550,11 @@ fn a_count_within_window_spread_over_two_masters_and_a_takeover_fires_as_on_one(
     minion.start();
     b.wait_connected("m1");
     assert!(minion.send("login", 2).status.success());
-    wait_until(Duration::from_secs(10), "4 logins stored", || {
+    wait_until(Duration::from_secs(30), "4 logins stored", || {
         (logins(&b) == 4).then_some(())
     });
     // Evaluated: the reactor's backlog on b is empty.
-    wait_until(Duration::from_secs(10), "b's reactor to catch up", || {
+    wait_until(Duration::from_secs(30), "b's reactor to catch up", || {
         (counter(&b, "reactor_queue") == 0).then_some(())
     });
     assert_eq!(alerts(&b), 0, "four in the window must not fire");
@@ -566,7 +566,7 @@ fn a_count_within_window_spread_over_two_masters_and_a_takeover_fires_as_on_one(
     minion.start();
     a.wait_connected("m1");
     assert!(minion.send("login", 1).status.success());
-    wait_until(Duration::from_secs(10), "the alert", || {
+    wait_until(Duration::from_secs(30), "the alert", || {
         (alerts(&b) == 1).then_some(())
     });
     std::thread::sleep(Duration::from_millis(500));

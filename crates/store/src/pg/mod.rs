@@ -34,6 +34,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("schema_2.sql")),
     (3, include_str!("schema_3.sql")),
     (4, include_str!("schema_4.sql")),
+    (5, include_str!("schema_5.sql")),
 ];
 
 /// An arbitrary constant: the advisory lock masters take to migrate.

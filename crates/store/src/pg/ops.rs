@@ -856,14 +856,9 @@ impl PgStore {
             .isolation_level(postgres::IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()?;
-        let cursor = match tx.query_opt(
-            "SELECT value FROM tend_meta WHERE key = 'reactor_cursor'",
-            &[],
-        )? {
-            Some(r) => un(r.get(0)),
-            // A new database: the reactor starts at what is stored now.
-            None => meta(&mut tx, "next_event")?.saturating_sub(1),
-        };
+        // Every event stored is evaluated once: from the first, in a new
+        // database (the row is made with the schema).
+        let cursor = meta(&mut tx, "reactor_cursor")?;
         let commit = meta(&mut tx, &self.commit_key())?;
         let states = tx
             .query("SELECT key, state FROM tend_reactor ORDER BY key", &[])?

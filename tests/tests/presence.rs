@@ -9,11 +9,15 @@ use serde_json::Value;
 use tend_e2e::{Master, Minion, wait_until};
 
 fn minion_row(master: &Master, id: &str) -> Value {
+    find_minion(master, id).unwrap_or_else(|| panic!("{id} is not in `tend minions`"))
+}
+
+/// The minion's row, if `tend minions` lists it yet.
+fn find_minion(master: &Master, id: &str) -> Option<Value> {
     master
         .tend_json(&["minions"])
         .into_iter()
         .find(|m| m["id"] == id)
-        .unwrap_or_else(|| panic!("{id} is not in `tend minions`"))
 }
 
 #[test]
@@ -23,8 +27,9 @@ fn an_accepted_minion_is_connected_at_once() {
     master.start();
     let mut minion = Minion::new(&dir.path().join("web1"), "web1", &master, "");
     minion.start();
+    // (Not listed at all until its first hello is heard.)
     wait_until(Duration::from_secs(20), "web1's key to be pending", || {
-        (minion_row(&master, "web1")["key"] == "pending").then_some(())
+        (find_minion(&master, "web1")?["key"] == "pending").then_some(())
     });
     // Its first try was refused: from here it waits on its next one (2 to
     // 3 s) unless the master welcomes it when the key is accepted.

@@ -79,6 +79,55 @@ impl EventFilter {
     }
 }
 
+/// Takes one minion's events in seq order after `seen` (the highest
+/// contiguous seq stored): returns those to store and moves `seen` past
+/// them, past the seqs the bus refused, and past what the minion no longer
+/// holds (counted as lost); counts duplicates, and records a gap (an event
+/// past one missing) to replay from. Both backends store through it.
+pub(crate) fn admit(
+    minion: &str,
+    incoming: Incoming,
+    seen: &mut u64,
+    out: &mut Appended,
+) -> Vec<Event> {
+    // Seqs and `oldest` are the minion's word: no `seen + 1`, which
+    // overflows once a minion has sent u64::MAX.
+    if incoming.oldest.saturating_sub(1) > *seen {
+        let lost = out.lost.entry(minion.to_string()).or_default();
+        *lost = lost.saturating_add(incoming.oldest - 1 - *seen);
+        *seen = incoming.oldest - 1;
+    }
+    let mut refused = incoming.refused;
+    refused.sort_unstable();
+    let mut refused = refused.into_iter().peekable();
+    let mut skip_refused = |seen: &mut u64| {
+        while let Some(&r) = refused.peek() {
+            if r <= *seen {
+                refused.next();
+            } else if Some(r) == seen.checked_add(1) {
+                *seen = r;
+                refused.next();
+            } else {
+                break;
+            }
+        }
+    };
+    let mut keep = Vec::new();
+    for event in incoming.events {
+        skip_refused(seen);
+        if event.seq <= *seen {
+            out.duplicates += 1;
+        } else if Some(event.seq) == seen.checked_add(1) {
+            *seen = event.seq;
+            keep.push(event);
+        } else {
+            out.gaps.insert(minion.to_string(), *seen);
+        }
+    }
+    skip_refused(seen);
+    keep
+}
+
 impl Store {
     /// Stores a batch of events from minions, in one durable transaction,
     /// dropping those already stored. Events are taken strictly in seq
@@ -111,45 +160,14 @@ impl Store {
                 Ok(())
             };
             for incoming in batch {
-                let minion = incoming.minion;
+                let minion = incoming.minion.clone();
                 let mut seen = match acked.get(&minion) {
                     Some(s) => *s,
                     None => acked_table.get(minion.as_str())?.map_or(0, |v| v.value()),
                 };
-                // Seqs and `oldest` are the minion's word: no `seen + 1`,
-                // which overflows once a minion has sent u64::MAX.
-                if incoming.oldest.saturating_sub(1) > seen {
-                    let lost = out.lost.entry(minion.clone()).or_default();
-                    *lost = lost.saturating_add(incoming.oldest - 1 - seen);
-                    seen = incoming.oldest - 1;
+                for event in admit(&minion, incoming, &mut seen, &mut out) {
+                    store(event, &mut out)?;
                 }
-                let mut refused = incoming.refused;
-                refused.sort_unstable();
-                let mut refused = refused.into_iter().peekable();
-                let mut skip_refused = |seen: &mut u64| {
-                    while let Some(&r) = refused.peek() {
-                        if r <= *seen {
-                            refused.next();
-                        } else if Some(r) == seen.checked_add(1) {
-                            *seen = r;
-                            refused.next();
-                        } else {
-                            break;
-                        }
-                    }
-                };
-                for event in incoming.events {
-                    skip_refused(&mut seen);
-                    if event.seq <= seen {
-                        out.duplicates += 1;
-                    } else if Some(event.seq) == seen.checked_add(1) {
-                        seen = event.seq;
-                        store(event, &mut out)?;
-                    } else {
-                        out.gaps.insert(minion.clone(), seen);
-                    }
-                }
-                skip_refused(&mut seen);
                 acked.insert(minion, seen);
             }
             let mut meta = tx.open_table(META)?;

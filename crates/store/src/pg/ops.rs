@@ -262,45 +262,21 @@ impl Backend for PgStore {
         let mut keep: Vec<Event> = Vec::new();
         let mut acked: HashMap<String, u64> = HashMap::new();
         for incoming in batch {
-            let minion = incoming.minion;
+            let minion = incoming.minion.clone();
             let mut seen = match acked.get(&minion) {
                 Some(s) => *s,
                 None => tx
                     .query_opt("SELECT seq FROM tend_acked WHERE minion = $1", &[&minion])?
                     .map_or(0, |r| un(r.get(0))),
             };
-            if incoming.oldest.saturating_sub(1) > seen {
-                let lost = out.lost.entry(minion.clone()).or_default();
-                *lost = lost.saturating_add(incoming.oldest - 1 - seen);
-                seen = incoming.oldest - 1;
+            // Seqs past a bigint are never stored (a gap, as a missing one).
+            let mut taken = crate::events::admit(&minion, incoming, &mut seen, &mut out);
+            if let Some(i) = taken.iter().position(|e| e.seq > i64::MAX as u64) {
+                seen = taken[i].seq - 1;
+                out.gaps.insert(minion.clone(), seen);
+                taken.truncate(i);
             }
-            let mut refused = incoming.refused;
-            refused.sort_unstable();
-            let mut refused = refused.into_iter().peekable();
-            let mut skip_refused = |seen: &mut u64| {
-                while let Some(&r) = refused.peek() {
-                    if r <= *seen {
-                        refused.next();
-                    } else if Some(r) == seen.checked_add(1) {
-                        *seen = r;
-                        refused.next();
-                    } else {
-                        break;
-                    }
-                }
-            };
-            for event in incoming.events {
-                skip_refused(&mut seen);
-                if event.seq <= seen {
-                    out.duplicates += 1;
-                } else if Some(event.seq) == seen.checked_add(1) && event.seq <= i64::MAX as u64 {
-                    seen = event.seq;
-                    keep.push(event);
-                } else {
-                    out.gaps.insert(minion.clone(), seen);
-                }
-            }
-            skip_refused(&mut seen);
+            keep.extend(taken);
             acked.insert(minion, seen);
         }
         let key = self.local_key();

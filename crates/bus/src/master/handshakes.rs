@@ -102,13 +102,7 @@ impl Shared {
                     }
                     return Some(frame);
                 }
-                Some(self.open_session(
-                    authed.kind,
-                    &authed.name,
-                    authed.key,
-                    authed.session,
-                    route,
-                ))
+                self.open_session(authed.kind, &authed.name, authed.key, authed.session, route)
             }
             _ => {
                 BusStats::refuse(
@@ -123,6 +117,11 @@ impl Shared {
 
     /// Opens a session for a peer whose key is accepted, replacing the
     /// minion's earlier one, and returns the sealed Welcome to send it.
+    /// None (nothing sent: the peer tries again, and is refused then) when
+    /// the key stopped being accepted since it was checked: an operator's
+    /// reject or delete, whose revoke ran before this session was in the
+    /// table to be closed (review 5). The check is made under the sessions
+    /// lock, which revoke takes after the key store has changed.
     pub(super) fn open_session(
         &self,
         kind: PeerKind,
@@ -130,7 +129,7 @@ impl Shared {
         key: [u8; 32],
         session: Session,
         route: &[u8],
-    ) -> Vec<u8> {
+    ) -> Option<Vec<u8>> {
         let id = session.id;
         let ps = Arc::new(PeerSession {
             session: Arc::new(session),
@@ -149,6 +148,11 @@ impl Shared {
         let frame = ps.session.seal(Channel::Down, &welcome.encode_to_vec());
         {
             let mut sessions = self.sessions.write().expect("sessions lock");
+            if !self.keys.is_accepted(kind, name, &key) {
+                drop(sessions);
+                tracing::warn!(kind = kind_name(kind), %name, "a key rejected or deleted while its handshake ran: no session");
+                return None;
+            }
             if kind == PeerKind::Minion
                 && let Some(old) = sessions.minions.insert(name.to_string(), id)
             {
@@ -160,6 +164,6 @@ impl Shared {
         self.known_keys.write().expect("keys lock").insert(key);
         let fp = crate::identity::fingerprint(&key);
         tracing::info!(kind = kind_name(kind), %name, session = id, fingerprint = %fp, "session opened");
-        frame
+        Some(frame)
     }
 }

@@ -93,7 +93,9 @@ impl Shared {
         let Some(w) = waiting else {
             return;
         };
-        let welcome = self.open_session(kind, name, w.key, w.session, &w.route);
+        let Some(welcome) = self.open_session(kind, name, w.key, w.session, &w.route) else {
+            return;
+        };
         tracing::info!(minion = %name, "key accepted while the minion waited: welcomed at once");
         self.send(vec![w.route, welcome]);
     }

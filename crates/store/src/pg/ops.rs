@@ -861,46 +861,52 @@ impl PgStore {
         r: Reactions,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let mut tx = c.transaction()?;
-        let mut id = take_ids(&mut tx, r.events.len())?;
         set_meta(&mut tx, "reactor_cursor", r.cursor)?;
         set_meta(&mut tx, &self.commit_key(), r.commit)?;
         if r.clear_state {
             tx.execute("DELETE FROM tend_reactor", &[])?;
         }
+        // The groups' states, one statement for those set and one for
+        // those gone (a step under load changes thousands).
+        let (mut set_keys, mut set_states, mut gone) = (Vec::new(), Vec::new(), Vec::new());
         for (key, bytes) in &r.state {
             match bytes {
                 Some(b) => {
-                    tx.execute(
-                        "INSERT INTO tend_reactor (key, state) VALUES ($1, $2)
-                         ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state",
-                        &[&key.as_bytes(), b],
-                    )?;
+                    set_keys.push(key.as_bytes());
+                    set_states.push(b.as_slice());
                 }
-                None => {
-                    tx.execute(
-                        "DELETE FROM tend_reactor WHERE key = $1",
-                        &[&key.as_bytes()],
-                    )?;
-                }
+                None => gone.push(key.as_bytes()),
             }
         }
-        let stored_us = now_us();
-        let stored: Vec<StoredEvent> = r
-            .events
-            .into_iter()
-            .map(|event| {
-                let rec = StoredEvent {
+        if !gone.is_empty() {
+            tx.execute("DELETE FROM tend_reactor WHERE key = ANY($1)", &[&gone])?;
+        }
+        if !set_keys.is_empty() {
+            tx.execute(
+                "INSERT INTO tend_reactor (key, state)
+                 SELECT * FROM unnest($1::bytea[], $2::bytea[])
+                 ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state",
+                &[&set_keys, &set_states],
+            )?;
+        }
+        for job in &r.jobs {
+            write_job(&mut tx, job, &self.owner)?;
+        }
+        // The event-id lock last, and only for fired events: held from
+        // here to the commit, it holds up every master's appends.
+        let mut stored = Vec::with_capacity(r.events.len());
+        if !r.events.is_empty() {
+            let mut id = take_ids(&mut tx, r.events.len())?;
+            let stored_us = now_us();
+            for event in r.events {
+                stored.push(StoredEvent {
                     id,
                     stored_us,
                     event: Some(event),
-                };
+                });
                 id += 1;
-                rec
-            })
-            .collect();
-        insert_events(&mut tx, &stored)?;
-        for job in &r.jobs {
-            write_job(&mut tx, job, &self.owner)?;
+            }
+            insert_events(&mut tx, &stored)?;
         }
         tx.commit()?;
         Ok(stored)

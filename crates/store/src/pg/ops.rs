@@ -896,15 +896,14 @@ impl PgStore {
         // here to the commit, it holds up every master's appends.
         let mut stored = Vec::with_capacity(r.events.len());
         if !r.events.is_empty() {
-            let mut id = take_ids(&mut tx, r.events.len())?;
+            let first = take_ids(&mut tx, r.events.len())?;
             let stored_us = now_us();
-            for event in r.events {
+            for (id, event) in (first..).zip(r.events) {
                 stored.push(StoredEvent {
                     id,
                     stored_us,
                     event: Some(event),
                 });
-                id += 1;
             }
             insert_events(&mut tx, &stored)?;
         }

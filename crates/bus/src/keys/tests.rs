@@ -682,3 +682,36 @@ fn review5_denied_keys_taking_turns_do_not_rewrite_the_store_at_each_hello() {
         "100 hellos from two keys already denied rewrote (and synced) web1's denied file {rewrites} times"
     );
 }
+
+/// Review 6: the in-memory recency of denied keys (`denied_heard`) keeps
+/// an entry for every name whose denied keys were ever heard, also after
+/// the pending cap dropped the name and its denied file. Unauthenticated
+/// hellos (two fresh keys per fresh name) grow it without bound, while the
+/// files on disk stay within the cap.
+#[test]
+#[ignore = "review6: denied_heard grows by one entry per fresh name, past the pending cap, never pruned"]
+fn review6_denied_recency_in_memory_is_bounded_like_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = KeyStore::open(dir.path(), false, vec![])
+        .unwrap()
+        .with_max_pending(4);
+    let m = PeerKind::Minion;
+    for i in 0..2000u32 {
+        let name = format!("squat{i}");
+        let mut a = [0u8; 32];
+        a[..4].copy_from_slice(&i.to_be_bytes());
+        let mut b = a;
+        b[31] = 1;
+        assert_eq!(s.check(m, &name, &a), KeyState::Pending);
+        assert_eq!(s.check(m, &name, &b), KeyState::Denied);
+    }
+    let on_disk = std::fs::read_dir(dir.path().join("minions/denied"))
+        .unwrap()
+        .count();
+    assert!(on_disk <= 5, "{on_disk} denied files");
+    let in_memory = s.denied_heard.lock().unwrap().len();
+    assert!(
+        in_memory <= 64,
+        "{in_memory} names remembered in denied_heard for {on_disk} denied files"
+    );
+}

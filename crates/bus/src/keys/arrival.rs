@@ -138,10 +138,27 @@ impl KeyStore {
     }
 
     /// Notes that `name`'s denied `key` was heard now.
+    /// Bounded like the files it describes: past its limit, the names
+    /// whose denied file is gone (dropped with their pending key at the
+    /// cap) are forgotten, and the limit set to twice what is left
+    /// (review 6: it grew by a name per unauthenticated hello).
     fn heard(&self, kind: PeerKind, name: &str, key: &[u8]) {
         let mut heard = self.denied_heard.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = (kind_name(kind), name.to_string());
+        if !heard.names.contains_key(&entry) && heard.names.len() >= heard.limit {
+            heard.names.retain(|(k, n), _| {
+                let kind = if *k == kind_name(PeerKind::Operator) {
+                    PeerKind::Operator
+                } else {
+                    PeerKind::Minion
+                };
+                !self.read(kind, KeyState::Denied, n).is_empty()
+            });
+            heard.limit = (heard.names.len() * 2).max(MIN_HEARD_NAMES);
+        }
         heard
-            .entry((kind_name(kind), name.to_string()))
+            .names
+            .entry(entry)
             .or_default()
             .insert(key.to_vec(), std::time::Instant::now());
     }
@@ -152,6 +169,7 @@ impl KeyStore {
     fn least_recently_heard(&self, kind: PeerKind, name: &str, denied: &[Vec<u8>]) -> usize {
         let mut heard = self.denied_heard.lock().unwrap_or_else(|p| p.into_inner());
         let times = heard
+            .names
             .entry((kind_name(kind), name.to_string()))
             .or_default();
         // Keys no longer in the file are forgotten here too.

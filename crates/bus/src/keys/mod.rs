@@ -227,8 +227,15 @@ pub struct KeyStore {
     denied_heard: Mutex<DeniedHeard>,
 }
 
-/// (kind, name) -> denied key -> last heard.
-type DeniedHeard = HashMap<(&'static str, String), HashMap<Vec<u8>, std::time::Instant>>;
+/// (kind, name) -> denied key -> last heard; and how many names before
+/// those without a denied file are swept out.
+struct DeniedHeard {
+    names: HashMap<(&'static str, String), HashMap<Vec<u8>, std::time::Instant>>,
+    limit: usize,
+}
+
+/// The fewest names `DeniedHeard` holds before it is swept.
+const MIN_HEARD_NAMES: usize = 64;
 
 /// What [`KeyStore`] calls for each key an operator accepts: kind, name, key.
 pub(crate) type OnAccept = Box<dyn Fn(PeerKind, &str, &[u8]) + Send + Sync>;
@@ -267,7 +274,10 @@ impl KeyStore {
             max_pending: MAX_PENDING,
             pending_dropped: AtomicU64::new(0),
             on_accept: RwLock::new(None),
-            denied_heard: Mutex::new(HashMap::new()),
+            denied_heard: Mutex::new(DeniedHeard {
+                names: HashMap::new(),
+                limit: MIN_HEARD_NAMES,
+            }),
         };
         let mut index = Index::default();
         for kind in [PeerKind::Minion, PeerKind::Operator] {

@@ -147,7 +147,7 @@ fn reloading_beacons_a_hundred_times_leaks_nothing() {
     // reload: wait for the counts to come back, then compare.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let settled = |h: Held| {
-        h.fds <= before.fds && h.watches == before.watches && h.threads <= before.threads + 8
+        h.fds <= before.fds && h.watches == before.watches && h.threads <= before.threads + 16
     };
     let mut after = held(pid);
     while !settled(after) && std::time::Instant::now() < deadline {
@@ -164,10 +164,11 @@ fn reloading_beacons_a_hundred_times_leaks_nothing() {
         after.watches, before.watches,
         "inotify watches: before {before:?}, after {after:?}"
     );
-    // The blocking pool (at most 16 threads) may keep a few more threads
-    // warm than it had; a leak would be one a reload, 100 here.
+    // The blocking pool (at most 16 threads) may keep more threads warm
+    // than it had (under the whole suite it kept 9 more once); a leak
+    // would be one a reload, 100 here.
     assert!(
-        after.threads <= before.threads + 8,
+        after.threads <= before.threads + 16,
         "threads: before {before:?}, after {after:?}"
     );
 

@@ -56,22 +56,7 @@ impl Store {
                 if job.finished_us > 0 {
                     continue;
                 }
-                job.status = "interrupted".into();
-                job.finished_us = now;
-                for r in &mut job.minions {
-                    if matches!(r.status.as_str(), "" | "running" | "queued") {
-                        r.status = "interrupted".into();
-                        r.error = why.to_string();
-                    }
-                }
-                if job.minions.is_empty() {
-                    job.minions.push(MinionResult {
-                        minion: job.trigger_minion.clone(),
-                        status: "interrupted".into(),
-                        error: why.to_string(),
-                        ..Default::default()
-                    });
-                }
+                interrupt(&mut job, why, now);
                 write_job(&tx, &job)?;
                 out.push(job);
             }
@@ -122,6 +107,28 @@ impl Store {
 }
 
 /// Writes a job, and keeps the index of unfinished ones.
+/// Ends an unfinished job as interrupted at `now`, saying `why` for each
+/// minion it had not heard from (or for its trigger's minion): one
+/// meaning for both backends.
+pub(crate) fn interrupt(job: &mut Job, why: &str, now: i64) {
+    job.status = "interrupted".into();
+    job.finished_us = now;
+    for r in &mut job.minions {
+        if matches!(r.status.as_str(), "" | "running" | "queued") {
+            r.status = "interrupted".into();
+            r.error = why.to_string();
+        }
+    }
+    if job.minions.is_empty() {
+        job.minions.push(MinionResult {
+            minion: job.trigger_minion.clone(),
+            status: "interrupted".into(),
+            error: why.to_string(),
+            ..Default::default()
+        });
+    }
+}
+
 pub(crate) fn write_job(tx: &redb::WriteTransaction, job: &Job) -> Result<(), StoreError> {
     tx.open_table(JOBS)?
         .insert(job.id, job.encode_to_vec().as_slice())?;

@@ -7,7 +7,7 @@ use postgres::Transaction;
 use postgres::fallible_iterator::FallibleIterator;
 use prost::Message;
 use tend_proto::now_us;
-use tend_proto::v1::{Event, Job, MinionInfo, MinionResult, StoredEvent};
+use tend_proto::v1::{Event, Job, MinionInfo, StoredEvent};
 
 use super::{Lease, PgStore};
 use crate::tables::decode;
@@ -167,22 +167,7 @@ fn interrupt(
                 continue;
             }
         };
-        job.status = "interrupted".into();
-        job.finished_us = now;
-        for m in &mut job.minions {
-            if matches!(m.status.as_str(), "" | "running" | "queued") {
-                m.status = "interrupted".into();
-                m.error = why.to_string();
-            }
-        }
-        if job.minions.is_empty() {
-            job.minions.push(MinionResult {
-                minion: job.trigger_minion.clone(),
-                status: "interrupted".into(),
-                error: why.to_string(),
-                ..Default::default()
-            });
-        }
+        crate::jobs::interrupt(&mut job, why, now);
         write_job(tx, &job, &was)?;
         out.push(job);
     }

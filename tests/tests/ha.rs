@@ -297,6 +297,50 @@ fn counter(m: &Master, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Every job record in the database.
+fn stored_jobs(c: &mut postgres::Client) -> Vec<tend_proto::v1::Job> {
+    c.query("SELECT job FROM tend_jobs", &[])
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    <tend_proto::v1::Job as prost::Message>::decode(r.get::<_, &[u8]>(0)).unwrap()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Masters a (running the reactor) and b (on standby) on `db`, each with
+/// `states` as slow.toml and a rule `go` applying `slow` on
+/// `minion/*/event/go`; and minion m1 with a session to both.
+fn go_rule_on_two_masters(
+    db: &pg::PgDb,
+    dir: &std::path::Path,
+    states: &str,
+) -> (Master, Master, Minion) {
+    let setup = |name: &str| {
+        let m = Master::new(&dir.join(name), &store_section(&db.url));
+        m.state_file("slow.toml", states);
+        m.rule_file(
+            "go.toml",
+            "[[rule]]\nname = \"go\"\non = \"minion/*/event/go\"\n[[rule.action]]\napply = [\"slow\"]\n",
+        );
+        m
+    };
+    let mut a = setup("a");
+    a.start();
+    wait_until(Duration::from_secs(10), "a to run the reactor", || {
+        (counter(&a, "reactor_leader") == 1).then_some(())
+    });
+    let mut b = setup("b");
+    b.start();
+    let mut minion = Minion::with_masters(&dir.join("m1"), "m1", &[&a, &b], "");
+    minion.start();
+    a.wait_connected("m1");
+    b.wait_connected("m1");
+    (a, b, minion)
+}
+
 /// Two masters on one database run one reactor between them (a lease):
 /// each event is reacted to once whichever master stored it, windows and
 /// cursor move with the lease, and when the master running the reactor is
@@ -642,13 +686,10 @@ fn three_masters_two_killed_every_event_once_every_edit_restored_by_one_job() {
         assert_eq!(std::fs::read_to_string(f).unwrap(), "managed\n");
     }
     let jobs_of = |db: &mut postgres::Client, rule: &str| -> i64 {
-        db.query("SELECT job FROM tend_jobs WHERE finished_us > 0", &[])
-            .unwrap()
+        stored_jobs(db)
             .iter()
-            .filter(|r| {
-                let job =
-                    <tend_proto::v1::Job as prost::Message>::decode(r.get::<_, &[u8]>(0)).unwrap();
-                job.rule == rule && matches!(job.status.as_str(), "ok" | "changed")
+            .filter(|j| {
+                j.finished_us > 0 && j.rule == rule && matches!(j.status.as_str(), "ok" | "changed")
             })
             .count() as i64
     };
@@ -785,41 +826,17 @@ fn a_rules_apply_whose_master_dies_mid_apply_is_finished_by_another_and_runs_onc
     let db = pg::database();
     let tmp = tempfile::tempdir().unwrap();
     let ran = tmp.path().join("ran.log");
-    let setup = |name: &str| {
-        let m = Master::new(&tmp.path().join(name), &store_section(&db.url));
-        m.state_file(
-            "slow.toml",
-            &format!(
-                "[slow]\ntype = \"cmd.run\"\ncommand = [\"sh\", \"-c\", \"echo ran >> {}; sleep 3\"]\n",
-                ran.display()
-            ),
-        );
-        m.rule_file(
-            "go.toml",
-            "[[rule]]\nname = \"go\"\non = \"minion/*/event/go\"\n[[rule.action]]\napply = [\"slow\"]\n",
-        );
-        m
-    };
-    let mut a = setup("a");
-    a.start();
-    wait_until(Duration::from_secs(10), "a to run the reactor", || {
-        (counter(&a, "reactor_leader") == 1).then_some(())
-    });
-    let mut b = setup("b");
-    b.start();
-    let mut minion = Minion::with_masters(&tmp.path().join("m1"), "m1", &[&a, &b], "");
-    minion.start();
-    a.wait_connected("m1");
-    b.wait_connected("m1");
+    let (mut a, mut b, minion) = go_rule_on_two_masters(
+        &db,
+        tmp.path(),
+        &format!(
+            "[slow]\ntype = \"cmd.run\"\ncommand = [\"sh\", \"-c\", \"echo ran >> {}; sleep 3\"]\n",
+            ran.display()
+        ),
+    );
     assert!(minion.send("go", 1).status.success());
     let mut c = db.client();
-    let job_of = |c: &mut postgres::Client| -> Option<tend_proto::v1::Job> {
-        c.query("SELECT job FROM tend_jobs", &[])
-            .ok()?
-            .iter()
-            .map(|r| <tend_proto::v1::Job as prost::Message>::decode(r.get::<_, &[u8]>(0)).unwrap())
-            .find(|j| j.rule == "go")
-    };
+    let job_of = |c: &mut postgres::Client| stored_jobs(c).into_iter().find(|j| j.rule == "go");
     wait_until(
         Duration::from_secs(10),
         "the apply running on the minion",
@@ -902,44 +919,20 @@ fn review6_a_taken_over_apply_templated_on_the_event_runs_once() {
     let tmp = tempfile::tempdir().unwrap();
     let ran = tmp.path().join("ran.log");
     let stamp = tmp.path().join("stamp");
-    let setup = |name: &str| {
-        let m = Master::new(&tmp.path().join(name), &store_section(&db.url));
-        m.state_file(
-            "slow.toml",
-            &format!(
-                "[stamp]\ntype = \"file.managed\"\npath = {:?}\ntemplate = true\n\
+    let (mut a, mut b, minion) = go_rule_on_two_masters(
+        &db,
+        tmp.path(),
+        &format!(
+            "[stamp]\ntype = \"file.managed\"\npath = {:?}\ntemplate = true\n\
                  contents = \"event at {{{{ event.time }}}}\\n\"\n\n\
                  [slow]\ntype = \"cmd.run\"\ncommand = [\"sh\", \"-c\", \"echo ran >> {}; sleep 3\"]\n",
-                stamp.display().to_string(),
-                ran.display()
-            ),
-        );
-        m.rule_file(
-            "go.toml",
-            "[[rule]]\nname = \"go\"\non = \"minion/*/event/go\"\n[[rule.action]]\napply = [\"slow\"]\n",
-        );
-        m
-    };
-    let mut a = setup("a");
-    a.start();
-    wait_until(Duration::from_secs(10), "a to run the reactor", || {
-        (counter(&a, "reactor_leader") == 1).then_some(())
-    });
-    let mut b = setup("b");
-    b.start();
-    let mut minion = Minion::with_masters(&tmp.path().join("m1"), "m1", &[&a, &b], "");
-    minion.start();
-    a.wait_connected("m1");
-    b.wait_connected("m1");
+            stamp.display().to_string(),
+            ran.display()
+        ),
+    );
     assert!(minion.send("go", 1).status.success());
     let mut c = db.client();
-    let job_of = |c: &mut postgres::Client| -> Option<tend_proto::v1::Job> {
-        c.query("SELECT job FROM tend_jobs", &[])
-            .ok()?
-            .iter()
-            .map(|r| <tend_proto::v1::Job as prost::Message>::decode(r.get::<_, &[u8]>(0)).unwrap())
-            .find(|j| j.rule == "go")
-    };
+    let job_of = |c: &mut postgres::Client| stored_jobs(c).into_iter().find(|j| j.rule == "go");
     wait_until(
         Duration::from_secs(10),
         "the apply running on the minion",

@@ -67,22 +67,26 @@ fn outbox(metrics: &str) -> Option<f64> {
 }
 
 fn two_masters(tmp: &std::path::Path) -> (Master, Master) {
-    let mut a = Master::new(&tmp.join("a"), "");
-    let mut b = Master::new(&tmp.join("b"), "");
+    two_masters_with(tmp, "")
+}
+
+/// Masters a and b with `extra` in their master.toml, started.
+fn two_masters_with(tmp: &std::path::Path, extra: &str) -> (Master, Master) {
+    let mut a = Master::new(&tmp.join("a"), extra);
+    let mut b = Master::new(&tmp.join("b"), extra);
     a.start();
     b.start();
     (a, b)
 }
 
-#[test]
-fn a_minion_with_two_masters_publishes_every_event_to_both() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = two_masters(tmp.path());
+/// Minion web1 with a session to both masters (its metrics on their own
+/// port, also returned), once it says so.
+fn web1_with_both(tmp: &std::path::Path, a: &Master, b: &Master) -> (Minion, String) {
     let metrics = format!("127.0.0.1:{}", free_port());
     let mut minion = Minion::with_masters(
-        &tmp.path().join("web1"),
+        &tmp.join("web1"),
         "web1",
-        &[&a, &b],
+        &[a, b],
         &format!("metrics_listen = {metrics:?}"),
     );
     minion.start();
@@ -93,6 +97,14 @@ fn a_minion_with_two_masters_publishes_every_event_to_both() {
         "sessions with both masters",
         || (metric(&metrics, "tend_minion_masters_connected") == Some(2.0)).then_some(()),
     );
+    (minion, metrics)
+}
+
+#[test]
+fn a_minion_with_two_masters_publishes_every_event_to_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_masters(tmp.path());
+    let (minion, metrics) = web1_with_both(tmp.path(), &a, &b);
 
     // (Events published before a master's event socket subscribed are
     // dropped for it: see wait_flowing.)
@@ -247,25 +259,8 @@ fn two_masters_on_one_database_store_each_event_once_and_survive_a_kill() {
     let db = pg::database();
     let tmp = tempfile::tempdir().unwrap();
     let store = format!("[store]\npostgres = {:?}\n", db.url);
-    let mut a = Master::new(&tmp.path().join("a"), &store);
-    let mut b = Master::new(&tmp.path().join("b"), &store);
-    a.start();
-    b.start();
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let mut minion = Minion::with_masters(
-        &tmp.path().join("web1"),
-        "web1",
-        &[&a, &b],
-        &format!("metrics_listen = {metrics:?}"),
-    );
-    minion.start();
-    a.wait_connected("web1");
-    b.wait_connected("web1");
-    wait_until(
-        Duration::from_secs(10),
-        "sessions with both masters",
-        || (metric(&metrics, "tend_minion_masters_connected") == Some(2.0)).then_some(()),
-    );
+    let (mut a, b) = two_masters_with(tmp.path(), &store);
+    let (mut minion, metrics) = web1_with_both(tmp.path(), &a, &b);
     send(&minion, "before", 500);
     wait_stored(&a, "web1", "before", 500, "the database, read through a");
     wait_stored(&b, "web1", "before", 500, "the database, read through b");

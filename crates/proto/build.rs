@@ -11,6 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", f.display());
     }
     let fds = protox::compile(&files, [&root])?;
-    prost_build::Config::new().compile_fds(fds)?;
+    prost_build::Config::new()
+        // A job keeps its trigger event for another master to finish it;
+        // boxed, so every reply holding a job is not an event bigger.
+        .boxed(".tend.v1.Job.trigger")
+        .compile_fds(fds)?;
     Ok(())
 }

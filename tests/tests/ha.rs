@@ -905,15 +905,15 @@ fn presence_is_the_fleets_up_once_and_down_only_when_no_master_hears_the_minion(
     assert_eq!(count("minion/m1/up"), 1, "b coming back is no second up");
 }
 
-/// Review 6: the master that finishes a dead master's rule apply rebuilds
+/// Review 6: the master that finished a dead master's rule apply rebuilt
 /// the trigger without its data and with the job's creation time for the
-/// event's time, and renders the states again. A state templated on the
-/// event (`{{ event.time }}`, `{{ event.data.* }}`) then renders other
+/// event's time, and rendered the states again. A state templated on the
+/// event (`{{ event.time }}`, `{{ event.data.* }}`) then rendered other
 /// bytes, so the minion's job memory (id and a digest of the request)
-/// takes the repeat for another job and runs the whole apply a second
-/// time (and with the event's data gone).
+/// took the repeat for another job and ran the whole apply a second time.
+/// The job now keeps its trigger event, and the repeat is the same
+/// request.
 #[test]
-#[ignore = "review6: a taken-over rule apply with a state templated on the event runs twice on the minion"]
 fn review6_a_taken_over_apply_templated_on_the_event_runs_once() {
     let db = pg::database();
     let tmp = tempfile::tempdir().unwrap();

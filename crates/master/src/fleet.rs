@@ -159,17 +159,24 @@ fn apply_key_change(keys: &KeyStore, bus: &MasterBus, c: &KeyChange) {
 
 /// Sends again a rule's apply whose master died, under its own id: the
 /// minion that already ran it answers with that run's result, one that
-/// did not runs it now. The trigger is rebuilt from the job (its tag,
-/// minion and seq; not its data).
-fn finish(jobs: &Arc<crate::jobs::Jobs>, job: Job) {
+/// did not runs it now. The states are rendered from the trigger event
+/// kept with the job, so the request is the one the minion may already
+/// have run (a job recorded before the event was kept gets one rebuilt
+/// from its tag, minion and seq, without its time and data).
+fn finish(jobs: &Arc<crate::jobs::Jobs>, mut job: Job) {
     tracing::warn!(job = job.id, minion = %job.target, rule = %job.rule, "a rule's apply whose master stopped answering is finished here");
-    let trigger = tend_proto::v1::Event {
-        minion: job.trigger_minion.clone(),
-        seq: job.trigger_seq,
-        tag: job.trigger_tag.clone(),
-        time_us: job.created_us,
-        ..Default::default()
-    };
+    let trigger = job
+        .trigger
+        .take()
+        .map(|e| *e)
+        .unwrap_or_else(|| tend_proto::v1::Event {
+            minion: job.trigger_minion.clone(),
+            seq: job.trigger_seq,
+            tag: job.trigger_tag.clone(),
+            time_us: job.created_us,
+            ..Default::default()
+        });
+    job.trigger = Some(Box::new(trigger.clone()));
     jobs.enqueue(
         (job.target.clone(), job.states.clone(), job.test),
         crate::jobs::Trigger {

@@ -44,6 +44,11 @@ impl Control {
         let mut jobs = blocking(move || store.list_jobs(scan, JOBS_BYTES)).await?;
         jobs.retain(|j| wanted(&q, j));
         jobs.truncate(limit);
+        // The trigger's whole event is for a master finishing the job, not
+        // for a listing (`tend events` shows it).
+        for job in &mut jobs {
+            job.trigger = None;
+        }
         send(out, control_reply::Body::Jobs(JobList { jobs }))
     }
 

@@ -77,6 +77,13 @@ impl Jobs {
             status: "running".into(),
             minions: Vec::new(),
             operator: spec.operator.clone(),
+            // Kept in the running record of a rule's apply, for a master
+            // that finishes it (`fleet::finish`); dropped when it ends.
+            trigger: if spec.rule.is_empty() {
+                None
+            } else {
+                spec.trigger.clone().map(Box::new)
+            },
         };
         add(&self.stats.counters.jobs_started, 1);
         // Recorded as running while the states go out, not before: the fsync

@@ -77,6 +77,7 @@ impl Jobs {
             status: "running".into(),
             minions: Vec::new(),
             operator: String::new(),
+            trigger: None,
         }
     }
 
@@ -111,6 +112,8 @@ impl Jobs {
     pub fn seal(&self, job: &mut Job) -> Vec<Event> {
         job.status = overall(&job.minions).into();
         job.finished_us = now_us();
+        // Only an unfinished job is ever finished by another master.
+        job.trigger = None;
         self.stats.job_finished(
             &job.kind,
             Duration::from_micros((job.finished_us - job.created_us).max(0) as u64),

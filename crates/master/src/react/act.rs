@@ -145,6 +145,9 @@ impl RuleRunner {
                                     );
                                     job.test = *test;
                                     job.status = "queued".into();
+                                    // Kept with the job: a master that
+                                    // takes it over renders the same states.
+                                    job.trigger = Some(Box::new(fire.event.clone()));
                                     (minion, job)
                                 })
                                 .collect();

@@ -18,6 +18,7 @@ fn ev(minion: &str, seq: u64) -> Event {
         time_us: 1,
         data: b"{}".to_vec(),
         cause: 0,
+        local_orders: Default::default(),
     }
 }
 

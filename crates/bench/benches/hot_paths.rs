@@ -20,6 +20,7 @@ fn event(seq: u64) -> Event {
         time_us: 1_700_000_000_000_000,
         data: br#"{"path":"/etc/motd","kind":"modified","sha256":"e66919eb5161792e2af07ccb8209a55d12ec869dfa69"}"#.to_vec(),
         cause: 0,
+        local_orders: Default::default(),
     }
 }
 

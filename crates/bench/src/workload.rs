@@ -70,6 +70,7 @@ fn check_condition(condition: &str) -> anyhow::Result<()> {
         time_us: 1,
         data,
         cause: 0,
+        local_orders: Default::default(),
     };
     let now = tokio::time::Instant::now();
     let fired = reactor.on_event(&event(data(100)), now).len();

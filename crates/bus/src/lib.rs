@@ -28,7 +28,9 @@ mod stats;
 pub use control::{Caller, ControlClient, ControlServer, Responder};
 /// A peer's long-term key, how a minion pins its master's, and
 /// fingerprints as operators see them.
-pub use identity::{Identity, IdentityError, MasterPin, PinError, fingerprint, is_fingerprint};
+pub use identity::{
+    Identity, IdentityError, MasterPin, PinError, fingerprint, is_fingerprint, verify_orders,
+};
 /// The master's key store (accept, reject, delete, labels), a pre-seeded
 /// binding from the config, the cap on pending keys, and a kind's name.
 pub use keys::{KeyEntry, KeyError, KeyState, KeyStore, MAX_PENDING, Preseed, kind_name};

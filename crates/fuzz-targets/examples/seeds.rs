@@ -33,6 +33,7 @@ fn event(seq: u64, tag: &str, data: &str) -> Event {
         time_us: 1_700_000_000_000_000,
         data: data.as_bytes().to_vec(),
         cause: 0,
+        local_orders: Default::default(),
     }
 }
 

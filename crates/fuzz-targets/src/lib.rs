@@ -278,6 +278,7 @@ pub fn rules(data: &[u8]) {
         time_us: 1,
         data: br#"{"path":"/etc/motd","kind":"modified","size":12}"#.to_vec(),
         cause: 0,
+        local_orders: Default::default(),
     };
     for m in rules.matches(&event) {
         let _ = tend_reactor::group_key(rules.get(m.rule), &event);

@@ -70,6 +70,11 @@ pub struct MasterConfig {
     /// store (`30d`, `12h`); `0s` keeps them forever.
     #[serde(default = "default_retention")]
     pub retention: String,
+    /// How long a minion cut off from every master keeps enforcing its
+    /// standing orders (`7d`, `12h`): past it, counted from the last time
+    /// a master signed them, it stops and says so in an event.
+    #[serde(default = "default_max_autonomy")]
+    pub max_autonomy: String,
     /// At most this many events are kept, the oldest removed first; none
     /// when absent.
     #[serde(default)]
@@ -316,6 +321,24 @@ impl MasterConfig {
         }
         cfg.retention_period()
             .map_err(|e| err("retention", e.to_string()))?;
+        match humantime::parse_duration(&cfg.max_autonomy) {
+            Ok(d) if d >= std::time::Duration::from_secs(60) => {}
+            Ok(_) => {
+                return Err(err(
+                    "max_autonomy",
+                    format!("{:?} is under a minute", cfg.max_autonomy),
+                ));
+            }
+            Err(e) => {
+                return Err(err(
+                    "max_autonomy",
+                    format!(
+                        "{:?} is not a duration like 7d or 12h: {e}",
+                        cfg.max_autonomy
+                    ),
+                ));
+            }
+        }
         if let Some(listen) = &cfg.metrics_listen {
             tend_daemon::metrics::parse_listen(listen).map_err(|e| ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -351,6 +374,12 @@ impl MasterConfig {
     }
 
     /// `retention` as a duration; None keeps events forever.
+    /// `max_autonomy` (checked when the config was loaded).
+    pub fn max_autonomy(&self) -> std::time::Duration {
+        humantime::parse_duration(&self.max_autonomy)
+            .unwrap_or(std::time::Duration::from_secs(7 * 24 * 3600))
+    }
+
     pub fn retention_period(&self) -> Result<Option<std::time::Duration>, RetentionError> {
         let d = humantime::parse_duration(&self.retention).map_err(|source| {
             RetentionError::NotADuration {
@@ -385,4 +414,8 @@ impl MasterConfig {
             .clone()
             .unwrap_or_else(|| format!("ipc://{}", self.run_dir.join("control.sock").display()))
     }
+}
+
+fn default_max_autonomy() -> String {
+    "7d".into()
 }

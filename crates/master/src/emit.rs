@@ -32,6 +32,7 @@ impl Emitter {
             time_us: tend_proto::now_us(),
             data: data.to_string().into_bytes(),
             cause: 0,
+            local_orders: Default::default(),
         });
     }
 

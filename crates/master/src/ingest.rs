@@ -46,6 +46,8 @@ pub struct Ingest {
     /// again after a commit reported failed (but written) stores each of
     /// them once.
     pub next_local: AtomicU64,
+    /// Where a minion whose session opened gets its standing orders.
+    pub orders: Arc<crate::orders::Orders>,
 }
 
 /// Events taken into one store transaction, at most.
@@ -76,6 +78,7 @@ impl Batch {
                     m.version = hello.version.clone();
                 });
                 persist_minion(&ingest.storage, info);
+                ingest.orders.on_up(&minion);
                 self.local.push(ingest.presence(
                     local_event(
                         &minion,
@@ -116,6 +119,20 @@ impl Batch {
                 oldest,
             } => {
                 self.events += events.len();
+                // What the minion says of its autonomy (the last such
+                // event of the batch) shows in `tend minion show`.
+                if let Some(e) = events
+                    .iter()
+                    .rev()
+                    .find(|e| e.tag.starts_with(&format!("minion/{minion}/autonomy/")))
+                {
+                    let mode = e.tag.rsplit('/').next().unwrap_or_default().to_string();
+                    let info = ingest.minions.update(&minion, |m| {
+                        m.autonomy = mode;
+                        m.autonomy_since_us = e.time_us;
+                    });
+                    persist_minion(&ingest.storage, info);
+                }
                 self.incoming.push(Incoming {
                     minion,
                     events,
@@ -135,6 +152,7 @@ fn local_event(minion: &str, tag: String, data: serde_json::Value) -> Event {
         time_us: tend_proto::now_us(),
         data: data.to_string().into_bytes(),
         cause: 0,
+        local_orders: Default::default(),
     }
 }
 

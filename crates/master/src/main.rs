@@ -10,6 +10,7 @@ mod jobs;
 mod master;
 mod metrics;
 mod minions;
+mod orders;
 mod prune;
 mod react;
 mod reactor_inbox;
@@ -433,6 +434,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         bus_stats,
         keys,
         fingerprint: identity.fingerprint(),
+        identity: identity.clone(),
         rules: rules.clone(),
         minions,
     });
@@ -480,6 +482,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
     );
     let control = tokio::spawn(master.control.clone().serve(requests, shutdown.clone()));
     tokio::spawn(master.retention.clone().run(shutdown.clone()));
+    tokio::spawn(master.orders.clone().run(queues.orders, shutdown.clone()));
     shutdown.cancelled().await;
     tend_daemon::systemd::stopping();
     let _ = tokio::time::timeout(Duration::from_secs(5), ingest).await;

@@ -44,6 +44,8 @@ pub struct Parts {
     pub keys: Arc<KeyStore>,
     /// The master's own key fingerprint.
     pub fingerprint: String,
+    /// The master's key: it signs the minions' standing orders.
+    pub identity: Arc<tend_bus::Identity>,
     pub rules: Arc<Rules>,
     /// The minions the store remembers, none connected yet.
     pub minions: HashMap<String, MinionInfo>,
@@ -61,6 +63,8 @@ pub struct Master {
     pub retention: Arc<Retention>,
     /// What the metrics endpoint reads; it answers nothing once it goes.
     pub metrics: Arc<MetricsView>,
+    /// The minions' standing orders.
+    pub orders: Arc<crate::orders::Orders>,
 }
 
 /// The ends of the master's queues its long-running tasks read.
@@ -69,6 +73,8 @@ pub struct Queues {
     pub local: mpsc::Receiver<Event>,
     /// What wakes the reactor's thread.
     pub reactor: std::sync::mpsc::Receiver<ReactorMsg>,
+    /// Minions whose standing orders are to be sent.
+    pub orders: mpsc::UnboundedReceiver<String>,
 }
 
 impl Master {
@@ -83,6 +89,7 @@ impl Master {
             bus_stats,
             keys,
             fingerprint,
+            identity,
             rules,
             minions,
         } = parts;
@@ -113,6 +120,16 @@ impl Master {
             emitter.clone(),
             reactor.clone(),
         ));
+        let (orders, orders_wanted) = crate::orders::Orders::new(
+            identity,
+            rules.clone(),
+            StateTree::new(&cfg.state_root),
+            minions.clone(),
+            keys.clone(),
+            bus.clone(),
+            storage.clone(),
+            cfg.max_autonomy(),
+        );
         let jobs = Arc::new(Jobs {
             storage: storage.clone(),
             bus: bus.clone(),
@@ -135,6 +152,7 @@ impl Master {
             recovery: recovery.clone(),
             replays: Mutex::new(HashMap::new()),
             next_local: AtomicU64::new(local_mark + 1),
+            orders: orders.clone(),
         });
         let control = Arc::new(Control {
             storage: storage.clone(),
@@ -150,6 +168,7 @@ impl Master {
             actions: actions.clone(),
             started_us: tend_proto::now_us(),
             apply_timeout,
+            orders: orders.clone(),
         });
         let runner = Arc::new(RuleRunner {
             storage: storage.clone(),
@@ -158,6 +177,7 @@ impl Master {
             jobs: jobs.clone(),
             targets,
             actions: actions.clone(),
+            orders: orders.clone(),
         });
         let retention = Arc::new(Retention {
             storage: storage.clone(),
@@ -201,10 +221,12 @@ impl Master {
             reactor: runner,
             retention,
             metrics,
+            orders,
         };
         let queues = Queues {
             local: local_rx,
             reactor: reactor_rx,
+            orders: orders_wanted,
         };
         (master, queues)
     }

@@ -24,6 +24,9 @@ pub enum ReloadError {
 /// The rules in force.
 pub struct RuleSet {
     current: RwLock<Arc<Rules>>,
+    /// Counts reloads: what depends on the rules (minions' standing
+    /// orders) watches it.
+    generation: tokio::sync::watch::Sender<u64>,
     /// reactor.d.
     dir: PathBuf,
     emitter: Emitter,
@@ -36,10 +39,16 @@ impl RuleSet {
     pub fn new(rules: Arc<Rules>, dir: PathBuf, emitter: Emitter, reactor: ReactorInbox) -> Self {
         Self {
             current: RwLock::new(rules),
+            generation: tokio::sync::watch::Sender::new(0),
             dir,
             emitter,
             reactor,
         }
+    }
+
+    /// Changes at every reload.
+    pub fn generation(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// The rules in force.
@@ -74,6 +83,7 @@ impl RuleSet {
         };
         let n = rules.len();
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = rules.clone();
+        self.generation.send_modify(|g| *g += 1);
         self.reactor.reload(rules).await;
         self.emitter.emit(
             "",

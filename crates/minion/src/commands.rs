@@ -36,6 +36,8 @@ pub struct Commands {
     /// Held for the length of a state run.
     pub state_run: Mutex<()>,
     pub metrics: Arc<crate::metrics::MinionMetrics>,
+    /// Where standing orders go.
+    pub autonomy: Arc<crate::autonomy::Autonomy>,
 }
 
 impl Commands {
@@ -56,6 +58,21 @@ impl Commands {
                     replay: ack.replay,
                 })
                 .await;
+            return;
+        }
+        if let request::Body::Orders(sealed) = body {
+            // Checked and written to disk off the async threads.
+            let autonomy = self.autonomy.clone();
+            let taken = tokio::task::spawn_blocking(move || autonomy.take(master, sealed)).await;
+            let answer = match taken {
+                Ok(Ok(taken)) => reply::Body::Orders(taken),
+                Ok(Err(e)) => {
+                    tracing::error!(master, error = %e, "standing orders refused");
+                    failure(&e.to_string())
+                }
+                Err(e) => failure(&format!("taking the orders crashed: {e}")),
+            };
+            self.answer(master, id, answer);
             return;
         }
         if req.deadline_us != 0 && req.deadline_us < now_us() {
@@ -109,6 +126,7 @@ impl Commands {
                 answer
             }
             request::Body::Ack(_) => failure("an acknowledgement is not a job"),
+            request::Body::Orders(_) => failure("standing orders are not a job"),
         }
     }
 
@@ -124,7 +142,8 @@ impl Commands {
         }
     }
 
-    async fn apply(&self, req: ApplyRequest) -> reply::Body {
+    /// Applies states (a master's job, or a local one while cut off).
+    pub async fn apply(&self, req: ApplyRequest) -> reply::Body {
         let states: Vec<State> = match serde_json::from_slice(&req.states_json) {
             Ok(s) => s,
             Err(e) => return failure(&format!("cannot read the states sent: {e}")),

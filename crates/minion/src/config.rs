@@ -55,6 +55,12 @@ pub struct MinionConfig {
     /// heartbeat is the master's to say: it judges presence.)
     #[serde(default = "default_master_timeout_ms")]
     pub master_timeout_ms: u64,
+    /// With no session with any master for this long (after the master
+    /// timeout noticed the cut), the minion enforces its standing orders
+    /// itself: rules on its own events that apply states to itself,
+    /// compiled and signed by the master. `0` turns local enforcement off.
+    #[serde(default = "default_autonomy_after_ms")]
+    pub autonomy_after_ms: u64,
     /// Largest message accepted or sent.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: usize,
@@ -102,6 +108,9 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_master_timeout_ms() -> u64 {
     15_000
+}
+fn default_autonomy_after_ms() -> u64 {
+    3_000
 }
 fn default_max_message_size() -> usize {
     tend_bus::DEFAULT_MAX_MESSAGE

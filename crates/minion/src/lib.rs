@@ -5,4 +5,5 @@
 
 pub mod config;
 pub mod facts;
+pub mod orders;
 pub mod outbox;

@@ -102,6 +102,7 @@ async fn send_events(
             time_us: now,
             data,
             cause: 0,
+            local_orders: 0,
         });
     }
     let (done, result) = oneshot::channel();

@@ -1,6 +1,7 @@
 //! tend-minion: runs the beacons, keeps events in a durable outbox until
 //! the master has them, and applies states when the master says so.
 
+mod autonomy;
 mod beacons;
 mod commands;
 mod job_memory;
@@ -223,7 +224,21 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
 
     let (signal_tx, signal_rx) = mpsc::channel(1024);
-    let publisher = Publisher::new(id.clone(), outbox, buses.clone(), metrics.clone());
+    let autonomy = autonomy::Autonomy::new(
+        id.clone(),
+        cfg.data_dir.clone(),
+        cfg.masters().iter().map(|m| m.pin.clone()).collect(),
+        cfg.autonomy_after_ms,
+    );
+    let (marked_tx, marked_rx) = mpsc::unbounded_channel();
+    let publisher = Publisher::new(
+        id.clone(),
+        outbox,
+        buses.clone(),
+        metrics.clone(),
+        autonomy.clone(),
+        marked_tx,
+    );
     let publisher_stop = tokio_util::sync::CancellationToken::new();
     let publisher_task = tokio::spawn(publisher.run(event_rx, signal_rx, publisher_stop.clone()));
 
@@ -242,7 +257,18 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
         publisher: signal_tx.clone(),
         state_run: tokio::sync::Mutex::new(()),
         metrics: metrics.clone(),
+        autonomy: autonomy.clone(),
     });
+    let enforcer_stop = tokio_util::sync::CancellationToken::new();
+    let enforcer = tokio::spawn(
+        autonomy::Enforcer {
+            autonomy: autonomy.clone(),
+            commands: commands.clone(),
+            publisher: signal_tx.clone(),
+            minion: id.clone(),
+        }
+        .run(marked_rx, enforcer_stop.clone()),
+    );
     tend_daemon::systemd::ready(&format!(
         "minion {id}, {} beacon(s)",
         beacons_running.load(std::sync::atomic::Ordering::Relaxed)
@@ -277,6 +303,23 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
                 Some((master, MinionInbound::Subscribed)) => {
                     let _ = signal_tx.send(Signal::Subscribed { master }).await;
                 }
+                Some((_, MinionInbound::Refused { status })) => {
+                    // The master's own word (sealed): a key it rejected or
+                    // no longer knows holds no orders of its.
+                    if matches!(status.as_str(), "rejected" | "pending" | "denied") && autonomy.drop_orders(&status) {
+                        let event = tend_proto::v1::Event {
+                            minion: id.clone(),
+                            seq: 0,
+                            tag: format!("minion/{id}/autonomy/dropped"),
+                            time_us: tend_proto::now_us(),
+                            data: serde_json::json!({"reason": format!("the master refused this minion's key ({status})")}).to_string().into_bytes(),
+                            cause: 0,
+                            local_orders: 0,
+                        };
+                        let (done, _) = tokio::sync::oneshot::channel();
+                        let _ = signal_tx.send(Signal::Send { events: vec![event], done }).await;
+                    }
+                }
                 Some((_, MinionInbound::Alarm(message))) => {
                     // Kept in the outbox: the real master hears of it.
                     let event = tend_proto::v1::Event {
@@ -286,6 +329,7 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
                         time_us: tend_proto::now_us(),
                         data: serde_json::json!({"alarm": message}).to_string().into_bytes(),
                         cause: 0,
+                        local_orders: 0,
                     };
                     let (done, _) = tokio::sync::oneshot::channel();
                     let _ = signal_tx.send(Signal::Send { events: vec![event], done }).await;
@@ -299,6 +343,10 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
     // the outbox, so nothing seen is lost across a restart.
     running.stop().await;
     drop(event_tx);
+    // Local jobs under way finish (their records go to the outbox) before
+    // the publisher stops.
+    enforcer_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), enforcer).await;
     publisher_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), publisher_task).await;
     // The masters mark this minion down now, not at their presence timeout.

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::autonomy::Autonomy;
 use crate::metrics::MinionMetrics;
 use std::sync::atomic::Ordering;
 use tend_minion::outbox::{AppendError, Outbox};
@@ -97,6 +98,13 @@ pub struct Publisher {
     /// How long without an acknowledgement before the next resend.
     resend_after: Duration,
     metrics: Arc<MinionMetrics>,
+    /// Decides, as events are written, whether the minion acts on them
+    /// itself (cut off); those go to `local` once numbered.
+    autonomy: Arc<Autonomy>,
+    /// Unbounded: the enforcer sends its own events back through this
+    /// publisher, so a bound here could wait on each other. Only this
+    /// minion's own events go in, as fast as the outbox takes them.
+    local: mpsc::UnboundedSender<Vec<Event>>,
 }
 
 impl Publisher {
@@ -106,6 +114,8 @@ impl Publisher {
         outbox: Outbox,
         buses: Vec<Arc<MinionBus>>,
         metrics: Arc<MinionMetrics>,
+        autonomy: Arc<Autonomy>,
+        local: mpsc::UnboundedSender<Vec<Event>>,
     ) -> Self {
         let acked = outbox.acked();
         let next_send = outbox.oldest();
@@ -130,6 +140,8 @@ impl Publisher {
             last_progress: Instant::now(),
             resend_after: RESEND_AFTER,
             metrics,
+            autonomy,
+            local,
         }
     }
 
@@ -208,6 +220,7 @@ impl Publisher {
         self.metrics
             .masters_connected
             .store(n as u64, Ordering::Relaxed);
+        self.autonomy.set_connected(n);
     }
 
     fn to_event(&self, e: Emitted) -> Event {
@@ -219,6 +232,7 @@ impl Publisher {
             time_us: e.time_us,
             data: serde_json::Value::Object(e.data).to_string().into_bytes(),
             cause: e.cause,
+            local_orders: 0,
         }
     }
 
@@ -328,6 +342,8 @@ impl Publisher {
         let count = batch.len();
         let outbox = self.outbox.clone();
         let metrics = self.metrics.clone();
+        // Who acts on these events is decided here, once.
+        let marked = self.autonomy.mark(&mut batch);
         // The masters this batch may go to straight away: connected, and
         // with room in the window.
         let live: Vec<(usize, u64, Arc<MinionBus>)> = self
@@ -348,6 +364,7 @@ impl Publisher {
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             let (oldest, announced, next) = (ob.oldest(), ob.announced_oldest(), ob.next_seq());
             drop(ob);
+            let local = marked.then(|| batch.clone());
             // Caught up: these are exactly the next events to send, to
             // each master that is caught up.
             let mut sent = Vec::new();
@@ -363,12 +380,15 @@ impl Publisher {
                     }
                 }
             }
-            Ok((oldest, announced, next, sent))
+            Ok((oldest, announced, next, sent, local))
         })
         .await
         .unwrap_or_else(|e| Err(AppendError::from(std::io::Error::other(e))));
         match result {
-            Ok((oldest, announced, next, sent)) => {
+            Ok((oldest, announced, next, sent, local)) => {
+                if let Some(local) = local {
+                    let _ = self.local.send(local);
+                }
                 for i in sent {
                     self.routes[i].next_send = next;
                 }
@@ -412,6 +432,7 @@ impl Publisher {
                     time_us: tend_proto::now_us(),
                     data: serde_json::Value::Object(data).to_string().into_bytes(),
                     cause: 0,
+                    local_orders: 0,
                 };
                 let _ = self.append(vec![event]).await;
             }

@@ -104,6 +104,7 @@ fn event(minion: &str, seq: u64, tag: &str) -> Event {
         time_us: 1,
         data: b"{}".to_vec(),
         cause: 0,
+        local_orders: Default::default(),
     }
 }
 

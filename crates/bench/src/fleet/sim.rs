@@ -359,6 +359,7 @@ impl Sim {
                             time_us: tend_proto::now_us(),
                             data: crate::workload::data(seq),
                             cause: 0,
+                            local_orders: Default::default(),
                         })
                         .collect();
                     let batch = EventBatch {

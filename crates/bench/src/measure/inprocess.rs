@@ -27,6 +27,7 @@ pub fn seal(events: u64) -> anyhow::Result<Report> {
                 time_us: 1_700_000_000_000_000,
                 data: br#"{"path":"/etc/motd","kind":"modified","sha256":"e66919eb5161792e2af07ccb8209a55d12ec869dfa6919eb5161792e2af07ccb"}"#.to_vec(),
                 cause: 0,
+                local_orders: Default::default(),
             })
             .collect(),
         oldest_seq: 1,
@@ -91,6 +92,7 @@ pub fn rules(events: usize) -> anyhow::Result<Report> {
             time_us: 1,
             data: crate::workload::data(i as u64 + 1),
             cause: 0,
+            local_orders: Default::default(),
         })
         .collect();
     for n in [10, 100, 1000] {

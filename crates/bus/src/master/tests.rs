@@ -47,6 +47,7 @@ fn finding_14_4_a_full_ingest_queue_never_stalls_heartbeats() {
                 time_us: 1,
                 data: b"{}".to_vec(),
                 cause: 0,
+                local_orders: Default::default(),
             }],
             oldest_seq: 1,
         };

@@ -237,6 +237,17 @@ async fn handshake(
         _ => None,
     })
     .await;
+    // A refusal sealed under this session is the master's own word: the
+    // minion drops what it holds on the master's authority (its standing
+    // orders).
+    if let Ok(Err((status, _))) = &answer {
+        let _ = shared
+            .inbound
+            .send(MinionInbound::Refused {
+                status: status.clone(),
+            })
+            .await;
+    }
     let answer = match answer {
         // Pending: the master keeps this would-be session and opens it
         // (a sealed Welcome) when an operator accepts the key, so wait on

@@ -61,6 +61,10 @@ pub enum MinionInbound {
     Subscribed,
     /// Something that looked like an attack: a master with the wrong key.
     Alarm(String),
+    /// The master refused this minion under the session being opened (so
+    /// surely the master): its key is `rejected`, or `pending` (unknown:
+    /// deleted, or never accepted).
+    Refused { status: String },
 }
 
 enum Control {

@@ -93,6 +93,7 @@ fn test(rule_file: &Path, event_file: &Path, json: bool) -> anyhow::Result<ExitC
             .unwrap_or_else(|| "{}".into())
             .into_bytes(),
         cause: v["cause"].as_u64().unwrap_or(0),
+        local_orders: Default::default(),
     };
     let explanation = tend_reactor::Reactor::explain(&rules, &event);
     if json {

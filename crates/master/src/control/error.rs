@@ -38,6 +38,8 @@ pub enum ControlError {
     RunTask(JoinError),
     #[error("the job failed: {0}")]
     JobTask(JoinError),
+    #[error("bad minion id: {0}")]
+    BadMinion(String),
     #[error("no minion to ping")]
     NoneToPing,
     #[error(

@@ -131,6 +131,9 @@ impl Control {
                 }
                 let name = pattern.clone();
                 let labels = self.with_keys(move |k| k.label(&name, &changes)).await?;
+                // Labels target states, and `autonomy=off` turns the
+                // minion's standing orders off: it gets them again now.
+                self.orders.on_up(&pattern);
                 self.tell_other_masters(vec![KeyChange {
                     kind: "minion".into(),
                     action: "label".into(),

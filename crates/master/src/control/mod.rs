@@ -52,6 +52,8 @@ pub struct Control {
     pub started_us: i64,
     /// How long an apply may take when the CLI gives no timeout.
     pub apply_timeout: Duration,
+    /// The minions' standing orders.
+    pub orders: Arc<crate::orders::Orders>,
 }
 
 impl Control {
@@ -117,6 +119,12 @@ impl Control {
             }
             control_request::Body::ListRules(_) => {
                 send(out, control_reply::Body::Rules(self.list_rules()))
+            }
+            control_request::Body::GetOrders(q) => {
+                tend_proto::validate_minion_id(&q.minion)
+                    .map_err(|e| ControlError::BadMinion(e.to_string()))?;
+                let body = self.orders.describe(&q.minion).await;
+                send(out, control_reply::Body::Orders(body))
             }
         }
     }

@@ -84,6 +84,7 @@ impl Jobs {
             } else {
                 spec.trigger.clone().map(Box::new)
             },
+            local_id: Default::default(),
         };
         add(&self.stats.counters.jobs_started, 1);
         // Recorded as running while the states go out, not before: the fsync

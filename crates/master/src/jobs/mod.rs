@@ -78,6 +78,7 @@ impl Jobs {
             minions: Vec::new(),
             operator: String::new(),
             trigger: None,
+            local_id: Default::default(),
         }
     }
 
@@ -187,6 +188,7 @@ pub fn announce(job: &Job) -> Vec<Event> {
                 .to_string()
                 .into_bytes(),
                 cause: 0,
+                local_orders: Default::default(),
             }
         })
         .collect()

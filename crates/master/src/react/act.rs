@@ -331,6 +331,7 @@ impl RuleRunner {
             time_us: now_us(),
             data: data.to_string().into_bytes(),
             cause: job.id,
+            local_orders: Default::default(),
         });
         made.events.extend(self.jobs.seal(&mut job));
         made.jobs.push(job);

@@ -47,6 +47,8 @@ pub struct RuleRunner {
     pub targets: Targets,
     /// Rule actions running and waiting, bounded.
     pub actions: Arc<ActionLimit>,
+    /// Which rules a minion enforced by itself while cut off.
+    pub orders: Arc<crate::orders::Orders>,
 }
 
 /// Stored events read and evaluated at a time.
@@ -291,15 +293,35 @@ fn step(
     let clock = clock();
     let (suppressed, evicted) = (reactor.suppressed, reactor.evicted);
     let mut fires = Vec::new();
+    let mut local_jobs = Vec::new();
     let mut last = cursor.evaluated;
     for rec in &events {
         last = rec.id;
         if let Some(event) = &rec.event {
-            fires.extend(reactor.on_event(event, stored_at(clock, rec.stored_us)));
+            let at = stored_at(clock, rec.stored_us);
+            if event.local_orders != 0 {
+                // The minion, cut off, evaluated its standing orders on
+                // this event itself: those rules are not the master's.
+                let standing = runner.orders.standing(&event.minion);
+                fires.extend(reactor.on_event_except(event, at, |r| standing.contains(r)));
+            } else {
+                fires.extend(reactor.on_event(event, at));
+            }
+            // A job the minion ran by itself becomes a job record, with
+            // this step (so once).
+            if event.tag.contains("/job/local/")
+                && let Some(job) =
+                    crate::orders::local_job(event, runner.jobs.storage.backend().next_job_id())
+            {
+                local_jobs.push(job);
+            }
         }
     }
     fires.extend(reactor.on_timer(clock.now));
-    let mut made = Made::default();
+    let mut made = Made {
+        jobs: local_jobs,
+        ..Default::default()
+    };
     let reactions = fires.len() as u64;
     for fire in fires {
         runner.act(fire, &mut made);

@@ -168,7 +168,20 @@ impl Reactor {
 
     /// An event arrived; what acts now.
     pub fn on_event(&mut self, event: &Event, now: Instant) -> Vec<Fire> {
-        let matches = self.rules.matches(event);
+        self.on_event_except(event, now, |_| false)
+    }
+
+    /// An event arrived; what acts now, leaving alone the rules `skip`
+    /// names (a minion cut off from its masters already evaluated them on
+    /// this event: its standing orders).
+    pub fn on_event_except(
+        &mut self,
+        event: &Event,
+        now: Instant,
+        skip: impl Fn(&str) -> bool,
+    ) -> Vec<Fire> {
+        let mut matches = self.rules.matches(event);
+        matches.retain(|m| !skip(&self.rules.get(m.rule).name));
         if matches.is_empty() {
             return Vec::new();
         }

@@ -17,6 +17,7 @@ fn login(minion: &str, kind: &str) -> Event {
         time_us: 0,
         data: format!(r#"{{"kind":"{kind}"}}"#).into_bytes(),
         cause: 0,
+        local_orders: Default::default(),
     }
 }
 

@@ -43,6 +43,22 @@ pub struct Rule {
     pub file: String,
     /// What it did while in force: fires, failures, the last failure.
     pub stats: Arc<RuleStats>,
+    /// The rule as its file declares it (for a minion's standing orders,
+    /// compiled again there by this same code).
+    pub source: toml::Table,
+}
+
+impl Rule {
+    /// The rule as a rule file of its own: `[[rule]]` and its table.
+    pub fn to_toml(&self) -> String {
+        let mut file = toml::Table::new();
+        file.insert(
+            "rule".into(),
+            toml::Value::Array(vec![toml::Value::Table(self.source.clone())]),
+        );
+        // A table of strings, numbers, arrays and tables always writes.
+        toml::to_string(&file).unwrap_or_default()
+    }
 }
 
 /// A loaded, compiled set of rules.
@@ -305,6 +321,7 @@ impl Rules {
 /// Checks and compiles one rule of `file`; `before` are the rules
 /// compiled so far (names are unique across files).
 fn compile_rule(table: toml::Table, file: &str, before: &[Rule]) -> Result<Rule, RuleProblem> {
+    let source = table.clone();
     let decl: RuleDecl = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| RuleProblem::Toml(e.message().to_string()))?;
@@ -367,6 +384,7 @@ fn compile_rule(table: toml::Table, file: &str, before: &[Rule]) -> Result<Rule,
         actions,
         file: file.to_string(),
         stats: Arc::default(),
+        source,
     })
 }
 

@@ -15,6 +15,7 @@ fn event(tag: &str, data: &str, cause: u64) -> Event {
         time_us: 0,
         data: data.as_bytes().to_vec(),
         cause,
+        local_orders: Default::default(),
     }
 }
 

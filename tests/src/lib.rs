@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod netns;
 pub mod pg;
 
 /// The directory holding the binaries of the profile these tests were
@@ -133,13 +134,28 @@ pub struct Daemon {
 
 impl Daemon {
     fn spawn(bin: &Path, config: &Path, log: PathBuf) -> Self {
+        Self::spawn_with(Command::new(bin), bin, config, log)
+    }
+
+    /// Starts `bin --config CONFIG` inside network namespace `netns`
+    /// (`ip netns exec`, which execs: the child is the daemon itself, so
+    /// [`Daemon::kill9`] and its pid reach the daemon, not a wrapper).
+    pub fn spawn_in_netns(netns: &str, bin: &Path, config: &Path, log: PathBuf) -> Self {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(bin);
+        Self::spawn_with(cmd, bin, config, log)
+    }
+
+    /// Runs `cmd` (which starts `bin`) with `--config CONFIG`, its output
+    /// appended to `log`.
+    fn spawn_with(mut cmd: Command, bin: &Path, config: &Path, log: PathBuf) -> Self {
         // Appended: a restarted daemon's log follows its earlier life.
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("open the daemon log");
-        let child = Command::new(bin)
+        let child = cmd
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info,tend_bus=debug")

@@ -4,224 +4,22 @@
 //! heal the master must have every event, and the minion must not have
 //! grown past 32 MB on the way (no resend storm piling up in its queues).
 //!
-//! This kernel has no netem and no iptables: the cut is a `pfifo` qdisc of
-//! length 0 on the router namespace's interfaces, which drops every packet
-//! it forwards, silently to both ends, as an iptables DROP rule there
-//! would. Where namespaces cannot be made (not
-//! root, no `ip`), the test prints "skipped: <reason>".
+//! The namespaces and the cut are `tend_e2e::netns::Netns`: packets
+//! dropped in a router namespace between the two, silently to both ends
+//! (an iptables DROP rule where iptables works, else a `pfifo` qdisc of
+//! length 0: this kernel has no netem). Where namespaces cannot be made
+//! (not root, no `ip`), the test prints "skipped: <reason>".
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tend_e2e::netns::Netns;
 use tend_e2e::{Master, Minion, bin, wait_until};
 
 const CONVERGED_WITHIN: Duration = Duration::from_secs(5);
 const RSS_LIMIT_KB: u64 = 32 * 1024;
-
-fn run(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", args[0]))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// The minion's network namespace, joined to this one (the master's)
-/// through a router namespace: master -- veth -- router -- veth -- minion.
-/// The cut drops packets in the router, so neither end's TCP hears of it
-/// (a drop on an end's own interface would be reported to its sender).
-/// Removed when dropped.
-struct Netns {
-    name: String,
-    router: String,
-    outer: String,
-    router_links: [String; 2],
-    master_ip: String,
-}
-
-impl Netns {
-    fn create() -> Result<Self, String> {
-        let id = std::process::id() % 100_000;
-        let x = id % 250;
-        let n = Self {
-            name: format!("tend-cut-{id}"),
-            router: format!("tend-rtr-{id}"),
-            outer: format!("tco{id}"),
-            router_links: [format!("tcr{id}"), format!("tcs{id}")],
-            master_ip: format!("10.213.{x}.1"),
-        };
-        let (ns, rt) = (n.name.as_str(), n.router.as_str());
-        let inner = format!("tci{id}");
-        run(&["ip", "netns", "add", ns])?;
-        run(&["ip", "netns", "add", rt])?;
-        let [r1, r2] = &n.router_links;
-        run(&[
-            "ip", "link", "add", &n.outer, "type", "veth", "peer", "name", r1, "netns", rt,
-        ])?;
-        run(&[
-            "ip", "netns", "exec", rt, "ip", "link", "add", r2, "type", "veth", "peer", "name",
-            &inner, "netns", ns,
-        ])?;
-        run(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/24", n.master_ip),
-            "dev",
-            &n.outer,
-        ])?;
-        run(&["ip", "link", "set", &n.outer, "up"])?;
-        run(&[
-            "ip",
-            "route",
-            "add",
-            &format!("10.214.{x}.0/24"),
-            "via",
-            &format!("10.213.{x}.254"),
-        ])?;
-        let in_rt = |args: &[&str]| {
-            let mut all = vec!["ip", "netns", "exec", rt];
-            all.extend_from_slice(args);
-            run(&all)
-        };
-        in_rt(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("10.213.{x}.254/24"),
-            "dev",
-            r1,
-        ])?;
-        in_rt(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("10.214.{x}.254/24"),
-            "dev",
-            r2,
-        ])?;
-        in_rt(&["ip", "link", "set", r1, "up"])?;
-        in_rt(&["ip", "link", "set", r2, "up"])?;
-        in_rt(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
-        let in_ns = |args: &[&str]| {
-            let mut all = vec!["ip", "netns", "exec", ns];
-            all.extend_from_slice(args);
-            run(&all)
-        };
-        in_ns(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("10.214.{x}.2/24"),
-            "dev",
-            &inner,
-        ])?;
-        in_ns(&["ip", "link", "set", &inner, "up"])?;
-        in_ns(&["ip", "link", "set", "lo", "up"])?;
-        in_ns(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("10.214.{x}.254"),
-        ])?;
-        // Check now that the cut can be made (and undone).
-        n.cut()?;
-        n.heal()?;
-        Ok(n)
-    }
-
-    /// Every packet dropped in the router, both ways.
-    fn cut(&self) -> Result<(), String> {
-        for link in &self.router_links {
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                &self.router,
-                "tc",
-                "qdisc",
-                "add",
-                "dev",
-                link,
-                "root",
-                "pfifo",
-                "limit",
-                "0",
-            ])?;
-        }
-        Ok(())
-    }
-
-    fn heal(&self) -> Result<(), String> {
-        for link in &self.router_links {
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                &self.router,
-                "tc",
-                "qdisc",
-                "del",
-                "dev",
-                link,
-                "root",
-            ])?;
-        }
-        Ok(())
-    }
-
-    /// Starts the minion configured in `dir` inside the namespace.
-    fn start_minion(&self, dir: &Path) -> Child {
-        let log = std::fs::File::create(dir.join("minion.log")).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .arg(bin("tend-minion"))
-            .arg("--config")
-            .arg(dir.join("minion.toml"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start the minion in its namespace");
-        let socket = dir.join("data/minion.sock");
-        wait_until(Duration::from_secs(20), "the minion's local socket", || {
-            socket.exists().then_some(())
-        });
-        child
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run(&["ip", "netns", "del", &self.name]);
-        let _ = run(&["ip", "netns", "del", &self.router]);
-        let _ = run(&["ip", "link", "del", &self.outer]);
-    }
-}
-
-/// Kills the child when dropped.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -254,25 +52,24 @@ fn after_a_120_s_cut_the_master_has_every_event_within_5_s_of_the_heal() {
 }
 
 fn cut_and_heal(cut: Duration) {
-    let net = match Netns::create() {
-        Ok(n) => n,
-        Err(reason) => {
-            println!("skipped: {reason}");
-            return;
-        }
+    let Some(net) = Netns::create_or_skip() else {
+        return;
     };
+    println!("the cut: {:?}", net.cut_by());
     let tmp = tempfile::tempdir().unwrap();
     let mut master = Master::new(&tmp.path().join("master"), "");
     // The master on the veth address, with the default heartbeat and
     // presence timeout (what a real deployment has).
     let config = std::fs::read_to_string(master.config())
         .unwrap()
-        .replace("tcp://127.0.0.1:", &format!("tcp://{}:", net.master_ip))
+        .replace("tcp://127.0.0.1:", &format!("tcp://{}:", net.master_ip()))
         .replace("heartbeat_ms = 200\n", "")
         .replace("presence_timeout_ms = 1000\n", "");
     std::fs::write(master.config(), config).unwrap();
-    let events = master.event_endpoint.replace("127.0.0.1", &net.master_ip);
-    let commands = master.command_endpoint.replace("127.0.0.1", &net.master_ip);
+    let events = master.event_endpoint.replace("127.0.0.1", net.master_ip());
+    let commands = master
+        .command_endpoint
+        .replace("127.0.0.1", net.master_ip());
     master.start();
     let minion = Minion::with_endpoints(&tmp.path().join("m1"), "m1", &events, &commands, "");
     // The default master_timeout too.
@@ -281,8 +78,8 @@ fn cut_and_heal(cut: Duration) {
         .unwrap()
         .replace("master_timeout_ms = 1000\n", "");
     std::fs::write(&minion_toml, config).unwrap();
-    let child = Kill(net.start_minion(&minion.dir));
-    let pid = child.0.id();
+    let daemon = net.start_minion(&minion.dir);
+    let pid = daemon.child.id();
     master.wait_connected("m1");
 
     // Events all along, about 1,000 a second (60,000 written during the

@@ -322,11 +322,11 @@ impl MasterConfig {
         cfg.retention_period()
             .map_err(|e| err("retention", e.to_string()))?;
         match humantime::parse_duration(&cfg.max_autonomy) {
-            Ok(d) if d >= std::time::Duration::from_secs(60) => {}
+            Ok(d) if d >= std::time::Duration::from_secs(1) => {}
             Ok(_) => {
                 return Err(err(
                     "max_autonomy",
-                    format!("{:?} is under a minute", cfg.max_autonomy),
+                    format!("{:?} is under a second", cfg.max_autonomy),
                 ));
             }
             Err(e) => {

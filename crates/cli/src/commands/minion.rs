@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Subcommand;
 use tend_bus::ControlClient;
-use tend_proto::v1::{ListEvents, ListJobs, ListKeys, control_reply, control_request};
+use tend_proto::v1::{
+    ChangeKeys, GetOrders, ListEvents, ListJobs, ListKeys, control_reply, control_request,
+};
 
 use crate::context::Ctx;
 use crate::output::{self, json};
@@ -29,6 +31,15 @@ enum MinionCommand {
         #[arg(long, default_value_t = 10)]
         events: u32,
     },
+    /// Lets a minion heal itself while cut off from every master (`on`,
+    /// the default) or not (`off`): its standing orders are sent again at
+    /// once. Kept as the key label `autonomy`.
+    #[command(after_help = "Example:\n  tend minion autonomy web1 off")]
+    Autonomy {
+        id: String,
+        #[arg(value_parser = ["on", "off"])]
+        setting: String,
+    },
 }
 
 /// Runs `tend minion`; its exit status.
@@ -36,6 +47,34 @@ pub fn exec(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     let mut client = connection::connect(&ctx.global)?;
     match args.what {
         MinionCommand::Show { id, events } => show(&mut client, &id, events, ctx.json()),
+        MinionCommand::Autonomy { id, setting } => {
+            // `on` removes the label: on is the default.
+            let label = if setting == "off" {
+                "autonomy=off"
+            } else {
+                "autonomy="
+            };
+            request::ask(
+                &mut client,
+                control_request::Body::ChangeKeys(ChangeKeys {
+                    action: "label".into(),
+                    kind: "minion".into(),
+                    pattern: id.clone(),
+                    labels: vec![label.into()],
+                    ..Default::default()
+                }),
+                |body| match body {
+                    control_reply::Body::KeysChanged(k) => Some(k),
+                    _ => None,
+                },
+            )?;
+            if ctx.json() {
+                println!("{}", serde_json::json!({"minion": id, "autonomy": setting}));
+            } else {
+                println!("autonomy {setting} for {id}: its standing orders go to it now");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -88,10 +127,24 @@ fn show(client: &mut ControlClient, id: &str, recent: u32, json: bool) -> anyhow
         },
     )?
     .unwrap_or_default();
+    let orders = request::ask(
+        client,
+        control_request::Body::GetOrders(GetOrders {
+            minion: id.to_string(),
+        }),
+        |body| match body {
+            control_reply::Body::Orders(o) => Some(o),
+            _ => None,
+        },
+    )?
+    .unwrap_or_default();
     if json {
-        println!("{}", json::minion_detail(&minion, &fingerprint, &events, &jobs));
+        println!(
+            "{}",
+            json::minion_detail(&minion, &fingerprint, &events, &jobs, &orders)
+        );
     } else {
-        output::minions::show(&minion, &fingerprint, &events, &jobs);
+        output::minions::show(&minion, &fingerprint, &events, &jobs, &orders);
     }
     Ok(ExitCode::SUCCESS)
 }

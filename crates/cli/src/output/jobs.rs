@@ -130,6 +130,12 @@ pub fn show(job: &Job) {
     if !job.operator.is_empty() {
         println!("  by:      {}", job.operator);
     }
+    if job.local_id != 0 {
+        println!(
+            "  local:   run by the minion itself while cut off (its job {})",
+            job.local_id & !(1 << 62)
+        );
+    }
     if !job.rule.is_empty() {
         println!("  rule:    {}", job.rule);
         println!(
@@ -152,6 +158,7 @@ pub fn show(job: &Job) {
 /// Who started a job: the operator, or `rule NAME`.
 fn by(j: &Job) -> String {
     match (j.operator.as_str(), j.rule.as_str()) {
+        ("", rule) if j.local_id != 0 => format!("rule {rule} (local)"),
         ("", "") => "-".into(),
         ("", rule) => format!("rule {rule}"),
         (operator, _) => operator.to_string(),

@@ -35,6 +35,9 @@ pub fn event(e: &StoredEvent) -> Value {
         "tag": ev.tag,
         "time": time(ev.time_us),
         "cause": if ev.cause == 0 { Value::Null } else { json!(ev.cause) },
+        // The minion, cut off, evaluated its standing orders (this
+        // version) on the event itself.
+        "local": if ev.local_orders == 0 { Value::Null } else { json!(ev.local_orders) },
         "data": data(&ev.data),
     })
 }
@@ -93,6 +96,10 @@ pub fn job(j: &Job) -> Value {
         "created": time(j.created_us),
         "finished": time(j.finished_us),
         "minions": j.minions.iter().map(minion_result).collect::<Vec<_>>(),
+        // Run by the minion itself while cut off (its standing orders),
+        // with its number in the minion's own space.
+        "local": j.local_id != 0,
+        "local_id": if j.local_id == 0 { Value::Null } else { json!(j.local_id) },
     })
 }
 
@@ -106,6 +113,13 @@ pub fn minion(m: &MinionInfo) -> Value {
         "version": m.version,
         "acked_seq": m.acked_seq,
         "facts": m.facts,
+        "orders": {
+            "version": m.orders_version,
+            "received": time(m.orders_received_us),
+        },
+        "autonomy": if m.autonomy.is_empty() { Value::Null } else {
+            json!({"mode": m.autonomy, "since": time(m.autonomy_since_us)})
+        },
     })
 }
 
@@ -156,9 +170,16 @@ pub fn minion_detail(
     fingerprint: &str,
     events: &[StoredEvent],
     jobs: &[Job],
+    orders: &tend_proto::v1::OrdersBody,
 ) -> Value {
     let mut v = minion(m);
     v["fingerprint"] = json!(fingerprint);
+    v["orders"]["now"] = json!({
+        "version": orders.version,
+        "enabled": orders.enabled,
+        "rules": orders.orders.iter().map(|o| o.rule.clone()).collect::<Vec<_>>(),
+        "on_master": orders.held.iter().map(|h| json!({"rule": h.rule, "why": h.why})).collect::<Vec<_>>(),
+    });
     v["events"] = events.iter().map(event).collect();
     v["jobs"] = jobs.iter().map(job).collect();
     v

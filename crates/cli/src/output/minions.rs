@@ -48,7 +48,13 @@ pub fn list(minions: &[MinionInfo]) {
 }
 
 /// `tend minion show`: the minion, its key, facts, recent jobs and events.
-pub fn show(m: &MinionInfo, fingerprint: &str, recent: &[StoredEvent], recent_jobs: &[Job]) {
+pub fn show(
+    m: &MinionInfo,
+    fingerprint: &str,
+    recent: &[StoredEvent],
+    recent_jobs: &[Job],
+    orders: &tend_proto::v1::OrdersBody,
+) {
     let or_dash = |s: &str| {
         if s.is_empty() {
             "-".to_string()
@@ -76,6 +82,7 @@ pub fn show(m: &MinionInfo, fingerprint: &str, recent: &[StoredEvent], recent_jo
         "  events:      {} stored (highest seq in order)",
         m.acked_seq
     );
+    standing_orders(m, orders);
     let mut facts: Vec<_> = m.facts.iter().collect();
     facts.sort();
     if facts.is_empty() {
@@ -112,5 +119,51 @@ pub fn pong(p: &PingResult) {
             paint("no answer", Paint::Red),
             p.error
         );
+    }
+}
+
+/// What the minion does when cut off from every master: the orders it
+/// took, whether it enforces them now (from its last word), and which
+/// rules stay on the master.
+fn standing_orders(m: &MinionInfo, now: &tend_proto::v1::OrdersBody) {
+    if m.orders_version == 0 {
+        println!("  orders:      none taken yet");
+    } else {
+        println!(
+            "  orders:      version {:016x}, received {}{}",
+            m.orders_version,
+            table::time(m.orders_received_us),
+            if m.orders_version == now.version {
+                ""
+            } else {
+                " (not the current ones yet)"
+            }
+        );
+    }
+    let mode = match (m.connected, m.autonomy.as_str()) {
+        (_, "enforcing") if !m.connected => format!(
+            "enforcing locally since {} (its last word)",
+            table::time(m.autonomy_since_us)
+        ),
+        (_, "expired") if !m.connected => "cut off, orders expired: enforcing nothing".into(),
+        (true, _) => "no: the masters enforce".into(),
+        (false, _) => "not known (cut off; it says when it hears from a master)".into(),
+    };
+    println!("  autonomy:    {mode}");
+    if !now.enabled {
+        println!("               turned off for this minion (key label autonomy=off)");
+    }
+    if !now.orders.is_empty() {
+        println!(
+            "  standing:    {}",
+            now.orders
+                .iter()
+                .map(|o| o.rule.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for h in &now.held {
+        println!("  on master:   {}: {}", h.rule, h.why);
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
+use tend_e2e::netns::Netns;
 use tend_e2e::{Master, Minion, wait_until};
 
 const MANAGED: &str = "Welcome to web1.\nThis file is managed by tend.\n";
@@ -21,11 +22,33 @@ struct Setup {
 /// watching it; web1 has taken its standing orders, and the file is
 /// managed.
 fn setup(rule_extra: &str, minion_extra: &str) -> Setup {
+    setup_in(None, "", rule_extra, minion_extra)
+}
+
+/// As [`setup`]; with `net`, the master is bound on the namespace's
+/// master address and the minion runs inside it. `master_extra` goes into
+/// master.toml (with `auto_accept = false` the key is accepted by hand).
+fn setup_in(
+    net: Option<&Netns>,
+    master_extra: &str,
+    rule_extra: &str,
+    minion_extra: &str,
+) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("etc");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("motd");
-    let mut master = Master::new(&tmp.path().join("master"), "");
+    let mut master = Master::new(&tmp.path().join("master"), master_extra);
+    if let Some(net) = net {
+        let config = std::fs::read_to_string(master.config())
+            .unwrap()
+            .replace("tcp://127.0.0.1:", &format!("tcp://{}:", net.master_ip()));
+        std::fs::write(master.config(), config).unwrap();
+        master.event_endpoint = master.event_endpoint.replace("127.0.0.1", net.master_ip());
+        master.command_endpoint = master
+            .command_endpoint
+            .replace("127.0.0.1", net.master_ip());
+    }
     master.state_file("files/motd", MANAGED);
     master.state_file(
         "motd.toml",
@@ -50,7 +73,16 @@ fn setup(rule_extra: &str, minion_extra: &str) -> Setup {
             file.display()
         ),
     );
-    minion.start();
+    match net {
+        Some(net) => minion.daemon = Some(net.start_minion(&minion.dir)),
+        None => minion.start(),
+    }
+    if master_extra.contains("auto_accept = false") {
+        wait_until(Duration::from_secs(20), "web1's key pending", || {
+            let out = master.tend(&["keys", "accept", "web1"]);
+            out.status.success().then_some(())
+        });
+    }
     master.wait_connected("web1");
     let s = Setup {
         _tmp: tmp,
@@ -66,7 +98,11 @@ fn setup(rule_extra: &str, minion_extra: &str) -> Setup {
 }
 
 fn is_managed(p: &Path) -> bool {
-    std::fs::read_to_string(p).is_ok_and(|c| c == MANAGED)
+    has(p, MANAGED)
+}
+
+fn has(p: &Path, text: &str) -> bool {
+    std::fs::read_to_string(p).is_ok_and(|c| c == text)
 }
 
 /// The minion shows (to the master) that it took orders with `rules`
@@ -101,10 +137,34 @@ const ENFORCING: &str = "enforcing the standing orders here";
 
 /// Edits the managed file by hand and waits until it is managed again.
 fn edit_and_wait_restored(s: &Setup, text: &str, what: &str) {
+    edit_and_wait_for(s, text, MANAGED, what);
+}
+
+fn edit_and_wait_for(s: &Setup, text: &str, managed: &str, what: &str) {
     std::fs::write(&s.file, text).unwrap();
     wait_until(Duration::from_secs(10), what, || {
-        is_managed(&s.file).then_some(())
+        has(&s.file, managed).then_some(())
     });
+}
+
+fn last_event_id(s: &Setup) -> u64 {
+    s.master
+        .events(&["--limit", "1"])
+        .first()
+        .and_then(|e| e["id"].as_u64())
+        .unwrap_or(0)
+}
+
+/// The minion's events stored after `after`, oldest first.
+fn events_after(s: &Setup, after: u64) -> Vec<Value> {
+    let mut events: Vec<Value> = s
+        .master
+        .events(&["--minion", "web1", "--limit", "1000"])
+        .into_iter()
+        .filter(|e| e["id"].as_u64().unwrap_or(0) > after)
+        .collect();
+    events.sort_by_key(|e| e["id"].as_u64());
+    events
 }
 
 fn local_jobs(s: &Setup) -> Vec<Value> {
@@ -137,7 +197,12 @@ fn with_the_master_down_edits_are_restored_locally_even_across_a_minion_restart(
     // Restarted while the master is down: orders from disk.
     s.minion.daemon().stop();
     s.minion.start();
-    assert!(minion_log_has(&mut s, "standing orders read from disk"));
+    wait_log(
+        &mut s,
+        "standing orders read from disk",
+        1,
+        "the orders read from disk",
+    );
     wait_log(
         &mut s,
         ENFORCING,
@@ -190,7 +255,11 @@ fn with_the_master_down_edits_are_restored_locally_even_across_a_minion_restart(
         .filter(|e| e["tag"].as_str().unwrap_or("").contains("/job/local/"))
         .collect();
     assert_eq!(job_events.len(), 2, "{job_events:#?}");
-    let mut seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    let mut seqs: Vec<u64> = events
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .filter(|s| *s > 0)
+        .collect();
     let n = seqs.len();
     seqs.sort_unstable();
     seqs.dedup();
@@ -206,4 +275,154 @@ fn with_the_master_down_edits_are_restored_locally_even_across_a_minion_restart(
         assert!(edit["cause"].is_null(), "{edit}");
         assert!(edit["tag"].as_str().unwrap().contains("/beacon/motd/"));
     }
+}
+
+const MANAGED2: &str = "Welcome to web1, second edition.\n";
+
+/// Checks 1 and 3: the minion in its own network namespace, its link to
+/// the master cut (the master keeps running): a hand edit is restored by
+/// the minion; after the link is back, `tend jobs` shows the local job
+/// with its diff and `tend events` the edit and the restore, in order,
+/// once each. A rule changed while the minion was cut off reaches it
+/// within a second of reconnecting, and the next cut enforces it.
+#[test]
+fn cut_off_by_the_network_a_minion_heals_itself_and_takes_changed_rules_on_reconnect() {
+    let Some(net) = Netns::create_or_skip() else {
+        return;
+    };
+    let mut s = setup_in(Some(&net), "", "", "");
+    let before = last_event_id(&s);
+    net.cut().unwrap();
+    wait_log(&mut s, ENFORCING, 1, "the minion to start enforcing");
+    edit_and_wait_restored(&s, "hand edit while cut off\n", "a local restore");
+
+    // Meanwhile the rule changes: it now applies another state.
+    s.master.state_file("files/motd2", MANAGED2);
+    s.master.state_file(
+        "motd2.toml",
+        &format!(
+            "[motd2]\ntype = \"file.managed\"\npath = {:?}\nsource = \"files/motd2\"\nmode = \"0644\"\n",
+            s.file.display()
+        ),
+    );
+    s.master.rule_file(
+        "restore.toml",
+        "[[rule]]\nname = \"restore-motd\"\non = \"minion/*/beacon/motd/*\"\n[[rule.action]]\napply = [\"motd2\"]\n",
+    );
+    s.master.expect(&["reactor", "reload"], 0);
+    let old_version = wait_for_orders_version(&s, |_| true);
+    net.heal().unwrap();
+    s.master.wait_connected("web1");
+    let reconnected = std::time::Instant::now();
+    let new_version = wait_until(
+        Duration::from_secs(1),
+        "the changed rule in the minion's orders within a second of reconnecting",
+        || {
+            let v = wait_for_orders_version(&s, |_| true);
+            (v != old_version).then_some(v)
+        },
+    );
+    println!(
+        "new orders {new_version:016x} taken {} ms after the master saw the minion again",
+        reconnected.elapsed().as_millis()
+    );
+
+    // The link back, the master has the local job and the events.
+    let jobs = wait_until(Duration::from_secs(20), "the local job recorded", || {
+        let jobs = local_jobs(&s);
+        (!jobs.is_empty()).then_some(jobs)
+    });
+    assert_eq!(jobs.len(), 1, "{jobs:#?}");
+    let diff = jobs[0]["minions"][0]["states"][0]["diff"]
+        .as_str()
+        .unwrap_or("");
+    assert!(diff.contains("-hand edit while cut off"), "{}", jobs[0]);
+    assert!(diff.contains("+Welcome to web1."), "{}", jobs[0]);
+    let events = events_after(&s, before);
+    let edit = events
+        .iter()
+        .position(|e| {
+            e["tag"].as_str().unwrap_or("").contains("/beacon/motd/") && e["cause"].is_null()
+        })
+        .expect("the edit is stored");
+    let job_event = events
+        .iter()
+        .position(|e| e["tag"].as_str().unwrap_or("").contains("/job/local/"))
+        .expect("the local job's event is stored");
+    let restore = events
+        .iter()
+        .position(|e| {
+            e["tag"].as_str().unwrap_or("").contains("/beacon/motd/")
+                && !e["cause"].is_null()
+                && e["cause"] == events[job_event]["data"]["job"]
+        })
+        .expect("the restore's own write is stored, caused by the local job");
+    assert!(
+        edit < restore && restore < job_event,
+        "in order: {events:#?}"
+    );
+    assert!(
+        !events[edit]["local"].is_null(),
+        "the edit was marked as handled locally"
+    );
+    let edits = events
+        .iter()
+        .filter(|e| {
+            e["tag"].as_str().unwrap_or("").contains("/beacon/motd/") && e["cause"].is_null()
+        })
+        .count();
+    assert_eq!(edits, 1, "the edit once: {events:#?}");
+    let minions_own: Vec<u64> = events
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .filter(|s| *s > 0)
+        .collect();
+    let seqs: std::collections::HashSet<&u64> = minions_own.iter().collect();
+    assert_eq!(seqs.len(), minions_own.len(), "each event once");
+
+    // Cut again: the changed rule is what the minion enforces now.
+    net.cut().unwrap();
+    wait_log(&mut s, ENFORCING, 2, "the minion to enforce again");
+    edit_and_wait_for(
+        &s,
+        "another edit\n",
+        MANAGED2,
+        "a restore under the changed rule",
+    );
+    net.heal().unwrap();
+}
+
+/// The version of the orders web1 took, once `ok` holds for the detail.
+fn wait_for_orders_version(s: &Setup, ok: impl Fn(&Value) -> bool) -> u64 {
+    wait_until(Duration::from_secs(20), "web1's orders version", || {
+        let v = s
+            .master
+            .tend_json(&["minion", "show", "web1", "--events", "0"]);
+        let m = v.first()?.clone();
+        let taken = m["orders"]["version"].as_u64()?;
+        (taken != 0 && ok(&m)).then_some(taken)
+    })
+}
+
+/// Check 5, second half: a minion whose key was deleted while it was cut
+/// off drops its orders on its next contact.
+#[test]
+fn a_minion_whose_key_was_deleted_while_cut_off_drops_its_orders_on_contact() {
+    let Some(net) = Netns::create_or_skip() else {
+        return;
+    };
+    let mut s = setup_in(Some(&net), "auto_accept = false\n", "", "");
+    let orders = s.minion.dir.join("data/orders");
+    assert!(orders.exists(), "the orders are on the minion's disk");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&orders).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the orders file is private");
+    net.cut().unwrap();
+    wait_log(&mut s, ENFORCING, 1, "the minion to start enforcing");
+    s.master.expect(&["keys", "delete", "web1"], 0);
+    net.heal().unwrap();
+    wait_until(Duration::from_secs(30), "the orders dropped", || {
+        (!orders.exists()).then_some(())
+    });
+    assert!(minion_log_has(&mut s, "its standing orders are dropped"));
 }

@@ -58,10 +58,11 @@ pub trait Backend: Send + Sync + 'static {
     fn put_job(&self, job: &Job) -> Result<(), StoreError>;
     /// Marks the jobs a previous run left unfinished as interrupted.
     fn interrupt_unfinished(&self, why: &str) -> Result<Vec<Job>, StoreError>;
-    /// Says this master is alive to the others sharing the store, and
-    /// marks interrupted the unfinished jobs of masters gone silent past
-    /// their lease; called every second or so. Nothing to do for a store
-    /// of one master's own.
+    /// Says this master is alive to the others sharing the store, marks
+    /// interrupted the unfinished jobs of masters gone silent past their
+    /// lease, and stores `minion/<id>/down` for the minions only those
+    /// masters heard; called every second or so. Nothing to do for a
+    /// store of one master's own.
     fn keep_alive(&self) -> Result<Vec<Job>, StoreError> {
         Ok(Vec::new())
     }

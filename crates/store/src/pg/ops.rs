@@ -174,6 +174,84 @@ fn interrupt(
     Ok(out)
 }
 
+/// Stores `minion/<id>/down` for every minion whose sessions were all
+/// held by masters silent past their lease (and, with `own_too`, by this
+/// master's last run), and forgets those masters' sessions: under the
+/// event-id lock, which every presence decision takes, so each such
+/// minion is stored down once, by one master.
+fn sweep_presence(
+    tx: &mut Transaction<'_>,
+    owner: &str,
+    own_too: bool,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    const GONE: &str = "(($2 AND p.owner = $1) OR (p.owner <> $1 AND NOT EXISTS (
+        SELECT 1 FROM tend_masters m WHERE m.owner = p.owner AND m.seen_us >= $3)))";
+    let stale = now_us() - MASTER_LEASE.as_micros() as i64;
+    // Most seconds there is nothing to do: looked at without the lock,
+    // which holds up every master's appends.
+    let any = tx
+        .query_opt(
+            &format!("SELECT 1 FROM tend_presence p WHERE {GONE} LIMIT 1"),
+            &[&owner, &own_too, &stale],
+        )?
+        .is_some();
+    if !any {
+        return Ok(Vec::new());
+    }
+    take_ids(tx, 0)?;
+    let mut gone: Vec<String> = tx
+        .query(
+            &format!("DELETE FROM tend_presence p WHERE {GONE} RETURNING p.minion"),
+            &[&owner, &own_too, &stale],
+        )?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    gone.sort();
+    gone.dedup();
+    // Those another live master still holds are not down.
+    let held: std::collections::HashSet<String> = tx
+        .query(
+            "SELECT DISTINCT minion FROM tend_presence WHERE minion = ANY($1)",
+            &[&gone],
+        )?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    let down: Vec<Event> = gone
+        .into_iter()
+        .filter(|m| !held.contains(m))
+        .map(|minion| Event {
+            tag: format!("minion/{minion}/down"),
+            minion,
+            seq: 0,
+            time_us: now_us(),
+            data: br#"{"reason":"every master holding its session stopped answering"}"#.to_vec(),
+            cause: 0,
+        })
+        .collect();
+    if down.is_empty() {
+        return Ok(Vec::new());
+    }
+    let first = take_ids(tx, down.len())?;
+    let stored_us = now_us();
+    let stored: Vec<StoredEvent> = (first..)
+        .zip(down)
+        .map(|(id, event)| StoredEvent {
+            id,
+            stored_us,
+            event: Some(event),
+        })
+        .collect();
+    insert_events(tx, &stored)?;
+    for rec in &stored {
+        if let Some(e) = &rec.event {
+            tracing::info!(minion = %e.minion, "minion stored down: every master holding its session stopped answering");
+        }
+    }
+    Ok(stored)
+}
+
 /// Says this master is alive.
 fn heartbeat(tx: &mut Transaction<'_>, owner: &str) -> Result<(), StoreError> {
     tx.execute(
@@ -594,6 +672,7 @@ impl Backend for PgStore {
         Ok(out)
     }
 
+    /// Also stores `down` for the minions only masters gone silent heard.
     fn keep_alive(&self) -> Result<Vec<Job>, StoreError> {
         let mut c = self.conn()?;
         let mut tx = c.transaction()?;
@@ -604,6 +683,7 @@ impl Backend for PgStore {
             false,
             "its master stopped answering (another master ended the job)",
         )?;
+        sweep_presence(&mut tx, &self.owner, false)?;
         tx.commit()?;
         Ok(out)
     }

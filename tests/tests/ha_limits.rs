@@ -11,6 +11,89 @@ fn store_section(url: &str) -> String {
     format!("[store]\npostgres = {url:?}\n")
 }
 
+/// Every job record in the database.
+fn stored_jobs(c: &mut postgres::Client) -> Vec<tend_proto::v1::Job> {
+    c.query("SELECT job FROM tend_jobs", &[])
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    <tend_proto::v1::Job as prost::Message>::decode(r.get::<_, &[u8]>(0)).unwrap()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A master killed -9 in the middle of a rule's apply and started again at
+/// once (within its 5 s lease, so no other master takes the job over)
+/// finishes that apply itself: sent again under its own id when the
+/// minion's session is back, answered from the minion's job memory. The
+/// job ends changed, the state ran once. Before the fix the restarted
+/// master marked it interrupted.
+#[test]
+fn a_master_restarted_within_its_lease_finishes_its_own_rule_apply_and_it_runs_once() {
+    let db = pg::database();
+    let tmp = tempfile::tempdir().unwrap();
+    let ran = tmp.path().join("ran.log");
+    let setup = |name: &str| {
+        let m = Master::new(&tmp.path().join(name), &store_section(&db.url));
+        m.state_file(
+            "slow.toml",
+            &format!(
+                "[slow]\ntype = \"cmd.run\"\ncommand = [\"sh\", \"-c\", \"echo ran >> {}; sleep 3\"]\n",
+                ran.display()
+            ),
+        );
+        m.rule_file(
+            "go.toml",
+            "[[rule]]\nname = \"go\"\non = \"minion/*/event/go\"\n[[rule.action]]\napply = [\"slow\"]\n",
+        );
+        m
+    };
+    let mut a = setup("a");
+    a.start();
+    wait_until(Duration::from_secs(10), "a to run the reactor", || {
+        (a.counters()["reactor_leader"].as_u64() == Some(1)).then_some(())
+    });
+    let mut b = setup("b");
+    b.start();
+    // Two masters, so the minion keeps its job memory.
+    let mut minion = Minion::with_masters(&tmp.path().join("m1"), "m1", &[&a, &b], "");
+    minion.start();
+    a.wait_connected("m1");
+    b.wait_connected("m1");
+    assert!(minion.send("go", 1).status.success());
+    let mut c = db.client();
+    let job_of = |c: &mut postgres::Client| stored_jobs(c).into_iter().find(|j| j.rule == "go");
+    wait_until(
+        Duration::from_secs(10),
+        "the apply running on the minion",
+        || (std::fs::read_to_string(&ran).ok()?.lines().count() == 1).then_some(()),
+    );
+    a.daemon().kill9();
+    a.start();
+    let job = wait_until(Duration::from_secs(30), "the job finished", || {
+        job_of(&mut c).filter(|j| j.finished_us > 0)
+    });
+    assert!(
+        matches!(job.status.as_str(), "ok" | "changed"),
+        "finished, not interrupted: {job:?}"
+    );
+    assert!(
+        a.daemon().log_text().contains("is finished here"),
+        "the restarted master finished it"
+    );
+    assert!(
+        !b.daemon().log_text().contains("is finished here"),
+        "not taken over by the other master"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&ran).unwrap().lines().count(),
+        1,
+        "the state ran once on the minion"
+    );
+}
+
 /// A minion with a session to master a only (its config lists a alone):
 /// a killed -9, master b finds a's lease over and stores `minion/m1/down`
 /// once, within the lease and a little. Before the fix no master stored

@@ -241,15 +241,22 @@ fn check_config(
 
 /// Ends the jobs a previous run of the master left running or queued (it
 /// crashed, or was stopped mid-job): they are marked `interrupted`, and
-/// said so in events, stored before anything else happens.
-fn interrupt_unfinished(store: &dyn Backend) -> anyhow::Result<u64> {
-    let jobs = store
-        .interrupt_unfinished(
+/// said so in events, stored before anything else happens. On a store
+/// shared by masters its rule applies to one minion are kept to be
+/// finished (sent again under their ids once the minion is back): the
+/// count interrupted, and those.
+fn interrupt_unfinished(store: &dyn Backend) -> anyhow::Result<(u64, Vec<tend_proto::v1::Job>)> {
+    let (jobs, resume) = store
+        .restart_jobs(
             "the master stopped (a crash or a restart) while this job ran: its outcome on the minion is unknown",
         )
         .context("cannot end the jobs the last run of the master left running")?;
+    if !resume.is_empty() {
+        let ids: Vec<u64> = resume.iter().map(|j| j.id).collect();
+        tracing::warn!(jobs = ?ids, "rule applies left running (by the last run of the master, or by masters gone silent) are finished once their minions are back");
+    }
     if jobs.is_empty() {
-        return Ok(0);
+        return Ok((0, resume));
     }
     let ids: Vec<u64> = jobs.iter().map(|j| j.id).collect();
     tracing::warn!(jobs = ?ids, "jobs left running by the last run of the master are marked interrupted");
@@ -275,7 +282,7 @@ fn interrupt_unfinished(store: &dyn Backend) -> anyhow::Result<u64> {
                 .collect(),
         )
         .context("cannot store the events of the interrupted jobs")?;
-    Ok(ids.len() as u64)
+    Ok((ids.len() as u64, resume))
 }
 
 /// (where, target, states) of every rule action that applies states to a
@@ -299,6 +306,8 @@ struct Opened {
     store: Arc<dyn Backend>,
     /// Jobs the last run left unfinished, now interrupted.
     interrupted: u64,
+    /// Rule applies the last run left unfinished, to finish.
+    resume: Vec<tend_proto::v1::Job>,
     last_event: u64,
     local_mark: u64,
     /// The minions the store remembers, none connected yet.
@@ -312,7 +321,7 @@ fn open_store(data_dir: &Path, pg: Option<PgOptions>) -> anyhow::Result<Opened> 
         None => Arc::new(Store::open(data_dir)?),
         Some(opts) => Arc::new(PgStore::open(&opts)?),
     };
-    let interrupted = interrupt_unfinished(store.as_ref())?;
+    let (interrupted, resume) = interrupt_unfinished(store.as_ref())?;
     let minions = store
         .minions()?
         .into_iter()
@@ -323,6 +332,7 @@ fn open_store(data_dir: &Path, pg: Option<PgOptions>) -> anyhow::Result<Opened> 
         .collect();
     Ok(Opened {
         interrupted,
+        resume,
         last_event: store.last_event_id()?,
         local_mark: store.local_mark()?,
         minions,
@@ -359,6 +369,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
     let Opened {
         store,
         interrupted,
+        resume,
         last_event,
         local_mark,
         minions,
@@ -435,6 +446,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         fingerprint: identity.fingerprint(),
         rules: rules.clone(),
         minions,
+        resume,
     });
     stats::add(&master.stats.counters.jobs_interrupted, interrupted);
     if let Some(listener) = metrics_listener {

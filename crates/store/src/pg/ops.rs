@@ -138,15 +138,16 @@ fn interrupt(
     owner: &str,
     include_own: bool,
     why: &str,
+    keep: &[i64],
 ) -> Result<Vec<Job>, StoreError> {
     let stale = now_us() - MASTER_LEASE.as_micros() as i64;
     let rows = tx.query(
-        "SELECT id, job, owner FROM tend_jobs j WHERE finished_us = 0 AND (
+        "SELECT id, job, owner FROM tend_jobs j WHERE finished_us = 0 AND NOT (id = ANY($4)) AND (
              ($2 AND owner = $1)
              OR (owner <> $1 AND NOT EXISTS (
                  SELECT 1 FROM tend_masters m WHERE m.owner = j.owner AND m.seen_us >= $3)))
          ORDER BY id FOR UPDATE SKIP LOCKED",
-        &[&owner, &include_own, &stale],
+        &[&owner, &include_own, &stale, &keep],
     )?;
     let now = now_us();
     let mut out = Vec::new();
@@ -170,6 +171,44 @@ fn interrupt(
         crate::jobs::interrupt(&mut job, why, now);
         write_job(tx, &job, &was)?;
         out.push(job);
+    }
+    Ok(out)
+}
+
+/// Claims for `owner` the unfinished rule applies to one minion of
+/// masters silent past their lease (and, with `include_own`, those its own
+/// last run left): they can be sent again under their own ids, and the
+/// minion answers a repeat with the first run's result. The rest (runs,
+/// operators' applies whose caller has gone) are left to [`interrupt`].
+fn claim_applies(
+    tx: &mut Transaction<'_>,
+    owner: &str,
+    include_own: bool,
+) -> Result<Vec<Job>, StoreError> {
+    let stale = now_us() - MASTER_LEASE.as_micros() as i64;
+    let rows = tx.query(
+        "SELECT id, job FROM tend_jobs j WHERE finished_us = 0 AND (
+             ($3 AND owner = $1)
+             OR (owner <> $1 AND owner <> '' AND NOT EXISTS (
+                 SELECT 1 FROM tend_masters m WHERE m.owner = j.owner AND m.seen_us >= $2)))
+         ORDER BY id FOR UPDATE SKIP LOCKED",
+        &[&owner, &stale, &include_own],
+    )?;
+    let mut out = Vec::new();
+    for r in rows {
+        let id: i64 = r.get(0);
+        // One this master cannot read is left to the sweep that ends
+        // it (review 6).
+        let Ok(job) = decode::<Job>("tend_jobs", id, r.get::<_, &[u8]>(1)) else {
+            continue;
+        };
+        if job.kind == "apply" && !job.rule.is_empty() && !job.target.contains([',', '*']) {
+            tx.execute(
+                "UPDATE tend_jobs SET owner = $1 WHERE id = $2",
+                &[&owner, &id],
+            )?;
+            out.push(job);
+        }
     }
     Ok(out)
 }
@@ -634,40 +673,32 @@ impl Backend for PgStore {
         heartbeat(&mut tx, &self.owner)?;
         // This master's sessions of its last run are gone with it.
         tx.execute("DELETE FROM tend_presence WHERE owner = $1", &[&self.owner])?;
-        let out = interrupt(&mut tx, &self.owner, true, why)?;
+        let out = interrupt(&mut tx, &self.owner, true, why, &[])?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// This master's last run's sessions are gone with it: a minion only
+    /// it (or masters gone silent) heard is stored down. Its rule applies
+    /// to one minion, and those of masters gone silent, are claimed to be
+    /// finished here; the rest of those jobs are interrupted.
+    fn restart_jobs(&self, why: &str) -> Result<(Vec<Job>, Vec<Job>), StoreError> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction()?;
+        heartbeat(&mut tx, &self.owner)?;
+        sweep_presence(&mut tx, &self.owner, true)?;
+        let resumed = claim_applies(&mut tx, &self.owner, true)?;
+        let keep: Vec<i64> = resumed.iter().map(|j| db(j.id)).collect();
+        let interrupted = interrupt(&mut tx, &self.owner, true, why, &keep)?;
+        tx.commit()?;
+        Ok((interrupted, resumed))
     }
 
     fn take_over_jobs(&self) -> Result<Vec<Job>, StoreError> {
         let mut c = self.conn()?;
         let mut tx = c.transaction()?;
         heartbeat(&mut tx, &self.owner)?;
-        let stale = now_us() - MASTER_LEASE.as_micros() as i64;
-        let rows = tx.query(
-            "SELECT id, job FROM tend_jobs j WHERE finished_us = 0 AND owner <> $1 AND owner <> ''
-               AND NOT EXISTS (SELECT 1 FROM tend_masters m WHERE m.owner = j.owner AND m.seen_us >= $2)
-             ORDER BY id FOR UPDATE SKIP LOCKED",
-            &[&self.owner, &stale],
-        )?;
-        let mut out = Vec::new();
-        for r in rows {
-            let id: i64 = r.get(0);
-            // One this master cannot read is left to the sweep that ends
-            // it (review 6).
-            let Ok(job) = decode::<Job>("tend_jobs", id, r.get::<_, &[u8]>(1)) else {
-                continue;
-            };
-            // A rule's apply to one minion can be sent again; the rest
-            // (runs, operators' applies whose caller is gone) are ended.
-            if job.kind == "apply" && !job.rule.is_empty() && !job.target.contains([',', '*']) {
-                tx.execute(
-                    "UPDATE tend_jobs SET owner = $1 WHERE id = $2",
-                    &[&self.owner, &id],
-                )?;
-                out.push(job);
-            }
-        }
+        let out = claim_applies(&mut tx, &self.owner, false)?;
         tx.commit()?;
         Ok(out)
     }
@@ -682,6 +713,7 @@ impl Backend for PgStore {
             &self.owner,
             false,
             "its master stopped answering (another master ended the job)",
+            &[],
         )?;
         sweep_presence(&mut tx, &self.owner, false)?;
         tx.commit()?;

@@ -11,6 +11,14 @@ fn store_section(url: &str) -> String {
     format!("[store]\npostgres = {url:?}\n")
 }
 
+/// The keys a master lists, one JSON object each.
+fn keys(m: &Master) -> Vec<serde_json::Value> {
+    m.tend_json(&["keys", "list"])
+        .pop()
+        .and_then(|l| l["keys"].as_array().cloned())
+        .unwrap_or_default()
+}
+
 /// Every job record in the database.
 fn stored_jobs(c: &mut postgres::Client) -> Vec<tend_proto::v1::Job> {
     c.query("SELECT job FROM tend_jobs", &[])
@@ -22,6 +30,65 @@ fn stored_jobs(c: &mut postgres::Client) -> Vec<tend_proto::v1::Job> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `store migrate` copies the embedded master's key decisions: a master
+/// that never saw the minion, with an empty key dir, on the migrated
+/// database accepts the minion's key at its first hello (a pre-approval
+/// of its fingerprint) and knows the label the operator gave it. Before
+/// the fix the keys stayed behind: the new master held the key pending.
+#[test]
+fn store_migrate_carries_accepted_keys_and_labels_to_every_master_on_the_database() {
+    let db = pg::database();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut old = Master::new(&tmp.path().join("old"), "auto_accept = false\n");
+    old.start();
+    let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &old, "");
+    minion.start();
+    let pending = wait_until(Duration::from_secs(20), "m1's key pending", || {
+        keys(&old)
+            .into_iter()
+            .find(|k| k["name"] == "m1" && k["state"] == "pending")
+    });
+    let fp = pending["fingerprint"].as_str().unwrap().to_string();
+    old.expect(&["keys", "accept", "m1"], 0);
+    old.wait_connected("m1");
+    old.expect(&["keys", "label", "m1", "role=web"], 0);
+    minion.daemon().stop();
+    old.daemon().stop();
+
+    let out = std::process::Command::new(tend_e2e::bin("tend-master"))
+        .arg("--config")
+        .arg(old.config())
+        .args(["store", "migrate", "--to", &db.url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", tend_e2e::stderr(&out));
+    let said = tend_e2e::stdout(&out);
+    assert!(said.contains("key decisions"), "{said}");
+
+    // Another master, its key dir empty, on the database.
+    let mut fresh = Master::new(
+        &tmp.path().join("fresh"),
+        &format!("auto_accept = false\n{}", store_section(&db.url)),
+    );
+    fresh.start();
+    // (The minion pinned the old master's key; the new one has its own.)
+    std::fs::remove_file(tmp.path().join("m1/data/master.fingerprint")).unwrap();
+    let mut moved = Minion::new(&tmp.path().join("m1"), "m1", &fresh, "");
+    moved.start();
+    fresh.wait_connected("m1");
+    let key = wait_until(
+        Duration::from_secs(20),
+        "m1's label on the new master",
+        || {
+            keys(&fresh)
+                .into_iter()
+                .find(|k| k["name"] == "m1" && k["labels"]["role"] == "web")
+        },
+    );
+    assert_eq!(key["state"], "accepted", "{key}");
+    assert_eq!(key["fingerprint"], fp.as_str(), "{key}");
 }
 
 /// A master killed -9 in the middle of a rule's apply and started again at

@@ -168,7 +168,9 @@ fn apply_key_change(keys: &KeyStore, bus: &MasterBus, c: &KeyChange) {
                 .filter_map(|l| l.split_once('='))
                 .map(|(k, v)| (k.to_string(), (!v.is_empty()).then(|| v.to_string())))
                 .collect();
-            keys.label(&c.name, &changes).map(drop)
+            // Bound to the key it was set for, when the decision names
+            // it (a pre-approved key here takes it at its hello).
+            keys.label_key(&c.name, fp, &changes).map(drop)
         }
         other => {
             tracing::warn!(action = %other, "a key decision of an unknown kind from another master: ignored");

@@ -65,7 +65,9 @@ enum Command {
 #[derive(clap::Subcommand)]
 enum StoreCommand {
     /// Copies the embedded store (events, jobs, minions, the reactor's
-    /// cursor and windows) into an empty PostgreSQL database, ids kept.
+    /// cursor and windows) and the key decisions (accepted, pre-approved
+    /// and rejected keys, labels) into an empty PostgreSQL database, ids
+    /// kept.
     /// Run it with the master stopped, then set `[store] postgres`.
     #[command(
         after_help = "Example:\n  systemctl stop tend-master\n  TEND_STORE_PASSWORD=... tend-master store migrate --to postgres://tend@db/tend\n  # then in master.toml: [store] postgres = \"postgres://tend@db/tend\""
@@ -92,15 +94,20 @@ fn migrate(cfg: &MasterConfig, config: &Path, to: &str) -> anyhow::Result<()> {
         owner: fingerprint,
         ca_file: cfg.store.ca_file.clone(),
     })?;
-    let copied = to_store.copy_from(&from, |what, n| {
+    // Read only for its list (arrivals, which auto_accept and the
+    // pre-seeds decide, never come here).
+    let keys = KeyStore::open(&cfg.data_dir.join("keys"), false, Vec::new())?;
+    let decisions = key_decisions(&keys);
+    let copied = to_store.copy_from(&from, &decisions, |what, n| {
         eprintln!("tend-master: {what}: {n} copied")
     })?;
     println!(
-        "copied {} events, {} jobs, {} minions and {} reactor groups from {} into {}",
+        "copied {} events, {} jobs, {} minions, {} reactor groups and {} key decisions from {} into {}",
         copied.events,
         copied.jobs,
         copied.minions,
         copied.reactor_groups,
+        copied.keys,
         from.path().display(),
         to_store.shown()
     );
@@ -110,6 +117,39 @@ fn migrate(cfg: &MasterConfig, config: &Path, to: &str) -> anyhow::Result<()> {
         config.display()
     );
     Ok(())
+}
+
+/// The operator's decisions the key store holds, as the key changes
+/// masters sharing a store tell each other: each accepted key and
+/// pre-approval as an accept of its fingerprint (a master that has not
+/// heard the key pre-approves it), each accepted minion's labels bound to
+/// its key, each rejected name as a rejection. Pending and denied keys are
+/// what peers said, not decisions: each master hears them itself.
+fn key_decisions(keys: &KeyStore) -> Vec<tend_store::KeyChange> {
+    use tend_bus::KeyState;
+    let mut out = Vec::new();
+    for k in keys.list() {
+        let kind = tend_bus::kind_name(k.kind).to_string();
+        let change = |action: &str, fingerprint: &str, labels: Vec<String>| tend_store::KeyChange {
+            kind: kind.clone(),
+            action: action.into(),
+            name: k.name.clone(),
+            fingerprint: fingerprint.into(),
+            labels,
+        };
+        match k.state {
+            KeyState::Accepted | KeyState::Preapproved => {
+                out.push(change("accept", &k.fingerprint, Vec::new()));
+                if !k.labels.is_empty() {
+                    let labels = k.labels.iter().map(|(l, v)| format!("{l}={v}")).collect();
+                    out.push(change("label", &k.fingerprint, labels));
+                }
+            }
+            KeyState::Rejected => out.push(change("reject", "", Vec::new())),
+            KeyState::Pending | KeyState::Denied => {}
+        }
+    }
+    out
 }
 
 fn main() -> std::process::ExitCode {

@@ -632,13 +632,98 @@ fn review6_an_undecodable_job_row_does_not_stop_the_heartbeat() {
     // A master starting marks its own unfinished jobs first, in a sweep
     // that reads the other masters' too.
     let started = b.interrupt_unfinished("review6").map(|j| j.len());
+    // And the start-up sweep that keeps rule applies to finish.
+    let restarted = b.restart_jobs("review6").map(|j| j.0.len());
     let seen: Option<i64> = c
         .query_opt("SELECT seen_us FROM tend_masters WHERE owner = 'b'", &[])
         .unwrap()
         .map(|r| r.get(0));
     assert!(
-        seen.is_some() && started.is_ok(),
+        seen.is_some() && started.is_ok() && restarted.is_ok(),
         "b said it is alive three times and is not recorded alive, and could not start \
-         (keep_alive: {swept:?}, take_over_jobs: {taken:?}, interrupt_unfinished: {started:?})"
+         (keep_alive: {swept:?}, take_over_jobs: {taken:?}, interrupt_unfinished: {started:?}, \
+         restart_jobs: {restarted:?})"
     );
+}
+
+/// Issue 16's limits, in the store: a master restarted claims its own
+/// unfinished rule applies to one minion to finish them, and interrupts
+/// its other jobs; a master that finds another's lease over stores `down`
+/// once for each minion only that master held, and none for a minion a
+/// live master still holds.
+#[test]
+fn a_restart_claims_its_rule_applies_and_a_dead_masters_minions_are_stored_down_once() {
+    let db = pg::database();
+    let (a, b, c) = (pg_store(&db, "a"), pg_store(&db, "b"), pg_store(&db, "c"));
+    for s in [&a, &b, &c] {
+        s.keep_alive().unwrap();
+    }
+    let job = |id: u64, kind: &str, rule: &str| Job {
+        id,
+        kind: kind.into(),
+        target: "m1".into(),
+        rule: rule.into(),
+        status: "running".into(),
+        created_us: 1,
+        ..Default::default()
+    };
+    a.put_job(&job(a.next_job_id(), "apply", "go")).unwrap();
+    a.put_job(&job(a.next_job_id(), "run", "")).unwrap();
+    let (interrupted, resumed) = a.restart_jobs("restarted").unwrap();
+    assert_eq!(
+        (
+            interrupted
+                .iter()
+                .map(|j| j.kind.as_str())
+                .collect::<Vec<_>>(),
+            resumed.iter().map(|j| j.kind.as_str()).collect::<Vec<_>>()
+        ),
+        (vec!["run"], vec!["apply"]),
+        "the rule's apply is kept to be finished, the run interrupted"
+    );
+    assert_eq!(a.job(resumed[0].id).unwrap().unwrap().finished_us, 0);
+
+    let up = |s: &PgStore, minion: &str| {
+        s.append(
+            vec![],
+            vec![Local {
+                n: 0,
+                event: Event {
+                    tag: format!("minion/{minion}/up"),
+                    ..ev(minion, 0)
+                },
+                presence: Some(true),
+            }],
+        )
+        .unwrap();
+    };
+    // m1 held by a only; m2 by a and b.
+    up(&a, "m1");
+    up(&a, "m2");
+    up(&b, "m2");
+    let mut client = db.client();
+    let downs = |client: &mut postgres::Client| -> Vec<String> {
+        client
+            .query(
+                "SELECT minion FROM tend_events WHERE tag LIKE 'minion/%/down' ORDER BY id",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    b.keep_alive().unwrap();
+    assert!(downs(&mut client).is_empty(), "a is alive");
+    // a's lease runs out.
+    client
+        .execute("UPDATE tend_masters SET seen_us = 0 WHERE owner = 'a'", &[])
+        .unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| b.keep_alive().unwrap());
+        s.spawn(|| c.keep_alive().unwrap());
+    });
+    b.keep_alive().unwrap();
+    c.keep_alive().unwrap();
+    assert_eq!(downs(&mut client), vec!["m1"], "m1 down once; b holds m2");
 }

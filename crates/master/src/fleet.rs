@@ -1,10 +1,11 @@
 //! What a master does when other masters share its store (PostgreSQL):
 //! it hears the events they store (live tails and the reactor wake for
 //! them, not only for its own), says it is alive, ends the jobs of a
-//! master gone silent past its lease, so none stays running forever, and
-//! applies the key decisions operators made through the other masters
-//! (each master keeps its own key files: a key accepted through one is
-//! accepted on all).
+//! master gone silent past its lease, so none stays running forever,
+//! finishes the rule applies its own last run left (restarted within its
+//! lease) and those of masters gone silent, and applies the key decisions
+//! operators made through the other masters (each master keeps its own
+//! key files: a key accepted through one is accepted on all).
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -23,6 +24,10 @@ use crate::store::Storage;
 const WAIT: Duration = Duration::from_millis(500);
 /// How often this master says it is alive (well inside the lease).
 const ALIVE_EVERY: Duration = Duration::from_secs(1);
+/// How long a rule's apply to finish waits for its minion's session here
+/// (a restarted master's minions come back within seconds); then it is
+/// sent anyway, and ends `unreachable` if the minion is still away.
+const SESSION_WAIT: Duration = Duration::from_secs(30);
 
 /// What the thread works with.
 pub struct Fleet {
@@ -33,6 +38,9 @@ pub struct Fleet {
     pub bus: Arc<MasterBus>,
     /// To finish the rule applies of a master that died.
     pub jobs: Arc<crate::jobs::Jobs>,
+    /// The rule applies claimed at start to be finished here: those this
+    /// master's last run left unfinished, and those of masters gone silent.
+    pub resume: Vec<Job>,
     pub rt: tokio::runtime::Handle,
 }
 
@@ -55,10 +63,22 @@ fn run(storage: Weak<Storage>, fleet: Fleet) {
         keys,
         bus,
         jobs,
+        resume,
         rt,
     } = fleet;
     let _rt = rt.enter();
     let mut alive_at = Instant::now() - ALIVE_EVERY;
+    // Applies to finish, each sent once its minion's session is up here.
+    let mut waiting: Vec<(Job, Instant, &str)> = resume
+        .into_iter()
+        .map(|j| {
+            (
+                j,
+                Instant::now(),
+                "a rule's apply left unfinished by the last run of this master (or by a master that stopped answering) is finished here",
+            )
+        })
+        .collect();
     loop {
         let Some(storage) = storage.upgrade() else {
             return;
@@ -67,11 +87,13 @@ fn run(storage: Weak<Storage>, fleet: Fleet) {
         if alive_at.elapsed() >= ALIVE_EVERY {
             alive_at = Instant::now();
             match backend.take_over_jobs() {
-                Ok(taken) => {
-                    for job in taken {
-                        finish(&jobs, job);
-                    }
-                }
+                Ok(taken) => waiting.extend(taken.into_iter().map(|j| {
+                    (
+                        j,
+                        Instant::now(),
+                        "a rule's apply whose master stopped answering is finished here",
+                    )
+                })),
                 Err(e) => tracing::debug!(error = %e, "cannot take over a silent master's jobs"),
             }
             match backend.keep_alive() {
@@ -90,6 +112,13 @@ fn run(storage: Weak<Storage>, fleet: Fleet) {
                 Err(e) => tracing::debug!(error = %e, "cannot say this master is alive"),
             }
         }
+        waiting.retain(|(job, since, why)| {
+            if bus.is_connected(&job.target) || since.elapsed() >= SESSION_WAIT {
+                finish(&jobs, job.clone(), why);
+                return false;
+            }
+            true
+        });
         match backend.key_changes() {
             Ok(changes) if !changes.is_empty() => {
                 let upto = changes.last().map_or(0, |c| c.0);
@@ -139,7 +168,9 @@ fn apply_key_change(keys: &KeyStore, bus: &MasterBus, c: &KeyChange) {
                 .filter_map(|l| l.split_once('='))
                 .map(|(k, v)| (k.to_string(), (!v.is_empty()).then(|| v.to_string())))
                 .collect();
-            keys.label(&c.name, &changes).map(drop)
+            // Bound to the key it was set for, when the decision names
+            // it (a pre-approved key here takes it at its hello).
+            keys.label_key(&c.name, fp, &changes).map(drop)
         }
         other => {
             tracing::warn!(action = %other, "a key decision of an unknown kind from another master: ignored");
@@ -163,8 +194,8 @@ fn apply_key_change(keys: &KeyStore, bus: &MasterBus, c: &KeyChange) {
 /// kept with the job, so the request is the one the minion may already
 /// have run (a job recorded before the event was kept gets one rebuilt
 /// from its tag, minion and seq, without its time and data).
-fn finish(jobs: &Arc<crate::jobs::Jobs>, mut job: Job) {
-    tracing::warn!(job = job.id, minion = %job.target, rule = %job.rule, "a rule's apply whose master stopped answering is finished here");
+fn finish(jobs: &Arc<crate::jobs::Jobs>, mut job: Job, why: &str) {
+    tracing::warn!(job = job.id, minion = %job.target, rule = %job.rule, "{why}");
     let trigger = job
         .trigger
         .take()

@@ -66,7 +66,9 @@ enum Command {
 #[derive(clap::Subcommand)]
 enum StoreCommand {
     /// Copies the embedded store (events, jobs, minions, the reactor's
-    /// cursor and windows) into an empty PostgreSQL database, ids kept.
+    /// cursor and windows) and the key decisions (accepted, pre-approved
+    /// and rejected keys, labels) into an empty PostgreSQL database, ids
+    /// kept.
     /// Run it with the master stopped, then set `[store] postgres`.
     #[command(
         after_help = "Example:\n  systemctl stop tend-master\n  TEND_STORE_PASSWORD=... tend-master store migrate --to postgres://tend@db/tend\n  # then in master.toml: [store] postgres = \"postgres://tend@db/tend\""
@@ -93,15 +95,20 @@ fn migrate(cfg: &MasterConfig, config: &Path, to: &str) -> anyhow::Result<()> {
         owner: fingerprint,
         ca_file: cfg.store.ca_file.clone(),
     })?;
-    let copied = to_store.copy_from(&from, |what, n| {
+    // Read only for its list (arrivals, which auto_accept and the
+    // pre-seeds decide, never come here).
+    let keys = KeyStore::open(&cfg.data_dir.join("keys"), false, Vec::new())?;
+    let decisions = key_decisions(&keys);
+    let copied = to_store.copy_from(&from, &decisions, |what, n| {
         eprintln!("tend-master: {what}: {n} copied")
     })?;
     println!(
-        "copied {} events, {} jobs, {} minions and {} reactor groups from {} into {}",
+        "copied {} events, {} jobs, {} minions, {} reactor groups and {} key decisions from {} into {}",
         copied.events,
         copied.jobs,
         copied.minions,
         copied.reactor_groups,
+        copied.keys,
         from.path().display(),
         to_store.shown()
     );
@@ -111,6 +118,39 @@ fn migrate(cfg: &MasterConfig, config: &Path, to: &str) -> anyhow::Result<()> {
         config.display()
     );
     Ok(())
+}
+
+/// The operator's decisions the key store holds, as the key changes
+/// masters sharing a store tell each other: each accepted key and
+/// pre-approval as an accept of its fingerprint (a master that has not
+/// heard the key pre-approves it), each accepted minion's labels bound to
+/// its key, each rejected name as a rejection. Pending and denied keys are
+/// what peers said, not decisions: each master hears them itself.
+fn key_decisions(keys: &KeyStore) -> Vec<tend_store::KeyChange> {
+    use tend_bus::KeyState;
+    let mut out = Vec::new();
+    for k in keys.list() {
+        let kind = tend_bus::kind_name(k.kind).to_string();
+        let change = |action: &str, fingerprint: &str, labels: Vec<String>| tend_store::KeyChange {
+            kind: kind.clone(),
+            action: action.into(),
+            name: k.name.clone(),
+            fingerprint: fingerprint.into(),
+            labels,
+        };
+        match k.state {
+            KeyState::Accepted | KeyState::Preapproved => {
+                out.push(change("accept", &k.fingerprint, Vec::new()));
+                if !k.labels.is_empty() {
+                    let labels = k.labels.iter().map(|(l, v)| format!("{l}={v}")).collect();
+                    out.push(change("label", &k.fingerprint, labels));
+                }
+            }
+            KeyState::Rejected => out.push(change("reject", "", Vec::new())),
+            KeyState::Pending | KeyState::Denied => {}
+        }
+    }
+    out
 }
 
 fn main() -> std::process::ExitCode {
@@ -242,15 +282,22 @@ fn check_config(
 
 /// Ends the jobs a previous run of the master left running or queued (it
 /// crashed, or was stopped mid-job): they are marked `interrupted`, and
-/// said so in events, stored before anything else happens.
-fn interrupt_unfinished(store: &dyn Backend) -> anyhow::Result<u64> {
-    let jobs = store
-        .interrupt_unfinished(
+/// said so in events, stored before anything else happens. On a store
+/// shared by masters its rule applies to one minion are kept to be
+/// finished (sent again under their ids once the minion is back): the
+/// count interrupted, and those.
+fn interrupt_unfinished(store: &dyn Backend) -> anyhow::Result<(u64, Vec<tend_proto::v1::Job>)> {
+    let (jobs, resume) = store
+        .restart_jobs(
             "the master stopped (a crash or a restart) while this job ran: its outcome on the minion is unknown",
         )
         .context("cannot end the jobs the last run of the master left running")?;
+    if !resume.is_empty() {
+        let ids: Vec<u64> = resume.iter().map(|j| j.id).collect();
+        tracing::warn!(jobs = ?ids, "rule applies left running (by the last run of the master, or by masters gone silent) are finished once their minions are back");
+    }
     if jobs.is_empty() {
-        return Ok(0);
+        return Ok((0, resume));
     }
     let ids: Vec<u64> = jobs.iter().map(|j| j.id).collect();
     tracing::warn!(jobs = ?ids, "jobs left running by the last run of the master are marked interrupted");
@@ -276,7 +323,7 @@ fn interrupt_unfinished(store: &dyn Backend) -> anyhow::Result<u64> {
                 .collect(),
         )
         .context("cannot store the events of the interrupted jobs")?;
-    Ok(ids.len() as u64)
+    Ok((ids.len() as u64, resume))
 }
 
 /// (where, target, states) of every rule action that applies states to a
@@ -300,6 +347,8 @@ struct Opened {
     store: Arc<dyn Backend>,
     /// Jobs the last run left unfinished, now interrupted.
     interrupted: u64,
+    /// Rule applies the last run left unfinished, to finish.
+    resume: Vec<tend_proto::v1::Job>,
     last_event: u64,
     local_mark: u64,
     /// The minions the store remembers, none connected yet.
@@ -313,7 +362,7 @@ fn open_store(data_dir: &Path, pg: Option<PgOptions>) -> anyhow::Result<Opened> 
         None => Arc::new(Store::open(data_dir)?),
         Some(opts) => Arc::new(PgStore::open(&opts)?),
     };
-    let interrupted = interrupt_unfinished(store.as_ref())?;
+    let (interrupted, resume) = interrupt_unfinished(store.as_ref())?;
     let minions = store
         .minions()?
         .into_iter()
@@ -324,6 +373,7 @@ fn open_store(data_dir: &Path, pg: Option<PgOptions>) -> anyhow::Result<Opened> 
         .collect();
     Ok(Opened {
         interrupted,
+        resume,
         last_event: store.last_event_id()?,
         local_mark: store.local_mark()?,
         minions,
@@ -360,6 +410,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
     let Opened {
         store,
         interrupted,
+        resume,
         last_event,
         local_mark,
         minions,
@@ -437,6 +488,7 @@ async fn run(args: Args, cfg: MasterConfig) -> anyhow::Result<()> {
         identity: identity.clone(),
         rules: rules.clone(),
         minions,
+        resume,
     });
     stats::add(&master.stats.counters.jobs_interrupted, interrupted);
     if let Some(listener) = metrics_listener {

@@ -49,6 +49,9 @@ pub struct Parts {
     pub rules: Arc<Rules>,
     /// The minions the store remembers, none connected yet.
     pub minions: HashMap<String, MinionInfo>,
+    /// The rule applies the last run left unfinished, to finish (a store
+    /// shared by masters only).
+    pub resume: Vec<tend_proto::v1::Job>,
 }
 
 /// The master's components, each ready to run.
@@ -92,6 +95,7 @@ impl Master {
             identity,
             rules,
             minions,
+            resume,
         } = parts;
         let (local_tx, local_rx) = mpsc::channel(4096);
         let (reactor_tx, reactor_rx) = std::sync::mpsc::sync_channel(64);
@@ -197,6 +201,7 @@ impl Master {
                     keys: keys.clone(),
                     bus: bus.clone(),
                     jobs: jobs.clone(),
+                    resume,
                     rt: tokio::runtime::Handle::current(),
                 },
             );

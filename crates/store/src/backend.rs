@@ -58,10 +58,21 @@ pub trait Backend: Send + Sync + 'static {
     fn put_job(&self, job: &Job) -> Result<(), StoreError>;
     /// Marks the jobs a previous run left unfinished as interrupted.
     fn interrupt_unfinished(&self, why: &str) -> Result<Vec<Job>, StoreError>;
-    /// Says this master is alive to the others sharing the store, and
-    /// marks interrupted the unfinished jobs of masters gone silent past
-    /// their lease; called every second or so. Nothing to do for a store
-    /// of one master's own.
+    /// At start: the jobs a previous run left unfinished, as
+    /// (interrupted, to finish). A store shared by masters claims the
+    /// rule applies to one minion for this master to send again under
+    /// their ids (its minions, listing several masters, answer a repeat
+    /// from their job memory) and interrupts the rest, in one transaction.
+    /// A store of one master's own interrupts them all: a minion with one
+    /// master keeps no job memory, and would run a repeat again.
+    fn restart_jobs(&self, why: &str) -> Result<(Vec<Job>, Vec<Job>), StoreError> {
+        Ok((self.interrupt_unfinished(why)?, Vec::new()))
+    }
+    /// Says this master is alive to the others sharing the store, marks
+    /// interrupted the unfinished jobs of masters gone silent past their
+    /// lease, and stores `minion/<id>/down` for the minions only those
+    /// masters heard; called every second or so. Nothing to do for a
+    /// store of one master's own.
     fn keep_alive(&self) -> Result<Vec<Job>, StoreError> {
         Ok(Vec::new())
     }

@@ -2,7 +2,10 @@
 //! (`tend-master store migrate --to postgres://...`): every record copied
 //! with its id, in one PostgreSQL transaction, so `tend events` and `tend
 //! jobs` read the same before and after, the reactor goes on from its
-//! cursor with its windows, and the minions' next events follow on.
+//! cursor with its windows, and the minions' next events follow on. The
+//! master's key decisions (kept in its key dir, not in the store) are
+//! recorded as key changes of that master, which every other master on
+//! the database applies to its own key store.
 
 use redb::{ReadableDatabase, ReadableTable};
 use tend_proto::v1::{Job, StoredEvent};
@@ -10,7 +13,7 @@ use tend_proto::v1::{Job, StoredEvent};
 use crate::tables::{
     ACKED, EVENTS, JOBS, LOCAL_MARK, META, MINIONS, REACTOR, REACTOR_COMMIT, REACTOR_CURSOR, decode,
 };
-use crate::{PgStore, Store, StoreError};
+use crate::{KeyChange, PgStore, Store, StoreError};
 
 /// What was copied.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -19,6 +22,8 @@ pub struct Copied {
     pub jobs: u64,
     pub minions: u64,
     pub reactor_groups: u64,
+    /// Key decisions recorded for the other masters.
+    pub keys: u64,
 }
 
 /// Rows sent per statement.
@@ -26,11 +31,14 @@ const CHUNK: usize = 5_000;
 
 impl PgStore {
     /// Copies everything in `from` into this database, which must hold no
-    /// events, jobs or minions yet (a store is moved once, not merged).
+    /// events, jobs, minions or key decisions yet (a store is moved once,
+    /// not merged). `keys` are the moving master's key decisions, recorded
+    /// as its own, so every other master on the database applies them.
     /// `progress` hears each table as it is done.
     pub fn copy_from(
         &self,
         from: &Store,
+        keys: &[KeyChange],
         mut progress: impl FnMut(&str, u64),
     ) -> Result<Copied, StoreError> {
         let mut c = self.conn()?;
@@ -38,7 +46,8 @@ impl PgStore {
         let held: i64 = tx
             .query_one(
                 "SELECT (SELECT count(*) FROM tend_events) + (SELECT count(*) FROM tend_jobs)
-                      + (SELECT count(*) FROM tend_minions)",
+                      + (SELECT count(*) FROM tend_minions)
+                      + (SELECT count(*) FROM tend_key_changes)",
                 &[],
             )?
             .get(0);
@@ -138,6 +147,25 @@ impl PgStore {
             }
         }
         progress("reactor", out.reactor_groups);
+
+        let at_us = tend_proto::now_us();
+        for change in keys {
+            tx.execute(
+                "INSERT INTO tend_key_changes (owner, kind, action, name, fingerprint, labels, at_us)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &self.owner,
+                    &change.kind,
+                    &change.action,
+                    &change.name,
+                    &change.fingerprint,
+                    &change.labels,
+                    &at_us,
+                ],
+            )?;
+            out.keys += 1;
+        }
+        progress("key decisions", out.keys);
         tx.commit()?;
         Ok(out)
     }

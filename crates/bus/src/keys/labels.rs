@@ -67,16 +67,39 @@ impl KeyStore {
         name: &str,
         changes: &[(String, Option<String>)],
     ) -> Result<BTreeMap<String, String>, KeyError> {
+        self.label_key(name, None, changes)
+    }
+
+    /// As [`label`](Self::label), for the key `fp` of the minion: its
+    /// accepted key, or the fingerprint pre-approved for it, whose labels
+    /// then wait for its hello as the acceptance does (a label decided on
+    /// another master sharing the store, for a key this one has not heard
+    /// yet). `None`: the accepted key, whichever it is.
+    pub fn label_key(
+        &self,
+        name: &str,
+        fp: Option<&str>,
+        changes: &[(String, Option<String>)],
+    ) -> Result<BTreeMap<String, String>, KeyError> {
         check_name(name)?;
         let mut index = self.lock();
-        let Some(fp) = self
+        let accepted = self
             .read(PeerKind::Minion, KeyState::Accepted, name)
             .pop()
-            .map(|k| fingerprint(&k))
-        else {
-            return Err(KeyError::NotAccepted {
-                name: name.to_string(),
-            });
+            .map(|k| fingerprint(&k));
+        let fp = match (fp, accepted) {
+            (None, Some(acc)) => acc,
+            (Some(want), Some(acc)) if want == acc => acc,
+            (Some(want), None)
+                if self.preapproved(PeerKind::Minion, name).as_deref() == Some(want) =>
+            {
+                want.to_string()
+            }
+            _ => {
+                return Err(KeyError::NotAccepted {
+                    name: name.to_string(),
+                });
+            }
         };
         let mut labels = index
             .labels

@@ -315,7 +315,12 @@ impl KeyStore {
             // A file from before labels were bound to a key has no
             // fingerprint: it belongs to the key accepted now.
             let bound = map.remove("fingerprint").or_else(|| accepted.clone());
-            match (bound, accepted) {
+            // Labels set for a pre-approved key wait for its hello.
+            let awaited = match &accepted {
+                None => store.preapproved(PeerKind::Minion, &name),
+                Some(_) => None,
+            };
+            match (bound, accepted.or(awaited)) {
                 (Some(fp), Some(acc)) if fp == acc => {
                     index.labels.insert(
                         name,

@@ -395,9 +395,11 @@ impl KeyStore {
             self.write_one(kind, KeyState::Pending, &name, None)?;
             if let Some(a) = &keys.accepted {
                 index.accepted.remove(a);
-                if kind == PeerKind::Minion {
-                    self.forget_labels_unless(&mut index, &name, None)?;
-                }
+            }
+            // Labels go with the key they were set for, accepted or
+            // pre-approved.
+            if kind == PeerKind::Minion {
+                self.forget_labels_unless(&mut index, &name, None)?;
             }
             tracing::info!(kind = kind_name(kind), %name, "rejected");
             done.push(Self::entry(kind, &name, KeyState::Rejected, &key));

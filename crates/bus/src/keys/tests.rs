@@ -176,6 +176,38 @@ fn labels_belong_to_accepted_minions_and_survive_a_reopen() {
     assert!(!s.assigned()["db1"].contains_key("role"));
 }
 
+/// Labels decided (on another master) for a key this store has only
+/// pre-approved wait for that key's hello, across a reopen, and go to
+/// no other key of the name.
+#[test]
+fn labels_of_a_preapproved_key_wait_for_its_hello() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = PeerKind::Minion;
+    let s = KeyStore::open(dir.path(), false, vec![]).unwrap();
+    let (fp, other) = (fingerprint(&[1; 32]), fingerprint(&[2; 32]));
+    let role = [("role".to_string(), Some("web".to_string()))];
+    assert!(
+        s.label_key("web1", Some(&fp), &role).is_err(),
+        "not approved yet"
+    );
+    s.accept(m, "web1", Some(&fp)).unwrap();
+    assert!(
+        s.label_key("web1", Some(&other), &role).is_err(),
+        "another key"
+    );
+    s.label_key("web1", Some(&fp), &role).unwrap();
+    assert!(!s.assigned().contains_key("web1"), "no key yet");
+    drop(s);
+    let s = KeyStore::open(dir.path(), false, vec![]).unwrap();
+    assert_eq!(s.check(m, "web1", &[1; 32]), KeyState::Accepted);
+    assert_eq!(s.assigned()["web1"]["role"], "web");
+    // Deleted and taken by another key: the labels stay with the first.
+    s.delete(m, "web1", None).unwrap();
+    s.accept(m, "web1", Some(&other)).unwrap();
+    assert_eq!(s.check(m, "web1", &[2; 32]), KeyState::Accepted);
+    assert!(!s.assigned()["web1"].contains_key("role"));
+}
+
 /// Finding 11: a flood of handshakes under new names leaves a bounded
 /// number of pending key files; the oldest go first, and are counted.
 #[test]

@@ -138,15 +138,16 @@ fn interrupt(
     owner: &str,
     include_own: bool,
     why: &str,
+    keep: &[i64],
 ) -> Result<Vec<Job>, StoreError> {
     let stale = now_us() - MASTER_LEASE.as_micros() as i64;
     let rows = tx.query(
-        "SELECT id, job, owner FROM tend_jobs j WHERE finished_us = 0 AND (
+        "SELECT id, job, owner FROM tend_jobs j WHERE finished_us = 0 AND NOT (id = ANY($4)) AND (
              ($2 AND owner = $1)
              OR (owner <> $1 AND NOT EXISTS (
                  SELECT 1 FROM tend_masters m WHERE m.owner = j.owner AND m.seen_us >= $3)))
          ORDER BY id FOR UPDATE SKIP LOCKED",
-        &[&owner, &include_own, &stale],
+        &[&owner, &include_own, &stale, &keep],
     )?;
     let now = now_us();
     let mut out = Vec::new();
@@ -172,6 +173,122 @@ fn interrupt(
         out.push(job);
     }
     Ok(out)
+}
+
+/// Claims for `owner` the unfinished rule applies to one minion of
+/// masters silent past their lease (and, with `include_own`, those its own
+/// last run left): they can be sent again under their own ids, and the
+/// minion answers a repeat with the first run's result. The rest (runs,
+/// operators' applies whose caller has gone) are left to [`interrupt`].
+fn claim_applies(
+    tx: &mut Transaction<'_>,
+    owner: &str,
+    include_own: bool,
+) -> Result<Vec<Job>, StoreError> {
+    let stale = now_us() - MASTER_LEASE.as_micros() as i64;
+    let rows = tx.query(
+        "SELECT id, job FROM tend_jobs j WHERE finished_us = 0 AND (
+             ($3 AND owner = $1)
+             OR (owner <> $1 AND owner <> '' AND NOT EXISTS (
+                 SELECT 1 FROM tend_masters m WHERE m.owner = j.owner AND m.seen_us >= $2)))
+         ORDER BY id FOR UPDATE SKIP LOCKED",
+        &[&owner, &stale, &include_own],
+    )?;
+    let mut out = Vec::new();
+    for r in rows {
+        let id: i64 = r.get(0);
+        // One this master cannot read is left to the sweep that ends
+        // it (review 6).
+        let Ok(job) = decode::<Job>("tend_jobs", id, r.get::<_, &[u8]>(1)) else {
+            continue;
+        };
+        if job.kind == "apply" && !job.rule.is_empty() && !job.target.contains([',', '*']) {
+            tx.execute(
+                "UPDATE tend_jobs SET owner = $1 WHERE id = $2",
+                &[&owner, &id],
+            )?;
+            out.push(job);
+        }
+    }
+    Ok(out)
+}
+
+/// Stores `minion/<id>/down` for every minion whose sessions were all
+/// held by masters silent past their lease (and, with `own_too`, by this
+/// master's last run), and forgets those masters' sessions: under the
+/// event-id lock, which every presence decision takes, so each such
+/// minion is stored down once, by one master.
+fn sweep_presence(
+    tx: &mut Transaction<'_>,
+    owner: &str,
+    own_too: bool,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    const GONE: &str = "(($2 AND p.owner = $1) OR (p.owner <> $1 AND NOT EXISTS (
+        SELECT 1 FROM tend_masters m WHERE m.owner = p.owner AND m.seen_us >= $3)))";
+    let stale = now_us() - MASTER_LEASE.as_micros() as i64;
+    // Most seconds there is nothing to do: looked at without the lock,
+    // which holds up every master's appends.
+    let any = tx
+        .query_opt(
+            &format!("SELECT 1 FROM tend_presence p WHERE {GONE} LIMIT 1"),
+            &[&owner, &own_too, &stale],
+        )?
+        .is_some();
+    if !any {
+        return Ok(Vec::new());
+    }
+    take_ids(tx, 0)?;
+    let mut gone: Vec<String> = tx
+        .query(
+            &format!("DELETE FROM tend_presence p WHERE {GONE} RETURNING p.minion"),
+            &[&owner, &own_too, &stale],
+        )?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    gone.sort();
+    gone.dedup();
+    // Those another live master still holds are not down.
+    let held: std::collections::HashSet<String> = tx
+        .query(
+            "SELECT DISTINCT minion FROM tend_presence WHERE minion = ANY($1)",
+            &[&gone],
+        )?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    let down: Vec<Event> = gone
+        .into_iter()
+        .filter(|m| !held.contains(m))
+        .map(|minion| Event {
+            tag: format!("minion/{minion}/down"),
+            minion,
+            seq: 0,
+            time_us: now_us(),
+            data: br#"{"reason":"every master holding its session stopped answering"}"#.to_vec(),
+            cause: 0,
+        })
+        .collect();
+    if down.is_empty() {
+        return Ok(Vec::new());
+    }
+    let first = take_ids(tx, down.len())?;
+    let stored_us = now_us();
+    let stored: Vec<StoredEvent> = (first..)
+        .zip(down)
+        .map(|(id, event)| StoredEvent {
+            id,
+            stored_us,
+            event: Some(event),
+        })
+        .collect();
+    insert_events(tx, &stored)?;
+    for rec in &stored {
+        if let Some(e) = &rec.event {
+            tracing::info!(minion = %e.minion, "minion stored down: every master holding its session stopped answering");
+        }
+    }
+    Ok(stored)
 }
 
 /// Says this master is alive.
@@ -556,44 +673,37 @@ impl Backend for PgStore {
         heartbeat(&mut tx, &self.owner)?;
         // This master's sessions of its last run are gone with it.
         tx.execute("DELETE FROM tend_presence WHERE owner = $1", &[&self.owner])?;
-        let out = interrupt(&mut tx, &self.owner, true, why)?;
+        let out = interrupt(&mut tx, &self.owner, true, why, &[])?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// This master's last run's sessions are gone with it: a minion only
+    /// it (or masters gone silent) heard is stored down. Its rule applies
+    /// to one minion, and those of masters gone silent, are claimed to be
+    /// finished here; the rest of those jobs are interrupted.
+    fn restart_jobs(&self, why: &str) -> Result<(Vec<Job>, Vec<Job>), StoreError> {
+        let mut c = self.conn()?;
+        let mut tx = c.transaction()?;
+        heartbeat(&mut tx, &self.owner)?;
+        sweep_presence(&mut tx, &self.owner, true)?;
+        let resumed = claim_applies(&mut tx, &self.owner, true)?;
+        let keep: Vec<i64> = resumed.iter().map(|j| db(j.id)).collect();
+        let interrupted = interrupt(&mut tx, &self.owner, true, why, &keep)?;
+        tx.commit()?;
+        Ok((interrupted, resumed))
     }
 
     fn take_over_jobs(&self) -> Result<Vec<Job>, StoreError> {
         let mut c = self.conn()?;
         let mut tx = c.transaction()?;
         heartbeat(&mut tx, &self.owner)?;
-        let stale = now_us() - MASTER_LEASE.as_micros() as i64;
-        let rows = tx.query(
-            "SELECT id, job FROM tend_jobs j WHERE finished_us = 0 AND owner <> $1 AND owner <> ''
-               AND NOT EXISTS (SELECT 1 FROM tend_masters m WHERE m.owner = j.owner AND m.seen_us >= $2)
-             ORDER BY id FOR UPDATE SKIP LOCKED",
-            &[&self.owner, &stale],
-        )?;
-        let mut out = Vec::new();
-        for r in rows {
-            let id: i64 = r.get(0);
-            // One this master cannot read is left to the sweep that ends
-            // it (review 6).
-            let Ok(job) = decode::<Job>("tend_jobs", id, r.get::<_, &[u8]>(1)) else {
-                continue;
-            };
-            // A rule's apply to one minion can be sent again; the rest
-            // (runs, operators' applies whose caller is gone) are ended.
-            if job.kind == "apply" && !job.rule.is_empty() && !job.target.contains([',', '*']) {
-                tx.execute(
-                    "UPDATE tend_jobs SET owner = $1 WHERE id = $2",
-                    &[&self.owner, &id],
-                )?;
-                out.push(job);
-            }
-        }
+        let out = claim_applies(&mut tx, &self.owner, false)?;
         tx.commit()?;
         Ok(out)
     }
 
+    /// Also stores `down` for the minions only masters gone silent heard.
     fn keep_alive(&self) -> Result<Vec<Job>, StoreError> {
         let mut c = self.conn()?;
         let mut tx = c.transaction()?;
@@ -603,7 +713,9 @@ impl Backend for PgStore {
             &self.owner,
             false,
             "its master stopped answering (another master ended the job)",
+            &[],
         )?;
+        sweep_presence(&mut tx, &self.owner, false)?;
         tx.commit()?;
         Ok(out)
     }

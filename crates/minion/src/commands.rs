@@ -26,8 +26,9 @@ pub struct Commands {
     /// One per master, in the config's order: a reply goes back on the bus
     /// its request came on.
     pub buses: Vec<Arc<MinionBus>>,
-    /// Recent jobs, with several masters (None with one: a master asks
-    /// for a job once).
+    /// Recent jobs: a job sent again (another master, or its own master
+    /// restarted on PostgreSQL) is answered from memory. (None in tests
+    /// that want every request run.)
     pub jobs: Option<JobMemory>,
     /// Where `backup = true` keeps replaced files.
     pub backup_dir: std::path::PathBuf,

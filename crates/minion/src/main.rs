@@ -250,7 +250,9 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
     ));
 
     let commands = Arc::new(Commands {
-        jobs: (buses.len() > 1).then(job_memory::JobMemory::new),
+        // Always: a master on PostgreSQL that restarts (or another master)
+        // finishes a rule's apply by sending it again under its id.
+        jobs: Some(job_memory::JobMemory::new()),
         buses: buses.clone(),
         backup_dir: cfg.data_dir.join("backups"),
         ledger: ledger.clone(),

@@ -267,6 +267,7 @@ fn sweep_presence(
             time_us: now_us(),
             data: br#"{"reason":"every master holding its session stopped answering"}"#.to_vec(),
             cause: 0,
+            local_orders: Default::default(),
         })
         .collect();
     if down.is_empty() {

@@ -426,3 +426,204 @@ fn a_minion_whose_key_was_deleted_while_cut_off_drops_its_orders_on_contact() {
     });
     assert!(minion_log_has(&mut s, "its standing orders are dropped"));
 }
+
+/// The seq `tend-minion send` reports for one event ("seq N..=N").
+fn poke(s: &Setup) -> u64 {
+    let out = s.minion.send("poke", 1);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split("seq ")
+        .nth(1)
+        .and_then(|r| r.split("..").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no seq in {text:?}"))
+}
+
+/// Check 4, end to end: a `count = 3 within 60s` rule, enforced by the
+/// minion itself while the master is down, fires at the third event and
+/// not before, as it would on the master.
+#[test]
+fn a_count_within_window_rule_fires_locally_at_the_third_event() {
+    let mut s = setup("", "");
+    s.master.rule_file(
+        "restore.toml",
+        "[[rule]]\nname = \"three-pokes\"\non = \"minion/*/event/poke\"\ncount = 3\nwindow = \"60s\"\n[[rule.action]]\napply = [\"motd\"]\n",
+    );
+    s.master.expect(&["reactor", "reload"], 0);
+    wait_for_orders_version(&s, |m| {
+        m["orders"]["now"]["rules"][0] == "three-pokes"
+            && m["orders"]["version"] == m["orders"]["now"]["version"]
+    });
+    s.master.daemon().stop();
+    wait_log(&mut s, ENFORCING, 1, "the minion to start enforcing");
+    std::fs::write(&s.file, "edited, and three pokes will put it back\n").unwrap();
+    let first = poke(&s);
+    let _second = poke(&s);
+    let third = poke(&s);
+    wait_until(
+        Duration::from_secs(10),
+        "the restore after three pokes",
+        || is_managed(&s.file).then_some(()),
+    );
+    s.master.start();
+    s.master.wait_connected("web1");
+    let jobs = wait_until(Duration::from_secs(20), "the local job recorded", || {
+        let jobs = local_jobs(&s);
+        (!jobs.is_empty()).then_some(jobs)
+    });
+    assert_eq!(jobs.len(), 1, "one fire for three events: {jobs:#?}");
+    assert_eq!(
+        jobs[0]["trigger"]["seq"].as_u64(),
+        Some(third),
+        "fired at the third poke (the first was {first}): {}",
+        jobs[0]
+    );
+}
+
+/// Check 5, first half: orders past `max_autonomy` are not enforced, and
+/// an event says so; the master, back, acts on what the minion did not.
+#[test]
+fn orders_past_max_autonomy_are_not_enforced_and_an_event_says_so() {
+    let mut s = setup_in(None, "max_autonomy = \"2s\"\n", "", "");
+    let before = last_event_id(&s);
+    s.master.daemon().stop();
+    wait_log(
+        &mut s,
+        "the standing orders are past their expiry",
+        1,
+        "the minion to say its orders expired",
+    );
+    std::fs::write(&s.file, "edited after the orders expired\n").unwrap();
+    let seq = poke(&s);
+    s.master.start();
+    s.master.wait_connected("web1");
+    // The master, not the minion, puts it back.
+    wait_until(Duration::from_secs(20), "the master's restore", || {
+        is_managed(&s.file).then_some(())
+    });
+    let events = events_after(&s, before);
+    let expired = s
+        .master
+        .events(&["--minion", "web1"])
+        .iter()
+        .filter(|e| e["tag"] == "minion/web1/autonomy/expired")
+        .count();
+    assert_eq!(expired, 1, "an event says the orders expired");
+    let p = events
+        .iter()
+        .find(|e| e["seq"].as_u64() == Some(seq))
+        .expect("the poke is stored");
+    assert!(p["local"].is_null(), "not handled locally: {p}");
+    assert!(local_jobs(&s).is_empty(), "no local job after expiry");
+}
+
+/// Check 6: edits racing a reconnect, over and over. Each edit is acted
+/// on by one side only: an edit the minion marked as its own has exactly
+/// one local job and no job of the master's; every job of the master's
+/// was triggered by an edit the minion did not mark; the file ends
+/// managed every time.
+#[test]
+fn an_event_at_the_moment_of_reconnect_is_acted_on_exactly_once() {
+    let Some(net) = Netns::create_or_skip() else {
+        return;
+    };
+    let mut s = setup_in(Some(&net), "", "", "");
+    let before = last_event_id(&s);
+    const ROUNDS: usize = 8;
+    for round in 1..=ROUNDS {
+        net.cut().unwrap();
+        wait_log(&mut s, ENFORCING, round, "the minion to enforce");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let editor = {
+            let (file, stop) = (s.file.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = std::fs::write(&file, format!("edit {round}.{n}\n"));
+                    n += 1;
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+            })
+        };
+        net.heal().unwrap();
+        wait_log(
+            &mut s,
+            "a master is back: it enforces again",
+            round,
+            "the minion to stand by again",
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        editor.join().unwrap();
+        wait_until(Duration::from_secs(20), "the file managed again", || {
+            is_managed(&s.file).then_some(())
+        });
+    }
+    // Every job of the rule, local or the master's, by the edit it acted on.
+    let jobs = wait_until(Duration::from_secs(30), "every local job recorded", || {
+        let events = events_after(&s, before);
+        let local_events = events
+            .iter()
+            .filter(|e| e["tag"].as_str().unwrap_or("").contains("/job/local/"))
+            .count();
+        let jobs: Vec<Value> =
+            s.master
+                .tend_json(&["jobs", "--limit", "10000", "--rule", "restore-motd"]);
+        (jobs.iter().filter(|j| j["local"] == true).count() == local_events).then_some(jobs)
+    });
+    let events = events_after(&s, before);
+    let edits: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["tag"].as_str().unwrap_or("").contains("/beacon/motd/") && e["cause"].is_null()
+        })
+        .collect();
+    let marked: std::collections::HashSet<u64> = edits
+        .iter()
+        .filter(|e| !e["local"].is_null())
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    let unmarked: std::collections::HashSet<u64> = edits
+        .iter()
+        .filter(|e| e["local"].is_null())
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    assert!(!marked.is_empty(), "some edits were the minion's");
+    let mut local_by_trigger: std::collections::HashMap<u64, usize> = Default::default();
+    for j in jobs.iter().filter(|j| j["local"] == true) {
+        *local_by_trigger
+            .entry(j["trigger"]["seq"].as_u64().unwrap())
+            .or_default() += 1;
+    }
+    for seq in &marked {
+        assert_eq!(
+            local_by_trigger.get(seq),
+            Some(&1),
+            "the minion's edit {seq} has one local job"
+        );
+    }
+    for seq in local_by_trigger.keys() {
+        assert!(
+            marked.contains(seq),
+            "a local job for edit {seq}, which was not the minion's"
+        );
+    }
+    for j in jobs.iter().filter(|j| j["local"] != true) {
+        let seq = j["trigger"]["seq"].as_u64().unwrap_or(0);
+        assert!(
+            unmarked.contains(&seq),
+            "the master acted on edit {seq}, which was {}",
+            if marked.contains(&seq) {
+                "the minion's"
+            } else {
+                "no edit"
+            }
+        );
+    }
+    println!(
+        "{ROUNDS} rounds: {} edits the minion's, {} the master's, {} jobs of the master's",
+        marked.len(),
+        unmarked.len(),
+        jobs.iter().filter(|j| j["local"] != true).count()
+    );
+}

@@ -200,3 +200,210 @@ impl Orders {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tend_bus::Identity;
+    use tend_proto::v1::{Event, StandingOrder};
+    use tokio::time::{Duration, Instant, advance};
+
+    const RULES: &str = r#"
+[[rule]]
+name = "three-in-ten"
+on = "minion/*/beacon/motd/*"
+count = 3
+window = "10s"
+[[rule.action]]
+apply = ["motd"]
+
+[[rule]]
+name = "once-a-minute"
+on = "minion/*/beacon/motd/*"
+once_within = "60s"
+[[rule.action]]
+apply = ["motd"]
+"#;
+
+    /// A state set as a master sends it (a JSON array of states).
+    fn states() -> Vec<u8> {
+        let set = tend_state::parse_state_file(
+            "motd.toml",
+            "motd",
+            "[motd]\ntype = \"file.absent\"\npath = \"/nonexistent/tend-test\"\n",
+        )
+        .unwrap();
+        serde_json::to_vec(&set).unwrap()
+    }
+
+    fn sealed(identity: &Identity, body: &OrdersBody) -> StandingOrders {
+        let bytes = body.encode_to_vec();
+        StandingOrders {
+            signature: identity.sign_orders(&bytes),
+            body: bytes,
+            master_key: identity.public_key().to_vec(),
+        }
+    }
+
+    /// The orders a master would compile from `RULES` for web1.
+    fn body(rules: &Rules) -> OrdersBody {
+        OrdersBody {
+            minion: "web1".into(),
+            version: 7,
+            issued_us: 1,
+            expires_us: i64::MAX,
+            enabled: true,
+            orders: rules
+                .iter()
+                .map(|r| StandingOrder {
+                    rule: r.name.to_string(),
+                    toml: r.to_toml(),
+                    states_json: vec![states()],
+                })
+                .collect(),
+            held: Vec::new(),
+        }
+    }
+
+    fn pin(identity: &Identity) -> Vec<MasterPin> {
+        vec![MasterPin::Fingerprint(identity.fingerprint())]
+    }
+
+    fn edit(seq: u64) -> Event {
+        Event {
+            minion: "web1".into(),
+            seq,
+            tag: "minion/web1/beacon/motd/modified".into(),
+            data: b"{}".to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// Check 4: a `count within window` rule and a `once_within`
+    /// throttle, compiled from the orders on the minion, fire at the same
+    /// events as the master's own rules, on the same (paused) clock.
+    #[tokio::test(start_paused = true)]
+    async fn windows_and_throttles_behave_the_same_from_the_orders_as_on_the_master() {
+        let master_rules = Arc::new(Rules::from_texts(&[("r.toml".into(), RULES.into())]).unwrap());
+        let identity = Identity::ephemeral().unwrap();
+        let orders = Orders::check(
+            sealed(&identity, &body(&master_rules)),
+            "web1",
+            &pin(&identity),
+            0,
+        )
+        .unwrap();
+        let mut on_master = tend_reactor::Reactor::new(master_rules);
+        let mut on_minion = tend_reactor::Reactor::new(orders.rules.clone());
+        // Seconds between edits: three close ones, a lull past the window,
+        // a burst, and one past the throttle.
+        let gaps = [0, 1, 1, 1, 12, 1, 1, 1, 1, 50, 1, 1];
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for (i, gap) in gaps.iter().enumerate() {
+            advance(Duration::from_secs(*gap)).await;
+            let e = edit(i as u64 + 1);
+            let now = Instant::now();
+            for f in on_master.on_event(&e, now) {
+                a.push((f.rule.to_string(), f.event.seq));
+            }
+            for f in on_minion.on_event(&e, now) {
+                b.push((f.rule.to_string(), f.event.seq));
+            }
+        }
+        assert_eq!(a, b, "the same fires from the same rules");
+        let count_fires: Vec<u64> = a
+            .iter()
+            .filter(|(r, _)| r == "three-in-ten")
+            .map(|(_, s)| *s)
+            .collect();
+        let throttle_fires: Vec<u64> = a
+            .iter()
+            .filter(|(r, _)| r == "once-a-minute")
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(count_fires.first(), Some(&3), "{a:?}");
+        assert_eq!(throttle_fires.first(), Some(&1), "{a:?}");
+        assert!(
+            throttle_fires.len() >= 2,
+            "the throttle lets one through a minute: {a:?}"
+        );
+    }
+
+    #[test]
+    fn orders_not_signed_by_a_pinned_master_are_refused() {
+        let master = Identity::ephemeral().unwrap();
+        let other = Identity::ephemeral().unwrap();
+        let rules = Rules::from_texts(&[("r.toml".into(), RULES.into())]).unwrap();
+        let good = sealed(&master, &body(&rules));
+        // Signed by a key this minion never pinned.
+        let by_other = sealed(&other, &body(&rules));
+        assert!(matches!(
+            Orders::check(by_other, "web1", &pin(&master), 0),
+            Err(OrdersError::NotPinned(_))
+        ));
+        // The pinned key, a signature over other bytes.
+        let mut forged = good.clone();
+        let mut b = body(&rules);
+        b.expires_us = i64::MAX - 1;
+        forged.body = b.encode_to_vec();
+        assert!(matches!(
+            Orders::check(forged, "web1", &pin(&master), 0),
+            Err(OrdersError::BadSignature)
+        ));
+        // Another minion's orders.
+        assert!(matches!(
+            Orders::check(good.clone(), "web2", &pin(&master), 0),
+            Err(OrdersError::OtherMinion(_))
+        ));
+        assert!(Orders::check(good, "web1", &pin(&master), 0).is_ok());
+    }
+
+    #[test]
+    fn orders_with_anything_but_applies_to_the_minion_itself_are_refused() {
+        let master = Identity::ephemeral().unwrap();
+        for (what, action) in [
+            ("a run", "run = [\"sh\", \"-c\", \"id\"]"),
+            ("an apply to others", "apply = [\"motd\"]\ntarget = \"*\""),
+        ] {
+            let text = format!(
+                "[[rule]]\nname = \"r\"\non = \"minion/*/beacon/**\"\n[[rule.action]]\n{action}\n"
+            );
+            let rules = Rules::from_texts(&[("r.toml".into(), text)]).unwrap();
+            let b = body(&rules);
+            assert!(
+                matches!(
+                    Orders::check(sealed(&master, &b), "web1", &pin(&master), 0),
+                    Err(OrdersError::Rule { .. })
+                ),
+                "{what} was taken"
+            );
+        }
+    }
+
+    #[test]
+    fn orders_round_trip_through_the_disk_and_a_tampered_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = Identity::ephemeral().unwrap();
+        let rules = Rules::from_texts(&[("r.toml".into(), RULES.into())]).unwrap();
+        let orders =
+            Orders::check(sealed(&master, &body(&rules)), "web1", &pin(&master), 42).unwrap();
+        orders.save(dir.path()).unwrap();
+        let back = Orders::load(dir.path(), "web1", &pin(&master))
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.version(), 7);
+        assert_eq!(back.received_us, 42);
+        let path = Orders::path(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 40] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(Orders::load(dir.path(), "web1", &pin(&master)).is_err());
+        Orders::remove(dir.path()).unwrap();
+        assert!(
+            Orders::load(dir.path(), "web1", &pin(&master))
+                .unwrap()
+                .is_none()
+        );
+    }
+}

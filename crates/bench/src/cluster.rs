@@ -347,6 +347,16 @@ impl Cluster {
     }
 
     /// SIGTERM to both, and wait.
+    /// SIGTERM to the master alone, waiting for it to exit.
+    pub fn stop_master(&mut self) {
+        if let Some(mut c) = self.master.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
     pub fn stop(&mut self) {
         for c in [self.minion.take(), self.master.take()]
             .into_iter()

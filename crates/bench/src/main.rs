@@ -47,6 +47,15 @@ enum Cmd {
         #[arg(long, default_value_t = 200)]
         edits: usize,
     },
+    /// Drift -> restore with the master, then cut off (the master
+    /// stopped) by the minion itself from its standing orders; and the
+    /// minion's RSS and idle CPU while it enforces.
+    Autonomy {
+        #[arg(long, default_value_t = 200)]
+        edits: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// K simulated minions publish as fast as the master takes them, through
     /// R rules; events/s stored, loss counted.
     Ingest {
@@ -158,6 +167,7 @@ fn main() -> std::process::ExitCode {
     let report = match args.command {
         Cmd::Demo { no_wait } => demo::demo(no_wait).map(|()| None),
         Cmd::Drift { edits } => measure::drift(edits).map(Some),
+        Cmd::Autonomy { edits, seconds } => measure::autonomy(edits, seconds).map(Some),
         Cmd::Ingest {
             minions,
             events,

@@ -2,6 +2,7 @@
 //! median / p99 / max for timings; throughput where it applies) as a
 //! table, or one JSON object with `--json`. None asserts a time.
 
+mod autonomy;
 mod drift;
 mod fleet;
 mod footprint;
@@ -13,6 +14,7 @@ mod report;
 mod setup;
 mod startup;
 
+pub use autonomy::autonomy;
 pub use drift::drift;
 pub use fleet::{fanout, ingest, restart, scale};
 pub use footprint::footprint;

@@ -58,9 +58,35 @@ pub struct Orders {
     sent: Mutex<HashMap<String, (u64, i64)>>,
     /// Per minion: the rules in its orders (cleared when the rules change).
     standing: Mutex<HashMap<String, Arc<HashSet<String>>>>,
+    /// The rules in orders of each version compiled here: an event the
+    /// minion marked under older orders (the rules changed while it was
+    /// cut off) is judged by the orders it had. Forgotten past
+    /// [`VERSIONS`].
+    versions: Mutex<HashMap<u64, Arc<HashSet<String>>>>,
     /// Minions to send orders to now.
     wanted: mpsc::UnboundedSender<String>,
+    /// What compiling shares across minions until the rules or states
+    /// change: each rule's text, each untemplated state set rendered.
+    cache: Arc<Mutex<Cache>>,
 }
+
+/// Shared by every minion's compile: a fleet of thousands reconnecting
+/// costs one rendering per state set, not one per minion and rule.
+#[derive(Default)]
+struct Cache {
+    toml: HashMap<String, String>,
+    /// By state names: the rendered set when it has no template (the same
+    /// bytes for every minion), None when it is rendered per minion; or
+    /// why it does not load.
+    sets: HashMap<Vec<String>, Result<Option<Vec<u8>>, String>>,
+}
+
+/// Versions whose rules are remembered, at most.
+const VERSIONS: usize = 4096;
+
+/// Orders being sent at once, at most: a fleet reconnecting gets them a
+/// few at a time, so the master never holds every minion's at once.
+const SENDING: usize = 16;
 
 impl Orders {
     #[allow(clippy::too_many_arguments)]
@@ -86,7 +112,9 @@ impl Orders {
             max_autonomy,
             sent: Mutex::default(),
             standing: Mutex::default(),
+            versions: Mutex::default(),
             wanted,
+            cache: Arc::default(),
         });
         (this, rx)
     }
@@ -103,6 +131,7 @@ impl Orders {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = Cache::default();
         for m in self.bus.connected() {
             let _ = self.wanted.send(m);
         }
@@ -119,6 +148,26 @@ impl Orders {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         let mut generation = self.rules.generation();
+        let sending = Arc::new(tokio::sync::Semaphore::new(SENDING));
+        // Minions with a send waiting: asked twice, sent once.
+        let waiting: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let queue = |m: String| {
+            if !waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(m.clone())
+            {
+                return;
+            }
+            let (this, sending, waiting) = (self.clone(), sending.clone(), waiting.clone());
+            tokio::spawn(async move {
+                let Ok(_permit) = sending.acquire().await else {
+                    return;
+                };
+                waiting.lock().unwrap_or_else(|p| p.into_inner()).remove(&m);
+                this.send(&m).await;
+            });
+        };
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -127,13 +176,14 @@ impl Orders {
                     // A session just opened: always sent (the minion may
                     // hold none, or an older signature).
                     self.sent.lock().unwrap_or_else(|p| p.into_inner()).remove(&m);
-                    let this = self.clone();
-                    tokio::spawn(async move { this.send(&m).await });
+                    queue(m);
                 }
                 _ = generation.changed() => self.changed(),
                 _ = tick.tick() => {
+                    // States may have been edited: render them again.
+                    *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = Cache::default();
                     for m in self.bus.connected() {
-                        self.send(&m).await;
+                        queue(m);
                     }
                 }
             }
@@ -213,15 +263,33 @@ impl Orders {
         }
     }
 
-    fn remember_standing(&self, minion: &str, body: &OrdersBody) {
-        let names: HashSet<String> = body.orders.iter().map(|o| o.rule.clone()).collect();
+    fn remember_standing(&self, minion: &str, body: &OrdersBody) -> Arc<HashSet<String>> {
+        let names: Arc<HashSet<String>> =
+            Arc::new(body.orders.iter().map(|o| o.rule.clone()).collect());
+        let mut v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() >= VERSIONS {
+            v.clear();
+        }
+        v.insert(body.version, names.clone());
+        drop(v);
         let mut s = self.standing.lock().unwrap_or_else(|p| p.into_inner());
-        s.insert(minion.to_string(), Arc::new(names));
+        s.insert(minion.to_string(), names.clone());
+        names
     }
 
-    /// The rules `minion` enforces by itself when cut off: the master
-    /// leaves them alone for events it marked as handled.
-    pub fn standing(&self, minion: &str) -> Arc<HashSet<String>> {
+    /// The rules `minion` enforced by itself under orders `version`: the
+    /// master leaves them alone for the events it marked with it. (Orders
+    /// of a version never compiled here, by another master before the
+    /// rules changed, are judged by the minion's orders now.)
+    pub fn standing(&self, minion: &str, version: u64) -> Arc<HashSet<String>> {
+        if let Some(s) = self
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&version)
+        {
+            return s.clone();
+        }
         if let Some(s) = self
             .standing
             .lock()
@@ -231,8 +299,7 @@ impl Orders {
             return s.clone();
         }
         let body = self.compile_input(minion).compile();
-        self.remember_standing(minion, &body);
-        Arc::new(body.orders.into_iter().map(|o| o.rule).collect())
+        self.remember_standing(minion, &body)
     }
 
     /// What a minion's orders would be now (unsigned), for `tend minion
@@ -258,6 +325,7 @@ impl Orders {
             labels,
             rules: self.rules.current(),
             tree: self.tree.clone(),
+            cache: self.cache.clone(),
         }
     }
 }
@@ -274,9 +342,14 @@ struct Compile {
     labels: HashMap<String, String>,
     rules: Arc<Rules>,
     tree: StateTree,
+    cache: Arc<Mutex<Cache>>,
 }
 
 impl Compile {
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn compile(&self) -> OrdersBody {
         let enabled = self.labels.get(LABEL).is_none_or(|v| v != "off");
         let mut body = OrdersBody {
@@ -340,25 +413,65 @@ impl Compile {
             } else {
                 states.clone()
             };
-            let set = self
-                .tree
-                .load_set(&names)
-                .map_err(|e| format!("its states do not load: {e}"))?;
-            let ctx = tend_state::TemplateContext {
-                minion: self.minion.clone(),
-                facts: self.facts.clone().into_iter().collect(),
-                event: None,
-            };
-            let rendered = self.tree.render_set(set, &ctx).map_err(|e| {
-                format!("its states cannot be rendered before an event (do they use `event`?): {e}")
-            })?;
-            states_json.push(serde_json::to_vec(&rendered).map_err(|e| e.to_string())?);
+            states_json.push(self.rendered(names)?);
         }
+        let toml = self
+            .cache()
+            .toml
+            .entry(rule.name.to_string())
+            .or_insert_with(|| rule.to_toml())
+            .clone();
         Ok(StandingOrder {
             rule: rule.name.to_string(),
-            toml: rule.to_toml(),
+            toml,
             states_json,
         })
+    }
+
+    /// State set `names` rendered for this minion (from the cache when
+    /// the set has no template).
+    fn rendered(&self, names: Vec<String>) -> Result<Vec<u8>, String> {
+        let cached = self.cache().sets.get(&names).cloned();
+        let shared = match cached {
+            Some(c) => c?,
+            None => {
+                let loaded = self
+                    .tree
+                    .load_set(&names)
+                    .map_err(|e| format!("its states do not load: {e}"));
+                let entry = loaded.and_then(|set| {
+                    if StateTree::is_templated(&set) {
+                        Ok(None)
+                    } else {
+                        self.render(set).map(Some)
+                    }
+                });
+                self.cache().sets.insert(names.clone(), entry.clone());
+                entry?
+            }
+        };
+        match shared {
+            Some(bytes) => Ok(bytes),
+            None => {
+                let set = self
+                    .tree
+                    .load_set(&names)
+                    .map_err(|e| format!("its states do not load: {e}"))?;
+                self.render(set)
+            }
+        }
+    }
+
+    fn render(&self, set: Vec<tend_state::State>) -> Result<Vec<u8>, String> {
+        let ctx = tend_state::TemplateContext {
+            minion: self.minion.clone(),
+            facts: self.facts.clone().into_iter().collect(),
+            event: None,
+        };
+        let rendered = self.tree.render_set(set, &ctx).map_err(|e| {
+            format!("its states cannot be rendered before an event (do they use `event`?): {e}")
+        })?;
+        serde_json::to_vec(&rendered).map_err(|e| e.to_string())
     }
 }
 

@@ -302,7 +302,7 @@ fn step(
             if event.local_orders != 0 {
                 // The minion, cut off, evaluated its standing orders on
                 // this event itself: those rules are not the master's.
-                let standing = runner.orders.standing(&event.minion);
+                let standing = runner.orders.standing(&event.minion, event.local_orders);
                 fires.extend(reactor.on_event_except(event, at, |r| standing.contains(r)));
             } else {
                 fires.extend(reactor.on_event(event, at));

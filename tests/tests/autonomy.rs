@@ -627,3 +627,47 @@ fn an_event_at_the_moment_of_reconnect_is_acted_on_exactly_once() {
         jobs.iter().filter(|j| j["local"] != true).count()
     );
 }
+
+/// Safety: an operator turns autonomy off for a minion from the master.
+/// Its orders say so at once; cut off, it heals nothing itself, and the
+/// master acts on its events when back.
+#[test]
+fn autonomy_turned_off_from_the_master_stops_local_enforcement() {
+    let mut s = setup("", "");
+    let before = last_event_id(&s);
+    s.master.expect(&["minion", "autonomy", "web1", "off"], 0);
+    wait_for_orders_version(&s, |m| {
+        m["orders"]["now"]["enabled"] == false
+            && m["orders"]["version"] == m["orders"]["now"]["version"]
+    });
+    let shown = s.master.expect(&["minion", "show", "web1"], 0);
+    assert!(shown.contains("autonomy=off"), "{shown}");
+    s.master.daemon().stop();
+    wait_log(
+        &mut s,
+        "autonomy is off",
+        1,
+        "the minion to say it enforces nothing",
+    );
+    assert!(!minion_log_has(&mut s, ENFORCING));
+    std::fs::write(&s.file, "edited with autonomy off\n").unwrap();
+    let seq = poke(&s);
+    s.master.start();
+    s.master.wait_connected("web1");
+    wait_until(Duration::from_secs(20), "the master's restore", || {
+        is_managed(&s.file).then_some(())
+    });
+    let events = events_after(&s, before);
+    let p = events
+        .iter()
+        .find(|e| e["seq"].as_u64() == Some(seq))
+        .expect("the poke is stored");
+    assert!(p["local"].is_null(), "not handled locally: {p}");
+    assert!(local_jobs(&s).is_empty(), "no local job with autonomy off");
+    // And on again.
+    s.master.expect(&["minion", "autonomy", "web1", "on"], 0);
+    wait_for_orders_version(&s, |m| {
+        m["orders"]["now"]["enabled"] == true
+            && m["orders"]["version"] == m["orders"]["now"]["version"]
+    });
+}

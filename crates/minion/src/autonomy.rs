@@ -341,7 +341,9 @@ impl Enforcer {
                 "cut off, and the standing orders are past their expiry: enforcing nothing"
             ),
             Mode::StandingBy => tracing::info!("a master is back: it enforces again"),
-            Mode::Disabled => {}
+            Mode::Disabled => tracing::info!(
+                "cut off, and autonomy is off (autonomy_after_ms = 0, no orders, or turned off from the master): enforcing nothing"
+            ),
         }
         // Nothing worth an event: a minion with no orders that lost its
         // master and found it again.

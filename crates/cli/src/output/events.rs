@@ -20,6 +20,7 @@ pub fn list(events: &[StoredEvent]) {
             if data.chars().count() > 120 {
                 data = data.chars().take(117).collect::<String>() + "...";
             }
+            let cause = cause_word(&ev);
             vec![
                 table::time(e.stored_us),
                 ev.minion,
@@ -29,11 +30,7 @@ pub fn list(events: &[StoredEvent]) {
                     ev.seq.to_string()
                 },
                 paint(&ev.tag, Paint::Cyan),
-                if ev.cause == 0 {
-                    "-".into()
-                } else {
-                    format!("job {}", ev.cause)
-                },
+                cause,
                 data,
             ]
         })
@@ -49,10 +46,9 @@ pub fn line(e: &StoredEvent) {
         serde_json::Value::String(s) => s.get(11..23).unwrap_or(&s).to_string(),
         _ => "-".into(),
     };
-    let cause = if ev.cause == 0 {
-        String::new()
-    } else {
-        format!(" (job {})", ev.cause)
+    let cause = match cause_word(&ev).as_str() {
+        "-" => String::new(),
+        word => format!(" ({word})"),
     };
     println!(
         "{}  {}  {}{}  {}",
@@ -69,4 +65,17 @@ pub fn line(e: &StoredEvent) {
         cause,
         String::from_utf8_lossy(&ev.data)
     );
+}
+
+/// What caused an event, in a word: a master's job, a job the minion ran
+/// itself while cut off (`local job N`), or `local` for an event the
+/// minion handled itself; `-` for none.
+fn cause_word(ev: &tend_proto::v1::Event) -> String {
+    const LOCAL_JOB: u64 = 1 << 62;
+    match (ev.cause, ev.local_orders) {
+        (0, 0) => "-".into(),
+        (0, _) => "local".into(),
+        (c, _) if c & LOCAL_JOB != 0 => format!("local job {}", c & !LOCAL_JOB),
+        (c, _) => format!("job {c}"),
+    }
 }

@@ -231,3 +231,64 @@ fn without_autonomy_a_rule_added_while_the_master_was_down_acts_on_the_backlog()
         t.master.events(&["--minion", "web1", "--limit", "50"])
     );
 }
+
+/// A minion with two masters: A accepted its key and signed its orders;
+/// B never accepted it (its key is pending there). B's sealed `pending`
+/// refusal speaks for B only: the minion keeps the orders A signed. (It
+/// dropped them, again at every retry, and A, believing they were taken,
+/// did not send them again for max_autonomy/4: cut off, the minion
+/// enforced nothing.)
+#[test]
+fn a_second_masters_pending_refusal_keeps_the_orders_the_first_signed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("etc");
+    std::fs::create_dir_all(&dir).unwrap();
+    let motd = dir.join("motd");
+    let mut a = Master::new(&tmp.path().join("a"), "");
+    managed_state(&a, "motd", &motd);
+    a.rule_file("motd.toml", &restore_rule("motd", ""));
+    a.start();
+    let mut b = Master::new(&tmp.path().join("b"), "auto_accept = false");
+    b.start();
+    let mut minion = Minion::with_masters(
+        &tmp.path().join("web1"),
+        "web1",
+        &[&a, &b],
+        &format!("autonomy_after_ms = 300\n{}", file_beacon("motd", &motd)),
+    );
+    minion.start();
+    a.wait_connected("web1");
+    wait_for_orders(&a, 1);
+    let out = a.tend(&["apply", "web1", "motd"]);
+    assert!(out.status.success(), "apply: {out:?}");
+    // B refuses the minion's key (pending) again after the orders came.
+    // (The link says so at each sealed refusal, every few seconds.)
+    const REFUSED: &str = "is pending: an operator must accept it";
+    let refusals = minion.daemon().log_text().matches(REFUSED).count();
+    let end = std::time::Instant::now() + Duration::from_secs(45);
+    while std::time::Instant::now() < end
+        && minion.daemon().log_text().matches(REFUSED).count() <= refusals
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = minion.daemon().log_text();
+    assert!(
+        log.matches(REFUSED).count() > refusals,
+        "B did not refuse the minion again (pending):\n{log}"
+    );
+    // Cut off from A (B never had a session): the minion should enforce
+    // A's orders.
+    a.daemon().stop();
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < end && !minion.daemon().log_text().contains(ENFORCING) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = minion.daemon().log_text();
+    assert!(
+        log.contains(ENFORCING),
+        "cut off from A, the minion does not enforce A's orders (dropped on B's refusal: {}):\n{log}",
+        log.contains("its standing orders are dropped")
+    );
+    std::fs::write(&motd, "hand edit while cut off\n").unwrap();
+    assert!(restored_within(&motd, Duration::from_secs(10)));
+}

@@ -568,7 +568,7 @@ pub fn local_job(event: &Event, id: u64) -> Option<Job> {
             status: status.to_string(),
             error: s("error"),
             results,
-            duration_us: (finished - started).max(0) as u64,
+            duration_us: finished.saturating_sub(started).max(0) as u64,
             ..Default::default()
         }],
         operator: String::new(),
@@ -596,6 +596,35 @@ mod tests {
             ("minion/web1/event/deploy/*", "web1", true),
         ] {
             assert_eq!(may_match_own(glob, minion), may, "{glob} for {minion}");
+        }
+    }
+
+    fn local_job_event(data: &str) -> Event {
+        Event {
+            minion: "web1".into(),
+            seq: 7,
+            tag: "minion/web1/job/local/1/changed".into(),
+            time_us: 1_000,
+            data: data.as_bytes().to_vec(),
+            cause: 1,
+            local_orders: 0,
+        }
+    }
+
+    /// Review 7: a minion's local job event is the minion's word; times
+    /// far apart (its own clock, or forged) must not crash the reactor's
+    /// thread that reads them (an overflow panics in debug builds).
+    #[test]
+    fn review7_a_local_job_with_hostile_times_is_recorded_without_a_panic() {
+        for (started, finished) in [(i64::MIN, i64::MAX), (i64::MAX, i64::MIN), (-1, i64::MAX)] {
+            let e = local_job_event(&format!(
+                r#"{{"job":4611686018427387904,"started_us":{started},"finished_us":{finished}}}"#
+            ));
+            let job = std::panic::catch_unwind(|| local_job(&e, 9))
+                .unwrap_or_else(|_| panic!("local_job panicked on {started}..{finished}"))
+                .expect("a local job");
+            assert!(job.finished_us >= 1);
+            assert_eq!(job.target, "web1");
         }
     }
 }

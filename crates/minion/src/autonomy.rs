@@ -234,9 +234,25 @@ impl Autonomy {
         Ok(taken)
     }
 
-    /// The master refused this minion (`status`): its orders go.
-    pub fn drop_orders(&self, status: &str) -> bool {
+    /// Master `master` (its place in the list) refused this minion
+    /// (`status`): the orders go if that master signed them. Orders
+    /// another master signed stay: this one has no say over them (review
+    /// 7: a second master that never accepted the key wiped them).
+    pub fn drop_orders(&self, master: usize, status: &str) -> bool {
         let mut s = self.lock();
+        let signed_by_it = |o: &Orders| {
+            self.pins
+                .get(master)
+                .is_some_and(|p| p.matches(&o.sealed.master_key))
+        };
+        if s.orders.as_deref().is_some_and(|o| !signed_by_it(o)) {
+            tracing::debug!(
+                status,
+                master,
+                "a master that did not sign this minion's standing orders refused it: they are kept"
+            );
+            return false;
+        }
         let had = s.orders.take().is_some();
         drop(s);
         if let Err(e) = Orders::remove(&self.data_dir) {

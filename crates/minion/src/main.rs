@@ -305,10 +305,11 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
                 Some((master, MinionInbound::Subscribed)) => {
                     let _ = signal_tx.send(Signal::Subscribed { master }).await;
                 }
-                Some((_, MinionInbound::Refused { status })) => {
+                Some((master, MinionInbound::Refused { status })) => {
                     // The master's own word (sealed): a key it rejected or
-                    // no longer knows holds no orders of its.
-                    if matches!(status.as_str(), "rejected" | "pending" | "denied") && autonomy.drop_orders(&status) {
+                    // no longer knows holds no orders of its (orders
+                    // another master signed are that master's to drop).
+                    if matches!(status.as_str(), "rejected" | "pending" | "denied") && autonomy.drop_orders(master, &status) {
                         let event = tend_proto::v1::Event {
                             minion: id.clone(),
                             seq: 0,

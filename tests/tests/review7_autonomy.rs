@@ -141,7 +141,6 @@ fn two_files_after(motd_extra: &str, after_ms: u64) -> Two {
 /// yet the master skips it for the edit the minion marked: nobody restores
 /// the file.
 #[test]
-#[ignore = "review7: the master skips its current standing rules, not those of the orders version the event was marked with"]
 fn a_rule_added_while_cut_off_acts_on_the_edits_the_minion_marked() {
     let mut t = two_files("");
     t.master.daemon().stop();

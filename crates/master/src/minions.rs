@@ -37,6 +37,12 @@ impl Minions {
         self.known.lock().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// One minion, if known.
+    pub fn get(&self, id: &str) -> Option<MinionInfo> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known.get(id).cloned()
+    }
+
     /// Every minion known, by id.
     pub fn all(&self) -> BTreeMap<String, MinionInfo> {
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());

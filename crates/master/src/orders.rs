@@ -215,7 +215,7 @@ impl Orders {
         {
             return;
         }
-        self.remember_standing(minion, &body);
+        let rules = self.remember_standing(minion, &body);
         let sealed = self.seal(body, now);
         let version = sealed_version(&sealed);
         match self
@@ -230,6 +230,17 @@ impl Orders {
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(minion.to_string(), (version, now));
                     let info = self.minions.update(minion, |m| {
+                        if taken.version != m.orders_version {
+                            // The orders it had before: events marked under
+                            // them may still be on their way.
+                            m.previous_orders_version = m.orders_version;
+                            m.previous_orders_rules = std::mem::take(&mut m.orders_rules);
+                        }
+                        if taken.version == version {
+                            let mut names: Vec<String> = rules.iter().cloned().collect();
+                            names.sort();
+                            m.orders_rules = names;
+                        }
                         m.orders_version = taken.version;
                         m.orders_received_us = taken.received_us;
                     });
@@ -278,9 +289,12 @@ impl Orders {
     }
 
     /// The rules `minion` enforced by itself under orders `version`: the
-    /// master leaves them alone for the events it marked with it. (Orders
-    /// of a version never compiled here, by another master before the
-    /// rules changed, are judged by the minion's orders now.)
+    /// master leaves them alone for the events it marked with it. Known
+    /// from the orders compiled here, or from what the minion last took
+    /// (kept in the store across restarts), or, the rules unchanged, from
+    /// compiling them now. Orders of a version known nowhere leave nothing
+    /// alone: the master acts on the event too (an apply is idempotent;
+    /// an event acted on by nobody would be drift left standing).
     pub fn standing(&self, minion: &str, version: u64) -> Arc<HashSet<String>> {
         if let Some(s) = self
             .versions
@@ -290,16 +304,47 @@ impl Orders {
         {
             return s.clone();
         }
-        if let Some(s) = self
+        if let Some(info) = self.minions.get(minion) {
+            if info.orders_version == version && !info.orders_rules.is_empty() {
+                return Arc::new(info.orders_rules.into_iter().collect());
+            }
+            if info.previous_orders_version == version && !info.previous_orders_rules.is_empty() {
+                return Arc::new(info.previous_orders_rules.into_iter().collect());
+            }
+        }
+        let cached = self
             .standing
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(minion)
+            .cloned();
+        let now = match cached {
+            Some(s) => s,
+            None => {
+                let body = self.compile_input(minion).compile();
+                self.remember_standing(minion, &body)
+            }
+        };
+        if self
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&version)
         {
-            return s.clone();
+            return now;
         }
-        let body = self.compile_input(minion).compile();
-        self.remember_standing(minion, &body)
+        tracing::warn!(
+            minion,
+            version,
+            "events the minion handled under orders this master does not know: its rules act on them too"
+        );
+        // Said once per version.
+        let none: Arc<HashSet<String>> = Arc::default();
+        self.versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(version, none.clone());
+        none
     }
 
     /// What a minion's orders would be now (unsigned), for `tend minion

@@ -170,7 +170,6 @@ fn a_rule_added_while_cut_off_acts_on_the_edits_the_minion_marked() {
 /// windows live in memory only, and the master skips the rule for the
 /// marked event. Nobody restores the file.
 #[test]
-#[ignore = "review7: the minion's local windows and holds are lost on a restart; marked events in them are acted on by nobody"]
 fn an_edit_held_in_a_local_debounce_is_restored_across_a_minion_restart() {
     let mut t = two_files("debounce = \"3s\"");
     t.master.daemon().stop();

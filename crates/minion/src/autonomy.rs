@@ -280,6 +280,35 @@ pub struct Enforcer {
     pub commands: Arc<Commands>,
     pub publisher: mpsc::Sender<Signal>,
     pub minion: String,
+    /// Read back at start: marked events after [`MARK`] were not finished
+    /// with (the minion stopped or crashed first, or a hold or debounce
+    /// held them), and the master leaves their rules alone.
+    pub outbox: Arc<std::sync::Mutex<tend_minion::outbox::Outbox>>,
+    pub data_dir: PathBuf,
+    /// The highest seq of a marked event evaluated so far.
+    pub last_marked: std::sync::atomic::AtomicU64,
+}
+
+/// The file holding the seq up to which every marked event is finished
+/// with (evaluated, its local jobs done and recorded, none held by a hold
+/// or debounce). Written without fsync: one that lags after a power loss
+/// only has events evaluated again (an apply is idempotent), never skipped.
+const MARK: &str = "autonomy.mark";
+
+fn read_mark(dir: &std::path::Path) -> u64 {
+    std::fs::read_to_string(dir.join(MARK))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn write_mark(dir: &std::path::Path, seq: u64) {
+    let tmp = dir.join(format!("{MARK}.tmp"));
+    let done = std::fs::write(&tmp, format!("{seq}\n"))
+        .and_then(|()| std::fs::rename(&tmp, dir.join(MARK)));
+    if let Err(e) = done {
+        tracing::warn!(error = %e, "cannot record how far the local enforcer got");
+    }
 }
 
 impl Enforcer {
@@ -291,6 +320,12 @@ impl Enforcer {
         let mut mode = Mode::StandingBy;
         let mut version = 0;
         let mut reactor = Reactor::new(Default::default());
+        let mut mark = read_mark(&self.data_dir);
+        if let Some(orders) = self.autonomy.orders() {
+            version = orders.version();
+            reactor = Reactor::new(orders.rules.clone());
+            mark = self.replay(&orders, &mut reactor, mark).await;
+        }
         loop {
             // The orders in force: new ones start over (as a reload does
             // on the master).
@@ -324,10 +359,7 @@ impl Enforcer {
                     let Some(batch) = batch else { return };
                     let Some(orders) = &orders else { continue };
                     for event in batch {
-                        let fires = reactor.on_event(&event, Instant::now());
-                        for fire in fires {
-                            self.act(orders, fire).await;
-                        }
+                        mark = self.evaluate(orders, &mut reactor, &event, mark).await;
                     }
                 }
                 _ = sleep => {
@@ -338,10 +370,90 @@ impl Enforcer {
                         for fire in reactor.on_timer(Instant::now()) {
                             self.act(orders, fire).await;
                         }
+                        mark = self.advance(&reactor, mark, mark.max(self.last_marked()));
                     }
                 }
             }
         }
+    }
+
+    /// Evaluates one marked event and acts on what fires; returns the new
+    /// mark.
+    async fn evaluate(
+        &self,
+        orders: &Orders,
+        reactor: &mut Reactor,
+        event: &Event,
+        mark: u64,
+    ) -> u64 {
+        if event.seq <= mark {
+            return mark;
+        }
+        self.last_marked
+            .fetch_max(event.seq, std::sync::atomic::Ordering::Relaxed);
+        for fire in reactor.on_event(event, Instant::now()) {
+            self.act(orders, fire).await;
+        }
+        self.advance(reactor, mark, event.seq)
+    }
+
+    fn last_marked(&self) -> u64 {
+        self.last_marked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Moves the mark up to `done`, but not past an event a hold or a
+    /// debounce still holds; written when it moved.
+    fn advance(&self, reactor: &Reactor, mark: u64, done: u64) -> u64 {
+        let upto = match reactor.oldest_held_seq() {
+            Some(held) => done.min(held.saturating_sub(1)),
+            None => done,
+        };
+        if upto > mark {
+            write_mark(&self.data_dir, upto);
+            upto
+        } else {
+            mark
+        }
+    }
+
+    /// At start: the marked events still in the outbox after `mark` are
+    /// evaluated again (windows and holds start over from now).
+    async fn replay(&self, orders: &Orders, reactor: &mut Reactor, mut mark: u64) -> u64 {
+        let mut from = mark + 1;
+        let mut replayed = 0;
+        loop {
+            let outbox = self.outbox.clone();
+            let page = tokio::task::spawn_blocking(move || {
+                outbox
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .read(from, 1000, 4 << 20)
+            })
+            .await;
+            let page = match page {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot read the outbox back for the events the enforcer had not finished");
+                    break;
+                }
+                Err(_) => break,
+            };
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            for event in page.iter().filter(|e| e.local_orders != 0) {
+                replayed += 1;
+                mark = self.evaluate(orders, reactor, event, mark).await;
+            }
+            from = last + 1;
+        }
+        if replayed > 0 {
+            tracing::warn!(
+                events = replayed,
+                "evaluated again the events this minion had handled itself and not finished with before it stopped"
+            );
+        }
+        mark
     }
 
     /// Says in an event that the minion started or stopped enforcing.

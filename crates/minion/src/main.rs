@@ -239,6 +239,7 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
         autonomy.clone(),
         marked_tx,
     );
+    let outbox_for_enforcer = publisher.outbox();
     let publisher_stop = tokio_util::sync::CancellationToken::new();
     let publisher_task = tokio::spawn(publisher.run(event_rx, signal_rx, publisher_stop.clone()));
 
@@ -268,6 +269,9 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
             commands: commands.clone(),
             publisher: signal_tx.clone(),
             minion: id.clone(),
+            outbox: outbox_for_enforcer,
+            data_dir: cfg.data_dir.clone(),
+            last_marked: Default::default(),
         }
         .run(marked_rx, enforcer_stop.clone()),
     );

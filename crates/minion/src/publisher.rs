@@ -145,6 +145,12 @@ impl Publisher {
         }
     }
 
+    /// The outbox, for the enforcer to read back the events it marked
+    /// and had not finished with when the minion stopped.
+    pub fn outbox(&self) -> Arc<Mutex<Outbox>> {
+        self.outbox.clone()
+    }
+
     /// Runs until `shutdown`; then writes out what the beacons still had.
     pub async fn run(
         mut self,

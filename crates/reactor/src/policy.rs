@@ -57,6 +57,19 @@ impl<E> Track<E> {
         }
     }
 
+    /// The events a running hold or debounce holds, to act on later.
+    pub fn held(&self) -> impl Iterator<Item = &E> {
+        let hold = (self.holding_since.is_some() && !self.hold_fired)
+            .then_some(self.hold_event.as_ref())
+            .flatten();
+        let debounce = self
+            .debounce_until
+            .is_some()
+            .then_some(self.debounce_event.as_ref())
+            .flatten();
+        hold.into_iter().chain(debounce)
+    }
+
     /// Something is still to happen (a hold or a debounce running).
     pub fn pending(&self) -> bool {
         (self.holding_since.is_some() && !self.hold_fired) || self.debounce_until.is_some()

@@ -255,6 +255,16 @@ impl Reactor {
             .min()
     }
 
+    /// The lowest seq among the events a running hold or debounce holds
+    /// (what a restart would lose unless evaluated again).
+    pub fn oldest_held_seq(&self) -> Option<u64> {
+        self.tracks
+            .values()
+            .flat_map(|t| t.held())
+            .map(|e| e.seq)
+            .min()
+    }
+
     /// Groups being tracked.
     pub fn groups(&self) -> usize {
         self.tracks.len()

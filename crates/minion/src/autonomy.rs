@@ -318,23 +318,20 @@ impl Enforcer {
         shutdown: CancellationToken,
     ) {
         let mut mode = Mode::StandingBy;
-        let mut version = 0;
-        let mut reactor = Reactor::new(Default::default());
+        // Built from the orders on first need (a marked event), so that a
+        // minion standing by does not hold the rule engine in memory.
+        let mut reactor: Option<(u64, Reactor)> = None;
         let mut mark = read_mark(&self.data_dir);
         if let Some(orders) = self.autonomy.orders() {
-            version = orders.version();
-            reactor = Reactor::new(orders.rules.clone());
             mark = self.replay(&orders, &mut reactor, mark).await;
         }
         loop {
-            // The orders in force: new ones start over (as a reload does
-            // on the master).
             let orders = self.autonomy.orders();
-            let now_version = orders.as_ref().map_or(0, |o| o.version());
-            if now_version != version {
-                version = now_version;
-                reactor =
-                    Reactor::new(orders.as_ref().map(|o| o.rules.clone()).unwrap_or_default());
+            // New orders start over (as a reload does on the master).
+            if reactor.as_ref().map(|(v, _)| *v) != orders.as_ref().map(|o| o.version())
+                && reactor.is_some()
+            {
+                reactor = None;
             }
             let now = Instant::now();
             let m = self.autonomy.mode();
@@ -342,10 +339,13 @@ impl Enforcer {
                 self.announce(mode, m).await;
                 mode = m;
             }
-            let deadline = [reactor.next_deadline(), self.autonomy.next_change(now)]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = [
+                reactor.as_ref().and_then(|(_, r)| r.next_deadline()),
+                self.autonomy.next_change(now),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -366,15 +366,35 @@ impl Enforcer {
                     // Windows and holds of events evaluated here are finished
                     // here, even if a master is back by now: the master
                     // leaves those events' rules alone.
-                    if let Some(orders) = &orders {
-                        for fire in reactor.on_timer(Instant::now()) {
+                    if let (Some(orders), Some((_, r))) = (&orders, reactor.as_mut()) {
+                        let fires = r.on_timer(Instant::now());
+                        for fire in fires {
                             self.act(orders, fire).await;
                         }
-                        mark = self.advance(&reactor, mark, mark.max(self.last_marked()));
+                        mark = self.advance(r, mark, mark.max(self.last_marked()));
                     }
                 }
             }
         }
+    }
+
+    /// The reactor for `orders`, compiled on first need; None (said in
+    /// the log) when they do not compile here.
+    fn reactor_for<'a>(
+        &self,
+        slot: &'a mut Option<(u64, Reactor)>,
+        orders: &Orders,
+    ) -> Option<&'a mut Reactor> {
+        if slot.as_ref().map(|(v, _)| *v) != Some(orders.version()) {
+            match orders.compiled() {
+                Ok(c) => *slot = Some((orders.version(), Reactor::new(c.rules.clone()))),
+                Err(e) => {
+                    tracing::error!(error = %e, version = orders.version(), "the standing orders do not compile here: nothing is enforced");
+                    return None;
+                }
+            }
+        }
+        slot.as_mut().map(|(_, r)| r)
     }
 
     /// Evaluates one marked event and acts on what fires; returns the new
@@ -382,13 +402,16 @@ impl Enforcer {
     async fn evaluate(
         &self,
         orders: &Orders,
-        reactor: &mut Reactor,
+        slot: &mut Option<(u64, Reactor)>,
         event: &Event,
         mark: u64,
     ) -> u64 {
         if event.seq <= mark {
             return mark;
         }
+        let Some(reactor) = self.reactor_for(slot, orders) else {
+            return mark;
+        };
         self.last_marked
             .fetch_max(event.seq, std::sync::atomic::Ordering::Relaxed);
         for fire in reactor.on_event(event, Instant::now()) {
@@ -418,7 +441,12 @@ impl Enforcer {
 
     /// At start: the marked events still in the outbox after `mark` are
     /// evaluated again (windows and holds start over from now).
-    async fn replay(&self, orders: &Orders, reactor: &mut Reactor, mut mark: u64) -> u64 {
+    async fn replay(
+        &self,
+        orders: &Orders,
+        reactor: &mut Option<(u64, Reactor)>,
+        mut mark: u64,
+    ) -> u64 {
         let mut from = mark + 1;
         let mut replayed = 0;
         loop {
@@ -502,10 +530,13 @@ impl Enforcer {
 
     /// Carries out a rule's applies on this minion, each a local job.
     async fn act(&self, orders: &Orders, fire: Fire) {
-        let Some(states) = orders.states.get(&*fire.rule) else {
+        let Ok(compiled) = orders.compiled() else {
             return;
         };
-        let rule_index = orders
+        let Some(states) = compiled.states.get(&*fire.rule) else {
+            return;
+        };
+        let rule_index = compiled
             .rules
             .iter()
             .position(|r| r.name == fire.rule)

@@ -24,13 +24,21 @@ const FILE: &str = "orders";
 /// A bigger file is refused unread.
 const MAX_FILE: u64 = 16 << 20;
 
-/// Orders checked and compiled.
+/// Orders whose signature, minion and shape were checked; compiled into
+/// rules on first need (when the minion enforces them), so a minion that
+/// only holds them, standing by, does not carry the rule engine's code and
+/// data in its memory (its budget is 10 MB).
 pub struct Orders {
     pub body: OrdersBody,
     /// As they arrived (kept on disk as such, and checked again on read).
     pub sealed: StandingOrders,
     /// When this minion first took this version, microseconds.
     pub received_us: i64,
+    compiled: std::sync::OnceLock<Result<Arc<Compiled>, String>>,
+}
+
+/// Orders compiled: the rules, and each rule's actions' states.
+pub struct Compiled {
     pub rules: Arc<Rules>,
     /// Per rule: each action's states (a JSON array of states).
     pub states: HashMap<String, Vec<Vec<u8>>>,
@@ -57,6 +65,53 @@ pub enum OrdersError {
     File { path: PathBuf, error: String },
 }
 
+/// Compiles the orders' rules with the master's own code and checks that
+/// each only applies states to this minion.
+fn compile(body: &OrdersBody) -> Result<Compiled, OrdersError> {
+    let texts: Vec<(String, String)> = body
+        .orders
+        .iter()
+        .map(|o| (format!("standing orders, rule {}", o.rule), o.toml.clone()))
+        .collect();
+    let rules = Rules::from_texts(&texts).map_err(|e| OrdersError::Rules(e.to_string()))?;
+    let mut states = HashMap::new();
+    for (rule, order) in rules.iter().zip(&body.orders) {
+        let bad = |problem: String| OrdersError::Rule {
+            rule: order.rule.clone(),
+            problem,
+        };
+        if *rule.name != order.rule {
+            return Err(bad(format!("its text names rule {:?}", rule.name)));
+        }
+        if rule.actions.len() != order.states_json.len() {
+            return Err(bad(format!(
+                "{} action(s) but {} state set(s)",
+                rule.actions.len(),
+                order.states_json.len()
+            )));
+        }
+        // Defence in depth: the master sends only applies to the event's
+        // own minion; anything else is not the minion's to do alone.
+        for a in &rule.actions {
+            if !matches!(a, Action::Apply { target: None, .. }) {
+                return Err(bad(format!(
+                    "an action `{}` other than an apply to this minion",
+                    a.kind()
+                )));
+            }
+        }
+        for json in &order.states_json {
+            serde_json::from_slice::<Vec<tend_state::State>>(json)
+                .map_err(|e| bad(format!("its states do not read: {e}")))?;
+        }
+        states.insert(order.rule.clone(), order.states_json.clone());
+    }
+    Ok(Compiled {
+        rules: Arc::new(rules),
+        states,
+    })
+}
+
 impl Orders {
     /// Checks orders that arrived (or were read back): signed by a pinned
     /// master, for `minion`, every rule compiling and acting on this
@@ -77,51 +132,28 @@ impl Orders {
         if body.minion != minion {
             return Err(OrdersError::OtherMinion(body.minion));
         }
-        let texts: Vec<(String, String)> = body
+        if body
             .orders
             .iter()
-            .map(|o| (format!("standing orders, rule {}", o.rule), o.toml.clone()))
-            .collect();
-        let rules = Rules::from_texts(&texts).map_err(|e| OrdersError::Rules(e.to_string()))?;
-        let mut states = HashMap::new();
-        for (rule, order) in rules.iter().zip(&body.orders) {
-            let bad = |problem: String| OrdersError::Rule {
-                rule: order.rule.clone(),
-                problem,
-            };
-            if *rule.name != order.rule {
-                return Err(bad(format!("its text names rule {:?}", rule.name)));
-            }
-            if rule.actions.len() != order.states_json.len() {
-                return Err(bad(format!(
-                    "{} action(s) but {} state set(s)",
-                    rule.actions.len(),
-                    order.states_json.len()
-                )));
-            }
-            // Defence in depth: the master sends only applies to the event's
-            // own minion; anything else is not the minion's to do alone.
-            for a in &rule.actions {
-                if !matches!(a, Action::Apply { target: None, .. }) {
-                    return Err(bad(format!(
-                        "an action `{}` other than an apply to this minion",
-                        a.kind()
-                    )));
-                }
-            }
-            for json in &order.states_json {
-                serde_json::from_slice::<Vec<tend_state::State>>(json)
-                    .map_err(|e| bad(format!("its states do not read: {e}")))?;
-            }
-            states.insert(order.rule.clone(), order.states_json.clone());
+            .any(|o| o.rule.is_empty() || o.toml.is_empty())
+        {
+            return Err(OrdersError::Rules("a rule with no name or no text".into()));
         }
         Ok(Self {
             body,
             sealed,
             received_us,
-            rules: Arc::new(rules),
-            states,
+            compiled: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The orders compiled (once): every rule compiling, and only applying
+    /// states to this minion.
+    pub fn compiled(&self) -> Result<Arc<Compiled>, OrdersError> {
+        self.compiled
+            .get_or_init(|| compile(&self.body).map(Arc::new).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(OrdersError::Rules)
     }
 
     pub fn version(&self) -> u64 {
@@ -294,7 +326,7 @@ apply = ["motd"]
         )
         .unwrap();
         let mut on_master = tend_reactor::Reactor::new(master_rules);
-        let mut on_minion = tend_reactor::Reactor::new(orders.rules.clone());
+        let mut on_minion = tend_reactor::Reactor::new(orders.compiled().unwrap().rules.clone());
         // Seconds between edits: three close ones, a lull past the window,
         // a burst, and one past the throttle.
         let gaps = [0, 1, 1, 1, 12, 1, 1, 1, 1, 50, 1, 1];
@@ -372,8 +404,9 @@ apply = ["motd"]
             let b = body(&rules);
             assert!(
                 matches!(
-                    Orders::check(sealed(&master, &b), "web1", &pin(&master), 0),
-                    Err(OrdersError::Rule { .. })
+                    Orders::check(sealed(&master, &b), "web1", &pin(&master), 0)
+                        .and_then(|o| o.compiled().map(|_| ())),
+                    Err(OrdersError::Rules(_))
                 ),
                 "{what} was taken"
             );

@@ -12,6 +12,14 @@ pub fn autonomy(edits: usize, seconds: u64) -> anyhow::Result<Report> {
         true,
         "master_timeout_ms = 1000\nautonomy_after_ms = 300\n",
     )?;
+    // The restore rule with a CEL condition, so that the minion's figures
+    // while it enforces include the CEL engine compiled and running.
+    std::fs::write(
+        tmp.path().join("master/reactor.d/restore-motd.toml"),
+        "[[rule]]\nname = \"restore-motd\"\non = \"minion/*/beacon/motd/*\"\n\
+         when = 'event.data.path != \"\" && event.minion == \"demo-minion\"'\n\n\
+         [[rule.action]]\napply = [\"motd\"]\n",
+    )?;
     c.start_master()?;
     c.start_minion()?;
     let out = c.tend(&["apply", "demo-minion", "motd"])?;
@@ -80,7 +88,7 @@ pub fn autonomy(edits: usize, seconds: u64) -> anyhow::Result<Report> {
         "MiB",
     );
     r.figure(
-        "minion RSS, enforcing, after the local jobs",
+        "minion RSS, enforcing (rules and CEL compiled and run), after the local jobs",
         rss_mib(pid),
         "MiB",
     );

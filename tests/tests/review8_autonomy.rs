@@ -137,7 +137,6 @@ fn two_files(rules: &[(&str, String)], standing: usize) -> Two {
 /// name, so the master skips the new rule for an edit the minion's old
 /// rule never matched: nobody restores the file.
 #[test]
-#[ignore = "review8: the master skips rules by name; a rule redefined under the same name while cut off is acted on by nobody"]
 fn review8_a_rule_redefined_under_its_name_while_cut_off_acts_on_the_edits_the_minion_marked() {
     let mut t = two_files(&[("restore.toml", rule("restore", "motd", "motd", ""))], 1);
     t.master.daemon().stop();
@@ -170,7 +169,6 @@ fn review8_a_rule_redefined_under_its_name_while_cut_off_acts_on_the_edits_the_m
 /// held edit is dropped, while the master skips the minion's rule for the
 /// event it marked. Nobody restores the file.
 #[test]
-#[ignore = "review8: new orders reset the enforcer's reactor and drop an edit held in a local debounce (acted on by nobody)"]
 fn review8_an_edit_held_in_a_local_debounce_is_restored_when_new_orders_arrive() {
     held_across_a_reconnect(true);
 }
@@ -219,7 +217,6 @@ fn held_across_a_reconnect(new_rule: bool) {
 /// restart the enforcer evaluates the edit again and the first rule's
 /// local job, done and recorded before the restart, runs a second time.
 #[test]
-#[ignore = "review8: a rule that fired at once runs again after a restart while another rule holds the same event in a debounce"]
 fn review8_a_local_job_done_before_a_restart_is_not_run_again() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("etc");

@@ -275,8 +275,14 @@ impl Orders {
     }
 
     fn remember_standing(&self, minion: &str, body: &OrdersBody) -> Arc<HashSet<String>> {
-        let names: Arc<HashSet<String>> =
-            Arc::new(body.orders.iter().map(|o| o.rule.clone()).collect());
+        // Each rule by name and text: one changed under its name is not
+        // the one the minion had.
+        let names: Arc<HashSet<String>> = Arc::new(
+            body.orders
+                .iter()
+                .map(|o| tend_reactor::identity(&o.rule, &o.toml))
+                .collect(),
+        );
         let mut v = self.versions.lock().unwrap_or_else(|p| p.into_inner());
         if v.len() >= VERSIONS {
             v.clear();

@@ -287,6 +287,9 @@ pub struct Enforcer {
     pub data_dir: PathBuf,
     /// The highest seq of a marked event evaluated so far.
     pub last_marked: std::sync::atomic::AtomicU64,
+    /// While replaying at start: the local jobs already recorded in the
+    /// outbox (done before the restart), not to run again.
+    pub done_before: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
 
 /// The file holding the seq up to which every marked event is finished
@@ -311,6 +314,66 @@ fn write_mark(dir: &std::path::Path, seq: u64) {
     }
 }
 
+/// The reactors of the orders in force and of older orders whose holds
+/// and debounces still run: an event is evaluated by the reactor of the
+/// orders it was marked under (the master leaves that version's rules
+/// alone for it) while the minion still has them, so new orders arriving
+/// drop nothing a window holds. Built on first need: a minion standing by
+/// holds no rule engine in memory.
+#[derive(Default)]
+struct Reactors {
+    list: Vec<(Arc<Orders>, Reactor)>,
+}
+
+impl Reactors {
+    /// The reactor for an event marked under `version` (the one in force
+    /// when that version is gone), compiling `current` on first need.
+    fn for_event(&mut self, current: &Arc<Orders>, version: u64) -> Option<usize> {
+        if let Some(i) = self.list.iter().position(|(o, _)| o.version() == version) {
+            return Some(i);
+        }
+        if let Some(i) = self
+            .list
+            .iter()
+            .position(|(o, _)| o.version() == current.version())
+        {
+            return Some(i);
+        }
+        match current.compiled() {
+            Ok(c) => {
+                self.list
+                    .push((current.clone(), Reactor::new(c.rules.clone())));
+                Some(self.list.len() - 1)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, version = current.version(), "the standing orders do not compile here: nothing is enforced");
+                None
+            }
+        }
+    }
+
+    /// Forgets the reactors of orders no longer in force once nothing is
+    /// held in them.
+    fn prune(&mut self, current: Option<u64>) {
+        self.list
+            .retain(|(o, r)| Some(o.version()) == current || r.oldest_held_seq().is_some());
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.list
+            .iter()
+            .filter_map(|(_, r)| r.next_deadline())
+            .min()
+    }
+
+    fn oldest_held_seq(&self) -> Option<u64> {
+        self.list
+            .iter()
+            .filter_map(|(_, r)| r.oldest_held_seq())
+            .min()
+    }
+}
+
 impl Enforcer {
     pub async fn run(
         self,
@@ -318,34 +381,24 @@ impl Enforcer {
         shutdown: CancellationToken,
     ) {
         let mut mode = Mode::StandingBy;
-        // Built from the orders on first need (a marked event), so that a
-        // minion standing by does not hold the rule engine in memory.
-        let mut reactor: Option<(u64, Reactor)> = None;
+        let mut reactors = Reactors::default();
         let mut mark = read_mark(&self.data_dir);
         if let Some(orders) = self.autonomy.orders() {
-            mark = self.replay(&orders, &mut reactor, mark).await;
+            mark = self.replay(&orders, &mut reactors, mark).await;
         }
         loop {
             let orders = self.autonomy.orders();
-            // New orders start over (as a reload does on the master).
-            if reactor.as_ref().map(|(v, _)| *v) != orders.as_ref().map(|o| o.version())
-                && reactor.is_some()
-            {
-                reactor = None;
-            }
+            reactors.prune(orders.as_ref().map(|o| o.version()));
             let now = Instant::now();
             let m = self.autonomy.mode();
             if m != mode {
                 self.announce(mode, m).await;
                 mode = m;
             }
-            let deadline = [
-                reactor.as_ref().and_then(|(_, r)| r.next_deadline()),
-                self.autonomy.next_change(now),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let deadline = [reactors.next_deadline(), self.autonomy.next_change(now)]
+                .into_iter()
+                .flatten()
+                .min();
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -359,65 +412,54 @@ impl Enforcer {
                     let Some(batch) = batch else { return };
                     let Some(orders) = &orders else { continue };
                     for event in batch {
-                        mark = self.evaluate(orders, &mut reactor, &event, mark).await;
+                        mark = self.evaluate(orders, &mut reactors, &event, mark).await;
                     }
                 }
                 _ = sleep => {
                     // Windows and holds of events evaluated here are finished
                     // here, even if a master is back by now: the master
                     // leaves those events' rules alone.
-                    if let (Some(orders), Some((_, r))) = (&orders, reactor.as_mut()) {
-                        let fires = r.on_timer(Instant::now());
+                    let now = Instant::now();
+                    let fired: Vec<(Arc<Orders>, Vec<Fire>)> = reactors
+                        .list
+                        .iter_mut()
+                        .map(|(o, r)| (o.clone(), r.on_timer(now)))
+                        .collect();
+                    for (orders, fires) in fired {
                         for fire in fires {
-                            self.act(orders, fire).await;
+                            self.act(&orders, fire).await;
                         }
-                        mark = self.advance(r, mark, mark.max(self.last_marked()));
                     }
+                    mark = self.advance(&reactors, mark, mark.max(self.last_marked()));
                 }
             }
         }
     }
 
-    /// The reactor for `orders`, compiled on first need; None (said in
-    /// the log) when they do not compile here.
-    fn reactor_for<'a>(
-        &self,
-        slot: &'a mut Option<(u64, Reactor)>,
-        orders: &Orders,
-    ) -> Option<&'a mut Reactor> {
-        if slot.as_ref().map(|(v, _)| *v) != Some(orders.version()) {
-            match orders.compiled() {
-                Ok(c) => *slot = Some((orders.version(), Reactor::new(c.rules.clone()))),
-                Err(e) => {
-                    tracing::error!(error = %e, version = orders.version(), "the standing orders do not compile here: nothing is enforced");
-                    return None;
-                }
-            }
-        }
-        slot.as_mut().map(|(_, r)| r)
-    }
-
-    /// Evaluates one marked event and acts on what fires; returns the new
-    /// mark.
+    /// Evaluates one marked event, by the reactor of the orders it was
+    /// marked under, and acts on what fires; returns the new mark.
     async fn evaluate(
         &self,
-        orders: &Orders,
-        slot: &mut Option<(u64, Reactor)>,
+        current: &Arc<Orders>,
+        reactors: &mut Reactors,
         event: &Event,
         mark: u64,
     ) -> u64 {
         if event.seq <= mark {
             return mark;
         }
-        let Some(reactor) = self.reactor_for(slot, orders) else {
+        let Some(i) = reactors.for_event(current, event.local_orders) else {
             return mark;
         };
         self.last_marked
             .fetch_max(event.seq, std::sync::atomic::Ordering::Relaxed);
-        for fire in reactor.on_event(event, Instant::now()) {
-            self.act(orders, fire).await;
+        let (orders, reactor) = &mut reactors.list[i];
+        let orders = orders.clone();
+        let fires = reactor.on_event(event, Instant::now());
+        for fire in fires {
+            self.act(&orders, fire).await;
         }
-        self.advance(reactor, mark, event.seq)
+        self.advance(reactors, mark, event.seq)
     }
 
     fn last_marked(&self) -> u64 {
@@ -426,8 +468,8 @@ impl Enforcer {
 
     /// Moves the mark up to `done`, but not past an event a hold or a
     /// debounce still holds; written when it moved.
-    fn advance(&self, reactor: &Reactor, mark: u64, done: u64) -> u64 {
-        let upto = match reactor.oldest_held_seq() {
+    fn advance(&self, reactors: &Reactors, mark: u64, done: u64) -> u64 {
+        let upto = match reactors.oldest_held_seq() {
             Some(held) => done.min(held.saturating_sub(1)),
             None => done,
         };
@@ -439,16 +481,10 @@ impl Enforcer {
         }
     }
 
-    /// At start: the marked events still in the outbox after `mark` are
-    /// evaluated again (windows and holds start over from now).
-    async fn replay(
-        &self,
-        orders: &Orders,
-        reactor: &mut Option<(u64, Reactor)>,
-        mut mark: u64,
-    ) -> u64 {
-        let mut from = mark + 1;
-        let mut replayed = 0;
+    /// Reads the outbox after `from`, a page at a time, handing each page
+    /// to `each`.
+    async fn read_outbox(&self, from: u64, mut each: impl AsyncPage) {
+        let mut from = from;
         loop {
             let outbox = self.outbox.clone();
             let page = tokio::task::spawn_blocking(move || {
@@ -462,19 +498,37 @@ impl Enforcer {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "cannot read the outbox back for the events the enforcer had not finished");
-                    break;
+                    return;
                 }
-                Err(_) => break,
+                Err(_) => return,
             };
             let Some(last) = page.last().map(|e| e.seq) else {
-                break;
+                return;
             };
-            for event in page.iter().filter(|e| e.local_orders != 0) {
-                replayed += 1;
-                mark = self.evaluate(orders, reactor, event, mark).await;
-            }
+            each.page(self, page).await;
             from = last + 1;
         }
+    }
+
+    /// At start: the marked events still in the outbox after `mark` are
+    /// evaluated again (windows and holds start over from now). Local
+    /// jobs whose record is already in the outbox are not run again.
+    async fn replay(&self, orders: &Arc<Orders>, reactors: &mut Reactors, mark: u64) -> u64 {
+        let mut done = std::collections::HashSet::new();
+        self.read_outbox(mark + 1, DoneJobs(&mut done)).await;
+        *self.done_before.lock().unwrap_or_else(|p| p.into_inner()) = done;
+        let mut again = Again {
+            orders: orders.clone(),
+            reactors,
+            mark,
+            replayed: 0,
+        };
+        self.read_outbox(mark + 1, &mut again).await;
+        let (mark, replayed) = (again.mark, again.replayed);
+        self.done_before
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         if replayed > 0 {
             tracing::warn!(
                 events = replayed,
@@ -559,6 +613,15 @@ impl Enforcer {
                 | ((fire.event.seq & ((1 << 50) - 1)) << 12)
                 | ((rule_index & 0xff) << 4)
                 | (i as u64 & 0xf);
+            if self
+                .done_before
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&id)
+            {
+                tracing::info!(job = id & !LOCAL_JOB, rule = %fire.rule, "local job already done and recorded before the restart: not run again");
+                continue;
+            }
             let started_us = now_us();
             tracing::info!(job = id & !LOCAL_JOB, rule = %fire.rule, trigger = fire.event.seq, "local job: applying states");
             let answer = self
@@ -698,5 +761,44 @@ fn job_event(
         // Caused by the job: no rule loops on its own record.
         cause: id,
         local_orders: 0,
+    }
+}
+
+/// What [`Enforcer::read_outbox`] does with each page.
+trait AsyncPage {
+    async fn page(&mut self, enforcer: &Enforcer, page: Vec<Event>);
+}
+
+/// Collects the ids of the local jobs recorded in the outbox.
+struct DoneJobs<'a>(&'a mut std::collections::HashSet<u64>);
+
+impl AsyncPage for DoneJobs<'_> {
+    async fn page(&mut self, _: &Enforcer, page: Vec<Event>) {
+        for e in page.iter().filter(|e| e.tag.contains("/job/local/")) {
+            if let Ok(data) = serde_json::from_slice::<serde_json::Value>(&e.data)
+                && let Some(id) = data["job"].as_u64()
+            {
+                self.0.insert(id);
+            }
+        }
+    }
+}
+
+/// Evaluates the marked events of each page again.
+struct Again<'a> {
+    orders: Arc<Orders>,
+    reactors: &'a mut Reactors,
+    mark: u64,
+    replayed: usize,
+}
+
+impl AsyncPage for &mut Again<'_> {
+    async fn page(&mut self, enforcer: &Enforcer, page: Vec<Event>) {
+        for event in page.iter().filter(|e| e.local_orders != 0) {
+            self.replayed += 1;
+            self.mark = enforcer
+                .evaluate(&self.orders, self.reactors, event, self.mark)
+                .await;
+        }
     }
 }

@@ -272,6 +272,7 @@ async fn run(args: Args, mut cfg: MinionConfig) -> anyhow::Result<()> {
             outbox: outbox_for_enforcer,
             data_dir: cfg.data_dir.clone(),
             last_marked: Default::default(),
+            done_before: Default::default(),
         }
         .run(marked_rx, enforcer_stop.clone()),
     );

@@ -42,6 +42,6 @@ pub use rules::group_key;
 pub use rules::{Action, RunCommand};
 /// Compiled rules, one of them, a rule an event matched, and why files
 /// were refused (every problem, each with its file and line).
-pub use rules::{Match, Rule, RuleError, RuleErrors, Rules};
+pub use rules::{Match, Rule, RuleError, RuleErrors, Rules, identity};
 /// What each rule did while in force (fires, failures, the last failure).
 pub use stats::{RuleCounts, RuleFailure, RuleStats};

@@ -303,7 +303,9 @@ fn step(
                 // The minion, cut off, evaluated its standing orders on
                 // this event itself: those rules are not the master's.
                 let standing = runner.orders.standing(&event.minion, event.local_orders);
-                fires.extend(reactor.on_event_except(event, at, |r| standing.contains(r)));
+                fires.extend(
+                    reactor.on_event_except(event, at, |r| standing.contains(&r.identity())),
+                );
             } else {
                 fires.extend(reactor.on_event(event, at));
             }

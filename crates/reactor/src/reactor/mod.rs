@@ -19,6 +19,7 @@ use tend_proto::v1::Event;
 use tokio::time::Instant;
 
 use crate::policy::{Policy, Step, Track};
+use crate::rules::Rule;
 use crate::rules::{Action, Rules, group_key};
 use crate::stats::{RuleFailure, RuleStats};
 use saved::saved_key;
@@ -178,10 +179,10 @@ impl Reactor {
         &mut self,
         event: &Event,
         now: Instant,
-        skip: impl Fn(&str) -> bool,
+        skip: impl Fn(&Rule) -> bool,
     ) -> Vec<Fire> {
         let mut matches = self.rules.matches(event);
-        matches.retain(|m| !skip(&self.rules.get(m.rule).name));
+        matches.retain(|m| !skip(self.rules.get(m.rule)));
         if matches.is_empty() {
             return Vec::new();
         }

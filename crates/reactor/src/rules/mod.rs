@@ -49,6 +49,13 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// The rule's name and a digest of its text (`name`, 0x1f, 16 hex
+    /// digits): a rule changed under the same name is another rule (a
+    /// minion's standing orders name their rules this way).
+    pub fn identity(&self) -> String {
+        identity(&self.name, &self.to_toml())
+    }
+
     /// The rule as a rule file of its own: `[[rule]]` and its table.
     pub fn to_toml(&self) -> String {
         let mut file = toml::Table::new();
@@ -417,4 +424,15 @@ pub fn group_key(rule: &Rule, event: &Event) -> String {
         })
         .collect::<Vec<_>>()
         .join("\u{1f}")
+}
+
+/// A rule's identity from its name and its text as [`Rule::to_toml`]
+/// writes it: FNV-1a, 64 bits (stable across builds and machines).
+pub fn identity(name: &str, toml: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in toml.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{name}\u{1f}{h:016x}")
 }

@@ -671,3 +671,50 @@ fn autonomy_turned_off_from_the_master_stops_local_enforcement() {
             && m["orders"]["version"] == m["orders"]["now"]["version"]
     });
 }
+
+/// Rules that need the fleet stay on the master, and `tend minion show`
+/// lists each with why: a `run` action, a target other than the event's
+/// minion, counting across minions, states templated on the event. The
+/// minion's own restore rule is in its orders.
+#[test]
+fn rules_that_need_the_fleet_stay_on_the_master_and_minion_show_says_why() {
+    let s = setup("", "");
+    s.master.rule_file(
+        "fleet.toml",
+        "[[rule]]\nname = \"page-someone\"\non = \"minion/*/beacon/motd/*\"\n[[rule.action]]\nrun = [\"true\"]\n\n\
+         [[rule]]\nname = \"fix-the-web-tier\"\non = \"minion/*/beacon/motd/*\"\n[[rule.action]]\napply = [\"motd\"]\ntarget = \"web*\"\n\n\
+         [[rule]]\nname = \"many-minions\"\non = \"minion/*/beacon/motd/*\"\ngroup_by = [\"tag\"]\ncount = 5\nwindow = \"1m\"\n[[rule.action]]\napply = [\"motd\"]\n\n\
+         [[rule]]\nname = \"not-mine\"\non = \"minion/db*/beacon/**\"\n[[rule.action]]\napply = [\"motd\"]\n",
+    );
+    s.master.expect(&["reactor", "reload"], 0);
+    let m = wait_for_orders(&s, 1);
+    let now = &m["orders"]["now"];
+    assert_eq!(now["rules"], serde_json::json!(["restore-motd"]), "{now}");
+    let held: Vec<(String, String)> = now["on_master"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["rule"].as_str().unwrap().to_string(),
+                h["why"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let why = |rule: &str| {
+        held.iter()
+            .find(|(r, _)| r == rule)
+            .map(|(_, w)| w.clone())
+            .unwrap_or_else(|| panic!("{rule} is not listed as kept on the master: {held:?}"))
+    };
+    assert!(why("page-someone").contains("`run`"), "{held:?}");
+    assert!(why("fix-the-web-tier").contains("target"), "{held:?}");
+    assert!(why("many-minions").contains("across minions"), "{held:?}");
+    assert!(
+        held.iter().all(|(r, _)| r != "not-mine"),
+        "a rule that cannot match this minion's events is not listed: {held:?}"
+    );
+    let text = s.master.expect(&["minion", "show", "web1"], 0);
+    assert!(text.contains("on master:   page-someone"), "{text}");
+    assert!(text.contains("standing:    restore-motd"), "{text}");
+}

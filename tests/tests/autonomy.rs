@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
+use tend_e2e::autonomy::ENFORCING;
 use tend_e2e::netns::Netns;
 use tend_e2e::{Master, Minion, wait_until};
 
@@ -128,12 +129,8 @@ fn minion_log_has(s: &mut Setup, text: &str) -> bool {
 
 /// Waits until the minion's log has said `text` `n` times.
 fn wait_log(s: &mut Setup, text: &str, n: usize, what: &str) {
-    wait_until(Duration::from_secs(20), what, || {
-        (s.minion.daemon().log_text().matches(text).count() >= n).then_some(())
-    });
+    tend_e2e::autonomy::wait_log(&mut s.minion, text, n, what);
 }
-
-const ENFORCING: &str = "enforcing the standing orders here";
 
 /// Edits the managed file by hand and waits until it is managed again.
 fn edit_and_wait_restored(s: &Setup, text: &str, what: &str) {

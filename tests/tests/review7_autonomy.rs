@@ -1,79 +1,14 @@
 //! Review 7 of issue 17 (standing orders): who acts on an event the
 //! minion marked while cut off. Real master and minion processes.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use tend_e2e::{Master, Minion, wait_until};
-
-const MANAGED: &str = "This file is managed by tend.\n";
-
-fn is_managed(p: &Path) -> bool {
-    std::fs::read_to_string(p).is_ok_and(|c| c == MANAGED)
-}
-
-/// A state `name` managing `file`.
-fn managed_state(master: &Master, name: &str, file: &Path) {
-    master.state_file(&format!("files/{name}"), MANAGED);
-    master.state_file(
-        &format!("{name}.toml"),
-        &format!(
-            "[{name}]\ntype = \"file.managed\"\npath = {:?}\nsource = \"files/{name}\"\nmode = \"0644\"\n",
-            file.display()
-        ),
-    );
-}
-
-/// A rule restoring state `name` when beacon `name` sees a change.
-fn restore_rule(name: &str, extra: &str) -> String {
-    format!(
-        "[[rule]]\nname = \"restore-{name}\"\non = \"minion/*/beacon/{name}/*\"\n{extra}\n[[rule.action]]\napply = [\"{name}\"]\n"
-    )
-}
-
-fn file_beacon(name: &str, file: &Path) -> String {
-    format!(
-        "[[beacon]]\nname = \"{name}\"\ntype = \"file\"\npaths = [{:?}]\n",
-        file.display()
-    )
-}
-
-/// Waits until web1 took orders with `rules` standing rules.
-fn wait_for_orders(master: &Master, rules: usize) {
-    wait_until(
-        Duration::from_secs(20),
-        "the minion to take its standing orders",
-        || {
-            let v = master.tend_json(&["minion", "show", "web1"]);
-            let m = v.first()?.clone();
-            let taken = m["orders"]["version"].as_u64()?;
-            let now = m["orders"]["now"]["version"].as_u64()?;
-            (taken != 0 && taken == now && m["orders"]["now"]["rules"].as_array()?.len() == rules)
-                .then_some(())
-        },
-    );
-}
-
-fn wait_log(minion: &mut Minion, text: &str, n: usize, what: &str) {
-    wait_until(Duration::from_secs(20), what, || {
-        (minion.daemon().log_text().matches(text).count() >= n).then_some(())
-    });
-}
-
-const ENFORCING: &str = "enforcing the standing orders here";
-
-/// Waits up to `within` for `file` to be managed again; whether it was.
-fn restored_within(file: &Path, within: Duration) -> bool {
-    let end = std::time::Instant::now() + within;
-    while std::time::Instant::now() < end {
-        if is_managed(file) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    is_managed(file)
-}
+use tend_e2e::autonomy::{
+    ENFORCING, Two, file_beacon, is_managed, managed_state, restore_rule, restored_within,
+    wait_for_orders, wait_log,
+};
+use tend_e2e::{Master, Minion};
 
 fn jobs_of_rule(master: &Master, rule: &str) -> Vec<Value> {
     master
@@ -83,14 +18,6 @@ fn jobs_of_rule(master: &Master, rule: &str) -> Vec<Value> {
         .collect()
 }
 
-struct Two {
-    _tmp: tempfile::TempDir,
-    master: Master,
-    minion: Minion,
-    motd: PathBuf,
-    issue: PathBuf,
-}
-
 /// web1 watching two managed files; only `motd` has a restore rule (a
 /// standing order) at first.
 fn two_files(motd_extra: &str) -> Two {
@@ -98,40 +25,11 @@ fn two_files(motd_extra: &str) -> Two {
 }
 
 fn two_files_after(motd_extra: &str, after_ms: u64) -> Two {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("etc");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (motd, issue) = (dir.join("motd"), dir.join("issue"));
-    let mut master = Master::new(&tmp.path().join("master"), "");
-    managed_state(&master, "motd", &motd);
-    managed_state(&master, "issue", &issue);
-    master.rule_file("motd.toml", &restore_rule("motd", motd_extra));
-    master.start();
-    let mut minion = Minion::new(
-        &tmp.path().join("minion"),
-        "web1",
-        &master,
-        &format!(
-            "autonomy_after_ms = {after_ms}\n{}{}",
-            file_beacon("motd", &motd),
-            file_beacon("issue", &issue)
-        ),
-    );
-    minion.start();
-    master.wait_connected("web1");
-    wait_for_orders(&master, 1);
-    for s in ["motd", "issue"] {
-        let out = master.tend(&["apply", "web1", s]);
-        assert!(out.status.success(), "apply {s}: {out:?}");
-    }
-    assert!(is_managed(&motd) && is_managed(&issue));
-    Two {
-        _tmp: tmp,
-        master,
-        minion,
-        motd,
-        issue,
-    }
+    tend_e2e::autonomy::two_files(
+        &[("motd.toml", restore_rule("motd", motd_extra))],
+        1,
+        after_ms,
+    )
 }
 
 /// The master leaves alone, for an event the minion marked, the rules in

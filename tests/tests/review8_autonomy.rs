@@ -3,132 +3,23 @@
 //! judges a marked event by the orders version it names; the minion keeps
 //! a mark of how far it finished). Real master and minion processes.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
+use tend_e2e::autonomy::{
+    ENFORCING, Two, file_beacon, is_managed, managed_state, restored_within, rule, wait_for_orders,
+    wait_log,
+};
 use tend_e2e::{Master, Minion, wait_until};
-
-const MANAGED: &str = "This file is managed by tend.\n";
-const ENFORCING: &str = "enforcing the standing orders here";
-
-fn is_managed(p: &Path) -> bool {
-    std::fs::read_to_string(p).is_ok_and(|c| c == MANAGED)
-}
-
-/// A state `name` managing `file`.
-fn managed_state(master: &Master, name: &str, file: &Path) {
-    master.state_file(&format!("files/{name}"), MANAGED);
-    master.state_file(
-        &format!("{name}.toml"),
-        &format!(
-            "[{name}]\ntype = \"file.managed\"\npath = {:?}\nsource = \"files/{name}\"\nmode = \"0644\"\n",
-            file.display()
-        ),
-    );
-}
-
-/// A rule called `rule` applying state `state` when beacon `beacon` sees a
-/// change.
-fn rule(rule: &str, beacon: &str, state: &str, extra: &str) -> String {
-    format!(
-        "[[rule]]\nname = \"{rule}\"\non = \"minion/*/beacon/{beacon}/*\"\n{extra}\n[[rule.action]]\napply = [\"{state}\"]\n"
-    )
-}
-
-fn file_beacon(name: &str, file: &Path) -> String {
-    format!(
-        "[[beacon]]\nname = \"{name}\"\ntype = \"file\"\npaths = [{:?}]\n",
-        file.display()
-    )
-}
-
-/// The orders version web1 took, once it took the orders the master
-/// compiles now and they hold `rules` standing rules.
-fn wait_for_orders(master: &Master, rules: usize) -> u64 {
-    wait_until(
-        Duration::from_secs(20),
-        "the minion to take its standing orders",
-        || {
-            let v = master.tend_json(&["minion", "show", "web1"]);
-            let m = v.first()?.clone();
-            let taken = m["orders"]["version"].as_u64()?;
-            let now = m["orders"]["now"]["version"].as_u64()?;
-            (taken != 0 && taken == now && m["orders"]["now"]["rules"].as_array()?.len() == rules)
-                .then_some(taken)
-        },
-    )
-}
-
-fn wait_log(minion: &mut Minion, text: &str, n: usize, what: &str) {
-    wait_until(Duration::from_secs(20), what, || {
-        (minion.daemon().log_text().matches(text).count() >= n).then_some(())
-    });
-}
-
-/// Waits up to `within` for `file` to be managed again; whether it was.
-fn restored_within(file: &Path, within: Duration) -> bool {
-    let end = std::time::Instant::now() + within;
-    while std::time::Instant::now() < end {
-        if is_managed(file) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    is_managed(file)
-}
 
 fn jobs(master: &Master) -> Vec<Value> {
     master.tend_json(&["jobs", "--limit", "200"])
 }
 
-struct Two {
-    _tmp: tempfile::TempDir,
-    master: Master,
-    minion: Minion,
-    motd: PathBuf,
-    issue: PathBuf,
-}
-
 /// web1 watching two managed files, with the rules in `rules` (file name,
 /// text) and `standing` standing rules in its orders.
 fn two_files(rules: &[(&str, String)], standing: usize) -> Two {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("etc");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (motd, issue) = (dir.join("motd"), dir.join("issue"));
-    let mut master = Master::new(&tmp.path().join("master"), "");
-    managed_state(&master, "motd", &motd);
-    managed_state(&master, "issue", &issue);
-    for (file, text) in rules {
-        master.rule_file(file, text);
-    }
-    master.start();
-    let mut minion = Minion::new(
-        &tmp.path().join("minion"),
-        "web1",
-        &master,
-        &format!(
-            "autonomy_after_ms = 300\n{}{}",
-            file_beacon("motd", &motd),
-            file_beacon("issue", &issue)
-        ),
-    );
-    minion.start();
-    master.wait_connected("web1");
-    wait_for_orders(&master, standing);
-    for s in ["motd", "issue"] {
-        let out = master.tend(&["apply", "web1", s]);
-        assert!(out.status.success(), "apply {s}: {out:?}");
-    }
-    assert!(is_managed(&motd) && is_managed(&issue));
-    Two {
-        _tmp: tmp,
-        master,
-        minion,
-        motd,
-        issue,
-    }
+    tend_e2e::autonomy::two_files(rules, standing, 300)
 }
 
 /// The master leaves alone, for an event marked under orders version V,

@@ -29,6 +29,18 @@ pub struct PgDb {
 }
 
 impl PgDb {
+    /// master.toml's `[store]` section for this database.
+    pub fn store_section(&self) -> String {
+        format!("[store]\npostgres = {:?}\n", self.url)
+    }
+
+    /// A master laid out in `dir` on this database, started.
+    pub fn master(&self, dir: &std::path::Path) -> crate::Master {
+        let mut m = crate::Master::new(dir, &self.store_section());
+        m.start();
+        m
+    }
+
     /// A client on the test's database.
     pub fn client(&self) -> Client {
         Client::connect(&self.url, NoTls).expect("connect to the test database")

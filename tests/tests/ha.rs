@@ -10,10 +10,6 @@ use std::time::Duration;
 use tend_e2e::pg;
 use tend_e2e::{Master, Minion, wait_until};
 
-fn store_section(url: &str) -> String {
-    format!("[store]\npostgres = {url:?}\n")
-}
-
 /// The whole loop with the store in PostgreSQL: a hand edit restored, the
 /// job and the events in the database, and all of it still there after
 /// the master restarts (no job left running, none interrupted).
@@ -22,7 +18,7 @@ fn a_master_on_postgres_restores_drift_and_keeps_its_record_across_a_restart() {
     let db = pg::database();
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("motd");
-    let mut master = Master::new(&tmp.path().join("master"), &store_section(&db.url));
+    let mut master = Master::new(&tmp.path().join("master"), &db.store_section());
     master.state_file("files/motd", "managed\n");
     master.state_file(
         "motd.toml",
@@ -98,8 +94,7 @@ fn the_database_stopped_for_ten_seconds_loses_nothing_and_is_said() {
     let mut server = pg::Server::new().expect("a PostgreSQL server of the test's own");
     let db = server.database();
     let tmp = tempfile::tempdir().unwrap();
-    let mut master = Master::new(&tmp.path().join("master"), &store_section(&db.url));
-    master.start();
+    let mut master = db.master(&tmp.path().join("master"));
     let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &master, "");
     minion.start();
     master.wait_connected("m1");
@@ -239,14 +234,10 @@ fn store_migrate_moves_a_populated_embedded_store_and_the_same_listings_follow()
 
     // The same ports and dirs as before, now on PostgreSQL.
     let text = std::fs::read_to_string(master.config()).unwrap();
-    let mut moved = Master::new(&tmp.path().join("master"), &store_section(&db.url));
+    let mut moved = Master::new(&tmp.path().join("master"), &db.store_section());
     moved.event_endpoint = master.event_endpoint.clone();
     moved.command_endpoint = master.command_endpoint.clone();
-    std::fs::write(
-        moved.config(),
-        format!("{text}\n{}", store_section(&db.url)),
-    )
-    .unwrap();
+    std::fs::write(moved.config(), format!("{text}\n{}", db.store_section())).unwrap();
     moved.start();
     let events_after = moved.expect(&["events", "--json", "--limit", "100000"], 0);
     let jobs_after = moved.expect(&["jobs", "--json"], 0);
@@ -319,7 +310,7 @@ fn go_rule_on_two_masters(
     states: &str,
 ) -> (Master, Master, Minion) {
     let setup = |name: &str| {
-        let m = Master::new(&dir.join(name), &store_section(&db.url));
+        let m = Master::new(&dir.join(name), &db.store_section());
         m.state_file("slow.toml", states);
         m.rule_file(
             "go.toml",
@@ -351,7 +342,7 @@ fn two_masters_on_one_database_react_once_and_the_reactor_moves_when_its_master_
     let db = pg::database();
     let tmp = tempfile::tempdir().unwrap();
     let rule = "[[rule]]\nname = \"echo\"\non = \"minion/*/event/x\"\n[[rule.action]]\nfire = \"reacted\"\ndata = { seq = \"{{ event.seq }}\" }\n";
-    let mut a = Master::new(&tmp.path().join("a"), &store_section(&db.url));
+    let mut a = Master::new(&tmp.path().join("a"), &db.store_section());
     a.rule_file("echo.toml", rule);
     a.start();
     wait_until(
@@ -359,7 +350,7 @@ fn two_masters_on_one_database_react_once_and_the_reactor_moves_when_its_master_
         "master a to run the reactor",
         || (counter(&a, "reactor_leader") == 1).then_some(()),
     );
-    let mut b = Master::new(&tmp.path().join("b"), &store_section(&db.url));
+    let mut b = Master::new(&tmp.path().join("b"), &db.store_section());
     b.rule_file("echo.toml", rule);
     b.start();
     assert_eq!(counter(&b, "reactor_leader"), 0, "b waits on standby");
@@ -411,10 +402,8 @@ fn two_masters_on_one_database_react_once_and_the_reactor_moves_when_its_master_
 fn a_job_whose_master_is_killed_is_marked_interrupted_by_another_within_the_lease() {
     let db = pg::database();
     let tmp = tempfile::tempdir().unwrap();
-    let mut a = Master::new(&tmp.path().join("a"), &store_section(&db.url));
-    a.start();
-    let mut b = Master::new(&tmp.path().join("b"), &store_section(&db.url));
-    b.start();
+    let mut a = db.master(&tmp.path().join("a"));
+    let b = db.master(&tmp.path().join("b"));
     let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &a, "");
     minion.start();
     a.wait_connected("m1");
@@ -456,10 +445,8 @@ fn a_job_whose_master_is_killed_is_marked_interrupted_by_another_within_the_leas
 fn a_tail_on_one_master_shows_events_another_stored_within_100ms() {
     let db = pg::database();
     let tmp = tempfile::tempdir().unwrap();
-    let mut a = Master::new(&tmp.path().join("a"), &store_section(&db.url));
-    a.start();
-    let mut b = Master::new(&tmp.path().join("b"), &store_section(&db.url));
-    b.start();
+    let a = db.master(&tmp.path().join("a"));
+    let b = db.master(&tmp.path().join("b"));
     let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &b, "");
     minion.start();
     b.wait_connected("m1");
@@ -503,7 +490,7 @@ fn keys(m: &Master) -> Vec<serde_json::Value> {
 fn a_key_accepted_through_one_master_is_accepted_on_all() {
     let db = pg::database();
     let tmp = tempfile::tempdir().unwrap();
-    let extra = format!("auto_accept = false\n{}", store_section(&db.url));
+    let extra = format!("auto_accept = false\n{}", db.store_section());
     let mut a = Master::new(&tmp.path().join("a"), &extra);
     a.start();
     let mut b = Master::new(&tmp.path().join("b"), &extra);
@@ -565,13 +552,13 @@ fn a_count_within_window_spread_over_two_masters_and_a_takeover_fires_as_on_one(
         [[rule.action]]
         fire = "alert/brute-force/{{ event.minion }}"
         "#;
-    let mut a = Master::new(&tmp.path().join("a"), &store_section(&db.url));
+    let mut a = Master::new(&tmp.path().join("a"), &db.store_section());
     a.rule_file("brute.toml", rule);
     a.start();
     wait_until(Duration::from_secs(30), "a to run the reactor", || {
         (counter(&a, "reactor_leader") == 1).then_some(())
     });
-    let mut b = Master::new(&tmp.path().join("b"), &store_section(&db.url));
+    let mut b = Master::new(&tmp.path().join("b"), &db.store_section());
     b.rule_file("brute.toml", rule);
     b.start();
     let pin = tmp.path().join("m1/data/master.fingerprint");
@@ -640,7 +627,7 @@ fn three_masters_two_killed_every_event_once_every_edit_restored_by_one_job() {
     let mut masters: Vec<Master> = ["a", "b", "c"]
         .iter()
         .map(|n| {
-            let m = Master::new(&tmp.path().join(n), &store_section(&db.url));
+            let m = Master::new(&tmp.path().join(n), &db.store_section());
             for (i, f) in files.iter().enumerate() {
                 m.state_file(
                     &format!("motd{i}.toml"),
@@ -871,10 +858,8 @@ fn a_rules_apply_whose_master_dies_mid_apply_is_finished_by_another_and_runs_onc
 fn presence_is_the_fleets_up_once_and_down_only_when_no_master_hears_the_minion() {
     let db = pg::database();
     let tmp = tempfile::tempdir().unwrap();
-    let mut a = Master::new(&tmp.path().join("a"), &store_section(&db.url));
-    a.start();
-    let mut b = Master::new(&tmp.path().join("b"), &store_section(&db.url));
-    b.start();
+    let a = db.master(&tmp.path().join("a"));
+    let mut b = db.master(&tmp.path().join("b"));
     let mut minion = Minion::with_masters(&tmp.path().join("m1"), "m1", &[&a, &b], "");
     minion.start();
     a.wait_connected("m1");

@@ -7,10 +7,6 @@ use std::time::Duration;
 use tend_e2e::pg;
 use tend_e2e::{Master, Minion, wait_until};
 
-fn store_section(url: &str) -> String {
-    format!("[store]\npostgres = {url:?}\n")
-}
-
 /// The keys a master lists, one JSON object each.
 fn keys(m: &Master) -> Vec<serde_json::Value> {
     m.tend_json(&["keys", "list"])
@@ -70,7 +66,7 @@ fn store_migrate_carries_accepted_keys_and_labels_to_every_master_on_the_databas
     // Another master, its key dir empty, on the database.
     let mut fresh = Master::new(
         &tmp.path().join("fresh"),
-        &format!("auto_accept = false\n{}", store_section(&db.url)),
+        &format!("auto_accept = false\n{}", db.store_section()),
     );
     fresh.start();
     // (The minion pinned the old master's key; the new one has its own.)
@@ -103,7 +99,7 @@ fn a_master_restarted_within_its_lease_finishes_its_own_rule_apply_and_it_runs_o
     let tmp = tempfile::tempdir().unwrap();
     let ran = tmp.path().join("ran.log");
     let setup = |name: &str| {
-        let m = Master::new(&tmp.path().join(name), &store_section(&db.url));
+        let m = Master::new(&tmp.path().join(name), &db.store_section());
         m.state_file(
             "slow.toml",
             &format!(
@@ -169,10 +165,8 @@ fn a_master_restarted_within_its_lease_finishes_its_own_rule_apply_and_it_runs_o
 fn a_minion_heard_only_by_a_master_that_died_is_stored_down_once_by_another() {
     let db = pg::database();
     let tmp = tempfile::tempdir().unwrap();
-    let mut a = Master::new(&tmp.path().join("a"), &store_section(&db.url));
-    a.start();
-    let mut b = Master::new(&tmp.path().join("b"), &store_section(&db.url));
-    b.start();
+    let mut a = db.master(&tmp.path().join("a"));
+    let b = db.master(&tmp.path().join("b"));
     let mut minion = Minion::new(&tmp.path().join("m1"), "m1", &a, "");
     minion.start();
     a.wait_connected("m1");

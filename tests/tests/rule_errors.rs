@@ -192,3 +192,51 @@ fn reactor_test_takes_the_rules_directory_and_names_a_caused_event() {
         "{text}"
     );
 }
+
+/// Issue 15, item 6 at run time: a state that is not there is traced to
+/// who asked for it: the rule whose apply names it, or the top-file target
+/// that gives it to the minion.
+#[test]
+fn a_missing_state_at_run_time_names_the_rule_or_top_target_that_asked_for_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut master = Master::new(&tmp.path().join("master"), "");
+    master.state_file(
+        "top.toml",
+        "[[target]]\nmatch = \"db*\"\nstates = [\"motd\"]\n\n[[target]]\nmatch = \"web*\"\nstates = [\"hostz\"]\n",
+    );
+    master.rule_file(
+        "r.toml",
+        "[[rule]]\nname = \"fix-hosts\"\non = \"minion/*/event/hosts\"\n[[rule.action]]\napply = [\"hostz\"]\n",
+    );
+    master.start();
+    let mut minion = Minion::new(&tmp.path().join("web1"), "web1", &master, "");
+    minion.start();
+    master.wait_connected("web1");
+
+    // The top file's target #2 gives web1 the missing state.
+    let jobs = master.expect_json(&["apply", "web1"], 1);
+    let error = jobs[0]["minions"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("state \"hostz\" not found")
+            && error.contains("named by top.toml: target #2 (\"web*\")"),
+        "{error}"
+    );
+
+    // A rule's apply names it.
+    assert!(minion.send("hosts", 1).status.success());
+    let job = wait_until(Duration::from_secs(20), "the rule's job", || {
+        master
+            .tend_json(&["jobs", "--rule", "fix-hosts"])
+            .into_iter()
+            .find(|j| j["status"] == "failed")
+    });
+    let error = job["minions"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("state \"hostz\" not found")
+            && error.contains("named by rule \"fix-hosts\""),
+        "{job}"
+    );
+}

@@ -136,6 +136,7 @@ impl Jobs {
         // What the master itself says of each key (`key.*` in the top file).
         let assigned = self.keys.assigned();
         let named = spec.states.clone();
+        let rule = spec.rule.clone();
         let event = spec.trigger.as_ref().map(|e| {
             json!({
                 "minion": e.minion,
@@ -166,7 +167,10 @@ impl Jobs {
                 None
             };
             // Resolved sets by state names, for minions that share them.
-            let mut cache: HashMap<Vec<String>, Result<Resolved, String>> = HashMap::new();
+            // A failure: what went wrong, and the state not found, if that
+            // was it (to say who named it, per minion).
+            let mut cache: HashMap<Vec<String>, Result<Resolved, (String, Option<String>)>> =
+                HashMap::new();
             let mut out = Vec::with_capacity(minions.len());
             for (minion, facts) in minions {
                 let names = match &top {
@@ -195,20 +199,45 @@ impl Jobs {
                     event: event.clone(),
                 };
                 let entry = cache.entry(names.clone()).or_insert_with(|| {
-                    let set = tree.load_set(&names).map_err(|e| e.to_string())?;
+                    let set = tree.load_set(&names).map_err(|e| {
+                        let missing = match &e {
+                            tend_state::StateError::NotFound { name, .. } => Some(name.clone()),
+                            _ => None,
+                        };
+                        (e.to_string(), missing)
+                    })?;
                     // Without templates every minion gets the same bytes.
                     let shared = if tend_state::StateTree::is_templated(&set) {
                         None
                     } else {
                         let rendered = tree
                             .render_set(set.clone(), &ctx)
-                            .map_err(|e| e.to_string())?;
-                        Some(serde_json::to_vec(&rendered).map_err(|e| e.to_string())?)
+                            .map_err(|e| (e.to_string(), None))?;
+                        Some(serde_json::to_vec(&rendered).map_err(|e| (e.to_string(), None))?)
                     };
                     Ok((set, shared))
                 });
                 let plan = match entry {
-                    Err(e) => Plan::Done(failed(&minion, e.clone())),
+                    Err((e, missing)) => {
+                        // Who asked for a state that is not there: the
+                        // rule, or the top-file target (the operator who
+                        // named it on the command line knows).
+                        let by = match (&top, missing) {
+                            _ if !rule.is_empty() => Some(format!("rule {rule:?}")),
+                            (Some(top), Some(state)) => top.who_names(
+                                &minion,
+                                &ctx.facts.clone().into_iter().collect(),
+                                assigned.get(&minion).unwrap_or(&HashMap::new()),
+                                state,
+                            ),
+                            _ => None,
+                        };
+                        let e = match by {
+                            Some(by) => format!("{e} (named by {by})"),
+                            None => e.clone(),
+                        };
+                        Plan::Done(failed(&minion, e))
+                    }
                     Ok((_, Some(json))) => Plan::Send(json.clone()),
                     Ok((set, None)) => match tree
                         .render_set(set.clone(), &ctx)

@@ -56,6 +56,25 @@ impl TopFile {
             .collect()
     }
 
+    /// Who gives minion `id` state `state`: the first top-file target
+    /// that matches it and names the state (`top.toml: target #N
+    /// ("match")`), to say where a missing state was asked for.
+    pub fn who_names(
+        &self,
+        id: &str,
+        facts: &HashMap<String, String>,
+        assigned: &HashMap<String, String>,
+        state: &str,
+    ) -> Option<String> {
+        self.entries
+            .iter()
+            .enumerate()
+            .find(|(_, (t, _, states))| {
+                states.iter().any(|s| s == state) && t.matches(id, facts, assigned)
+            })
+            .map(|(i, (_, text, _))| format!("top.toml: target #{} ({text:?})", i + 1))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

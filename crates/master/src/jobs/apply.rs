@@ -35,6 +35,9 @@ pub struct ApplySpec {
 /// A loaded set of states, and its rendered bytes when every minion gets
 /// the same ones (no template).
 type Resolved = (Vec<tend_state::State>, Option<Vec<u8>>);
+/// Why a set of states could not be resolved, and the state not found
+/// when that was it (to say who named it, per minion).
+type Unresolved = (String, Option<String>);
 
 /// What to do for one minion: send it these states, or it is already
 /// settled (nothing to run, or the states could not be resolved).
@@ -169,8 +172,7 @@ impl Jobs {
             // Resolved sets by state names, for minions that share them.
             // A failure: what went wrong, and the state not found, if that
             // was it (to say who named it, per minion).
-            let mut cache: HashMap<Vec<String>, Result<Resolved, (String, Option<String>)>> =
-                HashMap::new();
+            let mut cache: HashMap<Vec<String>, Result<Resolved, Unresolved>> = HashMap::new();
             let mut out = Vec::with_capacity(minions.len());
             for (minion, facts) in minions {
                 let names = match &top {

@@ -599,3 +599,70 @@ fn an_operator_over_tcp_is_accepted_then_follows_events() {
     assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
 }
+
+/// Issue 15, item 18: completion asks the master. `tend ping <TAB>` offers
+/// minion ids, `tend apply web1 <TAB>` state names, `tend jobs show <TAB>`
+/// recent job ids (the shell's side is `source <(COMPLETE=bash tend)`;
+/// fish's protocol, one candidate a line, is the simplest to read).
+#[test]
+fn completion_offers_minion_ids_state_names_and_job_ids_from_the_master() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut master = tend_e2e::Master::new(&tmp.path().join("master"), "");
+    master.state_file(
+        "motd.toml",
+        &format!(
+            "[motd]\ntype = \"file.managed\"\npath = {:?}\ncontents = \"hi\\n\"\n",
+            tmp.path().join("motd").display()
+        ),
+    );
+    master.state_file(
+        "web/nginx.toml",
+        "[nginx]\ntype = \"file.absent\"\npath = \"/nonexistent/tend-test\"\n",
+    );
+    master.start();
+    let mut minion = tend_e2e::Minion::new(&tmp.path().join("web1"), "web1", &master, "");
+    minion.start();
+    master.wait_connected("web1");
+    master.expect(&["apply", "web1", "motd"], 0);
+    let job = master.tend_json(&["jobs", "--limit", "1"])[0]["id"]
+        .as_u64()
+        .unwrap();
+    let complete = |words: &[&str]| {
+        let out = std::process::Command::new(tend_e2e::bin("tend"))
+            .env("COMPLETE", "fish")
+            .env("TEND_MASTER", &master.control)
+            .arg("--")
+            .arg("tend")
+            .args(words)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let offered = complete(&["ping", "w"]);
+    assert!(offered.lines().any(|l| l == "web1\tconnected"), "{offered}");
+    let offered = complete(&["apply", "web1", ""]);
+    let names: Vec<&str> = offered.lines().filter(|l| !l.starts_with('-')).collect();
+    assert_eq!(names, ["motd", "web.nginx"], "{offered}");
+    let offered = complete(&["jobs", "show", ""]);
+    assert!(
+        offered
+            .lines()
+            .any(|l| l.starts_with(&format!("{job}\tapply web1 motd"))),
+        "{offered}"
+    );
+    // No master: no candidates, no error.
+    let out = std::process::Command::new(tend_e2e::bin("tend"))
+        .env("COMPLETE", "fish")
+        .env("TEND_MASTER", "ipc:///nonexistent/tend.sock")
+        .args(["--", "tend", "ping", ""])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .all(|l| l.starts_with('-')),
+        "{out:?}"
+    );
+}

@@ -6,6 +6,7 @@
 //! command line and turns the outcome into an exit status.
 
 mod commands;
+mod complete;
 mod connection;
 mod context;
 mod errors;
@@ -43,6 +44,9 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // `COMPLETE=bash tend ...`: the shell asks for completions (minion
+    // ids, states, jobs from the master); answered, and nothing else run.
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     let cli = Cli::parse();
     output::colour::init();
     let ctx = Ctx {

@@ -19,8 +19,10 @@ use crate::{connection, job, salt};
 pub struct Args {
     /// Minions: an id glob (`web*`), ids (`web1,web2`), facts
     /// (`os:debian`, `label.role:web`), combined with and / or / not.
+    #[arg(add = crate::complete::minions())]
     target: String,
     /// State names (`motd`, `web.nginx`); none: the top file's.
+    #[arg(add = crate::complete::states())]
     states: Vec<String>,
     /// Dry run: change nothing, show what would change.
     #[arg(long)]

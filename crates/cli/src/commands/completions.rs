@@ -8,7 +8,7 @@ use crate::context::Ctx;
 /// Print a shell completion script.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  tend completions bash > /etc/bash_completion.d/tend\n  tend completions zsh > \"${fpath[1]}/_tend\"\n  tend completions fish > ~/.config/fish/completions/tend.fish"
+    after_help = "Examples:\n  tend completions bash > /etc/bash_completion.d/tend\n  tend completions zsh > \"${fpath[1]}/_tend\"\n  tend completions fish > ~/.config/fish/completions/tend.fish\n\nThese complete commands and flags. To complete minion ids, state names\nand job ids too, asked of the master TEND_MASTER names:\n  echo 'source <(COMPLETE=bash tend)' >> ~/.bashrc"
 )]
 pub struct Args {
     shell: clap_complete::Shell,

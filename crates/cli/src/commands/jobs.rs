@@ -53,7 +53,10 @@ struct Filter {
 #[derive(Subcommand)]
 enum JobsCommand {
     /// Show one job with every state result.
-    Show { id: u64 },
+    Show {
+        #[arg(add = crate::complete::jobs())]
+        id: u64,
+    },
     /// Show the newest job (of those the filters pass) with every result.
     Last {
         #[command(flatten)]

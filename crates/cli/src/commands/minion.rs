@@ -26,6 +26,7 @@ pub struct Args {
 enum MinionCommand {
     /// Everything the master knows of one minion.
     Show {
+        #[arg(add = crate::complete::minions())]
         id: String,
         /// Recent events to show.
         #[arg(long, default_value_t = 10)]
@@ -36,6 +37,7 @@ enum MinionCommand {
     /// once. Kept as the key label `autonomy`.
     #[command(after_help = "Example:\n  tend minion autonomy web1 off")]
     Autonomy {
+        #[arg(add = crate::complete::minions())]
         id: String,
         #[arg(value_parser = ["on", "off"])]
         setting: String,

@@ -16,6 +16,7 @@ use crate::connection;
 #[command(after_help = "Examples:\n  tend ping web1\n  tend ping '*' --timeout 2")]
 pub struct Args {
     /// Minion id glob or comma-separated ids.
+    #[arg(add = crate::complete::minions())]
     target: String,
     /// Seconds to wait for each minion.
     #[arg(long, default_value_t = 5)]

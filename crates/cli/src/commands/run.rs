@@ -17,6 +17,7 @@ use crate::{connection, job};
 )]
 pub struct Args {
     /// Minions, as for apply.
+    #[arg(add = crate::complete::minions())]
     target: String,
     /// The command: one argument is run by `sh -c`; several, directly.
     #[arg(last = true, required = true)]

@@ -120,6 +120,16 @@ impl Control {
             control_request::Body::ListRules(_) => {
                 send(out, control_reply::Body::Rules(self.list_rules()))
             }
+            control_request::Body::ListStates(_) => {
+                let tree = self.jobs.tree.clone();
+                let names = tokio::task::spawn_blocking(move || tree.state_names())
+                    .await
+                    .unwrap_or_default();
+                send(
+                    out,
+                    control_reply::Body::States(tend_proto::v1::StateNames { names }),
+                )
+            }
             control_request::Body::GetOrders(q) => {
                 tend_proto::validate_minion_id(&q.minion)
                     .map_err(|e| ControlError::BadMinion(e.to_string()))?;

@@ -77,6 +77,17 @@ impl StateTree {
     /// source: there, UTF-8, and a template that compiles. Returns how many
     /// state files were checked, or every problem found (not only the
     /// first).
+    /// The names of the state files in the tree, sorted (what `tend apply
+    /// web1 <TAB>` offers); files that cannot be read are left out.
+    pub fn state_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if self.root.is_dir() {
+            collect_state_files(&self.root, &self.root, &mut names, &mut Vec::new());
+        }
+        names.sort();
+        names
+    }
+
     pub fn check_all(&self, also: &[(String, Vec<String>)]) -> Result<usize, Vec<StateError>> {
         let mut problems = Vec::new();
         let mut sets: Vec<(String, Vec<String>)> = also.to_vec();

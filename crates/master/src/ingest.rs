@@ -121,11 +121,8 @@ impl Batch {
                 self.events += events.len();
                 // What the minion says of its autonomy (the last such
                 // event of the batch) shows in `tend minion show`.
-                if let Some(e) = events
-                    .iter()
-                    .rev()
-                    .find(|e| e.tag.starts_with(&format!("minion/{minion}/autonomy/")))
-                {
+                let autonomy = format!("minion/{minion}/autonomy/");
+                if let Some(e) = events.iter().rev().find(|e| e.tag.starts_with(&autonomy)) {
                     let mode = e.tag.rsplit('/').next().unwrap_or_default().to_string();
                     let info = ingest.minions.update(&minion, |m| {
                         m.autonomy = mode;

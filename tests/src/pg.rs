@@ -462,3 +462,16 @@ fn run_as(user: Option<(u32, u32)>, mut cmd: Command) -> Command {
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| format!("chown: {e}"))
 }
+
+/// Every job record in a database of tend's.
+pub fn stored_jobs(c: &mut Client) -> Vec<tend_proto::v1::Job> {
+    c.query("SELECT job FROM tend_jobs", &[])
+        .map(|rows| {
+            rows.iter()
+                .map(|r| {
+                    <tend_proto::v1::Job as prost::Message>::decode(r.get::<_, &[u8]>(0)).unwrap()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

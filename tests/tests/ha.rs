@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use tend_e2e::pg;
+use tend_e2e::pg::stored_jobs;
 use tend_e2e::{Master, Minion, wait_until};
 
 /// The whole loop with the store in PostgreSQL: a hand edit restored, the
@@ -286,19 +287,6 @@ fn counter(m: &Master, name: &str) -> u64 {
     m.tend_json(&["status"]).pop().unwrap()["counters"][name]
         .as_u64()
         .unwrap_or(0)
-}
-
-/// Every job record in the database.
-fn stored_jobs(c: &mut postgres::Client) -> Vec<tend_proto::v1::Job> {
-    c.query("SELECT job FROM tend_jobs", &[])
-        .map(|rows| {
-            rows.iter()
-                .map(|r| {
-                    <tend_proto::v1::Job as prost::Message>::decode(r.get::<_, &[u8]>(0)).unwrap()
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Masters a (running the reactor) and b (on standby) on `db`, each with

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use tend_e2e::pg;
+use tend_e2e::pg::stored_jobs;
 use tend_e2e::{Master, Minion, wait_until};
 
 /// The keys a master lists, one JSON object each.
@@ -12,19 +13,6 @@ fn keys(m: &Master) -> Vec<serde_json::Value> {
     m.tend_json(&["keys", "list"])
         .pop()
         .and_then(|l| l["keys"].as_array().cloned())
-        .unwrap_or_default()
-}
-
-/// Every job record in the database.
-fn stored_jobs(c: &mut postgres::Client) -> Vec<tend_proto::v1::Job> {
-    c.query("SELECT job FROM tend_jobs", &[])
-        .map(|rows| {
-            rows.iter()
-                .map(|r| {
-                    <tend_proto::v1::Job as prost::Message>::decode(r.get::<_, &[u8]>(0)).unwrap()
-                })
-                .collect()
-        })
         .unwrap_or_default()
 }
 

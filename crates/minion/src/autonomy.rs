@@ -634,7 +634,7 @@ impl Enforcer {
                 .await;
             let (status, error, results) = match answer {
                 reply::Body::Apply(ApplyResult { results, .. }) => {
-                    (status_of(&results), String::new(), results)
+                    (tend_state::run_status(&results), String::new(), results)
                 }
                 reply::Body::Failure(f) => ("failed", f.message, Vec::new()),
                 _ => ("failed", "no state result".into(), Vec::new()),
@@ -666,20 +666,6 @@ impl Enforcer {
         {
             tracing::error!(error = %e, "cannot keep a local job's or autonomy event in the outbox");
         }
-    }
-}
-
-/// A job's status from its states' outcomes, as the master judges it.
-fn status_of(results: &[tend_proto::v1::StateResult]) -> &'static str {
-    let has = |o: Outcome| results.iter().any(|r| r.outcome == o as i32);
-    if has(Outcome::Failed) {
-        "failed"
-    } else if has(Outcome::Changed) {
-        "changed"
-    } else if has(Outcome::WouldChange) {
-        "would-change"
-    } else {
-        "ok"
     }
 }
 

@@ -94,6 +94,22 @@ fn cycle(states: &[State], index: &HashMap<&str, usize>, waiting_on: &[usize]) -
         .join(", ")
 }
 
+/// A minion's status from its state results, as a job records it:
+/// `failed` if any failed, else `changed`, `would-change` or `ok`.
+pub fn run_status(results: &[StateResult]) -> &'static str {
+    use tend_proto::v1::Outcome;
+    let has = |o: Outcome| results.iter().any(|s| s.outcome == o as i32);
+    if has(Outcome::Failed) {
+        "failed"
+    } else if has(Outcome::Changed) {
+        "changed"
+    } else if has(Outcome::WouldChange) {
+        "would-change"
+    } else {
+        "ok"
+    }
+}
+
 /// Runs `states` in requisite order. Every state gets a result, in the
 /// order they ran; a failure skips its dependents, not the rest.
 pub fn apply(states: &[State], opts: &ApplyOptions) -> Vec<StateResult> {

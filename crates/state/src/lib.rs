@@ -24,7 +24,7 @@ pub mod types;
 
 use serde::{Deserialize, Serialize};
 
-pub use engine::{ApplyOptions, apply, order};
+pub use engine::{ApplyOptions, apply, order, run_status};
 pub use mode::{Mode, ModeError};
 pub use parse::parse_state_file;
 pub use target::{Target, TargetError, TargetProblem};

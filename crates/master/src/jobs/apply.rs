@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tend_bus::BusError;
 use tend_proto::now_us;
-use tend_proto::v1::{ApplyRequest, Event, Job, MinionResult, Outcome, reply, request};
+use tend_proto::v1::{ApplyRequest, Event, Job, MinionResult, reply, request};
 use tokio::sync::mpsc;
 
 use super::Jobs;
@@ -288,7 +288,7 @@ impl Jobs {
         match self.bus.request(&minion, body, timeout).await {
             Ok(reply) => match reply.body {
                 Some(reply::Body::Apply(a)) => {
-                    r.status = minion_status(&a.results).into();
+                    r.status = tend_state::run_status(&a.results).into();
                     r.results = a.results;
                 }
                 Some(reply::Body::Failure(f)) => {
@@ -315,18 +315,5 @@ impl Jobs {
         }
         r.duration_us = start.elapsed().as_micros() as u64;
         r
-    }
-}
-
-fn minion_status(results: &[tend_proto::v1::StateResult]) -> &'static str {
-    let has = |o: Outcome| results.iter().any(|s| s.outcome == o as i32);
-    if has(Outcome::Failed) {
-        "failed"
-    } else if has(Outcome::Changed) {
-        "changed"
-    } else if has(Outcome::WouldChange) {
-        "would-change"
-    } else {
-        "ok"
     }
 }
